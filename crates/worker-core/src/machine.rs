@@ -1,0 +1,633 @@
+//! The tracking + soak state machine: pure, no I/O, no clock.
+//!
+//! Time arrives as a `now` argument and randomness (for backoff jitter) from a
+//! seeded generator, so every rule of the worker can be tested by plain
+//! `#[test]`s. The tokio driver in [`crate::worker`] feeds it store results and
+//! timer expiries, and carries out the [`Action`]s it asks for.
+//!
+//! Shape (after quinn-proto): `handle_*` take inputs, [`Machine::poll`] drains
+//! actions after every input, [`Machine::poll_timeout`] says when to call
+//! [`Machine::handle_timeout`] next.
+//!
+//! The machine holds the newest observation of the member's keys (`observed`)
+//! and, per key, how the settled workload differs from it (`delta`), so that a
+//! single-key change costs O(log n) and a commit O(changed keys), whatever the
+//! workload's size. The settled workload itself lives with the application
+//! (the driver applies each published [`WorkloadChange`] to it).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::backoff::Backoff;
+use crate::error::ConfigError;
+use crate::keys::{AssignmentKeys, ForeignReason};
+use crate::types::{
+    KvChange, KvEntry, Leader, Revision, WatchEvent, WorkId, Workload, WorkloadChange,
+};
+
+/// The timers of the state machine. See [`crate::WorkerConfig`] for defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Quiet time an observation must stay unchanged before it is committed.
+    pub soak: Duration,
+    /// Longest time a candidate may be pending before the newest one is committed.
+    pub max_soak: Duration,
+    /// Extra wait after a leader appears (or changes) before committing.
+    pub leader_settle: Duration,
+    /// First retry delay after a store error.
+    pub backoff_min: Duration,
+    /// Largest retry delay after repeated store errors.
+    pub backoff_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        let soak = Duration::from_millis(500);
+        Self {
+            soak,
+            max_soak: soak * 10,
+            leader_settle: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Timing {
+    /// Checks that the timers make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_soak < self.soak {
+            return Err(ConfigError::new(
+                "max_soak",
+                format!(
+                    "{:?} is shorter than soak {:?}; it must be at least soak",
+                    self.max_soak, self.soak
+                ),
+            ));
+        }
+        if self.backoff_min.is_zero() {
+            return Err(ConfigError::new("backoff_min", "must be greater than zero"));
+        }
+        if self.backoff_max < self.backoff_min {
+            return Err(ConfigError::new(
+                "backoff_max",
+                "must be at least backoff_min",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the machine asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read the whole member prefix (drop any open watch first).
+    List,
+    /// Open a watch of the member prefix after `after` (drop any open one first).
+    Watch {
+        /// The position to resume after.
+        after: Revision,
+    },
+    /// (Re)open the leader observation.
+    ObserveLeader,
+    /// Publish a settled change to the application.
+    Publish(WorkloadChange),
+    /// A key under the member prefix is not an assignment; reported once per key.
+    IgnoredKey {
+        /// The key as read.
+        key: Vec<u8>,
+        /// Why it is not an assignment.
+        reason: ForeignReason,
+    },
+}
+
+/// Where the machine stands with leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderPhase {
+    /// No answer from the leader observation yet.
+    Unknown,
+    /// The store reports no leader: nothing is committed.
+    Absent,
+    /// A leader appeared or changed; committing resumes at `until`.
+    Settling {
+        /// When the settle period ends.
+        until: Instant,
+    },
+    /// A leader exists and has settled: commits are allowed.
+    Present,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KvPhase {
+    Listing,
+    Watching,
+    BackingOff { until: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaderLink {
+    Observing,
+    BackingOff { until: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    /// When the observation first differed from the settled workload.
+    since: Instant,
+    /// When the observation last changed.
+    last_change: Instant,
+}
+
+/// The tracking + soak state machine of one worker.
+#[derive(Debug)]
+// The flags are independent facts (listed, relist due, synced, halted), not a state enum in disguise.
+#[allow(clippy::struct_excessive_bools)]
+pub struct Machine {
+    timing: Timing,
+    keys: AssignmentKeys,
+    rng: SmallRng,
+
+    leader: Option<Leader>,
+    leader_phase: LeaderPhase,
+    /// When commits last became allowed.
+    ready_at: Option<Instant>,
+    leader_link: LeaderLink,
+    leader_backoff: Backoff,
+
+    kv: KvPhase,
+    kv_backoff: Backoff,
+    listed: bool,
+    relist: bool,
+    lost_streak: u32,
+
+    observed: Workload,
+    observed_rev: Revision,
+    /// Settled value of each key where it differs from `observed` (`None`: not settled).
+    delta: BTreeMap<WorkId, Option<Bytes>>,
+    candidate_rev: Revision,
+    synced: bool,
+    pending: Option<Pending>,
+    ignored: HashSet<Vec<u8>>,
+
+    halted: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Machine {
+    /// A machine for `instance_id`'s keys under `prefix`. It starts by asking
+    /// for a leader observation and a list. `seed` seeds the backoff jitter.
+    pub fn new(
+        prefix: &str,
+        instance_id: &str,
+        timing: Timing,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        timing.validate()?;
+        let keys = AssignmentKeys::new(prefix, instance_id)?;
+        let mut actions = VecDeque::new();
+        actions.push_back(Action::ObserveLeader);
+        actions.push_back(Action::List);
+        Ok(Self {
+            timing,
+            keys,
+            rng: SmallRng::seed_from_u64(seed),
+            leader: None,
+            leader_phase: LeaderPhase::Unknown,
+            ready_at: None,
+            leader_link: LeaderLink::Observing,
+            leader_backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
+            kv: KvPhase::Listing,
+            kv_backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
+            listed: false,
+            relist: false,
+            lost_streak: 0,
+            observed: Workload::new(),
+            observed_rev: 0,
+            delta: BTreeMap::new(),
+            candidate_rev: 0,
+            synced: false,
+            pending: None,
+            ignored: HashSet::new(),
+            halted: false,
+            actions,
+        })
+    }
+
+    // ----- getters -----
+
+    /// The member prefix being watched (`<prefix><instance_id>/`).
+    pub fn member_prefix(&self) -> &str {
+        self.keys.member_prefix()
+    }
+
+    /// The newest observation of the member's keys.
+    pub fn observed(&self) -> &Workload {
+        &self.observed
+    }
+
+    /// The settled workload, rebuilt from the observation and the delta (O(n);
+    /// for tests and diagnostics).
+    pub fn settled(&self) -> Workload {
+        let mut w = self.observed.clone();
+        for (id, settled) in &self.delta {
+            match settled {
+                Some(v) => {
+                    w.insert(id.clone(), v.clone());
+                }
+                None => {
+                    w.remove(id);
+                }
+            }
+        }
+        w
+    }
+
+    /// True once the first settled workload has been published.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// True while a candidate differs from the settled workload (or the first
+    /// sync is due).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Where the machine stands with leadership.
+    pub fn leader_phase(&self) -> LeaderPhase {
+        self.leader_phase
+    }
+
+    /// The last leader reported by the store.
+    pub fn leader(&self) -> Option<&Leader> {
+        self.leader.as_ref()
+    }
+
+    /// The newest store position seen.
+    pub fn observed_revision(&self) -> Revision {
+        self.observed_rev
+    }
+
+    /// Consecutive store errors on the key watch since the last success.
+    pub fn kv_failures(&self) -> u32 {
+        self.kv_backoff.failures()
+    }
+
+    /// True once [`halt`](Self::halt) was called.
+    pub fn is_halted(&self) -> bool {
+        self.halted
+    }
+
+    // ----- outputs -----
+
+    /// The next action for the driver; call until `None` after every input.
+    pub fn poll(&mut self) -> Option<Action> {
+        if self.halted {
+            return None;
+        }
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.halted {
+            return None;
+        }
+        [
+            match self.leader_phase {
+                LeaderPhase::Settling { until } => Some(until),
+                _ => None,
+            },
+            match self.leader_link {
+                LeaderLink::BackingOff { until } => Some(until),
+                LeaderLink::Observing => None,
+            },
+            match self.kv {
+                KvPhase::BackingOff { until } => Some(until),
+                _ => None,
+            },
+            self.commit_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn commit_deadline(&self) -> Option<Instant> {
+        if self.leader_phase != LeaderPhase::Present {
+            return None;
+        }
+        let p = self.pending?;
+        let start = match self.ready_at {
+            Some(r) if r > p.since => r,
+            _ => p.since,
+        };
+        Some((p.last_change + self.timing.soak).min(start + self.timing.max_soak))
+    }
+
+    // ----- inputs -----
+
+    /// Stops the machine: no action, timer or publication after this.
+    pub fn halt(&mut self) {
+        self.halted = true;
+        self.actions.clear();
+    }
+
+    /// The leader observation reported a state.
+    pub fn handle_leader(&mut self, now: Instant, leader: Option<Leader>) {
+        if self.halted {
+            return;
+        }
+        self.leader_backoff.reset();
+        self.leader_link = LeaderLink::Observing;
+        match leader {
+            None => {
+                self.leader_phase = LeaderPhase::Absent;
+                self.ready_at = None;
+                self.leader = None;
+            }
+            Some(l) => {
+                let same = self.leader.as_ref() == Some(&l);
+                match self.leader_phase {
+                    // A leader was already there when we first looked: no wait.
+                    LeaderPhase::Unknown => self.become_ready(now),
+                    LeaderPhase::Present | LeaderPhase::Settling { .. } if same => {}
+                    _ => {
+                        self.ready_at = None;
+                        if self.timing.leader_settle.is_zero() {
+                            self.become_ready(now);
+                        } else {
+                            self.leader_phase = LeaderPhase::Settling {
+                                until: now + self.timing.leader_settle,
+                            };
+                        }
+                    }
+                }
+                self.leader = Some(l);
+            }
+        }
+        self.try_commit(now);
+    }
+
+    /// The leader observation failed; returns the delay before it is reopened.
+    /// The leader state is kept as last reported.
+    pub fn handle_leader_error(&mut self, now: Instant) -> Duration {
+        if self.halted {
+            return Duration::ZERO;
+        }
+        let delay = self.leader_backoff.next_delay(&mut self.rng);
+        self.leader_link = LeaderLink::BackingOff { until: now + delay };
+        delay
+    }
+
+    /// A list of the member prefix succeeded.
+    pub fn handle_list(&mut self, now: Instant, snapshot: &crate::types::Snapshot) {
+        if self.halted {
+            return;
+        }
+        self.kv_backoff.reset();
+        let first = !self.listed;
+        self.listed = true;
+        self.relist = false;
+        let changed = self.apply_snapshot(snapshot.revision, &snapshot.entries);
+        if first && !self.synced && self.pending.is_none() {
+            self.candidate_rev = snapshot.revision;
+            self.pending = Some(Pending {
+                since: now,
+                last_change: now,
+            });
+        }
+        self.after_observation(now, changed);
+        self.kv = KvPhase::Watching;
+        self.actions.push_back(Action::Watch {
+            after: self.observed_rev,
+        });
+    }
+
+    /// A watch event arrived.
+    pub fn handle_watch(&mut self, now: Instant, event: WatchEvent) {
+        if self.halted {
+            return;
+        }
+        self.kv_backoff.reset();
+        match event {
+            WatchEvent::Changes { revision, changes } => {
+                self.lost_streak = 0;
+                let mut changed = false;
+                for change in changes {
+                    changed |= match change {
+                        KvChange::Put(KvEntry { key, value }) => self.apply_key(&key, Some(value)),
+                        KvChange::Delete { key } => self.apply_key(&key, None),
+                    };
+                }
+                self.observed_rev = self.observed_rev.max(revision);
+                if changed {
+                    self.candidate_rev = self.observed_rev;
+                }
+                self.after_observation(now, changed);
+            }
+            WatchEvent::Snapshot(s) => {
+                self.lost_streak = 0;
+                let changed = self.apply_snapshot(s.revision, &s.entries);
+                self.after_observation(now, changed);
+            }
+            WatchEvent::Progress { revision } => {
+                self.lost_streak = 0;
+                self.observed_rev = self.observed_rev.max(revision);
+            }
+            WatchEvent::Lost { .. } => {
+                self.relist = true;
+                self.lost_streak += 1;
+                if self.lost_streak == 1 {
+                    self.kv = KvPhase::Listing;
+                    self.actions.push_back(Action::List);
+                } else {
+                    // Lost again right after a relist: do not spin.
+                    let delay = self.kv_backoff.next_delay(&mut self.rng);
+                    self.kv = KvPhase::BackingOff { until: now + delay };
+                }
+            }
+        }
+    }
+
+    /// A list, watch open or watch read failed; returns the retry delay.
+    /// The observation and the settled workload are kept.
+    pub fn handle_kv_error(&mut self, now: Instant) -> Duration {
+        if self.halted {
+            return Duration::ZERO;
+        }
+        let delay = self.kv_backoff.next_delay(&mut self.rng);
+        self.kv = KvPhase::BackingOff { until: now + delay };
+        delay
+    }
+
+    /// Time has reached [`poll_timeout`](Self::poll_timeout).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.halted {
+            return;
+        }
+        if let LeaderPhase::Settling { until } = self.leader_phase {
+            if now >= until {
+                self.become_ready(now);
+            }
+        }
+        if let LeaderLink::BackingOff { until } = self.leader_link {
+            if now >= until {
+                self.leader_link = LeaderLink::Observing;
+                self.actions.push_back(Action::ObserveLeader);
+            }
+        }
+        if let KvPhase::BackingOff { until } = self.kv {
+            if now >= until {
+                if self.listed && !self.relist {
+                    self.kv = KvPhase::Watching;
+                    self.actions.push_back(Action::Watch {
+                        after: self.observed_rev,
+                    });
+                } else {
+                    self.kv = KvPhase::Listing;
+                    self.actions.push_back(Action::List);
+                }
+            }
+        }
+        self.try_commit(now);
+    }
+
+    // ----- internals -----
+
+    fn become_ready(&mut self, now: Instant) {
+        self.leader_phase = LeaderPhase::Present;
+        self.ready_at = Some(now);
+    }
+
+    fn try_commit(&mut self, now: Instant) {
+        if self.commit_deadline().is_some_and(|d| now >= d) {
+            self.commit();
+        }
+    }
+
+    fn commit(&mut self) {
+        let mut change = WorkloadChange {
+            revision: self.candidate_rev,
+            initial: !self.synced,
+            ..WorkloadChange::default()
+        };
+        for (id, settled) in std::mem::take(&mut self.delta) {
+            match (self.observed.get(&id), settled) {
+                (Some(v), None) => change.added.push((id, v.clone())),
+                (None, Some(_)) => change.removed.push(id),
+                (Some(v), Some(_)) => change.changed.push((id, v.clone())),
+                (None, None) => {}
+            }
+        }
+        self.synced = true;
+        self.pending = None;
+        self.actions.push_back(Action::Publish(change));
+    }
+
+    /// Updates `pending` after an observation; `changed` tells whether the
+    /// observation differed from the previous one.
+    fn after_observation(&mut self, now: Instant, changed: bool) {
+        if changed {
+            if self.synced && self.delta.is_empty() {
+                // Back to the settled workload (flip-back): nothing to publish.
+                self.pending = None;
+            } else {
+                let since = self.pending.map_or(now, |p| p.since);
+                self.pending = Some(Pending {
+                    since,
+                    last_change: now,
+                });
+            }
+        }
+        self.try_commit(now);
+    }
+
+    fn apply_snapshot(&mut self, revision: Revision, entries: &[KvEntry]) -> bool {
+        let mut fresh: BTreeMap<&str, &Bytes> = BTreeMap::new();
+        for e in entries {
+            if let Some(id) = self.parse_key(&e.key) {
+                fresh.insert(id, &e.value);
+            }
+        }
+        let mut edits: Vec<(WorkId, Option<Bytes>)> = Vec::new();
+        for (id, v) in &self.observed {
+            match fresh.get(&**id) {
+                None => edits.push((id.clone(), None)),
+                Some(nv) if *nv != v => edits.push((id.clone(), Some((*nv).clone()))),
+                Some(_) => {}
+            }
+        }
+        for (id, v) in &fresh {
+            if !self.observed.contains_key(*id) {
+                edits.push((Arc::from(*id), Some((*v).clone())));
+            }
+        }
+        let changed = !edits.is_empty();
+        for (id, v) in edits {
+            self.apply_work(id, v);
+        }
+        self.observed_rev = revision;
+        if changed {
+            self.candidate_rev = revision;
+        }
+        changed
+    }
+
+    fn parse_key<'k>(&mut self, key: &'k [u8]) -> Option<&'k str> {
+        match self.keys.parse(key) {
+            Ok(id) => Some(id),
+            Err(reason) => {
+                if self.ignored.len() < 10_000 && self.ignored.insert(key.to_vec()) {
+                    self.actions.push_back(Action::IgnoredKey {
+                        key: key.to_vec(),
+                        reason,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    fn apply_key(&mut self, key: &[u8], value: Option<Bytes>) -> bool {
+        let Some(id) = self.parse_key(key) else {
+            return false;
+        };
+        let id: WorkId = match self.observed.get_key_value(id) {
+            Some((k, _)) => k.clone(),
+            None => match self.delta.get_key_value(id) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(id),
+            },
+        };
+        self.apply_work(id, value)
+    }
+
+    /// Sets one work id in the observation and keeps `delta` in step.
+    /// Returns false when nothing changed.
+    fn apply_work(&mut self, id: WorkId, value: Option<Bytes>) -> bool {
+        if self.observed.get(&id) == value.as_ref() {
+            return false;
+        }
+        let settled = match self.delta.get(&id) {
+            Some(s) => s.clone(),
+            None => self.observed.get(&id).cloned(),
+        };
+        let back_to_settled = settled == value;
+        match value {
+            Some(v) => self.observed.insert(id.clone(), v),
+            None => self.observed.remove(&id),
+        };
+        if back_to_settled {
+            self.delta.remove(&id);
+        } else {
+            self.delta.entry(id).or_insert(settled);
+        }
+        true
+    }
+}

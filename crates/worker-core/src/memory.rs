@@ -1,0 +1,377 @@
+//! The in-process memory store: the embedded default for demos, single-process
+//! use and tests.
+//!
+//! It behaves like a small consistent KV store: every write gets the next
+//! revision, watches follow a prefix from a revision, history is compacted
+//! (automatically past [`MemoryStore::HISTORY_LIMIT`] changes, or on request),
+//! and a watch behind the compaction point reports [`WatchEvent::Lost`]. A
+//! leader slot stands for the leader election. Tests can make it unavailable,
+//! fail the next requests, or lose every watch's position.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+use crate::traits::{KvStream, KvWatch, LeaderStream, LeaderWait};
+use crate::types::{KvChange, KvEntry, Leader, Revision, Snapshot, WatchEvent};
+
+/// Counts of requests served, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// `list` calls.
+    pub lists: u64,
+    /// `watch` calls (streams opened).
+    pub watches: u64,
+    /// Events returned by watch streams.
+    pub events: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    data: BTreeMap<Vec<u8>, Bytes>,
+    revision: Revision,
+    history: VecDeque<(Revision, KvChange)>,
+    compacted: Revision,
+    leader: Option<Leader>,
+    terms: u64,
+    unavailable: Option<String>,
+    fail_next: u32,
+    stats: MemoryStats,
+}
+
+impl State {
+    fn check(&mut self) -> Result<(), StoreError> {
+        if let Some(reason) = &self.unavailable {
+            return Err(StoreError::Injected(reason.clone()));
+        }
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            return Err(StoreError::Injected("failing on request".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    /// Bumped on every write, leader change or fault change: wakes streams.
+    notify: watch::Sender<u64>,
+}
+
+/// An in-process KV store with revisions, prefix watches and a leader slot.
+///
+/// Cloning gives another handle to the same store; it is usable from many
+/// tasks at once.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// Changes kept for watches before the oldest are compacted away.
+    pub const HISTORY_LIMIT: usize = 100_000;
+
+    /// An empty store at revision 0 with no leader.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                notify: watch::channel(0).0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wake(&self) {
+        self.inner.notify.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn record(s: &mut State, change: KvChange) -> Revision {
+        s.revision += 1;
+        let rev = s.revision;
+        s.history.push_back((rev, change));
+        if s.history.len() > Self::HISTORY_LIMIT {
+            let drop = s.history.len() - Self::HISTORY_LIMIT / 2;
+            s.history.drain(..drop);
+            s.compacted = s.history.front().map_or(rev, |(r, _)| r - 1);
+        }
+        rev
+    }
+
+    /// Writes `key = value`; returns the new revision.
+    pub fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Bytes>) -> Revision {
+        let entry = KvEntry::new(key, value);
+        let rev = {
+            let mut s = self.lock();
+            s.data.insert(entry.key.clone(), entry.value.clone());
+            Self::record(&mut s, KvChange::Put(entry))
+        };
+        self.wake();
+        rev
+    }
+
+    /// Deletes `key`; returns the new revision, or `None` if it did not exist.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Option<Revision> {
+        let key = key.as_ref();
+        let rev = {
+            let mut s = self.lock();
+            s.data.remove(key)?;
+            Self::record(&mut s, KvChange::Delete { key: key.to_vec() })
+        };
+        self.wake();
+        Some(rev)
+    }
+
+    /// Deletes every key under `prefix`; returns how many.
+    pub fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> usize {
+        let prefix = prefix.as_ref();
+        let n = {
+            let mut s = self.lock();
+            let keys: Vec<Vec<u8>> = s
+                .data
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &keys {
+                s.data.remove(k);
+                Self::record(&mut s, KvChange::Delete { key: k.clone() });
+            }
+            keys.len()
+        };
+        self.wake();
+        n
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Bytes> {
+        self.lock().data.get(key.as_ref()).cloned()
+    }
+
+    /// The keys under `prefix`, sorted.
+    pub fn keys(&self, prefix: impl AsRef<[u8]>) -> Vec<Vec<u8>> {
+        let prefix = prefix.as_ref();
+        self.lock()
+            .data
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> Revision {
+        self.lock().revision
+    }
+
+    /// Drops history up to and including `revision`: watches behind it report
+    /// [`WatchEvent::Lost`].
+    pub fn compact(&self, revision: Revision) {
+        {
+            let mut s = self.lock();
+            let revision = revision.min(s.revision);
+            while s.history.front().is_some_and(|(r, _)| *r <= revision) {
+                s.history.pop_front();
+            }
+            s.compacted = s.compacted.max(revision);
+        }
+        self.wake();
+    }
+
+    /// Makes `id` the leader with a new term; returns it.
+    pub fn set_leader(&self, id: impl Into<String>) -> Leader {
+        let leader = {
+            let mut s = self.lock();
+            s.terms += 1;
+            let l = Leader {
+                id: id.into(),
+                term: s.terms,
+            };
+            s.leader = Some(l.clone());
+            l
+        };
+        self.wake();
+        leader
+    }
+
+    /// Removes the leader.
+    pub fn clear_leader(&self) {
+        self.lock().leader = None;
+        self.wake();
+    }
+
+    /// The current leader.
+    pub fn current_leader(&self) -> Option<Leader> {
+        self.lock().leader.clone()
+    }
+
+    /// Makes every request (and every open stream) fail with `reason` until
+    /// [`set_available`](Self::set_available).
+    pub fn set_unavailable(&self, reason: impl Into<String>) {
+        self.lock().unavailable = Some(reason.into());
+        self.wake();
+    }
+
+    /// Ends an outage started by [`set_unavailable`](Self::set_unavailable).
+    pub fn set_available(&self) {
+        self.lock().unavailable = None;
+        self.wake();
+    }
+
+    /// Makes the next `n` requests fail.
+    pub fn fail_next(&self, n: u32) {
+        self.lock().fail_next = n;
+    }
+
+    /// Counts of requests served so far.
+    pub fn stats(&self) -> MemoryStats {
+        self.lock().stats
+    }
+}
+
+#[async_trait]
+impl KvWatch for MemoryStore {
+    async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        let mut s = self.lock();
+        s.check()?;
+        s.stats.lists += 1;
+        let p = prefix.as_bytes();
+        let entries = s
+            .data
+            .range(p.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(p))
+            .map(|(k, v)| KvEntry::new(k.clone(), v.clone()))
+            .collect();
+        Ok(Snapshot {
+            revision: s.revision,
+            entries,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn KvStream>, StoreError> {
+        let mut s = self.lock();
+        s.check()?;
+        s.stats.watches += 1;
+        Ok(Box::new(MemoryWatch {
+            store: self.clone(),
+            rx: self.inner.notify.subscribe(),
+            prefix: prefix.as_bytes().to_vec(),
+            after,
+        }))
+    }
+}
+
+struct MemoryWatch {
+    store: MemoryStore,
+    rx: watch::Receiver<u64>,
+    prefix: Vec<u8>,
+    after: Revision,
+}
+
+#[async_trait]
+impl KvStream for MemoryWatch {
+    async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        loop {
+            self.rx.borrow_and_update();
+            {
+                let mut s = self.store.lock();
+                if let Some(reason) = &s.unavailable {
+                    return Err(StoreError::Injected(reason.clone()));
+                }
+                if self.after < s.compacted {
+                    return Ok(WatchEvent::Lost {
+                        reason: format!(
+                            "revision {} compacted (compacted up to {})",
+                            self.after, s.compacted
+                        ),
+                    });
+                }
+                let start = s.history.partition_point(|(r, _)| *r <= self.after);
+                let changes: Vec<KvChange> = s
+                    .history
+                    .range(start..)
+                    .filter(|(_, c)| match c {
+                        KvChange::Put(e) => e.key.starts_with(&self.prefix),
+                        KvChange::Delete { key } => key.starts_with(&self.prefix),
+                    })
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                let revision = s.revision;
+                if !changes.is_empty() {
+                    self.after = revision;
+                    s.stats.events += 1;
+                    return Ok(WatchEvent::Changes { revision, changes });
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(StoreError::Injected("store dropped".into()));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LeaderWait for MemoryStore {
+    async fn leader(&self) -> Result<Option<Leader>, StoreError> {
+        let mut s = self.lock();
+        s.check()?;
+        Ok(s.leader.clone())
+    }
+
+    async fn observe(&self) -> Result<Box<dyn LeaderStream>, StoreError> {
+        self.lock().check()?;
+        Ok(Box::new(MemoryLeaderStream {
+            store: self.clone(),
+            rx: self.inner.notify.subscribe(),
+            last: None,
+            first: true,
+        }))
+    }
+}
+
+struct MemoryLeaderStream {
+    store: MemoryStore,
+    rx: watch::Receiver<u64>,
+    last: Option<Leader>,
+    first: bool,
+}
+
+#[async_trait]
+impl LeaderStream for MemoryLeaderStream {
+    async fn next(&mut self) -> Result<Option<Leader>, StoreError> {
+        loop {
+            self.rx.borrow_and_update();
+            {
+                let s = self.store.lock();
+                if let Some(reason) = &s.unavailable {
+                    return Err(StoreError::Injected(reason.clone()));
+                }
+                if self.first || self.last != s.leader {
+                    self.first = false;
+                    self.last.clone_from(&s.leader);
+                    return Ok(s.leader.clone());
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(StoreError::Injected("store dropped".into()));
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Plain data exchanged between the stores, the core and the application.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A store position: Consul's `X-Consul-Index` or etcd's revision.
+///
+/// Positions only grow while the store keeps its history; a backend reports
+/// [`WatchEvent::Lost`] when it cannot resume from one.
+pub type Revision = u64;
+
+/// The id of one work item: the last path segment of an assignment key.
+pub type WorkId = Arc<str>;
+
+/// A member's workload: work ids with the value the leader attached to each.
+///
+/// A `BTreeMap` so that iteration (and the JSON output) is sorted.
+pub type Workload = BTreeMap<WorkId, Bytes>;
+
+/// One key/value pair read from the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The full key, as bytes (etcd keys need not be UTF-8).
+    pub key: Vec<u8>,
+    /// The value attached to the key.
+    pub value: Bytes,
+}
+
+impl KvEntry {
+    /// Builds an entry from anything key-like and value-like.
+    pub fn new(key: impl Into<Vec<u8>>, value: impl Into<Bytes>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl fmt::Debug for KvEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvEntry")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value_len", &self.value.len())
+            .finish()
+    }
+}
+
+/// Everything under a prefix at one store position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The position the snapshot was read at; a watch resumes after it.
+    pub revision: Revision,
+    /// The entries under the prefix, in any order.
+    pub entries: Vec<KvEntry>,
+}
+
+/// One change to a key under a watched prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvChange {
+    /// The key was created or its value replaced.
+    Put(KvEntry),
+    /// The key was deleted.
+    Delete {
+        /// The deleted key.
+        key: Vec<u8>,
+    },
+}
+
+/// What a [`KvStream`](crate::KvStream) yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Incremental changes (etcd). All of them happened at or before `revision`,
+    /// which is the position to resume after.
+    Changes {
+        /// The store position after these changes.
+        revision: Revision,
+        /// The changes, oldest first.
+        changes: Vec<KvChange>,
+    },
+    /// A complete new picture of the prefix (a Consul blocking query answer).
+    /// The core diffs it against what it holds.
+    Snapshot(Snapshot),
+    /// Nothing changed under the prefix up to `revision` (a blocking query
+    /// that timed out, an etcd progress notification).
+    Progress {
+        /// The store position known to be current.
+        revision: Revision,
+    },
+    /// The store can no longer resume from the position the watch was opened at
+    /// (Consul index went backwards, etcd revision compacted, watch cancelled).
+    /// The core relists; it never resumes silently.
+    Lost {
+        /// Why the position was lost, for the log.
+        reason: String,
+    },
+}
+
+/// The member currently holding leadership.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Leader {
+    /// The leader's identity as the store records it (Consul session id or the
+    /// value of the lock key; etcd election proposal).
+    pub id: String,
+    /// A number that changes whenever leadership is taken anew (Consul
+    /// `ModifyIndex` of the leader key, etcd create revision of the leader key).
+    pub term: u64,
+}
+
+/// A settled change, as published to the application.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadChange {
+    /// The store position the published set was observed at.
+    pub revision: Revision,
+    /// Work ids that were not in the previous settled workload, with values.
+    pub added: Vec<(WorkId, Bytes)>,
+    /// Work ids that are no longer assigned.
+    pub removed: Vec<WorkId>,
+    /// Work ids whose value changed, with the new value.
+    pub changed: Vec<(WorkId, Bytes)>,
+    /// True for the first publication of a worker (the first sync), which may
+    /// be empty, and for the first message of a new [`changes`] subscription.
+    ///
+    /// [`changes`]: crate::WorkerHandle::changes
+    pub initial: bool,
+}
+
+impl WorkloadChange {
+    /// True when the change adds, removes and changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// Applies this change to a workload.
+    pub fn apply_to(&self, workload: &mut Workload) {
+        for id in &self.removed {
+            workload.remove(id);
+        }
+        for (id, value) in self.added.iter().chain(&self.changed) {
+            workload.insert(id.clone(), value.clone());
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The tokio driver: runs a [`Machine`] against a store and publishes what settles.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::error::{ConfigError, ErrorChain, StoreError};
+use crate::machine::{Action, Machine, Timing};
+use crate::traits::{KvStream, KvWatch, LeaderStream, LeaderWait};
+use crate::types::{Leader, Revision, Snapshot, WatchEvent, Workload, WorkloadChange};
+
+/// The default assignment prefix.
+pub const DEFAULT_PREFIX: &str = "service/coordinator/assignments/";
+
+/// Settings of one worker.
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_core::WorkerConfig;
+///
+/// let config = WorkerConfig::new("m1")
+///     .prefix("svc/assignments/")
+///     .soak(Duration::from_millis(200));
+/// assert_eq!(config.timing().unwrap().max_soak, Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// This member's id (non-empty, no `/`, no control characters, at most 128 bytes).
+    pub instance_id: String,
+    /// Assignment prefix; keys are `<prefix><instance_id>/<work_id>`.
+    /// Default [`DEFAULT_PREFIX`].
+    pub prefix: String,
+    /// Quiet time before a changed workload is committed. Default 500 ms.
+    pub soak: Duration,
+    /// Longest a candidate may wait while changes keep coming. Default `10 × soak`.
+    pub max_soak: Option<Duration>,
+    /// Wait after a leader appears or changes before committing, so the new
+    /// leader can rewrite assignments. Default 5 s.
+    pub leader_settle: Duration,
+    /// First retry delay after a store error. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Largest retry delay. Default 10 s.
+    pub backoff_max: Duration,
+}
+
+impl WorkerConfig {
+    /// A config for `instance_id` with every other setting at its default.
+    pub fn new(instance_id: impl Into<String>) -> Self {
+        let t = Timing::default();
+        Self {
+            instance_id: instance_id.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            soak: t.soak,
+            max_soak: None,
+            leader_settle: t.leader_settle,
+            backoff_min: t.backoff_min,
+            backoff_max: t.backoff_max,
+        }
+    }
+
+    /// Sets the assignment prefix.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the soak time.
+    #[must_use]
+    pub fn soak(mut self, soak: Duration) -> Self {
+        self.soak = soak;
+        self
+    }
+
+    /// Sets the starvation cap (default `10 × soak`).
+    #[must_use]
+    pub fn max_soak(mut self, max_soak: Duration) -> Self {
+        self.max_soak = Some(max_soak);
+        self
+    }
+
+    /// Sets the leader settle time.
+    #[must_use]
+    pub fn leader_settle(mut self, settle: Duration) -> Self {
+        self.leader_settle = settle;
+        self
+    }
+
+    /// Sets the retry delays after store errors.
+    #[must_use]
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The resolved timers, validated.
+    pub fn timing(&self) -> Result<Timing, ConfigError> {
+        let t = Timing {
+            soak: self.soak,
+            max_soak: self.max_soak.unwrap_or(self.soak * 10),
+            leader_settle: self.leader_settle,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        };
+        t.validate()?;
+        Ok(t)
+    }
+}
+
+/// The settled state a worker publishes.
+#[derive(Debug, Clone, Default)]
+pub struct Settled {
+    /// The settled workload.
+    pub workload: Arc<Workload>,
+    /// The store position it was observed at.
+    pub revision: Revision,
+    /// False until the first sync.
+    pub ready: bool,
+}
+
+/// The worker has been halted; no more changes will come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the worker has halted")]
+pub struct Halted;
+
+struct Shared {
+    state: watch::Sender<Settled>,
+    leader: watch::Sender<Option<Leader>>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<WorkloadChange>>>,
+}
+
+impl Shared {
+    fn publish(&self, change: &WorkloadChange) {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.state.send_modify(|s| {
+            change.apply_to(Arc::make_mut(&mut s.workload));
+            s.revision = change.revision;
+            s.ready = true;
+        });
+        subs.retain(|tx| tx.send(change.clone()).is_ok());
+    }
+}
+
+/// Starts workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Worker;
+
+impl Worker {
+    /// Validates `config` and spawns the worker on the current tokio runtime.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn spawn(
+        config: &WorkerConfig,
+        kv: Arc<dyn KvWatch>,
+        leader: Arc<dyn LeaderWait>,
+    ) -> Result<WorkerHandle, ConfigError> {
+        Self::spawn_seeded(config, kv, leader, rand::random())
+    }
+
+    /// Like [`spawn`](Self::spawn) with a fixed seed for the backoff jitter.
+    pub fn spawn_seeded(
+        config: &WorkerConfig,
+        kv: Arc<dyn KvWatch>,
+        leader: Arc<dyn LeaderWait>,
+        seed: u64,
+    ) -> Result<WorkerHandle, ConfigError> {
+        let machine = Machine::new(&config.prefix, &config.instance_id, config.timing()?, seed)?;
+        let (state, rx) = watch::channel(Settled::default());
+        let shared = Arc::new(Shared {
+            state,
+            leader: watch::channel(None).0,
+            subscribers: Mutex::new(Vec::new()),
+        });
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let span = tracing::info_span!("worker", instance_id = %config.instance_id);
+        let task = tokio::spawn(
+            Driver {
+                machine,
+                kv,
+                leader,
+                shared: shared.clone(),
+            }
+            .run(cancel_rx)
+            .instrument(span),
+        );
+        Ok(WorkerHandle {
+            rx,
+            shared,
+            cancel: Some(cancel_tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// Controls a running worker and reads what it settled.
+///
+/// Dropping the handle stops the worker (without waiting); call
+/// [`halt`](Self::halt) to wait until it has stopped.
+pub struct WorkerHandle {
+    rx: watch::Receiver<Settled>,
+    shared: Arc<Shared>,
+    cancel: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle").finish_non_exhaustive()
+    }
+}
+
+impl WorkerHandle {
+    /// The current settled workload (empty before the first sync). Cheap: an `Arc` clone.
+    pub fn workload(&self) -> Arc<Workload> {
+        self.rx.borrow().workload.clone()
+    }
+
+    /// The current settled state: workload, revision and whether the first sync happened.
+    pub fn settled(&self) -> Settled {
+        self.rx.borrow().clone()
+    }
+
+    /// The leader as this worker last saw it (`None`: none, or not known yet).
+    pub fn leader(&self) -> Option<Leader> {
+        self.shared.leader.borrow().clone()
+    }
+
+    /// A receiver of the leader as this worker sees it, to await its changes.
+    pub fn leader_watch(&self) -> watch::Receiver<Option<Leader>> {
+        self.shared.leader.subscribe()
+    }
+
+    /// True once the first settled workload was published.
+    pub fn is_ready(&self) -> bool {
+        self.rx.borrow().ready
+    }
+
+    /// Waits for the first sync and returns the settled workload.
+    ///
+    /// Cancel safe. Errors when the worker halted before its first sync.
+    pub async fn ready(&self) -> Result<Arc<Workload>, Halted> {
+        let mut rx = self.rx.clone();
+        let s = rx.wait_for(|s| s.ready).await.map_err(|_| Halted)?;
+        Ok(s.workload.clone())
+    }
+
+    /// A receiver that can await each change of the settled state.
+    pub fn watch(&self) -> WorkloadWatch {
+        let mut rx = self.rx.clone();
+        rx.mark_unchanged();
+        WorkloadWatch { rx }
+    }
+
+    /// Every settled change from now on, as `added` / `removed` / `changed`.
+    ///
+    /// If the first sync already happened, the first item is the whole current
+    /// workload as `added` with `initial` set, so a consumer that applies the
+    /// items in order always holds the settled workload. The stream ends when
+    /// the worker halts. Items queue until read.
+    pub fn changes(&self) -> Changes {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subs = self
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self.rx.borrow().clone();
+        if s.ready {
+            let _ = tx.send(WorkloadChange {
+                revision: s.revision,
+                added: s
+                    .workload
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                initial: true,
+                ..WorkloadChange::default()
+            });
+        }
+        subs.push(tx);
+        Changes { rx }
+    }
+
+    /// Stops the worker: cancels the in-flight store request and the soak
+    /// timer, and returns once the background task has ended. Nothing is
+    /// published after it returns.
+    pub async fn halt(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            let _ = c.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Awaits changes of a worker's settled state; from [`WorkerHandle::watch`].
+#[derive(Debug, Clone)]
+pub struct WorkloadWatch {
+    rx: watch::Receiver<Settled>,
+}
+
+impl WorkloadWatch {
+    /// Waits until the settled state changes and returns it. Cancel safe.
+    pub async fn changed(&mut self) -> Result<Settled, Halted> {
+        self.rx.changed().await.map_err(|_| Halted)?;
+        Ok(self.rx.borrow_and_update().clone())
+    }
+
+    /// The current settled state.
+    pub fn current(&self) -> Settled {
+        self.rx.borrow().clone()
+    }
+}
+
+/// The stream of settled changes; from [`WorkerHandle::changes`].
+#[derive(Debug)]
+pub struct Changes {
+    rx: mpsc::UnboundedReceiver<WorkloadChange>,
+}
+
+impl Changes {
+    /// The next change, or `None` once the worker halted. Cancel safe.
+    pub async fn next(&mut self) -> Option<WorkloadChange> {
+        self.rx.recv().await
+    }
+
+    /// A change already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<WorkloadChange> {
+        self.rx.try_recv().ok()
+    }
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+enum KvDone {
+    Listed(Result<Snapshot, StoreError>),
+    Opened(Result<Box<dyn KvStream>, StoreError>),
+    Event(Box<dyn KvStream>, Result<WatchEvent, StoreError>),
+}
+
+enum LeaderDone {
+    Opened(Result<Box<dyn LeaderStream>, StoreError>),
+    Next(Box<dyn LeaderStream>, Result<Option<Leader>, StoreError>),
+}
+
+fn next_event(mut stream: Box<dyn KvStream>) -> BoxFut<KvDone> {
+    Box::pin(async move {
+        let r = stream.next().await;
+        KvDone::Event(stream, r)
+    })
+}
+
+fn next_leader(mut stream: Box<dyn LeaderStream>) -> BoxFut<LeaderDone> {
+    Box::pin(async move {
+        let r = stream.next().await;
+        LeaderDone::Next(stream, r)
+    })
+}
+
+async fn maybe<T>(op: &mut Option<BoxFut<T>>) -> T {
+    match op {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Driver {
+    machine: Machine,
+    kv: Arc<dyn KvWatch>,
+    leader: Arc<dyn LeaderWait>,
+    shared: Arc<Shared>,
+}
+
+impl Driver {
+    async fn run(mut self, mut cancel: oneshot::Receiver<()>) {
+        info!(prefix = self.machine.member_prefix(), "worker started");
+        let prefix: Arc<str> = Arc::from(self.machine.member_prefix());
+        let mut kv_op: Option<BoxFut<KvDone>> = None;
+        let mut leader_op: Option<BoxFut<LeaderDone>> = None;
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut armed: Option<std::time::Instant> = None;
+        loop {
+            while let Some(action) = self.machine.poll() {
+                match action {
+                    Action::List => {
+                        let (kv, p) = (self.kv.clone(), prefix.clone());
+                        kv_op = Some(Box::pin(async move { KvDone::Listed(kv.list(&p).await) }));
+                    }
+                    Action::Watch { after } => {
+                        let (kv, p) = (self.kv.clone(), prefix.clone());
+                        kv_op = Some(Box::pin(async move {
+                            KvDone::Opened(kv.watch(&p, after).await)
+                        }));
+                    }
+                    Action::ObserveLeader => {
+                        let l = self.leader.clone();
+                        leader_op = Some(Box::pin(
+                            async move { LeaderDone::Opened(l.observe().await) },
+                        ));
+                    }
+                    Action::Publish(change) => {
+                        info!(
+                            revision = change.revision,
+                            added = change.added.len(),
+                            removed = change.removed.len(),
+                            changed = change.changed.len(),
+                            initial = change.initial,
+                            "workload settled"
+                        );
+                        self.shared.publish(&change);
+                    }
+                    Action::IgnoredKey { key, reason } => {
+                        debug!(key = %String::from_utf8_lossy(&key), %reason, "ignoring key that is not an assignment");
+                    }
+                }
+            }
+            let deadline = self.machine.poll_timeout();
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    sleep.as_mut().reset(Instant::from_std(d));
+                }
+                armed = deadline;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut cancel => break,
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.machine.handle_timeout(now());
+                }
+                done = maybe(&mut leader_op) => {
+                    leader_op = None;
+                    self.on_leader(done, &mut leader_op);
+                }
+                done = maybe(&mut kv_op) => {
+                    kv_op = None;
+                    self.on_kv(done, &mut kv_op);
+                }
+            }
+        }
+        self.machine.halt();
+        info!("worker halted");
+    }
+
+    fn on_leader(&mut self, done: LeaderDone, op: &mut Option<BoxFut<LeaderDone>>) {
+        let result = match done {
+            LeaderDone::Opened(Ok(stream)) => {
+                *op = Some(next_leader(stream));
+                return;
+            }
+            LeaderDone::Next(stream, Ok(l)) => {
+                *op = Some(next_leader(stream));
+                Ok(l)
+            }
+            LeaderDone::Opened(Err(e)) | LeaderDone::Next(_, Err(e)) => Err(e),
+        };
+        match result {
+            Ok(l) => {
+                let before = self.machine.leader().cloned();
+                if before != l {
+                    if let Some(l) = &l {
+                        info!(leader = %l.id, term = l.term, "leader present");
+                    } else {
+                        info!("no leader: holding the settled workload until one exists");
+                    }
+                }
+                self.shared.leader.send_if_modified(|cur| {
+                    let modified = *cur != l;
+                    cur.clone_from(&l);
+                    modified
+                });
+                self.machine.handle_leader(now(), l);
+            }
+            Err(e) => {
+                let delay = self.machine.handle_leader_error(now());
+                warn!(error = %ErrorChain(&e), retry_in = ?delay, "leader observation failed");
+            }
+        }
+    }
+
+    fn on_kv(&mut self, done: KvDone, op: &mut Option<BoxFut<KvDone>>) {
+        let error = match done {
+            KvDone::Listed(Ok(snapshot)) => {
+                debug!(
+                    revision = snapshot.revision,
+                    keys = snapshot.entries.len(),
+                    "listed"
+                );
+                self.machine.handle_list(now(), &snapshot);
+                return;
+            }
+            KvDone::Opened(Ok(stream)) => {
+                *op = Some(next_event(stream));
+                return;
+            }
+            KvDone::Event(stream, Ok(event)) => {
+                if let WatchEvent::Lost { reason } = &event {
+                    info!(%reason, "watch position lost: relisting");
+                } else {
+                    // Keep reading unless the machine asks for something else
+                    // (a List or Watch action replaces this future).
+                    *op = Some(next_event(stream));
+                }
+                self.machine.handle_watch(now(), event);
+                return;
+            }
+            KvDone::Listed(Err(e)) | KvDone::Opened(Err(e)) | KvDone::Event(_, Err(e)) => e,
+        };
+        let delay = self.machine.handle_kv_error(now());
+        warn!(
+            error = %ErrorChain(&error),
+            retry_in = ?delay,
+            failures = self.machine.kv_failures(),
+            "reading assignments failed; keeping the settled workload"
+        );
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
