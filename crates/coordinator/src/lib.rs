@@ -1,1 +1,201 @@
-//! Placeholder.
+//! **coordinator** lets every replica of a clustered service know, reliably and
+//! quickly, which pieces of work are assigned to it.
+//!
+//! A leader writes assignment keys `<prefix><member_id>/<work_id>` into a
+//! consistent KV store (Consul, etcd, or the in-process memory store). Each
+//! member runs a worker that waits until a leader exists, watches its own keys,
+//! lets changes soak until they stop moving, and only then hands the settled
+//! set to the application.
+//!
+//! ```
+//! use coordinator::{Backend, BackendKind, Config, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), coordinator::Error> {
+//! // In production: `Config::from_toml_file(..)` or `Config::from_env()` with
+//! // `backend = "consul"` or `"etcd"`; here the in-process store.
+//! let store = MemoryStore::new();
+//! store.set_leader("leader-1");
+//! store.put("service/coordinator/assignments/m1/w1", "params");
+//!
+//! let mut config = Config::new(BackendKind::Memory, "m1");
+//! config.soak = std::time::Duration::from_millis(10);
+//! let worker = Backend::memory(store).spawn_worker(&config)?;
+//! let mut changes = worker.changes();
+//! let first = changes.next().await.unwrap();
+//! assert_eq!(&*first.added[0].0, "w1");
+//! worker.halt().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//! Features only decide which backends are compiled in; they are additive, and
+//! the runtime [`Config`] picks one.
+//! - `consul` (default): the Consul backend ([`consul`]).
+//! - `etcd`: the etcd backend ([`etcd`]); building it needs `protoc`
+//!   (Debian: `protobuf-compiler` and `libprotobuf-dev`).
+//!
+//! The memory backend is always there.
+
+pub mod config;
+
+use std::sync::Arc;
+
+pub use config::{BackendKind, Config, LoadError, DEFAULT_LEADER};
+pub use worker_core::*;
+
+/// The Consul backend (feature `consul`).
+#[cfg(feature = "consul")]
+pub use backend_consul as consul;
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use backend_etcd as etcd;
+
+/// Why a backend or worker could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configuration could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The backend rejected its settings (unreadable certificate, bad URL, ...).
+    #[error("cannot set up the {backend} backend")]
+    Backend {
+        /// Which backend.
+        backend: BackendKind,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// A connected backend: the two store traits, ready to run workers.
+#[derive(Clone)]
+pub struct Backend {
+    kind: BackendKind,
+    kv: Arc<dyn KvWatch>,
+    leader: Arc<dyn LeaderWait>,
+    memory: Option<MemoryStore>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// Sets up the backend `config` chooses. Fails on bad settings (or a
+    /// backend not compiled in), never because the store is unreachable: the
+    /// worker retries that with backoff.
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        config.validate()?;
+        match config.backend {
+            BackendKind::Memory => Ok(Self::memory(MemoryStore::new())),
+            #[cfg(feature = "consul")]
+            BackendKind::Consul => {
+                let mut c = backend_consul::ConsulConfig::new(config.endpoints_or_default());
+                c.token_file.clone_from(&config.token_file);
+                c.ca_cert.clone_from(&config.ca_cert);
+                c.client_cert.clone_from(&config.client_cert);
+                c.client_key.clone_from(&config.client_key);
+                c.leader_key.clone_from(&config.leader);
+                let b = Arc::new(backend_consul::ConsulBackend::new(c).map_err(|e| Error::Backend {
+                    backend: BackendKind::Consul,
+                    source: e.into(),
+                })?);
+                Ok(Self::from_parts(BackendKind::Consul, b.clone(), b))
+            }
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd => {
+                let mut c = backend_etcd::EtcdConfig::new(config.endpoints_or_default());
+                c.ca_cert.clone_from(&config.ca_cert);
+                c.client_cert.clone_from(&config.client_cert);
+                c.client_key.clone_from(&config.client_key);
+                c.user.clone_from(&config.user);
+                c.election.clone_from(&config.leader);
+                if let Some(path) = &config.password_file {
+                    let password = std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError::new(
+                            "password_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    c.password = Some(password.trim_end_matches(['\r', '\n']).to_owned());
+                }
+                let b = Arc::new(backend_etcd::EtcdBackend::connect(c).await.map_err(|e| {
+                    Error::Backend {
+                        backend: BackendKind::Etcd,
+                        source: e.into(),
+                    }
+                })?);
+                Ok(Self::from_parts(BackendKind::Etcd, b.clone(), b))
+            }
+            #[allow(unreachable_patterns)] // reachable when a backend feature is off
+            other => Err(ConfigError::new(
+                "backend",
+                format!("{other} is not compiled into this build; enable the coordinator crate's `{other}` cargo feature"),
+            )
+            .into()),
+        }
+    }
+
+    /// A backend over an existing memory store (shared with the code that writes to it).
+    pub fn memory(store: MemoryStore) -> Self {
+        Self {
+            kind: BackendKind::Memory,
+            kv: Arc::new(store.clone()),
+            leader: Arc::new(store.clone()),
+            memory: Some(store),
+        }
+    }
+
+    /// A backend from any implementation of the two traits.
+    pub fn from_parts(
+        kind: BackendKind,
+        kv: Arc<dyn KvWatch>,
+        leader: Arc<dyn LeaderWait>,
+    ) -> Self {
+        Self {
+            kind,
+            kv,
+            leader,
+            memory: None,
+        }
+    }
+
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The memory store, for the memory backend.
+    pub fn memory_store(&self) -> Option<&MemoryStore> {
+        self.memory.as_ref()
+    }
+
+    /// The key watch.
+    pub fn kv(&self) -> Arc<dyn KvWatch> {
+        self.kv.clone()
+    }
+
+    /// The leader observation.
+    pub fn leader_wait(&self) -> Arc<dyn LeaderWait> {
+        self.leader.clone()
+    }
+
+    /// Spawns a worker with `config`'s worker settings on this backend.
+    pub fn spawn_worker(&self, config: &Config) -> Result<WorkerHandle, ConfigError> {
+        Worker::spawn(
+            &config.worker_config(),
+            self.kv.clone(),
+            self.leader.clone(),
+        )
+    }
+}

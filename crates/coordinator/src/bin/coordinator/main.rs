@@ -1,0 +1,150 @@
+//! The `coordinator` command-line program (SPEC §5).
+//!
+//! - `coordinator worker ...` runs one worker and prints one JSON line per
+//!   settled change on stdout; logs go to stderr.
+//! - `coordinator demo` runs a whole cluster in one process on the memory backend.
+//!
+//! Exit codes: 0 after SIGINT/SIGTERM (or a demo that ran to its end), 2 for a
+//! bad flag or value (one line on stderr naming it), 1 for anything else.
+
+mod demo;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use coordinator::config::{parse_duration, BackendKind, DEFAULT_LEADER};
+use coordinator::DEFAULT_PREFIX;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Know which work is assigned to this member, reliably and quickly."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one worker; print a JSON line for the first settled workload and every later change.
+    Worker(WorkerArgs),
+    /// Run a leader and several workers in one process on the memory backend.
+    Demo(DemoArgs),
+}
+
+/// Flags of `coordinator worker` (SPEC §5).
+#[derive(Args, Debug, Clone)]
+struct WorkerArgs {
+    /// Which store: consul, etcd or memory.
+    #[arg(long, value_parser = parse_backend)]
+    backend: BackendKind,
+    /// Store addresses, comma-separated (default: the store's local address).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// This member's id.
+    #[arg(long)]
+    instance_id: String,
+    /// Assignment prefix.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+    /// Consul leader key, or etcd election name.
+    #[arg(long, default_value = DEFAULT_LEADER)]
+    leader: String,
+    /// Quiet time before a change is committed.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    soak: Duration,
+    /// Longest a change may soak while changes keep coming (default 10 x soak).
+    #[arg(long, value_parser = parse_duration)]
+    max_soak: Option<Duration>,
+    /// Extra wait after a new leader appears.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    leader_settle: Duration,
+    /// File holding the Consul ACL token (else CONSUL_HTTP_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) for TLS.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, requires = "password_file")]
+    user: Option<String>,
+    /// File holding the etcd password.
+    #[arg(long, requires = "user")]
+    password_file: Option<PathBuf>,
+}
+
+/// Flags of `coordinator demo`.
+#[derive(Args, Debug, Clone)]
+struct DemoArgs {
+    /// Number of work items the leader spreads.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    items: u32,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse()
+}
+
+/// Prints a one-line usage error naming the flag, and returns exit code 2.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("coordinator: {}", message.trim().replace('\n', " "));
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // clap's message names the flag and the value; keep it on one line and
+            // drop the usage hints that follow it.
+            let text = e.to_string();
+            let body = text
+                .split("\n\nUsage:")
+                .next()
+                .and_then(|t| t.split("\n\nFor more information").next())
+                .unwrap_or("invalid arguments");
+            let one_line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            return usage_error(one_line.trim_start_matches("error: "));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coordinator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.cmd {
+        Cmd::Worker(args) => runtime.block_on(worker::run(args)),
+        Cmd::Demo(args) => runtime.block_on(demo::run(args)),
+    }
+}

@@ -1,0 +1,465 @@
+//! Runtime configuration: which backend, where, and the worker's settings.
+//!
+//! Read from a TOML file ([`Config::from_toml_file`]), from `COORDINATOR_*`
+//! environment variables ([`Config::from_env`]), or built in code. Durations
+//! are written as `300ms`, `2s`, `1m`.
+//!
+//! ```
+//! let config: coordinator::Config = toml::from_str(r#"
+//!     backend = "memory"
+//!     instance_id = "m1"
+//!     soak = "200ms"
+//! "#).unwrap();
+//! assert_eq!(config.soak, std::time::Duration::from_millis(200));
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use worker_core::{validate_instance_id, ConfigError, WorkerConfig, DEFAULT_PREFIX};
+
+/// The default leader key (Consul) or election name (etcd).
+pub const DEFAULT_LEADER: &str = "service/coordinator/leader";
+
+/// Which store the worker talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Consul's HTTP API (cargo feature `consul`, on by default).
+    #[default]
+    Consul,
+    /// etcd's v3 gRPC API (cargo feature `etcd`).
+    Etcd,
+    /// The in-process memory store (always compiled in).
+    Memory,
+}
+
+impl BackendKind {
+    /// The backend's name as written in configs and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consul => "consul",
+            Self::Etcd => "etcd",
+            Self::Memory => "memory",
+        }
+    }
+
+    /// Whether this build includes the backend.
+    pub fn is_compiled_in(self) -> bool {
+        match self {
+            Self::Consul => cfg!(feature = "consul"),
+            Self::Etcd => cfg!(feature = "etcd"),
+            Self::Memory => true,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "consul" => Ok(Self::Consul),
+            "etcd" => Ok(Self::Etcd),
+            "memory" => Ok(Self::Memory),
+            other => Err(format!(
+                "unknown backend {other:?}: expected consul, etcd or memory"
+            )),
+        }
+    }
+}
+
+/// Parses a duration such as `300ms`, `2s` or `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 300ms, 2s or 1m"))
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::{Deserialize, Deserializer, Duration, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| super::super::parse_duration(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// Everything needed to run a worker against a chosen backend.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which backend. Default `consul`.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Store addresses, e.g. `http://127.0.0.1:8500` or several etcd members.
+    /// Default: Consul `http://127.0.0.1:8500`, etcd `http://127.0.0.1:2379`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// This member's id.
+    pub instance_id: String,
+    /// Assignment prefix. Default `service/coordinator/assignments/`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Consul leader key / etcd election name. Default `service/coordinator/leader`.
+    #[serde(default = "default_leader")]
+    pub leader: String,
+    /// Soak time. Default 500 ms.
+    #[serde(default = "default_soak", with = "duration_str")]
+    pub soak: Duration,
+    /// Starvation cap. Default 10 × soak.
+    #[serde(
+        default,
+        with = "duration_str::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_soak: Option<Duration>,
+    /// Wait after a new leader. Default 5 s.
+    #[serde(default = "default_settle", with = "duration_str")]
+    pub leader_settle: Duration,
+    /// Consul ACL token file (else `CONSUL_HTTP_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the store's TLS certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS; needs `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// etcd user name; needs `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// File holding the etcd password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No secrets are held here (only file paths), but keep the output short.
+        f.debug_struct("Config")
+            .field("backend", &self.backend)
+            .field("endpoints", &self.endpoints)
+            .field("instance_id", &self.instance_id)
+            .field("prefix", &self.prefix)
+            .field("leader", &self.leader)
+            .field("soak", &self.soak)
+            .field("max_soak", &self.max_soak)
+            .field("leader_settle", &self.leader_settle)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_prefix() -> String {
+    DEFAULT_PREFIX.to_owned()
+}
+fn default_leader() -> String {
+    DEFAULT_LEADER.to_owned()
+}
+fn default_soak() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A configuration that cannot be loaded or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a [`Config`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// An environment variable holds a bad value.
+    #[error("invalid {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A setting is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+impl Config {
+    /// A config for `instance_id` on `backend` with every other setting at its default.
+    pub fn new(backend: BackendKind, instance_id: impl Into<String>) -> Self {
+        Self {
+            backend,
+            endpoints: Vec::new(),
+            instance_id: instance_id.into(),
+            prefix: default_prefix(),
+            leader: default_leader(),
+            soak: default_soak(),
+            max_soak: None,
+            leader_settle: default_settle(),
+            token_file: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            user: None,
+            password_file: None,
+        }
+    }
+
+    /// Reads a TOML file and validates it.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| LoadError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `COORDINATOR_BACKEND`, `COORDINATOR_ENDPOINTS` (comma-separated),
+    /// `COORDINATOR_INSTANCE_ID`, `COORDINATOR_PREFIX`, `COORDINATOR_LEADER`,
+    /// `COORDINATOR_SOAK`, `COORDINATOR_MAX_SOAK`, `COORDINATOR_LEADER_SETTLE`,
+    /// `COORDINATOR_TOKEN_FILE`, `COORDINATOR_CA_CERT`, `COORDINATOR_CLIENT_CERT`,
+    /// `COORDINATOR_CLIENT_KEY`, `COORDINATOR_USER`, `COORDINATOR_PASSWORD_FILE`.
+    pub fn from_env() -> Result<Self, LoadError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env) with a custom variable lookup.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, LoadError> {
+        let instance_id = get("COORDINATOR_INSTANCE_ID").ok_or(LoadError::Env {
+            var: "COORDINATOR_INSTANCE_ID",
+            reason: "not set".into(),
+        })?;
+        let mut c = Self::new(BackendKind::default(), instance_id);
+        if let Some(b) = get("COORDINATOR_BACKEND") {
+            c.backend = b.parse().map_err(|reason| LoadError::Env {
+                var: "COORDINATOR_BACKEND",
+                reason,
+            })?;
+        }
+        if let Some(e) = get("COORDINATOR_ENDPOINTS") {
+            c.endpoints = split_endpoints(&e);
+        }
+        if let Some(p) = get("COORDINATOR_PREFIX") {
+            c.prefix = p;
+        }
+        if let Some(l) = get("COORDINATOR_LEADER") {
+            c.leader = l;
+        }
+        let dur = |var: &'static str| -> Result<Option<Duration>, LoadError> {
+            get(var)
+                .map(|v| parse_duration(&v).map_err(|reason| LoadError::Env { var, reason }))
+                .transpose()
+        };
+        if let Some(d) = dur("COORDINATOR_SOAK")? {
+            c.soak = d;
+        }
+        c.max_soak = dur("COORDINATOR_MAX_SOAK")?;
+        if let Some(d) = dur("COORDINATOR_LEADER_SETTLE")? {
+            c.leader_settle = d;
+        }
+        c.token_file = get("COORDINATOR_TOKEN_FILE").map(PathBuf::from);
+        c.ca_cert = get("COORDINATOR_CA_CERT").map(PathBuf::from);
+        c.client_cert = get("COORDINATOR_CLIENT_CERT").map(PathBuf::from);
+        c.client_key = get("COORDINATOR_CLIENT_KEY").map(PathBuf::from);
+        c.user = get("COORDINATOR_USER");
+        c.password_file = get("COORDINATOR_PASSWORD_FILE").map(PathBuf::from);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The endpoints, or the backend's default when none are given.
+    pub fn endpoints_or_default(&self) -> Vec<String> {
+        if !self.endpoints.is_empty() {
+            return self.endpoints.clone();
+        }
+        match self.backend {
+            BackendKind::Consul => vec!["http://127.0.0.1:8500".into()],
+            BackendKind::Etcd => vec!["http://127.0.0.1:2379".into()],
+            BackendKind::Memory => Vec::new(),
+        }
+    }
+
+    /// The worker settings of this config.
+    pub fn worker_config(&self) -> WorkerConfig {
+        let mut w = WorkerConfig::new(self.instance_id.clone())
+            .prefix(self.prefix.clone())
+            .soak(self.soak)
+            .leader_settle(self.leader_settle);
+        w.max_soak = self.max_soak;
+        w
+    }
+
+    /// Checks every setting that can be checked without the store.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_instance_id(&self.instance_id)?;
+        self.worker_config().timing()?;
+        if !self.backend.is_compiled_in() {
+            return Err(ConfigError::new(
+                "backend",
+                format!(
+                    "{} is not compiled into this build; enable the coordinator crate's `{}` cargo feature",
+                    self.backend, self.backend
+                ),
+            ));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(ConfigError::new(
+                "client_cert",
+                "client_cert and client_key must be given together",
+            ));
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err(ConfigError::new(
+                "user",
+                "user and password_file must be given together",
+            ));
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "endpoints",
+                    format!("{e:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a comma-separated endpoint list, dropping empty parts.
+pub fn split_endpoints(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_with_defaults() {
+        let c: Config = toml::from_str("instance_id = \"m1\"").unwrap();
+        assert_eq!(c.backend, BackendKind::Consul);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+        assert_eq!(c.soak, Duration::from_millis(500));
+        assert_eq!(
+            c.worker_config().timing().unwrap().max_soak,
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn bad_toml_names_the_field() {
+        let e = toml::from_str::<Config>("instance_id = \"m1\"\nsoak = \"fast\"").unwrap_err();
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+        let e = toml::from_str::<Config>("instance_id = \"m1\"\nbackend = \"zk\"").unwrap_err();
+        assert!(e.to_string().contains("zk"), "{e}");
+        let e = toml::from_str::<Config>("instance_id = \"m1\"\nsoke = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("soke"), "{e}");
+    }
+
+    #[test]
+    fn env_config() {
+        let vars = [
+            ("COORDINATOR_INSTANCE_ID", "m2"),
+            ("COORDINATOR_BACKEND", "memory"),
+            ("COORDINATOR_SOAK", "2s"),
+            ("COORDINATOR_ENDPOINTS", "http://a:1, http://b:2,"),
+        ];
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let c = Config::from_vars(get).unwrap();
+        assert_eq!(c.backend, BackendKind::Memory);
+        assert_eq!(c.soak, Duration::from_secs(2));
+        assert_eq!(c.endpoints, ["http://a:1", "http://b:2"]);
+        let e = Config::from_vars(|k| {
+            (k == "COORDINATOR_INSTANCE_ID")
+                .then(|| "m1".into())
+                .or_else(|| (k == "COORDINATOR_SOAK").then(|| "x".into()))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("COORDINATOR_SOAK"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = Config::new(BackendKind::Memory, "a/b");
+        assert_eq!(c.validate().unwrap_err().field, "instance_id");
+        c.instance_id = "m1".into();
+        c.client_cert = Some("c.pem".into());
+        assert_eq!(c.validate().unwrap_err().field, "client_cert");
+        c.client_cert = None;
+        c.endpoints = vec!["127.0.0.1:8500".into()];
+        assert_eq!(c.validate().unwrap_err().field, "endpoints");
+    }
+
+    #[test]
+    fn backend_not_compiled_in_is_a_clear_error() {
+        for kind in [BackendKind::Consul, BackendKind::Etcd] {
+            let c = Config::new(kind, "m1");
+            if kind.is_compiled_in() {
+                assert!(c.validate().is_ok());
+            } else {
+                let e = c.validate().unwrap_err();
+                assert!(e.to_string().contains("cargo feature"), "{e}");
+            }
+        }
+    }
+}
