@@ -56,13 +56,13 @@ struct WorkerArgs {
     #[arg(long, default_value = DEFAULT_LEADER)]
     leader: String,
     /// Quiet time before a change is committed.
-    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", allow_hyphen_values = true)]
     soak: Duration,
     /// Longest a change may soak while changes keep coming (default 10 x soak).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     max_soak: Option<Duration>,
     /// Extra wait after a new leader appears.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_duration, default_value = "5s", allow_hyphen_values = true)]
     leader_settle: Duration,
     /// File holding the Consul ACL token (else CONSUL_HTTP_TOKEN).
     #[arg(long)]
@@ -143,8 +143,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.cmd {
+    let code = match cli.cmd {
         Cmd::Worker(args) => runtime.block_on(worker::run(args)),
         Cmd::Demo(args) => runtime.block_on(demo::run(args)),
-    }
+    };
+    // The stdin reader of the memory backend sits in a blocking read: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
 }
