@@ -99,6 +99,7 @@ mod duration_str {
     pub mod option {
         use super::{Deserialize, Deserializer, Duration, Serializer};
 
+        #[allow(clippy::ref_option)] // the signature serde's `with` expects
         pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
             match d {
                 Some(d) => super::serialize(d, s),

@@ -32,23 +32,45 @@ async fn usage_error(args: &[&str]) -> String {
 #[tokio::test]
 async fn bad_flags_exit_2_with_one_line_naming_them() {
     let base = ["--backend", "memory", "--instance-id", "m1"];
-    let with = |extra: &[&'static str]| base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>();
-    assert!(usage_error(&with(&["--soak", "fast"])).await.contains("--soak"));
-    assert!(usage_error(&with(&["--max-soak", "1h", "--soak", "2h"])).await.contains("--max-soak"));
-    assert!(usage_error(&with(&["--leader-settle", "-1s"])).await.contains("--leader-settle"));
+    let with = |extra: &[&'static str]| {
+        base.iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>()
+    };
+    assert!(usage_error(&with(&["--soak", "fast"]))
+        .await
+        .contains("--soak"));
+    assert!(usage_error(&with(&["--max-soak", "1h", "--soak", "2h"]))
+        .await
+        .contains("--max-soak"));
+    assert!(usage_error(&with(&["--leader-settle", "-1s"]))
+        .await
+        .contains("--leader-settle"));
     assert!(usage_error(&with(&["--bogus"])).await.contains("--bogus"));
-    assert!(usage_error(&with(&["--client-cert", "c.pem"])).await.contains("--client-key"));
-    assert!(usage_error(&["--backend", "zk", "--instance-id", "m1"]).await.contains("--backend"));
-    assert!(usage_error(&["--backend", "memory"]).await.contains("--instance-id"));
+    assert!(usage_error(&with(&["--client-cert", "c.pem"]))
+        .await
+        .contains("--client-key"));
+    assert!(usage_error(&["--backend", "zk", "--instance-id", "m1"])
+        .await
+        .contains("--backend"));
+    assert!(usage_error(&["--backend", "memory"])
+        .await
+        .contains("--instance-id"));
     for bad in ["", "a/b", "a\tb", &"x".repeat(10_000)] {
         let e = usage_error(&["--backend", "memory", "--instance-id", bad]).await;
         assert!(e.contains("--instance-id"), "{e}");
     }
-    assert!(
-        usage_error(&["--backend", "memory", "--instance-id", "m1", "--endpoints", "127.0.0.1:1"])
-            .await
-            .contains("--endpoints")
-    );
+    assert!(usage_error(&[
+        "--backend",
+        "memory",
+        "--instance-id",
+        "m1",
+        "--endpoints",
+        "127.0.0.1:1"
+    ])
+    .await
+    .contains("--endpoints"));
 }
 
 async fn next_json(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> Value {
@@ -62,18 +84,30 @@ async fn next_json(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> Valu
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
 #[tokio::test]
 async fn json_lines_and_sigterm_exit_0() {
-    let mut child = worker(&["--backend", "memory", "--instance-id", "m1", "--soak", "100ms", "--prefix", "svc.a+b/(x)/"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = worker(&[
+        "--backend",
+        "memory",
+        "--instance-id",
+        "m1",
+        "--soak",
+        "100ms",
+        "--prefix",
+        "svc.a+b/(x)/",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
 
@@ -88,11 +122,18 @@ async fn json_lines_and_sigterm_exit_0() {
         .await
         .unwrap();
     let l = next_json(&mut lines).await;
-    assert_eq!(l["workload"], serde_json::json!(["w1", "w2"]), "sorted: {l}");
+    assert_eq!(
+        l["workload"],
+        serde_json::json!(["w1", "w2"]),
+        "sorted: {l}"
+    );
     assert_eq!(l["added"], serde_json::json!(["w1", "w2"]));
     assert_eq!(l["removed"], serde_json::json!([]));
     let keys: Vec<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["added", "instance_id", "removed", "revision", "workload"]);
+    assert_eq!(
+        keys,
+        ["added", "instance_id", "removed", "revision", "workload"]
+    );
     assert!(l["revision"].as_u64().unwrap() >= 2);
 
     stdin.write_all(b"del svc.a+b/(x)/m1/w2\n").await.unwrap();
@@ -101,53 +142,87 @@ async fn json_lines_and_sigterm_exit_0() {
     assert_eq!(l["removed"], serde_json::json!(["w2"]));
 
     sigterm(&child);
-    let status = timeout(WAIT, child.wait()).await.expect("exit after SIGTERM").unwrap();
+    let status = timeout(WAIT, child.wait())
+        .await
+        .expect("exit after SIGTERM")
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn sigint_exits_0() {
-    let mut child = worker(&["--backend", "memory", "--instance-id", "m1", "--soak", "10ms"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = worker(&[
+        "--backend",
+        "memory",
+        "--instance-id",
+        "m1",
+        "--soak",
+        "10ms",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     next_json(&mut lines).await;
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = timeout(WAIT, child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn no_leader_holds_then_settles() {
-    let mut child = worker(&["--backend", "memory", "--instance-id", "m1", "--soak", "50ms", "--leader-settle", "200ms"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = worker(&[
+        "--backend",
+        "memory",
+        "--instance-id",
+        "m1",
+        "--soak",
+        "50ms",
+        "--leader-settle",
+        "200ms",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     next_json(&mut lines).await;
-    stdin.write_all(b"no-leader\nput service/coordinator/assignments/m1/a 1\n").await.unwrap();
+    stdin
+        .write_all(b"no-leader\nput service/coordinator/assignments/m1/a 1\n")
+        .await
+        .unwrap();
     // Without a leader nothing is printed (a bound on a non-event).
-    assert!(timeout(Duration::from_secs(1), lines.next_line()).await.is_err());
+    assert!(timeout(Duration::from_secs(1), lines.next_line())
+        .await
+        .is_err());
     stdin.write_all(b"leader L2\n").await.unwrap();
     let l = next_json(&mut lines).await;
     assert_eq!(l["added"], serde_json::json!(["a"]));
     sigterm(&child);
-    assert_eq!(timeout(WAIT, child.wait()).await.unwrap().unwrap().code(), Some(0));
+    assert_eq!(
+        timeout(WAIT, child.wait()).await.unwrap().unwrap().code(),
+        Some(0)
+    );
 }
 
 #[tokio::test]
 async fn demo_runs_and_exits_0_within_a_minute() {
-    let out = timeout(Duration::from_secs(60), Command::new(BIN).arg("demo").kill_on_drop(true).output())
-        .await
-        .expect("demo must end by itself within a minute")
-        .unwrap();
+    let out = timeout(
+        Duration::from_secs(60),
+        Command::new(BIN).arg("demo").kill_on_drop(true).output(),
+    )
+    .await
+    .expect("demo must end by itself within a minute")
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("m2 leaves"), "{text}");

@@ -1,4 +1,5 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
+#![allow(clippy::many_single_char_names)] // criterion-style short names in a benchmark.
 //! Benchmarks of the state machine: the cost of one single-key change (observe,
 //! soak, commit) with workloads of 1,000 / 10,000 / 100,000 items. The cost must
 //! not grow linearly with the workload.
@@ -26,9 +27,20 @@ fn synced(n: usize) -> (Machine, Instant) {
         }),
     );
     let entries = (0..n)
-        .map(|i| KvEntry::new(format!("svc/assignments/m1/work-{i:07}"), Bytes::from_static(b"params")))
+        .map(|i| {
+            KvEntry::new(
+                format!("svc/assignments/m1/work-{i:07}"),
+                Bytes::from_static(b"params"),
+            )
+        })
         .collect();
-    m.handle_list(now, &Snapshot { revision: 1, entries });
+    m.handle_list(
+        now,
+        &Snapshot {
+            revision: 1,
+            entries,
+        },
+    );
     let now = now + timing.soak;
     m.handle_timeout(now);
     while m.poll().is_some() {}
@@ -38,7 +50,13 @@ fn synced(n: usize) -> (Machine, Instant) {
 
 fn change(m: &mut Machine, now: &mut Instant, rev: &mut u64, c: KvChange) -> usize {
     *rev += 1;
-    m.handle_watch(*now, WatchEvent::Changes { revision: *rev, changes: vec![c] });
+    m.handle_watch(
+        *now,
+        WatchEvent::Changes {
+            revision: *rev,
+            changes: vec![c],
+        },
+    );
     *now += Duration::from_millis(500);
     m.handle_timeout(*now);
     let mut published = 0;
@@ -60,8 +78,18 @@ fn single_key_change(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("etcd_style_event", n), &n, |b, _| {
             b.iter(|| {
                 // One add and one remove, each observed, soaked and committed.
-                let a = change(&mut m, &mut now, &mut rev, KvChange::Put(KvEntry::new(key, Bytes::from_static(b"v"))));
-                let d = change(&mut m, &mut now, &mut rev, KvChange::Delete { key: key.into() });
+                let a = change(
+                    &mut m,
+                    &mut now,
+                    &mut rev,
+                    KvChange::Put(KvEntry::new(key, Bytes::from_static(b"v"))),
+                );
+                let d = change(
+                    &mut m,
+                    &mut now,
+                    &mut rev,
+                    KvChange::Delete { key: key.into() },
+                );
                 assert_eq!(a + d, 2);
             });
         });
@@ -75,14 +103,30 @@ fn consul_style_snapshot(c: &mut Criterion) {
     for n in SIZES {
         let (mut m, now) = synced(n);
         let mut entries: Vec<KvEntry> = (0..n)
-            .map(|i| KvEntry::new(format!("svc/assignments/m1/work-{i:07}"), Bytes::from_static(b"params")))
+            .map(|i| {
+                KvEntry::new(
+                    format!("svc/assignments/m1/work-{i:07}"),
+                    Bytes::from_static(b"params"),
+                )
+            })
             .collect();
-        entries.push(KvEntry::new("svc/assignments/m1/new-item", Bytes::from_static(b"v")));
-        let snap = WatchEvent::Snapshot(Snapshot { revision: 2, entries });
+        entries.push(KvEntry::new(
+            "svc/assignments/m1/new-item",
+            Bytes::from_static(b"v"),
+        ));
+        let snap = WatchEvent::Snapshot(Snapshot {
+            revision: 2,
+            entries,
+        });
         g.bench_with_input(BenchmarkId::new("consul_style_answer", n), &n, |b, _| {
             b.iter(|| {
                 m.handle_watch(now, snap.clone());
-                m.handle_watch(now, WatchEvent::Lost { reason: String::new() });
+                m.handle_watch(
+                    now,
+                    WatchEvent::Lost {
+                        reason: String::new(),
+                    },
+                );
                 while m.poll().is_some() {}
             });
         });

@@ -26,6 +26,7 @@ struct T {
     rev: u64,
 }
 
+#[allow(clippy::unnecessary_wraps)] // reads as the input the machine takes
 fn leader(id: &str, term: u64) -> Option<Leader> {
     Some(Leader {
         id: id.into(),

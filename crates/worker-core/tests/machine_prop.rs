@@ -48,10 +48,10 @@ fn val(v: u8) -> Bytes {
 fn timing() -> Timing {
     Timing {
         soak: Duration::from_millis(500),
-        max_soak: Duration::from_millis(2000),
-        leader_settle: Duration::from_millis(1000),
+        max_soak: Duration::from_secs(2),
+        leader_settle: Duration::from_secs(1),
         backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(2000),
+        backoff_max: Duration::from_secs(2),
     }
 }
 

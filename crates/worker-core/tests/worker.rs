@@ -222,9 +222,3 @@ async fn many_workers_share_one_store() {
         w.halt().await;
     }
 }
-
-#[tokio::test]
-async fn conformance_suite_on_memory() {
-    let store = worker_core::conformance::MemoryConformance::default();
-    worker_core::conformance::run_all(&store, "conformance/").await;
-}

@@ -30,6 +30,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Cmd {
     /// Run one worker; print a JSON line for the first settled workload and every later change.
     Worker(WorkerArgs),
@@ -64,7 +65,7 @@ struct WorkerArgs {
     /// Extra wait after a new leader appears.
     #[arg(long, value_parser = parse_duration, default_value = "5s", allow_hyphen_values = true)]
     leader_settle: Duration,
-    /// File holding the Consul ACL token (else CONSUL_HTTP_TOKEN).
+    /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) for TLS.

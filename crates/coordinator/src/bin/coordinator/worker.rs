@@ -159,7 +159,7 @@ async fn feed_memory_store(store: MemoryStore) {
             (Some("no-leader"), None, None) => store.clear_leader(),
             (Some("") | None, ..) => {}
             _ => {
-                warn!(line = %line, "unknown memory-store command (put KEY [VALUE] | del KEY | leader ID | no-leader)")
+                warn!(line = %line, "unknown memory-store command (put KEY [VALUE] | del KEY | leader ID | no-leader)");
             }
         }
     }
