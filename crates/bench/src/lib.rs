@@ -1,0 +1,1 @@
+//! Placeholder: the benchmark program is being written.
