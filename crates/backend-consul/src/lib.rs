@@ -1,1 +1,222 @@
-//! Placeholder.
+//! Consul backend of **coordinator**: implements [`KvWatch`] and [`LeaderWait`]
+//! on a Consul agent's HTTP API, through the [`consulrs`] client.
+//!
+//! - Assignments are read with recursive blocking queries on the member prefix
+//!   (`?recurse&index=N&wait=5m`), following `X-Consul-Index`, including the
+//!   index of a 404 on an empty prefix. An index that goes backwards is
+//!   reported as [`WatchEvent::Lost`](worker_core::WatchEvent::Lost) so the
+//!   core relists; an index of 0 is sent as 1; queries that come back without
+//!   a change are paced by a token bucket (burst 2, one per second).
+//! - The leader is the Consul session holding the leader key (default
+//!   `service/coordinator/leader`); a lock taken with `consul lock PREFIX …`
+//!   counts when the leader key is `PREFIX/.lock`.
+//! - ACL token (`X-Consul-Token`, never logged), HTTPS with a CA, and mutual
+//!   TLS with a client certificate, all through rustls.
+//!
+//! See `docs/consul.md` for the semantics in detail.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use backend_consul::{ConsulBackend, ConsulConfig};
+//! use worker_core::{Worker, WorkerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = ConsulConfig::new(vec!["http://127.0.0.1:8500".into()]);
+//! config.token_file = Some("/etc/coordinator/consul-token".into());
+//! let consul = ConsulBackend::new(config)?;
+//! let worker = Worker::spawn(
+//!     &WorkerConfig::new("m1"),
+//!     Arc::new(consul.clone()),
+//!     Arc::new(consul),
+//! )?;
+//! let workload = worker.ready().await?;
+//! println!("assigned: {:?}", workload.keys().collect::<Vec<_>>());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//! None.
+
+mod config;
+mod error;
+mod http;
+mod leader;
+mod ratelimit;
+mod watch;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use worker_core::{
+    KvEntry, KvStream, KvWatch, Leader, LeaderStream, LeaderWait, Revision, Snapshot, StoreError,
+};
+
+pub use config::{ConsulConfig, DEFAULT_LEADER_KEY, DEFAULT_WAIT, MAX_WAIT};
+pub use error::ConsulError;
+
+/// How many listed prefixes are remembered for the watches that follow them.
+const LISTED_CAP: usize = 256;
+
+/// A Consul agent as a coordinator store. Cheap to clone (the clones share
+/// one HTTP client); `Send + Sync`, usable from many tasks and workers.
+#[derive(Clone)]
+pub struct ConsulBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Arc<http::Http>,
+    leader_key: String,
+    /// The entries of recent lists, by prefix, so that the watch opened after
+    /// a list knows what its caller holds and can keep quiet about answers
+    /// that change nothing.
+    listed: Mutex<HashMap<String, (Revision, Vec<KvEntry>)>>,
+}
+
+impl fmt::Debug for ConsulBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulBackend")
+            .field("leader_key", &self.inner.leader_key)
+            .field("wait", &self.inner.http.wait())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsulBackend {
+    /// Checks `config`, reads the token and certificate files it names, and
+    /// builds the HTTP client. Does not contact Consul: an unreachable agent
+    /// shows up later as [`StoreError::Unavailable`] and is retried.
+    ///
+    /// Fails with a [`ConsulError`] naming the setting at fault: no or a bad
+    /// endpoint, an unreadable file, a certificate or key that does not parse,
+    /// a `wait` out of range, or half of a client certificate pair.
+    pub fn new(config: ConsulConfig) -> Result<Self, ConsulError> {
+        if config.leader_key.is_empty() || config.leader_key.ends_with('/') {
+            return Err(ConsulError::InvalidSetting {
+                setting: "leader_key",
+                reason: "must name a key (not empty, no trailing slash)",
+            });
+        }
+        let http = http::Http::new(&config)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http: Arc::new(http),
+                leader_key: config.leader_key,
+                listed: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The key whose holder is the leader.
+    pub fn leader_key(&self) -> &str {
+        &self.inner.leader_key
+    }
+}
+
+#[async_trait]
+impl KvWatch for ConsulBackend {
+    /// A recursive read of `prefix` (no blocking); the revision is the
+    /// `X-Consul-Index` of the answer, also for a 404 (empty prefix).
+    async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        let snapshot = watch::list(&self.inner.http, prefix).await?;
+        let mut listed = self
+            .inner
+            .listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if listed.len() >= LISTED_CAP {
+            listed.clear();
+        }
+        listed.insert(
+            prefix.to_owned(),
+            (snapshot.revision, snapshot.entries.clone()),
+        );
+        Ok(snapshot)
+    }
+
+    /// Opens a chain of blocking queries on `prefix` from index `after`. Does
+    /// no I/O; errors come from [`KvStream::next`].
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn KvStream>, StoreError> {
+        let seen = {
+            let mut listed = self
+                .inner
+                .listed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match listed.remove(prefix) {
+                Some((revision, entries)) if revision == after => Some(entries),
+                _ => None,
+            }
+        };
+        Ok(Box::new(watch::ConsulKvStream::new(
+            self.inner.http.clone(),
+            prefix,
+            after,
+            seen,
+        )))
+    }
+}
+
+#[async_trait]
+impl LeaderWait for ConsulBackend {
+    /// Reads the leader key once: the session holding it, if any.
+    async fn leader(&self) -> Result<Option<Leader>, StoreError> {
+        let (_, leader) = leader::read(&self.inner.http, &self.inner.leader_key, None).await?;
+        Ok(leader)
+    }
+
+    /// Opens blocking queries on the leader key. Does no I/O.
+    async fn observe(&self) -> Result<Box<dyn LeaderStream>, StoreError> {
+        Ok(Box::new(leader::ConsulLeaderStream::new(
+            self.inner.http.clone(),
+            &self.inner.leader_key,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync + 'static>() {}
+        check::<ConsulBackend>();
+    }
+
+    #[test]
+    fn construction_never_contacts_the_agent() {
+        // Nothing listens on port 1: construction must still succeed.
+        let backend = ConsulBackend::new(ConsulConfig::new(vec!["http://127.0.0.1:1".into()]));
+        assert!(backend.is_ok());
+    }
+
+    #[test]
+    fn debug_redacts_the_token() {
+        let mut config = ConsulConfig::new(vec!["http://127.0.0.1:1".into()]);
+        config.token = Some("top-secret-token".into());
+        assert!(!format!("{config:?}").contains("top-secret-token"));
+        let backend = ConsulBackend::new(config).unwrap();
+        assert!(!format!("{backend:?}").contains("top-secret-token"));
+    }
+
+    #[test]
+    fn bad_leader_key_is_rejected() {
+        let mut config = ConsulConfig::new(vec!["http://127.0.0.1:1".into()]);
+        config.leader_key = "locks/".into();
+        let err = ConsulBackend::new(config).unwrap_err();
+        assert!(err.to_string().contains("leader_key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_agent_is_unavailable() {
+        let backend =
+            ConsulBackend::new(ConsulConfig::new(vec!["http://127.0.0.1:1".into()])).unwrap();
+        let err = backend.list("p/").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Errors of the Consul backend.
+
+use std::path::PathBuf;
+
+use worker_core::BoxError;
+
+/// A configuration the Consul backend cannot use; returned by
+/// [`ConsulBackend::new`](crate::ConsulBackend::new).
+///
+/// Each variant names the setting at fault. An unreachable agent is never a
+/// `ConsulError`: it shows up later as
+/// [`StoreError::Unavailable`](worker_core::StoreError::Unavailable) and is retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsulError {
+    /// `endpoints` is empty.
+    #[error("no Consul endpoint given (endpoints is empty)")]
+    NoEndpoints,
+    /// An endpoint is not an `http://` or `https://` URL of an agent.
+    #[error("invalid Consul endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A file named by a setting cannot be read.
+    #[error("cannot read {setting} file {}", path.display())]
+    ReadFile {
+        /// The setting (`token_file`, `ca_cert`, `client_cert`, `client_key`).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate or key file does not hold what its setting needs.
+    #[error("{setting} file {} does not hold a usable {what}", path.display())]
+    BadPem {
+        /// The setting (`ca_cert`, `client_cert`).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was expected (e.g. "PEM certificate").
+        what: &'static str,
+        /// The parser's complaint, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A setting has a value the backend cannot use.
+    #[error("invalid {setting}: {reason}")]
+    InvalidSetting {
+        /// The setting.
+        setting: &'static str,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// The HTTP client could not be built from the TLS settings.
+    #[error("cannot build the HTTP client from the TLS settings")]
+    HttpClient(#[source] BoxError),
+}
+
+/// A non-2xx answer from Consul, kept as the source of a
+/// [`StoreError`](worker_core::StoreError).
+#[derive(Debug, thiserror::Error)]
+#[error("Consul answered {status}: {message}")]
+pub(crate) struct HttpStatusError {
+    pub(crate) status: u16,
+    pub(crate) message: String,
+}
+
+/// An answer Consul should not have given (no index, undecodable body).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ProtocolError(pub(crate) String);
