@@ -1,1 +1,238 @@
-//! Placeholder.
+//! etcd v3 backend of **coordinator**: implements the core's [`KvWatch`] and
+//! [`LeaderWait`] over etcd's gRPC API (through the `etcd-client` crate).
+//!
+//! - **Assignments**: a prefix GET gives the snapshot and its header revision;
+//!   a prefix watch from revision + 1 follows it. A watch that etcd cancels, or
+//!   whose start revision was compacted, is reported as [`WatchEvent::Lost`]
+//!   (the core relists). A stream that goes silent is probed with progress
+//!   requests and reported broken after [`EtcdConfig::keepalive`].
+//! - **Leader**: the etcd v3 election named by [`EtcdConfig::election`]
+//!   (`etcdctl elect NAME PROPOSAL` makes a leader): the key with the lowest
+//!   create revision under `NAME/`; its value is the leader id, its create
+//!   revision the term.
+//! - **Several endpoints**: requests go to one member; when it fails (down,
+//!   silent, without a raft leader) the backend reconnects and moves on to the
+//!   next one.
+//! - **Security**: user/password authentication, HTTPS with a CA file, client
+//!   certificates. The password is never logged.
+//!
+//! [`EtcdBackend::connect`] does no network I/O: an unreachable etcd shows up as
+//! errors of [`list`](KvWatch::list)/[`watch`](KvWatch::watch), which the worker
+//! retries with backoff.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use backend_etcd::{EtcdBackend, EtcdConfig};
+//! use worker_core::{Worker, WorkerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = EtcdConfig::new(vec!["http://127.0.0.1:2379".into()]);
+//! let etcd = EtcdBackend::connect(config).await?;
+//! let worker = Worker::spawn(
+//!     &WorkerConfig::new("m1"),
+//!     Arc::new(etcd.clone()),
+//!     Arc::new(etcd),
+//! )?;
+//! let workload = worker.ready().await?;
+//! println!("{workload:?}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Building
+//! `etcd-client` compiles etcd's `.proto` files at build time: it needs `protoc`
+//! and the well-known `.proto` files (Debian: `protobuf-compiler` and
+//! `libprotobuf-dev`), or `PROTOC` set to a `protoc` binary.
+//!
+//! # Feature flags
+//! None: TLS (rustls with the ring provider, and the system trust store for
+//! HTTPS endpoints given without a CA file) is always built in.
+
+mod config;
+mod error;
+mod leader;
+mod pool;
+mod watch;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::GetOptions;
+use worker_core::{
+    KvEntry, KvStream, KvWatch, Leader, LeaderStream, LeaderWait, Revision, Snapshot, StoreError,
+};
+
+pub use config::{
+    EtcdConfig, DEFAULT_ELECTION, DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE, MIN_KEEPALIVE,
+};
+pub use error::EtcdError;
+#[doc(no_inline)]
+pub use worker_core::WatchEvent;
+
+use crate::error::store_error;
+use crate::leader::{current_leader, EtcdLeaderStream};
+use crate::pool::Pool;
+use crate::watch::{to_revision, EtcdKvStream, Watcher};
+
+/// The etcd backend: a [`KvWatch`] and a [`LeaderWait`].
+///
+/// Cheap to clone (the clones share the connections); `Send + Sync`, usable
+/// from many tasks and workers at once.
+#[derive(Clone, Debug)]
+pub struct EtcdBackend {
+    pool: Arc<Pool>,
+    election_prefix: Arc<[u8]>,
+}
+
+impl EtcdBackend {
+    /// Builds the backend: checks the settings, reads the TLS files, and
+    /// prepares one client per endpoint.
+    ///
+    /// Does not connect: an unreachable etcd is not an error here (requests
+    /// fail later, and the worker retries them). Fails only on a bad setting:
+    /// no endpoint, an endpoint that is not a URL, an unreadable or non-PEM TLS
+    /// file, a user without a password, a client certificate without its key,
+    /// a keepalive below [`MIN_KEEPALIVE`]; the error names the setting.
+    pub async fn connect(config: EtcdConfig) -> Result<Self, EtcdError> {
+        let pool = Pool::new(&config).await?;
+        let election_prefix = format!("{}/", config.election).into_bytes();
+        Ok(Self {
+            pool: Arc::new(pool),
+            election_prefix: election_prefix.into(),
+        })
+    }
+
+    /// The endpoint requests go to now (it changes when a member fails).
+    pub fn current_endpoint(&self) -> String {
+        self.pool.current_url().to_owned()
+    }
+
+    /// The key prefix of the election (`<election>/`).
+    pub fn election_prefix(&self) -> &[u8] {
+        &self.election_prefix
+    }
+}
+
+#[async_trait]
+impl KvWatch for EtcdBackend {
+    /// A linearizable prefix GET; the snapshot's revision is the response
+    /// header's. Cancel safe.
+    async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        let (response, _) = self
+            .pool
+            .run(|mut client| async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(store_error)
+            })
+            .await?;
+        let revision = response
+            .header()
+            .map(|h| to_revision(h.revision()))
+            .ok_or_else(|| StoreError::protocol("etcd answered a GET without a header"))?;
+        let entries = response
+            .kvs()
+            .iter()
+            .map(|kv| KvEntry::new(kv.key().to_vec(), Bytes::copy_from_slice(kv.value())))
+            .collect();
+        Ok(Snapshot { revision, entries })
+    }
+
+    /// Opens a prefix watch from `after + 1` and waits until etcd confirms it.
+    /// Cancel safe.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn KvStream>, StoreError> {
+        let start = i64::try_from(after.saturating_add(1)).unwrap_or(i64::MAX);
+        let watcher = Watcher::open(self.pool.clone(), prefix.as_bytes(), start).await?;
+        Ok(Box::new(EtcdKvStream { watcher }))
+    }
+}
+
+#[async_trait]
+impl LeaderWait for EtcdBackend {
+    /// The election's leader now. Cancel safe.
+    async fn leader(&self) -> Result<Option<Leader>, StoreError> {
+        Ok(current_leader(&self.pool, &self.election_prefix).await?.0)
+    }
+
+    /// Opens an observation of the election; its first `next` reads the
+    /// current state. Cancel safe.
+    async fn observe(&self) -> Result<Box<dyn LeaderStream>, StoreError> {
+        Ok(Box::new(EtcdLeaderStream::new(
+            self.pool.clone(),
+            self.election_prefix.to_vec(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_does_not_touch_the_network() {
+        // Nothing listens on port 1; connect must still succeed at once.
+        let config = EtcdConfig::new(vec!["http://127.0.0.1:1".into(), "127.0.0.1:2".into()]);
+        let backend = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            EtcdBackend::connect(config),
+        )
+        .await
+        .expect("connect hung")
+        .expect("connect failed");
+        assert_eq!(backend.current_endpoint(), "http://127.0.0.1:1");
+        assert_eq!(backend.election_prefix(), b"service/coordinator/leader/");
+    }
+
+    #[tokio::test]
+    async fn connect_with_credentials_does_not_touch_the_network() {
+        let config = EtcdConfig::new(vec!["http://127.0.0.1:1".into()]).with_user("u", "p");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            EtcdBackend::connect(config),
+        )
+        .await
+        .expect("connect hung")
+        .expect("connect failed");
+    }
+
+    #[tokio::test]
+    async fn unreachable_store_is_unavailable_not_a_hang() {
+        let config = EtcdConfig::new(vec!["http://127.0.0.1:1".into()])
+            .with_keepalive(std::time::Duration::from_secs(2));
+        let backend = EtcdBackend::connect(config).await.unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), backend.list("p/"))
+            .await
+            .expect("list hung")
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(_) | StoreError::Timeout(_)),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_settings_name_the_setting() {
+        let e = EtcdBackend::connect(EtcdConfig::new(vec!["http://exa mple:1".into()]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("endpoints"), "{e}");
+        let e = EtcdBackend::connect(
+            EtcdConfig::new(vec!["https://127.0.0.1:1".into()]).with_ca_cert("/nonexistent/ca.pem"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("ca_cert"), "{e}");
+        let e = EtcdBackend::connect(
+            EtcdConfig::new(vec!["http://127.0.0.1:1".into()]).with_ca_cert("/nonexistent/ca.pem"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("endpoints"), "{e}");
+        let e = EtcdBackend::connect(EtcdConfig::new(vec!["ftp://127.0.0.1:1".into()]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("endpoints"), "{e}");
+    }
+}

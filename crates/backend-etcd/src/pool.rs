@@ -1,0 +1,233 @@
+//! One lazily connected etcd client per endpoint, and failover between them.
+//!
+//! Each endpoint gets its own [`Client`] (a gRPC channel that connects on first
+//! use). Requests go to the current endpoint; when one fails in a way another
+//! member might not (unreachable, timed out, no raft leader), that endpoint's
+//! client is rebuilt (a fresh connection next time) and the next endpoint becomes
+//! current. Authentication happens per endpoint on first use, so building the
+//! pool never touches the network.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tracing::debug;
+use worker_core::{ErrorChain, StoreError};
+
+use crate::config::{read_pem, EtcdConfig};
+use crate::error::{is_endpoint_failure, store_error, timeout, EtcdError};
+
+/// HTTP/2 keep-alive pings are sent no more often than this: etcd's default
+/// `--grpc-keepalive-min-time` is 5 s and it closes connections that ping more often.
+const MIN_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+struct SlotState {
+    client: Client,
+    authenticated: bool,
+}
+
+struct Slot {
+    url: String,
+    state: tokio::sync::Mutex<SlotState>,
+}
+
+/// The endpoints and their clients. Holds the password: never `Debug`-printed.
+pub(crate) struct Pool {
+    slots: Vec<Slot>,
+    current: AtomicUsize,
+    /// Options without credentials (those are applied per slot, lazily).
+    options: ConnectOptions,
+    credentials: Option<(String, String)>,
+    /// Bound on each request.
+    pub(crate) request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field(
+                "endpoints",
+                &self
+                    .slots
+                    .iter()
+                    .map(|s| s.url.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("current", &self.current.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn normalize(endpoint: &str, tls: bool) -> String {
+    let e = endpoint.trim();
+    if e.contains("://") {
+        e.to_owned()
+    } else if tls {
+        format!("https://{e}")
+    } else {
+        format!("http://{e}")
+    }
+}
+
+impl Pool {
+    /// Reads the TLS files and builds one (unconnected) client per endpoint.
+    pub(crate) async fn new(config: &EtcdConfig) -> Result<Self, EtcdError> {
+        config.validate()?;
+        let keepalive = config.keepalive;
+        let mut options = ConnectOptions::new()
+            .with_keep_alive(keepalive.max(MIN_PING_INTERVAL), keepalive)
+            .with_keep_alive_while_idle(false)
+            .with_connect_timeout(keepalive)
+            .with_require_leader(true)
+            .with_auto_token_refresh(true);
+        let uses_tls = config.uses_tls();
+        let urls: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| normalize(e, uses_tls))
+            .collect();
+        let any_https = urls.iter().any(|u| u.starts_with("https://"));
+        if any_https {
+            let mut tls = TlsOptions::new();
+            match &config.ca_cert {
+                Some(path) => {
+                    tls = tls.ca_certificate(Certificate::from_pem(read_pem("ca_cert", path)?));
+                }
+                None => tls = tls.with_native_roots(),
+            }
+            if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
+                let cert = read_pem("client_cert", cert)?;
+                let key = read_pem("client_key", key)?;
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        let mut slots = Vec::with_capacity(urls.len());
+        for (given, url) in config.endpoints.iter().zip(urls) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(EtcdError::Endpoint {
+                    endpoint: given.clone(),
+                    source: "the scheme must be http:// or https://".into(),
+                });
+            }
+            if url.starts_with("http://") && uses_tls {
+                return Err(EtcdError::Endpoint {
+                    endpoint: given.clone(),
+                    source: "TLS files are set (ca_cert/client_cert) but the endpoint is \
+                             http://; use https://"
+                        .into(),
+                });
+            }
+            let client = build_client(&url, &options)
+                .await
+                .map_err(|e| EtcdError::Endpoint {
+                    endpoint: given.clone(),
+                    source: Box::new(e),
+                })?;
+            slots.push(Slot {
+                url,
+                state: tokio::sync::Mutex::new(SlotState {
+                    client,
+                    authenticated: false,
+                }),
+            });
+        }
+        let credentials = match (&config.user, &config.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        Ok(Self {
+            slots,
+            current: AtomicUsize::new(0),
+            options,
+            credentials,
+            request_timeout: keepalive,
+        })
+    }
+
+    /// The URL of the endpoint requests go to now.
+    pub(crate) fn current_url(&self) -> &str {
+        &self.slots[self.current.load(Ordering::Relaxed) % self.slots.len()].url
+    }
+
+    /// The client of endpoint `i`, authenticated when credentials are set.
+    async fn client(&self, i: usize) -> Result<Client, StoreError> {
+        let mut state = self.slots[i].state.lock().await;
+        if let Some((user, password)) = &self.credentials {
+            if !state.authenticated {
+                let mut client = state.client.clone();
+                let auth = client.update_user(Some((user.clone(), password.clone())));
+                match tokio::time::timeout(self.request_timeout, auth).await {
+                    Err(_) => return Err(timeout(self.request_timeout)),
+                    Ok(Err(e)) => return Err(store_error(e)),
+                    Ok(Ok(())) => state.authenticated = true,
+                }
+            }
+        }
+        Ok(state.client.clone())
+    }
+
+    /// Records that a request on endpoint `i` failed with `e`: when another member
+    /// might do better, rebuilds the endpoint's client and moves on to the next one.
+    pub(crate) async fn failed(&self, i: usize, e: &StoreError) {
+        if !is_endpoint_failure(e) {
+            return;
+        }
+        let n = self.slots.len();
+        let _ = self
+            .current
+            .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        debug!(
+            endpoint = %self.slots[i].url,
+            error = %ErrorChain(e),
+            next = %self.current_url(),
+            "etcd endpoint failed; reconnecting and trying the next one"
+        );
+        let mut state = self.slots[i].state.lock().await;
+        if let Ok(client) = build_client(&self.slots[i].url, &self.options).await {
+            state.client = client;
+            state.authenticated = false;
+        }
+    }
+
+    /// Runs `op` on the current endpoint, each try bounded by the request timeout;
+    /// on an endpoint failure tries the other endpoints once each. Returns the
+    /// result and the endpoint that produced it.
+    pub(crate) async fn run<T, F, Fut>(&self, mut op: F) -> Result<(T, usize), StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let n = self.slots.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let attempt = async {
+                let client = self.client(i).await?;
+                tokio::time::timeout(self.request_timeout, op(client))
+                    .await
+                    .map_err(|_| timeout(self.request_timeout))?
+            };
+            match attempt.await {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok((v, i));
+                }
+                Err(e) if is_endpoint_failure(&e) => {
+                    self.failed(i, &e).await;
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| timeout(self.request_timeout)))
+    }
+}
+
+/// Builds a client for one endpoint. Without credentials this does no I/O:
+/// the channel connects on first use.
+async fn build_client(url: &str, options: &ConnectOptions) -> Result<Client, etcd_client::Error> {
+    Client::connect([url], Some(options.clone())).await
+}

@@ -1,0 +1,108 @@
+//! Leadership from `etcdctl elect`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend_etcd::EtcdConfig;
+use test_support::EtcdServer;
+use worker_core::LeaderWait;
+
+use crate::common::{backend, init_tracing, spawn_worker, unique, wait_workload, ElectChild, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_leads_and_resigning_makes_the_worker_wait() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let election = unique("elect/leader");
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_election(&election)).await;
+    let p = format!("{}/", unique("elect"));
+    let m = format!("{p}m1/");
+    server.put(&format!("{m}w1"), "1").await;
+    let settle = Duration::from_millis(1500);
+    let worker = spawn_worker(&p, Arc::new(etcd.clone()), &etcd, settle);
+    let mut leader = worker.leader_watch();
+
+    // No leader yet: no first sync.
+    let early = tokio::time::timeout(Duration::from_secs(1), worker.ready()).await;
+    assert!(early.is_err(), "ready without a leader");
+
+    let mut alpha = ElectChild::start(server.cluster(), &election, "alpha");
+    alpha.wait_elected().await;
+    let seen = tokio::time::timeout(
+        WAIT,
+        leader.wait_for(|l| l.as_ref().is_some_and(|l| l.id == "alpha")),
+    )
+    .await
+    .expect("worker did not see alpha")
+    .expect("worker ended")
+    .clone()
+    .expect("a leader");
+    assert_eq!(etcd.leader().await.expect("leader").as_ref(), Some(&seen));
+    wait_workload(&worker, &["w1"], "first sync under alpha").await;
+
+    // beta queues behind alpha; alpha resigns; beta leads with a new term.
+    let mut beta = ElectChild::start(server.cluster(), &election, "beta");
+    test_support::poll_until("beta's campaign key", WAIT, || async {
+        let out = server
+            .ctl([
+                "get",
+                "--prefix",
+                "--keys-only",
+                "-w",
+                "json",
+                &format!("{election}/"),
+            ])
+            .await;
+        out.contains("\"count\":2").then_some(())
+    })
+    .await;
+    alpha.resign().await;
+    beta.wait_elected().await;
+    let b = tokio::time::timeout(
+        WAIT,
+        leader.wait_for(|l| l.as_ref().is_some_and(|l| l.id == "beta")),
+    )
+    .await
+    .expect("worker did not see beta")
+    .expect("worker ended")
+    .clone()
+    .expect("a leader");
+    assert!(b.term > seen.term, "{b:?} after {seen:?}");
+
+    // beta resigns: no leader; a change is observed but not published.
+    beta.resign().await;
+    tokio::time::timeout(WAIT, leader.wait_for(Option::is_none))
+        .await
+        .expect("worker did not see the resignation")
+        .expect("worker ended");
+    let mut changes = worker.changes();
+    let _initial = changes.next().await;
+    server.put(&format!("{m}w2"), "2").await;
+    let quiet = tokio::time::timeout(Duration::from_secs(2), changes.next()).await;
+    assert!(quiet.is_err(), "published without a leader: {quiet:?}");
+
+    // gamma: a new leader; the change is published only after leader_settle.
+    let mut gamma = ElectChild::start(server.cluster(), &election, "gamma");
+    gamma.wait_elected().await;
+    tokio::time::timeout(
+        WAIT,
+        leader.wait_for(|l| l.as_ref().is_some_and(|l| l.id == "gamma")),
+    )
+    .await
+    .expect("worker did not see gamma")
+    .expect("worker ended");
+    let seen_at = tokio::time::Instant::now();
+    let change = tokio::time::timeout(WAIT, changes.next())
+        .await
+        .expect("nothing published under gamma")
+        .expect("worker ended");
+    let waited = seen_at.elapsed();
+    assert_eq!(change.added.len(), 1);
+    assert_eq!(&*change.added[0].0, "w2");
+    assert!(
+        waited >= settle.mul_f64(0.8),
+        "published {waited:?} after the new leader, before leader_settle {settle:?}"
+    );
+    worker.halt().await;
+    gamma.resign().await;
+}
