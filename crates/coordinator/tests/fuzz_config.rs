@@ -5,6 +5,8 @@
 
 use coordinator::config::{parse_duration, split_endpoints};
 use coordinator::Config;
+use std::fmt::Write as _;
+
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -45,10 +47,11 @@ fn toml_doc() -> impl Strategy<Value = String> {
     ];
     proptest::collection::vec((field, toml_value()), 0..8).prop_map(|kv| {
         let mut seen = std::collections::HashSet::new();
-        kv.into_iter()
-            .filter(|(k, _)| seen.insert(*k))
-            .map(|(k, v)| format!("{k} = {v}\n"))
-            .collect()
+        let mut doc = String::new();
+        for (k, v) in kv.into_iter().filter(|(k, _)| seen.insert(*k)) {
+            let _ = writeln!(doc, "{k} = {v}");
+        }
+        doc
     })
 }
 
