@@ -114,30 +114,84 @@ impl EtcdBackend {
     }
 }
 
+/// Keys per page when listing a member's prefix.
+pub const LIST_PAGE: i64 = 5_000;
+
+/// Largest gRPC message the backend accepts (etcd-client's default is 4 MiB,
+/// too small for a page of large values or a watch catching up on a big
+/// transaction). Everything read is kept in memory anyway.
+pub(crate) const MAX_MESSAGE: usize = 1 << 30;
+
+/// The end of the key range holding every key that starts with `prefix`
+/// (etcd's `--prefix` rule: increment the last byte that is not 0xff).
+fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().expect("non-empty") += 1;
+            return end;
+        }
+        end.pop();
+    }
+    // Every byte was 0xff (or the prefix is empty): to the end of the keyspace.
+    vec![0]
+}
+
 #[async_trait]
 impl KvWatch for EtcdBackend {
-    /// A linearizable prefix GET; the snapshot's revision is the response
-    /// header's. Cancel safe.
+    /// A linearizable prefix read in pages of [`LIST_PAGE`] keys, every page at
+    /// the first page's revision, so that large members (100,000 keys) are read
+    /// without one giant answer; the snapshot's revision is that revision.
+    /// Cancel safe.
     async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
-        let (response, _) = self
-            .pool
-            .run(|mut client| async move {
-                client
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
-                    .map_err(store_error)
-            })
-            .await?;
-        let revision = response
-            .header()
-            .map(|h| to_revision(h.revision()))
-            .ok_or_else(|| StoreError::protocol("etcd answered a GET without a header"))?;
-        let entries = response
-            .kvs()
-            .iter()
-            .map(|kv| KvEntry::new(kv.key().to_vec(), Bytes::copy_from_slice(kv.value())))
-            .collect();
-        Ok(Snapshot { revision, entries })
+        let end = prefix_range_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision: Option<i64> = None;
+        let mut entries = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if let Some(r) = revision {
+                options = options.with_revision(r);
+            }
+            let (response, _) = self
+                .pool
+                .run(|client| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move {
+                        client
+                            .kv_client()
+                            .max_decoding_message_size(MAX_MESSAGE)
+                            .get(from, Some(options))
+                            .await
+                            .map_err(store_error)
+                    }
+                })
+                .await?;
+            let header = response
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| StoreError::protocol("etcd answered a GET without a header"))?;
+            revision.get_or_insert(header);
+            entries.extend(
+                response
+                    .kvs()
+                    .iter()
+                    .map(|kv| KvEntry::new(kv.key().to_vec(), Bytes::copy_from_slice(kv.value()))),
+            );
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Snapshot {
+            revision: to_revision(revision.unwrap_or(0)),
+            entries,
+        })
     }
 
     /// Opens a prefix watch from `after + 1` and waits until etcd confirms it.
@@ -169,6 +223,14 @@ impl LeaderWait for EtcdBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_range_ends() {
+        assert_eq!(prefix_range_end(b"p/m1/"), b"p/m10".to_vec());
+        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_range_end(b""), vec![0]);
+    }
 
     #[tokio::test]
     async fn connect_does_not_touch_the_network() {

@@ -55,6 +55,7 @@ impl Watcher {
                 async move {
                     let mut stream = client
                         .watch_client()
+                        .max_decoding_message_size(crate::MAX_MESSAGE)
                         .watch(key, Some(options))
                         .await
                         .map_err(store_error)?;

@@ -163,10 +163,13 @@ impl EtcdCluster {
             if let Some(tls) = &options.tls {
                 process
                     .arg(format!("--cert-file={}", tls.server_cert.display()))
-                    .arg(format!("--key-file={}", tls.server_key.display()))
-                    .arg(format!("--trusted-ca-file={}", tls.ca_cert.display()));
+                    .arg(format!("--key-file={}", tls.server_key.display()));
+                // etcd 3.4 asks every client for a certificate as soon as it has a
+                // trusted CA, so the CA is given only when client certificates are required.
                 if options.client_cert_auth {
-                    process.arg("--client-cert-auth");
+                    process
+                        .arg(format!("--trusted-ca-file={}", tls.ca_cert.display()))
+                        .arg("--client-cert-auth");
                 }
             }
             members.push(Member {

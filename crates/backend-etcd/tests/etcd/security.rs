@@ -89,15 +89,8 @@ async fn https_with_a_ca() {
     let p = format!("{}/m1/", unique("tls"));
     server.put(&format!("{p}w1"), "1").await;
 
-    // etcd 3.4 asks for a client certificate whenever `--trusted-ca-file` is set
-    // (the harness always sets it), so the client presents one here too; what
-    // this test adds over `client_certificate_required` is the server check.
-    let etcd = backend(
-        EtcdConfig::new(server.client_urls())
-            .with_ca_cert(&pki.ca_cert)
-            .with_client_cert(&pki.client_cert, &pki.client_key),
-    )
-    .await;
+    // HTTPS with only a CA: no client certificate is presented.
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_ca_cert(&pki.ca_cert)).await;
     let snap = etcd.list(&p).await.expect("list over HTTPS");
     assert_eq!(snap.entries.len(), 1);
     let mut stream = etcd
@@ -115,21 +108,14 @@ async fn https_with_a_ca() {
     );
 
     // A CA that did not sign the server's certificate: refused.
-    let wrong_ca = backend(
-        EtcdConfig::new(server.client_urls())
-            .with_ca_cert(&pki.untrusted_ca_cert)
-            .with_client_cert(&pki.client_cert, &pki.client_key),
-    )
-    .await;
+    let wrong_ca =
+        backend(EtcdConfig::new(server.client_urls()).with_ca_cert(&pki.untrusted_ca_cert)).await;
     let e = wrong_ca.list(&p).await.unwrap_err();
     let chain = worker_core::ErrorChain(&e).to_string();
     assert!(chain.contains("certificate"), "{chain}");
 
     // No CA file: the system trust store does not know the test CA either.
-    let system_roots = backend(
-        EtcdConfig::new(server.client_urls()).with_client_cert(&pki.client_cert, &pki.client_key),
-    )
-    .await;
+    let system_roots = backend(EtcdConfig::new(server.client_urls())).await;
     assert!(system_roots.list(&p).await.is_err());
 }
 

@@ -1,0 +1,85 @@
+//! `coordinator worker --backend consul` against a real dev agent: the JSON lines it prints.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use coordinator_e2e::{bounded, coordinator_bin};
+use serde_json::{json, Value};
+use test_support::ConsulAgent;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, what: &str) -> Value {
+    let line = bounded(what, lines.next_line())
+        .await
+        .expect("read stdout")
+        .unwrap_or_else(|| panic!("stdout ended while waiting for {what}"));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_prints_settled_workloads_from_consul() {
+    let agent = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    // The leader: `consul lock` holds cli/.lock while its command runs.
+    let mut lock = agent
+        .command([
+            "lock",
+            "cli",
+            &format!("while [ ! -e '{}' ]; do sleep 0.05; done", stop.display()),
+        ])
+        .spawn()
+        .expect("run consul lock");
+    agent.kv_put("cli/assign/m1/w1", "1").await;
+    agent.kv_put("cli/assign/m10/x", "not mine").await;
+
+    let mut worker = tokio::process::Command::new(coordinator_bin())
+        .args(["worker", "--backend", "consul", "--endpoints"])
+        .arg(agent.http_addr())
+        .args([
+            "--instance-id",
+            "m1",
+            "--prefix",
+            "cli/assign/",
+            "--leader",
+            "cli/.lock",
+        ])
+        .args(["--soak", "100ms", "--leader-settle", "300ms"])
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run coordinator");
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+
+    let first = next_line(&mut lines, "the first sync").await;
+    assert_eq!(first["instance_id"], "m1");
+    assert_eq!(first["workload"], json!(["w1"]));
+    assert_eq!(first["added"], json!(["w1"]));
+    assert_eq!(first["removed"], json!([]));
+    assert!(first["revision"].as_u64().unwrap() > 0);
+
+    agent.kv_put("cli/assign/m10/y", "not mine").await;
+    agent.kv_put("cli/assign/m1/w2", "2").await;
+    let second = next_line(&mut lines, "w2 added").await;
+    assert_eq!(second["workload"], json!(["w1", "w2"]));
+    assert_eq!(second["added"], json!(["w2"]));
+    assert!(second["revision"].as_u64() >= first["revision"].as_u64());
+
+    agent.kv_delete("cli/assign/m1/w1").await;
+    let third = next_line(&mut lines, "w1 removed").await;
+    assert_eq!(third["workload"], json!(["w2"]));
+    assert_eq!(third["removed"], json!(["w1"]));
+
+    // SIGTERM: halt and exit 0.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(worker.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = bounded("the worker to exit", worker.wait()).await.unwrap();
+    assert!(status.success(), "coordinator worker: {status}");
+
+    std::fs::write(&stop, "").unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), lock.wait()).await;
+}
