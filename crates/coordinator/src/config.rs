@@ -147,6 +147,22 @@ pub struct Config {
     /// Wait after a new leader. Default 5 s.
     #[serde(default = "default_settle", with = "duration_str")]
     pub leader_settle: Duration,
+    /// Consul blocking-query wait: a silent (black-holed) connection is noticed
+    /// after `wait + wait/16 + 5 s`. Default 5 min; at most 10 min.
+    #[serde(
+        default,
+        with = "duration_str::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consul_wait: Option<Duration>,
+    /// etcd keep-alive: bounds each request and the detection of a silent watch
+    /// stream. Default 10 s; at least 200 ms.
+    #[serde(
+        default,
+        with = "duration_str::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub etcd_keepalive: Option<Duration>,
     /// Consul ACL token file (else `CONSUL_HTTP_TOKEN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -242,6 +258,8 @@ impl Config {
             soak: default_soak(),
             max_soak: None,
             leader_settle: default_settle(),
+            consul_wait: None,
+            etcd_keepalive: None,
             token_file: None,
             ca_cert: None,
             client_cert: None,
@@ -269,6 +287,7 @@ impl Config {
     /// Reads `COORDINATOR_BACKEND`, `COORDINATOR_ENDPOINTS` (comma-separated),
     /// `COORDINATOR_INSTANCE_ID`, `COORDINATOR_PREFIX`, `COORDINATOR_LEADER`,
     /// `COORDINATOR_SOAK`, `COORDINATOR_MAX_SOAK`, `COORDINATOR_LEADER_SETTLE`,
+    /// `COORDINATOR_CONSUL_WAIT`, `COORDINATOR_ETCD_KEEPALIVE`,
     /// `COORDINATOR_TOKEN_FILE`, `COORDINATOR_CA_CERT`, `COORDINATOR_CLIENT_CERT`,
     /// `COORDINATOR_CLIENT_KEY`, `COORDINATOR_USER`, `COORDINATOR_PASSWORD_FILE`.
     pub fn from_env() -> Result<Self, LoadError> {
@@ -309,6 +328,8 @@ impl Config {
         if let Some(d) = dur("COORDINATOR_LEADER_SETTLE")? {
             c.leader_settle = d;
         }
+        c.consul_wait = dur("COORDINATOR_CONSUL_WAIT")?;
+        c.etcd_keepalive = dur("COORDINATOR_ETCD_KEEPALIVE")?;
         c.token_file = get("COORDINATOR_TOKEN_FILE").map(PathBuf::from);
         c.ca_cert = get("COORDINATOR_CA_CERT").map(PathBuf::from);
         c.client_cert = get("COORDINATOR_CLIENT_CERT").map(PathBuf::from);
@@ -365,6 +386,22 @@ impl Config {
                 "user",
                 "user and password_file must be given together",
             ));
+        }
+        if let Some(w) = self.consul_wait {
+            if w.is_zero() || w > Duration::from_secs(600) {
+                return Err(ConfigError::new(
+                    "consul_wait",
+                    format!("{w:?} is out of range: give 1s to 10m"),
+                ));
+            }
+        }
+        if let Some(k) = self.etcd_keepalive {
+            if k < Duration::from_millis(200) {
+                return Err(ConfigError::new(
+                    "etcd_keepalive",
+                    format!("{k:?} is too short: give at least 200ms"),
+                ));
+            }
         }
         for e in &self.endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {

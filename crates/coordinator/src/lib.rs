@@ -107,6 +107,9 @@ impl Backend {
                 c.client_cert.clone_from(&config.client_cert);
                 c.client_key.clone_from(&config.client_key);
                 c.leader_key.clone_from(&config.leader);
+                if let Some(wait) = config.consul_wait {
+                    c.wait = wait;
+                }
                 let b = Arc::new(backend_consul::ConsulBackend::new(c).map_err(|e| Error::Backend {
                     backend: BackendKind::Consul,
                     source: e.into(),
@@ -121,6 +124,9 @@ impl Backend {
                 c.client_key.clone_from(&config.client_key);
                 c.user.clone_from(&config.user);
                 c.election.clone_from(&config.leader);
+                if let Some(keepalive) = config.etcd_keepalive {
+                    c.keepalive = keepalive;
+                }
                 if let Some(path) = &config.password_file {
                     let password = std::fs::read_to_string(path).map_err(|e| {
                         ConfigError::new(

@@ -48,6 +48,12 @@ async fn bad_flags_exit_2_with_one_line_naming_them() {
         .await
         .contains("--leader-settle"));
     assert!(usage_error(&with(&["--bogus"])).await.contains("--bogus"));
+    assert!(usage_error(&with(&["--consul-wait", "0s"]))
+        .await
+        .contains("--consul-wait"));
+    assert!(usage_error(&with(&["--etcd-keepalive", "1ms"]))
+        .await
+        .contains("--etcd-keepalive"));
     assert!(usage_error(&with(&["--client-cert", "c.pem"]))
         .await
         .contains("--client-key"));

@@ -65,6 +65,12 @@ struct WorkerArgs {
     /// Extra wait after a new leader appears.
     #[arg(long, value_parser = parse_duration, default_value = "5s", allow_hyphen_values = true)]
     leader_settle: Duration,
+    /// Consul blocking-query wait; a silent connection is noticed after wait + wait/16 + 5s (default 5m).
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    consul_wait: Option<Duration>,
+    /// etcd keep-alive: request timeout and silent-stream detection (default 10s).
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    etcd_keepalive: Option<Duration>,
     /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
     #[arg(long)]
     token_file: Option<PathBuf>,

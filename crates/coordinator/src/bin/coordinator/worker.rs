@@ -32,6 +32,8 @@ fn config_of(args: WorkerArgs) -> Config {
     c.soak = args.soak;
     c.max_soak = args.max_soak;
     c.leader_settle = args.leader_settle;
+    c.consul_wait = args.consul_wait;
+    c.etcd_keepalive = args.etcd_keepalive;
     c.token_file = args.token_file;
     c.ca_cert = args.ca_cert;
     c.client_cert = args.client_cert;
