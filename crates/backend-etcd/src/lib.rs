@@ -171,7 +171,7 @@ impl KvWatch for EtcdBackend {
                 .await?;
             let header = response
                 .header()
-                .map(|h| h.revision())
+                .map(etcd_client::ResponseHeader::revision)
                 .ok_or_else(|| StoreError::protocol("etcd answered a GET without a header"))?;
             revision.get_or_insert(header);
             entries.extend(

@@ -1,1 +1,0 @@
-//! Placeholder: the benchmark program is being written.

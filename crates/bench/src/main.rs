@@ -1,0 +1,219 @@
+//! `coordinator-bench`: how fast coordinator's workers react to an assignment
+//! and what they cost the store, measured on real Consul and etcd servers next
+//! to what a user would otherwise use (issue 5).
+//!
+//! ```text
+//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout] [--store consul|etcd]
+//! ```
+//!
+//! It starts the stores the way the tests do (`test-support`: free loopback
+//! ports, binaries from `scripts/install-stores`), runs each scenario on each
+//! store, and prints markdown tables and a verdict per target on stdout
+//! (progress goes to stderr). `docs/benchmarks.md` holds the latest output.
+
+mod fanout;
+mod latency;
+mod measure;
+mod proxy;
+mod rt;
+mod scale;
+mod stores;
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+use crate::rt::Lane;
+use crate::stores::Kind;
+
+/// Which scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Reaction latency vs the stores' own watchers.
+    Latency,
+    /// One member with 1,000 / 10,000 / 100,000 items.
+    Scale,
+    /// Many workers in one process, bulk reassignment.
+    Fanout,
+}
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreArg {
+    /// Consul.
+    Consul,
+    /// etcd.
+    Etcd,
+}
+
+/// Benchmarks of coordinator on real Consul and etcd (issue 5).
+#[derive(Debug, Parser)]
+#[command(name = "coordinator-bench")]
+struct Args {
+    /// Fewer changes, smaller workloads, shorter windows: a couple of minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these scenarios (repeatable; default: all).
+    #[arg(long, value_enum)]
+    scenario: Vec<Scenario>,
+    /// Run only on these stores (repeatable; default: both).
+    #[arg(long, value_enum)]
+    store: Vec<StoreArg>,
+    /// Measured PUTs per store in the latency scenario (default 300; quick 50).
+    #[arg(long)]
+    changes: Option<usize>,
+    /// Worker counts in the fan-out scenario (default 200,1000; quick 200).
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+}
+
+fn first_line(program: &std::path::Path, arg: &str) -> String {
+    std::process::Command::new(program)
+        .arg(arg)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("unknown", |v| v.trim_start_matches([' ', '\t', ':']));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!(
+        "{cores} cores ({model}), {mem_gib:.1} GiB; {}; {}",
+        first_line(&test_support::consul_bin(), "version"),
+        first_line(&test_support::etcd_bin(), "--version"),
+    )
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(args));
+}
+
+#[allow(clippy::too_many_lines)] // The scenarios in order, each with its parameters.
+async fn run(args: Args) {
+    let started = Instant::now();
+    let scenarios = if args.scenario.is_empty() {
+        vec![Scenario::Latency, Scenario::Scale, Scenario::Fanout]
+    } else {
+        args.scenario.clone()
+    };
+    let kinds: Vec<Kind> = if args.store.is_empty() {
+        vec![Kind::Consul, Kind::Etcd]
+    } else {
+        args.store
+            .iter()
+            .map(|s| match s {
+                StoreArg::Consul => Kind::Consul,
+                StoreArg::Etcd => Kind::Etcd,
+            })
+            .collect()
+    };
+    let writer_lane = Lane::start("bench-writer");
+    let watch_lane = Lane::start("bench-watchers");
+    let mut out = String::new();
+    let mut verdicts = Vec::new();
+    let _ = write!(
+        out,
+        "Machine: {}\nMode: {}\n\n",
+        machine(),
+        if args.quick { "quick" } else { "full" }
+    );
+
+    if scenarios.contains(&Scenario::Latency) {
+        let params = latency::Params {
+            changes: args.changes.unwrap_or(if args.quick { 50 } else { 300 }),
+            soaks: vec![Duration::ZERO, Duration::from_millis(50)],
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            all.extend(latency::run(kind, &params, &writer_lane, &watch_lane).await);
+        }
+        out.push_str("### 1. Reaction latency (PUT start → observed)\n\n");
+        out.push_str(&latency::table(&all));
+        out.push('\n');
+        verdicts.extend(latency::verdicts(&all));
+    }
+    if scenarios.contains(&Scenario::Scale) {
+        let params = if args.quick {
+            scale::Params {
+                sizes: vec![1_000, 10_000],
+                etcd_cycles: 30,
+                consul_cycles: 30,
+            }
+        } else {
+            scale::Params {
+                sizes: vec![1_000, 10_000, 100_000],
+                etcd_cycles: 100,
+                consul_cycles: 100,
+            }
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            all.extend(scale::run(kind, &params, &writer_lane).await);
+        }
+        out.push_str("### 2. Scale of one member\n\n");
+        out.push_str(&scale::table(&all));
+        out.push('\n');
+        verdicts.extend(scale::verdicts(&all));
+    }
+    if scenarios.contains(&Scenario::Fanout) {
+        let params = fanout::Params {
+            workers: if !args.workers.is_empty() {
+                args.workers.clone()
+            } else if args.quick {
+                vec![200]
+            } else {
+                vec![200, 1000]
+            },
+            items: 10_000,
+            idle: Duration::from_secs(if args.quick { 12 } else { 30 }),
+            consul_wait: Duration::from_secs(10),
+            soak: Duration::from_millis(200),
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            for &w in &params.workers {
+                all.push(fanout::run(kind, w, &params, &writer_lane).await);
+            }
+        }
+        out.push_str("### 3. Fan-out: workers in one process on one store\n\n");
+        out.push_str(&fanout::table(&all));
+        out.push('\n');
+        verdicts.extend(fanout::verdicts(&all));
+    }
+    out.push_str("### Targets\n\n");
+    for v in &verdicts {
+        let _ = writeln!(out, "- {v}");
+    }
+    let _ = writeln!(
+        out,
+        "\nTotal run time: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{out}");
+}
