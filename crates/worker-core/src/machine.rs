@@ -549,25 +549,35 @@ impl Machine {
     }
 
     fn apply_snapshot(&mut self, revision: Revision, entries: &[KvEntry]) -> bool {
-        let mut fresh: BTreeMap<&str, &Bytes> = BTreeMap::new();
+        let mut fresh: Vec<(&str, &Bytes)> = Vec::with_capacity(entries.len());
         for e in entries {
             if let Some(id) = self.parse_key(&e.key) {
-                fresh.insert(id, &e.value);
+                fresh.push((id, &e.value));
             }
+        }
+        // Stores answer in key order, which is work-id order under one member
+        // prefix: then one merge pass against the (sorted) observation finds the
+        // differences. Otherwise sort first.
+        if !fresh.windows(2).all(|w| w[0].0 < w[1].0) {
+            fresh.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            fresh.dedup_by(|later, earlier| later.0 == earlier.0);
         }
         let mut edits: Vec<(WorkId, Option<Bytes>)> = Vec::new();
-        for (id, v) in &self.observed {
-            match fresh.get(&**id) {
-                None => edits.push((id.clone(), None)),
-                Some(nv) if *nv != v => edits.push((id.clone(), Some((*nv).clone()))),
-                Some(_) => {}
+        let mut old = self.observed.iter().peekable();
+        for (id, value) in fresh {
+            while let Some((k, _)) = old.next_if(|(k, _)| &***k < id) {
+                edits.push((k.clone(), None));
+            }
+            match old.next_if(|(k, _)| &***k == id) {
+                Some((k, v)) => {
+                    if v != value {
+                        edits.push((k.clone(), Some(value.clone())));
+                    }
+                }
+                None => edits.push((Arc::from(id), Some(value.clone()))),
             }
         }
-        for (id, v) in &fresh {
-            if !self.observed.contains_key(*id) {
-                edits.push((Arc::from(*id), Some((*v).clone())));
-            }
-        }
+        edits.extend(old.map(|(k, _)| (k.clone(), None)));
         let changed = !edits.is_empty();
         for (id, v) in edits {
             self.apply_work(id, v);

@@ -534,3 +534,17 @@ fn bad_config_is_rejected_with_the_field() {
     .unwrap_err();
     assert_eq!(e.field, "max_soak");
 }
+
+#[test]
+fn unsorted_snapshot_answers_are_diffed_correctly() {
+    let mut t = T::synced(&["a", "c"]);
+    t.see(&["d", "c", "b"]);
+    t.advance(500 * MS);
+    assert_eq!(ids(&t.published[0].added), ["b", "d"]);
+    assert_eq!(
+        t.published[0].removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["a"]
+    );
+    t.see(&["c", "d", "b"]);
+    assert!(!t.m.is_pending(), "same set in another order is no change");
+}
