@@ -542,7 +542,11 @@ fn unsorted_snapshot_answers_are_diffed_correctly() {
     t.advance(500 * MS);
     assert_eq!(ids(&t.published[0].added), ["b", "d"]);
     assert_eq!(
-        t.published[0].removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        t.published[0]
+            .removed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["a"]
     );
     t.see(&["c", "d", "b"]);
