@@ -55,11 +55,15 @@ pub struct EtcdConfig {
     pub election: String,
     /// Bound on detecting a dead connection, and on every single request.
     ///
-    /// A watch that has heard nothing for half of it is sent a progress request;
-    /// when the other half passes without an answer the stream is reported broken
-    /// and reopened (on the next member, if there are several). Each read, watch
-    /// open and authentication is given this long. Default: [`DEFAULT_KEEPALIVE`]
-    /// (10 s); at least [`MIN_KEEPALIVE`].
+    /// A connection with open calls that has read nothing for half of it is sent
+    /// an HTTP/2 PING; when the other half passes without an answer the connection
+    /// is closed, its watches are reported broken and reopened (on the next member,
+    /// if there are several). etcd refuses pings more often than every 5 s, so
+    /// below 10 s pings alone cannot meet the bound: then each watch that has heard
+    /// nothing for half of it also sends a progress request (one store request per
+    /// idle watch per half period; from 10 s up an idle backend sends none). Each
+    /// read, watch open and authentication is given this long. Default:
+    /// [`DEFAULT_KEEPALIVE`] (10 s); at least [`MIN_KEEPALIVE`].
     pub keepalive: Duration,
 }
 

@@ -117,6 +117,33 @@ fn is_certificate_refusal(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// Whether `e` says the call's HTTP/2 connection was closed under it: hyper's
+/// "keep-alive timed out", or h2's "stream closed because of a broken pipe"
+/// (what open calls get when hyper drops a connection whose keep-alive PING
+/// went unanswered).
+pub(crate) fn is_connection_dropped(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    let start: &(dyn StdError + 'static) = match e {
+        E::GRpcStatus(status) => status,
+        E::TransportError(t) => t,
+        E::IoError(io) => io,
+        other => return mentions_dropped(&other.to_string()),
+    };
+    let mut cur = Some(start);
+    while let Some(err) = cur {
+        if mentions_dropped(&err.to_string()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn mentions_dropped(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    text.contains("keep-alive timed out") || text.contains("broken pipe")
+}
+
 /// Whether trying another member (or reconnecting) may help after `e`.
 pub(crate) fn is_endpoint_failure(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(_) | StoreError::Timeout(_))
@@ -157,6 +184,20 @@ mod tests {
         )));
         assert!(matches!(e, StoreError::Protocol(_)), "{e:?}");
         assert!(!is_endpoint_failure(&e));
+    }
+
+    #[test]
+    fn dropped_connections_are_recognised() {
+        let status = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        )));
+        assert!(is_connection_dropped(&etcd_client::Error::GRpcStatus(
+            status
+        )));
+        assert!(!is_connection_dropped(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: no leader")
+        )));
     }
 
     #[test]

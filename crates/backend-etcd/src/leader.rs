@@ -8,12 +8,20 @@
 //! create revision, and a prefix watch that triggers a new GET on any change.
 //! (The election service's `Observe` call fails while there is no leader, which
 //! is exactly the state the worker must wait in.)
+//!
+//! One backend value (with its clones) runs **one** such observation for all
+//! its [`observe`](worker_core::LeaderWait::observe) streams: an
+//! [`ElectionHub`] task publishes each state, or error, on a `tokio::sync::watch`
+//! channel, and stops when no stream is left.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{GetOptions, SortOrder, SortTarget};
-use worker_core::{Leader, LeaderStream, StoreError};
+use tokio::sync::{watch, Notify};
+use tracing::debug;
+use worker_core::{ErrorChain, Leader, LeaderStream, StoreError};
 
 use crate::error::store_error;
 use crate::pool::Pool;
@@ -45,8 +53,9 @@ pub(crate) async fn current_leader(
     Ok((leader, revision))
 }
 
-/// [`LeaderStream`] over an election prefix.
-pub(crate) struct EtcdLeaderStream {
+/// One observation of an election prefix: reads, then a watch that triggers
+/// new reads. Its `next` returns each state that differs from the last.
+pub(crate) struct Observation {
     pool: Arc<Pool>,
     prefix: Vec<u8>,
     /// What the last call returned (`None`: nothing returned yet).
@@ -58,7 +67,7 @@ pub(crate) struct EtcdLeaderStream {
     dirty: bool,
 }
 
-impl EtcdLeaderStream {
+impl Observation {
     pub(crate) fn new(pool: Arc<Pool>, prefix: Vec<u8>) -> Self {
         Self {
             pool,
@@ -108,13 +117,228 @@ impl EtcdLeaderStream {
     }
 }
 
-#[async_trait]
-impl LeaderStream for EtcdLeaderStream {
+impl Observation {
+    /// The next state that differs from the last one returned (the first call:
+    /// the current state). Cancel safe.
     async fn next(&mut self) -> Result<Option<Leader>, StoreError> {
         loop {
             if let Some(state) = self.step().await? {
                 return Ok(state);
             }
         }
+    }
+}
+
+/// What the shared observation last found.
+#[derive(Clone, Debug)]
+enum Observed {
+    /// Nothing read yet.
+    Pending,
+    /// The election's state.
+    Known(Option<Leader>),
+    /// The last attempt failed; the task tries again when a stream asks.
+    Failed(Arc<StoreError>),
+}
+
+/// Least time between two attempts of the shared observation after a failure.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// The one election observation of a backend value and its clones.
+///
+/// After a failure the task does not retry on a timer of its own: it waits
+/// until a stream asks (a stream's first `next`, i.e. a worker reopening after
+/// its own backoff), so the workers' backoff still paces the retries and a
+/// reopened stream gets a fresh answer, as if it had read on its own.
+pub(crate) struct ElectionHub {
+    pool: Arc<Pool>,
+    prefix: Arc<[u8]>,
+    /// The running task's channel (the task holds the only strong reference, so a
+    /// task that ended, even with its runtime, is never subscribed to).
+    running: Mutex<Weak<watch::Sender<Observed>>>,
+    /// A stream wants a new attempt after a failure.
+    retry: Notify,
+}
+
+impl std::fmt::Debug for ElectionHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectionHub")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElectionHub {
+    pub(crate) fn new(pool: Arc<Pool>, prefix: Arc<[u8]>) -> Self {
+        Self {
+            pool,
+            prefix,
+            running: Mutex::new(Weak::new()),
+            retry: Notify::new(),
+        }
+    }
+
+    /// A stream on the shared observation, starting its task if none runs.
+    pub(crate) fn subscribe(self: &Arc<Self>) -> EtcdLeaderStream {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rx = if let Some(tx) = running.upgrade() {
+            tx.subscribe()
+        } else {
+            let (tx, rx) = watch::channel(Observed::Pending);
+            let tx = Arc::new(tx);
+            *running = Arc::downgrade(&tx);
+            tokio::spawn(Arc::clone(self).run(tx));
+            rx
+        };
+        EtcdLeaderStream {
+            hub: Arc::clone(self),
+            rx,
+            last: None,
+            failed: false,
+        }
+    }
+
+    /// Whether the task may end: no stream is left. Decided under the lock that
+    /// [`subscribe`](Self::subscribe) takes, so no stream joins a task that ends.
+    fn release(&self, tx: &Arc<watch::Sender<Observed>>) -> bool {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tx.receiver_count() > 0 {
+            return false;
+        }
+        if running.upgrade().is_some_and(|r| Arc::ptr_eq(&r, tx)) {
+            *running = Weak::new();
+        }
+        true
+    }
+
+    /// Waits until all streams are gone (`true`: the task must end).
+    async fn unused(&self, tx: &Arc<watch::Sender<Observed>>) -> bool {
+        loop {
+            tx.closed().await;
+            if self.release(tx) {
+                return true;
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, tx: Arc<watch::Sender<Observed>>) {
+        let mut observation = Observation::new(self.pool.clone(), self.prefix.to_vec());
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = self.unused(&tx) => return,
+                r = observation.next() => r,
+            };
+            match result {
+                Ok(state) => {
+                    tx.send_replace(Observed::Known(state));
+                }
+                Err(e) => {
+                    let failed_at = tokio::time::Instant::now();
+                    debug!(error = %ErrorChain(&e), "etcd election observation failed");
+                    tx.send_replace(Observed::Failed(Arc::new(e)));
+                    // Start afresh, so that the next state is published even if
+                    // it equals the one before the failure.
+                    observation = Observation::new(self.pool.clone(), self.prefix.to_vec());
+                    tokio::select! {
+                        biased;
+                        _ = self.unused(&tx) => return,
+                        () = async {
+                            self.retry.notified().await;
+                            tokio::time::sleep_until(failed_at + RETRY_MIN).await;
+                        } => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`LeaderStream`] on a backend's shared election observation.
+pub(crate) struct EtcdLeaderStream {
+    hub: Arc<ElectionHub>,
+    rx: watch::Receiver<Observed>,
+    /// What the last call returned (`None`: nothing returned yet).
+    #[allow(clippy::option_option)]
+    last: Option<Option<Leader>>,
+    /// The last call returned an error.
+    failed: bool,
+}
+
+#[async_trait]
+impl LeaderStream for EtcdLeaderStream {
+    /// The first call (and the first after an error) looks at once: it returns
+    /// the current state, or, when the shared observation has failed (or not
+    /// read yet), the outcome of a new attempt. Other calls wait for a
+    /// different state or a new failure. Cancel safe.
+    async fn next(&mut self) -> Result<Option<Leader>, StoreError> {
+        let result = self.next_inner().await;
+        self.failed = result.is_err();
+        result
+    }
+}
+
+impl EtcdLeaderStream {
+    async fn next_inner(&mut self) -> Result<Option<Leader>, StoreError> {
+        let mut look_now = self.last.is_none() || self.failed;
+        loop {
+            if !look_now && self.rx.changed().await.is_err() {
+                return Err(StoreError::unavailable(
+                    "the etcd election observation stopped",
+                ));
+            }
+            let fresh = look_now;
+            look_now = false;
+            let observed = self.rx.borrow_and_update().clone();
+            match observed {
+                Observed::Pending => {}
+                Observed::Known(state) => {
+                    if self.last.as_ref() != Some(&state) {
+                        self.last = Some(state.clone());
+                        return Ok(state);
+                    }
+                }
+                // A failure from before this call: ask for a new attempt and
+                // return its outcome.
+                Observed::Failed(_) if fresh => self.hub.retry.notify_one(),
+                Observed::Failed(e) => return Err(replicate(&e)),
+            }
+        }
+    }
+}
+
+/// A copy of a shared error, of the same kind and with the same message chain.
+fn replicate(e: &Arc<StoreError>) -> StoreError {
+    let shared = || Box::new(SharedSource(Arc::clone(e)));
+    match &**e {
+        StoreError::Timeout(bound) => StoreError::Timeout(*bound),
+        StoreError::Injected(what) => StoreError::Injected(what.clone()),
+        StoreError::Unavailable(_) => StoreError::Unavailable(shared()),
+        StoreError::PermissionDenied(_) => StoreError::PermissionDenied(shared()),
+        _ => StoreError::Protocol(shared()),
+    }
+}
+
+/// The source of a shared [`StoreError`], as the source of a copy of it.
+#[derive(Debug)]
+struct SharedSource(Arc<StoreError>);
+
+impl std::fmt::Display for SharedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&*self.0) {
+            Some(source) => std::fmt::Display::fmt(source, f),
+            None => std::fmt::Display::fmt(&*self.0, f),
+        }
+    }
+}
+
+impl std::error::Error for SharedSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0).and_then(std::error::Error::source)
     }
 }

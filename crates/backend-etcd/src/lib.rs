@@ -4,12 +4,16 @@
 //! - **Assignments**: a prefix GET gives the snapshot and its header revision;
 //!   a prefix watch from revision + 1 follows it. A watch that etcd cancels, or
 //!   whose start revision was compacted, is reported as [`WatchEvent::Lost`]
-//!   (the core relists). A stream that goes silent is probed with progress
-//!   requests and reported broken after [`EtcdConfig::keepalive`].
+//!   (the core relists). A connection that goes silent is found by HTTP/2
+//!   keep-alive pings (no store request while idle) and its watches reported
+//!   broken within [`EtcdConfig::keepalive`]; below 10 s, which pings cannot
+//!   meet, silent watches also send progress requests.
 //! - **Leader**: the etcd v3 election named by [`EtcdConfig::election`]
 //!   (`etcdctl elect NAME PROPOSAL` makes a leader): the key with the lowest
 //!   create revision under `NAME/`; its value is the leader id, its create
 //!   revision the term.
+//!   One observation (reads and one watch) serves every `observe()` stream of a
+//!   backend value and its clones.
 //! - **Several endpoints**: requests go to one member; when it fails (down,
 //!   silent, without a raft leader) the backend reconnects and moves on to the
 //!   next one.
@@ -71,7 +75,7 @@ pub use error::EtcdError;
 pub use worker_core::WatchEvent;
 
 use crate::error::store_error;
-use crate::leader::{current_leader, EtcdLeaderStream};
+use crate::leader::{current_leader, ElectionHub};
 use crate::pool::Pool;
 use crate::watch::{to_revision, EtcdKvStream, Watcher};
 
@@ -83,6 +87,8 @@ use crate::watch::{to_revision, EtcdKvStream, Watcher};
 pub struct EtcdBackend {
     pool: Arc<Pool>,
     election_prefix: Arc<[u8]>,
+    /// The one election observation shared by every `observe()` stream.
+    election: Arc<ElectionHub>,
 }
 
 impl EtcdBackend {
@@ -96,10 +102,13 @@ impl EtcdBackend {
     /// a keepalive below [`MIN_KEEPALIVE`]; the error names the setting.
     pub async fn connect(config: EtcdConfig) -> Result<Self, EtcdError> {
         let pool = Pool::new(&config).await?;
-        let election_prefix = format!("{}/", config.election).into_bytes();
+        let pool = Arc::new(pool);
+        let election_prefix: Arc<[u8]> = format!("{}/", config.election).into_bytes().into();
+        let election = Arc::new(ElectionHub::new(pool.clone(), election_prefix.clone()));
         Ok(Self {
-            pool: Arc::new(pool),
-            election_prefix: election_prefix.into(),
+            pool,
+            election_prefix,
+            election,
         })
     }
 
@@ -210,13 +219,13 @@ impl LeaderWait for EtcdBackend {
         Ok(current_leader(&self.pool, &self.election_prefix).await?.0)
     }
 
-    /// Opens an observation of the election; its first `next` reads the
-    /// current state. Cancel safe.
+    /// A stream on the backend's one shared observation of the election (one
+    /// read-and-watch for every worker using this value or its clones, started
+    /// on first use, stopped when no stream is left). Its first `next` returns
+    /// the current state (waiting for the first read if there is none yet);
+    /// failures reach every stream. Cancel safe.
     async fn observe(&self) -> Result<Box<dyn LeaderStream>, StoreError> {
-        Ok(Box::new(EtcdLeaderStream::new(
-            self.pool.clone(),
-            self.election_prefix.to_vec(),
-        )))
+        Ok(Box::new(self.election.subscribe()))
     }
 }
 

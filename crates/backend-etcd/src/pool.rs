@@ -19,8 +19,51 @@ use crate::config::{read_pem, EtcdConfig};
 use crate::error::{is_endpoint_failure, store_error, timeout, EtcdError};
 
 /// HTTP/2 keep-alive pings are sent no more often than this: etcd's default
-/// `--grpc-keepalive-min-time` is 5 s and it closes connections that ping more often.
-const MIN_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// `--grpc-keepalive-min-time` is 5 s, and a connection that pings more often
+/// (three times in a row while the server has nothing to send) is closed with
+/// `GOAWAY too_many_pings`. hyper schedules the next ping `interval` after the
+/// last frame read (the previous pong included), so pings reach etcd at least
+/// `interval` plus one round trip apart.
+pub(crate) const MIN_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How dead connections are found for a given `keepalive` bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Liveness {
+    /// Silence on a connection with open calls after which hyper sends an HTTP/2 PING.
+    pub(crate) ping_interval: Duration,
+    /// How long the PING's answer may take before the connection (and every call
+    /// on it) is failed.
+    pub(crate) ping_timeout: Duration,
+    /// When pings alone cannot meet the bound (`keepalive` below
+    /// `2 × MIN_PING_INTERVAL`): the silence after which a watch also sends a
+    /// progress request (and the time its answer may take).
+    pub(crate) probe_after: Option<Duration>,
+}
+
+impl Liveness {
+    /// Pings every `keepalive − keepalive/2` (at least [`MIN_PING_INTERVAL`]) of
+    /// silence, `keepalive/2` for the answer: a dead connection fails within
+    /// `keepalive` when that interval is allowed, i.e. for `keepalive >= 10 s`,
+    /// without a single store request. Shorter bounds add per-watch progress
+    /// requests after `keepalive/2` of silence (the answer within the other half).
+    pub(crate) fn for_keepalive(keepalive: Duration) -> Self {
+        let ping_timeout = keepalive / 2;
+        let ping_interval = keepalive
+            .saturating_sub(ping_timeout)
+            .max(MIN_PING_INTERVAL);
+        let probe_after = (ping_interval + ping_timeout > keepalive).then_some(ping_timeout);
+        Self {
+            ping_interval,
+            ping_timeout,
+            probe_after,
+        }
+    }
+
+    /// The shortest silence after which the keep-alive can fail a connection.
+    pub(crate) fn ping_bound(&self) -> Duration {
+        self.ping_interval + self.ping_timeout
+    }
+}
 
 struct SlotState {
     client: Client,
@@ -39,8 +82,10 @@ pub(crate) struct Pool {
     /// Options without credentials (those are applied per slot, lazily).
     options: ConnectOptions,
     credentials: Option<(String, String)>,
-    /// Bound on each request.
+    /// Bound on each request, and on detecting a dead connection.
     pub(crate) request_timeout: Duration,
+    /// How dead connections are detected.
+    pub(crate) liveness: Liveness,
 }
 
 impl std::fmt::Debug for Pool {
@@ -75,8 +120,12 @@ impl Pool {
     pub(crate) async fn new(config: &EtcdConfig) -> Result<Self, EtcdError> {
         config.validate()?;
         let keepalive = config.keepalive;
+        let liveness = Liveness::for_keepalive(keepalive);
+        // Pings only while calls are open (a watch always is): etcd does not
+        // permit pings on a connection without calls (each is a strike towards
+        // `too_many_pings`), and a connection without calls has nothing to lose.
         let mut options = ConnectOptions::new()
-            .with_keep_alive(keepalive.max(MIN_PING_INTERVAL), keepalive)
+            .with_keep_alive(liveness.ping_interval, liveness.ping_timeout)
             .with_keep_alive_while_idle(false)
             .with_connect_timeout(keepalive)
             .with_require_leader(true)
@@ -143,6 +192,7 @@ impl Pool {
             options,
             credentials,
             request_timeout: keepalive,
+            liveness,
         })
     }
 
@@ -230,4 +280,28 @@ impl Pool {
 /// the channel connects on first use.
 async fn build_client(url: &str, options: &ConnectOptions) -> Result<Client, etcd_client::Error> {
     Client::connect([url], Some(options.clone())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_meets_the_keepalive_bound() {
+        let s = Duration::from_secs;
+        // The default: pings alone, within the bound, never more often than etcd allows.
+        let l = Liveness::for_keepalive(s(10));
+        assert_eq!((l.ping_interval, l.ping_timeout), (s(5), s(5)));
+        assert_eq!(l.probe_after, None);
+        let l = Liveness::for_keepalive(s(30));
+        assert_eq!((l.ping_interval, l.ping_timeout), (s(15), s(15)));
+        assert_eq!(l.probe_after, None);
+        // Shorter bounds cannot be met by pings: watches probe as well.
+        let l = Liveness::for_keepalive(s(3));
+        assert_eq!(l.ping_interval, MIN_PING_INTERVAL);
+        assert_eq!(l.probe_after, Some(Duration::from_millis(1500)));
+        let l = Liveness::for_keepalive(Duration::from_millis(9_990));
+        assert_eq!(l.ping_interval, MIN_PING_INTERVAL);
+        assert_eq!(l.probe_after, Some(Duration::from_millis(4_995)));
+    }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::trace;
 use worker_core::{KvChange, KvEntry, KvStream, Revision, StoreError, WatchEvent};
 
-use crate::error::{store_error, timeout};
+use crate::error::{is_connection_dropped, store_error, timeout};
 use crate::pool::Pool;
 
 /// The watch id etcd puts on answers to progress requests (not tied to a watch).
@@ -18,10 +18,14 @@ const PROGRESS_RESPONSE_ID: i64 = -1;
 
 /// One open etcd watch stream on one endpoint.
 ///
-/// Liveness: whenever the stream has been silent for half the keep-alive bound a
-/// progress request is sent; any message counts as an answer. If the other half
-/// passes without one, [`next_response`](Self::next_response) fails with
-/// [`StoreError::Timeout`] and the endpoint is marked failed.
+/// Liveness: the connection's HTTP/2 keep-alive pings (see
+/// [`Liveness`](crate::pool::Liveness)) fail every call on a connection that
+/// stops answering; [`next_response`](Self::next_response) then fails with
+/// [`StoreError::Timeout`] and the endpoint is marked failed. An idle healthy
+/// watch sends nothing at all. Only when the keep-alive bound is too short for
+/// pings (below 10 s) does a watch that has been silent for half of it also
+/// send a progress request; any message counts as an answer, and if the other
+/// half passes without one the watch fails the same way.
 pub(crate) struct Watcher {
     pool: Arc<Pool>,
     slot: usize,
@@ -29,7 +33,8 @@ pub(crate) struct Watcher {
     /// would end the watch.
     stream: WatchStream,
     watch_id: i64,
-    half: Duration,
+    /// Silence after which a progress request is sent (`None`: pings suffice).
+    probe_after: Option<Duration>,
     last_heard: Instant,
     probe_sent: Option<Instant>,
     /// A response read while opening, not yet handed out.
@@ -70,7 +75,7 @@ impl Watcher {
                 }
             })
             .await?;
-        let half = pool.request_timeout / 2;
+        let probe_after = pool.liveness.probe_after;
         let watch_id = first.watch_id();
         // The confirmation carries nothing else; anything else (a cancellation)
         // is handed out by the first `next_response`.
@@ -80,7 +85,7 @@ impl Watcher {
             slot,
             stream,
             watch_id,
-            half,
+            probe_after,
             last_heard: Instant::now(),
             probe_sent: None,
             first,
@@ -106,12 +111,13 @@ impl Watcher {
 
     async fn read(&mut self) -> Result<WatchResponse, StoreError> {
         loop {
-            let deadline = match self.probe_sent {
-                Some(sent) => sent + self.half,
-                None => self.last_heard + self.half,
-            };
+            let deadline = self.probe_after.map(|half| match self.probe_sent {
+                Some(sent) => sent + half,
+                None => self.last_heard + half,
+            });
             tokio::select! {
                 message = self.stream.message() => {
+                    let silent = self.last_heard.elapsed();
                     self.last_heard = Instant::now();
                     self.probe_sent = None;
                     return match message {
@@ -128,18 +134,33 @@ impl Watcher {
                             Ok(response)
                         }
                         Ok(None) => Err(StoreError::unavailable("etcd closed the watch stream")),
+                        // Silent for a whole keep-alive period, then the connection
+                        // dropped: the keep-alive PING went unanswered.
+                        Err(e) if silent >= self.pool.liveness.ping_bound()
+                            && is_connection_dropped(&e) =>
+                        {
+                            Err(timeout(self.pool.request_timeout))
+                        }
                         Err(e) => Err(store_error(e)),
                     };
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = sleep_until(deadline) => {
                     if self.probe_sent.is_some() {
-                        return Err(timeout(self.half * 2));
+                        return Err(timeout(self.pool.request_timeout));
                     }
                     self.stream.request_progress().await.map_err(store_error)?;
                     self.probe_sent = Some(Instant::now());
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

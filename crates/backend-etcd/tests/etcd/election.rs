@@ -106,3 +106,85 @@ async fn etcdctl_elect_leads_and_resigning_makes_the_worker_wait() {
     worker.halt().await;
     gamma.resign().await;
 }
+
+/// etcd's count of open watchers (its `/metrics` gauge), read over plain HTTP.
+async fn watchers(client_url: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = crate::common::addr_of(client_url);
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .expect("etcd_debugging_mvcc_watcher_total in /metrics")
+}
+
+/// Every `observe()` stream of one backend value (and its clones) shares one
+/// election watch; each stream still sees each change, and each sees a failure;
+/// the shared watch ends when the last stream is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_streams_share_one_watch() {
+    use test_support::{FaultProxy, ProxyMode};
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let proxy = FaultProxy::start(crate::common::addr_of(&server.client_url())).await;
+    let election = unique("shared/leader");
+    let etcd = backend(
+        EtcdConfig::new(vec![proxy.http_url()])
+            .with_election(&election)
+            .with_keepalive(Duration::from_secs(2)),
+    )
+    .await;
+    let before = watchers(&server.client_url()).await;
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut s = etcd.clone().observe().await.expect("observe");
+        let first = tokio::time::timeout(WAIT, s.next()).await.expect("first");
+        assert_eq!(first.expect("no error"), None);
+        streams.push(s);
+    }
+    assert_eq!(watchers(&server.client_url()).await, before + 1);
+
+    let client = crate::common::plain_client(&server.client_urls()).await;
+    crate::common::campaign(&client, &election, "leader-1").await;
+    for s in &mut streams {
+        let l = tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("leader not seen")
+            .expect("no error")
+            .expect("a leader");
+        assert_eq!(l.id, "leader-1");
+    }
+
+    // A broken connection reaches every stream; reopened ones recover.
+    proxy.set_mode(ProxyMode::Reset);
+    for s in &mut streams {
+        let r = tokio::time::timeout(WAIT, s.next()).await.expect("hung");
+        assert!(r.is_err(), "{r:?}");
+    }
+    proxy.set_mode(ProxyMode::PassThrough);
+    for s in &mut streams {
+        *s = test_support::poll_until("a reopened observation", WAIT, || {
+            let etcd = etcd.clone();
+            async move {
+                let mut s = etcd.observe().await.ok()?;
+                match s.next().await {
+                    Ok(Some(l)) if l.id == "leader-1" => Some(s),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+    }
+    assert_eq!(watchers(&server.client_url()).await, before + 1);
+    drop(streams);
+    test_support::poll_until("the shared watch to end", WAIT, || async {
+        (watchers(&server.client_url()).await == before).then_some(())
+    })
+    .await;
+}

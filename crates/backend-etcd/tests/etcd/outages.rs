@@ -13,8 +13,16 @@ use crate::common::{
     wait_workload, CountingKv, Counts, WAIT,
 };
 
-/// Short keep-alive so that dead streams are found quickly in tests.
+/// Short keep-alive so that dead streams are found quickly in tests. Below
+/// 10 s, so watches probe with progress requests as well as pinging.
 const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// The default keep-alive: HTTP/2 pings alone (every 5 s of silence, 5 s for
+/// the answer), no store request while idle.
+const PING_KEEPALIVE: Duration = backend_etcd::DEFAULT_KEEPALIVE;
+
+/// Extra time over a bound before a test fails (a loaded 2-core machine).
+const SLACK: Duration = Duration::from_secs(2);
 
 /// While the worker cannot reach etcd (the proxy in `mode`), assignments change
 /// many times and the history is compacted past the worker's revision; when the
@@ -102,13 +110,24 @@ async fn compaction_during_resets_relists_and_converges() {
 }
 
 /// A watch whose connection goes silent fails within the keep-alive bound
-/// instead of waiting forever.
+/// instead of waiting forever (a short bound: progress requests and pings).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_watch_is_detected() {
+    silent_watch_detected_within(KEEPALIVE, KEEPALIVE * 3).await;
+}
+
+/// The same with the default bound, where only HTTP/2 keep-alive pings watch
+/// the connection: the dead one is still found within `keepalive`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_watch_is_detected_by_pings() {
+    silent_watch_detected_within(PING_KEEPALIVE, PING_KEEPALIVE + SLACK).await;
+}
+
+async fn silent_watch_detected_within(keepalive: Duration, bound: Duration) {
     init_tracing();
     let server = EtcdServer::start().await;
     let proxy = FaultProxy::start(addr_of(&server.client_url())).await;
-    let etcd = backend(EtcdConfig::new(vec![proxy.http_url()]).with_keepalive(KEEPALIVE)).await;
+    let etcd = backend(EtcdConfig::new(vec![proxy.http_url()]).with_keepalive(keepalive)).await;
     let m = format!("{}/m1/", unique("silent"));
     let snap = etcd.list(&m).await.expect("list");
     let mut stream = etcd.watch(&m, snap.revision).await.expect("watch");
@@ -125,7 +144,7 @@ async fn silent_watch_is_detected() {
     .expect("a silent stream was not detected");
     let took = started.elapsed();
     assert!(matches!(r, StoreError::Timeout(_)), "{r:?}");
-    assert!(took < KEEPALIVE * 3, "detection took {took:?}");
+    assert!(took < bound, "detection took {took:?}");
     // And a list through the black hole is bounded too.
     let r = tokio::time::timeout(WAIT, etcd.list(&m))
         .await
@@ -141,7 +160,7 @@ async fn silent_watch_is_detected() {
 }
 
 /// A healthy watch with nothing to report is not taken for a dead one: the
-/// progress probes are answered.
+/// progress probes (and pings) are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_watch_stays_open() {
     init_tracing();
@@ -163,6 +182,32 @@ async fn idle_watch_stays_open() {
     })
     .await;
     assert!(quiet.is_err());
+    let key = format!("{m}w1");
+    server.put(&key, "1").await;
+    let ev = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("no event after the idle time")
+        .expect("stream");
+    assert!(
+        matches!(ev, worker_core::WatchEvent::Changes { .. }),
+        "{ev:?}"
+    );
+}
+
+/// With the default bound an idle healthy watch yields nothing at all (no
+/// progress probes, so no answers to them) for longer than three ping
+/// intervals, and is not closed by etcd for pinging too often; it then still
+/// delivers a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watch_is_kept_by_pings_alone() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_keepalive(PING_KEEPALIVE)).await;
+    let m = format!("{}/m1/", unique("idle-ping"));
+    let snap = etcd.list(&m).await.expect("list");
+    let mut stream = etcd.watch(&m, snap.revision).await.expect("watch");
+    let quiet = tokio::time::timeout(Duration::from_secs(17), stream.next()).await;
+    assert!(quiet.is_err(), "idle watch yielded {quiet:?}");
     let key = format!("{m}w1");
     server.put(&key, "1").await;
     let ev = tokio::time::timeout(WAIT, stream.next())
