@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use consulrs::api::features::{Blocking, Features};
-use consulrs::api::kv::common::KVPair;
 use consulrs::client::{ConsulClient, ConsulClientSettings};
 use tracing::debug;
-use worker_core::{KvEntry, Revision, StoreError};
+use worker_core::{Revision, StoreError};
 
 use crate::config::{ConsulConfig, MAX_WAIT};
 use crate::error::{ConsulError, HttpStatusError, ProtocolError};
@@ -22,11 +21,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// timeout of a blocking query, so that a slow but healthy answer is not cut off.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 
-/// One answer to a KV read: the `X-Consul-Index` and the entries (empty on 404).
+/// One answer to a KV read: the `X-Consul-Index` and the JSON body (empty on
+/// 404: no key), decoded by the caller ([`crate::decode`]).
 #[derive(Debug)]
 pub(crate) struct KvAnswer {
     pub(crate) index: Revision,
-    pub(crate) pairs: Vec<KVPair>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// The consulrs clients (one per endpoint, sharing one reqwest client) and the
@@ -101,6 +101,20 @@ impl Http {
         recurse: bool,
         index: Option<Revision>,
     ) -> Result<KvAnswer, StoreError> {
+        self.read_into(key, recurse, index, Vec::new()).await
+    }
+
+    /// [`read`](Self::read), with the body read into `buf` (cleared first),
+    /// which the answer hands back: a caller that reads again and again
+    /// recycles one buffer instead of allocating (and faulting in) a new one
+    /// per answer.
+    pub(crate) async fn read_into(
+        &self,
+        key: &str,
+        recurse: bool,
+        index: Option<Revision>,
+        buf: Vec<u8>,
+    ) -> Result<KvAnswer, StoreError> {
         let slot = self.current.load(Ordering::Relaxed) % self.clients.len();
         let client = &self.clients[slot];
         let request = self.build_request(client, key, recurse, index)?;
@@ -114,11 +128,18 @@ impl Http {
         // prefix, which must still be blocked on) would be lost. The request
         // goes through the reqwest client consulrs exposes instead, which
         // keeps the headers of every answer and takes a per-request timeout.
-        let sent = tokio::time::timeout(timeout, async {
-            let response = client.http.http.execute(request).await?;
+        let sent = tokio::time::timeout(timeout, async move {
+            let mut response = client.http.http.execute(request).await?;
             let status = response.status();
             let index = response.headers().get("X-Consul-Index").cloned();
-            let body = response.bytes().await?;
+            let mut body = buf;
+            body.clear();
+            if let Some(len) = response.content_length() {
+                body.reserve(usize::try_from(len).unwrap_or(0));
+            }
+            while let Some(chunk) = response.chunk().await? {
+                body.extend_from_slice(&chunk);
+            }
             Ok::<_, reqwest::Error>((status, index, body))
         })
         .await;
@@ -158,12 +179,11 @@ impl Http {
                     "answer {status} without a valid X-Consul-Index header"
                 )))
             })?;
-        let pairs = if status.as_u16() == 404 {
-            Vec::new()
-        } else {
-            serde_json::from_slice::<Vec<KVPair>>(&body).map_err(StoreError::protocol)?
-        };
-        Ok(KvAnswer { index, pairs })
+        let mut body = body;
+        if status.as_u16() == 404 {
+            body.clear();
+        }
+        Ok(KvAnswer { index, body })
     }
 
     fn build_request(
@@ -381,20 +401,6 @@ fn build_reqwest(config: &ConsulConfig) -> Result<reqwest::Client, ConsulError> 
     builder
         .build()
         .map_err(|e| ConsulError::HttpClient(e.into()))
-}
-
-/// Converts consulrs KV pairs into core entries.
-pub(crate) fn entries(pairs: Vec<KVPair>) -> Result<Vec<KvEntry>, StoreError> {
-    pairs
-        .into_iter()
-        .map(|pair| {
-            let value: Vec<u8> = match pair.value {
-                Some(v) => v.try_into().map_err(StoreError::protocol)?,
-                None => Vec::new(),
-            };
-            Ok(KvEntry::new(pair.key, value))
-        })
-        .collect()
 }
 
 #[cfg(test)]

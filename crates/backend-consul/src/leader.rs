@@ -1,13 +1,25 @@
 //! Leadership: the session holding the leader key.
+//!
+//! One task per backend ([`Hub`]) runs the blocking queries on the leader key
+//! ([`ConsulLeaderStream`]) and publishes what it learns through a
+//! [`tokio::sync::watch`] channel; every observation ([`SharedLeaderStream`])
+//! reads from it. A process with W workers on one backend thus holds W + 1
+//! blocking queries, not 2W.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use consulrs::api::kv::common::KVPair;
-use worker_core::{Leader, LeaderStream, Revision, StoreError};
+use tokio::sync::watch;
+use tracing::debug;
+use worker_core::{BoxError, ErrorChain, Leader, LeaderStream, Revision, StoreError};
 
 use tokio::time::Instant;
 
+use crate::error::ProtocolError;
 use crate::http::Http;
 use crate::ratelimit::TokenBucket;
 use crate::watch::early;
@@ -34,7 +46,12 @@ pub(crate) async fn read(
     index: Option<Revision>,
 ) -> Result<(Revision, Option<Leader>), StoreError> {
     let answer = http.read(key, false, index).await?;
-    Ok((answer.index, leader_of(key, &answer.pairs)))
+    let pairs = if answer.body.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice::<Vec<KVPair>>(&answer.body).map_err(StoreError::protocol)?
+    };
+    Ok((answer.index, leader_of(key, &pairs)))
 }
 
 /// Blocking queries on the leader key; see [`LeaderStream`].
@@ -102,6 +119,208 @@ impl LeaderStream for ConsulLeaderStream {
     }
 }
 
+/// First delay before the shared task reads again after a failed read.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Cap of that delay (it doubles with each failure in a row).
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What the shared task publishes.
+#[derive(Clone, Default)]
+struct State {
+    /// Whether `leader` is known: not before the first answer, nor after a
+    /// failure until the next answer.
+    known: bool,
+    /// The leader as of the task's last read, when `known`.
+    leader: Option<Leader>,
+    /// How many reads failed so far; each observation reports each failure
+    /// that happens while it is open once.
+    failures: u64,
+    /// The last failure.
+    error: Option<SharedError>,
+}
+
+/// The shared observation of one leader key: a task running
+/// [`ConsulLeaderStream`] and publishing its states. The task is aborted when
+/// the hub is dropped, i.e. with the last observation holding it.
+pub(crate) struct Hub {
+    state: watch::Receiver<State>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Hub {
+    /// Starts the task on the current tokio runtime (an error outside one).
+    pub(crate) fn start(http: Arc<Http>, key: &str) -> Result<Arc<Self>, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(StoreError::unavailable)?;
+        let (tx, rx) = watch::channel(State::default());
+        let task = runtime.spawn(run(http, key.to_owned(), tx)).abort_handle();
+        Ok(Arc::new(Self { state: rx, task }))
+    }
+
+    /// Whether the task still runs (it ends only when aborted or when its
+    /// runtime shuts down).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The shared task: blocking queries on the leader key, each new state and
+/// each failure published; after a failure, a fresh chain (whose first read
+/// does not block) after a growing delay.
+async fn run(http: Arc<Http>, key: String, tx: watch::Sender<State>) {
+    let mut stream = ConsulLeaderStream::new(http.clone(), &key);
+    let mut delay = RETRY_MIN;
+    loop {
+        match stream.next().await {
+            Ok(leader) => {
+                delay = RETRY_MIN;
+                tx.send_modify(|s| {
+                    s.known = true;
+                    s.leader = leader;
+                });
+            }
+            Err(e) => {
+                debug!(key, error = %ErrorChain(&e), retry_in = ?delay, "leader key read failed");
+                tx.send_modify(|s| {
+                    s.known = false;
+                    s.leader = None;
+                    s.failures += 1;
+                    s.error = Some(SharedError::from(e));
+                });
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+                stream = ConsulLeaderStream::new(http.clone(), &key);
+            }
+        }
+    }
+}
+
+/// An observation of the leader key, reading the states its [`Hub`] publishes.
+pub(crate) struct SharedLeaderStream {
+    /// Keeps the task running while this observation is open.
+    _hub: Arc<Hub>,
+    state: watch::Receiver<State>,
+    /// The failures already reported (or that happened before this observation).
+    failures_seen: u64,
+    /// Whether a state was returned yet.
+    returned: bool,
+    /// The state last returned.
+    last: Option<Leader>,
+}
+
+impl SharedLeaderStream {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        let state = hub.state.clone();
+        let failures_seen = state.borrow().failures;
+        Self {
+            _hub: hub,
+            state,
+            failures_seen,
+            returned: false,
+            last: None,
+        }
+    }
+}
+
+#[async_trait]
+impl LeaderStream for SharedLeaderStream {
+    /// The first call returns the current state as soon as the shared task
+    /// knows it; later calls wait for a state that differs from the one last
+    /// returned. A failure of the shared task's read while this observation is
+    /// open is returned once, as an error.
+    ///
+    /// Cancel safe: the only await point is the wait for a new state; the
+    /// stream's own fields change only right before returning.
+    async fn next(&mut self) -> Result<Option<Leader>, StoreError> {
+        loop {
+            {
+                let state = self.state.borrow_and_update();
+                if state.failures != self.failures_seen {
+                    self.failures_seen = state.failures;
+                    if let Some(error) = &state.error {
+                        return Err(error.to_store_error());
+                    }
+                }
+                if state.known && !(self.returned && self.last == state.leader) {
+                    self.returned = true;
+                    self.last.clone_from(&state.leader);
+                    return Ok(state.leader.clone());
+                }
+            }
+            if self.state.changed().await.is_err() {
+                return Err(StoreError::unavailable(ProtocolError(
+                    "the leader key observation ended".into(),
+                )));
+            }
+        }
+    }
+}
+
+/// A [`StoreError`] kept to be handed to every observation (`StoreError` is
+/// not `Clone`): its kind and its source, shared.
+#[derive(Clone)]
+enum SharedError {
+    Unavailable(Shared),
+    PermissionDenied(Shared),
+    Protocol(Shared),
+    Timeout(Duration),
+    Injected(String),
+}
+
+impl From<StoreError> for SharedError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(s) => Self::Unavailable(Shared(s.into())),
+            StoreError::PermissionDenied(s) => Self::PermissionDenied(Shared(s.into())),
+            StoreError::Protocol(s) => Self::Protocol(Shared(s.into())),
+            StoreError::Timeout(d) => Self::Timeout(d),
+            StoreError::Injected(s) => Self::Injected(s),
+            other => Self::Unavailable(Shared(Arc::new(other))),
+        }
+    }
+}
+
+impl SharedError {
+    fn to_store_error(&self) -> StoreError {
+        let boxed = |s: &Shared| -> BoxError { Box::new(s.clone()) };
+        match self {
+            Self::Unavailable(s) => StoreError::Unavailable(boxed(s)),
+            Self::PermissionDenied(s) => StoreError::PermissionDenied(boxed(s)),
+            Self::Protocol(s) => StoreError::Protocol(boxed(s)),
+            Self::Timeout(d) => StoreError::Timeout(*d),
+            Self::Injected(s) => StoreError::Injected(s.clone()),
+        }
+    }
+}
+
+/// A shared error source that shows as the error it holds (same message,
+/// same sources).
+#[derive(Clone)]
+struct Shared(Arc<dyn StdError + Send + Sync>);
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl StdError for Shared {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +358,97 @@ mod tests {
         );
         // A new acquisition moves LockIndex: a new term.
         assert_ne!(leader_of(key, &[pair(key, Some("s1"), 5, 2, 12)]), Some(l));
+    }
+
+    fn fake_hub() -> (watch::Sender<State>, Arc<Hub>) {
+        let (tx, rx) = watch::channel(State::default());
+        let task = tokio::spawn(std::future::pending::<()>()).abort_handle();
+        (tx, Arc::new(Hub { state: rx, task }))
+    }
+
+    fn fail(tx: &watch::Sender<State>, message: &str) {
+        let e = StoreError::unavailable(ProtocolError(message.into()));
+        tx.send_modify(|s| {
+            s.known = false;
+            s.leader = None;
+            s.failures += 1;
+            s.error = Some(SharedError::from(e));
+        });
+    }
+
+    async fn pending(stream: &mut SharedLeaderStream) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), stream.next())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn shared_states_reach_every_observation() {
+        let (tx, hub) = fake_hub();
+        let mut a = SharedLeaderStream::new(hub.clone());
+        // Nothing known yet: the first call waits (and is cancel safe).
+        assert!(pending(&mut a).await);
+        let l1 = Leader {
+            id: "s1".into(),
+            term: 3,
+        };
+        let known = |leader: Option<Leader>| {
+            move |s: &mut State| {
+                s.known = true;
+                s.leader = leader;
+            }
+        };
+        tx.send_modify(known(Some(l1.clone())));
+        assert_eq!(a.next().await.unwrap(), Some(l1.clone()));
+        // A later observation gets the current state at once.
+        let mut b = SharedLeaderStream::new(hub.clone());
+        assert_eq!(b.next().await.unwrap(), Some(l1.clone()));
+        // The same state again is no news.
+        tx.send_modify(known(Some(l1.clone())));
+        assert!(pending(&mut a).await);
+        // A failure reaches each open observation once, with its message.
+        fail(&tx, "boom");
+        for s in [&mut a, &mut b] {
+            let err = s.next().await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+            assert_eq!(ErrorChain(&err).to_string(), "store unreachable: boom");
+        }
+        // An observation opened after it does not see it; all see what follows.
+        let mut c = SharedLeaderStream::new(hub.clone());
+        assert!(pending(&mut c).await);
+        tx.send_modify(known(None));
+        for s in [&mut a, &mut b, &mut c] {
+            assert_eq!(s.next().await.unwrap(), None);
+        }
+        // The task ending is an error, not a hang.
+        drop(tx);
+        assert!(a.next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn one_task_per_backend_stopped_with_the_last_observation() {
+        use worker_core::LeaderWait;
+
+        let backend =
+            crate::ConsulBackend::new(crate::ConsulConfig::new(vec!["http://127.0.0.1:1".into()]))
+                .unwrap();
+        let mut a = backend.observe().await.unwrap();
+        let mut b = backend.clone().observe().await.unwrap();
+        let hub = backend.inner.leader_hub.lock().unwrap().upgrade().unwrap();
+        assert_eq!(
+            Arc::strong_count(&hub),
+            3,
+            "both observations share one hub"
+        );
+        // Nothing listens: the shared read fails, and each observation says so.
+        for s in [&mut a, &mut b] {
+            let err = s.next().await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        }
+        let task = hub.task.clone();
+        drop((hub, a, b));
+        tokio::task::yield_now().await;
+        assert!(task.is_finished(), "the task outlived its observations");
+        assert!(backend.inner.leader_hub.lock().unwrap().upgrade().is_none());
     }
 }

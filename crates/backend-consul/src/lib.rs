@@ -9,7 +9,13 @@
 //!   a change are paced by a token bucket (burst 2, one per second).
 //! - The leader is the Consul session holding the leader key (default
 //!   `service/coordinator/leader`); a lock taken with `consul lock PREFIX …`
-//!   counts when the leader key is `PREFIX/.lock`.
+//!   counts when the leader key is `PREFIX/.lock`. All the observations of
+//!   one backend and its clones share one chain of blocking queries on it (a
+//!   background task, started by the first observation and stopped with the
+//!   last), so W idle workers hold W + 1 queries.
+//! - Answers are decoded straight into entries (no intermediate pair type),
+//!   and whether one changed anything is told by a fingerprint (number of
+//!   keys, highest and sum of `ModifyIndex`), not by comparing entries.
 //! - ACL token (`X-Consul-Token`, never logged), HTTPS with a CA, and mutual
 //!   TLS with a client certificate, all through rustls.
 //!
@@ -40,6 +46,7 @@
 //! None.
 
 mod config;
+mod decode;
 mod error;
 mod http;
 mod leader;
@@ -52,7 +59,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use worker_core::{
-    KvEntry, KvStream, KvWatch, Leader, LeaderStream, LeaderWait, Revision, Snapshot, StoreError,
+    KvStream, KvWatch, Leader, LeaderStream, LeaderWait, Revision, Snapshot, StoreError,
 };
 
 pub use config::{ConsulConfig, DEFAULT_LEADER_KEY, DEFAULT_WAIT, MAX_WAIT};
@@ -71,10 +78,13 @@ pub struct ConsulBackend {
 struct Inner {
     http: Arc<http::Http>,
     leader_key: String,
-    /// The entries of recent lists, by prefix, so that the watch opened after
-    /// a list knows what its caller holds and can keep quiet about answers
-    /// that change nothing.
-    listed: Mutex<HashMap<String, (Revision, Vec<KvEntry>)>>,
+    /// The fingerprints of recent lists, by prefix, so that the watch opened
+    /// after a list knows what its caller holds and can keep quiet about
+    /// answers that change nothing.
+    listed: Mutex<HashMap<String, (Revision, decode::Fingerprint)>>,
+    /// The one observation of the leader key shared by every [`LeaderStream`]
+    /// of this backend and its clones, while there is one.
+    leader_hub: Mutex<std::sync::Weak<leader::Hub>>,
 }
 
 impl fmt::Debug for ConsulBackend {
@@ -107,6 +117,7 @@ impl ConsulBackend {
                 http: Arc::new(http),
                 leader_key: config.leader_key,
                 listed: Mutex::new(HashMap::new()),
+                leader_hub: Mutex::new(std::sync::Weak::new()),
             }),
         })
     }
@@ -122,7 +133,7 @@ impl KvWatch for ConsulBackend {
     /// A recursive read of `prefix` (no blocking); the revision is the
     /// `X-Consul-Index` of the answer, also for a 404 (empty prefix).
     async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
-        let snapshot = watch::list(&self.inner.http, prefix).await?;
+        let (snapshot, fingerprint) = watch::list(&self.inner.http, prefix).await?;
         let mut listed = self
             .inner
             .listed
@@ -131,10 +142,7 @@ impl KvWatch for ConsulBackend {
         if listed.len() >= LISTED_CAP {
             listed.clear();
         }
-        listed.insert(
-            prefix.to_owned(),
-            (snapshot.revision, snapshot.entries.clone()),
-        );
+        listed.insert(prefix.to_owned(), (snapshot.revision, fingerprint));
         Ok(snapshot)
     }
 
@@ -148,7 +156,7 @@ impl KvWatch for ConsulBackend {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match listed.remove(prefix) {
-                Some((revision, entries)) if revision == after => Some(entries),
+                Some((revision, fingerprint)) if revision == after => Some(fingerprint),
                 _ => None,
             }
         };
@@ -169,12 +177,27 @@ impl LeaderWait for ConsulBackend {
         Ok(leader)
     }
 
-    /// Opens blocking queries on the leader key. Does no I/O.
+    /// Opens an observation of the leader key. All the observations of one
+    /// backend (and its clones) share one chain of blocking queries, run by a
+    /// task started with the first of them and stopped with the last; each
+    /// observation reads the states that task publishes. Does no I/O itself;
+    /// must be called within a tokio runtime (the task's).
     async fn observe(&self) -> Result<Box<dyn LeaderStream>, StoreError> {
-        Ok(Box::new(leader::ConsulLeaderStream::new(
-            self.inner.http.clone(),
-            &self.inner.leader_key,
-        )))
+        let hub = {
+            let mut slot = self
+                .inner
+                .leader_hub
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(hub) = slot.upgrade().filter(|hub| hub.is_running()) {
+                hub
+            } else {
+                let hub = leader::Hub::start(self.inner.http.clone(), &self.inner.leader_key)?;
+                *slot = Arc::downgrade(&hub);
+                hub
+            }
+        };
+        Ok(Box::new(leader::SharedLeaderStream::new(hub)))
     }
 }
 

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tracing::debug;
-use worker_core::{KvEntry, KvStream, Revision, Snapshot, StoreError, WatchEvent};
+use worker_core::{KvStream, Revision, Snapshot, StoreError, WatchEvent};
 
 use tokio::time::Instant;
 
-use crate::http::{entries, Http};
+use crate::decode::{self, Fingerprint};
+use crate::http::Http;
 use crate::ratelimit::TokenBucket;
 
 /// What one blocking-query answer means, given the position the stream held.
@@ -38,26 +39,18 @@ pub(crate) fn early(elapsed: std::time::Duration, wait: std::time::Duration) -> 
     elapsed < wait / 2
 }
 
-/// Sorted by key, so that two answers compare equal when they hold the same entries.
-fn sorted(mut entries: Vec<KvEntry>) -> Vec<KvEntry> {
-    entries.sort_by(|a, b| a.key.cmp(&b.key));
-    entries
-}
-
-/// Reads every key under `prefix` without blocking.
-pub(crate) async fn list(http: &Http, prefix: &str) -> Result<Snapshot, StoreError> {
+/// Reads every key under `prefix` without blocking; also returns the
+/// answer's fingerprint, for the watch that may follow.
+pub(crate) async fn list(http: &Http, prefix: &str) -> Result<(Snapshot, Fingerprint), StoreError> {
     let answer = http.read(prefix, true, None).await?;
-    Ok(Snapshot {
-        revision: answer.index,
-        entries: only_under(prefix, entries(answer.pairs)?),
-    })
-}
-
-/// Consul's recursive read is a plain string-prefix match, which is what we
-/// want; this only guards against a server that answers more than asked.
-fn only_under(prefix: &str, mut entries: Vec<KvEntry>) -> Vec<KvEntry> {
-    entries.retain(|e| e.key.starts_with(prefix.as_bytes()));
-    sorted(entries)
+    let (entries, fingerprint) = decode::entries(prefix, &answer.body, 0)?;
+    Ok((
+        Snapshot {
+            revision: answer.index,
+            entries,
+        },
+        fingerprint,
+    ))
 }
 
 /// A chain of blocking queries on one prefix; see [`KvStream`].
@@ -66,24 +59,29 @@ pub(crate) struct ConsulKvStream {
     prefix: String,
     /// The index the next query blocks on (0 after it went backwards).
     index: Revision,
-    /// The entries of the last answer, to tell whether an answer changed anything.
-    last: Option<Vec<KvEntry>>,
+    /// The fingerprint of the last answer, to tell whether an answer changed
+    /// anything (a kept copy of the entries would cost a compare and a clone
+    /// of the whole answer each time).
+    last: Option<Fingerprint>,
     /// Whether the last answer changed nothing, so the next query must take a token.
     unchanged: bool,
     /// Whether the next read is a plain (non-blocking) one, to check the index
     /// after a blocking query came back early with the same index.
     verify: bool,
     bucket: TokenBucket,
+    /// The body buffer of the last answer, recycled for the next one.
+    buf: Vec<u8>,
 }
 
 impl ConsulKvStream {
-    /// A stream resuming after `after`; `seen` are the entries the caller
-    /// holds at that position, when known (answers equal to them are no event).
+    /// A stream resuming after `after`; `seen` is the fingerprint of what the
+    /// caller holds at that position, when known (answers with the same
+    /// fingerprint are no event).
     pub(crate) fn new(
         http: Arc<Http>,
         prefix: &str,
         after: Revision,
-        seen: Option<Vec<KvEntry>>,
+        seen: Option<Fingerprint>,
     ) -> Self {
         Self {
             http,
@@ -93,6 +91,7 @@ impl ConsulKvStream {
             unchanged: false,
             verify: false,
             bucket: TokenBucket::new(),
+            buf: Vec::new(),
         }
     }
 }
@@ -118,11 +117,18 @@ impl KvStream for ConsulKvStream {
             }
             let blocking = !std::mem::take(&mut self.verify);
             let sent_at = Instant::now();
-            let answer = self
+            let buf = std::mem::take(&mut self.buf);
+            let mut answer = self
                 .http
-                .read(&self.prefix, true, blocking.then_some(self.index))
+                .read_into(&self.prefix, true, blocking.then_some(self.index), buf)
                 .await
                 .inspect_err(|_| self.verify = !blocking)?;
+            // Kept for decoding, then recycled for the next answer (shrunk
+            // when far larger than this one).
+            self.buf = std::mem::take(&mut answer.body);
+            if self.buf.capacity() > 4 * self.buf.len() + 65536 {
+                self.buf.shrink_to(2 * self.buf.len());
+            }
             match classify(self.index, answer.index) {
                 Answer::Backwards => {
                     let reason = format!(
@@ -153,15 +159,17 @@ impl KvStream for ConsulKvStream {
                     }
                 }
                 Answer::Newer => {
-                    let entries = only_under(&self.prefix, entries(answer.pairs)?);
+                    let capacity = self.last.map_or(0, |f| f.keys() + 1);
+                    let (entries, fingerprint) =
+                        decode::entries(&self.prefix, &self.buf, capacity)?;
                     self.index = answer.index;
-                    if self.last.as_ref() == Some(&entries) {
+                    if self.last == Some(fingerprint) {
                         debug!(prefix = %self.prefix, index = answer.index, "blocking query: newer index, same entries");
                         self.unchanged = true;
                         continue;
                     }
                     self.unchanged = false;
-                    self.last = Some(entries.clone());
+                    self.last = Some(fingerprint);
                     return Ok(WatchEvent::Snapshot(Snapshot {
                         revision: answer.index,
                         entries,
@@ -182,19 +190,5 @@ mod tests {
         assert_eq!(classify(10, 10), Answer::Same);
         assert_eq!(classify(10, 11), Answer::Newer);
         assert_eq!(classify(0, 1), Answer::Newer);
-    }
-
-    #[test]
-    fn foreign_entries_are_dropped_and_the_rest_sorted() {
-        let got = only_under(
-            "p/m1/",
-            vec![
-                KvEntry::new("p/m1/b", "2"),
-                KvEntry::new("p/m10/x", "no"),
-                KvEntry::new("p/m1/a", "1"),
-            ],
-        );
-        let keys: Vec<_> = got.iter().map(|e| e.key.clone()).collect();
-        assert_eq!(keys, [b"p/m1/a".to_vec(), b"p/m1/b".to_vec()]);
     }
 }
