@@ -51,6 +51,10 @@ pub async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -
 /// `cargo build -p coordinator --features consul,etcd` first. Panics naming that command
 /// when it is missing.
 pub fn coordinator_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("COORDINATOR_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    // <target>/<profile>/deps/<test>-<hash> -> <target>/<profile>/coordinator
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe
         .parent()
@@ -60,7 +64,7 @@ pub fn coordinator_bin() -> PathBuf {
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p coordinator --features consul,etcd` \
-         (cargo test --workspace does this)",
+         (cargo test --workspace --all-features does this), or set COORDINATOR_BIN",
         bin.display()
     );
     bin

@@ -6,10 +6,10 @@
 //! own directory (built by `cargo test --workspace --all-features`, as
 //! `scripts/test` runs it, or by `cargo build -p coordinator --features etcd`).
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use coordinator_e2e::coordinator_bin;
 use serde_json::{json, Value};
 use test_support::{EtcdCluster, EtcdServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -17,26 +17,6 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn coordinator_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("COORDINATOR_BIN").filter(|b| !b.is_empty()) {
-        return PathBuf::from(bin);
-    }
-    // <target>/debug/deps/etcd_cli-<hash> -> <target>/debug/coordinator
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .map(|d| d.join("coordinator"))
-        .expect("target directory");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it with `cargo build -p coordinator --features etcd` (same \
-         CARGO_TARGET_DIR), run `cargo test --workspace --all-features`, or set COORDINATOR_BIN",
-        bin.display()
-    );
-    bin
-}
 
 /// A running `coordinator worker`, its stdout lines and its stderr log file.
 struct Program {

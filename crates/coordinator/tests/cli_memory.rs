@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coordinator");
@@ -88,18 +88,37 @@ async fn next_json(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> Valu
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
-fn sigterm(child: &Child) {
+/// Starts `coordinator worker ARGS` with stdin and stdout piped (stderr dropped).
+fn start(args: &[&str]) -> (Child, ChildStdin, tokio::io::Lines<BufReader<ChildStdout>>) {
+    let mut child = worker(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdin, lines)
+}
+
+/// Sends `signal` (e.g. `-TERM`) and checks that the program exits 0.
+async fn signal_exits_0(mut child: Child, signal: &str) {
     let pid = child.id().expect("running").to_string();
     let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap();
     assert!(ok.success());
+    let status = timeout(WAIT, child.wait())
+        .await
+        .expect("exit after the signal")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn json_lines_and_sigterm_exit_0() {
-    let mut child = worker(&[
+    let (child, mut stdin, mut lines) = start(&[
         "--backend",
         "memory",
         "--instance-id",
@@ -108,14 +127,7 @@ async fn json_lines_and_sigterm_exit_0() {
         "100ms",
         "--prefix",
         "svc.a+b/(x)/",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    ]);
 
     let first = next_json(&mut lines).await;
     assert_eq!(
@@ -147,44 +159,26 @@ async fn json_lines_and_sigterm_exit_0() {
     assert_eq!(l["workload"], serde_json::json!(["w1"]));
     assert_eq!(l["removed"], serde_json::json!(["w2"]));
 
-    sigterm(&child);
-    let status = timeout(WAIT, child.wait())
-        .await
-        .expect("exit after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    signal_exits_0(child, "-TERM").await;
 }
 
 #[tokio::test]
 async fn sigint_exits_0() {
-    let mut child = worker(&[
+    let (child, _stdin, mut lines) = start(&[
         "--backend",
         "memory",
         "--instance-id",
         "m1",
         "--soak",
         "10ms",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    ]);
     next_json(&mut lines).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = timeout(WAIT, child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    signal_exits_0(child, "-INT").await;
 }
 
 #[tokio::test]
 async fn no_leader_holds_then_settles() {
-    let mut child = worker(&[
+    let (child, mut stdin, mut lines) = start(&[
         "--backend",
         "memory",
         "--instance-id",
@@ -193,14 +187,7 @@ async fn no_leader_holds_then_settles() {
         "50ms",
         "--leader-settle",
         "200ms",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    ]);
     next_json(&mut lines).await;
     stdin
         .write_all(b"no-leader\nput service/coordinator/assignments/m1/a 1\n")
@@ -213,11 +200,7 @@ async fn no_leader_holds_then_settles() {
     stdin.write_all(b"leader L2\n").await.unwrap();
     let l = next_json(&mut lines).await;
     assert_eq!(l["added"], serde_json::json!(["a"]));
-    sigterm(&child);
-    assert_eq!(
-        timeout(WAIT, child.wait()).await.unwrap().unwrap().code(),
-        Some(0)
-    );
+    signal_exits_0(child, "-TERM").await;
 }
 
 #[tokio::test]
