@@ -74,3 +74,32 @@ pub(crate) struct HttpStatusError {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct ProtocolError(pub(crate) String);
+
+/// A request that could not be exchanged with an agent (connect, TLS, a
+/// broken connection), with the distinct causes of the client's error in one
+/// message and no further source.
+///
+/// reqwest 0.11 and hyper 0.14 repeat each source's text in their own
+/// `Display`, so walking their source chain prints the same cause three or
+/// four times; the chain is flattened here so that each cause shows once.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct TransportError(String);
+
+impl TransportError {
+    /// Each error of `e`'s source chain whose text the message does not hold
+    /// yet, joined with `": "`.
+    pub(crate) fn new(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Self(message)
+    }
+}

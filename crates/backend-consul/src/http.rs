@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use consulrs::api::features::{Blocking, Features};
 use consulrs::client::{ConsulClient, ConsulClientSettings};
 use tracing::debug;
 use worker_core::{Revision, StoreError};
 
 use crate::config::{ConsulConfig, MAX_WAIT};
-use crate::error::{ConsulError, HttpStatusError, ProtocolError};
+use crate::error::{ConsulError, HttpStatusError, ProtocolError, TransportError};
 
 /// Bound on a read that does not block (a list, the first leader read).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,10 +47,11 @@ impl Http {
                 reason: "must be more than 0 and at most 10 minutes (Consul's cap)",
             });
         }
+        let tls = config.ca_cert.is_some() || config.client_cert.is_some();
         let addresses = config
             .endpoints
             .iter()
-            .map(|e| normalize_endpoint(e))
+            .map(|e| normalize_endpoint(e, tls))
             .collect::<Result<Vec<_>, _>>()?;
         let token = resolve_token(config)?;
         let http = build_reqwest(config)?;
@@ -101,20 +101,31 @@ impl Http {
         recurse: bool,
         index: Option<Revision>,
     ) -> Result<KvAnswer, StoreError> {
-        self.read_into(key, recurse, index, Vec::new()).await
+        let mut body = Vec::new();
+        let index = self.read_into(key, recurse, index, &mut body).await?;
+        Ok(KvAnswer { index, body })
     }
 
-    /// [`read`](Self::read), with the body read into `buf` (cleared first),
-    /// which the answer hands back: a caller that reads again and again
-    /// recycles one buffer instead of allocating (and faulting in) a new one
-    /// per answer.
+    /// [`read`](Self::read), with the body read into `body` (cleared first,
+    /// left empty on a 404), returning the answer's `X-Consul-Index`: a caller
+    /// that reads again and again recycles one buffer instead of allocating
+    /// (and faulting in) a new one per answer.
+    ///
+    /// A failure that says nothing about the request itself (a connection
+    /// that cannot be made or breaks, a timeout, a `5xx` such as "No cluster
+    /// leader", a `429`) moves the backend to the next endpoint for the
+    /// requests that follow; a refusal (`401`/`403`) or an unusable answer
+    /// does not (another agent of the same cluster would answer the same).
+    ///
+    /// Cancel safe: dropping the future abandons the request; `body` may then
+    /// hold part of an answer, which the next call clears.
     pub(crate) async fn read_into(
         &self,
         key: &str,
         recurse: bool,
         index: Option<Revision>,
-        buf: Vec<u8>,
-    ) -> Result<KvAnswer, StoreError> {
+        body: &mut Vec<u8>,
+    ) -> Result<Revision, StoreError> {
         let slot = self.current.load(Ordering::Relaxed) % self.clients.len();
         let client = &self.clients[slot];
         let request = self.build_request(client, key, recurse, index)?;
@@ -123,67 +134,48 @@ impl Http {
             None => REQUEST_TIMEOUT,
         };
         debug!(endpoint = %client.settings.address, key, recurse, ?index, "consul kv read");
+        body.clear();
         // consulrs's own KV functions turn a non-2xx answer into an error
         // without its headers, so the `X-Consul-Index` of a 404 (an empty
         // prefix, which must still be blocked on) would be lost. The request
         // goes through the reqwest client consulrs exposes instead, which
         // keeps the headers of every answer and takes a per-request timeout.
-        let sent = tokio::time::timeout(timeout, async move {
+        let sent = tokio::time::timeout(timeout, async {
             let mut response = client.http.http.execute(request).await?;
             let status = response.status();
             let index = response.headers().get("X-Consul-Index").cloned();
-            let mut body = buf;
-            body.clear();
             if let Some(len) = response.content_length() {
                 body.reserve(usize::try_from(len).unwrap_or(0));
             }
             while let Some(chunk) = response.chunk().await? {
                 body.extend_from_slice(&chunk);
             }
-            Ok::<_, reqwest::Error>((status, index, body))
+            Ok::<_, reqwest::Error>((status, index))
         })
         .await;
-        let (status, index_header, body) = match sent {
-            Err(_) => return Err(StoreError::Timeout(timeout)),
-            Ok(Err(e)) => {
-                let error = map_reqwest_error(e, timeout);
-                if matches!(error, StoreError::Unavailable(_)) && self.clients.len() > 1 {
-                    // Fail over: the next request goes to the next endpoint.
-                    let _ = self.current.compare_exchange(
-                        slot,
-                        (slot + 1) % self.clients.len(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
+        let result = match sent {
+            Err(_) => Err(StoreError::Timeout(timeout)),
+            Ok(Err(e)) => Err(map_reqwest_error(&e, timeout)),
+            Ok(Ok((status, index))) => answer_index(status, index.as_ref(), body),
+        };
+        if let Err(error) = &result {
+            if fails_over(error) && self.clients.len() > 1 {
+                let next = (slot + 1) % self.clients.len();
+                // Only the first of several requests failing on one endpoint moves on.
+                if self
+                    .current
+                    .compare_exchange(slot, next, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    debug!(
+                        from = %client.settings.address,
+                        to = %self.clients[next].settings.address,
+                        "consul endpoint failed; moving to the next"
                     );
                 }
-                return Err(error);
             }
-            Ok(Ok(answer)) => answer,
-        };
-        match status.as_u16() {
-            200 | 404 => {}
-            code @ (401 | 403) => {
-                return Err(StoreError::permission_denied(status_error(code, &body)));
-            }
-            code @ (429 | 500..=599) => {
-                return Err(StoreError::unavailable(status_error(code, &body)));
-            }
-            code => return Err(StoreError::protocol(status_error(code, &body))),
         }
-        let index = index_header
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| {
-                StoreError::protocol(ProtocolError(format!(
-                    "answer {status} without a valid X-Consul-Index header"
-                )))
-            })?;
-        let mut body = body;
-        if status.as_u16() == 404 {
-            body.clear();
-        }
-        Ok(KvAnswer { index, body })
+        result
     }
 
     fn build_request(
@@ -205,21 +197,16 @@ impl Http {
         if recurse {
             url.query_pairs_mut().append_pair("recurse", "true");
         }
+        // The blocking-query parameters, set here rather than through
+        // consulrs's `Features`, which logs two INFO lines per request.
+        if let Some(index) = index {
+            url.query_pairs_mut()
+                .append_pair("index", &index.max(1).to_string())
+                .append_pair("wait", &format!("{}ms", self.wait.as_millis()));
+        }
         let mut request = http::Request::get(url.as_str())
             .body(Vec::new())
             .map_err(StoreError::protocol)?;
-        // The blocking-query parameters (`index`, `wait`) through consulrs's
-        // feature support.
-        if let Some(index) = index {
-            let features = Features {
-                blocking: Some(Blocking {
-                    index: index.max(1),
-                    wait: Some(format!("{}ms", self.wait.as_millis())),
-                }),
-                ..Features::default()
-            };
-            features.process(&mut request);
-        }
         if let Some(token) = &client.settings.token {
             // Validated in `resolve_token`; marked sensitive so that no `Debug`
             // of the request prints it.
@@ -245,18 +232,69 @@ fn status_error(status: u16, body: &[u8]) -> HttpStatusError {
     HttpStatusError { status, message }
 }
 
-fn map_reqwest_error(e: reqwest::Error, timeout: Duration) -> StoreError {
-    if e.is_timeout() {
-        return StoreError::Timeout(timeout);
+/// The `X-Consul-Index` of an answer, or the error its status means. The
+/// body of a 404 (no key) is emptied.
+fn answer_index(
+    status: reqwest::StatusCode,
+    index: Option<&http::HeaderValue>,
+    body: &mut Vec<u8>,
+) -> Result<Revision, StoreError> {
+    match status.as_u16() {
+        200 | 404 => {}
+        code @ (401 | 403) => {
+            return Err(StoreError::permission_denied(status_error(code, body)));
+        }
+        code @ (429 | 500..=599) => {
+            return Err(StoreError::unavailable(status_error(code, body)));
+        }
+        code => return Err(StoreError::protocol(status_error(code, body))),
     }
-    // Connection failures, TLS failures (an untrusted server certificate, or
-    // an agent with `verify_incoming` closing the connection on a missing
-    // client certificate, which reaches the client only as a closed channel).
-    StoreError::unavailable(e)
+    let index = index
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            StoreError::protocol(ProtocolError(format!(
+                "answer {status} without a valid X-Consul-Index header"
+            )))
+        })?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        body.clear();
+    }
+    Ok(index)
 }
 
-/// Checks an endpoint and returns it as `scheme://host:port` without a trailing slash.
-fn normalize_endpoint(endpoint: &str) -> Result<String, ConsulError> {
+/// Whether `error` moves the backend to the next endpoint: the agent could
+/// not be reached or did not answer in time (connect failures, broken
+/// connections, TLS failures, timeouts), or answered that it cannot serve
+/// now (`5xx`, `429`: both are [`StoreError::Unavailable`]).
+fn fails_over(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(_) | StoreError::Timeout(_))
+}
+
+/// Classifies a reqwest failure by its type, not its text: `is_timeout`
+/// (reqwest's own or the connect timeout) is a [`StoreError::Timeout`];
+/// everything else (`is_connect`, a connection closed mid-answer, TLS
+/// failures: an untrusted server certificate, or an agent with
+/// `verify_incoming` closing the connection on a missing client certificate,
+/// which reaches the client only as a closed channel) is
+/// [`StoreError::Unavailable`].
+fn map_reqwest_error(e: &reqwest::Error, timeout: Duration) -> StoreError {
+    if e.is_timeout() {
+        let bound = if e.is_connect() {
+            CONNECT_TIMEOUT
+        } else {
+            timeout
+        };
+        return StoreError::Timeout(bound);
+    }
+    StoreError::unavailable(TransportError::new(e))
+}
+
+/// Checks an endpoint and returns it as `scheme://host:port` without a trailing slash. A
+/// bare `host:port` means `https://` when TLS files are set (`tls`), `http://` otherwise; an
+/// explicit `http://` endpoint with TLS files set is refused: the token would cross the
+/// network in plain text while the settings ask for TLS.
+fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String, ConsulError> {
     let invalid = |reason| ConsulError::InvalidEndpoint {
         endpoint: endpoint.to_owned(),
         reason,
@@ -267,12 +305,20 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, ConsulError> {
     }
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_owned()
+    } else if tls {
+        format!("https://{trimmed}")
     } else {
         format!("http://{trimmed}")
     };
     let url = url::Url::parse(&with_scheme).map_err(|_| invalid("not a URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));
+    }
+    if tls && url.scheme() == "http" {
+        return Err(invalid(
+            "ca_cert (--ca-cert) or client_cert (--client-cert) is set but the endpoint is \
+             http://, which would send the token in plain text; use https://",
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
@@ -410,15 +456,15 @@ mod tests {
     #[test]
     fn endpoints_are_normalized_or_rejected() {
         assert_eq!(
-            normalize_endpoint("http://127.0.0.1:8500/").unwrap(),
+            normalize_endpoint("http://127.0.0.1:8500/", false).unwrap(),
             "http://127.0.0.1:8500"
         );
         assert_eq!(
-            normalize_endpoint("127.0.0.1:8500").unwrap(),
+            normalize_endpoint("127.0.0.1:8500", false).unwrap(),
             "http://127.0.0.1:8500"
         );
         assert_eq!(
-            normalize_endpoint("https://consul.local:8501").unwrap(),
+            normalize_endpoint("https://consul.local:8501", false).unwrap(),
             "https://consul.local:8501"
         );
         for bad in [
@@ -430,7 +476,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    normalize_endpoint(bad),
+                    normalize_endpoint(bad, false),
                     Err(ConsulError::InvalidEndpoint { .. })
                 ),
                 "{bad:?} accepted"

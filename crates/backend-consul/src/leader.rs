@@ -91,17 +91,19 @@ impl LeaderStream for ConsulLeaderStream {
     /// are paced by the rate limiter; an index that went backwards is reset to
     /// 0 (the next query then answers at once).
     ///
-    /// Cancel safe: the state is consistent at every await point.
+    /// Cancel safe: the only await points are the rate limiter's token (cancel
+    /// safe itself) and the request; the stream's fields change only after an
+    /// answer arrived, with no await point between that and the next query or
+    /// returning.
     async fn next(&mut self) -> Result<Option<Leader>, StoreError> {
         loop {
-            let blocking = self.started && !std::mem::take(&mut self.verify);
             if self.started && self.unchanged {
                 self.bucket.take().await;
             }
+            let blocking = self.started && !self.verify;
             let sent_at = Instant::now();
-            let (index, leader) = read(&self.http, &self.key, blocking.then_some(self.index))
-                .await
-                .inspect_err(|_| self.verify = self.started && !blocking)?;
+            let (index, leader) =
+                read(&self.http, &self.key, blocking.then_some(self.index)).await?;
             // An early answer with the same index: Consul may have abandoned
             // its state (snapshot restore); check with a plain read.
             self.verify =

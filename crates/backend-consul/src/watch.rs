@@ -66,7 +66,11 @@ pub(crate) struct ConsulKvStream {
     /// Whether the last answer changed nothing, so the next query must take a token.
     unchanged: bool,
     /// Whether the next read is a plain (non-blocking) one, to check the index
-    /// after a blocking query came back early with the same index.
+    /// first: the first read of every stream (the agent may have been
+    /// replaced by one whose index is below the position, which a blocking
+    /// query on the position would wait for until its wait ends), and the read
+    /// after a blocking query came back early with the same index. Cleared
+    /// only once an answer arrived.
     verify: bool,
     bucket: TokenBucket,
     /// The body buffer of the last answer, recycled for the next one.
@@ -89,7 +93,7 @@ impl ConsulKvStream {
             index: after,
             last: seen,
             unchanged: false,
-            verify: false,
+            verify: true,
             bucket: TokenBucket::new(),
             buf: Vec::new(),
         }
@@ -108,32 +112,42 @@ impl KvStream for ConsulKvStream {
     /// Queries after an answer that changed nothing wait for a token of the
     /// rate limiter.
     ///
-    /// Cancel safe: the state changes only after an answer arrived, with no
-    /// await point between that and the next query or returning.
+    /// The first read of a stream does not block: it compares the agent's
+    /// index with the position first, so that a position the agent will never
+    /// reach (a fresh agent in place of the old one, a restored snapshot) is
+    /// reported as [`WatchEvent::Lost`] at once instead of after the wait.
+    ///
+    /// Cancel safe: the only await points are the rate limiter's token (cancel
+    /// safe itself) and the request; the stream's fields change only after an
+    /// answer arrived, with no await point between that and the next query or
+    /// returning. A dropped call leaves the stream as it was before it (the
+    /// body buffer may hold part of an answer; the next read clears it).
     async fn next(&mut self) -> Result<WatchEvent, StoreError> {
         loop {
             if self.unchanged {
                 self.bucket.take().await;
             }
-            let blocking = !std::mem::take(&mut self.verify);
+            let blocking = !self.verify;
             let sent_at = Instant::now();
-            let buf = std::mem::take(&mut self.buf);
-            let mut answer = self
+            let index = self
                 .http
-                .read_into(&self.prefix, true, blocking.then_some(self.index), buf)
-                .await
-                .inspect_err(|_| self.verify = !blocking)?;
-            // Kept for decoding, then recycled for the next answer (shrunk
-            // when far larger than this one).
-            self.buf = std::mem::take(&mut answer.body);
+                .read_into(
+                    &self.prefix,
+                    true,
+                    blocking.then_some(self.index),
+                    &mut self.buf,
+                )
+                .await?;
+            self.verify = false;
+            // Recycled for the next answer (shrunk when far larger than this one).
             if self.buf.capacity() > 4 * self.buf.len() + 65536 {
                 self.buf.shrink_to(2 * self.buf.len());
             }
-            match classify(self.index, answer.index) {
+            match classify(self.index, index) {
                 Answer::Backwards => {
                     let reason = format!(
                         "Consul index went backwards from {} to {} on {}",
-                        self.index, answer.index, self.prefix
+                        self.index, index, self.prefix
                     );
                     self.index = 0;
                     self.last = None;
@@ -145,33 +159,31 @@ impl KvStream for ConsulKvStream {
                     // replaced its state) with the old state's index, and would
                     // block a query whose index is above the restored one until
                     // the wait ends. A plain read tells at once.
-                    debug!(prefix = %self.prefix, index = answer.index, "blocking query: early answer, checking the index");
+                    debug!(prefix = %self.prefix, index, "blocking query: early answer, checking the index");
                     self.unchanged = true;
                     self.verify = true;
                 }
                 Answer::Same => {
-                    debug!(prefix = %self.prefix, index = answer.index, "blocking query: no change");
+                    debug!(prefix = %self.prefix, index, "blocking query: no change");
                     self.unchanged = true;
                     if blocking {
-                        return Ok(WatchEvent::Progress {
-                            revision: answer.index,
-                        });
+                        return Ok(WatchEvent::Progress { revision: index });
                     }
                 }
                 Answer::Newer => {
                     let capacity = self.last.map_or(0, |f| f.keys() + 1);
                     let (entries, fingerprint) =
                         decode::entries(&self.prefix, &self.buf, capacity)?;
-                    self.index = answer.index;
+                    self.index = index;
                     if self.last == Some(fingerprint) {
-                        debug!(prefix = %self.prefix, index = answer.index, "blocking query: newer index, same entries");
+                        debug!(prefix = %self.prefix, index, "blocking query: newer index, same entries");
                         self.unchanged = true;
                         continue;
                     }
                     self.unchanged = false;
                     self.last = Some(fingerprint);
                     return Ok(WatchEvent::Snapshot(Snapshot {
-                        revision: answer.index,
+                        revision: index,
                         entries,
                     }));
                 }

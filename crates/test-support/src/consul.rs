@@ -74,7 +74,8 @@ impl ConsulBuilder {
         self
     }
 
-    /// Starts the agent and waits until it has a leader and accepts a KV write.
+    /// Starts the agent and waits until it is ready: it has a raft leader, accepts a KV write,
+    /// and its node is registered in the catalog (a session can be created).
     ///
     /// Panics (with the tail of the agent's log) when it does not become ready in time.
     pub async fn start(self) -> ConsulAgent {
@@ -215,7 +216,9 @@ impl ConsulAgent {
         Ok(agent)
     }
 
-    /// Waits (bounded by the start timeout) for a leader and a successful KV PUT.
+    /// Waits (bounded by the start timeout) until the agent can serve what tests ask of it: a
+    /// raft leader, a successful KV PUT, and a session created and destroyed (the agent's node
+    /// is registered). This is the one readiness check: start and restart both use it.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.options.start_timeout;
         loop {
@@ -262,6 +265,37 @@ impl ConsulAgent {
             .send()
             .await
             .map_err(|e| format!("DELETE probe key: {e}"))?;
+        self.probe_session().await
+    }
+
+    /// Creates and destroys a session with the default checks (`serfHealth` of this node),
+    /// which only works once the leader has registered the agent's node in the catalog:
+    /// before that, Consul answers `500 Missing node registration` (and `consul lock`, or a
+    /// test's own session, would fail the same way).
+    async fn probe_session(&self) -> Result<(), String> {
+        let create = self
+            .request(reqwest::Method::PUT, "/v1/session/create")
+            .body(json!({ "Name": "test-support-ready-probe", "TTL": "60s" }).to_string())
+            .send()
+            .await
+            .map_err(|e| format!("PUT /v1/session/create: {e}"))?;
+        let status = create.status();
+        let body = create.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("session create answered {status}: {body}"));
+        }
+        let id = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["ID"].as_str().map(str::to_owned))
+            .ok_or_else(|| format!("session create answered without an ID: {body}"))?;
+        let destroy = self
+            .request(reqwest::Method::PUT, &format!("/v1/session/destroy/{id}"))
+            .send()
+            .await
+            .map_err(|e| format!("PUT /v1/session/destroy: {e}"))?;
+        if !destroy.status().is_success() {
+            return Err(format!("session destroy answered {}", destroy.status()));
+        }
         Ok(())
     }
 
@@ -336,7 +370,9 @@ impl ConsulAgent {
     }
 
     /// Starts the agent again (killing it first if it runs) with the same ports, config and
-    /// data dir, and waits until it is ready.
+    /// data dir, and waits until it is ready. In server mode the KV store survives; in dev
+    /// mode (KV in memory) the new agent starts empty, with a low `X-Consul-Index`: a fresh
+    /// agent on the same port, as when a cluster is rebuilt.
     pub async fn restart(&mut self) {
         self.process.0.kill();
         self.process.0.spawn();

@@ -196,3 +196,32 @@ async fn blocking_query_wakes_on_put() {
     })
     .await;
 }
+
+/// Creates a session with the default checks (the node's `serfHealth`), as `consul lock` and
+/// the tests' own helpers do; returns the HTTP status and body.
+async fn create_session(agent: &ConsulAgent) -> (reqwest::StatusCode, String) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = client
+        .put(format!("{}/v1/session/create", agent.http_addr()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.text().await.unwrap())
+}
+
+/// "Ready" means ready for what tests do: a session can be created right after start (the
+/// agent's node is registered in the catalog), never `500 Missing node registration`; and
+/// the same after a restart of a dev agent (a fresh agent on the same port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_agent_creates_sessions_at_once() {
+    for _ in 0..4 {
+        let mut agent = ConsulAgent::start_dev().await;
+        let (status, body) = create_session(&agent).await;
+        assert!(status.is_success(), "session right after start: {status}: {body}");
+        agent.restart().await;
+        let (status, body) = create_session(&agent).await;
+        assert!(status.is_success(), "session right after restart: {status}: {body}");
+    }
+}
