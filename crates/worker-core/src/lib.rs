@@ -7,7 +7,8 @@
 //! only then publishes the settled set to the application.
 //!
 //! This crate holds:
-//! - the store traits [`KvWatch`] and [`LeaderWait`] that backends implement;
+//! - the store traits [`KvWatch`] and [`LeaderWait`] that backends implement,
+//!   and those of the leader half: [`Membership`], [`Election`], [`FencedWrite`];
 //! - the tracking + soak logic as a pure state machine ([`machine::Machine`]);
 //! - the tokio driver ([`Worker`], [`WorkerHandle`]);
 //! - the in-process [`MemoryStore`] backend;
@@ -36,6 +37,7 @@
 //! - `conformance`: the [`conformance`] module, the suite each backend's tests run.
 
 mod backoff;
+mod coord;
 mod error;
 mod keys;
 pub mod machine;
@@ -48,6 +50,9 @@ mod worker;
 pub mod conformance;
 
 pub use backoff::Backoff;
+pub use coord::{
+    revoke_first_chunks, Election, Fence, FencedWrite, Membership, SessionId, TxnOp, TxnOutcome,
+};
 pub use error::{BoxError, ConfigError, ErrorChain, StoreError};
 pub use keys::{validate_instance_id, AssignmentKeys, ForeignReason, MAX_INSTANCE_ID_LEN};
 pub use memory::{MemoryStats, MemoryStore};

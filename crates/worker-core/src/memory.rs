@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+mod coord;
+
 use crate::error::StoreError;
 use crate::traits::{KvStream, KvWatch, LeaderStream, LeaderWait};
 use crate::types::{KvChange, KvEntry, Leader, Revision, Snapshot, WatchEvent};
@@ -28,6 +30,10 @@ pub struct MemoryStats {
     pub watches: u64,
     /// Events returned by watch streams.
     pub events: u64,
+    /// Fenced transactions applied.
+    pub txns: u64,
+    /// Fenced transactions rejected because the fence no longer held.
+    pub fenced: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +47,7 @@ struct State {
     unavailable: Option<String>,
     fail_next: u32,
     stats: MemoryStats,
+    sessions: coord::Sessions,
 }
 
 impl State {
@@ -205,6 +212,7 @@ impl MemoryStore {
                 term: s.terms,
             };
             s.leader = Some(l.clone());
+            s.sessions.leader_set_externally();
             l
         };
         self.wake();
@@ -213,7 +221,11 @@ impl MemoryStore {
 
     /// Removes the leader.
     pub fn clear_leader(&self) {
-        self.lock().leader = None;
+        {
+            let mut s = self.lock();
+            s.leader = None;
+            s.sessions.leader_set_externally();
+        }
         self.wake();
     }
 

@@ -1,0 +1,193 @@
+//! The tokio driver of [`LeaderMachine`]: follows the members and work
+//! prefixes, reads the assignments once on taking office, applies the
+//! machine's fenced transactions, and re-arms one timer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use worker_core::{
+    Backoff, ErrorChain, Fence, FencedWrite, KvWatch, Snapshot, StoreError, TxnOp, TxnOutcome,
+};
+
+use crate::follow::{spawn_follow, PrefixMap};
+use crate::layout::Layout;
+use crate::machine::{Action, LeaderMachine, LeaderTiming, PlanReport};
+
+/// Why a leader loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderExit {
+    /// Asked to stop (leadership lost as observed, or the member halts).
+    Stopped,
+    /// A fenced write was rejected: the store says this is no longer the leader.
+    Fenced,
+}
+
+/// What the leader loop needs.
+pub(crate) struct LeaderCtx {
+    pub layout: Layout,
+    pub timing: LeaderTiming,
+    pub fence: Fence,
+    pub kv: Arc<dyn KvWatch>,
+    pub writer: Arc<dyn FencedWrite>,
+    pub plans: broadcast::Sender<PlanReport>,
+    pub instance_id: String,
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = Result<TxnOutcome, StoreError>> + Send>>;
+type ListFuture = Pin<Box<dyn Future<Output = Result<Snapshot, StoreError>> + Send>>;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn entries(map: &PrefixMap) -> impl Iterator<Item = (&[u8], &bytes::Bytes)> {
+    map.iter().map(|(k, v)| (k.as_slice(), v))
+}
+
+/// Leads until `stop` turns true or a write is fenced.
+pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) -> LeaderExit {
+    let LeaderCtx {
+        layout,
+        timing,
+        fence,
+        kv,
+        writer,
+        plans,
+        instance_id,
+    } = ctx;
+    let backoff = (timing.backoff_min, timing.backoff_max);
+    let (mut members, members_task) = spawn_follow(kv.clone(), layout.members.clone(), backoff);
+    let (mut items, items_task) = spawn_follow(kv.clone(), layout.work.clone(), backoff);
+    let _tasks = (AbortOnDrop(members_task), AbortOnDrop(items_task));
+    let mut machine = LeaderMachine::new(layout.clone(), timing, writer.max_ops(), Instant::now());
+    info!(instance_id, term = fence.term(), "leading");
+
+    let list_assignments = |kv: Arc<dyn KvWatch>, prefix: String| -> ListFuture {
+        Box::pin(async move { kv.list(&prefix).await })
+    };
+    let mut listing: Option<ListFuture> =
+        Some(list_assignments(kv.clone(), layout.assignments.clone()));
+    let mut list_retry: Option<Instant> = None;
+    let mut list_backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
+    let mut rng = SmallRng::seed_from_u64(0x1ead);
+    let mut write: Option<WriteFuture> = None;
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+
+    loop {
+        // Carry out what the machine asks for.
+        while let Some(action) = machine.poll() {
+            match action {
+                Action::Write(ops) => {
+                    let writer = writer.clone();
+                    let fence = fence.clone();
+                    write = Some(Box::pin(async move { apply(&*writer, &fence, &ops).await }));
+                }
+                Action::Planned(report) => {
+                    info!(
+                        members = report.members,
+                        items = report.items,
+                        moved = report.moved,
+                        min_moves = report.min_moves,
+                        placed = report.placed,
+                        revokes = report.revokes,
+                        puts = report.puts,
+                        transactions = report.transactions,
+                        "planned"
+                    );
+                    let _ = plans.send(report);
+                }
+                Action::BadKey { key, reason } => {
+                    warn!(key, %reason, "skipping key");
+                }
+                Action::BadMemberValue { member, error } => {
+                    warn!(member, error, "member metadata is not valid JSON; using weight 1");
+                }
+                Action::StepDown => {
+                    warn!(instance_id, term = fence.term(), "write rejected by the fence: stepping down");
+                    return LeaderExit::Fenced;
+                }
+            }
+        }
+        // One timer: the machine's deadline, or the assignment relist retry.
+        let deadline = match (machine.poll_timeout(), list_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    return LeaderExit::Stopped;
+                }
+            }
+            Ok(()) = members.changed() => {
+                let view = members.borrow_and_update().clone();
+                if let Some(map) = view {
+                    machine.handle_members(Instant::now(), entries(&map));
+                }
+            }
+            Ok(()) = items.changed() => {
+                let view = items.borrow_and_update().clone();
+                if let Some(map) = view {
+                    machine.handle_items(Instant::now(), entries(&map));
+                }
+            }
+            result = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
+                listing = None;
+                match result {
+                    Ok(snapshot) => {
+                        let map: PrefixMap =
+                            snapshot.entries.into_iter().map(|e| (e.key, e.value)).collect();
+                        machine.handle_assignments(Instant::now(), entries(&map));
+                    }
+                    Err(e) => {
+                        let delay = list_backoff.next_delay(&mut rng);
+                        debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
+                        list_retry = Some(Instant::now() + delay);
+                    }
+                }
+            }
+            result = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
+                write = None;
+                if let Err(e) = &result {
+                    warn!(error = %ErrorChain(e), "fenced write failed; retrying");
+                }
+                machine.handle_write(Instant::now(), result);
+            }
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                let now = Instant::now();
+                if list_retry.is_some_and(|t| now >= t) {
+                    list_retry = None;
+                    listing = Some(list_assignments(kv.clone(), layout.assignments.clone()));
+                }
+                machine.handle_timeout(now);
+            }
+        }
+    }
+}
+
+async fn apply(
+    writer: &dyn FencedWrite,
+    fence: &Fence,
+    ops: &[TxnOp],
+) -> Result<TxnOutcome, StoreError> {
+    writer.apply(fence, ops).await
+}

@@ -1,0 +1,444 @@
+//! The leader as a pure state machine: no I/O, no clock, no tasks.
+//!
+//! Time arrives as a `now` argument; the driver ([`crate::leader`]) feeds the
+//! machine what it reads from the store and carries out what [`LeaderMachine::poll`]
+//! returns, re-arming one timer at [`LeaderMachine::poll_timeout`].
+//!
+//! Inputs: the members and work items under their prefixes (whole pictures,
+//! as a prefix mirror keeps them), the assignment keys read once on taking
+//! office, and the outcome of each fenced write. Outputs: fenced
+//! transactions to apply (revoke-first, split to the store's limit), a
+//! report of each plan, keys skipped, and the order to step down.
+//!
+//! | state | input | next |
+//! |---|---|---|
+//! | any | members / items / assignments differ from what was known | soak (re)starts: due at `min(last change + soak, first change + max_soak)` |
+//! | soaking, all three read | timeout past the due time | plan; the difference becomes transactions; the first is sent |
+//! | writing | `Applied` | the chunk is recorded as written; the next is sent, or idle |
+//! | writing | error | the same chunk is sent again after a backoff (puts and deletes are idempotent) |
+//! | any | `Fenced` | step down: nothing more is written |
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+use worker_core::{revoke_first_chunks, Backoff, TxnOp, TxnOutcome, WorkId};
+
+use crate::layout::{BadKey, Layout, MemberMeta};
+use crate::plan::{min_moves, plan, Assignment, MemberId};
+
+/// The leader's timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderTiming {
+    /// Quiet time after a member or item change before planning. Default 3 s.
+    pub soak: Duration,
+    /// Longest a plan waits while changes keep coming. Default 10 × soak.
+    pub max_soak: Duration,
+    /// First retry delay after a failed write. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Largest retry delay. Default 10 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for LeaderTiming {
+    fn default() -> Self {
+        Self::with_soak(Duration::from_secs(3))
+    }
+}
+
+impl LeaderTiming {
+    /// Default timing with `soak` (and `max_soak` = 10 × soak).
+    pub fn with_soak(soak: Duration) -> Self {
+        Self {
+            soak,
+            max_soak: soak.saturating_mul(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one plan did, for logs, metrics and the demo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanReport {
+    /// Live members the plan counted (weight 0 included).
+    pub members: usize,
+    /// Work items.
+    pub items: usize,
+    /// Items taken from a live owner and given to another.
+    pub moved: usize,
+    /// Items that had no live owner and were given one.
+    pub placed: usize,
+    /// The fewest moves any balanced plan could make (what `moved` is held to).
+    pub min_moves: usize,
+    /// Assignment keys deleted.
+    pub revokes: usize,
+    /// Assignment keys written.
+    pub puts: usize,
+    /// Transactions the writes take.
+    pub transactions: usize,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Apply these operations in one fenced transaction, then report the
+    /// outcome with [`LeaderMachine::handle_write`].
+    Write(Vec<TxnOp>),
+    /// A plan was made (it may write nothing).
+    Planned(PlanReport),
+    /// A key was skipped; reported once per key.
+    BadKey {
+        /// The key, lossily decoded.
+        key: String,
+        /// Why it was skipped.
+        reason: BadKey,
+    },
+    /// A member key holds metadata that is not valid JSON; the member counts
+    /// with the default weight. Reported once per key and value.
+    BadMemberValue {
+        /// The member id.
+        member: String,
+        /// The parse error.
+        error: String,
+    },
+    /// The fence no longer holds: stop leading. Nothing more comes.
+    StepDown,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Soak {
+    first: Instant,
+    last: Instant,
+}
+
+/// The leader's logic. See the [module docs](self).
+#[derive(Debug)]
+pub struct LeaderMachine {
+    layout: Layout,
+    timing: LeaderTiming,
+    max_ops: usize,
+    members: Option<BTreeMap<MemberId, u32>>,
+    items: Option<BTreeMap<WorkId, Bytes>>,
+    /// The assignment keys in the store: (member, work) -> value.
+    current: Option<BTreeMap<(MemberId, WorkId), Bytes>>,
+    soak: Option<Soak>,
+    chunks: VecDeque<Vec<TxnOp>>,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    rng: SmallRng,
+    reported: BTreeSet<Vec<u8>>,
+    stepped_down: bool,
+    out: VecDeque<Action>,
+}
+
+impl LeaderMachine {
+    /// A machine for a leader that took office at `now`. `max_ops` is the
+    /// store's limit of operations per fenced transaction.
+    pub fn new(layout: Layout, timing: LeaderTiming, max_ops: usize, now: Instant) -> Self {
+        Self {
+            layout,
+            timing,
+            max_ops: max_ops.max(1),
+            members: None,
+            items: None,
+            current: None,
+            // Taking office counts as a change: members that are starting up
+            // get a soak's time to register before the first plan.
+            soak: Some(Soak {
+                first: now,
+                last: now,
+            }),
+            chunks: VecDeque::new(),
+            in_flight: false,
+            retry_at: None,
+            backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
+            rng: SmallRng::seed_from_u64(0x5eed_1ead),
+            reported: BTreeSet::new(),
+            stepped_down: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// True once the machine stepped down.
+    pub fn stepped_down(&self) -> bool {
+        self.stepped_down
+    }
+
+    /// True while fenced transactions of a plan are still to be applied.
+    pub fn writing(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+
+    /// The live members with their effective weights, once read.
+    pub fn members(&self) -> Option<&BTreeMap<MemberId, u32>> {
+        self.members.as_ref()
+    }
+
+    /// The assignment as this leader knows it is in the store, once read.
+    pub fn assignment(&self) -> Option<&BTreeMap<(MemberId, WorkId), Bytes>> {
+        self.current.as_ref()
+    }
+
+    fn changed(&mut self, now: Instant) {
+        let first = self.soak.map_or(now, |s| s.first);
+        self.soak = Some(Soak { first, last: now });
+    }
+
+    fn report_bad(&mut self, key: &[u8], reason: BadKey) {
+        if self.reported.insert(key.to_vec()) {
+            self.out.push_back(Action::BadKey {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            });
+        }
+    }
+
+    /// The members prefix as it is now (every key and value under it).
+    pub fn handle_members<'a>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+    ) {
+        if self.stepped_down {
+            return;
+        }
+        let mut members = BTreeMap::new();
+        for (key, value) in entries {
+            let id = match self.layout.parse_member(key) {
+                Ok(id) => id,
+                Err(reason) => {
+                    self.report_bad(key, reason);
+                    continue;
+                }
+            };
+            let meta = MemberMeta::parse(value).unwrap_or_else(|e| {
+                let mut marker = key.to_vec();
+                marker.push(0);
+                marker.extend_from_slice(value);
+                if self.reported.insert(marker) {
+                    self.out.push_back(Action::BadMemberValue {
+                        member: id.to_owned(),
+                        error: e.to_string(),
+                    });
+                }
+                MemberMeta::default()
+            });
+            members.insert(MemberId::from(id), meta.effective_weight());
+        }
+        if self.members.as_ref() != Some(&members) {
+            self.members = Some(members);
+            self.changed(now);
+        }
+    }
+
+    /// The work-items prefix as it is now.
+    pub fn handle_items<'a>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+    ) {
+        if self.stepped_down {
+            return;
+        }
+        let mut items = BTreeMap::new();
+        for (key, value) in entries {
+            match self.layout.parse_work(key) {
+                Ok(id) => {
+                    items.insert(WorkId::from(id), value.clone());
+                }
+                Err(reason) => self.report_bad(key, reason),
+            }
+        }
+        if self.items.as_ref() != Some(&items) {
+            self.items = Some(items);
+            self.changed(now);
+        }
+    }
+
+    /// The assignment keys as read from the store (on taking office, or after
+    /// the driver re-read them).
+    pub fn handle_assignments<'a>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+    ) {
+        if self.stepped_down {
+            return;
+        }
+        let mut current = BTreeMap::new();
+        for (key, value) in entries {
+            match self.layout.parse_assignment(key) {
+                Ok((member, work)) => {
+                    let (m, w) = crate::layout::ids(member, work);
+                    current.insert((m, w), value.clone());
+                }
+                Err(reason) => self.report_bad(key, reason),
+            }
+        }
+        if self.current.as_ref() != Some(&current) {
+            self.current = Some(current);
+            self.changed(now);
+        }
+    }
+
+    /// The outcome of the transaction last returned by [`Action::Write`];
+    /// `Err` carries nothing the machine needs (the driver logs it).
+    pub fn handle_write<E>(&mut self, now: Instant, outcome: Result<TxnOutcome, E>) {
+        if self.stepped_down || !self.in_flight {
+            return;
+        }
+        self.in_flight = false;
+        match outcome {
+            Ok(TxnOutcome::Applied { .. }) => {
+                self.backoff.reset();
+                if let (Some(chunk), Some(current)) = (self.chunks.pop_front(), &mut self.current) {
+                    for op in chunk {
+                        let parsed = self.layout.parse_assignment(op.key().as_bytes());
+                        let Ok((member, work)) = parsed else { continue };
+                        let key = crate::layout::ids(member, work);
+                        match op {
+                            TxnOp::Put { value, .. } => {
+                                current.insert(key, value);
+                            }
+                            TxnOp::Delete { .. } => {
+                                current.remove(&key);
+                            }
+                        }
+                    }
+                }
+                self.send_next();
+            }
+            Ok(TxnOutcome::Fenced) => {
+                self.stepped_down = true;
+                self.chunks.clear();
+                self.soak = None;
+                self.retry_at = None;
+                self.out.push_back(Action::StepDown);
+            }
+            Err(_) => {
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.retry_at = Some(now + delay);
+            }
+        }
+    }
+
+    fn send_next(&mut self) {
+        if let Some(chunk) = self.chunks.front() {
+            self.in_flight = true;
+            self.out.push_back(Action::Write(chunk.clone()));
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        let s = self.soak?;
+        Some((s.last + self.timing.soak).min(s.first + self.timing.max_soak))
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stepped_down {
+            return None;
+        }
+        if let Some(at) = self.retry_at {
+            return Some(at);
+        }
+        if !self.chunks.is_empty() || !self.ready() {
+            return None;
+        }
+        self.due()
+    }
+
+    /// True once members, items and assignments have all been read.
+    fn ready(&self) -> bool {
+        self.members.is_some() && self.items.is_some() && self.current.is_some()
+    }
+
+    /// Time passed: retries a failed write or plans when the soak is over.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.stepped_down {
+            return;
+        }
+        if let Some(at) = self.retry_at {
+            if now >= at {
+                self.retry_at = None;
+                self.send_next();
+            }
+            return;
+        }
+        if self.chunks.is_empty() && self.due().is_some_and(|d| now >= d) {
+            self.plan_now();
+        }
+    }
+
+    fn plan_now(&mut self) {
+        let (Some(members), Some(items), Some(current)) =
+            (&self.members, &self.items, &self.current)
+        else {
+            return; // planned as soon as everything is read
+        };
+        self.soak = None;
+        // One owner per item for the planner: a live owner first, the
+        // smallest id among equals; extra keys are deleted by the diff below.
+        let mut owners = Assignment::new();
+        for (member, work) in current.keys() {
+            let live = members.contains_key(member);
+            match owners.get(work) {
+                Some(existing) if members.contains_key(existing) || !live => {}
+                _ => {
+                    owners.insert(work.clone(), member.clone());
+                }
+            }
+        }
+        let ids: BTreeSet<WorkId> = items.keys().cloned().collect();
+        let p = plan(&ids, members, &owners);
+        let min = min_moves(&ids, members, &owners);
+        let mut ops = Vec::new();
+        let mut desired: BTreeMap<(MemberId, WorkId), &Bytes> = BTreeMap::new();
+        for (work, member) in &p.assignment {
+            if let Some(value) = items.get(work) {
+                desired.insert((member.clone(), work.clone()), value);
+            }
+        }
+        for key in current.keys() {
+            if !desired.contains_key(key) {
+                ops.push(TxnOp::Delete {
+                    key: self.layout.assignment_key(&key.0, &key.1),
+                });
+            }
+        }
+        let mut puts = 0;
+        for (key, value) in &desired {
+            if current.get(key) != Some(*value) {
+                puts += 1;
+                ops.push(TxnOp::Put {
+                    key: self.layout.assignment_key(&key.0, &key.1),
+                    value: (*value).clone(),
+                });
+            }
+        }
+        let revokes = ops.len() - puts;
+        let chunks = revoke_first_chunks(ops, self.max_ops);
+        self.out.push_back(Action::Planned(PlanReport {
+            members: members.len(),
+            items: items.len(),
+            moved: p.moved,
+            placed: p.placed,
+            min_moves: min,
+            revokes,
+            puts,
+            transactions: chunks.len(),
+        }));
+        self.chunks = chunks.into();
+        self.send_next();
+    }
+
+    /// The next thing to do, if any. Drain after every input.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+}

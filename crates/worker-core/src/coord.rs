@@ -1,0 +1,220 @@
+//! The traits of the leader half: membership, election and fenced writes.
+//!
+//! They sit next to [`KvWatch`](crate::KvWatch) and [`LeaderWait`](crate::LeaderWait)
+//! and follow the same rules: object safe (`Arc<dyn Membership>` …) so the
+//! backend is picked at run time, `&self` methods usable from many tasks, and
+//! every method cancel safe in the sense that dropping its future leaves the
+//! store in a state the next call handles (a dropped `open_session` may leave
+//! a session behind that expires by its TTL).
+//!
+//! The model both stores share:
+//! - a **session** (Consul session with `behavior=delete`, etcd lease) lives
+//!   while it is renewed within its TTL; keys bound to it are deleted when it
+//!   ends (expired, or closed on purpose);
+//! - an **election** is won by at most one session at a time; the winner holds
+//!   a [`Fence`] that names its term;
+//! - a **fenced write** is a transaction that the store applies only while
+//!   that fence still holds, all of it or nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::StoreError;
+use crate::types::{Leader, Revision};
+
+/// A session (Consul) or lease (etcd) as the store names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub String);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Proof of leadership: what a fenced write compares against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The session that won the election.
+    pub session: SessionId,
+    /// The key whose ownership is leadership (Consul: the leader key; etcd:
+    /// this candidate's key in the election; memory: the election name).
+    pub key: String,
+    /// This leadership as [`LeaderWait`](crate::LeaderWait) reports it while
+    /// it lasts: the same `term` (and, for the stores' own members, the same id).
+    pub leader: Leader,
+}
+
+impl Fence {
+    /// The term of this leadership.
+    pub fn term(&self) -> u64 {
+        self.leader.term
+    }
+}
+
+/// One operation of a fenced transaction.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Writes `key = value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Bytes,
+    },
+    /// Deletes `key` (no error if it does not exist).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl TxnOp {
+    /// The key this operation touches.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
+impl std::fmt::Debug for TxnOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxnOp::Put { key, value } => write!(f, "Put({key}, {} bytes)", value.len()),
+            TxnOp::Delete { key } => write!(f, "Delete({key})"),
+        }
+    }
+}
+
+/// What the store did with a fenced transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every operation was applied; the store is at `revision` after it.
+    Applied {
+        /// The store position after the transaction.
+        revision: Revision,
+    },
+    /// The fence no longer holds (another leader, or the session is gone):
+    /// nothing was applied. The writer must step down.
+    Fenced,
+}
+
+/// Sessions and the keys bound to them.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// Opens a session that lives while it is renewed within `ttl`.
+    ///
+    /// Consul: a session with `TTL`, `Behavior=delete` and the backend's
+    /// lock-delay; etcd: a lease grant. The store may round `ttl` (Consul: at
+    /// least 10 s).
+    async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError>;
+
+    /// Renews `session`. `Ok(false)` when the session no longer exists
+    /// (expired or closed): its keys are gone and a new session is needed.
+    async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError>;
+
+    /// Ends `session` at once: keys bound to it are deleted, an election it
+    /// won is given up. Ending a session that is already gone is not an error.
+    async fn close_session(&self, session: &SessionId) -> Result<(), StoreError>;
+
+    /// Writes `key = value` bound to `session`, so that the key is deleted when
+    /// the session ends. `Ok(false)` when the session is gone or another
+    /// session holds the key.
+    async fn put_bound(
+        &self,
+        session: &SessionId,
+        key: &str,
+        value: Bytes,
+    ) -> Result<bool, StoreError>;
+}
+
+/// An election, won by at most one session at a time.
+#[async_trait]
+pub trait Election: Send + Sync + 'static {
+    /// Tries once, without waiting, to lead `election` with `session`,
+    /// recording `value` (the instance id) as the leader's value.
+    ///
+    /// Returns the fence when `session` leads (now, or already), `None` when
+    /// someone else does (another member, or an outside holder such as a
+    /// `consul lock` / `etcdctl elect`). Calling it again later is how a
+    /// candidate finds out it leads once the holder is gone (etcd queues the
+    /// candidate; Consul and memory try to take the free key).
+    async fn try_lead(
+        &self,
+        election: &str,
+        session: &SessionId,
+        value: &str,
+    ) -> Result<Option<Fence>, StoreError>;
+
+    /// Gives up the leadership `fence` names, so that another candidate leads
+    /// without waiting for a TTL. Resigning a leadership already lost is not
+    /// an error.
+    async fn resign(&self, fence: &Fence) -> Result<(), StoreError>;
+}
+
+/// Transactions applied only while a leadership holds.
+#[async_trait]
+pub trait FencedWrite: Send + Sync + 'static {
+    /// The most operations one [`apply`](Self::apply) may carry, the fence not
+    /// counted (Consul 1.8: 63 of its 64; etcd: `--max-txn-ops` less one).
+    fn max_ops(&self) -> usize;
+
+    /// Applies `ops` atomically if and only if `fence` still holds.
+    ///
+    /// An error means the outcome is unknown (the request may or may not have
+    /// been applied); operations are puts and deletes, so retrying is safe.
+    async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError>;
+}
+
+/// Splits `ops` into transactions of at most `max_ops` operations, every
+/// delete before any put (revoke-first): the returned chunks are to be
+/// applied in order, each after the previous one succeeded.
+pub fn revoke_first_chunks(ops: Vec<TxnOp>, max_ops: usize) -> Vec<Vec<TxnOp>> {
+    let max_ops = max_ops.max(1);
+    let (deletes, puts): (Vec<TxnOp>, Vec<TxnOp>) = ops
+        .into_iter()
+        .partition(|op| matches!(op, TxnOp::Delete { .. }));
+    let mut chunks = Vec::new();
+    for group in [deletes, puts] {
+        let mut it = group.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(max_ops).collect());
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str) -> TxnOp {
+        TxnOp::Put {
+            key: k.into(),
+            value: Bytes::new(),
+        }
+    }
+    fn del(k: &str) -> TxnOp {
+        TxnOp::Delete { key: k.into() }
+    }
+
+    #[test]
+    fn chunks_put_every_delete_before_any_put_and_respect_the_limit() {
+        let ops = vec![put("a"), del("b"), put("c"), del("d"), del("e"), put("f")];
+        let chunks = revoke_first_chunks(ops, 2);
+        assert_eq!(
+            chunks,
+            vec![
+                vec![del("b"), del("d")],
+                vec![del("e")],
+                vec![put("a"), put("c")],
+                vec![put("f")],
+            ]
+        );
+        assert!(revoke_first_chunks(Vec::new(), 63).is_empty());
+        assert_eq!(revoke_first_chunks(vec![put("a")], 0), vec![vec![put("a")]]);
+    }
+}
