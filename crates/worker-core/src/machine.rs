@@ -390,7 +390,12 @@ impl Machine {
         if self.halted {
             return;
         }
-        self.kv_backoff.reset();
+        // A list that follows a lost position is not progress yet: the backoff
+        // of a watch that keeps being lost must keep growing until the new
+        // watch delivers something.
+        if self.lost_streak == 0 {
+            self.kv_backoff.reset();
+        }
         let first = !self.listed;
         self.listed = true;
         self.relist = false;
@@ -414,10 +419,13 @@ impl Machine {
         if self.halted {
             return;
         }
-        self.kv_backoff.reset();
+        if !matches!(event, WatchEvent::Lost { .. }) {
+            // Real progress: the watch is alive at its position.
+            self.kv_backoff.reset();
+            self.lost_streak = 0;
+        }
         match event {
             WatchEvent::Changes { revision, changes } => {
-                self.lost_streak = 0;
                 let mut changed = false;
                 for change in changes {
                     changed |= match change {
@@ -432,12 +440,10 @@ impl Machine {
                 self.after_observation(now, changed);
             }
             WatchEvent::Snapshot(s) => {
-                self.lost_streak = 0;
                 let changed = self.apply_snapshot(s.revision, &s.entries);
                 self.after_observation(now, changed);
             }
             WatchEvent::Progress { revision } => {
-                self.lost_streak = 0;
                 self.observed_rev = self.observed_rev.max(revision);
             }
             WatchEvent::Lost { .. } => {
@@ -447,7 +453,9 @@ impl Machine {
                     self.kv = KvPhase::Listing;
                     self.actions.push_back(Action::List);
                 } else {
-                    // Lost again right after a relist: do not spin.
+                    // Lost again before any progress: do not spin. The
+                    // backoff was not reset since the streak began, so the
+                    // delay grows with every loss.
                     let delay = self.kv_backoff.next_delay(&mut self.rng);
                     self.kv = KvPhase::BackingOff { until: now + delay };
                 }

@@ -484,6 +484,49 @@ fn repeated_lost_positions_back_off() {
     assert_eq!(t.actions, vec![Action::List]);
 }
 
+/// A watch that is lost again after every relist (e.g. a store that keeps
+/// cancelling it) must back off more and more, not relist every `backoff_min`.
+#[test]
+fn repeated_lost_positions_grow_the_backoff_until_real_progress() {
+    let mut t = T::synced(&["a"]);
+    t.actions.clear();
+    // The first loss relists at once; every later one in the streak waits.
+    t.m.handle_watch(t.now, WatchEvent::Lost { reason: "x".into() });
+    t.drain();
+    assert_eq!(t.actions, vec![Action::List]);
+    let mut delays = Vec::new();
+    for _ in 0..12 {
+        t.actions.clear();
+        t.list(&["a"]);
+        assert!(matches!(t.actions.as_slice(), [Action::Watch { .. }]));
+        t.actions.clear();
+        t.m.handle_watch(t.now, WatchEvent::Lost { reason: "x".into() });
+        t.drain();
+        assert!(t.actions.is_empty(), "{:?}", t.actions);
+        let at = t.m.poll_timeout().expect("backing off");
+        delays.push(at - t.now);
+        t.advance(at - t.now);
+        assert_eq!(t.actions, vec![Action::List], "relist after the delay");
+    }
+    for (i, d) in delays.iter().enumerate() {
+        let cap = (100 * MS * 2u32.pow(i as u32)).min(10_000 * MS);
+        assert!(*d >= 100 * MS && *d <= cap, "delay {i} = {d:?} over cap {cap:?}");
+    }
+    assert!(
+        delays[8..].iter().all(|d| *d > 1000 * MS),
+        "the backoff grows with the streak: {delays:?}"
+    );
+    assert!(t.published.is_empty());
+    // Real progress (an event on the new watch) resets it.
+    t.actions.clear();
+    t.list(&["a"]);
+    t.put("p/m1/b", b"v");
+    assert_eq!(t.m.kv_failures(), 0);
+    t.m.handle_watch(t.now, WatchEvent::Lost { reason: "x".into() });
+    t.drain();
+    assert_eq!(t.actions.last(), Some(&Action::List), "first loss after progress relists at once");
+}
+
 #[test]
 fn value_change_is_published_as_changed() {
     let mut t = T::synced(&["a"]);
