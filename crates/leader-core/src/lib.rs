@@ -1,0 +1,41 @@
+//! Backend-neutral leader half of coordinator.
+//!
+//! The leader spreads work items over the live members of a service. The heart of it is
+//! [`plan()`], a pure, deterministic function from (items, members with weights, current
+//! assignment) to a new assignment that is balanced (every member holds its weighted quota
+//! rounded down or up) and moves the fewest items possible. See `docs/planner.md`.
+//!
+//! ```
+//! use std::collections::{BTreeMap, BTreeSet};
+//! use std::sync::Arc;
+//! use leader_core::{plan, Assignment, MemberId};
+//! use worker_core::WorkId;
+//!
+//! let items: BTreeSet<WorkId> = (0..30).map(|i| Arc::from(format!("item-{i:02}"))).collect();
+//! let members: BTreeMap<MemberId, u32> =
+//!     ["m1", "m2", "m3"].into_iter().map(|m| (Arc::from(m), 1)).collect();
+//! let p = plan(&items, &members, &Assignment::new());
+//! assert_eq!(p.assignment.len(), 30);
+//! assert_eq!(p.placed, 30);
+//! assert_eq!(p.moved, 0);
+//! ```
+//!
+//! This crate has no feature flags.
+
+pub mod plan;
+
+pub use plan::{min_moves, plan, quotas, Assignment, MemberId, Plan};
+
+pub mod follow;
+pub mod layout;
+mod leader;
+pub mod machine;
+mod member;
+
+pub use layout::{Layout, MemberMeta};
+pub use leader::LeaderExit;
+pub use machine::{LeaderMachine, LeaderTiming, PlanReport};
+pub use member::{Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_TTL};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
