@@ -221,10 +221,7 @@ mod tests {
     #[test]
     fn parses_each_kind_of_key_and_skips_bad_ones() {
         let l = Layout::default();
-        assert_eq!(
-            l.parse_member(b"service/coordinator/members/m1"),
-            Ok("m1")
-        );
+        assert_eq!(l.parse_member(b"service/coordinator/members/m1"), Ok("m1"));
         assert_eq!(
             l.parse_member(b"service/coordinator/members/m1/x"),
             Err(BadKey::Nested)

@@ -111,10 +111,17 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     warn!(key, %reason, "skipping key");
                 }
                 Action::BadMemberValue { member, error } => {
-                    warn!(member, error, "member metadata is not valid JSON; using weight 1");
+                    warn!(
+                        member,
+                        error, "member metadata is not valid JSON; using weight 1"
+                    );
                 }
                 Action::StepDown => {
-                    warn!(instance_id, term = fence.term(), "write rejected by the fence: stepping down");
+                    warn!(
+                        instance_id,
+                        term = fence.term(),
+                        "write rejected by the fence: stepping down"
+                    );
                     return LeaderExit::Fenced;
                 }
             }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use worker_core::{
     validate_instance_id, Backoff, ConfigError, Election, ErrorChain, Fence, FencedWrite, KvWatch,
-    LeaderStream, LeaderWait, Membership, SessionId, StoreError, Worker, WorkerConfig,
+    KvWrite, LeaderStream, LeaderWait, Membership, SessionId, StoreError, Worker, WorkerConfig,
     WorkerHandle,
 };
 
@@ -146,20 +146,23 @@ pub struct MemberStore {
     pub election: Arc<dyn Election>,
     /// Fenced transactions.
     pub writer: Arc<dyn FencedWrite>,
+    /// Plain writes (operators' tools).
+    pub kv_write: Arc<dyn KvWrite>,
 }
 
 impl MemberStore {
     /// Uses one backend value for every trait.
     pub fn from_backend<B>(backend: B) -> Self
     where
-        B: KvWatch + LeaderWait + Membership + Election + FencedWrite + Clone,
+        B: KvWatch + LeaderWait + Membership + Election + FencedWrite + KvWrite + Clone,
     {
         Self {
             kv: Arc::new(backend.clone()),
             leader: Arc::new(backend.clone()),
             membership: Arc::new(backend.clone()),
             election: Arc::new(backend.clone()),
-            writer: Arc::new(backend),
+            writer: Arc::new(backend.clone()),
+            kv_write: Arc::new(backend),
         }
     }
 }
@@ -301,7 +304,10 @@ type ObserveFuture = std::pin::Pin<
 
 impl MemberTask {
     fn backoff(&self) -> Backoff {
-        Backoff::new(self.config.worker.backoff_min, self.config.worker.backoff_max)
+        Backoff::new(
+            self.config.worker.backoff_min,
+            self.config.worker.backoff_max,
+        )
     }
 
     /// Opens a session and writes the member key; retries with backoff.
@@ -407,13 +413,19 @@ impl MemberTask {
             let Some(current) = session.clone() else {
                 continue;
             };
-            if observing.is_none() && stream.is_none() && observe_at.is_some_and(|t| t <= Instant::now()) {
+            if observing.is_none()
+                && stream.is_none()
+                && observe_at.is_some_and(|t| t <= Instant::now())
+            {
                 observe_at = None;
                 let leader = self.store.leader.clone();
                 observing = Some(Box::pin(async move { leader.observe().await }));
             }
             // Try to lead when asked to (after an observation change).
-            if self.config.campaign && leading.is_none() && elect_at.is_some_and(|t| t <= Instant::now()) {
+            if self.config.campaign
+                && leading.is_none()
+                && elect_at.is_some_and(|t| t <= Instant::now())
+            {
                 elect_at = None;
                 let election = &self.config.layout.leader;
                 match self

@@ -149,6 +149,11 @@ pub trait Election: Send + Sync + 'static {
         value: &str,
     ) -> Result<Option<Fence>, StoreError>;
 
+    /// The value (instance id) the current leader of `election` recorded,
+    /// or `None` when nobody leads. For status displays; an outside holder
+    /// reports whatever value it wrote.
+    async fn leader_value(&self, election: &str) -> Result<Option<String>, StoreError>;
+
     /// Gives up the leadership `fence` names, so that another candidate leads
     /// without waiting for a TTL. Resigning a leadership already lost is not
     /// an error.
@@ -167,6 +172,16 @@ pub trait FencedWrite: Send + Sync + 'static {
     /// An error means the outcome is unknown (the request may or may not have
     /// been applied); operations are puts and deletes, so retrying is safe.
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError>;
+}
+
+/// Plain writes, for operators' tools (`coordinator work put`): not fenced,
+/// not bound to a session.
+#[async_trait]
+pub trait KvWrite: Send + Sync + 'static {
+    /// Writes `key = value`.
+    async fn put_key(&self, key: &str, value: Bytes) -> Result<(), StoreError>;
+    /// Deletes `key`; `Ok(false)` when it did not exist.
+    async fn delete_key(&self, key: &str) -> Result<bool, StoreError>;
 }
 
 /// Splits `ops` into transactions of at most `max_ops` operations, every

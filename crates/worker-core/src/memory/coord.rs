@@ -16,7 +16,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{MemoryStore, State};
-use crate::coord::{Election, Fence, FencedWrite, Membership, SessionId, TxnOp, TxnOutcome};
+use crate::coord::{
+    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, TxnOp, TxnOutcome,
+};
 use crate::error::StoreError;
 use crate::types::{KvChange, KvEntry, Leader};
 
@@ -284,6 +286,15 @@ impl Election for MemoryStore {
         })
     }
 
+    async fn leader_value(&self, _election: &str) -> Result<Option<String>, StoreError> {
+        self.with_sessions(|s| {
+            (
+                s.check().map(|()| s.leader.as_ref().map(|l| l.id.clone())),
+                false,
+            )
+        })
+    }
+
     async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
         let id = parse(&fence.session);
         self.with_sessions(|s| {
@@ -344,5 +355,19 @@ impl FencedWrite for MemoryStore {
                 !ops.is_empty(),
             )
         })
+    }
+}
+
+#[async_trait]
+impl KvWrite for MemoryStore {
+    async fn put_key(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
+        self.lock().check()?;
+        self.put(key, value);
+        Ok(())
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
+        self.lock().check()?;
+        Ok(self.delete(key).is_some())
     }
 }

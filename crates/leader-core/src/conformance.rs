@@ -1,0 +1,416 @@
+//! The member conformance suite every backend's tests run (feature
+//! `conformance`): sessions, the election, fenced writes and whole members
+//! spreading work, on the backend under test.
+//!
+//! A backend's test crate implements [`ClusterStore`] over a real server (or
+//! the memory store) and calls each check with its own key root, so checks
+//! can share a server. Waits are bounded; a check panics saying what it
+//! waited for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use worker_core::{TxnOp, TxnOutcome, WorkId};
+
+use crate::layout::Layout;
+use crate::member::{Member, MemberConfig, MemberHandle, MemberStore};
+use crate::PlanReport;
+
+/// What a backend gives the suite.
+#[async_trait]
+pub trait ClusterStore: Send + Sync {
+    /// A connection to the store as a new process would make one, its
+    /// leader observation following `layout.leader`; each member of a check
+    /// gets its own.
+    async fn connect(&self, layout: &Layout) -> MemberStore;
+    /// The session TTL to use (the store's minimum or a little above).
+    fn ttl(&self) -> Duration;
+    /// Bound on waiting for a killed member's session to expire and its
+    /// items to settle elsewhere.
+    fn expiry_bound(&self) -> Duration;
+    /// Writes `key = value` with the store's own client.
+    async fn put(&self, key: &str, value: &[u8]);
+    /// Every key under `prefix`, sorted.
+    async fn keys(&self, prefix: &str) -> Vec<String>;
+}
+
+/// Bound on waits that involve no expiry.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(bound: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(bound, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {bound:?} waiting for {what}"))
+}
+
+/// The layout of a check: everything under `root`.
+pub fn layout(root: &str) -> Layout {
+    Layout {
+        members: format!("{root}members/"),
+        leader: format!("{root}leader"),
+        work: format!("{root}work/"),
+        assignments: format!("{root}assignments/"),
+    }
+}
+
+/// A member config with the suite's short timings.
+pub fn member_config(store: &dyn ClusterStore, root: &str, id: &str) -> MemberConfig {
+    MemberConfig::new(id)
+        .layout(layout(root))
+        .ttl(store.ttl())
+        .leader_soak(Duration::from_millis(300))
+        .worker_timing(Duration::from_millis(100), Duration::from_millis(300))
+}
+
+/// Sessions: a bound key lives with its session; a closed session cannot be
+/// renewed and its keys are gone.
+pub async fn sessions_and_bound_keys(store: &dyn ClusterStore, root: &str) {
+    let s = store.connect(&layout(root)).await;
+    let key = format!("{root}members/a");
+    let session = s.membership.open_session(store.ttl()).await.expect("open");
+    assert!(s
+        .membership
+        .put_bound(&session, &key, Bytes::from_static(b"{}"))
+        .await
+        .expect("put_bound"));
+    assert_eq!(
+        store.keys(&format!("{root}members/")).await,
+        vec![key.clone()]
+    );
+    assert!(s.membership.renew_session(&session).await.expect("renew"));
+    s.membership.close_session(&session).await.expect("close");
+    assert!(
+        store.keys(&format!("{root}members/")).await.is_empty(),
+        "a closed session's key must be gone"
+    );
+    assert!(
+        !s.membership.renew_session(&session).await.expect("renew"),
+        "a closed session cannot be renewed"
+    );
+    s.membership
+        .close_session(&session)
+        .await
+        .expect("closing twice is no error");
+}
+
+/// The election: one leader at a time; a deposed leader's write is rejected
+/// and nothing of it is applied; resigning hands over.
+pub async fn election_and_fencing(store: &dyn ClusterStore, root: &str) {
+    let a = store.connect(&layout(root)).await;
+    let b = store.connect(&layout(root)).await;
+    let election = format!("{root}leader");
+    let ttl = store.ttl();
+    let sa = a.membership.open_session(ttl).await.expect("open a");
+    let sb = b.membership.open_session(ttl).await.expect("open b");
+    let fa = a
+        .election
+        .try_lead(&election, &sa, "a")
+        .await
+        .expect("campaign a")
+        .expect("a leads a free election");
+    assert!(
+        b.election
+            .try_lead(&election, &sb, "b")
+            .await
+            .expect("campaign b")
+            .is_none(),
+        "b must not lead while a does"
+    );
+    let again = a
+        .election
+        .try_lead(&election, &sa, "a")
+        .await
+        .expect("again");
+    assert_eq!(
+        again.as_ref(),
+        Some(&fa),
+        "asking again keeps the same term"
+    );
+    let observed = bounded(WAIT, "the observed leader", async {
+        let mut stream = a.leader.observe().await.expect("observe");
+        loop {
+            if let Some(l) = stream.next().await.expect("observe") {
+                return l;
+            }
+        }
+    })
+    .await;
+    assert_eq!(observed.term, fa.term(), "the observed term is the fence's");
+
+    let put = |k: &str| TxnOp::Put {
+        key: format!("{root}assignments/{k}"),
+        value: Bytes::from_static(b"v"),
+    };
+    let max = a.writer.max_ops();
+    assert!(max >= 2, "max_ops {max}");
+    let many: Vec<TxnOp> = (0..max).map(|i| put(&format!("m/{i}"))).collect();
+    assert!(matches!(
+        a.writer.apply(&fa, &many).await.expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
+    assert_eq!(
+        store.keys(&format!("{root}assignments/m/")).await.len(),
+        max
+    );
+
+    // a's session ends: b leads, a's fence is rejected.
+    a.membership.close_session(&sa).await.expect("close a");
+    let fb = bounded(WAIT, "b to lead after a's session ended", async {
+        let mut stream = b.leader.observe().await.expect("observe");
+        loop {
+            if let Some(f) = b.election.try_lead(&election, &sb, "b").await.expect("b") {
+                return f;
+            }
+            stream.next().await.expect("observe");
+        }
+    })
+    .await;
+    assert_ne!(fb.term(), fa.term());
+    let stale = vec![
+        TxnOp::Delete {
+            key: format!("{root}assignments/m/0"),
+        },
+        put("stale"),
+    ];
+    assert_eq!(
+        a.writer.apply(&fa, &stale).await.expect("apply"),
+        TxnOutcome::Fenced,
+        "a deposed leader's write must be rejected"
+    );
+    let keys = store.keys(&format!("{root}assignments/")).await;
+    assert!(!keys.iter().any(|k| k.ends_with("/stale")), "{keys:?}");
+    assert!(
+        keys.contains(&format!("{root}assignments/m/0")),
+        "nothing of a fenced txn applies"
+    );
+    assert!(matches!(
+        b.writer.apply(&fb, &[put("fresh")]).await.expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
+    b.election.resign(&fb).await.expect("resign");
+    b.election
+        .resign(&fb)
+        .await
+        .expect("resigning twice is no error");
+    b.membership.close_session(&sb).await.expect("close b");
+}
+
+/// Each member's settled workload, by member id.
+fn holdings(members: &BTreeMap<String, MemberHandle>) -> BTreeMap<String, BTreeSet<WorkId>> {
+    members
+        .iter()
+        .map(|(id, m)| (id.clone(), m.worker().workload().keys().cloned().collect()))
+        .collect()
+}
+
+/// Waits until the members' settled workloads satisfy `ok`.
+async fn wait_holdings(
+    members: &BTreeMap<String, MemberHandle>,
+    bound: Duration,
+    what: &str,
+    ok: impl Fn(&BTreeMap<String, BTreeSet<WorkId>>) -> bool,
+) -> BTreeMap<String, BTreeSet<WorkId>> {
+    let result = tokio::time::timeout(bound, async {
+        let mut watches: Vec<_> = members.values().map(|m| m.worker().watch()).collect();
+        loop {
+            let h = holdings(members);
+            if ok(&h) {
+                return h;
+            }
+            let changed = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            let _ = futures_select_any(changed).await;
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| {
+        panic!(
+            "timed out after {bound:?} waiting for {what}; holdings: {:?}",
+            holdings(members)
+        )
+    })
+}
+
+async fn futures_select_any<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) {
+    let mut futs: Vec<F> = futs.collect();
+    std::future::poll_fn(move |cx| {
+        for f in &mut futs {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
+fn exact(h: &BTreeMap<String, BTreeSet<WorkId>>, items: usize, counts: &[usize]) -> bool {
+    let all: BTreeSet<&WorkId> = h.values().flatten().collect();
+    let total: usize = h.values().map(BTreeSet::len).sum();
+    let mut c: Vec<usize> = h.values().map(BTreeSet::len).collect();
+    c.sort_unstable();
+    let mut want = counts.to_vec();
+    want.sort_unstable();
+    total == items && all.len() == items && c == want
+}
+
+/// Plans are checked as they come: every plan moves exactly the fewest items.
+fn check_plans(rxs: &mut [tokio::sync::broadcast::Receiver<PlanReport>]) -> Vec<PlanReport> {
+    let mut all = Vec::new();
+    for rx in rxs {
+        while let Ok(p) = rx.try_recv() {
+            assert_eq!(
+                p.moved, p.min_moves,
+                "a plan moved more than the fewest: {p:?}"
+            );
+            all.push(p);
+        }
+    }
+    all
+}
+
+/// Whole members: 3 members and 30 items settle 10/10/10; a killed member's
+/// items (only those) move once its session expires; a joining member takes
+/// exactly its share from members above quota; every plan moves the fewest.
+pub async fn members_spread_work(store: &dyn ClusterStore, root: &str) {
+    for i in 0..30 {
+        store
+            .put(&format!("{root}work/w{i:02}"), format!("p{i}").as_bytes())
+            .await;
+    }
+    let mut members = BTreeMap::new();
+    let mut plans = Vec::new();
+    for id in ["m1", "m2", "m3"] {
+        let m = Member::spawn(
+            &member_config(store, root, id),
+            &store.connect(&layout(root)).await,
+        )
+        .expect("spawn");
+        plans.push(m.plans());
+        members.insert(id.to_owned(), m);
+    }
+    let before = wait_holdings(&members, WAIT, "10/10/10", |h| exact(h, 30, &[10, 10, 10])).await;
+    check_plans(&mut plans);
+    for (id, m) in &members {
+        let w = m.worker().workload();
+        for (work, value) in w.iter() {
+            assert_eq!(
+                &value[..],
+                format!("p{}", work[1..].parse::<u32>().unwrap()).as_bytes(),
+                "{id}/{work}: value copied from the item"
+            );
+        }
+    }
+
+    // Kill a member that does not lead (the leader case is its own check).
+    let victim = members
+        .iter()
+        .find(|(_, m)| !m.is_leader())
+        .map(|(id, _)| id.clone())
+        .expect("a follower");
+    members.remove(&victim).expect("victim").kill().await;
+    let after = wait_holdings(
+        &members,
+        store.expiry_bound(),
+        "the killed member's items on survivors (15/15)",
+        |h| exact(h, 30, &[15, 15]),
+    )
+    .await;
+    for (id, held) in &after {
+        assert!(
+            before[id].is_subset(held),
+            "{id} lost items it had: before {:?} after {held:?}",
+            before[id]
+        );
+    }
+    check_plans(&mut plans);
+
+    // A member joins: it takes 7 or 8, only from members above quota.
+    let m4 = Member::spawn(
+        &member_config(store, root, "m4"),
+        &store.connect(&layout(root)).await,
+    )
+    .expect("spawn");
+    plans.push(m4.plans());
+    members.insert("m4".into(), m4);
+    let joined = wait_holdings(&members, WAIT, "10/10/10 after m4 joined", |h| {
+        exact(h, 30, &[10, 10, 10])
+    })
+    .await;
+    for (id, held) in &joined {
+        if id != "m4" {
+            assert!(
+                held.is_subset(&after[id]),
+                "{id} gained items when m4 joined"
+            );
+        }
+    }
+    let reports = check_plans(&mut plans);
+    assert!(
+        reports.iter().any(|p| p.moved == 10),
+        "the join moved exactly m4's share (10 items): {reports:?}"
+    );
+
+    // No key under two members at the end.
+    let keys = store.keys(&format!("{root}assignments/")).await;
+    let mut seen = BTreeSet::new();
+    for k in &keys {
+        let work = k.rsplit('/').next().unwrap_or_default().to_owned();
+        assert!(seen.insert(work), "item under two members: {keys:?}");
+    }
+    assert_eq!(seen.len(), 30);
+    for (_, m) in members {
+        m.halt().await;
+    }
+}
+
+/// A leader that halts resigns: another member leads well before a TTL, and
+/// the work stays spread.
+pub async fn leader_halt_hands_over(store: &dyn ClusterStore, root: &str) {
+    for i in 0..6 {
+        store.put(&format!("{root}work/w{i}"), b"").await;
+    }
+    let mut members = BTreeMap::new();
+    for id in ["a", "b"] {
+        let m = Member::spawn(
+            &member_config(store, root, id),
+            &store.connect(&layout(root)).await,
+        )
+        .expect("spawn");
+        members.insert(id.to_owned(), m);
+    }
+    wait_holdings(&members, WAIT, "3/3", |h| exact(h, 6, &[3, 3])).await;
+    let leader = members
+        .iter()
+        .find(|(_, m)| m.is_leader())
+        .map(|(id, _)| id.clone())
+        .expect("a leader");
+    let other = members
+        .keys()
+        .find(|id| **id != leader)
+        .cloned()
+        .expect("other");
+    let mut leading = members[&other].leading();
+    let started = tokio::time::Instant::now();
+    members.remove(&leader).expect("leader").halt().await;
+    bounded(
+        store.ttl(),
+        "the other member to lead after a resignation",
+        async {
+            while leading.borrow_and_update().is_none() {
+                leading.changed().await.expect("member alive");
+            }
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < store.ttl(), "hand-over took {took:?}");
+    wait_holdings(&members, WAIT, "all 6 on the survivor", |h| {
+        exact(h, 6, &[6])
+    })
+    .await;
+    for (_, m) in members {
+        m.halt().await;
+    }
+}
