@@ -24,7 +24,7 @@
 
 pub mod plan;
 
-pub use plan::{min_moves, plan, quotas, Assignment, MemberId, Plan};
+pub use plan::{min_moves, plan, quotas, stable_hash, Assignment, MemberId, Plan};
 
 pub mod follow;
 pub mod layout;
