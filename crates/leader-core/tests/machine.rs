@@ -1,0 +1,199 @@
+//! The leader machine with an explicit `now`: soak, revoke-first writes
+//! split to the store's limit, retries, fencing, and continuing from what a
+//! previous leader wrote.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
+use leader_core::Layout;
+use tokio::time::Instant;
+use worker_core::{TxnOp, TxnOutcome};
+
+const SOAK: Duration = Duration::from_secs(3);
+
+fn kv(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Bytes)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), Bytes::from(v.to_string())))
+        .collect()
+}
+
+fn feed(m: &mut LeaderMachine, now: Instant, members: &[&str], items: usize, assignments: &[(&str, &str)]) {
+    let members: Vec<(String, String)> = members
+        .iter()
+        .map(|id| (format!("service/coordinator/members/{id}"), "{}".to_owned()))
+        .collect();
+    let members: Vec<(&str, &str)> = members.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let items: Vec<(String, String)> = (0..items)
+        .map(|i| (format!("service/coordinator/work/w{i:02}"), format!("v{i}")))
+        .collect();
+    let items: Vec<(&str, &str)> = items.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let a: Vec<(String, String)> = assignments
+        .iter()
+        .map(|(m, w)| (format!("service/coordinator/assignments/{m}/{w}"), "v".to_owned()))
+        .collect();
+    let a: Vec<(&str, &str)> = a.iter().map(|(x, y)| (x.as_str(), y.as_str())).collect();
+    let (mk, ik, ak) = (kv(&members), kv(&items), kv(&a));
+    m.handle_members(now, mk.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_items(now, ik.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_assignments(now, ak.iter().map(|(k, v)| (k.as_slice(), v)));
+}
+
+fn drain(m: &mut LeaderMachine) -> Vec<Action> {
+    std::iter::from_fn(|| m.poll()).collect()
+}
+
+fn writes(actions: &[Action]) -> Vec<Vec<TxnOp>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Write(ops) => Some(ops.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn machine(now: Instant, max_ops: usize) -> LeaderMachine {
+    LeaderMachine::new(Layout::default(), LeaderTiming::with_soak(SOAK), max_ops, now)
+}
+
+#[test]
+fn plans_only_after_the_soak_and_once_everything_is_read() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 64);
+    assert_eq!(m.poll_timeout(), None, "nothing read yet: no deadline");
+    feed(&mut m, t0, &["m1", "m2", "m3"], 30, &[]);
+    assert_eq!(m.poll_timeout(), Some(t0 + SOAK));
+    m.handle_timeout(t0 + SOAK - Duration::from_millis(1));
+    assert!(drain(&mut m).is_empty(), "nothing before the soak is over");
+    // A change restarts the soak.
+    let t1 = t0 + Duration::from_secs(2);
+    feed(&mut m, t1, &["m1", "m2", "m3", "m4"], 30, &[]);
+    assert_eq!(m.poll_timeout(), Some(t1 + SOAK));
+    m.handle_timeout(t1 + SOAK);
+    let actions = drain(&mut m);
+    let Some(Action::Planned(report)) = actions.first() else {
+        panic!("expected a plan first: {actions:?}");
+    };
+    assert_eq!(report.items, 30);
+    assert_eq!(report.members, 4);
+    assert_eq!(report.placed, 30);
+    assert_eq!(report.moved, 0);
+    assert_eq!(report.puts, 30);
+    assert_eq!(writes(&actions).len(), 1, "one transaction at a time");
+}
+
+#[test]
+fn changes_that_never_stop_are_planned_at_max_soak() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 64);
+    let mut now = t0;
+    for i in 0..40 {
+        now = t0 + Duration::from_secs(i);
+        feed(&mut m, now, &["m1"], usize::try_from(i).unwrap() + 1, &[]);
+        m.handle_timeout(now);
+        if drain(&mut m).iter().any(|a| matches!(a, Action::Planned(_))) {
+            assert_eq!(now, t0 + SOAK * 10, "planned at max_soak");
+            return;
+        }
+    }
+    panic!("never planned while changes kept coming (last {now:?})");
+}
+
+#[test]
+fn writes_go_revoke_first_in_chunks_of_the_store_limit() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 4);
+    // m1 holds w00..w09; m2 joins: 5 move (revoke from m1, put on m2).
+    let held: Vec<(String, String)> = (0..10).map(|i| ("m1".to_owned(), format!("w{i:02}"))).collect();
+    let held: Vec<(&str, &str)> = held.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    feed(&mut m, t0, &["m1", "m2"], 10, &held);
+    m.handle_timeout(t0 + SOAK);
+    let mut all = Vec::new();
+    let mut now = t0 + SOAK;
+    let actions = drain(&mut m);
+    let Some(Action::Planned(report)) = actions.first() else {
+        panic!("no plan: {actions:?}");
+    };
+    assert_eq!(report.moved, 5);
+    assert_eq!(report.min_moves, 5);
+    let mut pending = writes(&actions);
+    while let Some(chunk) = pending.pop() {
+        assert!(chunk.len() <= 4, "chunk over the limit: {chunk:?}");
+        all.push(chunk);
+        now += Duration::from_millis(10);
+        m.handle_write(now, Ok::<_, ()>(TxnOutcome::Applied { revision: 1 }));
+        pending = writes(&drain(&mut m));
+    }
+    let ops: Vec<&TxnOp> = all.iter().flatten().collect();
+    let last_delete = ops.iter().rposition(|o| matches!(o, TxnOp::Delete { .. })).unwrap();
+    let first_put = ops.iter().position(|o| matches!(o, TxnOp::Put { .. })).unwrap();
+    assert!(last_delete < first_put, "every revoke before any assign: {ops:?}");
+    // The item values are the items' (the puts copy "v<i>", the old keys had "v").
+    let puts = ops.iter().filter(|o| matches!(o, TxnOp::Put { .. })).count();
+    assert_eq!(puts, 10, "5 moved + 5 kept whose value differs from the item's");
+    assert!(!m.writing());
+    // Planning again on the written state moves nothing.
+    let a = m.assignment().unwrap().clone();
+    let mut again = machine(now, 4);
+    let pairs: Vec<(String, String)> = a.keys().map(|(mm, w)| (mm.to_string(), w.to_string())).collect();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(x, y)| (x.as_str(), y.as_str())).collect();
+    feed(&mut again, now, &["m1", "m2"], 10, &pairs);
+    again.handle_timeout(now + SOAK);
+    let actions = drain(&mut again);
+    let Some(Action::Planned(r)) = actions.first() else { panic!("{actions:?}") };
+    assert_eq!((r.moved, r.placed, r.revokes), (0, 0, 0), "a new leader moves nothing: {r:?}");
+}
+
+#[test]
+fn a_failed_write_is_retried_after_a_backoff_and_a_fenced_one_steps_down() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 64);
+    feed(&mut m, t0, &["m1"], 3, &[]);
+    m.handle_timeout(t0 + SOAK);
+    let first = writes(&drain(&mut m));
+    assert_eq!(first.len(), 1);
+    let t1 = t0 + SOAK;
+    m.handle_write(t1, Err::<TxnOutcome, _>("connection reset"));
+    let retry = m.poll_timeout().expect("a retry deadline");
+    assert!(retry >= t1 + Duration::from_millis(100) && retry <= t1 + Duration::from_secs(1), "{retry:?}");
+    m.handle_timeout(retry);
+    assert_eq!(writes(&drain(&mut m)), first, "the same transaction again");
+    m.handle_write(retry, Ok::<_, ()>(TxnOutcome::Fenced));
+    assert_eq!(drain(&mut m), vec![Action::StepDown]);
+    assert!(m.stepped_down());
+    assert_eq!(m.poll_timeout(), None);
+    feed(&mut m, retry, &["m1", "m2"], 5, &[]);
+    m.handle_timeout(retry + SOAK * 20);
+    assert!(drain(&mut m).is_empty(), "nothing after stepping down");
+}
+
+#[test]
+fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 64);
+    // w00 under two members (a broken earlier writer), one key for a dead member.
+    feed(&mut m, t0, &["m1", "m2"], 2, &[("m1", "w00"), ("m2", "w00"), ("gone", "w01")]);
+    let bad = kv(&[("service/coordinator/work/a/b", "x"), ("service/coordinator/work/w00", "v0")]);
+    m.handle_items(t0, bad.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_items(t0, bad.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_timeout(t0 + SOAK);
+    let actions = drain(&mut m);
+    let bad_keys: Vec<_> = actions.iter().filter(|a| matches!(a, Action::BadKey { .. })).collect();
+    assert_eq!(bad_keys.len(), 1, "reported once: {actions:?}");
+    let ops: Vec<TxnOp> = writes(&actions).into_iter().flatten().collect();
+    let deletes: Vec<&str> = ops
+        .iter()
+        .filter_map(|o| match o {
+            TxnOp::Delete { key } => Some(key.as_str()),
+            TxnOp::Put { .. } => None,
+        })
+        .collect();
+    assert!(deletes.contains(&"service/coordinator/assignments/gone/w01"), "{ops:?}");
+    assert_eq!(
+        deletes.iter().filter(|k| k.ends_with("/w00")).count(),
+        1,
+        "one of the two owners of w00 is revoked: {ops:?}"
+    );
+}
