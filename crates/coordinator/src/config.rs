@@ -181,6 +181,21 @@ pub struct Config {
     /// File holding the etcd password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// Members prefix (a full member only). Default `service/coordinator/members/`.
+    #[serde(default = "default_members_prefix")]
+    pub members_prefix: String,
+    /// Work-items prefix (a full member only). Default `service/coordinator/work/`.
+    #[serde(default = "default_work_prefix")]
+    pub work_prefix: String,
+    /// Session / lease TTL of a full member. Default 15 s (Consul's minimum is 10 s).
+    #[serde(default = "default_ttl", with = "duration_str")]
+    pub ttl: Duration,
+    /// How long the leader lets member and item changes soak before planning. Default 3 s.
+    #[serde(default = "default_leader_soak", with = "duration_str")]
+    pub leader_soak: Duration,
+    /// This member's relative share of the work. Default 1; 0 takes nothing.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 impl fmt::Debug for Config {
@@ -204,6 +219,21 @@ fn default_prefix() -> String {
 }
 fn default_leader() -> String {
     DEFAULT_LEADER.to_owned()
+}
+fn default_members_prefix() -> String {
+    leader_core::layout::DEFAULT_MEMBERS_PREFIX.to_owned()
+}
+fn default_work_prefix() -> String {
+    leader_core::layout::DEFAULT_WORK_PREFIX.to_owned()
+}
+fn default_ttl() -> Duration {
+    leader_core::DEFAULT_TTL
+}
+fn default_leader_soak() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_weight() -> u32 {
+    1
 }
 fn default_soak() -> Duration {
     Duration::from_millis(500)
@@ -266,6 +296,11 @@ impl Config {
             client_key: None,
             user: None,
             password_file: None,
+            members_prefix: default_members_prefix(),
+            work_prefix: default_work_prefix(),
+            ttl: default_ttl(),
+            leader_soak: default_leader_soak(),
+            weight: default_weight(),
         }
     }
 
@@ -289,7 +324,9 @@ impl Config {
     /// `COORDINATOR_SOAK`, `COORDINATOR_MAX_SOAK`, `COORDINATOR_LEADER_SETTLE`,
     /// `COORDINATOR_CONSUL_WAIT`, `COORDINATOR_ETCD_KEEPALIVE`,
     /// `COORDINATOR_TOKEN_FILE`, `COORDINATOR_CA_CERT`, `COORDINATOR_CLIENT_CERT`,
-    /// `COORDINATOR_CLIENT_KEY`, `COORDINATOR_USER`, `COORDINATOR_PASSWORD_FILE`.
+    /// `COORDINATOR_CLIENT_KEY`, `COORDINATOR_USER`, `COORDINATOR_PASSWORD_FILE`,
+    /// and for a full member `COORDINATOR_MEMBERS_PREFIX`, `COORDINATOR_WORK_PREFIX`,
+    /// `COORDINATOR_TTL`, `COORDINATOR_LEADER_SOAK`, `COORDINATOR_WEIGHT`.
     pub fn from_env() -> Result<Self, LoadError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -336,6 +373,24 @@ impl Config {
         c.client_key = get("COORDINATOR_CLIENT_KEY").map(PathBuf::from);
         c.user = get("COORDINATOR_USER");
         c.password_file = get("COORDINATOR_PASSWORD_FILE").map(PathBuf::from);
+        if let Some(p) = get("COORDINATOR_MEMBERS_PREFIX") {
+            c.members_prefix = p;
+        }
+        if let Some(p) = get("COORDINATOR_WORK_PREFIX") {
+            c.work_prefix = p;
+        }
+        if let Some(d) = dur("COORDINATOR_TTL")? {
+            c.ttl = d;
+        }
+        if let Some(d) = dur("COORDINATOR_LEADER_SOAK")? {
+            c.leader_soak = d;
+        }
+        if let Some(w) = get("COORDINATOR_WEIGHT") {
+            c.weight = w.trim().parse().map_err(|e| LoadError::Env {
+                var: "COORDINATOR_WEIGHT",
+                reason: format!("{w:?} is not a whole number from 0 to {} ({e})", u32::MAX),
+            })?;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -360,6 +415,28 @@ impl Config {
             .leader_settle(self.leader_settle);
         w.max_soak = self.max_soak;
         w
+    }
+
+    /// The key layout of a full member.
+    pub fn layout(&self) -> leader_core::Layout {
+        leader_core::Layout {
+            members: self.members_prefix.clone(),
+            leader: self.leader.clone(),
+            work: self.work_prefix.clone(),
+            assignments: self.prefix.clone(),
+        }
+    }
+
+    /// The settings of a full member (worker, membership, leader).
+    pub fn member_config(&self) -> Result<leader_core::MemberConfig, ConfigError> {
+        let mut m = leader_core::MemberConfig::new(self.instance_id.clone())
+            .layout(self.layout())
+            .weight(self.weight)
+            .ttl(self.ttl)
+            .leader_soak(self.leader_soak);
+        m.worker = self.worker_config();
+        m.validate()?;
+        Ok(m)
     }
 
     /// Checks every setting that can be checked without the store.

@@ -45,6 +45,10 @@ use std::sync::Arc;
 pub use config::{BackendKind, Config, LoadError, DEFAULT_LEADER};
 pub use worker_core::*;
 
+/// The leader half: members, the election, the planner, the leader loop.
+pub use leader_core as leader;
+pub use leader_core::{Layout, Member, MemberConfig, MemberHandle, MemberMeta, MemberStore};
+
 /// The Consul backend (feature `consul`).
 #[cfg(feature = "consul")]
 pub use backend_consul as consul;
@@ -79,6 +83,7 @@ pub struct Backend {
     kind: BackendKind,
     kv: Arc<dyn KvWatch>,
     leader: Arc<dyn LeaderWait>,
+    member: Option<MemberStore>,
     memory: Option<MemoryStore>,
 }
 
@@ -159,6 +164,7 @@ impl Backend {
             kind: BackendKind::Memory,
             kv: Arc::new(store.clone()),
             leader: Arc::new(store.clone()),
+            member: Some(MemberStore::from_backend(store.clone())),
             memory: Some(store),
         }
     }
@@ -173,6 +179,7 @@ impl Backend {
             kind,
             kv,
             leader,
+            member: None,
             memory: None,
         }
     }
@@ -198,6 +205,30 @@ impl Backend {
     }
 
     /// Spawns a worker with `config`'s worker settings on this backend.
+    /// The leader-half traits of this backend, when it has them.
+    pub fn member_store(&self) -> Option<&MemberStore> {
+        self.member.as_ref()
+    }
+
+    /// Adds the leader-half traits (for backends built with [`from_parts`](Self::from_parts)).
+    #[must_use]
+    pub fn with_member_store(mut self, store: MemberStore) -> Self {
+        self.member = Some(store);
+        self
+    }
+
+    /// Starts a full member: registers, campaigns, leads while elected, and
+    /// runs the worker that follows this member's assignments.
+    pub fn spawn_member(&self, config: &Config) -> Result<MemberHandle, ConfigError> {
+        let store = self.member.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "backend",
+                format!("the {} backend cannot run a full member", self.kind),
+            )
+        })?;
+        Member::spawn(&config.member_config()?, store)
+    }
+
     pub fn spawn_worker(&self, config: &Config) -> Result<WorkerHandle, ConfigError> {
         Worker::spawn(
             &config.worker_config(),
