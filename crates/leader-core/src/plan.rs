@@ -17,7 +17,8 @@
 //! Choices where the rule leaves freedom (documented in `docs/planner.md`):
 //!
 //! - **Who gets a ceil slot**: members that gain a stay from it first (they hold more than their
-//!   floor), then the larger remainder of `n·wᵢ mod W` (largest-remainder apportionment), then
+//!   floor), then members below their floor (they receive items anyway), then the others; within
+//!   each group the larger remainder of `n·wᵢ mod W` (largest-remainder apportionment), then
 //!   the smaller [`stable_hash`] of the member id, then the id.
 //! - **What an over-quota member sheds**: it keeps its items of smallest [`stable_hash`] (then id)
 //!   and sheds the rest, so which items leave is spread over the id space rather than always the
@@ -140,14 +141,20 @@ fn targets(n: usize, members: &BTreeMap<MemberId, u32>, counts: &[usize]) -> Vec
     let mut targets: Vec<usize> = shares.iter().map(|&(f, _)| f).collect();
     let extra = n - targets.iter().sum::<usize>();
     // Candidates for a ceil slot: members with a fractional quota. Those that hold more than
-    // their floor gain a stay from it, so they come first.
-    let mut candidates: Vec<(bool, std::cmp::Reverse<u128>, u64, &MemberId, usize)> = members
+    // their floor gain a stay from it, so they come first (this is what makes the moves
+    // fewest). Then members below their floor, which receive items anyway, so that a member
+    // that holds exactly its floor is not sent one item it would not otherwise get.
+    let mut candidates: Vec<(u8, std::cmp::Reverse<u128>, u64, &MemberId, usize)> = members
         .keys()
         .enumerate()
         .filter(|&(i, _)| shares[i].1 != 0)
         .map(|(i, m)| {
-            let gains = counts[i] > shares[i].0;
-            (!gains, std::cmp::Reverse(shares[i].1), stable_hash(m), m, i)
+            let class = match counts[i].cmp(&shares[i].0) {
+                std::cmp::Ordering::Greater => 0,
+                std::cmp::Ordering::Less => 1,
+                std::cmp::Ordering::Equal => 2,
+            };
+            (class, std::cmp::Reverse(shares[i].1), stable_hash(m), m, i)
         })
         .collect();
     candidates.sort_unstable();
