@@ -218,6 +218,32 @@ impl Http {
     }
 }
 
+/// Access for requests other than KV reads (sessions, lock acquisition,
+/// transactions, plain writes: `crate::coord`), so that they go through the
+/// same clients, token, TLS and endpoint failover.
+impl Http {
+    /// The endpoint requests go to now: its slot (for
+    /// [`fail_over`](Self::fail_over)) and its consulrs client.
+    pub(crate) fn endpoint(&self) -> (usize, &ConsulClient) {
+        let slot = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (slot, &self.clients[slot])
+    }
+
+    /// Moves the requests that follow from `slot` to the next endpoint, after
+    /// a failure that says nothing about the request (only the first of
+    /// several failures on one endpoint moves on).
+    pub(crate) fn fail_over(&self, slot: usize) {
+        if self.clients.len() > 1 {
+            let _ = self.current.compare_exchange(
+                slot,
+                (slot + 1) % self.clients.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 fn status_error(status: u16, body: &[u8]) -> HttpStatusError {
     let text = String::from_utf8_lossy(body);
     let mut message = text.trim().to_owned();
