@@ -204,7 +204,6 @@ impl Backend {
         self.leader.clone()
     }
 
-    /// Spawns a worker with `config`'s worker settings on this backend.
     /// The leader-half traits of this backend, when it has them.
     pub fn member_store(&self) -> Option<&MemberStore> {
         self.member.as_ref()
@@ -229,6 +228,7 @@ impl Backend {
         Member::spawn(&config.member_config()?, store)
     }
 
+    /// Spawns a worker with `config`'s worker settings on this backend.
     pub fn spawn_worker(&self, config: &Config) -> Result<WorkerHandle, ConfigError> {
         Worker::spawn(
             &config.worker_config(),
