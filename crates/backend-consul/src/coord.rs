@@ -1,0 +1,561 @@
+//! The leader half on Consul: sessions, the leader key as an election,
+//! fenced transactions and plain writes ([`Membership`], [`Election`],
+//! [`FencedWrite`], [`KvWrite`]).
+//!
+//! Every request goes through the backend's HTTP clients ([`Http::endpoint`]):
+//! the same token, TLS settings and endpoint failover as the KV reads. See
+//! `docs/consul.md` ("Members, election and fenced writes") for the choices.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use consulrs::api::kv::common::KVPair;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::debug;
+use worker_core::{
+    Election, Fence, FencedWrite, KvWrite, Membership, Revision, SessionId, StoreError, TxnOp,
+    TxnOutcome,
+};
+
+use crate::error::{HttpStatusError, ProtocolError};
+use crate::http::Http;
+use crate::{leader, ConsulBackend};
+
+/// Consul's smallest session TTL; shorter TTLs are rounded up to it.
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+/// Consul's largest session TTL; longer TTLs are cut down to it.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
+/// The lock-delay of every session this backend opens: none. Fenced writes
+/// (a `check-session` on the leader key in every transaction) already keep a
+/// deposed leader from writing, and a lock-delay would only hold the leader
+/// key (and a dead member's re-registration) back for that long after its
+/// session ends. See `docs/consul.md`.
+pub const LOCK_DELAY: &str = "0s";
+/// The name of the sessions this backend opens (shown by `consul` tools).
+pub const SESSION_NAME: &str = "coordinator member";
+/// Operations in one Consul 1.8 transaction (`/v1/txn`), the fence included.
+pub const MAX_TXN_OPS: usize = 64;
+
+/// Bound on one request (sessions, acquisitions, transactions, writes).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An answer to [`send`]: the status, `X-Consul-Index` when present, the body.
+struct Answer {
+    status: u16,
+    index: Option<Revision>,
+    body: Bytes,
+}
+
+/// The TTL sent to Consul for `ttl`: whole seconds rounded up, within
+/// [`MIN_SESSION_TTL`] and [`MAX_SESSION_TTL`].
+pub(crate) fn session_ttl(ttl: Duration) -> Duration {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    Duration::from_secs(secs).clamp(MIN_SESSION_TTL, MAX_SESSION_TTL)
+}
+
+/// Sends `method /v1/<api…>/<key…>` (the key percent-encoded segment by
+/// segment) with `query` and `body` on the backend's current endpoint.
+///
+/// A 2xx answer, or one `accept(status, body)` claims, is returned; otherwise
+/// `401`/`403` are [`StoreError::PermissionDenied`], `429`/`5xx`
+/// [`StoreError::Unavailable`], anything else a protocol error. A transport
+/// failure, a timeout, a `429` or a `5xx` moves the backend to its next
+/// endpoint, as for reads.
+async fn send(
+    http: &Http,
+    method: http::Method,
+    api: &[&str],
+    key: &str,
+    query: &[(&str, &str)],
+    body: Vec<u8>,
+    accept: impl Fn(u16, &[u8]) -> bool + Send,
+) -> Result<Answer, StoreError> {
+    let (slot, client) = http.endpoint();
+    let mut url = url::Url::parse(&client.settings.address).map_err(StoreError::protocol)?;
+    {
+        let mut segments = url.path_segments_mut().map_err(|()| {
+            StoreError::protocol(ProtocolError("endpoint cannot be a base".into()))
+        })?;
+        segments
+            .pop_if_empty()
+            .push(&format!("v{}", client.settings.version))
+            .extend(api);
+        if !key.is_empty() {
+            segments.extend(key.split('/'));
+        }
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    let mut request = http::Request::builder()
+        .method(method.clone())
+        .uri(url.as_str())
+        .body(body)
+        .map_err(StoreError::protocol)?;
+    if let Some(token) = &client.settings.token {
+        // Marked sensitive so that no `Debug` of the request prints it.
+        let mut value = http::HeaderValue::from_str(token).map_err(StoreError::protocol)?;
+        value.set_sensitive(true);
+        request.headers_mut().insert("X-Consul-Token", value);
+    }
+    let request = reqwest::Request::try_from(request).map_err(StoreError::protocol)?;
+    debug!(endpoint = %client.settings.address, %method, ?api, key, "consul request");
+    let sent = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let response = client.http.http.execute(request).await?;
+        let status = response.status().as_u16();
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>(Answer {
+            status,
+            index,
+            body,
+        })
+    })
+    .await;
+    let result = match sent {
+        Err(_) => Err(StoreError::Timeout(REQUEST_TIMEOUT)),
+        Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(REQUEST_TIMEOUT)),
+        Ok(Err(e)) => Err(StoreError::unavailable(e)),
+        Ok(Ok(answer))
+            if (200..300).contains(&answer.status) || accept(answer.status, &answer.body) =>
+        {
+            Ok(answer)
+        }
+        Ok(Ok(answer)) => Err(status_error(answer.status, &answer.body)),
+    };
+    if matches!(
+        result,
+        Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+    ) {
+        http.fail_over(slot);
+    }
+    result
+}
+
+/// The [`StoreError`] an unexpected status means.
+fn status_error(status: u16, body: &[u8]) -> StoreError {
+    let mut message = String::from_utf8_lossy(body).trim().to_owned();
+    if message.len() > 200 {
+        let mut end = 200;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    let error = HttpStatusError { status, message };
+    match status {
+        401 | 403 => StoreError::permission_denied(error),
+        429 | 500..=599 => StoreError::unavailable(error),
+        _ => StoreError::protocol(error),
+    }
+}
+
+/// Whether an answer is Consul refusing a session that does not exist (an
+/// acquisition or release with an expired or destroyed session: Consul 1.8
+/// answers `500 invalid session "…"`).
+fn invalid_session(status: u16, body: &[u8]) -> bool {
+    status == 500
+        && String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("invalid session")
+}
+
+/// A `true` / `false` answer body (KV writes, acquisitions, releases).
+fn boolean(answer: &Answer) -> Result<bool, StoreError> {
+    serde_json::from_slice(&answer.body).map_err(StoreError::protocol)
+}
+
+/// `PUT /v1/kv/<key>?<verb>=<session>` with `value`: `Ok(false)` when
+/// Consul refuses, also because the session does not exist.
+async fn lock_verb(
+    http: &Http,
+    key: &str,
+    verb: &str,
+    session: &SessionId,
+    value: Vec<u8>,
+) -> Result<bool, StoreError> {
+    let answer = send(
+        http,
+        http::Method::PUT,
+        &["kv"],
+        key,
+        &[(verb, &session.0)],
+        value,
+        invalid_session,
+    )
+    .await?;
+    if invalid_session(answer.status, &answer.body) {
+        return Ok(false);
+    }
+    boolean(&answer)
+}
+
+/// The entry of `key`, if it exists.
+async fn read_pair(http: &Http, key: &str) -> Result<Option<KVPair>, StoreError> {
+    let answer = http.read(key, false, None).await?;
+    if answer.body.is_empty() {
+        return Ok(None);
+    }
+    let pairs: Vec<KVPair> = serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
+    Ok(pairs.into_iter().find(|p| p.key == key))
+}
+
+/// The fence of `session` on `key` as the key is now: `None` unless
+/// `session` holds it. Its leader is what [`leader::leader_of`] (the
+/// backend's [`LeaderWait`](worker_core::LeaderWait)) reports for it.
+async fn fence_of(
+    http: &Http,
+    key: &str,
+    session: &SessionId,
+) -> Result<Option<Fence>, StoreError> {
+    let pairs: Vec<KVPair> = read_pair(http, key).await?.into_iter().collect();
+    Ok(leader::leader_of(key, &pairs)
+        .filter(|leader| leader.id == session.0)
+        .map(|leader| Fence {
+            session: session.clone(),
+            key: key.to_owned(),
+            leader,
+        }))
+}
+
+/// One error of a failed transaction.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnError {
+    op_index: usize,
+    what: String,
+}
+
+/// A transaction's answer (both the 200 and the 409 shapes).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct TxnAnswer {
+    results: Option<Vec<TxnResult>>,
+    errors: Option<Vec<TxnError>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct TxnResult {
+    #[serde(rename = "KV")]
+    kv: Option<TxnKv>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct TxnKv {
+    modify_index: u64,
+}
+
+/// The JSON operation of `op` in a `/v1/txn` body.
+fn txn_op(op: &TxnOp) -> serde_json::Value {
+    match op {
+        TxnOp::Put { key, value } => json!({"KV": {
+            "Verb": "set",
+            "Key": key,
+            "Value": base64::engine::general_purpose::STANDARD.encode(value),
+        }}),
+        TxnOp::Delete { key } => json!({"KV": {"Verb": "delete", "Key": key}}),
+    }
+}
+
+/// Sends a transaction; `Ok(Err(errors))` when Consul rolled it back (409).
+async fn txn(
+    http: &Http,
+    ops: &[serde_json::Value],
+) -> Result<Result<(Option<Revision>, TxnAnswer), Vec<TxnError>>, StoreError> {
+    let body = serde_json::to_vec(ops).map_err(StoreError::protocol)?;
+    let answer = send(http, http::Method::PUT, &["txn"], "", &[], body, |s, _| {
+        s == 409
+    })
+    .await?;
+    let decoded: TxnAnswer = serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
+    if answer.status == 409 {
+        return Ok(Err(decoded.errors.unwrap_or_default()));
+    }
+    Ok(Ok((answer.index, decoded)))
+}
+
+#[async_trait]
+impl Membership for ConsulBackend {
+    /// `PUT /v1/session/create` with `TTL` (rounded up to whole seconds and
+    /// to Consul's minimum of 10 s), `Behavior: delete`, `LockDelay: 0s` and
+    /// no node health checks: the session lives exactly while it is renewed
+    /// (see `docs/consul.md`).
+    async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let body = json!({
+            "Name": SESSION_NAME,
+            "TTL": format!("{}s", session_ttl(ttl).as_secs()),
+            "Behavior": "delete",
+            "LockDelay": LOCK_DELAY,
+            "NodeChecks": [],
+        });
+        let body = serde_json::to_vec(&body).map_err(StoreError::protocol)?;
+        let answer = send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["session", "create"],
+            "",
+            &[],
+            body,
+            |_, _| false,
+        )
+        .await?;
+        let created: Created = serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
+        Ok(SessionId(created.id))
+    }
+
+    /// `PUT /v1/session/renew/<id>`; a 404 (expired or destroyed) is
+    /// `Ok(false)`.
+    async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError> {
+        let answer = send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["session", "renew"],
+            &session.0,
+            &[],
+            Vec::new(),
+            |s, _| s == 404,
+        )
+        .await?;
+        Ok(answer.status != 404)
+    }
+
+    /// `PUT /v1/session/destroy/<id>`: its keys are deleted (behavior
+    /// `delete`); Consul answers `true` also for a session already gone.
+    async fn close_session(&self, session: &SessionId) -> Result<(), StoreError> {
+        send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["session", "destroy"],
+            &session.0,
+            &[],
+            Vec::new(),
+            |_, _| false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `PUT /v1/kv/<key>?acquire=<session>`: `false` when another session
+    /// holds the key or the session is gone.
+    async fn put_bound(
+        &self,
+        session: &SessionId,
+        key: &str,
+        value: Bytes,
+    ) -> Result<bool, StoreError> {
+        lock_verb(&self.inner.http, key, "acquire", session, value.to_vec()).await
+    }
+}
+
+#[async_trait]
+impl Election for ConsulBackend {
+    /// `PUT /v1/kv/<election>?acquire=<session>` with `value`, then a read of
+    /// the key for the fence: its leader is the session and the term
+    /// `CreateIndex + LockIndex`, as [`LeaderWait`](worker_core::LeaderWait)
+    /// reports it. A refused acquisition still gives the fence when the key
+    /// is already held by `session` (acquiring again keeps the term: Consul
+    /// does not count an acquisition by the holder).
+    async fn try_lead(
+        &self,
+        election: &str,
+        session: &SessionId,
+        value: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        let http = &self.inner.http;
+        let acquired = lock_verb(http, election, "acquire", session, value.into()).await?;
+        let fence = fence_of(http, election, session).await?;
+        if acquired && fence.is_none() {
+            debug!(
+                election,
+                "the leader key was lost right after it was acquired"
+            );
+        }
+        Ok(fence)
+    }
+
+    /// The leader key's value while a session holds it.
+    async fn leader_value(&self, election: &str) -> Result<Option<String>, StoreError> {
+        let Some(pair) = read_pair(&self.inner.http, election).await? else {
+            return Ok(None);
+        };
+        if pair.session.as_deref().is_none_or(str::is_empty) {
+            return Ok(None);
+        }
+        let value: Vec<u8> = match pair.value {
+            Some(v) => v.try_into().map_err(StoreError::protocol)?,
+            None => Vec::new(),
+        };
+        Ok(Some(String::from_utf8_lossy(&value).into_owned()))
+    }
+
+    /// `PUT /v1/kv/<key>?release=<session>`; not an error when the session
+    /// no longer holds the key or is gone. With no lock-delay, another
+    /// session can acquire the key at once.
+    async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
+        lock_verb(
+            &self.inner.http,
+            &fence.key,
+            "release",
+            &fence.session,
+            Vec::new(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FencedWrite for ConsulBackend {
+    /// 63: Consul 1.8 takes 64 operations per transaction, one of them the
+    /// fence.
+    fn max_ops(&self) -> usize {
+        MAX_TXN_OPS - 1
+    }
+
+    /// `PUT /v1/txn`: a `check-session` of the fence's key and session first,
+    /// then a `set` or `delete` per operation. Consul applies all of it or
+    /// nothing; a rollback caused by the `check-session` (another session
+    /// holds the key, or none does) is [`TxnOutcome::Fenced`], any other a
+    /// [`StoreError`]. The revision is the answer's `X-Consul-Index` when it
+    /// has one, else the highest `ModifyIndex` among the results.
+    async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
+        if ops.len() > self.max_ops() {
+            return Err(StoreError::protocol(ProtocolError(format!(
+                "{} operations in one transaction; Consul takes at most {} besides the fence",
+                ops.len(),
+                self.max_ops()
+            ))));
+        }
+        let mut body = Vec::with_capacity(ops.len() + 1);
+        body.push(json!({"KV": {
+            "Verb": "check-session",
+            "Key": fence.key,
+            "Session": fence.session.0,
+        }}));
+        body.extend(ops.iter().map(txn_op));
+        match txn(&self.inner.http, &body).await? {
+            Ok((index, answer)) => {
+                let results = answer.results.unwrap_or_default();
+                let highest = results
+                    .iter()
+                    .filter_map(|r| r.kv.as_ref().map(|kv| kv.modify_index))
+                    .max()
+                    .unwrap_or(0);
+                Ok(TxnOutcome::Applied {
+                    revision: index.unwrap_or(highest),
+                })
+            }
+            Err(errors) if !errors.is_empty() && errors.iter().all(|e| e.op_index == 0) => {
+                debug!(key = %fence.key, error = %errors[0].what, "fenced write rejected");
+                Ok(TxnOutcome::Fenced)
+            }
+            Err(errors) => Err(StoreError::protocol(ProtocolError(format!(
+                "transaction rolled back: {}",
+                errors
+                    .iter()
+                    .map(|e| format!("op {}: {}", e.op_index, e.what))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )))),
+        }
+    }
+}
+
+#[async_trait]
+impl KvWrite for ConsulBackend {
+    /// `PUT /v1/kv/<key>`.
+    async fn put_key(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
+        let answer = send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["kv"],
+            key,
+            &[],
+            value.to_vec(),
+            |_, _| false,
+        )
+        .await?;
+        if boolean(&answer)? {
+            Ok(())
+        } else {
+            Err(StoreError::protocol(ProtocolError(format!(
+                "Consul refused to write {key:?}"
+            ))))
+        }
+    }
+
+    /// A transaction `get` + `delete` of `key`, so that whether the key
+    /// existed is known atomically: the `get` of a missing key rolls the
+    /// transaction back (`Ok(false)`, nothing to delete).
+    async fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
+        let ops = [
+            json!({"KV": {"Verb": "get", "Key": key}}),
+            json!({"KV": {"Verb": "delete", "Key": key}}),
+        ];
+        match txn(&self.inner.http, &ops).await? {
+            Ok(_) => Ok(true),
+            Err(errors) if !errors.is_empty() && errors.iter().all(|e| e.op_index == 0) => {
+                Ok(false)
+            }
+            Err(errors) => Err(StoreError::protocol(ProtocolError(format!(
+                "delete of {key:?} rolled back: {}",
+                errors
+                    .iter()
+                    .map(|e| e.what.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_rounded_up_to_whole_seconds_within_consuls_range() {
+        assert_eq!(session_ttl(Duration::from_secs(3)), MIN_SESSION_TTL);
+        assert_eq!(
+            session_ttl(Duration::from_millis(15_001)),
+            Duration::from_secs(16)
+        );
+        assert_eq!(session_ttl(Duration::from_secs(15)), Duration::from_secs(15));
+        assert_eq!(session_ttl(Duration::from_secs(1 << 40)), MAX_SESSION_TTL);
+    }
+
+    #[test]
+    fn invalid_session_answers_are_recognized() {
+        assert!(invalid_session(500, b"invalid session \"abc\""));
+        assert!(!invalid_session(500, b"No cluster leader"));
+        assert!(!invalid_session(200, b"invalid session"));
+    }
+
+    #[test]
+    fn txn_ops_encode_values_in_base64() {
+        let op = txn_op(&TxnOp::Put {
+            key: "a/b".into(),
+            value: Bytes::from_static(b"hi"),
+        });
+        assert_eq!(op["KV"]["Verb"], "set");
+        assert_eq!(op["KV"]["Value"], "aGk=");
+        let op = txn_op(&TxnOp::Delete { key: "a/b".into() });
+        assert_eq!(op["KV"]["Verb"], "delete");
+    }
+}

@@ -1,0 +1,337 @@
+//! The leader half on a real Consul agent: the member conformance suite
+//! (sessions, election, fenced writes, whole members spreading work) and
+//! Consul-specific behaviour (TTL rounding, `consul lock` on the leader key,
+//! fenced transactions at Consul's 64-operation limit).
+//!
+//! Every wait on an expected event is bounded; nothing sleeps to wait.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backend_consul::{ConsulBackend, MAX_TXN_OPS, MIN_SESSION_TTL};
+use bytes::Bytes;
+use common::{bounded, config_for, init_tracing};
+use leader_core::conformance::{self, ClusterStore};
+use leader_core::{Layout, MemberStore};
+use test_support::ConsulAgent;
+use worker_core::{
+    Election, FencedWrite, KvWrite, LeaderWait, Membership, SessionId, TxnOp, TxnOutcome,
+};
+
+/// The suite's view of one agent: each connection is a fresh backend whose
+/// leader key is the layout's.
+struct Consul {
+    agent: Arc<ConsulAgent>,
+}
+
+impl Consul {
+    async fn start() -> Self {
+        init_tracing();
+        Self {
+            agent: Arc::new(ConsulAgent::start_dev().await),
+        }
+    }
+
+    fn backend(&self, leader_key: &str) -> ConsulBackend {
+        let mut config = config_for(&self.agent);
+        config.leader_key = leader_key.to_owned();
+        ConsulBackend::new(config).expect("backend")
+    }
+}
+
+#[async_trait]
+impl ClusterStore for Consul {
+    async fn connect(&self, layout: &Layout) -> MemberStore {
+        MemberStore::from_backend(self.backend(&layout.leader))
+    }
+    fn ttl(&self) -> Duration {
+        MIN_SESSION_TTL
+    }
+    /// Consul invalidates a session up to 2 x TTL after its last renewal;
+    /// then the leader soaks and writes, the workers soak.
+    fn expiry_bound(&self) -> Duration {
+        2 * MIN_SESSION_TTL + Duration::from_secs(40)
+    }
+    async fn put(&self, key: &str, value: &[u8]) {
+        self.agent.kv_put(key, value).await;
+    }
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        keys(&self.agent, prefix).await
+    }
+}
+
+/// Every key under `prefix`, sorted, read with a plain HTTP client (not the
+/// backend under test).
+async fn keys(agent: &ConsulAgent, prefix: &str) -> Vec<String> {
+    let mut url = reqwest::Url::parse(&agent.http_addr()).expect("address");
+    url.path_segments_mut()
+        .expect("base")
+        .extend(["v1", "kv"])
+        .extend(prefix.split('/'));
+    url.query_pairs_mut().append_pair("keys", "true");
+    let response = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .expect("list keys");
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Vec::new();
+    }
+    assert!(response.status().is_success(), "{}", response.status());
+    let body = response.bytes().await.expect("keys");
+    let mut keys: Vec<String> = serde_json::from_slice(&body).expect("keys JSON");
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_bound_keys() {
+    let store = Consul::start().await;
+    conformance::sessions_and_bound_keys(&store, "s/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_and_fencing() {
+    let store = Consul::start().await;
+    conformance::election_and_fencing(&store, "e/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_spread_work() {
+    let store = Consul::start().await;
+    conformance::members_spread_work(&store, "m/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_halt_hands_over() {
+    let store = Consul::start().await;
+    conformance::leader_halt_hands_over(&store, "h/").await;
+}
+
+/// The session Consul created: TTL rounded up to 10 s, `delete`, no
+/// lock-delay, no node checks; a bound key of a gone session is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_have_the_documented_settings() {
+    let store = Consul::start().await;
+    let backend = store.backend("x/leader");
+    let session = backend
+        .open_session(Duration::from_secs(3))
+        .await
+        .expect("open");
+    let info = session_info(&store.agent, &session).await;
+    assert_eq!(info["TTL"], "10s", "{info}");
+    assert_eq!(info["Behavior"], "delete", "{info}");
+    assert_eq!(info["LockDelay"], 0, "{info}");
+    let checks = info
+        .get("NodeChecks")
+        .or_else(|| info.get("Checks"))
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, Vec::len);
+    assert_eq!(checks, 0, "no node health checks: {info}");
+
+    // Another session cannot take a bound key; a gone session binds nothing.
+    let other = backend
+        .open_session(Duration::from_secs(10))
+        .await
+        .expect("open");
+    assert!(backend
+        .put_bound(&session, "x/members/a", Bytes::from_static(b"{}"))
+        .await
+        .expect("put_bound"));
+    assert!(!backend
+        .put_bound(&other, "x/members/a", Bytes::from_static(b"{}"))
+        .await
+        .expect("put_bound"));
+    backend.close_session(&session).await.expect("close");
+    assert!(!backend
+        .put_bound(&session, "x/members/b", Bytes::from_static(b"{}"))
+        .await
+        .expect("put_bound with a gone session"));
+    assert!(keys(&store.agent, "x/members/").await.is_empty());
+    assert_eq!(
+        backend
+            .try_lead("x/leader", &session, "gone")
+            .await
+            .expect("try_lead"),
+        None,
+        "a gone session does not lead"
+    );
+    backend.close_session(&other).await.expect("close");
+}
+
+async fn session_info(agent: &ConsulAgent, session: &SessionId) -> serde_json::Value {
+    let url = format!("{}/v1/session/info/{}", agent.http_addr(), session.0);
+    let body = reqwest::get(url)
+        .await
+        .expect("session info")
+        .bytes()
+        .await
+        .expect("session info");
+    let infos: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("session info JSON");
+    infos.into_iter().next().expect("the session exists")
+}
+
+/// A full transaction (63 operations and the fence, Consul's 64) applies;
+/// one more operation is refused before it is sent; the fence follows the
+/// leader key's holder, `leader_value` its value, and plain writes report
+/// whether a key existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_transactions_fill_consuls_limit() {
+    let store = Consul::start().await;
+    let backend = store.backend("t/leader");
+    assert_eq!(backend.max_ops(), MAX_TXN_OPS - 1);
+    let session = backend.open_session(MIN_SESSION_TTL).await.expect("open");
+    assert_eq!(backend.leader_value("t/leader").await.expect("value"), None);
+    let fence = backend
+        .try_lead("t/leader", &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("a free key is won");
+    assert_eq!(fence.key, "t/leader");
+    assert_eq!(
+        backend.leader().await.expect("leader").as_ref(),
+        Some(&fence.leader),
+        "the fence's leader is what LeaderWait reports"
+    );
+    assert_eq!(
+        backend.leader_value("t/leader").await.expect("value"),
+        Some("m1".to_owned())
+    );
+
+    let ops: Vec<TxnOp> = (0..backend.max_ops())
+        .map(|i| TxnOp::Put {
+            key: format!("t/a/m1/w{i:02}"),
+            value: Bytes::from(format!("p{i}")),
+        })
+        .collect();
+    let TxnOutcome::Applied { revision } = backend.apply(&fence, &ops).await.expect("apply")
+    else {
+        panic!("the leader's transaction was fenced");
+    };
+    assert!(revision >= store.agent.kv_index("t/a/m1/w00").await);
+    assert_eq!(keys(&store.agent, "t/a/").await.len(), backend.max_ops());
+    assert_eq!(
+        store.agent.kv_get("t/a/m1/w07").await.as_deref(),
+        Some(&b"p7"[..])
+    );
+    let mut too_many = ops.clone();
+    too_many.push(TxnOp::Delete {
+        key: "t/a/m1/w00".into(),
+    });
+    assert!(backend.apply(&fence, &too_many).await.is_err());
+    assert_eq!(keys(&store.agent, "t/a/").await.len(), backend.max_ops());
+
+    // Resigning frees the key at once (no lock-delay): the old fence is
+    // rejected and another session leads with a higher term.
+    backend.resign(&fence).await.expect("resign");
+    assert_eq!(backend.leader_value("t/leader").await.expect("value"), None);
+    let next = backend.open_session(MIN_SESSION_TTL).await.expect("open");
+    let fence2 = backend
+        .try_lead("t/leader", &next, "m2")
+        .await
+        .expect("try_lead")
+        .expect("a released key is won at once");
+    assert!(fence2.term() > fence.term());
+    let delete_all: Vec<TxnOp> = (0..3)
+        .map(|i| TxnOp::Delete {
+            key: format!("t/a/m1/w{i:02}"),
+        })
+        .collect();
+    assert_eq!(
+        backend.apply(&fence, &delete_all).await.expect("apply"),
+        TxnOutcome::Fenced
+    );
+    assert_eq!(keys(&store.agent, "t/a/").await.len(), backend.max_ops());
+
+    backend
+        .put_key("t/work/w1", Bytes::from_static(b"x"))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.agent.kv_get("t/work/w1").await.as_deref(),
+        Some(&b"x"[..])
+    );
+    assert!(backend.delete_key("t/work/w1").await.expect("delete"));
+    assert!(!backend.delete_key("t/work/w1").await.expect("delete"));
+    assert_eq!(store.agent.kv_get("t/work/w1").await, None);
+    backend.close_session(&session).await.expect("close");
+    backend.close_session(&next).await.expect("close");
+}
+
+/// A lock held with `consul lock` on the leader key keeps `try_lead` from
+/// leading; once the lock is released, `try_lead` wins the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_lock_keeps_members_from_leading() {
+    let store = Consul::start().await;
+    let key = "locks/svc/.lock";
+    let backend = store.backend(key);
+    let session = backend.open_session(MIN_SESSION_TTL).await.expect("open");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = dir.path().join("stop");
+    let mut lock = store
+        .agent
+        .command([
+            "lock",
+            "locks/svc",
+            &format!("while [ ! -e '{}' ]; do sleep 0.05; done", stop.display()),
+        ])
+        .spawn()
+        .expect("run consul lock");
+
+    // Wait (bounded, on the leader key) until `consul lock` holds it.
+    let mut observed = backend.observe().await.expect("observe");
+    let holder = bounded("consul lock to hold the key", async {
+        loop {
+            if let Some(leader) = observed.next().await.expect("observe") {
+                return leader;
+            }
+        }
+    })
+    .await;
+    assert_ne!(holder.id, session.0);
+    for _ in 0..3 {
+        assert_eq!(
+            backend
+                .try_lead(key, &session, "m1")
+                .await
+                .expect("try_lead"),
+            None,
+            "a member must not lead while consul lock holds the key"
+        );
+    }
+    assert!(backend
+        .leader_value(key)
+        .await
+        .expect("leader value")
+        .is_some());
+
+    // The child ends: consul lock releases the key and exits.
+    std::fs::write(&stop, "").expect("stop file");
+    let status = bounded("consul lock to exit", lock.wait())
+        .await
+        .expect("wait");
+    assert!(status.success(), "consul lock: {status}");
+    let fence = bounded("try_lead to win the released key", async {
+        loop {
+            if let Some(fence) = backend
+                .try_lead(key, &session, "m1")
+                .await
+                .expect("try_lead")
+            {
+                return fence;
+            }
+            observed.next().await.expect("observe");
+        }
+    })
+    .await;
+    assert!(fence.term() > holder.term, "a new term after the lock");
+    assert_eq!(
+        backend.leader_value(key).await.expect("value").as_deref(),
+        Some("m1")
+    );
+    backend.close_session(&session).await.expect("close");
+}
