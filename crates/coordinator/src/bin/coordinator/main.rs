@@ -7,7 +7,9 @@
 //! Exit codes: 0 after SIGINT/SIGTERM (or a demo that ran to its end), 2 for a
 //! bad flag or value (one line on stderr naming it), 1 for anything else.
 
+mod admin;
 mod demo;
+mod member;
 mod worker;
 
 use std::path::PathBuf;
@@ -36,11 +38,17 @@ enum Cmd {
     Worker(WorkerArgs),
     /// Run a leader and several workers in one process on the memory backend.
     Demo(DemoArgs),
+    /// Run a full member: register, campaign, assign while leader, print the settled workload as `worker` does.
+    Member(member::MemberArgs),
+    /// Manage work items: put ID [VALUE], rm ID, ls.
+    Work(admin::WorkArgs),
+    /// Print members, the leader and each member's items.
+    Status(admin::StatusArgs),
 }
 
 /// Flags of `coordinator worker` (SPEC §5).
 #[derive(Args, Debug, Clone)]
-struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Which store: consul, etcd or memory.
     #[arg(long, value_parser = parse_backend)]
     backend: BackendKind,
@@ -153,6 +161,9 @@ fn main() -> ExitCode {
     let code = match cli.cmd {
         Cmd::Worker(args) => runtime.block_on(worker::run(args)),
         Cmd::Demo(args) => runtime.block_on(demo::run(args)),
+        Cmd::Member(args) => runtime.block_on(member::run(args)),
+        Cmd::Work(args) => runtime.block_on(admin::work(args)),
+        Cmd::Status(args) => runtime.block_on(admin::status(args)),
     };
     // The stdin reader of the memory backend sits in a blocking read: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));

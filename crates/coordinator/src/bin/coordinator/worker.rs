@@ -20,7 +20,7 @@ struct Line<'a> {
     removed: Vec<&'a str>,
 }
 
-fn config_of(args: WorkerArgs) -> Config {
+pub(crate) fn config_of(args: WorkerArgs) -> Config {
     let mut c = Config::new(args.backend, args.instance_id);
     c.endpoints = args
         .endpoints
@@ -44,11 +44,11 @@ fn config_of(args: WorkerArgs) -> Config {
 }
 
 /// Maps a config field to the flag that sets it.
-fn flag(field: &str) -> String {
+pub(crate) fn flag(field: &str) -> String {
     format!("--{}", field.replace('_', "-"))
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -102,7 +102,11 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn print_line(instance_id: &str, workload: &mut Workload, change: &WorkloadChange) -> bool {
+pub(crate) fn print_line(
+    instance_id: &str,
+    workload: &mut Workload,
+    change: &WorkloadChange,
+) -> bool {
     change.apply_to(workload);
     let line = Line {
         instance_id,
@@ -121,7 +125,7 @@ fn print_line(instance_id: &str, workload: &mut Workload, change: &WorkloadChang
         .is_ok()
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,331 @@
+//! `coordinator work put|rm|ls` and `coordinator status`: operators' tools.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use coordinator::config::{BackendKind, DEFAULT_LEADER};
+use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
+use coordinator::{
+    Backend, Config, Error, ErrorChain, Layout, MemberMeta, MemberStore, DEFAULT_PREFIX,
+};
+use serde::Serialize;
+
+use crate::usage_error;
+
+/// Where the store is and where the keys live (for `work` and `status`).
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Which store: consul or etcd.
+    #[arg(long, value_parser = crate::parse_backend)]
+    backend: BackendKind,
+    /// Store addresses, comma-separated (default: the store's local address).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Assignment prefix.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+    /// Consul leader key, or etcd election name.
+    #[arg(long, default_value = DEFAULT_LEADER)]
+    leader: String,
+    /// Members prefix.
+    #[arg(long, default_value = DEFAULT_MEMBERS_PREFIX)]
+    members_prefix: String,
+    /// Work-items prefix.
+    #[arg(long, default_value = DEFAULT_WORK_PREFIX)]
+    work_prefix: String,
+    /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) for TLS.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, requires = "password_file")]
+    user: Option<String>,
+    /// File holding the etcd password.
+    #[arg(long, requires = "user")]
+    password_file: Option<PathBuf>,
+}
+
+/// `coordinator work ...`.
+#[derive(Args, Debug, Clone)]
+pub struct WorkArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    op: WorkOp,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum WorkOp {
+    /// Adds (or updates) a work item.
+    Put {
+        /// The work id (one path segment).
+        id: String,
+        /// The item's parameters, copied into its assignment.
+        value: Option<String>,
+    },
+    /// Removes a work item.
+    Rm {
+        /// The work id.
+        id: String,
+    },
+    /// Lists the work items, one per line: `ID<TAB>VALUE`.
+    Ls,
+}
+
+/// `coordinator status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn connect(args: StoreArgs) -> Result<(Layout, MemberStore), ExitCode> {
+    if args.backend == BackendKind::Memory {
+        return Err(usage_error(
+            "invalid --backend: the memory store lives inside one process; use consul or etcd (or `coordinator demo`)",
+        ));
+    }
+    let mut c = Config::new(args.backend, "coordinator-cli");
+    c.endpoints = args
+        .endpoints
+        .into_iter()
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    c.prefix = args.prefix;
+    c.leader = args.leader;
+    c.members_prefix = args.members_prefix;
+    c.work_prefix = args.work_prefix;
+    c.token_file = args.token_file;
+    c.ca_cert = args.ca_cert;
+    c.client_cert = args.client_cert;
+    c.client_key = args.client_key;
+    c.user = args.user;
+    c.password_file = args.password_file;
+    let flag = |field: &str| format!("--{}", field.replace('_', "-"));
+    if let Err(e) = c.validate().and_then(|()| c.layout().validate()) {
+        return Err(usage_error(&format!(
+            "invalid {}: {}",
+            flag(e.field),
+            e.reason
+        )));
+    }
+    let backend = match Backend::connect(&c).await {
+        Ok(b) => b,
+        Err(Error::Config(e)) => {
+            return Err(usage_error(&format!(
+                "invalid {}: {}",
+                flag(e.field),
+                e.reason
+            )))
+        }
+        Err(e) => return Err(usage_error(&ErrorChain(&e).to_string())),
+    };
+    match backend.member_store() {
+        Some(store) => Ok((c.layout(), store.clone())),
+        None => Err(usage_error(&format!(
+            "invalid --backend: {} cannot manage work items",
+            c.backend
+        ))),
+    }
+}
+
+fn fail(what: &str, e: &coordinator::StoreError) -> ExitCode {
+    eprintln!("coordinator: {what}: {}", ErrorChain(e));
+    ExitCode::FAILURE
+}
+
+pub async fn work(args: WorkArgs) -> ExitCode {
+    let (layout, store) = match connect(args.store).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match args.op {
+        WorkOp::Put { id, value } => {
+            if let Err(reason) = check_work_id(&id) {
+                return usage_error(&format!("invalid work id {id:?}: {reason}"));
+            }
+            let value = Bytes::from(value.unwrap_or_default());
+            match store.kv_write.put_key(&layout.work_key(&id), value).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail("cannot write the work item", &e),
+            }
+        }
+        WorkOp::Rm { id } => match store.kv_write.delete_key(&layout.work_key(&id)).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("coordinator: no work item {id:?}");
+                ExitCode::FAILURE
+            }
+            Err(e) => fail("cannot remove the work item", &e),
+        },
+        WorkOp::Ls => match store.kv.list(&layout.work).await {
+            Ok(snapshot) => {
+                let mut lines = String::new();
+                let mut entries = snapshot.entries;
+                entries.sort_by(|a, b| a.key.cmp(&b.key));
+                for e in entries {
+                    if let Ok(id) = layout.parse_work(&e.key) {
+                        lines.push_str(id);
+                        lines.push('\t');
+                        lines.push_str(&String::from_utf8_lossy(&e.value));
+                        lines.push('\n');
+                    }
+                }
+                print!("{lines}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("cannot list the work items", &e),
+        },
+    }
+}
+
+fn check_work_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        Err("must not be empty")
+    } else if id.contains('/') {
+        Err("must be one path segment (no '/')")
+    } else if id.chars().any(char::is_control) {
+        Err("must not contain control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// What `status --json` prints.
+#[derive(Serialize, Default)]
+struct Status {
+    leader: Option<String>,
+    items: usize,
+    unassigned: Vec<String>,
+    members: BTreeMap<String, MemberStatus>,
+}
+
+#[derive(Serialize, Default)]
+struct MemberStatus {
+    live: bool,
+    weight: u32,
+    draining: bool,
+    count: usize,
+    items: Vec<String>,
+}
+
+pub async fn status(args: StatusArgs) -> ExitCode {
+    let json = args.json;
+    let (layout, store) = match connect(args.store).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let read = async {
+        let members = store.kv.list(&layout.members).await?;
+        let work = store.kv.list(&layout.work).await?;
+        let assignments = store.kv.list(&layout.assignments).await?;
+        let leader = store.election.leader_value(&layout.leader).await?;
+        Ok::<_, coordinator::StoreError>((members, work, assignments, leader))
+    };
+    let (members, work, assignments, leader) = match read.await {
+        Ok(x) => x,
+        Err(e) => return fail("cannot read the cluster's state", &e),
+    };
+    let mut status = Status {
+        leader,
+        ..Status::default()
+    };
+    for e in &members.entries {
+        if let Ok(id) = layout.parse_member(&e.key) {
+            let meta = MemberMeta::parse(&e.value).unwrap_or_default();
+            status.members.insert(
+                id.to_owned(),
+                MemberStatus {
+                    live: true,
+                    weight: meta.weight,
+                    draining: meta.draining,
+                    ..MemberStatus::default()
+                },
+            );
+        }
+    }
+    let mut items: BTreeMap<String, bool> = work
+        .entries
+        .iter()
+        .filter_map(|e| layout.parse_work(&e.key).ok())
+        .map(|id| (id.to_owned(), false))
+        .collect();
+    status.items = items.len();
+    for e in &assignments.entries {
+        if let Ok((member, id)) = layout.parse_assignment(&e.key) {
+            let m = status.members.entry(member.to_owned()).or_default();
+            m.count += 1;
+            m.items.push(id.to_owned());
+            if let Some(seen) = items.get_mut(id) {
+                *seen = true;
+            }
+        }
+    }
+    for m in status.members.values_mut() {
+        m.items.sort();
+    }
+    status.unassigned = items
+        .into_iter()
+        .filter(|(_, a)| !a)
+        .map(|(id, _)| id)
+        .collect();
+    if json {
+        match serde_json::to_string(&status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("coordinator: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "leader: {}\nitems: {} ({} unassigned)\n\n",
+        status.leader.as_deref().unwrap_or("(none)"),
+        status.items,
+        status.unassigned.len()
+    ));
+    out.push_str(&format!(
+        "{:<24} {:>6} {:>6}  {:<5} ITEMS\n",
+        "MEMBER", "WEIGHT", "COUNT", "STATE"
+    ));
+    for (id, m) in &status.members {
+        let state = if !m.live {
+            "gone"
+        } else if m.draining {
+            "drain"
+        } else {
+            "live"
+        };
+        let leader_mark = if status.leader.as_deref() == Some(id.as_str()) {
+            "*"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{:<24} {:>6} {:>6}  {:<5} {}\n",
+            format!("{id}{leader_mark}"),
+            m.weight,
+            m.count,
+            state,
+            m.items.join(",")
+        ));
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
+}

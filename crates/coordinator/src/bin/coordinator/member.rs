@@ -1,0 +1,82 @@
+//! `coordinator member`: a full member (registers, campaigns, leads while
+//! elected) that prints its settled workload as `coordinator worker` does.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use coordinator::config::parse_duration;
+use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
+use coordinator::{Backend, Error, ErrorChain, Workload};
+use tracing::{info, warn};
+
+use crate::worker::{config_of, flag, init_logging, print_line, shutdown_signal};
+use crate::{usage_error, WorkerArgs};
+
+/// Flags of `coordinator member`: every flag of `coordinator worker`, and these.
+#[derive(Args, Debug, Clone)]
+pub struct MemberArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Members prefix.
+    #[arg(long, default_value = DEFAULT_MEMBERS_PREFIX)]
+    pub members_prefix: String,
+    /// Work-items prefix.
+    #[arg(long, default_value = DEFAULT_WORK_PREFIX)]
+    pub work_prefix: String,
+    /// Session / lease TTL (Consul's minimum is 10s).
+    #[arg(long, value_parser = parse_duration, default_value = "15s", allow_hyphen_values = true)]
+    pub ttl: Duration,
+    /// How long the leader lets member and item changes soak before planning.
+    #[arg(long, value_parser = parse_duration, default_value = "3s", allow_hyphen_values = true)]
+    pub leader_soak: Duration,
+    /// This member's relative share of the work (0 takes nothing).
+    #[arg(long, default_value_t = 1)]
+    pub weight: u32,
+}
+
+pub async fn run(args: MemberArgs) -> ExitCode {
+    let mut config = config_of(args.worker);
+    config.members_prefix = args.members_prefix;
+    config.work_prefix = args.work_prefix;
+    config.ttl = args.ttl;
+    config.leader_soak = args.leader_soak;
+    config.weight = args.weight;
+    if let Err(e) = config
+        .validate()
+        .and_then(|()| config.member_config().map(drop))
+    {
+        return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason));
+    }
+    init_logging();
+    let backend = match Backend::connect(&config).await {
+        Ok(b) => b,
+        Err(Error::Config(e)) => {
+            return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason))
+        }
+        Err(e) => return usage_error(&ErrorChain(&e).to_string()),
+    };
+    let member = match backend.spawn_member(&config) {
+        Ok(m) => m,
+        Err(e) => return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason)),
+    };
+    info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
+    let mut changes = member.worker().changes();
+    let mut workload = Workload::new();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            change = changes.next() => {
+                let Some(change) = change else { break };
+                if !print_line(&config.instance_id, &mut workload, &change) {
+                    warn!("stdout closed; stopping");
+                    break;
+                }
+            }
+        }
+    }
+    member.halt().await;
+    ExitCode::SUCCESS
+}
