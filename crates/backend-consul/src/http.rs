@@ -546,12 +546,15 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_setting() {
-        let mut config = ConsulConfig::new(vec!["http://127.0.0.1:1".into()]);
+        let mut config = ConsulConfig::new(vec!["https://127.0.0.1:1".into()]);
         config.ca_cert = Some("/nonexistent/ca.pem".into());
         let err = Http::new(&config).err().unwrap();
-        assert!(err.to_string().contains("ca_cert"), "{err}");
+        assert!(
+            matches!(err, ConsulError::ReadFile { setting: "ca_cert", .. }),
+            "{err}"
+        );
 
-        let mut config = ConsulConfig::new(vec!["http://127.0.0.1:1".into()]);
+        let mut config = ConsulConfig::new(vec!["https://127.0.0.1:1".into()]);
         config.client_cert = Some("/nonexistent/c.pem".into());
         let err = Http::new(&config).err().unwrap();
         assert!(err.to_string().contains("client_key"), "{err}");
@@ -567,6 +570,64 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn tls_files_with_an_http_endpoint_are_refused() {
+        let mut config = ConsulConfig::new(vec!["http://127.0.0.1:8500".into()]);
+        config.ca_cert = Some("/nonexistent/ca.pem".into());
+        let err = Http::new(&config).err().unwrap();
+        let text = err.to_string();
+        for needle in ["ca_cert", "--ca-cert", "http://127.0.0.1:8500", "https://"] {
+            assert!(text.contains(needle), "{needle:?} missing: {text}");
+        }
+        // A bare host:port means https:// when TLS files are set.
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:8501", true).unwrap(),
+            "https://127.0.0.1:8501"
+        );
+        assert!(normalize_endpoint("https://127.0.0.1:8501", true).is_ok());
+        assert!(normalize_endpoint("http://127.0.0.1:8500", true).is_err());
+    }
+
+    #[test]
+    fn which_failures_move_to_the_next_endpoint() {
+        let status = |code: u16, body: &str| {
+            let mut body = body.as_bytes().to_vec();
+            answer_index(
+                reqwest::StatusCode::from_u16(code).unwrap(),
+                Some(&http::HeaderValue::from_static("7")),
+                &mut body,
+            )
+        };
+        for code in [500, 503, 429] {
+            let err = status(code, "No cluster leader").unwrap_err();
+            assert!(fails_over(&err), "{code}: {err:?}");
+        }
+        assert!(fails_over(&StoreError::Timeout(REQUEST_TIMEOUT)));
+        for code in [401, 403, 400] {
+            let err = status(code, "denied").unwrap_err();
+            assert!(!fails_over(&err), "{code}: {err:?}");
+        }
+        assert_eq!(status(200, "[]").unwrap(), 7);
+        assert_eq!(status(404, "").unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_fails_over_and_each_cause_shows_once() {
+        // Nothing listens on port 1 (connection refused) nor on port 2.
+        let config =
+            ConsulConfig::new(vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]);
+        let http = Http::new(&config).unwrap();
+        let err = http.read("p/", true, None).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let text = worker_core::ErrorChain(&err).to_string();
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+        // The next request goes to the second endpoint.
+        let err = http.read("p/", true, None).await.unwrap_err();
+        let text = worker_core::ErrorChain(&err).to_string();
+        assert!(text.contains("127.0.0.1:2"), "{text}");
     }
 
     #[test]
