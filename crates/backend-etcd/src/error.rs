@@ -55,33 +55,43 @@ impl EtcdError {
 }
 
 /// Maps an etcd-client error to the core's error kinds.
+///
+/// The error kept as the cause is the one that carries the information, never
+/// etcd-client's wrapper: its `Display` repeats the inner error's text and it has
+/// no `source`, so an [`ErrorChain`](worker_core::ErrorChain) would print the
+/// same cause twice and lose the rest of the chain.
 pub(crate) fn store_error(e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     match e {
         E::GRpcStatus(status) => status_error(status),
-        E::TransportError(_)
-        | E::IoError(_)
-        | E::WatchError(_)
-        | E::EndpointError(_)
-        | E::LeaseKeepAliveError(_)
-        | E::ElectError(_) => StoreError::unavailable(e),
+        E::TransportError(t) if is_certificate_refusal(&t) => StoreError::permission_denied(t),
+        E::TransportError(t) => StoreError::unavailable(t),
+        E::IoError(io) => StoreError::unavailable(io),
+        E::WatchError(_) | E::EndpointError(_) | E::LeaseKeepAliveError(_) | E::ElectError(_) => {
+            StoreError::unavailable(e)
+        }
         other => StoreError::protocol(other),
     }
 }
 
+/// What etcd says when it refuses credentials with a status code it also uses
+/// for unrelated errors (`InvalidArgument`, `FailedPrecondition`): the gRPC
+/// answer carries nothing typed beyond the code, so these messages (etcd's
+/// `rpctypes`, stable since 3.0) are the only way to tell them apart.
+const AUTH_REFUSALS: [&str; 4] = [
+    "authentication failed",
+    "user name is empty",
+    "user name not found",
+    "permission denied",
+];
+
 /// Maps a gRPC status from etcd.
 fn status_error(status: tonic::Status) -> StoreError {
-    let message = status.message().to_ascii_lowercase();
-    match status.code() {
+    let status = EtcdStatus(status);
+    match status.0.code() {
         Code::Unauthenticated | Code::PermissionDenied => StoreError::permission_denied(status),
-        // etcd answers a wrong password with InvalidArgument ("authentication failed,
-        // invalid user ID or password"), a missing user with FailedPrecondition.
         Code::InvalidArgument | Code::FailedPrecondition
-            if message.contains("authentication failed")
-                || message.contains("user name")
-                || message.contains("auth token")
-                || message.contains("permission denied")
-                || message.contains("user name is empty") =>
+            if AUTH_REFUSALS.iter().any(|m| status.0.message().contains(m)) =>
         {
             StoreError::permission_denied(status)
         }
@@ -103,45 +113,94 @@ fn status_error(status: tonic::Status) -> StoreError {
     }
 }
 
-/// Whether the TLS handshake failed because the server refused our certificate
-/// (or the lack of one): a fatal alert about certificates from the peer.
-fn is_certificate_refusal(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string().to_ascii_lowercase();
-        if text.contains("alert") && text.contains("certificate") {
-            return true;
+/// A gRPC status from etcd (or from the client's transport, as tonic reports
+/// it), displayed once: `Unavailable: etcdserver: no leader`.
+///
+/// tonic's own `Display` appends the `Debug` form of the status' source, which
+/// [`source`](StdError::source) returns as well, and tonic often sets the
+/// message to the source's text: printed with its chain, the same cause would
+/// appear two or three times. Here the message is left out when the source
+/// chain already says it.
+#[derive(Debug)]
+pub(crate) struct EtcdStatus(pub(crate) tonic::Status);
+
+impl std::fmt::Display for EtcdStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.0.message();
+        write!(f, "gRPC status {:?}", self.0.code())?;
+        let repeated = causes(self.0.source()).any(|c| c.to_string().contains(message));
+        if !message.is_empty() && !repeated {
+            write!(f, ": {message}")?;
         }
-        cur = err.source();
+        Ok(())
     }
-    false
+}
+
+impl StdError for EtcdStatus {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+/// `first` and each of its causes, looking inside the errors whose `source`
+/// skips what they wrap: an `io::Error` (its `source` is the wrapped error's
+/// source, not the wrapped error) and an `h2::Error` (no `source` at all).
+fn causes<'a>(
+    first: Option<&'a (dyn StdError + 'static)>,
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(first, |&e| {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                return Some(inner as &(dyn StdError + 'static));
+            }
+        }
+        if let Some(io) = e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
+            return Some(io as &(dyn StdError + 'static));
+        }
+        e.source()
+    })
+}
+
+/// Whether the TLS handshake failed because the server refused our certificate
+/// (or the lack of one): a fatal TLS alert about certificates from the peer.
+fn is_certificate_refusal(e: &(dyn StdError + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    causes(Some(e)).any(|c| {
+        matches!(
+            c.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::AlertReceived(
+                A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::CertificateRequired
+                    | A::AccessDenied
+            ))
+        )
+    })
 }
 
 /// Whether `e` says the call's HTTP/2 connection was closed under it: hyper's
-/// "keep-alive timed out", or h2's "stream closed because of a broken pipe"
-/// (what open calls get when hyper drops a connection whose keep-alive PING
-/// went unanswered).
+/// keep-alive timeout (a `hyper::Error` that is a timeout), or a stream h2
+/// closed with a broken pipe (what open calls get when hyper drops a connection
+/// whose keep-alive PING went unanswered). The caller only asks after a silence
+/// long enough for the keep-alive to have fired.
 pub(crate) fn is_connection_dropped(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     let start: &(dyn StdError + 'static) = match e {
         E::GRpcStatus(status) => status,
         E::TransportError(t) => t,
         E::IoError(io) => io,
-        other => return mentions_dropped(&other.to_string()),
+        _ => return false,
     };
-    let mut cur = Some(start);
-    while let Some(err) = cur {
-        if mentions_dropped(&err.to_string()) {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-fn mentions_dropped(text: &str) -> bool {
-    let text = text.to_ascii_lowercase();
-    text.contains("keep-alive timed out") || text.contains("broken pipe")
+    causes(Some(start)).any(|c| {
+        c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Whether trying another member (or reconnecting) may help after `e`.
@@ -198,6 +257,75 @@ mod tests {
         assert!(!is_connection_dropped(&etcd_client::Error::GRpcStatus(
             tonic::Status::unavailable("etcdserver: no leader")
         )));
+    }
+
+    #[test]
+    fn connection_drops_are_recognised_by_type_not_text() {
+        // A broken pipe whatever its wording.
+        let status = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "connection went away",
+        )));
+        assert!(is_connection_dropped(&etcd_client::Error::GRpcStatus(
+            status
+        )));
+        // Words alone, without the typed cause, are not a dropped connection.
+        assert!(!is_connection_dropped(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unknown("keep-alive timed out, broken pipe")
+        )));
+    }
+
+    #[test]
+    fn certificate_refusals_are_recognised_by_type_not_text() {
+        let alert = |d| {
+            tonic::Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(d),
+            )))
+        };
+        let e = store_error(etcd_client::Error::GRpcStatus(alert(
+            rustls::AlertDescription::UnknownCA,
+        )));
+        assert!(matches!(e, StoreError::PermissionDenied(_)), "{e:?}");
+        let e = store_error(etcd_client::Error::GRpcStatus(alert(
+            rustls::AlertDescription::CertificateRequired,
+        )));
+        assert!(matches!(e, StoreError::PermissionDenied(_)), "{e:?}");
+        // Another alert is an outage like any other.
+        let e = store_error(etcd_client::Error::GRpcStatus(alert(
+            rustls::AlertDescription::InternalError,
+        )));
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        // A message that merely mentions a certificate alert is not one.
+        let e = store_error(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "alert: certificate store reloading",
+        )));
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        // tonic makes the message of a transport failure its source's text.
+        let status = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error",
+        )));
+        let e = store_error(etcd_client::Error::GRpcStatus(status));
+        let chain = worker_core::ErrorChain(&e).to_string();
+        assert_eq!(chain.matches("tcp connect error").count(), 1, "{chain}");
+        assert_eq!(
+            chain,
+            "store unreachable: gRPC status Unknown: tcp connect error"
+        );
+        // A message of its own is kept.
+        let e = store_error(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "etcdserver: no leader",
+        )));
+        let chain = worker_core::ErrorChain(&e).to_string();
+        assert_eq!(
+            chain,
+            "store unreachable: gRPC status Unavailable: etcdserver: no leader"
+        );
     }
 
     #[test]

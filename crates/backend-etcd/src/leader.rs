@@ -27,12 +27,46 @@ use crate::error::store_error;
 use crate::pool::Pool;
 use crate::watch::{to_revision, Watcher};
 
-/// The current leader of the election whose keys start with `prefix`, and the
-/// revision the read was made at.
+/// The identity of a leadership term: the leader key and its create revision.
+/// A `Proclaim` rewrites the key's value, never these.
+type TermId = (Vec<u8>, i64);
+
+/// The id each term is reported with: the proposal its leader key held when
+/// this backend first saw the term. A `Proclaim` by the same leader (same key,
+/// same create revision, new value) thus changes nothing a worker sees, however
+/// often the observation is restarted.
+#[derive(Debug, Default)]
+pub(crate) struct Terms(Mutex<Option<(TermId, String)>>);
+
+impl Terms {
+    /// The leader for key `key` created at `create_revision`, holding `value` now.
+    fn leader(&self, key: &[u8], create_revision: i64, value: &[u8]) -> Leader {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = match &*last {
+            Some(((k, r), id)) if k == key && *r == create_revision => id.clone(),
+            _ => {
+                let id = String::from_utf8_lossy(value).into_owned();
+                *last = Some(((key.to_vec(), create_revision), id.clone()));
+                id
+            }
+        };
+        Leader {
+            id,
+            term: to_revision(create_revision),
+        }
+    }
+}
+
+/// The current leader of the election whose keys start with `prefix` (with
+/// its term's identity), and the revision the read was made at.
 pub(crate) async fn current_leader(
     pool: &Pool,
     prefix: &[u8],
-) -> Result<(Option<Leader>, i64), StoreError> {
+    terms: &Terms,
+) -> Result<(Option<(TermId, Leader)>, i64), StoreError> {
     let options = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
@@ -46,32 +80,35 @@ pub(crate) async fn current_leader(
     let revision = response
         .header()
         .map_or(0, etcd_client::ResponseHeader::revision);
-    let leader = response.kvs().first().map(|kv| Leader {
-        id: String::from_utf8_lossy(kv.value()).into_owned(),
-        term: to_revision(kv.create_revision()),
+    let leader = response.kvs().first().map(|kv| {
+        let leader = terms.leader(kv.key(), kv.create_revision(), kv.value());
+        ((kv.key().to_vec(), kv.create_revision()), leader)
     });
     Ok((leader, revision))
 }
 
 /// One observation of an election prefix: reads, then a watch that triggers
-/// new reads. Its `next` returns each state that differs from the last.
+/// new reads. Its `next` returns each state whose presence or term (leader key
+/// and create revision) differs from the last.
 pub(crate) struct Observation {
     pool: Arc<Pool>,
     prefix: Vec<u8>,
-    /// What the last call returned (`None`: nothing returned yet).
+    terms: Arc<Terms>,
+    /// The term last returned (`None`: nothing returned yet).
     // The three states (nothing returned / no leader / a leader) are all needed.
     #[allow(clippy::option_option)]
-    last: Option<Option<Leader>>,
+    last: Option<Option<TermId>>,
     watcher: Option<Watcher>,
     /// The election keys changed since the last read.
     dirty: bool,
 }
 
 impl Observation {
-    pub(crate) fn new(pool: Arc<Pool>, prefix: Vec<u8>) -> Self {
+    pub(crate) fn new(pool: Arc<Pool>, prefix: Vec<u8>, terms: Arc<Terms>) -> Self {
         Self {
             pool,
             prefix,
+            terms,
             last: None,
             watcher: None,
             dirty: true,
@@ -83,7 +120,7 @@ impl Observation {
     #[allow(clippy::option_option)]
     async fn step(&mut self) -> Result<Option<Option<Leader>>, StoreError> {
         if self.dirty || self.watcher.is_none() {
-            let (leader, revision) = current_leader(&self.pool, &self.prefix).await?;
+            let (leader, revision) = current_leader(&self.pool, &self.prefix, &self.terms).await?;
             if self.watcher.is_none() {
                 let watcher =
                     Watcher::open(self.pool.clone(), &self.prefix, revision.saturating_add(1))
@@ -91,8 +128,12 @@ impl Observation {
                 self.watcher = Some(watcher);
             }
             self.dirty = false;
-            if self.last.as_ref() != Some(&leader) {
-                self.last = Some(leader.clone());
+            let (term, leader) = match leader {
+                Some((term, leader)) => (Some(term), Some(leader)),
+                None => (None, None),
+            };
+            if self.last.as_ref() != Some(&term) {
+                self.last = Some(term);
                 return Ok(Some(leader));
             }
             return Ok(None);
@@ -152,6 +193,8 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 pub(crate) struct ElectionHub {
     pool: Arc<Pool>,
     prefix: Arc<[u8]>,
+    /// The id of each term, kept across restarts of the observation.
+    terms: Arc<Terms>,
     /// The running task's channel (the task holds the only strong reference, so a
     /// task that ended, even with its runtime, is never subscribed to).
     running: Mutex<Weak<watch::Sender<Observed>>>,
@@ -172,9 +215,15 @@ impl ElectionHub {
         Self {
             pool,
             prefix,
+            terms: Arc::default(),
             running: Mutex::new(Weak::new()),
             retry: Notify::new(),
         }
+    }
+
+    /// The ids of the terms seen by this backend value.
+    pub(crate) fn terms(&self) -> &Terms {
+        &self.terms
     }
 
     /// A stream on the shared observation, starting its task if none runs.
@@ -227,7 +276,8 @@ impl ElectionHub {
     }
 
     async fn run(self: Arc<Self>, tx: Arc<watch::Sender<Observed>>) {
-        let mut observation = Observation::new(self.pool.clone(), self.prefix.to_vec());
+        let mut observation =
+            Observation::new(self.pool.clone(), self.prefix.to_vec(), self.terms.clone());
         loop {
             let result = tokio::select! {
                 biased;
@@ -244,7 +294,11 @@ impl ElectionHub {
                     tx.send_replace(Observed::Failed(Arc::new(e)));
                     // Start afresh, so that the next state is published even if
                     // it equals the one before the failure.
-                    observation = Observation::new(self.pool.clone(), self.prefix.to_vec());
+                    observation = Observation::new(
+                        self.pool.clone(),
+                        self.prefix.to_vec(),
+                        self.terms.clone(),
+                    );
                     tokio::select! {
                         biased;
                         _ = self.unused(&tx) => return,

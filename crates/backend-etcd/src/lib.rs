@@ -117,6 +117,14 @@ impl EtcdBackend {
         self.pool.current_url().to_owned()
     }
 
+    /// How many times etcd refused the auth token of a new watch (it expired, or
+    /// the user's password or roles changed) and the backend authenticated
+    /// again and reopened the watch from the same revision. Always 0 without a
+    /// user and password.
+    pub fn token_refreshes(&self) -> u64 {
+        self.pool.token_refreshes()
+    }
+
     /// The key prefix of the election (`<election>/`).
     pub fn election_prefix(&self) -> &[u8] {
         &self.election_prefix
@@ -214,9 +222,13 @@ impl KvWatch for EtcdBackend {
 
 #[async_trait]
 impl LeaderWait for EtcdBackend {
-    /// The election's leader now. Cancel safe.
+    /// The election's leader now: the term is the leader key's create
+    /// revision, the id the proposal this backend value saw when the term began
+    /// (a `Proclaim` changes neither). Cancel safe.
     async fn leader(&self) -> Result<Option<Leader>, StoreError> {
-        Ok(current_leader(&self.pool, &self.election_prefix).await?.0)
+        let (leader, _) =
+            current_leader(&self.pool, &self.election_prefix, self.election.terms()).await?;
+        Ok(leader.map(|(_, leader)| leader))
     }
 
     /// A stream on the backend's one shared observation of the election (one

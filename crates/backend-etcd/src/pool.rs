@@ -8,7 +8,7 @@
 //! pool never touches the network.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -82,6 +82,8 @@ pub(crate) struct Pool {
     /// Options without credentials (those are applied per slot, lazily).
     options: ConnectOptions,
     credentials: Option<(String, String)>,
+    /// Authentications repeated because etcd refused a watch's token.
+    token_refreshes: AtomicU64,
     /// Bound on each request, and on detecting a dead connection.
     pub(crate) request_timeout: Duration,
     /// How dead connections are detected.
@@ -191,6 +193,7 @@ impl Pool {
             current: AtomicUsize::new(0),
             options,
             credentials,
+            token_refreshes: AtomicU64::new(0),
             request_timeout: keepalive,
             liveness,
         })
@@ -199,6 +202,21 @@ impl Pool {
     /// The URL of the endpoint requests go to now.
     pub(crate) fn current_url(&self) -> &str {
         &self.slots[self.current.load(Ordering::Relaxed) % self.slots.len()].url
+    }
+
+    /// Whether requests authenticate with a user and password.
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// Records an authentication repeated because etcd refused a watch's token.
+    pub(crate) fn count_token_refresh(&self) {
+        self.token_refreshes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times a watch's token was refused and authentication repeated.
+    pub(crate) fn token_refreshes(&self) -> u64 {
+        self.token_refreshes.load(Ordering::Relaxed)
     }
 
     /// The client of endpoint `i`, authenticated when credentials are set.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::time::Instant;
-use tracing::trace;
+use tracing::{debug, trace};
 use worker_core::{KvChange, KvEntry, KvStream, Revision, StoreError, WatchEvent};
 
 use crate::error::{is_connection_dropped, store_error, timeout};
@@ -54,24 +54,27 @@ impl Watcher {
             .with_start_revision(start)
             .with_progress_notify();
         let key = prefix.to_vec();
+        let shared: &Pool = &pool;
         let ((stream, first), slot) = pool
             .run(|client| {
                 let (key, options) = (key.clone(), options.clone());
                 async move {
-                    let mut stream = client
-                        .watch_client()
-                        .max_decoding_message_size(crate::MAX_MESSAGE)
-                        .watch(key, Some(options))
-                        .await
-                        .map_err(store_error)?;
-                    let first = stream
-                        .message()
-                        .await
-                        .map_err(store_error)?
-                        .ok_or_else(|| {
-                            StoreError::unavailable("the watch stream ended before it was created")
-                        })?;
-                    Ok((stream, first))
+                    let opened = open_stream(&client, &key, &options).await?;
+                    if !refused_token(&opened.1) || !shared.has_credentials() {
+                        return Ok(opened);
+                    }
+                    // etcd checks a watch's token when the watch is created, not
+                    // when the stream opens, so etcd-client's own refresh (on an
+                    // `Unauthenticated` status) never fires for watches: an expired
+                    // token comes back as a cancelled creation. Authenticate
+                    // again and retry once, from the same revision.
+                    debug!(
+                        reason = opened.1.cancel_reason(),
+                        "etcd refused the watch's auth token; authenticating again"
+                    );
+                    client.refresh_token().await.map_err(store_error)?;
+                    shared.count_token_refresh();
+                    open_stream(&client, &key, &options).await
                 }
             })
             .await?;
@@ -154,6 +157,46 @@ impl Watcher {
             }
         }
     }
+}
+
+/// Opens a watch stream and reads etcd's answer to the creation request.
+async fn open_stream(
+    client: &etcd_client::Client,
+    key: &[u8],
+    options: &WatchOptions,
+) -> Result<(WatchStream, WatchResponse), StoreError> {
+    let mut stream = client
+        .watch_client()
+        .max_decoding_message_size(crate::MAX_MESSAGE)
+        .watch(key.to_vec(), Some(options.clone()))
+        .await
+        .map_err(store_error)?;
+    let first = stream
+        .message()
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| StoreError::unavailable("the watch stream ended before it was created"))?;
+    Ok((stream, first))
+}
+
+/// Whether etcd cancelled a watch at creation because of the client's auth
+/// token. The cancel reason is the only information etcd gives (a string, no
+/// code): 3.5 says "invalid auth token" (or "auth revision is old" after an
+/// auth change); 3.4 says "permission denied" for an expired token as well as
+/// for a missing permission, so that one costs a single extra authentication
+/// (a real denial is still reported, by the retry).
+fn refused_token(response: &WatchResponse) -> bool {
+    if !response.canceled() || response.compact_revision() > 0 {
+        return false;
+    }
+    let reason = response.cancel_reason();
+    [
+        "invalid auth token",
+        "auth revision is old",
+        "permission denied",
+    ]
+    .iter()
+    .any(|m| reason.contains(m))
 }
 
 /// Sleeps until `deadline`; forever without one.

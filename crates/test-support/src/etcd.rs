@@ -20,6 +20,7 @@ pub struct EtcdBuilder {
     tls: Option<TlsFiles>,
     client_cert_auth: bool,
     start_timeout: Duration,
+    auth_token_ttl: Option<Duration>,
 }
 
 impl Default for EtcdBuilder {
@@ -28,6 +29,7 @@ impl Default for EtcdBuilder {
             tls: None,
             client_cert_auth: false,
             start_timeout: STARTUP_TIMEOUT,
+            auth_token_ttl: None,
         }
     }
 }
@@ -39,6 +41,16 @@ impl EtcdBuilder {
     pub fn tls(mut self, files: TlsFiles, client_cert_auth: bool) -> Self {
         self.tls = Some(files);
         self.client_cert_auth = client_cert_auth;
+        self
+    }
+
+    /// Simple auth tokens that expire after `ttl` without use (`--auth-token=simple
+    /// --auth-token-ttl`, whole seconds, at least 1; etcd's default is 300 s). Only matters
+    /// once [`EtcdCluster::enable_auth`] has turned authentication on. Members then log at
+    /// debug level, so that each expired token shows in the log ("deleted a simple token",
+    /// with its `user-name`): a test can wait for that instead of sleeping.
+    pub fn auth_token_ttl(mut self, ttl: Duration) -> Self {
+        self.auth_token_ttl = Some(ttl);
         self
     }
 
@@ -160,6 +172,12 @@ impl EtcdCluster {
                 .arg("--initial-cluster-state=new")
                 .arg("--logger=zap")
                 .arg("--log-outputs=stderr");
+            if let Some(ttl) = options.auth_token_ttl {
+                process
+                    .arg("--auth-token=simple")
+                    .arg(format!("--auth-token-ttl={}", ttl.as_secs().max(1)))
+                    .arg("--log-level=debug");
+            }
             if let Some(tls) = &options.tls {
                 process
                     .arg(format!("--cert-file={}", tls.server_cert.display()))

@@ -78,6 +78,10 @@ pub struct Counts {
     pub watches: Arc<AtomicUsize>,
     pub stream_errors: Arc<AtomicUsize>,
     pub lost: Arc<AtomicUsize>,
+    /// Notified: the open stream (or the next one) fails once with an injected
+    /// error, as when its connection is reset; the worker then resumes from its
+    /// revision without relisting.
+    pub break_stream: Arc<tokio::sync::Notify>,
 }
 
 impl Counts {
@@ -126,7 +130,13 @@ struct CountingStream {
 #[async_trait]
 impl KvStream for CountingStream {
     async fn next(&mut self) -> Result<WatchEvent, StoreError> {
-        let r = self.inner.next().await;
+        let r = tokio::select! {
+            biased;
+            () = self.counts.break_stream.notified() => {
+                Err(StoreError::Injected("watch connection reset by the test".into()))
+            }
+            r = self.inner.next() => r,
+        };
         match &r {
             Err(_) => {
                 self.counts.stream_errors.fetch_add(1, Ordering::SeqCst);

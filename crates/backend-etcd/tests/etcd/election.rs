@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backend_etcd::EtcdConfig;
+use etcd_client::{ProclaimOptions, ResignOptions};
 use test_support::EtcdServer;
 use worker_core::LeaderWait;
 
-use crate::common::{backend, init_tracing, spawn_worker, unique, wait_workload, ElectChild, WAIT};
+use crate::common::{
+    backend, init_tracing, plain_client, spawn_worker, unique, wait_workload, ElectChild, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_elect_leads_and_resigning_makes_the_worker_wait() {
@@ -187,4 +190,66 @@ async fn observe_streams_share_one_watch() {
         (watchers(&server.client_url()).await == before).then_some(())
     })
     .await;
+}
+
+/// A `Proclaim` by the leader (same key, same create revision, new value) is
+/// not a new leader: the term is what identifies one. Workers keep committing
+/// (no `leader_settle` pause) and streams report nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proclaim_by_the_same_leader_is_not_a_new_leader() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let election = unique("proclaim/leader");
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_election(&election)).await;
+    let p = format!("{}/", unique("proclaim"));
+    server.put(&format!("{p}m1/w1"), "1").await;
+
+    let mut client = plain_client(&server.client_urls()).await;
+    let lease = client.lease_grant(300, None).await.expect("lease").id();
+    let won = tokio::time::timeout(WAIT, client.campaign(election.as_str(), "alpha", lease))
+        .await
+        .expect("campaign timed out")
+        .expect("campaign");
+    let key = won.leader().expect("the leader key").clone();
+
+    let mut stream = etcd.observe().await.expect("observe");
+    let alpha = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("no first state")
+        .expect("first state")
+        .expect("a leader");
+    assert_eq!(alpha.id, "alpha");
+
+    // A leader_settle far beyond every wait below: a pause would be seen.
+    let worker = spawn_worker(&p, Arc::new(etcd.clone()), &etcd, Duration::from_secs(600));
+    wait_workload(&worker, &["w1"], "first sync under alpha").await;
+
+    client
+        .proclaim(
+            "alpha-v2",
+            Some(ProclaimOptions::new().with_leader(key.clone())),
+        )
+        .await
+        .expect("proclaim");
+    let leader_key = String::from_utf8(key.key().to_vec()).expect("UTF-8 key");
+    assert_eq!(server.get(&leader_key).await.as_deref(), Some("alpha-v2"));
+    // The same leader, with the id its term began with.
+    assert_eq!(etcd.leader().await.expect("leader"), Some(alpha.clone()));
+
+    // The worker does not pause: a change is published within the wait bound.
+    server.put(&format!("{p}m1/w2"), "2").await;
+    wait_workload(&worker, &["w1", "w2"], "a change after the proclaim").await;
+    assert_eq!(*worker.leader_watch().borrow(), Some(alpha.clone()));
+
+    // The stream's next state is the resignation, not the proclaim.
+    client
+        .resign(Some(ResignOptions::new().with_leader(key)))
+        .await
+        .expect("resign");
+    let next = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("no state after the resignation")
+        .expect("state");
+    assert_eq!(next, None, "the proclaim was reported as a new leader");
+    worker.halt().await;
 }

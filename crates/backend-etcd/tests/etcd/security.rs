@@ -9,7 +9,7 @@ use worker_core::{KvWatch, LeaderWait, StoreError};
 
 use crate::common::{
     backend, init_tracing, spawn_worker, unique, wait_count, wait_workload, CountingKv, Counts,
-    ElectChild,
+    ElectChild, WAIT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,6 +166,64 @@ async fn client_certificate_required() {
     let worker = spawn_worker(&p, kv, &anonymous, Duration::from_millis(200));
     wait_count("a refused list", &counts.list_errors, |n| n >= 1).await;
     assert!(!worker.is_ready());
+    worker.halt().await;
+    elect.resign().await;
+}
+
+/// An auth token that expires while the worker's watch is open costs no
+/// relist: when the watch is reopened, etcd refuses the old token at creation;
+/// the backend authenticates again and reopens it from the same revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_refreshed_without_a_relist() {
+    init_tracing();
+    let mut server = EtcdServer::builder()
+        .auth_token_ttl(Duration::from_secs(1))
+        .start_server()
+        .await;
+    server.enable_auth("coordinator", "s3cret-pw").await;
+    let election = unique("ttl/leader");
+    let p = format!("{}/", unique("ttl"));
+    server.put(&format!("{p}m1/w1"), "1").await;
+    let mut elect = ElectChild::start(server.cluster(), &election, "leader-1");
+    elect.wait_elected().await;
+
+    let etcd = backend(
+        EtcdConfig::new(server.client_urls())
+            .with_user("coordinator", "s3cret-pw")
+            .with_election(&election),
+    )
+    .await;
+    let counts = Counts::default();
+    let kv = Arc::new(CountingKv {
+        inner: Arc::new(etcd.clone()),
+        counts: counts.clone(),
+    });
+    let worker = spawn_worker(&p, kv, &etcd, Duration::from_millis(200));
+    wait_workload(&worker, &["w1"], "first sync with auth").await;
+    assert_eq!(Counts::get(&counts.lists), 1);
+
+    // The worker's only token (one authentication, then only open watches,
+    // which never use it again) expires: etcd logs it.
+    test_support::poll_until("etcd expires the worker's token", WAIT, || {
+        let log = server.cluster().log_tail(0, 400);
+        let expired = log
+            .lines()
+            .any(|l| l.contains("deleted a simple token") && l.contains("\"coordinator\""));
+        async move { expired.then_some(()) }
+    })
+    .await;
+
+    // The watch's connection breaks; the worker reopens it from its revision.
+    counts.break_stream.notify_one();
+    wait_count("the injected stream failure", &counts.stream_errors, |n| {
+        n >= 1
+    })
+    .await;
+    server.put(&format!("{p}m1/w2"), "2").await;
+    wait_workload(&worker, &["w1", "w2"], "a change after the token expired").await;
+    assert_eq!(Counts::get(&counts.lists), 1, "relisted");
+    assert_eq!(Counts::get(&counts.lost), 0, "position reported lost");
+    assert!(etcd.token_refreshes() >= 1, "no token refresh");
     worker.halt().await;
     elect.resign().await;
 }
