@@ -125,11 +125,11 @@ async fn sessions_have_the_documented_settings() {
     assert_eq!(info["TTL"], "10s", "{info}");
     assert_eq!(info["Behavior"], "delete", "{info}");
     assert_eq!(info["LockDelay"], 0, "{info}");
-    let checks = info
-        .get("NodeChecks")
-        .or_else(|| info.get("Checks"))
-        .and_then(serde_json::Value::as_array)
-        .map_or(0, Vec::len);
+    let checks: usize = ["Checks", "NodeChecks", "ServiceChecks"]
+        .iter()
+        .filter_map(|field| info.get(*field).and_then(serde_json::Value::as_array))
+        .map(Vec::len)
+        .sum();
     assert_eq!(checks, 0, "no node health checks: {info}");
 
     // Another session cannot take a bound key; a gone session binds nothing.
