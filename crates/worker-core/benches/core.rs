@@ -2,7 +2,8 @@
 #![allow(clippy::many_single_char_names)] // criterion-style short names in a benchmark.
 //! Benchmarks of the state machine: the cost of one single-key change (observe,
 //! soak, commit) with workloads of 1,000 / 10,000 / 100,000 items. The cost must
-//! not grow linearly with the workload.
+//! not grow linearly with the workload. And the memory store's cost of one write
+//! with 10 / 100 / 1,000 other members' watches open: it must not grow with them.
 //!
 //! Run: `cargo bench -p worker-core --bench core`
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use worker_core::machine::{Action, Machine, Timing};
-use worker_core::{KvChange, KvEntry, Leader, Snapshot, WatchEvent};
+use worker_core::{KvChange, KvEntry, KvWatch, Leader, MemoryStore, Snapshot, WatchEvent};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 
@@ -134,5 +135,48 @@ fn consul_style_snapshot(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single_key_change, consul_style_snapshot);
+/// One write under member 0's prefix, delivered to member 0's watch, while
+/// `n` other members' watches wait on the same store.
+fn memory_store_write(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_store_write");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(3));
+    for n in [10usize, 100, 1_000] {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = MemoryStore::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        rt.block_on(async {
+            for m in 0..=n {
+                let mut w = store.watch(&format!("svc/m{m}/"), 0).await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while w.next().await.is_ok() {
+                        if m == 0 && tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            tokio::task::yield_now().await;
+        });
+        let mut i = 0u64;
+        g.bench_with_input(BenchmarkId::new("watches", n), &n, |b, _| {
+            b.iter(|| {
+                i += 1;
+                store.put(format!("svc/m0/w{}", i % 1000), "v");
+                rt.block_on(rx.recv()).unwrap();
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    single_key_change,
+    consul_style_snapshot,
+    memory_store_write
+);
 criterion_main!(benches);

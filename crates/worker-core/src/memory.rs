@@ -7,13 +7,20 @@
 //! and a watch behind the compaction point reports [`WatchEvent::Lost`]. A
 //! leader slot stands for the leader election. Tests can make it unavailable,
 //! fail the next requests, or lose every watch's position.
+//!
+//! A write costs what it touches: each open watch has its own queue, registered
+//! under its prefix; a write appends the change to the queues of the watches
+//! whose prefix holds the key (found by looking up each prefix of the key, not
+//! by visiting every watch) and wakes only those. A woken watch takes its queue;
+//! it never rescans history (history is read once, when a watch opens behind
+//! the current revision).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 mod coord;
 
@@ -30,6 +37,9 @@ pub struct MemoryStats {
     pub watches: u64,
     /// Events returned by watch streams.
     pub events: u64,
+    /// Times a waiting watch stream was woken to deliver events: a write wakes
+    /// only the streams whose prefix holds the written key.
+    pub watch_wakeups: u64,
     /// Fenced transactions applied.
     pub txns: u64,
     /// Fenced transactions rejected because the fence no longer held.
@@ -48,6 +58,108 @@ struct State {
     fail_next: u32,
     stats: MemoryStats,
     sessions: coord::Sessions,
+    watchers: Watchers,
+}
+
+/// The open watch streams, indexed by prefix.
+#[derive(Debug, Default)]
+struct Watchers {
+    next_id: u64,
+    /// Prefix -> ids of the watches of that prefix.
+    by_prefix: BTreeMap<Vec<u8>, Vec<u64>>,
+    slots: HashMap<u64, Slot>,
+}
+
+/// One open watch stream's queue.
+#[derive(Debug)]
+struct Slot {
+    prefix: Vec<u8>,
+    /// Changes under the prefix not yet delivered, oldest first.
+    queue: Vec<KvChange>,
+    /// The queue grew past [`MemoryStore::HISTORY_LIMIT`] and was dropped:
+    /// the stream reports [`WatchEvent::Lost`].
+    overflowed: bool,
+    /// The stream is (about to be) waiting for `wake`.
+    waiting: bool,
+    wake: Arc<Notify>,
+}
+
+impl Slot {
+    fn wake(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Watchers {
+    fn register(&mut self, prefix: Vec<u8>, backlog: Vec<KvChange>) -> (u64, Arc<Notify>) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let wake = Arc::new(Notify::new());
+        self.by_prefix.entry(prefix.clone()).or_default().push(id);
+        self.slots.insert(
+            id,
+            Slot {
+                prefix,
+                queue: backlog,
+                overflowed: false,
+                waiting: false,
+                wake: wake.clone(),
+            },
+        );
+        (id, wake)
+    }
+
+    fn unregister(&mut self, id: u64) {
+        let Some(slot) = self.slots.remove(&id) else {
+            return;
+        };
+        if let Some(ids) = self.by_prefix.get_mut(&slot.prefix) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_prefix.remove(&slot.prefix);
+            }
+        }
+    }
+
+    /// Appends `change` to the queue of every watch whose prefix holds its key
+    /// and wakes those: O(key length × log prefixes + matching watches).
+    fn dispatch(&mut self, change: &KvChange) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let key = match change {
+            KvChange::Put(e) => &e.key[..],
+            KvChange::Delete { key } => &key[..],
+        };
+        for len in 0..=key.len() {
+            let Some(ids) = self.by_prefix.get(&key[..len]) else {
+                continue;
+            };
+            for id in ids {
+                let Some(slot) = self.slots.get_mut(id) else {
+                    continue;
+                };
+                if !slot.overflowed {
+                    slot.queue.push(change.clone());
+                    if slot.queue.len() > MemoryStore::HISTORY_LIMIT {
+                        slot.overflowed = true;
+                        slot.queue = Vec::new();
+                    }
+                }
+                slot.wake();
+            }
+        }
+    }
+
+    /// Wakes every waiting watch (a fault or a compaction they must see).
+    fn wake_all(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.wake();
+        }
+    }
 }
 
 impl State {
@@ -110,9 +222,12 @@ impl MemoryStore {
         self.inner.notify.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Records a write: the next revision, history, and the queues of the
+    /// watches it concerns (which are woken). Every write goes through here.
     fn record(s: &mut State, change: KvChange) -> Revision {
         s.revision += 1;
         let rev = s.revision;
+        s.watchers.dispatch(&change);
         s.history.push_back((rev, change));
         if s.history.len() > Self::HISTORY_LIMIT {
             let drop = s.history.len() - Self::HISTORY_LIMIT / 2;
@@ -130,7 +245,6 @@ impl MemoryStore {
             s.data.insert(entry.key.clone(), entry.value.clone());
             Self::record(&mut s, KvChange::Put(entry))
         };
-        self.wake();
         rev
     }
 
@@ -142,7 +256,6 @@ impl MemoryStore {
             s.data.remove(key)?;
             Self::record(&mut s, KvChange::Delete { key: key.to_vec() })
         };
-        self.wake();
         Some(rev)
     }
 
@@ -163,7 +276,6 @@ impl MemoryStore {
             }
             keys.len()
         };
-        self.wake();
         n
     }
 
@@ -198,6 +310,7 @@ impl MemoryStore {
                 s.history.pop_front();
             }
             s.compacted = s.compacted.max(revision);
+            s.watchers.wake_all();
         }
         self.wake();
     }
@@ -237,7 +350,11 @@ impl MemoryStore {
     /// Makes every request (and every open stream) fail with `reason` until
     /// [`set_available`](Self::set_available).
     pub fn set_unavailable(&self, reason: impl Into<String>) {
-        self.lock().unavailable = Some(reason.into());
+        {
+            let mut s = self.lock();
+            s.unavailable = Some(reason.into());
+            s.watchers.wake_all();
+        }
         self.wake();
     }
 
@@ -281,29 +398,53 @@ impl KvWatch for MemoryStore {
         let mut s = self.lock();
         s.check()?;
         s.stats.watches += 1;
+        let prefix = prefix.as_bytes().to_vec();
+        // Opened behind the current revision: the backlog, read from history
+        // once. Behind the compaction point there is none: the stream is lost.
+        let backlog = if after < s.revision && after >= s.compacted {
+            let start = s.history.partition_point(|(r, _)| *r <= after);
+            s.history
+                .range(start..)
+                .filter(|(_, c)| match c {
+                    KvChange::Put(e) => e.key.starts_with(&prefix),
+                    KvChange::Delete { key } => key.starts_with(&prefix),
+                })
+                .map(|(_, c)| c.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (id, wake) = s.watchers.register(prefix, backlog);
         Ok(Box::new(MemoryWatch {
             store: self.clone(),
-            rx: self.inner.notify.subscribe(),
-            prefix: prefix.as_bytes().to_vec(),
+            id,
+            wake,
             after,
         }))
     }
 }
 
+/// A watch stream: takes what writes queued for it.
 struct MemoryWatch {
     store: MemoryStore,
-    rx: watch::Receiver<u64>,
-    prefix: Vec<u8>,
+    id: u64,
+    wake: Arc<Notify>,
     after: Revision,
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.store.lock().watchers.unregister(self.id);
+    }
 }
 
 #[async_trait]
 impl KvStream for MemoryWatch {
     async fn next(&mut self) -> Result<WatchEvent, StoreError> {
         loop {
-            self.rx.borrow_and_update();
             {
-                let mut s = self.store.lock();
+                let mut guard = self.store.lock();
+                let s = &mut *guard;
                 if let Some(reason) = &s.unavailable {
                     return Err(StoreError::Injected(reason.clone()));
                 }
@@ -315,26 +456,31 @@ impl KvStream for MemoryWatch {
                         ),
                     });
                 }
-                let start = s.history.partition_point(|(r, _)| *r <= self.after);
-                let changes: Vec<KvChange> = s
-                    .history
-                    .range(start..)
-                    .filter(|(_, c)| match c {
-                        KvChange::Put(e) => e.key.starts_with(&self.prefix),
-                        KvChange::Delete { key } => key.starts_with(&self.prefix),
-                    })
-                    .map(|(_, c)| c.clone())
-                    .collect();
-                let revision = s.revision;
-                if !changes.is_empty() {
+                let Some(slot) = s.watchers.slots.get_mut(&self.id) else {
+                    return Err(StoreError::Injected("watch closed".into()));
+                };
+                if slot.overflowed {
+                    return Ok(WatchEvent::Lost {
+                        reason: format!(
+                            "watch fell more than {} changes behind",
+                            MemoryStore::HISTORY_LIMIT
+                        ),
+                    });
+                }
+                if !slot.queue.is_empty() {
+                    let changes = std::mem::take(&mut slot.queue);
+                    slot.waiting = false;
+                    let revision = s.revision;
                     self.after = revision;
                     s.stats.events += 1;
                     return Ok(WatchEvent::Changes { revision, changes });
                 }
+                // A write after this point finds `waiting` and stores a permit
+                // in `wake` even before the await below: no wake-up is lost.
+                slot.waiting = true;
             }
-            if self.rx.changed().await.is_err() {
-                return Err(StoreError::Injected("store dropped".into()));
-            }
+            self.wake.notified().await;
+            self.store.lock().stats.watch_wakeups += 1;
         }
     }
 }
