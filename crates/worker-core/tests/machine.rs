@@ -510,7 +510,10 @@ fn repeated_lost_positions_grow_the_backoff_until_real_progress() {
     }
     for (i, d) in delays.iter().enumerate() {
         let cap = (100 * MS * 2u32.pow(i as u32)).min(10_000 * MS);
-        assert!(*d >= 100 * MS && *d <= cap, "delay {i} = {d:?} over cap {cap:?}");
+        assert!(
+            *d >= 100 * MS && *d <= cap,
+            "delay {i} = {d:?} over cap {cap:?}"
+        );
     }
     assert!(
         delays[8..].iter().all(|d| *d > 1000 * MS),
@@ -524,7 +527,11 @@ fn repeated_lost_positions_grow_the_backoff_until_real_progress() {
     assert_eq!(t.m.kv_failures(), 0);
     t.m.handle_watch(t.now, WatchEvent::Lost { reason: "x".into() });
     t.drain();
-    assert_eq!(t.actions.last(), Some(&Action::List), "first loss after progress relists at once");
+    assert_eq!(
+        t.actions.last(),
+        Some(&Action::List),
+        "first loss after progress relists at once"
+    );
 }
 
 #[test]
