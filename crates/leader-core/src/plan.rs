@@ -174,81 +174,106 @@ pub fn plan(
     members: &BTreeMap<MemberId, u32>,
     current: &Assignment,
 ) -> Plan {
+    // Items are handled by their position in `items` (sorted), members by their position in
+    // `members` (sorted); `NONE` is "no (live) member".
+    const NONE: usize = usize::MAX;
     let ids: Vec<&MemberId> = members.keys().collect();
-    let n = items.len();
+    let items_v: Vec<&WorkId> = items.iter().collect();
+    let n = items_v.len();
 
-    // Each live member's items (with their hash), and the orphans.
-    let mut own: Vec<Vec<(u64, &WorkId)>> = vec![Vec::new(); ids.len()];
-    let mut pool: Vec<(u64, &WorkId)> = Vec::new();
-    let mut orphans = 0;
-    for item in items {
-        let owner = current.get(item).and_then(|o| ids.binary_search(&o).ok());
-        match owner {
-            Some(i) => own[i].push((stable_hash(item), item)),
-            None => {
-                orphans += 1;
-                pool.push((stable_hash(item), item));
-            }
+    // The live owner of each item: one merge walk of two sorted sequences.
+    let mut old = vec![NONE; n];
+    let mut cur = current.iter().peekable();
+    for (x, item) in items_v.iter().enumerate() {
+        while cur.next_if(|&(w, _)| w < *item).is_some() {}
+        if let Some((_, owner)) = cur.next_if(|&(w, _)| w == *item) {
+            old[x] = ids.binary_search(&owner).unwrap_or(NONE);
         }
     }
+
+    let mut own: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
+    let mut pool: Vec<(u64, usize)> = Vec::new();
+    for (x, &o) in old.iter().enumerate() {
+        if o == NONE {
+            pool.push((stable_hash(items_v[x]), x));
+        } else {
+            own[o].push(x);
+        }
+    }
+    let orphans = pool.len();
     let counts: Vec<usize> = own.iter().map(Vec::len).collect();
     let targets = targets(n, members, &counts);
 
-    let mut assignment_pairs: Vec<(WorkId, MemberId)> = Vec::with_capacity(n);
+    // Over-quota members shed the items of largest hash.
+    let mut new = old.clone();
     let mut moved = 0;
-    for (i, mine) in own.iter_mut().enumerate() {
+    for (i, mine) in own.iter().enumerate() {
         if mine.len() > targets[i] {
-            mine.sort_unstable();
-            let shed = mine.split_off(targets[i]);
-            moved += shed.len();
-            pool.extend(shed);
+            let mut keyed: Vec<(u64, usize)> =
+                mine.iter().map(|&x| (stable_hash(items_v[x]), x)).collect();
+            keyed.sort_unstable();
+            for &(h, x) in &keyed[targets[i]..] {
+                new[x] = NONE;
+                pool.push((h, x));
+            }
+            moved += keyed.len() - targets[i];
         }
-        assignment_pairs.extend(mine.iter().map(|&(_, w)| (w.clone(), ids[i].clone())));
     }
 
-    let placed;
-    if targets.iter().sum::<usize>() == 0 {
-        // Nobody can take anything: the shed items were counted as moved, the orphans stay
-        // unplaced.
-        placed = 0;
-    } else {
+    // Items to place, dealt round-robin over the members with room.
+    let mut placed = 0;
+    if targets.iter().any(|&t| t > 0) {
         placed = orphans;
         pool.sort_unstable();
         let mut order: Vec<(u64, &MemberId, usize)> = ids
             .iter()
             .enumerate()
-            .filter(|&(i, _)| own[i].len() < targets[i])
+            .filter(|&(i, _)| counts[i] < targets[i])
             .map(|(i, m)| (stable_hash(m), *m, i))
             .collect();
         order.sort_unstable();
         let mut room: VecDeque<(usize, usize)> = order
             .into_iter()
-            .map(|(.., i)| (i, targets[i] - own[i].len()))
+            .map(|(.., i)| (i, targets[i] - counts[i]))
             .collect();
-        for (_, item) in pool {
+        for (_, x) in pool {
             let (i, left) = room
                 .pop_front()
                 .expect("targets sum to the number of items");
-            assignment_pairs.push((item.clone(), ids[i].clone()));
+            new[x] = i;
             if left > 1 {
                 room.push_back((i, left - 1));
             }
         }
     }
 
-    assignment_pairs.sort_unstable();
-    let assignment: Assignment = assignment_pairs.into_iter().collect();
+    let assignment: Assignment = items_v
+        .iter()
+        .zip(&new)
+        .filter(|&(_, &i)| i != NONE)
+        .map(|(&w, &i)| (w.clone(), ids[i].clone()))
+        .collect();
 
-    let revoked = current
-        .iter()
-        .filter(|&(item, old)| assignment.get(item) != Some(old))
-        .map(|(item, old)| (item.clone(), old.clone()))
-        .collect();
-    let assigned = assignment
-        .iter()
-        .filter(|&(item, new)| current.get(item) != Some(new))
-        .map(|(item, new)| (item.clone(), new.clone()))
-        .collect();
+    // The key-level diff: a second merge walk, in item order (so both lists come out sorted).
+    let mut revoked = Vec::new();
+    let mut assigned = Vec::new();
+    let mut cur = current.iter().peekable();
+    for (x, &item) in items_v.iter().enumerate() {
+        while let Some((w, o)) = cur.next_if(|&(w, _)| w < item) {
+            revoked.push((w.clone(), o.clone()));
+        }
+        let existing = cur.next_if(|&(w, _)| w == item).map(|(_, o)| o);
+        if old[x] != NONE && old[x] == new[x] {
+            continue;
+        }
+        if let Some(o) = existing {
+            revoked.push((item.clone(), o.clone()));
+        }
+        if new[x] != NONE {
+            assigned.push((item.clone(), ids[new[x]].clone()));
+        }
+    }
+    revoked.extend(cur.map(|(w, o)| (w.clone(), o.clone())));
 
     Plan {
         assignment,
