@@ -53,6 +53,7 @@
 //! HTTPS endpoints given without a CA file) is always built in.
 
 mod config;
+mod coord;
 mod error;
 mod leader;
 mod pool;
@@ -70,6 +71,7 @@ use worker_core::{
 pub use config::{
     EtcdConfig, DEFAULT_ELECTION, DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE, MIN_KEEPALIVE,
 };
+pub use coord::{lease_ttl, MAX_TXN_OPS};
 pub use error::EtcdError;
 #[doc(no_inline)]
 pub use worker_core::WatchEvent;

@@ -7,5 +7,6 @@ mod cluster;
 mod common;
 mod conformance;
 mod election;
+mod member;
 mod outages;
 mod security;

@@ -1,0 +1,403 @@
+//! The leader-half traits on etcd: sessions are leases, the election is etcd's
+//! v3 election protocol, fenced writes are transactions comparing the leader
+//! key's create revision.
+//!
+//! Every request goes through the backend's [`Pool`](crate::pool::Pool)
+//! (failover, request timeout, authentication), like the worker's reads.
+//!
+//! - **Sessions**: a lease granted with the TTL in whole seconds, rounded up.
+//!   etcd raises a TTL below its minimum (`ceil(1.5 × --election-timeout)`,
+//!   2 s with the default 1 s election timeout) to that minimum. A
+//!   [`SessionId`] is the lease id in lowercase hexadecimal, as `etcdctl lease
+//!   list` and the election keys name it. Renewing sends one request on a
+//!   `LeaseKeepAlive` stream and reads one answer.
+//! - **Election** (compatible with `etcdctl elect NAME PROPOSAL` and etcd's
+//!   `concurrency` package): a candidate creates `NAME/<lease id in hex>`
+//!   bound to its lease, if absent; the leader is the key under `NAME/` with
+//!   the lowest create revision, and the term is that create revision. A
+//!   candidate that is not first keeps its key (it is queued, as
+//!   `Campaign` queues) and leads once every older key is gone.
+//! - **Fenced writes**: one transaction whose only compare is
+//!   `create_revision(leader key) == term`; a key deleted (resigned, lease
+//!   ended) and created again has a new create revision, so a deposed leader
+//!   can never match.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOpResponse, TxnResponse};
+use worker_core::{
+    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, StoreError, TxnOp, TxnOutcome,
+};
+
+use crate::error::store_error;
+use crate::leader::{current_leader, Terms};
+use crate::watch::to_revision;
+use crate::EtcdBackend;
+
+/// Operations per fenced transaction: etcd's default `--max-txn-ops` (128)
+/// less one, the slot the fence takes under the core's convention. (etcd
+/// counts the compares and each branch separately, so this leaves room.)
+pub const MAX_TXN_OPS: usize = 127;
+
+/// The lease TTL asked of etcd for a session TTL: whole seconds, rounded up,
+/// at least 1 (etcd itself raises it to its minimum, 2 s by default).
+pub fn lease_ttl(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// The lease behind a session id (`None`: not one of ours, so no such lease).
+fn lease_of(session: &SessionId) -> Option<i64> {
+    i64::from_str_radix(&session.0, 16).ok().filter(|id| *id > 0)
+}
+
+/// The session id of a lease: its id in lowercase hex, as etcd's election
+/// keys (`fmt.Sprintf("%s/%x", name, lease)`) and `etcdctl` print it.
+fn session_of(lease: i64) -> SessionId {
+    SessionId(format!("{lease:x}"))
+}
+
+/// This lease's candidate key in `election`: `<election>/<lease in hex>`.
+fn candidate_key(election: &str, lease: i64) -> String {
+    format!("{election}/{lease:x}")
+}
+
+/// Whether etcd answered "requested lease not found" (gRPC `NotFound`).
+fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::NotFound && s.message().contains("lease not found")
+        }
+        // etcd-client's `lease_keep_alive` turns an answer with TTL 0 (what
+        // etcd sends for a lease that does not exist) into this error.
+        etcd_client::Error::LeaseKeepAliveError(m) => m == "lease not found",
+        _ => false,
+    }
+}
+
+/// The term as etcd stores revisions.
+fn revision_i64(term: u64) -> i64 {
+    i64::try_from(term).unwrap_or(i64::MAX)
+}
+
+impl EtcdBackend {
+    /// Runs `txn` through the pool; `Ok(None)` when etcd says a lease it names
+    /// does not exist.
+    async fn txn_unless_lease_gone(&self, txn: Txn) -> Result<Option<TxnResponse>, StoreError> {
+        let (response, _) = self
+            .pool
+            .run(|mut client| {
+                let txn = txn.clone();
+                async move {
+                    match client.txn(txn).await {
+                        Ok(r) => Ok(Some(r)),
+                        Err(e) if is_lease_not_found(&e) => Ok(None),
+                        Err(e) => Err(store_error(e)),
+                    }
+                }
+            })
+            .await?;
+        Ok(response)
+    }
+
+    /// The term ids of `election`: this backend's own (shared with its
+    /// [`LeaderWait`](worker_core::LeaderWait)) when it is the backend's
+    /// election, so that a fence reports the leader exactly as the
+    /// observation does; fresh ones otherwise.
+    fn with_terms<'a>(&'a self, prefix: &[u8], fresh: &'a Terms) -> &'a Terms {
+        if prefix == &*self.election_prefix {
+            self.election.terms()
+        } else {
+            fresh
+        }
+    }
+}
+
+#[async_trait]
+impl Membership for EtcdBackend {
+    /// A lease grant with `ttl` in whole seconds, rounded up (see
+    /// [`lease_ttl`]; etcd raises it to its minimum). Cancel safe (a dropped
+    /// call may leave a lease that expires by its TTL).
+    async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError> {
+        let secs = lease_ttl(ttl);
+        let (response, _) = self
+            .pool
+            .run(|mut client| async move {
+                client.lease_grant(secs, None).await.map_err(store_error)
+            })
+            .await?;
+        if response.id() <= 0 {
+            return Err(StoreError::protocol(format!(
+                "etcd granted a lease with id {}",
+                response.id()
+            )));
+        }
+        Ok(session_of(response.id()))
+    }
+
+    /// One keep-alive request on a `LeaseKeepAlive` stream and its answer;
+    /// `Ok(false)` when etcd answers TTL 0 (the lease does not exist). Cancel
+    /// safe.
+    async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError> {
+        let Some(lease) = lease_of(session) else {
+            return Ok(false);
+        };
+        let (alive, _) = self
+            .pool
+            .run(|mut client| async move {
+                match client.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_lease_not_found(&e) => Ok(false),
+                    Err(e) => Err(store_error(e)),
+                }
+            })
+            .await?;
+        Ok(alive)
+    }
+
+    /// A lease revoke (etcd deletes the lease's keys, and with them its
+    /// election candidacy); a lease that is already gone is not an error.
+    /// Cancel safe.
+    async fn close_session(&self, session: &SessionId) -> Result<(), StoreError> {
+        let Some(lease) = lease_of(session) else {
+            return Ok(());
+        };
+        self.pool
+            .run(|mut client| async move {
+                match client.lease_revoke(lease).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_lease_not_found(&e) => Ok(()),
+                    Err(e) => Err(store_error(e)),
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// One transaction: if `key` does not exist, or is already bound to this
+    /// lease, put it bound to the lease; otherwise nothing (`Ok(false)`). A
+    /// lease that no longer exists gives `Ok(false)`. Cancel safe.
+    async fn put_bound(
+        &self,
+        session: &SessionId,
+        key: &str,
+        value: Bytes,
+    ) -> Result<bool, StoreError> {
+        let Some(lease) = lease_of(session) else {
+            return Ok(false);
+        };
+        let put = || {
+            etcd_client::TxnOp::put(
+                key,
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        };
+        // The else branch is a nested transaction (etcd >= 3.3): one round trip.
+        let ours = Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
+            .and_then([put()]);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([put()])
+            .or_else([etcd_client::TxnOp::txn(ours)]);
+        let Some(response) = self.txn_unless_lease_gone(txn).await? else {
+            return Ok(false);
+        };
+        if response.succeeded() {
+            return Ok(true);
+        }
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, TxnOpResponse::Txn(inner) if inner.succeeded())))
+    }
+}
+
+#[async_trait]
+impl Election for EtcdBackend {
+    /// Campaigns as etcd's `concurrency` package does: creates
+    /// `<election>/<lease in hex>` with `value`, bound to the lease, if absent
+    /// (a transaction on create revision 0), then reads the key with the
+    /// lowest create revision under `<election>/`. Ours: the fence, with the
+    /// leader as this backend's [`LeaderWait`](worker_core::LeaderWait)
+    /// reports it. Another: `None`, and our key stays queued. A lease that is
+    /// gone: `None`. Cancel safe (a dropped call may leave our key queued,
+    /// which the next call finds).
+    async fn try_lead(
+        &self,
+        election: &str,
+        session: &SessionId,
+        value: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        let Some(lease) = lease_of(session) else {
+            return Ok(None);
+        };
+        let key = candidate_key(election, lease);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([etcd_client::TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if self.txn_unless_lease_gone(txn).await?.is_none() {
+            return Ok(None);
+        }
+        let prefix = format!("{election}/");
+        let fresh = Terms::default();
+        let terms = self.with_terms(prefix.as_bytes(), &fresh);
+        let (leader, _) = current_leader(&self.pool, prefix.as_bytes(), terms).await?;
+        Ok(match leader {
+            Some(((leader_key, _), leader)) if leader_key == key.as_bytes() => Some(Fence {
+                session: session.clone(),
+                key,
+                leader,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The value of the key with the lowest create revision under
+    /// `<election>/` (an outside campaigner's proposal as it is now). Cancel
+    /// safe.
+    async fn leader_value(&self, election: &str) -> Result<Option<String>, StoreError> {
+        let prefix = format!("{election}/");
+        let (leader, _) = current_leader(&self.pool, prefix.as_bytes(), &Terms::default()).await?;
+        Ok(leader.map(|(_, leader)| leader.id))
+    }
+
+    /// Deletes the fence's key if it still has the fence's create revision
+    /// (a transaction, as etcd's `Resign`); nothing when it is gone. The lease
+    /// is kept (the member's key stays). Cancel safe.
+    async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                fence.key.as_str(),
+                CompareOp::Equal,
+                revision_i64(fence.term()),
+            )])
+            .and_then([etcd_client::TxnOp::delete(fence.key.as_str(), None)]);
+        self.txn_unless_lease_gone(txn).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FencedWrite for EtcdBackend {
+    /// [`MAX_TXN_OPS`]: 127.
+    fn max_ops(&self) -> usize {
+        MAX_TXN_OPS
+    }
+
+    /// One transaction: `create_revision(fence.key) == fence.term` then the
+    /// puts and deletes, else nothing ([`TxnOutcome::Fenced`]). Applied: the
+    /// revision of the answer's header. More than [`MAX_TXN_OPS`] operations
+    /// is refused before sending. Not cancel safe in the sense that a dropped
+    /// call may or may not have been applied (as for any error).
+    async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
+        if ops.len() > MAX_TXN_OPS {
+            return Err(StoreError::protocol(format!(
+                "a fenced transaction of {} operations exceeds etcd's limit of {MAX_TXN_OPS}",
+                ops.len()
+            )));
+        }
+        let then: Vec<etcd_client::TxnOp> = ops
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value } => {
+                    etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None)
+                }
+                TxnOp::Delete { key } => etcd_client::TxnOp::delete(key.as_str(), None),
+            })
+            .collect();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                fence.key.as_str(),
+                CompareOp::Equal,
+                revision_i64(fence.term()),
+            )])
+            .and_then(then);
+        let (response, _) = self
+            .pool
+            .run(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await.map_err(store_error) }
+            })
+            .await?;
+        if !response.succeeded() {
+            return Ok(TxnOutcome::Fenced);
+        }
+        let revision = response
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
+        Ok(TxnOutcome::Applied {
+            revision: to_revision(revision),
+        })
+    }
+}
+
+#[async_trait]
+impl KvWrite for EtcdBackend {
+    /// A plain put (no lease). Cancel safe.
+    async fn put_key(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
+        self.pool
+            .run(|mut client| {
+                let value = value.to_vec();
+                async move {
+                    client
+                        .put(key, value, None)
+                        .await
+                        .map(|_| ())
+                        .map_err(store_error)
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A plain delete; `Ok(false)` when the key did not exist. Cancel safe.
+    async fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
+        let (deleted, _) = self
+            .pool
+            .run(|mut client| async move {
+                client
+                    .delete(key, None)
+                    .await
+                    .map(|r| r.deleted() > 0)
+                    .map_err(store_error)
+            })
+            .await?;
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ttls_round_up_to_whole_seconds() {
+        assert_eq!(lease_ttl(Duration::from_secs(3)), 3);
+        assert_eq!(lease_ttl(Duration::from_millis(2_001)), 3);
+        assert_eq!(lease_ttl(Duration::from_millis(300)), 1);
+        assert_eq!(lease_ttl(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn sessions_and_candidate_keys_use_lowercase_hex() {
+        let lease = 0x694d_77aa_9e38_260f;
+        assert_eq!(session_of(lease).0, "694d77aa9e38260f");
+        assert_eq!(lease_of(&session_of(lease)), Some(lease));
+        assert_eq!(candidate_key("e/leader", 0xab), "e/leader/ab");
+        assert_eq!(lease_of(&SessionId("mem-1".into())), None);
+        assert_eq!(lease_of(&SessionId("0".into())), None);
+    }
+}

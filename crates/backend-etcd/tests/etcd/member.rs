@@ -1,0 +1,415 @@
+//! The leader half on a real etcd: the member conformance suite, leases, and
+//! the election against `etcdctl elect` campaigns.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backend_etcd::{EtcdConfig, MAX_TXN_OPS};
+use bytes::Bytes;
+use etcd_client::{GetOptions, SortOrder, SortTarget};
+use leader_core::conformance::{self, ClusterStore};
+use leader_core::{Layout, MemberStore};
+use test_support::EtcdServer;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use worker_core::{
+    Election, FencedWrite, LeaderWait, Membership, SessionId, TxnOp, TxnOutcome,
+};
+
+use crate::common::{backend, init_tracing, plain_client, unique, WAIT};
+
+/// The suite's store: a real etcd, a fresh backend per member.
+struct EtcdMembers {
+    urls: Vec<String>,
+    client: etcd_client::Client,
+}
+
+impl EtcdMembers {
+    async fn new(server: &EtcdServer) -> Self {
+        Self {
+            urls: server.client_urls(),
+            client: plain_client(&server.client_urls()).await,
+        }
+    }
+}
+
+#[async_trait]
+impl ClusterStore for EtcdMembers {
+    async fn connect(&self, layout: &Layout) -> MemberStore {
+        let etcd = backend(EtcdConfig::new(self.urls.clone()).with_election(&layout.leader)).await;
+        MemberStore::from_backend(etcd)
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+    fn expiry_bound(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+    async fn put(&self, key: &str, value: &[u8]) {
+        self.client
+            .clone()
+            .put(key, value, None)
+            .await
+            .expect("put");
+    }
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let response = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .expect("get");
+        let mut keys: Vec<String> = response
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+async fn suite() -> (EtcdServer, EtcdMembers, String) {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let store = EtcdMembers::new(&server).await;
+    let root = format!("{}/", unique("member"));
+    (server, store, root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_bound_keys() {
+    let (_server, store, root) = suite().await;
+    conformance::sessions_and_bound_keys(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_and_fencing() {
+    let (_server, store, root) = suite().await;
+    conformance::election_and_fencing(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_spread_work() {
+    let (_server, store, root) = suite().await;
+    conformance::members_spread_work(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_halt_hands_over() {
+    let (_server, store, root) = suite().await;
+    conformance::leader_halt_hands_over(&store, &root).await;
+}
+
+/// The lease behind a session id (lowercase hex).
+fn lease(session: &SessionId) -> i64 {
+    i64::from_str_radix(&session.0, 16).expect("a session id is a lease id in hex")
+}
+
+/// Waits until `key` is deleted (a watch, so the deletion itself is the event).
+async fn wait_deleted(client: &etcd_client::Client, key: &str, what: &str) {
+    let mut client = client.clone();
+    let mut stream = client.watch(key, None).await.expect("watch");
+    if client
+        .get(key, None)
+        .await
+        .expect("get")
+        .kvs()
+        .is_empty()
+    {
+        return;
+    }
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let response = stream.message().await.expect("watch").expect("watch open");
+            if response
+                .events()
+                .iter()
+                .any(|e| e.event_type() == etcd_client::EventType::Delete)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"));
+}
+
+/// Leases as sessions: the TTL is rounded up to whole seconds (and raised to
+/// etcd's minimum), a bound key carries the lease, another lease cannot take
+/// it, and a lease that expires takes its key and cannot be renewed or bound
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_hold_bound_keys_until_they_expire() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let etcd = backend(EtcdConfig::new(server.client_urls())).await;
+    let mut client = plain_client(&server.client_urls()).await;
+    let root = unique("lease");
+    let key = format!("{root}/members/a");
+
+    let rounded = etcd
+        .open_session(Duration::from_millis(2_500))
+        .await
+        .expect("open");
+    let ttl = client
+        .lease_time_to_live(lease(&rounded), None)
+        .await
+        .expect("ttl");
+    assert_eq!(ttl.granted_ttl(), 3, "2.5 s rounds up to 3 s");
+    let raised = etcd
+        .open_session(Duration::from_millis(300))
+        .await
+        .expect("open");
+    let ttl = client
+        .lease_time_to_live(lease(&raised), None)
+        .await
+        .expect("ttl");
+    assert!(
+        ttl.granted_ttl() >= 2,
+        "etcd raises a TTL below its minimum: {}",
+        ttl.granted_ttl()
+    );
+    // etcdctl names sessions the way the backend does.
+    let listed = server.ctl(["lease", "list"]).await;
+    assert!(listed.contains(&rounded.0), "{rounded} not in {listed}");
+    etcd.close_session(&rounded).await.expect("close");
+
+    // `raised` holds the key; another lease cannot take it; the holder can
+    // write it again.
+    assert!(etcd
+        .put_bound(&raised, &key, Bytes::from_static(b"{}"))
+        .await
+        .expect("put_bound"));
+    let other = etcd.open_session(Duration::from_secs(30)).await.expect("open");
+    assert!(!etcd
+        .put_bound(&other, &key, Bytes::from_static(b"x"))
+        .await
+        .expect("put_bound"));
+    assert!(etcd
+        .put_bound(&raised, &key, Bytes::from_static(b"{\"weight\":2}"))
+        .await
+        .expect("put_bound again"));
+    let got = client.get(key.as_str(), None).await.expect("get");
+    let kv = &got.kvs()[0];
+    assert_eq!(kv.lease(), lease(&raised));
+    assert_eq!(kv.value(), b"{\"weight\":2}");
+    assert!(etcd.renew_session(&raised).await.expect("renew"));
+
+    // Not renewed: etcd expires the lease and deletes its key.
+    wait_deleted(&client, &key, "the expired lease's key to go").await;
+    assert!(!etcd.renew_session(&raised).await.expect("renew"));
+    assert!(!etcd
+        .put_bound(&raised, &key, Bytes::from_static(b"{}"))
+        .await
+        .expect("put_bound on an expired lease"));
+    etcd.close_session(&raised)
+        .await
+        .expect("closing an expired lease is no error");
+    // Now free: the other lease takes it.
+    assert!(etcd
+        .put_bound(&other, &key, Bytes::from_static(b"x"))
+        .await
+        .expect("put_bound"));
+    etcd.close_session(&other).await.expect("close");
+    assert_eq!(etcd.max_ops(), MAX_TXN_OPS);
+}
+
+/// `etcdctl elect NAME PROPOSAL` as a child process, killed when dropped.
+struct Outsider {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Outsider {
+    fn start(server: &EtcdServer, election: &str, proposal: &str) -> Self {
+        let mut child = server
+            .cluster()
+            .etcdctl(["elect", election, proposal])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn etcdctl elect");
+        let stdout = child.stdout.take().expect("stdout piped");
+        Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// Waits until etcdctl prints the leader key (it was elected).
+    async fn wait_elected(&mut self) {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("etcdctl elect: not elected in time")
+            .expect("read etcdctl output");
+        assert!(line.is_some(), "etcdctl elect exited without being elected");
+    }
+}
+
+/// The keys under `<election>/`, oldest campaign first, with their leases.
+async fn candidates(client: &etcd_client::Client, election: &str) -> Vec<(String, i64)> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let response = client
+        .clone()
+        .get(format!("{election}/"), Some(options))
+        .await
+        .expect("get");
+    response
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease()))
+        .collect()
+}
+
+/// A campaign held by `etcdctl elect` keeps `try_lead` at `None` (our key
+/// queued behind it), even after the etcdctl process is killed, as long as its
+/// lease lives; once the lease is gone, `try_lead` leads, with the leader the
+/// backend's `LeaderWait` reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let election = unique("outsider/leader");
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_election(&election)).await;
+    let client = plain_client(&server.client_urls()).await;
+
+    let mut outsider = Outsider::start(&server, &election, "outsider");
+    outsider.wait_elected().await;
+    let session = etcd.open_session(Duration::from_secs(3)).await.expect("open");
+    assert_eq!(
+        etcd.try_lead(&election, &session, "m1").await.expect("try"),
+        None,
+        "led while etcdctl elect holds the election"
+    );
+    assert_eq!(
+        etcd.leader_value(&election).await.expect("value").as_deref(),
+        Some("outsider")
+    );
+    assert_eq!(
+        etcd.leader().await.expect("leader").map(|l| l.id).as_deref(),
+        Some("outsider")
+    );
+    // Our candidacy is etcd's: `<election>/<lease in hex>`, on our lease,
+    // queued behind the outsider's key.
+    let ours = format!("{election}/{}", session.0);
+    let queued = candidates(&client, &election).await;
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!(queued[1], (ours.clone(), lease(&session)));
+    let (outsider_key, outsider_lease) = queued[0].clone();
+    assert_eq!(outsider_key, format!("{election}/{outsider_lease:x}"));
+
+    // Killed, the process leaves its lease (etcdctl's session TTL is 60 s):
+    // the campaign still holds.
+    outsider.child.start_kill().expect("SIGKILL etcdctl");
+    tokio::time::timeout(WAIT, outsider.child.wait())
+        .await
+        .expect("etcdctl did not die")
+        .expect("wait etcdctl");
+    assert!(etcd.renew_session(&session).await.expect("renew"));
+    assert_eq!(
+        etcd.try_lead(&election, &session, "m1").await.expect("try"),
+        None,
+        "led while the dead campaigner's lease lives"
+    );
+    assert_eq!(candidates(&client, &election).await.len(), 2);
+
+    // Its lease ends (revoked here rather than waiting 60 s for the expiry):
+    // the queued candidate leads.
+    server
+        .ctl(["lease", "revoke", &format!("{outsider_lease:x}")])
+        .await;
+    let mut stream = etcd.observe().await.expect("observe");
+    let fence = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(f) = etcd.try_lead(&election, &session, "m1").await.expect("try") {
+                return f;
+            }
+            assert!(etcd.renew_session(&session).await.expect("renew"));
+            stream.next().await.expect("observe");
+        }
+    })
+    .await
+    .expect("the queued candidate did not lead after the outsider's lease ended");
+    assert_eq!(fence.key, ours);
+    assert_eq!(fence.session, session);
+    let observed = etcd.leader().await.expect("leader").expect("a leader");
+    assert_eq!(fence.leader, observed, "the fence reports what LeaderWait does");
+    assert_eq!(observed.id, "m1");
+    let created = client
+        .clone()
+        .get(ours.as_str(), None)
+        .await
+        .expect("get")
+        .kvs()[0]
+        .create_revision();
+    assert_eq!(fence.term(), u64::try_from(created).unwrap());
+    assert_eq!(
+        etcd.leader_value(&election).await.expect("value").as_deref(),
+        Some("m1")
+    );
+    etcd.close_session(&session).await.expect("close");
+}
+
+/// A member's leadership is an etcd election leadership: `etcdctl elect`
+/// queues behind it and is elected when the member resigns; the member's old
+/// fence is then rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_queues_behind_a_member_and_fences_it_after_resigning() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let election = unique("queue/leader");
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_election(&election)).await;
+    let client = plain_client(&server.client_urls()).await;
+    let root = unique("queue");
+    let session = etcd.open_session(Duration::from_secs(30)).await.expect("open");
+    let fence = etcd
+        .try_lead(&election, &session, "m1")
+        .await
+        .expect("try")
+        .expect("m1 leads a free election");
+
+    let mut second = Outsider::start(&server, &election, "second");
+    test_support::poll_until("etcdctl's queued campaign key", WAIT, || {
+        let client = client.clone();
+        let election = election.clone();
+        async move { (candidates(&client, &election).await.len() == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        etcd.try_lead(&election, &session, "m1").await.expect("try"),
+        Some(fence.clone()),
+        "a queued outsider does not end the member's term"
+    );
+    let put = |k: &str| TxnOp::Put {
+        key: format!("{root}/assignments/{k}"),
+        value: Bytes::from_static(b"v"),
+    };
+    assert!(matches!(
+        etcd.apply(&fence, &[put("a")]).await.expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
+
+    etcd.resign(&fence).await.expect("resign");
+    second.wait_elected().await;
+    assert_eq!(
+        etcd.leader().await.expect("leader").map(|l| l.id).as_deref(),
+        Some("second")
+    );
+    assert_eq!(
+        etcd.apply(&fence, &[put("stale")]).await.expect("apply"),
+        TxnOutcome::Fenced
+    );
+    let stale = client
+        .clone()
+        .get(format!("{root}/assignments/stale"), None)
+        .await
+        .expect("get");
+    assert!(stale.kvs().is_empty(), "a fenced write was applied");
+    // Asking again queues behind etcdctl.
+    assert_eq!(
+        etcd.try_lead(&election, &session, "m1").await.expect("try"),
+        None
+    );
+    etcd.close_session(&session).await.expect("close");
+}
