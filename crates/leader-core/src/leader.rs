@@ -139,8 +139,9 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => {
-                if *stop.borrow() {
+            changed = stop.changed() => {
+                // The member dropped its end (it was aborted): stop too.
+                if changed.is_err() || *stop.borrow() {
                     return LeaderExit::Stopped;
                 }
             }

@@ -1,30 +1,41 @@
 //! `coordinator demo`: a whole cluster in one process on the memory backend.
 //!
-//! A simple leader spreads work items round-robin over the live members and
-//! rewrites assignments whenever membership changes; members join and leave,
-//! the leader fails over, and every member prints its settled workload as it
-//! changes. The run checks at the end that every item is held by exactly one
-//! live member, and exits 0 if so.
+//! Real members (the same code `coordinator member` runs) register, elect a
+//! leader, and the leader spreads the work items; members join, leave
+//! cleanly, and the leader is killed without resigning. For each plan the
+//! demo prints how many items moved against the fewest possible, and each
+//! member prints its settled workload as it changes. After each step it
+//! waits until every item is held by exactly one live member with balanced
+//! counts, and exits 0 if every step settled so.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use coordinator::{Backend, BackendKind, Config, MemoryStore, WorkerHandle, Workload};
+use coordinator::{Backend, BackendKind, Config, MemberHandle, MemoryStore, Workload};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
 use crate::DemoArgs;
 
-const PREFIX: &str = "demo/assignments/";
+const ROOT: &str = "demo/";
+const TTL: Duration = Duration::from_secs(2);
 
 struct Cluster {
     store: MemoryStore,
     backend: Backend,
-    items: Vec<String>,
-    members: BTreeMap<String, WorkerHandle>,
+    items: usize,
+    members: BTreeMap<String, MemberHandle>,
     start: Instant,
     lines: mpsc::UnboundedSender<String>,
+}
+
+fn list(v: Vec<&str>) -> String {
+    if v.is_empty() {
+        "-".to_owned()
+    } else {
+        v.join(" ")
+    }
 }
 
 impl Cluster {
@@ -35,121 +46,156 @@ impl Cluster {
         ));
     }
 
+    fn config(id: &str) -> Config {
+        let mut c = Config::new(BackendKind::Memory, id);
+        c.prefix = format!("{ROOT}assignments/");
+        c.members_prefix = format!("{ROOT}members/");
+        c.work_prefix = format!("{ROOT}work/");
+        c.leader = format!("{ROOT}leader");
+        c.soak = Duration::from_millis(200);
+        c.leader_settle = Duration::from_millis(500);
+        c.leader_soak = Duration::from_millis(500);
+        c.ttl = TTL;
+        c
+    }
+
     fn join(&mut self, id: &str) {
-        let mut config = Config::new(BackendKind::Memory, id);
-        config.prefix = PREFIX.into();
-        config.soak = Duration::from_millis(300);
-        config.leader_settle = Duration::from_secs(1);
-        let worker = self
+        let member = self
             .backend
-            .spawn_worker(&config)
+            .spawn_member(&Self::config(id))
             .expect("valid demo config");
-        let mut changes = worker.changes();
-        let (lines, start, id_owned) = (self.lines.clone(), self.start, id.to_owned());
+        let mut changes = member.worker().changes();
+        let mut plans = member.plans();
+        let (lines, start, who) = (self.lines.clone(), self.start, id.to_owned());
         tokio::spawn(async move {
             let mut held = Workload::new();
             while let Some(c) = changes.next().await {
                 c.apply_to(&mut held);
-                let list = |v: Vec<&str>| {
-                    if v.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        v.join(" ")
-                    }
-                };
                 let mut delta = Vec::new();
                 delta.extend(c.added.iter().map(|(k, _)| format!("+{k}")));
                 delta.extend(c.removed.iter().map(|k| format!("-{k}")));
                 let _ = lines.send(format!(
-                    "[{:>5.1}s]   {id_owned:<3} holds {:<40} {}",
+                    "[{:>5.1}s]   {who:<3} holds {:>3}: {} {}",
                     start.elapsed().as_secs_f64(),
+                    held.len(),
                     list(held.keys().map(|k| &**k).collect()),
                     if c.initial {
                         "(first sync)".to_owned()
                     } else {
-                        delta.join(" ")
+                        format!("({})", delta.join(" "))
                     },
                 ));
             }
         });
+        let (lines, who) = (self.lines.clone(), id.to_owned());
+        tokio::spawn(async move {
+            while let Ok(p) = plans.recv().await {
+                let _ = lines.send(format!(
+                    "[{:>5.1}s] {who} (leader) plans {} items over {} members: moved {} (fewest possible {}), placed {}, {} transaction(s)",
+                    start.elapsed().as_secs_f64(),
+                    p.items,
+                    p.members,
+                    p.moved,
+                    p.min_moves,
+                    p.placed,
+                    p.transactions,
+                ));
+            }
+        });
         self.say(&format!("{id} joins"));
-        self.members.insert(id.to_owned(), worker);
+        self.members.insert(id.to_owned(), member);
     }
 
     async fn leave(&mut self, id: &str) {
-        if let Some(w) = self.members.remove(id) {
-            w.halt().await;
-            self.say(&format!("{id} leaves"));
-        }
-    }
-
-    /// The leader's job: item i goes to live member i mod n.
-    fn expected(&self) -> BTreeMap<String, Vec<String>> {
-        let ids: Vec<&String> = self.members.keys().collect();
-        let mut plan: BTreeMap<String, Vec<String>> =
-            ids.iter().map(|m| ((*m).clone(), Vec::new())).collect();
-        for (i, item) in self.items.iter().enumerate() {
-            plan.get_mut(ids[i % ids.len()])
-                .expect("member")
-                .push(item.clone());
-        }
-        plan
-    }
-
-    fn rebalance(&self, leader: &str) {
-        let plan = self.expected();
-        // Remove assignments that moved, then write the new ones.
-        for key in self.store.keys(PREFIX) {
-            let k = String::from_utf8_lossy(&key).into_owned();
-            let rest = &k[PREFIX.len()..];
-            let keep = rest.split_once('/').is_some_and(|(m, w)| {
-                plan.get(m)
-                    .is_some_and(|items| items.iter().any(|i| i == w))
-            });
-            if !keep {
-                self.store.delete(&key);
-            }
-        }
-        for (member, items) in &plan {
-            for item in items {
-                let key = format!("{PREFIX}{member}/{item}");
-                if self.store.get(&key).is_none() {
-                    self.store.put(key, format!("assigned by {leader}"));
+        if let Some(m) = self.members.remove(id) {
+            let leading = m.is_leader();
+            m.halt().await;
+            self.say(&format!(
+                "{id} leaves cleanly{}",
+                if leading {
+                    " (it led: it resigned first)"
+                } else {
+                    ""
                 }
-            }
+            ));
         }
-        self.say(&format!(
-            "{leader} rebalances {} items over {}",
-            self.items.len(),
-            plan.keys().cloned().collect::<Vec<_>>().join(", ")
-        ));
     }
 
-    /// Waits until every live member holds exactly its planned items.
-    async fn settle(&self) -> bool {
-        let plan = self.expected();
-        let all = async {
-            for (id, worker) in &self.members {
-                let mut watch = worker.watch();
-                loop {
-                    let held: Vec<String> = watch
-                        .current()
-                        .workload
-                        .keys()
-                        .map(ToString::to_string)
-                        .collect();
-                    if watch.current().ready && held == plan[id] {
-                        break;
-                    }
-                    if watch.changed().await.is_err() {
-                        return false;
-                    }
+    async fn kill_leader(&mut self) -> Option<String> {
+        let id = self
+            .members
+            .iter()
+            .find(|(_, m)| m.is_leader())
+            .map(|(id, _)| id.clone())?;
+        let m = self.members.remove(&id)?;
+        m.kill().await;
+        self.say(&format!(
+            "{id} (the leader) is killed: no resignation; its session expires after {TTL:?}"
+        ));
+        Some(id)
+    }
+
+    /// True when every item is held by exactly one live member and counts
+    /// differ by at most one.
+    fn settled(&self) -> bool {
+        let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+        let mut counts = Vec::new();
+        for m in self.members.values() {
+            let w = m.worker().watch().current();
+            if !w.ready {
+                return false;
+            }
+            counts.push(w.workload.len());
+            for item in w.workload.keys() {
+                *holders.entry(item.to_string()).or_default() += 1;
+            }
+        }
+        let balanced = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1;
+        holders.len() == self.items && holders.values().all(|n| *n == 1) && balanced
+    }
+
+    /// Waits until the cluster is [`settled`](Self::settled).
+    async fn settle(&self, step: &str) -> bool {
+        let wait = async {
+            let mut watches: Vec<_> = self.members.values().map(|m| m.worker().watch()).collect();
+            while !self.settled() {
+                let changed = watches.iter_mut().map(|w| Box::pin(w.changed()));
+                let (result, _, _) = futures_select_all(changed).await;
+                if result.is_err() {
+                    return false;
                 }
             }
             true
         };
-        timeout(Duration::from_secs(15), all).await.unwrap_or(false)
+        let ok = timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or(false);
+        self.say(&format!(
+            "{step}: {}",
+            if ok {
+                "settled, every item held by exactly one member"
+            } else {
+                "did NOT settle"
+            }
+        ));
+        ok
     }
+}
+
+/// Waits for the first of several futures (a small `select_all`).
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futs: impl Iterator<Item = F>,
+) -> (F::Output, usize, ()) {
+    let mut futs: Vec<F> = futs.collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready((out, i, ()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 pub async fn run(args: DemoArgs) -> ExitCode {
@@ -160,71 +206,54 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             println!("{line}");
         }
     });
+    let items = args.items as usize;
     let mut c = Cluster {
         backend: Backend::memory(store.clone()),
         store,
-        items: (1..=args.items).map(|i| format!("w{i:02}")).collect(),
+        items,
         members: BTreeMap::new(),
         start: Instant::now(),
         lines: tx,
     };
-    c.say("coordinator demo: one process, memory store, a leader and members that come and go");
+    c.say("coordinator demo: one process, memory store, real members electing a leader that spreads the work");
+    let width = items.to_string().len();
+    for i in 1..=items {
+        c.store
+            .put(format!("{ROOT}work/w{i:0width$}"), format!("params-{i}"));
+    }
+    c.say(&format!("{items} work items put under {ROOT}work/"));
     let mut ok = true;
 
-    c.store.set_leader("leader-1");
-    c.say("leader-1 elected");
     for m in ["m1", "m2", "m3"] {
         c.join(m);
     }
-    c.rebalance("leader-1");
-    ok &= c.settle().await;
-
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    c.store.put(format!("{PREFIX}m1/w99"), "oops");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    c.store.delete(format!("{PREFIX}m1/w99"));
-    c.say("leader-1 assigns w99 to m1 and takes it back within the soak: nothing is published");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    ok &= c.settle("3 members").await;
 
     c.join("m4");
-    c.rebalance("leader-1");
-    ok &= c.settle().await;
+    ok &= c.settle("m4 joined (it takes only its share)").await;
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    c.leave("m2").await;
-    c.rebalance("leader-1");
-    ok &= c.settle().await;
-
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    c.store.clear_leader();
-    c.say("leader-1 fails: no leader; members keep their settled work");
-    c.join("m5");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.store.set_leader("leader-2");
-    c.say("leader-2 elected; members wait leader_settle (1s) before committing");
-    c.rebalance("leader-2");
-    ok &= c.settle().await;
-
-    // Final check: each item is held by exactly one live member.
-    let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (id, w) in &c.members {
-        for item in w.workload().keys() {
-            holders
-                .entry(item.to_string())
-                .or_default()
-                .push(id.clone());
-        }
-    }
-    let each_once = c
-        .items
+    let follower = c
+        .members
         .iter()
-        .all(|i| holders.get(i).is_some_and(|h| h.len() == 1));
-    ok &= each_once;
+        .find(|(_, m)| !m.is_leader())
+        .map(|(id, _)| id.clone());
+    if let Some(id) = follower {
+        c.leave(&id).await;
+        ok &= c.settle(&format!("{id} left")).await;
+    }
+
+    if c.kill_leader().await.is_some() {
+        ok &= c.settle("a new leader took over").await;
+    }
+
+    c.join("m5");
+    ok &= c.settle("m5 joined").await;
+
     c.say(&format!(
         "done: {} items over {} members, each held exactly once: {}",
-        c.items.len(),
+        c.items,
         c.members.len(),
-        if each_once { "yes" } else { "NO" }
+        if ok { "yes" } else { "NO" }
     ));
     let members: Vec<String> = c.members.keys().cloned().collect();
     for m in members {
