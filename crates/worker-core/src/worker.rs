@@ -130,24 +130,47 @@ pub struct Settled {
 #[error("the worker has halted")]
 pub struct Halted;
 
+/// The change subscribers; `closed` once the worker task has ended.
+#[derive(Default)]
+struct Subscribers {
+    closed: bool,
+    list: Vec<mpsc::UnboundedSender<WorkloadChange>>,
+}
+
+type SharedSubscribers = Arc<Mutex<Subscribers>>;
+
+fn lock(subs: &SharedSubscribers) -> std::sync::MutexGuard<'_, Subscribers> {
+    subs.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the worker task publishes through. Only the task owns it, so when the
+/// task ends in any way (halt, handle dropped, or a panic unwinding it) the
+/// senders drop: [`WorkerHandle::ready`], [`WorkloadWatch::changed`] and
+/// [`Changes::next`] then end instead of waiting forever.
 struct Shared {
     state: watch::Sender<Settled>,
     leader: watch::Sender<Option<Leader>>,
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<WorkloadChange>>>,
+    subscribers: SharedSubscribers,
 }
 
 impl Shared {
     fn publish(&self, change: &WorkloadChange) {
-        let mut subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut subs = lock(&self.subscribers);
         self.state.send_modify(|s| {
             change.apply_to(Arc::make_mut(&mut s.workload));
             s.revision = change.revision;
             s.ready = true;
         });
-        subs.retain(|tx| tx.send(change.clone()).is_ok());
+        subs.list.retain(|tx| tx.send(change.clone()).is_ok());
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let mut subs = lock(&self.subscribers);
+        subs.closed = true;
+        subs.list.clear();
     }
 }
 
@@ -177,11 +200,13 @@ impl Worker {
     ) -> Result<WorkerHandle, ConfigError> {
         let machine = Machine::new(&config.prefix, &config.instance_id, config.timing()?, seed)?;
         let (state, rx) = watch::channel(Settled::default());
-        let shared = Arc::new(Shared {
+        let (leader_tx, leader_rx) = watch::channel(None);
+        let subscribers = SharedSubscribers::default();
+        let shared = Shared {
             state,
-            leader: watch::channel(None).0,
-            subscribers: Mutex::new(Vec::new()),
-        });
+            leader: leader_tx,
+            subscribers: subscribers.clone(),
+        };
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let span = tracing::info_span!("worker", instance_id = %config.instance_id);
         let task = tokio::spawn(
@@ -189,14 +214,15 @@ impl Worker {
                 machine,
                 kv,
                 leader,
-                shared: shared.clone(),
+                shared,
             }
             .run(cancel_rx)
             .instrument(span),
         );
         Ok(WorkerHandle {
             rx,
-            shared,
+            leader_rx,
+            subscribers,
             cancel: Some(cancel_tx),
             task: Some(task),
         })
@@ -209,7 +235,8 @@ impl Worker {
 /// [`halt`](Self::halt) to wait until it has stopped.
 pub struct WorkerHandle {
     rx: watch::Receiver<Settled>,
-    shared: Arc<Shared>,
+    leader_rx: watch::Receiver<Option<Leader>>,
+    subscribers: SharedSubscribers,
     cancel: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -233,12 +260,14 @@ impl WorkerHandle {
 
     /// The leader as this worker last saw it (`None`: none, or not known yet).
     pub fn leader(&self) -> Option<Leader> {
-        self.shared.leader.borrow().clone()
+        self.leader_rx.borrow().clone()
     }
 
     /// A receiver of the leader as this worker sees it, to await its changes.
     pub fn leader_watch(&self) -> watch::Receiver<Option<Leader>> {
-        self.shared.leader.subscribe()
+        let mut rx = self.leader_rx.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// True once the first settled workload was published.
@@ -248,7 +277,8 @@ impl WorkerHandle {
 
     /// Waits for the first sync and returns the settled workload.
     ///
-    /// Cancel safe. Errors when the worker halted before its first sync.
+    /// Cancel safe. Errors when the worker halted before its first sync, or
+    /// its task ended otherwise (a panic).
     pub async fn ready(&self) -> Result<Arc<Workload>, Halted> {
         let mut rx = self.rx.clone();
         let s = rx.wait_for(|s| s.ready).await.map_err(|_| Halted)?;
@@ -267,14 +297,14 @@ impl WorkerHandle {
     /// If the first sync already happened, the first item is the whole current
     /// workload as `added` with `initial` set, so a consumer that applies the
     /// items in order always holds the settled workload. The stream ends when
-    /// the worker halts. Items queue until read.
+    /// the worker halts or its task ends otherwise (a panic); from a worker
+    /// that has already ended it is empty. Items queue until read.
     pub fn changes(&self) -> Changes {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut subs = self
-            .shared
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut subs = lock(&self.subscribers);
+        if subs.closed {
+            return Changes { rx };
+        }
         let s = self.rx.borrow().clone();
         if s.ready {
             let _ = tx.send(WorkloadChange {
@@ -288,7 +318,7 @@ impl WorkerHandle {
                 ..WorkloadChange::default()
             });
         }
-        subs.push(tx);
+        subs.list.push(tx);
         Changes { rx }
     }
 
@@ -304,13 +334,12 @@ impl WorkerHandle {
             let _ = c.send(());
         }
         if let Some(t) = self.task.take() {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                if e.is_panic() {
+                    tracing::error!("the worker task had panicked");
+                }
+            }
         }
-        self.shared
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
     }
 }
 
@@ -348,7 +377,8 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// The next change, or `None` once the worker halted. Cancel safe.
+    /// The next change, or `None` once the worker halted (or its task ended
+    /// otherwise). Cancel safe.
     pub async fn next(&mut self) -> Option<WorkloadChange> {
         self.rx.recv().await
     }
@@ -397,7 +427,7 @@ struct Driver {
     machine: Machine,
     kv: Arc<dyn KvWatch>,
     leader: Arc<dyn LeaderWait>,
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
 impl Driver {

@@ -3,8 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::{timeout, Instant};
-use worker_core::{MemoryStore, Worker, WorkerConfig, WorkerHandle};
+use worker_core::{
+    Halted, KvStream, KvWatch, MemoryStore, Revision, Snapshot, StoreError, Worker, WorkerConfig,
+    WorkerHandle,
+};
 
 const P: &str = "svc/assignments/";
 
@@ -221,4 +225,52 @@ async fn many_workers_share_one_store() {
     for w in workers {
         w.halt().await;
     }
+}
+
+/// A store whose reads panic: the worker task dies with them.
+struct PanickingKv;
+
+#[async_trait]
+impl KvWatch for PanickingKv {
+    async fn list(&self, _prefix: &str) -> Result<Snapshot, StoreError> {
+        panic!("deliberate panic in the store (test)");
+    }
+
+    async fn watch(
+        &self,
+        _prefix: &str,
+        _after: Revision,
+    ) -> Result<Box<dyn KvStream>, StoreError> {
+        panic!("deliberate panic in the store (test)");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_worker_task_ends_ready_and_changes_with_halted() {
+    let store = MemoryStore::new();
+    store.set_leader("L");
+    let w =
+        Worker::spawn_seeded(&config(), Arc::new(PanickingKv), Arc::new(store.clone()), 5).unwrap();
+    let mut before = w.changes();
+    let mut watch = w.watch();
+    assert_eq!(
+        timeout(Duration::from_secs(60), w.ready()).await,
+        Ok(Err(Halted)),
+        "ready() must end when the worker task dies"
+    );
+    assert!(timeout(Duration::from_secs(60), before.next())
+        .await
+        .expect("Changes::next() must end when the worker task dies")
+        .is_none());
+    assert!(timeout(Duration::from_secs(60), w.changes().next())
+        .await
+        .expect("a subscription after the task died ends at once")
+        .is_none());
+    assert!(matches!(
+        timeout(Duration::from_secs(60), watch.changed()).await,
+        Ok(Err(Halted))
+    ));
+    timeout(Duration::from_secs(60), w.halt())
+        .await
+        .expect("halt after a panic returns");
 }
