@@ -119,7 +119,8 @@ impl Backend {
                     backend: BackendKind::Consul,
                     source: e.into(),
                 })?);
-                Ok(Self::from_parts(BackendKind::Consul, b.clone(), b))
+                Ok(Self::from_parts(BackendKind::Consul, b.clone(), b.clone())
+                    .with_member_store(member_store(&b)))
             }
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => {
@@ -147,7 +148,8 @@ impl Backend {
                         source: e.into(),
                     }
                 })?);
-                Ok(Self::from_parts(BackendKind::Etcd, b.clone(), b))
+                Ok(Self::from_parts(BackendKind::Etcd, b.clone(), b.clone())
+                    .with_member_store(member_store(&b)))
             }
             #[allow(unreachable_patterns)] // reachable when a backend feature is off
             other => Err(ConfigError::new(
@@ -235,5 +237,21 @@ impl Backend {
             self.kv.clone(),
             self.leader.clone(),
         )
+    }
+}
+
+/// The leader-half traits of one shared backend value.
+#[cfg(any(feature = "consul", feature = "etcd"))]
+fn member_store<B>(b: &Arc<B>) -> MemberStore
+where
+    B: KvWatch + LeaderWait + Membership + Election + FencedWrite + KvWrite,
+{
+    MemberStore {
+        kv: b.clone(),
+        leader: b.clone(),
+        membership: b.clone(),
+        election: b.clone(),
+        writer: b.clone(),
+        kv_write: b.clone(),
     }
 }
