@@ -550,7 +550,13 @@ mod tests {
         config.ca_cert = Some("/nonexistent/ca.pem".into());
         let err = Http::new(&config).err().unwrap();
         assert!(
-            matches!(err, ConsulError::ReadFile { setting: "ca_cert", .. }),
+            matches!(
+                err,
+                ConsulError::ReadFile {
+                    setting: "ca_cert",
+                    ..
+                }
+            ),
             "{err}"
         );
 
@@ -616,8 +622,10 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_endpoint_fails_over_and_each_cause_shows_once() {
         // Nothing listens on port 1 (connection refused) nor on port 2.
-        let config =
-            ConsulConfig::new(vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]);
+        let config = ConsulConfig::new(vec![
+            "http://127.0.0.1:1".into(),
+            "http://127.0.0.1:2".into(),
+        ]);
         let http = Http::new(&config).unwrap();
         let err = http.read("p/", true, None).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");

@@ -75,7 +75,10 @@ async fn a_fresh_agent_in_place_of_the_old_one_is_followed() {
     // A fresh agent on the same port: an empty store at a low index.
     agent.restart().await;
     let fresh = agent.kv_index(member).await;
-    assert!(fresh < high / 2, "the fresh agent's index {fresh} vs {high}");
+    assert!(
+        fresh < high / 2,
+        "the fresh agent's index {fresh} vs {high}"
+    );
     common::take_leadership(&admin, "fresh/leader", "leader").await;
     agent.kv_put(&format!("{member}b"), "2").await;
     settles_to(&worker, &["b"], Duration::from_secs(10)).await;
@@ -157,7 +160,10 @@ async fn a_dropped_read_loses_nothing() {
     // Pending for the whole window: its request is in flight (the rate
     // limiter has tokens to spare), and the call is dropped mid-request.
     let dropped = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
-    assert!(dropped.is_err(), "answered through a black hole: {dropped:?}");
+    assert!(
+        dropped.is_err(),
+        "answered through a black hole: {dropped:?}"
+    );
 
     proxy.set_mode(ProxyMode::PassThrough);
     let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -199,7 +205,8 @@ async fn handled_answers_log_nothing_at_info_or_above() {
 
     let agent = ConsulAgent::start_dev().await;
     let loud = Loud::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(loud.clone()));
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(loud.clone()));
     let backend = ConsulBackend::new(config_for(&agent)).unwrap();
     let member = "quiet/assign/m1/";
     let empty = backend.list(member).await.unwrap();

@@ -219,9 +219,15 @@ async fn a_ready_agent_creates_sessions_at_once() {
     for _ in 0..4 {
         let mut agent = ConsulAgent::start_dev().await;
         let (status, body) = create_session(&agent).await;
-        assert!(status.is_success(), "session right after start: {status}: {body}");
+        assert!(
+            status.is_success(),
+            "session right after start: {status}: {body}"
+        );
         agent.restart().await;
         let (status, body) = create_session(&agent).await;
-        assert!(status.is_success(), "session right after restart: {status}: {body}");
+        assert!(
+            status.is_success(),
+            "session right after restart: {status}: {body}"
+        );
     }
 }
