@@ -56,17 +56,19 @@ impl EtcdError {
 
 /// Maps an etcd-client error to the core's error kinds.
 ///
-/// The error kept as the cause is the one that carries the information, never
-/// etcd-client's wrapper: its `Display` repeats the inner error's text and it has
-/// no `source`, so an [`ErrorChain`](worker_core::ErrorChain) would print the
-/// same cause twice and lose the rest of the chain.
+/// The cause kept is a [`Cause`] chain, never etcd-client's wrapper (its
+/// `Display` repeats the inner error's text and it has no `source`, so the rest
+/// of the chain would be lost) nor tonic's status as is (its `Display` appends
+/// its source, which it also returns as `source`).
 pub(crate) fn store_error(e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     match e {
-        E::GRpcStatus(status) => status_error(status),
-        E::TransportError(t) if is_certificate_refusal(&t) => StoreError::permission_denied(t),
-        E::TransportError(t) => StoreError::unavailable(t),
-        E::IoError(io) => StoreError::unavailable(io),
+        E::GRpcStatus(status) => status_error(&status),
+        E::TransportError(t) if is_certificate_refusal(&t) => {
+            StoreError::permission_denied(Cause::chain(None, Some(&t)))
+        }
+        E::TransportError(t) => StoreError::unavailable(Cause::chain(None, Some(&t))),
+        E::IoError(io) => StoreError::unavailable(Cause::chain(None, Some(&io))),
         E::WatchError(_) | E::EndpointError(_) | E::LeaseKeepAliveError(_) | E::ElectError(_) => {
             StoreError::unavailable(e)
         }
@@ -85,15 +87,19 @@ const AUTH_REFUSALS: [&str; 4] = [
     "permission denied",
 ];
 
-/// Maps a gRPC status from etcd.
-fn status_error(status: tonic::Status) -> StoreError {
-    let status = EtcdStatus(status);
-    match status.0.code() {
-        Code::Unauthenticated | Code::PermissionDenied => StoreError::permission_denied(status),
+/// Maps a gRPC status from etcd (or from the client's transport, as tonic
+/// reports it).
+fn status_error(status: &tonic::Status) -> StoreError {
+    let cause = || {
+        let head = format!("gRPC status {:?}", status.code());
+        Cause::chain(Some((head, status.message())), status.source())
+    };
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => StoreError::permission_denied(cause()),
         Code::InvalidArgument | Code::FailedPrecondition
-            if AUTH_REFUSALS.iter().any(|m| status.0.message().contains(m)) =>
+            if AUTH_REFUSALS.iter().any(|m| status.message().contains(m)) =>
         {
-            StoreError::permission_denied(status)
+            StoreError::permission_denied(cause())
         }
         // A member without a raft leader, a connection that failed or was refused,
         // a request the server gave up on: another member (or a retry) may succeed.
@@ -103,42 +109,78 @@ fn status_error(status: tonic::Status) -> StoreError {
         | Code::Aborted
         | Code::ResourceExhausted
         | Code::Unknown => {
-            if is_certificate_refusal(&status) {
-                StoreError::permission_denied(status)
+            if is_certificate_refusal(status) {
+                StoreError::permission_denied(cause())
             } else {
-                StoreError::unavailable(status)
+                StoreError::unavailable(cause())
             }
         }
-        _ => StoreError::protocol(status),
+        _ => StoreError::protocol(cause()),
     }
 }
 
-/// A gRPC status from etcd (or from the client's transport, as tonic reports
-/// it), displayed once: `Unavailable: etcdserver: no leader`.
+/// One cause of an error, as text, with the cause behind it: a copy of a
+/// dependency's error chain that prints each cause once.
 ///
-/// tonic's own `Display` appends the `Debug` form of the status' source, which
-/// [`source`](StdError::source) returns as well, and tonic often sets the
-/// message to the source's text: printed with its chain, the same cause would
-/// appear two or three times. Here the message is left out when the source
-/// chain already says it.
+/// tonic's and hyper's chains repeat themselves (a status whose message is its
+/// source's text, `error trying to connect: tcp connect error` followed by
+/// `tcp connect error`); a cause whose text was already printed earlier in the
+/// chain is left out. The types are not kept: the backend classifies an error
+/// before it builds its chain.
 #[derive(Debug)]
-pub(crate) struct EtcdStatus(pub(crate) tonic::Status);
+pub(crate) struct Cause {
+    text: String,
+    source: Option<Box<Cause>>,
+}
 
-impl std::fmt::Display for EtcdStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let message = self.0.message();
-        write!(f, "gRPC status {:?}", self.0.code())?;
-        let repeated = causes(self.0.source()).any(|c| c.to_string().contains(message));
-        if !message.is_empty() && !repeated {
-            write!(f, ": {message}")?;
+impl Cause {
+    /// The chain of `head` (a text and a detail added unless the chain says it
+    /// already) followed by `first` and its causes.
+    fn chain(head: Option<(String, &str)>, first: Option<&(dyn StdError + 'static)>) -> Self {
+        let mut texts: Vec<String> = Vec::new();
+        let mut printed = String::new();
+        for c in causes(first) {
+            let text = c.to_string();
+            if !text.is_empty() && !printed.contains(&text) {
+                printed.push_str(&text);
+                printed.push('\n');
+                texts.push(text);
+            }
         }
-        Ok(())
+        if let Some((mut head, detail)) = head {
+            if !detail.is_empty() && !printed.contains(detail) {
+                head = format!("{head}: {detail}");
+            }
+            texts.insert(0, head);
+        }
+        let mut chain: Option<Box<Cause>> = None;
+        for text in texts.into_iter().rev() {
+            chain = Some(Box::new(Cause {
+                text,
+                source: chain,
+            }));
+        }
+        chain.map_or_else(
+            || Cause {
+                text: "unknown error".to_owned(),
+                source: None,
+            },
+            |c| *c,
+        )
     }
 }
 
-impl StdError for EtcdStatus {
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl StdError for Cause {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source()
+        self.source
+            .as_deref()
+            .map(|c| c as &(dyn StdError + 'static))
     }
 }
 

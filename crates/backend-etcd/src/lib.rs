@@ -295,6 +295,16 @@ mod tests {
             matches!(e, StoreError::Unavailable(_) | StoreError::Timeout(_)),
             "{e:?}"
         );
+        // Each cause once: "store unreachable: gRPC status …: … Connection refused …".
+        let chain = worker_core::ErrorChain(&e).to_string();
+        eprintln!("{chain}");
+        for cause in chain.split(": ") {
+            assert_eq!(
+                chain.matches(cause).count(),
+                1,
+                "{cause:?} repeated in {chain}"
+            );
+        }
     }
 
     #[tokio::test]
