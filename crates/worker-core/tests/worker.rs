@@ -1,5 +1,6 @@
 //! The tokio driver on the memory backend, with tokio's paused clock.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,6 +168,18 @@ async fn compaction_while_running_relists() {
     w.halt().await;
 }
 
+/// Yields to the worker task until `cond` holds (bounded: panics after 10,000 turns).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// Halt while a candidate is soaking: the pending commit must never happen.
 #[tokio::test(start_paused = true)]
 async fn nothing_published_after_halt_returns() {
     let store = MemoryStore::new();
@@ -174,10 +187,16 @@ async fn nothing_published_after_halt_returns() {
     let w = spawn(&store, &config());
     w.ready().await.unwrap();
     let mut watch = w.watch();
-    store.put(format!("{P}m1/a"), "1"); // soak in flight
     let before = watch.current();
+    let events = store.stats().events;
+    store.put(format!("{P}m1/a"), "1");
+    // The worker reads the put in the same turn it hands it to the machine:
+    // from here on a candidate is pending, due one soak (500 ms) later.
+    until("the worker read the put", || store.stats().events > events).await;
+    assert!(watch.current().workload.is_empty(), "still soaking");
     w.halt().await;
-    tokio::time::sleep(Duration::from_secs(10)).await; // paused clock: advance past the soak
+    // Paused clock: move well past the soak the pending candidate was due at.
+    tokio::time::advance(Duration::from_secs(10)).await;
     assert!(
         watch.changed().await.is_err(),
         "channel closed, nothing new"
@@ -200,13 +219,76 @@ async fn dropping_the_handle_stops_the_worker() {
         .is_err());
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The memory store, except that `list` holds until `release` is notified.
+struct GatedList {
+    store: MemoryStore,
+    started: Arc<AtomicU32>,
+    dropped: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl KvWatch for GatedList {
+    async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let guard = SetOnDrop(self.dropped.clone());
+        self.release.notified().await;
+        std::mem::forget(guard);
+        self.store.list(prefix).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn KvStream>, StoreError> {
+        self.store.watch(prefix, after).await
+    }
+}
+
+/// Halt while the first read is in flight, with a leader present (so the
+/// first sync would follow that read): the read is cancelled, the state never
+/// becomes ready, and waiters end with `Halted`, even once the read could
+/// have completed.
 #[tokio::test(start_paused = true)]
 async fn halt_before_first_sync_ends_ready() {
     let store = MemoryStore::new();
-    let w = spawn(&store, &config());
-    let r = w.watch();
-    w.halt().await;
-    assert!(!r.current().ready);
+    store.set_leader("L");
+    store.put(format!("{P}m1/a"), "1");
+    let kv = GatedList {
+        store: store.clone(),
+        started: Arc::default(),
+        dropped: Arc::default(),
+        release: Arc::default(),
+    };
+    let (started, dropped, release) = (kv.started.clone(), kv.dropped.clone(), kv.release.clone());
+    let w = Worker::spawn_seeded(&config(), Arc::new(kv), Arc::new(store.clone()), 5).unwrap();
+    let mut watch = w.watch();
+    let mut changes = w.changes();
+    until("the first read started", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    timeout(Duration::from_secs(60), w.halt())
+        .await
+        .expect("halt returns while a read is in flight");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the in-flight read was cancelled"
+    );
+    // Were the worker still running, the read would now complete and the
+    // first sync follow one soak later.
+    release.notify_waiters();
+    release.notify_one();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(!watch.current().ready);
+    assert!(matches!(watch.changed().await, Err(Halted)));
+    assert!(changes.next().await.is_none());
 }
 
 #[tokio::test(start_paused = true)]
