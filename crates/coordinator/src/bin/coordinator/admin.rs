@@ -59,8 +59,6 @@ pub struct StoreArgs {
 /// `coordinator work ...`.
 #[derive(Args, Debug, Clone)]
 pub struct WorkArgs {
-    #[command(flatten)]
-    store: StoreArgs,
     #[command(subcommand)]
     op: WorkOp,
 }
@@ -69,6 +67,8 @@ pub struct WorkArgs {
 enum WorkOp {
     /// Adds (or updates) a work item.
     Put {
+        #[command(flatten)]
+        store: StoreArgs,
         /// The work id (one path segment).
         id: String,
         /// The item's parameters, copied into its assignment.
@@ -76,11 +76,16 @@ enum WorkOp {
     },
     /// Removes a work item.
     Rm {
+        #[command(flatten)]
+        store: StoreArgs,
         /// The work id.
         id: String,
     },
     /// Lists the work items, one per line: `ID<TAB>VALUE`.
-    Ls,
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// `coordinator status`.
@@ -149,12 +154,13 @@ fn fail(what: &str, e: &coordinator::StoreError) -> ExitCode {
 }
 
 pub async fn work(args: WorkArgs) -> ExitCode {
-    let (layout, store) = match connect(args.store).await {
+    let (WorkOp::Put { store, .. } | WorkOp::Rm { store, .. } | WorkOp::Ls { store }) = &args.op;
+    let (layout, store) = match connect(store.clone()).await {
         Ok(x) => x,
         Err(code) => return code,
     };
     match args.op {
-        WorkOp::Put { id, value } => {
+        WorkOp::Put { id, value, .. } => {
             if let Err(reason) = check_work_id(&id) {
                 return usage_error(&format!("invalid work id {id:?}: {reason}"));
             }
@@ -164,7 +170,7 @@ pub async fn work(args: WorkArgs) -> ExitCode {
                 Err(e) => fail("cannot write the work item", &e),
             }
         }
-        WorkOp::Rm { id } => match store.kv_write.delete_key(&layout.work_key(&id)).await {
+        WorkOp::Rm { id, .. } => match store.kv_write.delete_key(&layout.work_key(&id)).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!("coordinator: no work item {id:?}");
@@ -172,7 +178,7 @@ pub async fn work(args: WorkArgs) -> ExitCode {
             }
             Err(e) => fail("cannot remove the work item", &e),
         },
-        WorkOp::Ls => match store.kv.list(&layout.work).await {
+        WorkOp::Ls { .. } => match store.kv.list(&layout.work).await {
             Ok(snapshot) => {
                 let mut lines = String::new();
                 let mut entries = snapshot.entries;
