@@ -19,19 +19,36 @@ fn kv(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Bytes)> {
         .collect()
 }
 
-fn feed(m: &mut LeaderMachine, now: Instant, members: &[&str], items: usize, assignments: &[(&str, &str)]) {
+fn feed(
+    m: &mut LeaderMachine,
+    now: Instant,
+    members: &[&str],
+    items: usize,
+    assignments: &[(&str, &str)],
+) {
     let members: Vec<(String, String)> = members
         .iter()
         .map(|id| (format!("service/coordinator/members/{id}"), "{}".to_owned()))
         .collect();
-    let members: Vec<(&str, &str)> = members.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let members: Vec<(&str, &str)> = members
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let items: Vec<(String, String)> = (0..items)
         .map(|i| (format!("service/coordinator/work/w{i:02}"), format!("v{i}")))
         .collect();
-    let items: Vec<(&str, &str)> = items.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let items: Vec<(&str, &str)> = items
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let a: Vec<(String, String)> = assignments
         .iter()
-        .map(|(m, w)| (format!("service/coordinator/assignments/{m}/{w}"), "v".to_owned()))
+        .map(|(m, w)| {
+            (
+                format!("service/coordinator/assignments/{m}/{w}"),
+                "v".to_owned(),
+            )
+        })
         .collect();
     let a: Vec<(&str, &str)> = a.iter().map(|(x, y)| (x.as_str(), y.as_str())).collect();
     let (mk, ik, ak) = (kv(&members), kv(&items), kv(&a));
@@ -55,7 +72,12 @@ fn writes(actions: &[Action]) -> Vec<Vec<TxnOp>> {
 }
 
 fn machine(now: Instant, max_ops: usize) -> LeaderMachine {
-    LeaderMachine::new(Layout::default(), LeaderTiming::with_soak(SOAK), max_ops, now)
+    LeaderMachine::new(
+        Layout::default(),
+        LeaderTiming::with_soak(SOAK),
+        max_ops,
+        now,
+    )
 }
 
 #[test]
@@ -93,7 +115,10 @@ fn changes_that_never_stop_are_planned_at_max_soak() {
         now = t0 + Duration::from_secs(i);
         feed(&mut m, now, &["m1"], usize::try_from(i).unwrap() + 1, &[]);
         m.handle_timeout(now);
-        if drain(&mut m).iter().any(|a| matches!(a, Action::Planned(_))) {
+        if drain(&mut m)
+            .iter()
+            .any(|a| matches!(a, Action::Planned(_)))
+        {
             assert_eq!(now, t0 + SOAK * 10, "planned at max_soak");
             return;
         }
@@ -106,7 +131,9 @@ fn writes_go_revoke_first_in_chunks_of_the_store_limit() {
     let t0 = Instant::now();
     let mut m = machine(t0, 4);
     // m1 holds w00..w09; m2 joins: 5 move (revoke from m1, put on m2).
-    let held: Vec<(String, String)> = (0..10).map(|i| ("m1".to_owned(), format!("w{i:02}"))).collect();
+    let held: Vec<(String, String)> = (0..10)
+        .map(|i| ("m1".to_owned(), format!("w{i:02}")))
+        .collect();
     let held: Vec<(&str, &str)> = held.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     feed(&mut m, t0, &["m1", "m2"], 10, &held);
     m.handle_timeout(t0 + SOAK);
@@ -127,23 +154,50 @@ fn writes_go_revoke_first_in_chunks_of_the_store_limit() {
         pending = writes(&drain(&mut m));
     }
     let ops: Vec<&TxnOp> = all.iter().flatten().collect();
-    let last_delete = ops.iter().rposition(|o| matches!(o, TxnOp::Delete { .. })).unwrap();
-    let first_put = ops.iter().position(|o| matches!(o, TxnOp::Put { .. })).unwrap();
-    assert!(last_delete < first_put, "every revoke before any assign: {ops:?}");
+    let last_delete = ops
+        .iter()
+        .rposition(|o| matches!(o, TxnOp::Delete { .. }))
+        .unwrap();
+    let first_put = ops
+        .iter()
+        .position(|o| matches!(o, TxnOp::Put { .. }))
+        .unwrap();
+    assert!(
+        last_delete < first_put,
+        "every revoke before any assign: {ops:?}"
+    );
     // The item values are the items' (the puts copy "v<i>", the old keys had "v").
-    let puts = ops.iter().filter(|o| matches!(o, TxnOp::Put { .. })).count();
-    assert_eq!(puts, 10, "5 moved + 5 kept whose value differs from the item's");
+    let puts = ops
+        .iter()
+        .filter(|o| matches!(o, TxnOp::Put { .. }))
+        .count();
+    assert_eq!(
+        puts, 10,
+        "5 moved + 5 kept whose value differs from the item's"
+    );
     assert!(!m.writing());
     // Planning again on the written state moves nothing.
     let a = m.assignment().unwrap().clone();
     let mut again = machine(now, 4);
-    let pairs: Vec<(String, String)> = a.keys().map(|(mm, w)| (mm.to_string(), w.to_string())).collect();
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(x, y)| (x.as_str(), y.as_str())).collect();
+    let pairs: Vec<(String, String)> = a
+        .keys()
+        .map(|(mm, w)| (mm.to_string(), w.to_string()))
+        .collect();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(x, y)| (x.as_str(), y.as_str()))
+        .collect();
     feed(&mut again, now, &["m1", "m2"], 10, &pairs);
     again.handle_timeout(now + SOAK);
     let actions = drain(&mut again);
-    let Some(Action::Planned(r)) = actions.first() else { panic!("{actions:?}") };
-    assert_eq!((r.moved, r.placed, r.revokes), (0, 0, 0), "a new leader moves nothing: {r:?}");
+    let Some(Action::Planned(r)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(
+        (r.moved, r.placed, r.revokes),
+        (0, 0, 0),
+        "a new leader moves nothing: {r:?}"
+    );
 }
 
 #[test]
@@ -157,7 +211,10 @@ fn a_failed_write_is_retried_after_a_backoff_and_a_fenced_one_steps_down() {
     let t1 = t0 + SOAK;
     m.handle_write(t1, Err::<TxnOutcome, _>("connection reset"));
     let retry = m.poll_timeout().expect("a retry deadline");
-    assert!(retry >= t1 + Duration::from_millis(100) && retry <= t1 + Duration::from_secs(1), "{retry:?}");
+    assert!(
+        retry >= t1 + Duration::from_millis(100) && retry <= t1 + Duration::from_secs(1),
+        "{retry:?}"
+    );
     m.handle_timeout(retry);
     assert_eq!(writes(&drain(&mut m)), first, "the same transaction again");
     m.handle_write(retry, Ok::<_, ()>(TxnOutcome::Fenced));
@@ -174,13 +231,25 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
     let t0 = Instant::now();
     let mut m = machine(t0, 64);
     // w00 under two members (a broken earlier writer), one key for a dead member.
-    feed(&mut m, t0, &["m1", "m2"], 2, &[("m1", "w00"), ("m2", "w00"), ("gone", "w01")]);
-    let bad = kv(&[("service/coordinator/work/a/b", "x"), ("service/coordinator/work/w00", "v0")]);
+    feed(
+        &mut m,
+        t0,
+        &["m1", "m2"],
+        2,
+        &[("m1", "w00"), ("m2", "w00"), ("gone", "w01")],
+    );
+    let bad = kv(&[
+        ("service/coordinator/work/a/b", "x"),
+        ("service/coordinator/work/w00", "v0"),
+    ]);
     m.handle_items(t0, bad.iter().map(|(k, v)| (k.as_slice(), v)));
     m.handle_items(t0, bad.iter().map(|(k, v)| (k.as_slice(), v)));
     m.handle_timeout(t0 + SOAK);
     let actions = drain(&mut m);
-    let bad_keys: Vec<_> = actions.iter().filter(|a| matches!(a, Action::BadKey { .. })).collect();
+    let bad_keys: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::BadKey { .. }))
+        .collect();
     assert_eq!(bad_keys.len(), 1, "reported once: {actions:?}");
     let ops: Vec<TxnOp> = writes(&actions).into_iter().flatten().collect();
     let deletes: Vec<&str> = ops
@@ -190,7 +259,10 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
             TxnOp::Put { .. } => None,
         })
         .collect();
-    assert!(deletes.contains(&"service/coordinator/assignments/gone/w01"), "{ops:?}");
+    assert!(
+        deletes.contains(&"service/coordinator/assignments/gone/w01"),
+        "{ops:?}"
+    );
     assert_eq!(
         deletes.iter().filter(|k| k.ends_with("/w00")).count(),
         1,
