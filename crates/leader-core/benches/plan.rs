@@ -16,17 +16,8 @@ use worker_core::WorkId;
 
 const SIZES: [(usize, usize); 3] = [(10, 1_000), (100, 10_000), (1_000, 100_000)];
 
-fn setup(
-    m: usize,
-    n: usize,
-) -> (
-    BTreeSet<WorkId>,
-    BTreeMap<MemberId, u32>,
-    Assignment,
-) {
-    let items: BTreeSet<WorkId> = (0..n)
-        .map(|i| Arc::from(format!("work-{i:07}")))
-        .collect();
+fn setup(m: usize, n: usize) -> (BTreeSet<WorkId>, BTreeMap<MemberId, u32>, Assignment) {
+    let items: BTreeSet<WorkId> = (0..n).map(|i| Arc::from(format!("work-{i:07}"))).collect();
     let members: BTreeMap<MemberId, u32> = (0..m)
         .map(|i| (Arc::from(format!("member-{i:04}")), 1))
         .collect();

@@ -61,7 +61,7 @@ pub struct Plan {
 }
 
 /// A stable 64-bit hash of a string: FNV-1a over its bytes, then the `fmix64` finaliser of
-/// MurmurHash3 so that ids differing only in their last bytes still spread over the whole range.
+/// `MurmurHash3` so that ids differing only in their last bytes still spread over the whole range.
 ///
 /// It is the same on every platform and every run (no `RandomState`), which is what lets two
 /// leaders derive the same plan.
@@ -388,6 +388,12 @@ mod tests {
         let from: BTreeSet<&str> = p.revoked.iter().map(|(_, m)| &**m).collect();
         assert_eq!(from, BTreeSet::from(["m1", "m2", "m3"]));
         assert!(p.assigned.iter().all(|(_, m)| &**m == "m4"));
+        // The worked example of docs/planner.md: each sheds its item of largest hash.
+        let revoked: Vec<(&str, &str)> = p.revoked.iter().map(|(w, m)| (&**w, &**m)).collect();
+        assert_eq!(
+            revoked,
+            [("item-02", "m1"), ("item-05", "m2"), ("item-11", "m3")]
+        );
         // Every item not moved is where it was.
         for (w, m) in &p.assignment {
             if &**m != "m4" {

@@ -36,10 +36,7 @@ fn weight() -> impl Strategy<Value = u32> {
 fn case(max_members: usize, pool: usize, max_items: usize) -> impl Strategy<Value = Case> {
     let members = prop::collection::vec(prop::option::weighted(0.8, weight()), max_members);
     let items = prop::collection::vec(any::<bool>(), pool);
-    let owners = prop::collection::vec(
-        prop::option::weighted(0.7, 0..max_members + 2),
-        pool,
-    );
+    let owners = prop::collection::vec(prop::option::weighted(0.7, 0..max_members + 2), pool);
     (members, items, owners).prop_map(move |(members, items, owners)| {
         let members: BTreeMap<MemberId, u32> = members
             .iter()
@@ -108,37 +105,37 @@ fn reference_by_counts(c: &Case) -> usize {
     if w_total == 0 {
         return live;
     }
-    let ms: Vec<(&MemberId, u32)> = c.members.iter().map(|(m, &w)| (m, w)).collect();
-    let mut best_stays = None;
-    let mut counts = vec![0; ms.len()];
-    fn go(
-        i: usize,
-        ms: &[(&MemberId, u32)],
-        n: usize,
-        w_total: u128,
-        k: &BTreeMap<MemberId, usize>,
-        counts: &mut Vec<usize>,
-        best: &mut Option<usize>,
-    ) {
-        if i == ms.len() {
-            if counts.iter().sum::<usize>() == n {
-                let stays: usize = ms
-                    .iter()
-                    .zip(counts.iter())
-                    .map(|((m, _), &c)| k[*m].min(c))
-                    .sum();
-                *best = Some(best.map_or(stays, |b: usize| b.max(stays)));
-            }
-            return;
+    // Each member's balanced counts, by definition; then every combination of them.
+    let choices: Vec<(&MemberId, Vec<usize>)> = c
+        .members
+        .iter()
+        .map(|(m, &w)| {
+            let ok = (0..=n).filter(|&x| is_balanced_count(x, n, w, w_total));
+            (m, ok.collect())
+        })
+        .collect();
+    let mut best_stays: Option<usize> = None;
+    let mut pick = vec![0usize; choices.len()];
+    'all: loop {
+        let counts: Vec<usize> = pick.iter().zip(&choices).map(|(&p, (_, v))| v[p]).collect();
+        if counts.iter().sum::<usize>() == n {
+            let stays: usize = choices
+                .iter()
+                .zip(&counts)
+                .map(|((m, _), &x)| k[*m].min(x))
+                .sum();
+            best_stays = Some(best_stays.map_or(stays, |b| b.max(stays)));
         }
-        for c in 0..=n {
-            if is_balanced_count(c, n, ms[i].1, w_total) {
-                counts[i] = c;
-                go(i + 1, ms, n, w_total, k, counts, best);
+        // Next combination (odometer).
+        for (p, (_, v)) in pick.iter_mut().zip(&choices) {
+            *p += 1;
+            if *p < v.len() {
+                continue 'all;
             }
+            *p = 0;
         }
+        break;
     }
-    go(0, &ms, n, w_total, &k, &mut counts, &mut best_stays);
     live - best_stays.expect("a balanced count vector always exists")
 }
 
@@ -249,7 +246,11 @@ fn check(c: &Case) -> Result<Plan, TestCaseError> {
 
     // Every item exactly once (a map holds one owner per item), on a member of weight > 0,
     // balanced.
-    prop_assert!(balanced(c, &p.assignment), "not balanced: {:?}", p.assignment);
+    prop_assert!(
+        balanced(c, &p.assignment),
+        "not balanced: {:?}",
+        p.assignment
+    );
     if w_total > 0 {
         prop_assert!(p.assignment.values().all(|m| c.members[m] > 0));
     }
@@ -378,7 +379,10 @@ fn churn_sequence_moves_only_what_it_must() {
                 assert!(p.assigned.iter().all(|(_, m)| *m == id), "step {step}");
                 let q = quotas(items.len(), &members);
                 for (_, from) in &p.revoked {
-                    assert!(before_counts[from] > q[from].0, "step {step}: {from} shed below floor");
+                    assert!(
+                        before_counts[from] > q[from].0,
+                        "step {step}: {from} shed below floor"
+                    );
                 }
             }
         } else {
