@@ -50,14 +50,23 @@ impl StoreError {
 }
 
 /// Displays an error followed by each of its sources: `a: b: c`.
+///
+/// Each distinct cause appears once: a source whose text is already part of
+/// the message printed before it is skipped (hyper, reqwest and others repeat
+/// their source in their own `Display`); its own sources are still followed.
 pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
         let mut source = self.0.source();
         while let Some(s) = source {
-            write!(f, ": {s}")?;
+            let text = s.to_string();
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+                last = text;
+            }
             source = s.source();
         }
         Ok(())
@@ -81,5 +90,69 @@ impl ConfigError {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose `Display` repeats its source's text, like hyper's and
+    /// reqwest's "error trying to connect: tcp connect error: ...".
+    #[derive(Debug)]
+    struct Layer {
+        text: String,
+        source: Option<Box<Layer>>,
+    }
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.text)
+        }
+    }
+
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.source
+                .as_deref()
+                .map(|s| s as &(dyn StdError + 'static))
+        }
+    }
+
+    fn chain(texts: &[&str]) -> Layer {
+        let mut layer: Option<Box<Layer>> = None;
+        for t in texts.iter().rev() {
+            layer = Some(Box::new(Layer {
+                text: (*t).to_owned(),
+                source: layer,
+            }));
+        }
+        *layer.expect("at least one")
+    }
+
+    #[test]
+    fn each_distinct_cause_is_printed_once() {
+        let e = chain(&[
+            "store unreachable",
+            "error sending request: error trying to connect: tcp connect error: Connection refused (os error 111)",
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+            "tcp connect error: Connection refused (os error 111)",
+            "Connection refused (os error 111)",
+        ]);
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "store unreachable: error sending request: error trying to connect: tcp connect error: \
+             Connection refused (os error 111)"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept() {
+        let e = chain(&["a", "b", "c"]);
+        assert_eq!(ErrorChain(&e).to_string(), "a: b: c");
+        // A cause not contained in the message before it is kept, even when
+        // an earlier message contains it.
+        let e = chain(&["x: c", "b", "c"]);
+        assert_eq!(ErrorChain(&e).to_string(), "x: c: b: c");
     }
 }
