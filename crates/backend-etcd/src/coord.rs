@@ -50,7 +50,9 @@ pub fn lease_ttl(ttl: Duration) -> i64 {
 
 /// The lease behind a session id (`None`: not one of ours, so no such lease).
 fn lease_of(session: &SessionId) -> Option<i64> {
-    i64::from_str_radix(&session.0, 16).ok().filter(|id| *id > 0)
+    i64::from_str_radix(&session.0, 16)
+        .ok()
+        .filter(|id| *id > 0)
 }
 
 /// The session id of a lease: its id in lowercase hex, as etcd's election
@@ -122,12 +124,12 @@ impl Membership for EtcdBackend {
     /// call may leave a lease that expires by its TTL).
     async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError> {
         let secs = lease_ttl(ttl);
-        let (response, _) = self
-            .pool
-            .run(|mut client| async move {
-                client.lease_grant(secs, None).await.map_err(store_error)
-            })
-            .await?;
+        let (response, _) =
+            self.pool
+                .run(|mut client| async move {
+                    client.lease_grant(secs, None).await.map_err(store_error)
+                })
+                .await?;
         if response.id() <= 0 {
             return Err(StoreError::protocol(format!(
                 "etcd granted a lease with id {}",
@@ -237,11 +239,7 @@ impl Election for EtcdBackend {
         };
         let key = candidate_key(election, lease);
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([etcd_client::TxnOp::put(
                 key.as_str(),
                 value,

@@ -11,9 +11,7 @@ use leader_core::conformance::{self, ClusterStore};
 use leader_core::{Layout, MemberStore};
 use test_support::EtcdServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use worker_core::{
-    Election, FencedWrite, LeaderWait, Membership, SessionId, TxnOp, TxnOutcome,
-};
+use worker_core::{Election, FencedWrite, LeaderWait, Membership, SessionId, TxnOp, TxnOutcome};
 
 use crate::common::{backend, init_tracing, plain_client, unique, WAIT};
 
@@ -55,7 +53,10 @@ impl ClusterStore for EtcdMembers {
         let response = self
             .client
             .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await
             .expect("get");
         let mut keys: Vec<String> = response
@@ -109,13 +110,7 @@ fn lease(session: &SessionId) -> i64 {
 async fn wait_deleted(client: &etcd_client::Client, key: &str, what: &str) {
     let mut client = client.clone();
     let mut stream = client.watch(key, None).await.expect("watch");
-    if client
-        .get(key, None)
-        .await
-        .expect("get")
-        .kvs()
-        .is_empty()
-    {
+    if client.get(key, None).await.expect("get").kvs().is_empty() {
         return;
     }
     tokio::time::timeout(WAIT, async {
@@ -180,7 +175,10 @@ async fn leases_hold_bound_keys_until_they_expire() {
         .put_bound(&raised, &key, Bytes::from_static(b"{}"))
         .await
         .expect("put_bound"));
-    let other = etcd.open_session(Duration::from_secs(30)).await.expect("open");
+    let other = etcd
+        .open_session(Duration::from_secs(30))
+        .await
+        .expect("open");
     assert!(!etcd
         .put_bound(&other, &key, Bytes::from_static(b"x"))
         .await
@@ -276,18 +274,28 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
 
     let mut outsider = Outsider::start(&server, &election, "outsider");
     outsider.wait_elected().await;
-    let session = etcd.open_session(Duration::from_secs(3)).await.expect("open");
+    let session = etcd
+        .open_session(Duration::from_secs(3))
+        .await
+        .expect("open");
     assert_eq!(
         etcd.try_lead(&election, &session, "m1").await.expect("try"),
         None,
         "led while etcdctl elect holds the election"
     );
     assert_eq!(
-        etcd.leader_value(&election).await.expect("value").as_deref(),
+        etcd.leader_value(&election)
+            .await
+            .expect("value")
+            .as_deref(),
         Some("outsider")
     );
     assert_eq!(
-        etcd.leader().await.expect("leader").map(|l| l.id).as_deref(),
+        etcd.leader()
+            .await
+            .expect("leader")
+            .map(|l| l.id)
+            .as_deref(),
         Some("outsider")
     );
     // Our candidacy is etcd's: `<election>/<lease in hex>`, on our lease,
@@ -334,7 +342,10 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
     assert_eq!(fence.key, ours);
     assert_eq!(fence.session, session);
     let observed = etcd.leader().await.expect("leader").expect("a leader");
-    assert_eq!(fence.leader, observed, "the fence reports what LeaderWait does");
+    assert_eq!(
+        fence.leader, observed,
+        "the fence reports what LeaderWait does"
+    );
     assert_eq!(observed.id, "m1");
     let created = client
         .clone()
@@ -345,7 +356,10 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
         .create_revision();
     assert_eq!(fence.term(), u64::try_from(created).unwrap());
     assert_eq!(
-        etcd.leader_value(&election).await.expect("value").as_deref(),
+        etcd.leader_value(&election)
+            .await
+            .expect("value")
+            .as_deref(),
         Some("m1")
     );
     etcd.close_session(&session).await.expect("close");
@@ -362,7 +376,10 @@ async fn etcdctl_elect_queues_behind_a_member_and_fences_it_after_resigning() {
     let etcd = backend(EtcdConfig::new(server.client_urls()).with_election(&election)).await;
     let client = plain_client(&server.client_urls()).await;
     let root = unique("queue");
-    let session = etcd.open_session(Duration::from_secs(30)).await.expect("open");
+    let session = etcd
+        .open_session(Duration::from_secs(30))
+        .await
+        .expect("open");
     let fence = etcd
         .try_lead(&election, &session, "m1")
         .await
@@ -393,7 +410,11 @@ async fn etcdctl_elect_queues_behind_a_member_and_fences_it_after_resigning() {
     etcd.resign(&fence).await.expect("resign");
     second.wait_elected().await;
     assert_eq!(
-        etcd.leader().await.expect("leader").map(|l| l.id).as_deref(),
+        etcd.leader()
+            .await
+            .expect("leader")
+            .map(|l| l.id)
+            .as_deref(),
         Some("second")
     );
     assert_eq!(
