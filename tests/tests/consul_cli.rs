@@ -83,3 +83,29 @@ async fn worker_prints_settled_workloads_from_consul() {
     std::fs::write(&stop, "").unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), lock.wait()).await;
 }
+
+/// `--ca-cert` with an `http://` endpoint would send the token in plain text: refused at
+/// start (exit 2) with a message naming the flag and the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_cert_with_an_http_endpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A usable CA: the refusal is about the endpoint, not the file.
+    let ca = test_support::TestPki::generate(dir.path())
+        .tls_files()
+        .ca_cert;
+    let output = tokio::process::Command::new(coordinator_bin())
+        .args(["worker", "--backend", "consul"])
+        .args(["--endpoints", "http://127.0.0.1:1", "--instance-id", "m1"])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = bounded("the worker to refuse", output).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("--ca-cert"), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
