@@ -265,11 +265,14 @@ impl MemberHandle {
     /// close, as if the process had been killed. The session expires by its
     /// TTL. For tests and simulations.
     pub async fn kill(mut self) {
-        self.halt.take();
+        // Abort first: dropping the halt sender while the task runs (on
+        // another worker thread) would let it see the closed channel as a
+        // halt and destroy its session before the abort lands.
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
         }
+        self.halt.take();
         if let Some(worker) = self.worker.take() {
             worker.halt().await;
         }
