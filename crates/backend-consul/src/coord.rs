@@ -20,7 +20,7 @@ use worker_core::{
     TxnOutcome,
 };
 
-use crate::error::{HttpStatusError, ProtocolError};
+use crate::error::{HttpStatusError, ProtocolError, TransportError};
 use crate::http::Http;
 use crate::{leader, ConsulBackend};
 
@@ -122,7 +122,7 @@ async fn send(
     let result = match sent {
         Err(_) => Err(StoreError::Timeout(REQUEST_TIMEOUT)),
         Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(REQUEST_TIMEOUT)),
-        Ok(Err(e)) => Err(StoreError::unavailable(e)),
+        Ok(Err(e)) => Err(StoreError::unavailable(TransportError::new(&e))),
         Ok(Ok(answer))
             if (200..300).contains(&answer.status) || accept(answer.status, &answer.body) =>
         {
@@ -315,7 +315,8 @@ impl Membership for ConsulBackend {
             |_, _| false,
         )
         .await?;
-        let created: Created = serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
+        let created: Created =
+            serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
         Ok(SessionId(created.id))
     }
 
@@ -536,7 +537,10 @@ mod tests {
             session_ttl(Duration::from_millis(15_001)),
             Duration::from_secs(16)
         );
-        assert_eq!(session_ttl(Duration::from_secs(15)), Duration::from_secs(15));
+        assert_eq!(
+            session_ttl(Duration::from_secs(15)),
+            Duration::from_secs(15)
+        );
         assert_eq!(session_ttl(Duration::from_secs(1 << 40)), MAX_SESSION_TTL);
     }
 

@@ -16,6 +16,11 @@
 //! - Answers are decoded straight into entries (no intermediate pair type),
 //!   and whether one changed anything is told by a fingerprint (number of
 //!   keys, highest and sum of `ModifyIndex`), not by comparing entries.
+//! - The leader half ([`Membership`](worker_core::Membership),
+//!   [`Election`](worker_core::Election), [`FencedWrite`](worker_core::FencedWrite),
+//!   [`KvWrite`](worker_core::KvWrite)): TTL sessions with `behavior=delete`
+//!   and no lock-delay, the leader key acquired by a session, and `/v1/txn`
+//!   transactions fenced by a `check-session` on the leader key.
 //! - ACL token (`X-Consul-Token`, never logged), HTTPS with a CA, and mutual
 //!   TLS with a client certificate, all through rustls.
 //!
@@ -46,6 +51,7 @@
 //! None.
 
 mod config;
+mod coord;
 mod decode;
 mod error;
 mod http;
@@ -63,6 +69,7 @@ use worker_core::{
 };
 
 pub use config::{ConsulConfig, DEFAULT_LEADER_KEY, DEFAULT_WAIT, MAX_WAIT};
+pub use coord::{LOCK_DELAY, MAX_SESSION_TTL, MAX_TXN_OPS, MIN_SESSION_TTL, SESSION_NAME};
 pub use error::ConsulError;
 
 /// How many listed prefixes are remembered for the watches that follow them.

@@ -37,7 +37,7 @@ impl Consul {
 
     fn backend(&self, leader_key: &str) -> ConsulBackend {
         let mut config = config_for(&self.agent);
-        config.leader_key = leader_key.to_owned();
+        leader_key.clone_into(&mut config.leader_key);
         ConsulBackend::new(config).expect("backend")
     }
 }
@@ -207,8 +207,7 @@ async fn fenced_transactions_fill_consuls_limit() {
             value: Bytes::from(format!("p{i}")),
         })
         .collect();
-    let TxnOutcome::Applied { revision } = backend.apply(&fence, &ops).await.expect("apply")
-    else {
+    let TxnOutcome::Applied { revision } = backend.apply(&fence, &ops).await.expect("apply") else {
         panic!("the leader's transaction was fenced");
     };
     assert!(revision >= store.agent.kv_index("t/a/m1/w00").await);
