@@ -148,8 +148,8 @@ impl Cluster {
         };
         match timeout(bound, wait).await {
             Ok(h) => h,
-            Err(_) => panic!(
-                "timed out after {bound:?} waiting for counts {counts:?}; holdings {:?}\n{}",
+            Err(elapsed) => panic!(
+                "{elapsed} ({bound:?}) waiting for counts {counts:?}; holdings {:?}\n{}",
                 self.holdings.lock().unwrap(),
                 self.logs()
             ),

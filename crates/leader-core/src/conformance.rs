@@ -220,7 +220,7 @@ async fn wait_holdings(
                 return h;
             }
             let changed = watches.iter_mut().map(|w| Box::pin(w.changed()));
-            let _ = futures_select_any(changed).await;
+            futures_select_any(changed).await;
         }
     })
     .await;

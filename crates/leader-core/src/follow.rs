@@ -52,7 +52,7 @@ async fn follow(
     (min, max): (Duration, Duration),
 ) {
     let mut backoff = Backoff::new(min, max);
-    let mut rng = SmallRng::seed_from_u64(0xf011_0e);
+    let mut rng = SmallRng::seed_from_u64(0x00f0_110e);
     loop {
         // List.
         let snapshot = match kv.list(prefix).await {

@@ -288,6 +288,7 @@ impl LeaderMachine {
 
     /// The outcome of the transaction last returned by [`Action::Write`];
     /// `Err` carries nothing the machine needs (the driver logs it).
+    #[allow(clippy::needless_pass_by_value)] // the driver hands over the outcome it got
     pub fn handle_write<E>(&mut self, now: Instant, outcome: Result<TxnOutcome, E>) {
         if self.stepped_down || !self.in_flight {
             return;

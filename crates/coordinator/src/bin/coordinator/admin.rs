@@ -299,17 +299,25 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    print!("{}", table(&status));
+    ExitCode::SUCCESS
+}
+
+fn table(status: &Status) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         "leader: {}\nitems: {} ({} unassigned)\n\n",
         status.leader.as_deref().unwrap_or("(none)"),
         status.items,
         status.unassigned.len()
-    ));
-    out.push_str(&format!(
+    );
+    let _ = write!(
+        out,
         "{:<24} {:>6} {:>6}  {:<5} ITEMS\n",
         "MEMBER", "WEIGHT", "COUNT", "STATE"
-    ));
+    );
     for (id, m) in &status.members {
         let state = if !m.live {
             "gone"
@@ -323,15 +331,15 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         } else {
             ""
         };
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "{:<24} {:>6} {:>6}  {:<5} {}\n",
             format!("{id}{leader_mark}"),
             m.weight,
             m.count,
             state,
             m.items.join(",")
-        ));
+        );
     }
-    print!("{out}");
-    ExitCode::SUCCESS
+    out
 }

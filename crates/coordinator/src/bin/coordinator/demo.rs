@@ -30,7 +30,7 @@ struct Cluster {
     lines: mpsc::UnboundedSender<String>,
 }
 
-fn list(v: Vec<&str>) -> String {
+fn list(v: &[&str]) -> String {
     if v.is_empty() {
         "-".to_owned()
     } else {
@@ -78,7 +78,7 @@ impl Cluster {
                     "[{:>5.1}s]   {who:<3} holds {:>3}: {} {}",
                     start.elapsed().as_secs_f64(),
                     held.len(),
-                    list(held.keys().map(|k| &**k).collect()),
+                    list(&held.keys().map(|k| &**k).collect::<Vec<_>>()),
                     if c.initial {
                         "(first sync)".to_owned()
                     } else {
@@ -160,7 +160,7 @@ impl Cluster {
             let mut watches: Vec<_> = self.members.values().map(|m| m.worker().watch()).collect();
             while !self.settled() {
                 let changed = watches.iter_mut().map(|w| Box::pin(w.changed()));
-                let (result, _, _) = futures_select_all(changed).await;
+                let (result, _) = futures_select_all(changed).await;
                 if result.is_err() {
                     return false;
                 }
@@ -185,12 +185,12 @@ impl Cluster {
 /// Waits for the first of several futures (a small `select_all`).
 async fn futures_select_all<F: std::future::Future + Unpin>(
     futs: impl Iterator<Item = F>,
-) -> (F::Output, usize, ()) {
+) -> (F::Output, usize) {
     let mut futs: Vec<F> = futs.collect();
     std::future::poll_fn(move |cx| {
         for (i, f) in futs.iter_mut().enumerate() {
             if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready((out, i, ()));
+                return std::task::Poll::Ready((out, i));
             }
         }
         std::task::Poll::Pending
