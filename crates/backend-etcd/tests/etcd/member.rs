@@ -434,3 +434,60 @@ async fn etcdctl_elect_queues_behind_a_member_and_fences_it_after_resigning() {
     );
     etcd.close_session(&session).await.expect("close");
 }
+
+/// The fence is the leader key's create revision, not its name or lease: after
+/// resigning, the same lease leads again under the same key name with a new
+/// term, and the old fence stays rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_fence_stays_rejected_when_the_same_lease_leads_again() {
+    init_tracing();
+    let server = EtcdServer::start().await;
+    let election = unique("again/leader");
+    let etcd = backend(EtcdConfig::new(server.client_urls()).with_election(&election)).await;
+    let client = plain_client(&server.client_urls()).await;
+    let root = unique("again");
+    let put = |k: &str| TxnOp::Put {
+        key: format!("{root}/assignments/{k}"),
+        value: Bytes::from_static(b"v"),
+    };
+    let session = etcd
+        .open_session(Duration::from_secs(30))
+        .await
+        .expect("open");
+    let first = etcd
+        .try_lead(&election, &session, "m1")
+        .await
+        .expect("try")
+        .expect("m1 leads a free election");
+    etcd.resign(&first).await.expect("resign");
+    let second = etcd
+        .try_lead(&election, &session, "m1")
+        .await
+        .expect("try")
+        .expect("m1 leads again");
+    assert_eq!(second.key, first.key, "one candidate key per lease");
+    assert!(second.term() > first.term(), "{second:?} after {first:?}");
+    assert_eq!(
+        etcd.apply(&first, &[put("stale")]).await.expect("apply"),
+        TxnOutcome::Fenced,
+        "a resigned term's fence must be rejected"
+    );
+    assert!(matches!(
+        etcd.apply(&second, &[put("fresh")]).await.expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
+    let stale = client
+        .clone()
+        .get(format!("{root}/assignments/stale"), None)
+        .await
+        .expect("get");
+    assert!(stale.kvs().is_empty(), "a fenced write was applied");
+    // A resignation with the old fence leaves the new term alone.
+    etcd.resign(&first).await.expect("resign a lost term");
+    assert_eq!(
+        etcd.try_lead(&election, &session, "m1").await.expect("try"),
+        Some(second)
+    );
+    etcd.close_session(&session).await.expect("close");
+    assert_eq!(etcd.leader().await.expect("leader"), None);
+}
