@@ -17,6 +17,11 @@
 //! - **Several endpoints**: requests go to one member; when it fails (down,
 //!   silent, without a raft leader) the backend reconnects and moves on to the
 //!   next one.
+//! - **Leader half**: [`Membership`](worker_core::Membership) on leases,
+//!   [`Election`](worker_core::Election) in etcd's v3 election protocol
+//!   (interoperates with `etcdctl elect`), [`FencedWrite`](worker_core::FencedWrite)
+//!   as transactions comparing the leader key's create revision (at most
+//!   [`MAX_TXN_OPS`] operations), and plain [`KvWrite`](worker_core::KvWrite).
 //! - **Security**: user/password authentication, HTTPS with a CA file, client
 //!   certificates. The password is never logged.
 //!
