@@ -79,13 +79,39 @@ async fn bad_flags_exit_2_with_one_line_naming_them() {
     .contains("--endpoints"));
 }
 
-async fn next_json(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> Value {
-    let line = timeout(WAIT, lines.next_line())
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> String {
+    timeout(WAIT, lines.next_line())
         .await
         .expect("timed out waiting for a JSON line")
         .unwrap()
-        .expect("stdout closed");
+        .expect("stdout closed")
+}
+
+async fn next_json(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> Value {
+    let line = next_line(lines).await;
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// The top-level field names of a JSON line in the order they appear in its
+/// text (a `serde_json::Value` map would sort them).
+fn field_order(line: &str) -> Vec<String> {
+    let fields = [
+        "instance_id",
+        "revision",
+        "workload",
+        "added",
+        "removed",
+        "changed",
+    ];
+    let mut found: Vec<(usize, String)> = fields
+        .iter()
+        .filter_map(|f| {
+            line.find(&format!("\"{f}\":"))
+                .map(|i| (i, (*f).to_owned()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, f)| f).collect()
 }
 
 /// Starts `coordinator worker ARGS` with stdin and stdout piped (stderr dropped).
@@ -129,17 +155,30 @@ async fn json_lines_and_sigterm_exit_0() {
         "svc.a+b/(x)/",
     ]);
 
-    let first = next_json(&mut lines).await;
+    let first = next_line(&mut lines).await;
     assert_eq!(
         first,
-        serde_json::json!({"instance_id":"m1","revision":0,"workload":[],"added":[],"removed":[]}),
-        "first sync of an empty store"
+        r#"{"instance_id":"m1","revision":0,"workload":[],"added":[],"removed":[],"changed":[]}"#,
+        "first sync of an empty store, fields in the order of SPEC §5"
     );
     stdin
         .write_all(b"put svc.a+b/(x)/m1/w2 a\nput svc.a+b/(x)/m1/w1 b\nput svc.a+b/(x)/m10/w9 c\n")
         .await
         .unwrap();
-    let l = next_json(&mut lines).await;
+    let text = next_line(&mut lines).await;
+    assert_eq!(
+        field_order(&text),
+        [
+            "instance_id",
+            "revision",
+            "workload",
+            "added",
+            "removed",
+            "changed"
+        ],
+        "field order of the line as printed: {text}"
+    );
+    let l: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         l["workload"],
         serde_json::json!(["w1", "w2"]),
@@ -147,17 +186,24 @@ async fn json_lines_and_sigterm_exit_0() {
     );
     assert_eq!(l["added"], serde_json::json!(["w1", "w2"]));
     assert_eq!(l["removed"], serde_json::json!([]));
-    let keys: Vec<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        ["added", "instance_id", "removed", "revision", "workload"]
-    );
     assert!(l["revision"].as_u64().unwrap() >= 2);
 
     stdin.write_all(b"del svc.a+b/(x)/m1/w2\n").await.unwrap();
     let l = next_json(&mut lines).await;
     assert_eq!(l["workload"], serde_json::json!(["w1"]));
     assert_eq!(l["removed"], serde_json::json!(["w2"]));
+    assert_eq!(l["changed"], serde_json::json!([]));
+
+    // A change of values only: a line of its own, naming what changed.
+    stdin
+        .write_all(b"put svc.a+b/(x)/m1/w1 new-value\n")
+        .await
+        .unwrap();
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["workload"], serde_json::json!(["w1"]));
+    assert_eq!(l["added"], serde_json::json!([]));
+    assert_eq!(l["removed"], serde_json::json!([]));
+    assert_eq!(l["changed"], serde_json::json!(["w1"]));
 
     signal_exits_0(child, "-TERM").await;
 }
@@ -217,4 +263,27 @@ async fn demo_runs_and_exits_0_within_a_minute() {
     assert!(text.contains("m2 leaves"), "{text}");
     assert!(text.contains("each held exactly once: yes"), "{text}");
     assert!(text.contains("(first sync)"), "{text}");
+}
+
+#[tokio::test]
+async fn demo_with_100_items_ends_by_itself_and_exits_0() {
+    let started = std::time::Instant::now();
+    let out = timeout(
+        Duration::from_secs(60),
+        Command::new(BIN)
+            .args(["demo", "--items", "100"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("demo --items 100 must end by itself within a minute")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("each held exactly once: yes"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "well under a minute: {:?}",
+        started.elapsed()
+    );
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use coordinator::config::parse_duration;
 use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
-use coordinator::{Backend, Error, ErrorChain, Workload};
-use tracing::{info, warn};
+use coordinator::{Backend, Error, ErrorChain};
+use tracing::info;
 
-use crate::worker::{config_of, flag, init_logging, print_line, shutdown_signal};
+use crate::worker::{config_of, flag, init_logging, print_until_stopped, Shutdown};
 use crate::{usage_error, WorkerArgs};
 
 /// Flags of `coordinator member`: every flag of `coordinator worker`, and these.
@@ -36,6 +36,8 @@ pub struct MemberArgs {
 }
 
 pub async fn run(args: MemberArgs) -> ExitCode {
+    // First of all, so that a signal at any later moment halts and exits 0.
+    let mut shutdown = Shutdown::register();
     let mut config = config_of(args.worker);
     config.members_prefix = args.members_prefix;
     config.work_prefix = args.work_prefix;
@@ -49,7 +51,11 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason));
     }
     init_logging();
-    let backend = match Backend::connect(&config).await {
+    let connected = tokio::select! {
+        () = shutdown.recv() => return ExitCode::SUCCESS,
+        r = Backend::connect(&config) => r,
+    };
+    let backend = match connected {
         Ok(b) => b,
         Err(Error::Config(e)) => {
             return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason))
@@ -61,22 +67,12 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         Err(e) => return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason)),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
-    let mut changes = member.worker().changes();
-    let mut workload = Workload::new();
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            change = changes.next() => {
-                let Some(change) = change else { break };
-                if !print_line(&config.instance_id, &mut workload, &change) {
-                    warn!("stdout closed; stopping");
-                    break;
-                }
-            }
-        }
-    }
+    print_until_stopped(
+        &config.instance_id,
+        member.worker().changes(),
+        &mut shutdown,
+    )
+    .await;
     member.halt().await;
     ExitCode::SUCCESS
 }

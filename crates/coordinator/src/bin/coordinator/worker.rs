@@ -1,11 +1,15 @@
 //! `coordinator worker`.
 
-use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use coordinator::{Backend, Config, Error, ErrorChain, MemoryStore, Workload, WorkloadChange};
+use coordinator::{
+    Backend, Changes, Config, Error, ErrorChain, MemoryStore, Workload, WorkloadChange,
+};
 use serde::Serialize;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{usage_error, WorkerArgs};
@@ -18,6 +22,8 @@ struct Line<'a> {
     workload: Vec<&'a str>,
     added: Vec<&'a str>,
     removed: Vec<&'a str>,
+    /// Work ids whose value changed (an extension of SPEC §5's line).
+    changed: Vec<&'a str>,
 }
 
 pub(crate) fn config_of(args: WorkerArgs) -> Config {
@@ -48,9 +54,20 @@ pub(crate) fn flag(field: &str) -> String {
     format!("--{}", field.replace('_', "-"))
 }
 
+/// The log filter when `RUST_LOG` is not set: our crates at info, every
+/// dependency at warn, and none of rustify's / consulrs's lines (INFO chatter
+/// per request, ERROR for answers the Consul backend handles itself).
+pub(crate) const DEFAULT_LOG_FILTER: &str = "warn,coordinator=info,worker_core=info,\
+backend_consul=info,backend_etcd=info,leader_core=info,rustify=off,consulrs=off";
+
+fn default_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)
+}
+
+/// Logs to stderr; `RUST_LOG`, when set, replaces [`DEFAULT_LOG_FILTER`].
 pub(crate) fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -59,12 +76,18 @@ pub(crate) fn init_logging() {
 }
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
+    // First of all, so that a signal at any later moment halts and exits 0.
+    let mut shutdown = Shutdown::register();
     let config = config_of(args);
     if let Err(e) = config.validate() {
         return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason));
     }
     init_logging();
-    let backend = match Backend::connect(&config).await {
+    let connected = tokio::select! {
+        () = shutdown.recv() => return ExitCode::SUCCESS,
+        r = Backend::connect(&config) => r,
+    };
+    let backend = match connected {
         Ok(b) => b,
         Err(Error::Config(e)) => {
             return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason))
@@ -82,69 +105,147 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         Err(e) => return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason)),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
-    let mut changes = worker.changes();
+    print_until_stopped(&config.instance_id, worker.changes(), &mut shutdown).await;
+    worker.halt().await;
+    ExitCode::SUCCESS
+}
+
+/// SIGINT and SIGTERM, registered when this is created: from then on either
+/// signal is kept until [`recv`](Self::recv) sees it, instead of killing the
+/// process.
+pub(crate) struct Shutdown {
+    #[cfg(unix)]
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Shutdown {
+    /// Registers the handlers. Call first thing, inside the runtime.
+    pub(crate) fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signals = signal(SignalKind::terminate())
+                .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+                .map_err(|e| eprintln!("coordinator: cannot handle signals: {e}"))
+                .ok();
+            Self { signals }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// Waits for SIGINT or SIGTERM. Cancel safe.
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            match &mut self.signals {
+                Some((term, int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// How long lines still queued for stdout may take once the program stops.
+const FLUSH_BOUND: Duration = Duration::from_millis(500);
+
+/// Prints one JSON line per change until a signal, the end of `changes`, or a
+/// closed stdout. Stdout is written by a task of its own through tokio's
+/// stdout, so a reader that stops reading delays only the lines, never the
+/// handling of a signal.
+pub(crate) async fn print_until_stopped(
+    instance_id: &str,
+    mut changes: Changes,
+    shutdown: &mut Shutdown,
+) {
+    let out = Output::spawn();
     let mut workload = Workload::new();
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => break,
+            () = shutdown.recv() => break,
+            () = out.tx.closed() => {
+                warn!("stdout closed; stopping");
+                break;
+            }
             change = changes.next() => {
                 let Some(change) = change else { break };
-                if !print_line(&config.instance_id, &mut workload, &change) {
+                if !out.send(json_line(instance_id, &mut workload, &change)) {
                     warn!("stdout closed; stopping");
                     break;
                 }
             }
         }
     }
-    worker.halt().await;
-    ExitCode::SUCCESS
+    out.finish().await;
 }
 
-pub(crate) fn print_line(
+/// The stdout writer task and the queue feeding it.
+struct Output {
+    tx: mpsc::UnboundedSender<String>,
+    task: JoinHandle<()>,
+}
+
+impl Output {
+    fn spawn() -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let task = tokio::spawn(async move {
+            let mut stdout = tokio::io::stdout();
+            while let Some(line) = rx.recv().await {
+                if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self { tx, task }
+    }
+
+    /// Queues a line; false once stdout is closed.
+    fn send(&self, line: String) -> bool {
+        self.tx.send(line).is_ok()
+    }
+
+    /// Lets the queued lines out, for at most [`FLUSH_BOUND`].
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(FLUSH_BOUND, self.task).await;
+    }
+}
+
+/// Applies `change` to `workload` and renders the JSON line (SPEC §5, with
+/// `changed`), newline included. Work ids are sorted in every list.
+pub(crate) fn json_line(
     instance_id: &str,
     workload: &mut Workload,
     change: &WorkloadChange,
-) -> bool {
+) -> String {
     change.apply_to(workload);
+    fn sorted(mut v: Vec<&str>) -> Vec<&str> {
+        v.sort_unstable();
+        v
+    }
     let line = Line {
         instance_id,
         revision: change.revision,
         workload: workload.keys().map(|k| &**k).collect(),
-        added: change.added.iter().map(|(k, _)| &**k).collect(),
-        removed: change.removed.iter().map(|k| &**k).collect(),
+        added: sorted(change.added.iter().map(|(k, _)| &**k).collect()),
+        removed: sorted(change.removed.iter().map(|k| &**k).collect()),
+        changed: sorted(change.changed.iter().map(|(k, _)| &**k).collect()),
     };
-    let Ok(mut text) = serde_json::to_string(&line) else {
-        return false;
-    };
+    let mut text = serde_json::to_string(&line).expect("a line of strings and numbers");
     text.push('\n');
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .is_ok()
-}
-
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    text
 }
 
 /// Reads commands for the standalone memory store from stdin until EOF.
@@ -168,5 +269,61 @@ async fn feed_memory_store(store: MemoryStore) {
                 warn!(line = %line, "unknown memory-store command (put KEY [VALUE] | del KEY | leader ID | no-leader)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn default_filter_keeps_our_info_and_quiets_dependencies() {
+        let subscriber = tracing_subscriber::registry().with(default_filter());
+        tracing::subscriber::with_default(subscriber, || {
+            macro_rules! ours_at_info {
+                ($($target:literal),*) => {$(
+                    assert!(tracing::enabled!(target: $target, Level::INFO), $target);
+                    assert!(!tracing::enabled!(target: $target, Level::DEBUG), $target);
+                )*};
+            }
+            ours_at_info!(
+                "coordinator::worker",
+                "worker_core::worker",
+                "backend_consul::watch",
+                "backend_etcd::watch",
+                "leader_core::driver"
+            );
+            assert!(!tracing::enabled!(target: "rustify::endpoint", Level::INFO));
+            assert!(!tracing::enabled!(target: "rustify::endpoint", Level::ERROR));
+            assert!(!tracing::enabled!(target: "consulrs::client", Level::ERROR));
+            assert!(!tracing::enabled!(target: "hyper::client", Level::INFO));
+            assert!(tracing::enabled!(target: "hyper::client", Level::WARN));
+            assert!(tracing::enabled!(target: "h2::proto", Level::ERROR));
+        });
+    }
+
+    #[test]
+    fn json_line_has_changed_after_removed_sorted() {
+        let mut w = Workload::new();
+        let v = bytes::Bytes::from_static(b"v");
+        let change = WorkloadChange {
+            revision: 7,
+            added: vec![("b".into(), v.clone()), ("a".into(), v.clone())],
+            ..WorkloadChange::default()
+        };
+        assert_eq!(
+            json_line("m1", &mut w, &change),
+            "{\"instance_id\":\"m1\",\"revision\":7,\"workload\":[\"a\",\"b\"],\
+             \"added\":[\"a\",\"b\"],\"removed\":[],\"changed\":[]}\n"
+        );
+        let change = WorkloadChange {
+            revision: 8,
+            changed: vec![("b".into(), v.clone()), ("a".into(), v)],
+            ..WorkloadChange::default()
+        };
+        assert!(json_line("m1", &mut w, &change).ends_with("\"changed\":[\"a\",\"b\"]}\n"));
     }
 }
