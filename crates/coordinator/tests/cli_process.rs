@@ -102,10 +102,7 @@ async fn sigterm_with_a_blocked_stdout_exits_0() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     // Each line lists the whole workload: 20,000 items make a line of about
     // 400 kB, far more than a pipe holds.
-    let mut feed = String::new();
-    for i in 0..20_000 {
-        feed.push_str(&format!("put p/m1/w{i:05}\n"));
-    }
+    let feed: String = (0..20_000).map(|i| format!("put p/m1/w{i:05}\n")).collect();
     stdin.write_all(feed.as_bytes()).await.unwrap();
     // The first sync (empty) and the big change settle; then one more, so the
     // program has long been writing the big line when the signal comes.

@@ -230,11 +230,11 @@ pub(crate) fn json_line(
     workload: &mut Workload,
     change: &WorkloadChange,
 ) -> String {
-    change.apply_to(workload);
     fn sorted(mut v: Vec<&str>) -> Vec<&str> {
         v.sort_unstable();
         v
     }
+    change.apply_to(workload);
     let line = Line {
         instance_id,
         revision: change.revision,
