@@ -91,7 +91,8 @@ async fn settled(stderr: &mut tokio::io::Lines<BufReader<tokio::process::ChildSt
 async fn sigterm_with_a_blocked_stdout_exits_0() {
     let mut child = Command::new(BIN)
         .args(["worker", "--backend", "memory", "--instance-id", "m1"])
-        .args(["--soak", "10ms", "--prefix", "p/"])
+        // A soak long enough for the 20,000 puts below to settle as one change.
+        .args(["--soak", "300ms", "--prefix", "p/"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped()) // never read
         .stderr(Stdio::piped())
