@@ -103,7 +103,11 @@ async fn sigterm_with_a_blocked_stdout_exits_0() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     // Each line lists the whole workload: 20,000 items make a line of about
     // 400 kB, far more than a pipe holds.
-    let feed: String = (0..20_000).map(|i| format!("put p/m1/w{i:05}\n")).collect();
+    let feed: String = (0..20_000).fold(String::new(), |mut feed, i| {
+        use std::fmt::Write as _;
+        let _ = writeln!(feed, "put p/m1/w{i:05}");
+        feed
+    });
     // The first sync (empty) settles first, so that the big change is a
     // change of its own however slowly the program starts on a loaded machine.
     timeout(WAIT, settled(&mut stderr, 1))

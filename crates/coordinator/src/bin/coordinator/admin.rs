@@ -313,9 +313,9 @@ fn table(status: &Status) -> String {
         status.items,
         status.unassigned.len()
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{:<24} {:>6} {:>6}  {:<5} ITEMS\n",
+        "{:<24} {:>6} {:>6}  {:<5} ITEMS",
         "MEMBER", "WEIGHT", "COUNT", "STATE"
     );
     for (id, m) in &status.members {
@@ -331,9 +331,9 @@ fn table(status: &Status) -> String {
         } else {
             ""
         };
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "{:<24} {:>6} {:>6}  {:<5} {}\n",
+            "{:<24} {:>6} {:>6}  {:<5} {}",
             format!("{id}{leader_mark}"),
             m.weight,
             m.count,
