@@ -2,7 +2,12 @@
 //! processes against real Consul and etcd servers: three members spread 30
 //! items 10/10/10; a member killed with SIGKILL loses its items to the
 //! survivors once its session / lease expires, and the survivors keep every
-//! item they had.
+//! item they had. The leader killed with SIGKILL is replaced and the work
+//! carries on; a leader paused (SIGSTOP) past its TTL is deposed and, resumed,
+//! writes nothing stale; an outside lock holder (`consul lock`, `etcdctl
+//! elect`) keeps members from leading until it lets go. A watcher on the whole
+//! assignment prefix runs through the failover tests and fails them if any
+//! store revision shows an item under two members.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -121,6 +126,16 @@ impl Cluster {
         counts: &[usize],
         bound: Duration,
     ) -> BTreeMap<String, BTreeSet<String>> {
+        self.wait_spread(30, counts, bound).await
+    }
+
+    /// Waits until the live members hold `counts` (sorted) of `items` items, disjoint.
+    async fn wait_spread(
+        &self,
+        items: usize,
+        counts: &[usize],
+        bound: Duration,
+    ) -> BTreeMap<String, BTreeSet<String>> {
         let live: BTreeSet<String> = self.members.keys().cloned().collect();
         let check = || {
             let h = self.holdings.lock().unwrap();
@@ -131,7 +146,7 @@ impl Cluster {
             c.sort_unstable();
             let union: BTreeSet<&String> =
                 live.iter().filter_map(|id| h.get(id)).flatten().collect();
-            (c == counts && union.len() == 30).then(|| {
+            (c == counts && union.len() == items).then(|| {
                 live.iter()
                     .map(|id| (id.clone(), h.get(id).cloned().unwrap_or_default()))
                     .collect()
@@ -271,4 +286,401 @@ async fn members_on_etcd() {
         server.client_url(),
     ];
     scenario(store, "2s", Duration::from_secs(30)).await;
+}
+
+/// Follows the whole assignment prefix and records every moment an item is
+/// under two members (checked after each single change, which is stricter
+/// than per revision).
+struct DoubleOwnerWatch {
+    violations: Arc<Mutex<Vec<String>>>,
+    changes: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DoubleOwnerWatch {
+    fn start(kv: Arc<dyn coordinator::KvWatch>, prefix: &str) -> Self {
+        use coordinator::{KvChange, WatchEvent};
+        let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let changes: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (v, n, prefix) = (violations.clone(), changes.clone(), prefix.to_owned());
+        let prefix_s = prefix.clone();
+        let check = move |keys: &BTreeSet<Vec<u8>>, at: u64| {
+            let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for k in keys {
+                let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                if let Some((member, work)) = rest.split_once('/') {
+                    owners
+                        .entry(work.to_owned())
+                        .or_default()
+                        .push(member.to_owned());
+                }
+            }
+            for (work, members) in owners {
+                if members.len() > 1 {
+                    v.lock()
+                        .unwrap()
+                        .push(format!("{work} under {members:?} at {at}"));
+                }
+            }
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok(snapshot) = kv.list(&prefix_s).await else {
+                    continue;
+                };
+                let mut keys: BTreeSet<Vec<u8>> =
+                    snapshot.entries.into_iter().map(|e| e.key).collect();
+                check(&keys, snapshot.revision);
+                let mut rev = snapshot.revision;
+                'watch: loop {
+                    let Ok(mut stream) = kv.watch(&prefix_s, rev).await else {
+                        continue;
+                    };
+                    loop {
+                        match stream.next().await {
+                            Ok(WatchEvent::Changes { revision, changes }) => {
+                                for c in changes {
+                                    match c {
+                                        KvChange::Put(e) => {
+                                            keys.insert(e.key);
+                                        }
+                                        KvChange::Delete { key } => {
+                                            keys.remove(&key);
+                                        }
+                                    }
+                                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    check(&keys, revision);
+                                }
+                                rev = revision;
+                            }
+                            Ok(WatchEvent::Snapshot(s)) => {
+                                keys = s.entries.into_iter().map(|e| e.key).collect();
+                                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                check(&keys, s.revision);
+                                rev = s.revision;
+                            }
+                            Ok(WatchEvent::Progress { revision }) => rev = revision,
+                            Ok(WatchEvent::Lost { .. }) => break 'watch,
+                            Err(_) => continue 'watch,
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            violations,
+            changes,
+            task,
+        }
+    }
+
+    fn assert_clean(&self) {
+        let v = self.violations.lock().unwrap();
+        assert!(v.is_empty(), "an item was under two members: {v:?}");
+        assert!(
+            self.changes.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the watcher saw no change at all"
+        );
+    }
+}
+
+impl Drop for DoubleOwnerWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const ASSIGNMENTS: &str = "service/coordinator/assignments/";
+
+/// A backend for the test's own observations (the assignment watcher, leadership).
+async fn test_backend(
+    kind: coordinator::BackendKind,
+    endpoint: &str,
+    leader: &str,
+) -> coordinator::Backend {
+    let mut config = coordinator::Config::new(kind, "observer");
+    config.endpoints = vec![endpoint.to_owned()];
+    config.leader = leader.to_owned();
+    coordinator::Backend::connect(&config)
+        .await
+        .expect("connect the observer")
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
+    nix::sys::signal::kill(pid, sig).expect("send signal");
+}
+
+/// Waits until the observed leadership is another term than `old`.
+async fn wait_new_leader(
+    backend: &coordinator::Backend,
+    old: &coordinator::Leader,
+    bound: Duration,
+) {
+    let mut stream = backend.leader_wait().observe().await.expect("observe");
+    timeout(bound, async {
+        loop {
+            if let Some(l) = stream.next().await.expect("observe") {
+                if l.term != old.term {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: no new leader after {old:?}"));
+}
+
+/// Leader failover and fencing with real processes.
+async fn failover_and_fencing(
+    store: Vec<String>,
+    backend: coordinator::Backend,
+    ttl: &str,
+    expiry_bound: Duration,
+) {
+    let watch = DoubleOwnerWatch::start(backend.kv(), ASSIGNMENTS);
+    let mut c = Cluster::new(store);
+    for i in 0..30 {
+        c.cli(&["work", "put", &format!("w{i:02}"), &format!("p{i}")])
+            .await;
+    }
+    for id in ["m1", "m2", "m3"] {
+        c.start(id, ttl);
+    }
+    let before = c.wait_counts(&[10, 10, 10], WAIT).await;
+
+    // SIGKILL the leader: another member leads and carries on.
+    let leader = c.status().await["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_owned();
+    let mut child = c.members.remove(&leader).expect("the leader's process");
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    let after = c.wait_counts(&[15, 15], expiry_bound).await;
+    for (id, held) in &after {
+        assert!(
+            before[id].is_subset(held),
+            "{id} lost items: {:?} -> {held:?}",
+            before[id]
+        );
+    }
+    let next = c.status().await["leader"]
+        .as_str()
+        .expect("a new leader")
+        .to_owned();
+    assert_ne!(next, leader);
+    assert!(after.contains_key(&next), "{next} is a survivor");
+
+    // Pause the leader past its TTL (SIGSTOP) while a new item is to be placed.
+    c.start("m4", ttl);
+    c.wait_counts(&[10, 10, 10], WAIT).await;
+    let paused_id = c.status().await["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_owned();
+    let term = backend
+        .leader_wait()
+        .leader()
+        .await
+        .expect("leader")
+        .expect("a leader");
+    let paused = c.members.remove(&paused_id).expect("the leader's process");
+    signal(&paused, nix::sys::signal::Signal::SIGSTOP);
+    c.cli(&["work", "put", "w30", "p30"]).await;
+    wait_new_leader(&backend, &term, expiry_bound).await;
+    c.wait_spread(31, &[15, 16], expiry_bound).await;
+
+    // Resumed, the deposed leader writes nothing stale, steps down, and
+    // comes back as a plain member that gets its share again.
+    signal(&paused, nix::sys::signal::Signal::SIGCONT);
+    c.members.insert(paused_id.clone(), paused);
+    c.wait_spread(31, &[10, 10, 11], expiry_bound).await;
+    let log = std::fs::read_to_string(c.logs[&paused_id].path()).unwrap_or_default();
+    assert!(
+        log.contains("stepping down")
+            || log.contains("leadership lost")
+            || log.contains("session expired")
+            || log.contains("no longer leading"),
+        "the deposed leader did not step down:\n{log}"
+    );
+    let status = c.status().await;
+    assert_ne!(
+        status["leader"].as_str(),
+        Some(paused_id.as_str()),
+        "{status}"
+    );
+    assert_eq!(status["items"], 31, "{status}");
+    assert_eq!(
+        status["unassigned"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    watch.assert_clean();
+    c.terminate_all().await;
+    watch.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_and_fencing_on_consul() {
+    let agent = ConsulAgent::start_dev().await;
+    let store = vec![
+        "--backend".into(),
+        "consul".into(),
+        "--endpoints".into(),
+        agent.http_addr(),
+    ];
+    let backend = test_backend(
+        coordinator::BackendKind::Consul,
+        &agent.http_addr(),
+        "service/coordinator/leader",
+    )
+    .await;
+    failover_and_fencing(store, backend, "10s", Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_and_fencing_on_etcd() {
+    let server = EtcdServer::start().await;
+    let store = vec![
+        "--backend".into(),
+        "etcd".into(),
+        "--endpoints".into(),
+        server.client_url(),
+    ];
+    let backend = test_backend(
+        coordinator::BackendKind::Etcd,
+        &server.client_url(),
+        "service/coordinator/leader",
+    )
+    .await;
+    failover_and_fencing(store, backend, "2s", Duration::from_secs(30)).await;
+}
+
+/// An outside holder of the election keeps members from leading until it lets go.
+async fn outside_holder(store: Vec<String>, release: impl std::future::Future<Output = ()>) {
+    let mut c = Cluster::new(store);
+    for i in 0..6 {
+        c.cli(&["work", "put", &format!("w{i}")]).await;
+    }
+    for id in ["m1", "m2"] {
+        c.start(id, "10s");
+    }
+    // Both members made their first sync: they saw the outside leader.
+    timeout(WAIT, async {
+        loop {
+            let notified = c.changed.notified();
+            if c.holdings.lock().unwrap().len() == 2 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("first syncs under the outside leader");
+    // A window for a non-event: three leader soaks in which a member that
+    // wrongly led would have planned and written.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = c.status().await;
+    assert!(
+        !matches!(status["leader"].as_str(), Some("m1" | "m2")),
+        "a member leads while an outside holder does: {status}"
+    );
+    assert_eq!(
+        status["unassigned"].as_array().map(Vec::len),
+        Some(6),
+        "{status}"
+    );
+    release.await;
+    c.wait_spread(6, &[3, 3], WAIT).await;
+    c.terminate_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_lock_keeps_members_from_leading() {
+    let agent = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    let lock = agent
+        .command([
+            "lock",
+            "locks/svc",
+            &format!("while [ ! -e '{}' ]; do sleep 0.05; done", stop.display()),
+        ])
+        .spawn()
+        .expect("run consul lock");
+    let backend = test_backend(
+        coordinator::BackendKind::Consul,
+        &agent.http_addr(),
+        "locks/svc/.lock",
+    )
+    .await;
+    timeout(WAIT, async {
+        let mut s = backend.leader_wait().observe().await.expect("observe");
+        while s.next().await.expect("observe").is_none() {}
+    })
+    .await
+    .expect("consul lock holds the key");
+    let store = vec![
+        "--backend".into(),
+        "consul".into(),
+        "--endpoints".into(),
+        agent.http_addr(),
+        "--leader".into(),
+        "locks/svc/.lock".into(),
+    ];
+    outside_holder(store, async {
+        std::fs::write(&stop, "").unwrap();
+        let out = timeout(WAIT, lock.wait_with_output())
+            .await
+            .expect("consul lock exits")
+            .unwrap();
+        // After releasing, `consul lock` deletes its key unless someone else
+        // already holds it; a member that took the key at once makes that
+        // clean-up fail (exit 1, "Existing key does not match lock use").
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("Existing key does not match lock use"),
+            "consul lock: {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcdctl_campaign_keeps_members_from_leading() {
+    let server = EtcdServer::start().await;
+    let mut elect = server
+        .cluster()
+        .etcdctl(["elect", "svc-election", "outsider"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn etcdctl elect");
+    let stdout = elect.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    timeout(WAIT, lines.next_line())
+        .await
+        .expect("etcdctl elect: elected in time")
+        .expect("read etcdctl output")
+        .expect("etcdctl elect was elected");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let store = vec![
+        "--backend".into(),
+        "etcd".into(),
+        "--endpoints".into(),
+        server.client_url(),
+        "--leader".into(),
+        "svc-election".into(),
+    ];
+    outside_holder(store, async {
+        // etcdctl resigns and closes its session on SIGINT.
+        signal(&elect, nix::sys::signal::Signal::SIGINT);
+        let _ = timeout(WAIT, elect.wait())
+            .await
+            .expect("etcdctl elect exits");
+    })
+    .await;
 }
