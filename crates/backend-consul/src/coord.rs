@@ -38,6 +38,9 @@ pub const LOCK_DELAY: &str = "0s";
 pub const SESSION_NAME: &str = "coordinator member";
 /// Operations in one Consul 1.8 transaction (`/v1/txn`), the fence included.
 pub const MAX_TXN_OPS: usize = 64;
+/// Operations of the fence in each transaction: `check-session` and
+/// `check-index` on the leader key.
+pub const FENCE_OPS: usize = 2;
 
 /// Bound on one request (sessions, acquisitions, transactions, writes).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -217,11 +220,13 @@ async fn fence_of(
     session: &SessionId,
 ) -> Result<Option<Fence>, StoreError> {
     let pairs: Vec<KVPair> = read_pair(http, key).await?.into_iter().collect();
+    let revision = pairs.first().map_or(0, |p| p.modify_index);
     Ok(leader::leader_of(key, &pairs)
         .filter(|leader| leader.id == session.0)
         .map(|leader| Fence {
             session: session.clone(),
             key: key.to_owned(),
+            revision,
             leader,
         }))
 }
@@ -379,6 +384,12 @@ impl Election for ConsulBackend {
         value: &str,
     ) -> Result<Option<Fence>, StoreError> {
         let http = &self.inner.http;
+        // Already held by this session: the fence as it is. Acquiring again
+        // would rewrite the key and move its ModifyIndex, fencing off the
+        // leadership this session already runs.
+        if let Some(fence) = fence_of(http, election, session).await? {
+            return Ok(Some(fence));
+        }
         let acquired = lock_verb(http, election, "acquire", session, value.into()).await?;
         let fence = fence_of(http, election, session).await?;
         if acquired && fence.is_none() {
@@ -423,15 +434,16 @@ impl Election for ConsulBackend {
 
 #[async_trait]
 impl FencedWrite for ConsulBackend {
-    /// 63: Consul 1.8 takes 64 operations per transaction, one of them the
+    /// 62: Consul 1.8 takes 64 operations per transaction, two of them the
     /// fence.
     fn max_ops(&self) -> usize {
-        MAX_TXN_OPS - 1
+        MAX_TXN_OPS - FENCE_OPS
     }
 
-    /// `PUT /v1/txn`: a `check-session` of the fence's key and session first,
-    /// then a `set` or `delete` per operation. Consul applies all of it or
-    /// nothing; a rollback caused by the `check-session` (another session
+    /// `PUT /v1/txn`: a `check-session` of the fence's key and session and a
+    /// `check-index` of its `ModifyIndex` first, then a `set` or `delete` per
+    /// operation. Consul applies all of it or
+    /// nothing; a rollback caused by the fence (another session
     /// holds the key, or none does) is [`TxnOutcome::Fenced`], any other a
     /// [`StoreError`]. The revision is the answer's `X-Consul-Index` when it
     /// has one, else the highest `ModifyIndex` among the results.
@@ -449,6 +461,13 @@ impl FencedWrite for ConsulBackend {
             "Key": fence.key,
             "Session": fence.session.0,
         }}));
+        // The key unchanged since this leadership began: a session that
+        // resigned and won the key again has a newer ModifyIndex.
+        body.push(json!({"KV": {
+            "Verb": "check-index",
+            "Key": fence.key,
+            "Index": fence.revision,
+        }}));
         body.extend(ops.iter().map(txn_op));
         match txn(&self.inner.http, &body).await? {
             Ok((index, answer)) => {
@@ -462,7 +481,7 @@ impl FencedWrite for ConsulBackend {
                     revision: index.unwrap_or(highest),
                 })
             }
-            Err(errors) if !errors.is_empty() && errors.iter().all(|e| e.op_index == 0) => {
+            Err(errors) if !errors.is_empty() && errors.iter().all(|e| e.op_index < FENCE_OPS) => {
                 debug!(key = %fence.key, error = %errors[0].what, "fenced write rejected");
                 Ok(TxnOutcome::Fenced)
             }

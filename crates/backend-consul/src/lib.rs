@@ -69,7 +69,9 @@ use worker_core::{
 };
 
 pub use config::{ConsulConfig, DEFAULT_LEADER_KEY, DEFAULT_WAIT, MAX_WAIT};
-pub use coord::{LOCK_DELAY, MAX_SESSION_TTL, MAX_TXN_OPS, MIN_SESSION_TTL, SESSION_NAME};
+pub use coord::{
+    FENCE_OPS, LOCK_DELAY, MAX_SESSION_TTL, MAX_TXN_OPS, MIN_SESSION_TTL, SESSION_NAME,
+};
 pub use error::ConsulError;
 
 /// How many listed prefixes are remembered for the watches that follow them.

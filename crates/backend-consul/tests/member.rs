@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backend_consul::{ConsulBackend, MAX_TXN_OPS, MIN_SESSION_TTL};
+use backend_consul::{ConsulBackend, FENCE_OPS, MAX_TXN_OPS, MIN_SESSION_TTL};
 use bytes::Bytes;
 use common::{bounded, config_for, init_tracing};
 use leader_core::conformance::{self, ClusterStore};
@@ -174,7 +174,7 @@ async fn session_info(agent: &ConsulAgent, session: &SessionId) -> serde_json::V
     infos.into_iter().next().expect("the session exists")
 }
 
-/// A full transaction (63 operations and the fence, Consul's 64) applies;
+/// A full transaction (62 operations and the two-operation fence, Consul's 64) applies;
 /// one more operation is refused before it is sent; the fence follows the
 /// leader key's holder, `leader_value` its value, and plain writes report
 /// whether a key existed.
@@ -182,7 +182,7 @@ async fn session_info(agent: &ConsulAgent, session: &SessionId) -> serde_json::V
 async fn fenced_transactions_fill_consuls_limit() {
     let store = Consul::start().await;
     let backend = store.backend("t/leader");
-    assert_eq!(backend.max_ops(), MAX_TXN_OPS - 1);
+    assert_eq!(backend.max_ops(), MAX_TXN_OPS - FENCE_OPS);
     let session = backend.open_session(MIN_SESSION_TTL).await.expect("open");
     assert_eq!(backend.leader_value("t/leader").await.expect("value"), None);
     let fence = backend
@@ -332,5 +332,55 @@ async fn a_consul_lock_keeps_members_from_leading() {
         backend.leader_value(key).await.expect("value").as_deref(),
         Some("m1")
     );
+    backend.close_session(&session).await.expect("close");
+}
+
+/// A session that resigned and won the key again has a new `ModifyIndex`: its
+/// older fence stays rejected, the new one applies, and asking to lead again
+/// while leading keeps the fence as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_fence_stays_rejected_when_the_same_session_leads_again() {
+    let store = Consul::start().await;
+    let backend = store.backend("r/leader");
+    let session = backend.open_session(MIN_SESSION_TTL).await.expect("open");
+    let first = backend
+        .try_lead("r/leader", &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("a free key is won");
+    let again = backend
+        .try_lead("r/leader", &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("still leading");
+    assert_eq!(again, first, "asking again while leading keeps the fence");
+    let put = |k: &str| TxnOp::Put {
+        key: format!("r/a/m1/{k}"),
+        value: Bytes::from_static(b"v"),
+    };
+    assert!(matches!(
+        backend.apply(&first, &[put("a")]).await.expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
+    backend.resign(&first).await.expect("resign");
+    let second = backend
+        .try_lead("r/leader", &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("the same session wins again");
+    assert_ne!(second.revision, first.revision);
+    assert_eq!(
+        backend.apply(&first, &[put("stale")]).await.expect("apply"),
+        TxnOutcome::Fenced,
+        "the older fence of the same session must be rejected"
+    );
+    assert!(store.agent.kv_get("r/a/m1/stale").await.is_none());
+    assert!(matches!(
+        backend
+            .apply(&second, &[put("fresh")])
+            .await
+            .expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
     backend.close_session(&session).await.expect("close");
 }

@@ -256,6 +256,7 @@ impl Election for EtcdBackend {
             Some(((leader_key, _), leader)) if leader_key == key.as_bytes() => Some(Fence {
                 session: session.clone(),
                 key,
+                revision: leader.term,
                 leader,
             }),
             _ => None,

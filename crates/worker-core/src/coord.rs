@@ -45,6 +45,11 @@ pub struct Fence {
     /// This leadership as [`LeaderWait`](crate::LeaderWait) reports it while
     /// it lasts: the same `term` (and, for the stores' own members, the same id).
     pub leader: Leader,
+    /// The store position of `key` when this leadership was taken, which a
+    /// fenced write also compares (Consul: the key's `ModifyIndex`, so that
+    /// a session that resigned and won again cannot use an older fence;
+    /// etcd: the key's create revision; memory: the term).
+    pub revision: u64,
 }
 
 impl Fence {

@@ -265,6 +265,7 @@ impl Election for MemoryStore {
             let fence = |leader: Leader| Fence {
                 session: session.clone(),
                 key: election.to_owned(),
+                revision: leader.term,
                 leader,
             };
             match (&s.leader, s.sessions.leader_session) {
