@@ -70,3 +70,56 @@ async fn a_session_expires_without_renewal() {
     assert!(!store.renew_session(&session).await.unwrap());
     assert_eq!(store.expired_sessions(), 1);
 }
+
+/// A member whose session expired (an outage longer than the TTL) registers
+/// again with a new session; a leader that loses its session stops leading at
+/// once, and leads again (a new term) once registered again.
+#[tokio::test(start_paused = true)]
+async fn an_expired_session_is_replaced_and_its_leadership_ends() {
+    use std::time::Duration;
+    use worker_core::LeaderWait;
+    let store = MemoryStore::new();
+    let config = conformance::member_config(&Memory(store.clone()), "x/", "m1");
+    let member = leader_core::Member::spawn(&config, &MemberStore::from_backend(store.clone()))
+        .expect("spawn");
+    let mut leading = member.leading();
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(f) = leading.borrow_and_update().clone() {
+                return f;
+            }
+            leading.changed().await.expect("member alive");
+        }
+    })
+    .await
+    .expect("m1 leads");
+    assert_eq!(store.keys("x/members/").len(), 1);
+    assert!(store.expire_session(&first.session));
+    assert!(
+        store.keys("x/members/").is_empty(),
+        "the member key went with the session"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            leading.changed().await.expect("member alive");
+            if let Some(f) = leading.borrow_and_update().clone() {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("m1 leads again after registering again");
+    assert_ne!(second.session, first.session, "a new session");
+    assert!(second.term() > first.term(), "a new term");
+    assert_eq!(store.keys("x/members/"), vec![b"x/members/m1".to_vec()]);
+    assert_eq!(
+        store.leader().await.unwrap().map(|l| l.term),
+        Some(second.term())
+    );
+    member.halt().await;
+    assert!(
+        store.keys("x/members/").is_empty(),
+        "halt closes the session"
+    );
+    assert!(store.current_leader().is_none(), "halt resigns");
+}
