@@ -1,9 +1,10 @@
 //! `coordinator-bench`: how fast coordinator's workers react to an assignment
 //! and what they cost the store, measured on real Consul and etcd servers next
-//! to what a user would otherwise use (issue 5).
+//! to what a user would otherwise use (issue 5), and how fast the leader half
+//! moves a dead member's work and what an idle cluster costs (issue 10).
 //!
 //! ```text
-//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout] [--store consul|etcd]
+//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader] [--store consul|etcd]
 //! ```
 //!
 //! It starts the stores the way the tests do (`test-support`: free loopback
@@ -13,6 +14,7 @@
 
 mod fanout;
 mod latency;
+mod leader;
 mod measure;
 mod proxy;
 mod rt;
@@ -36,6 +38,8 @@ enum Scenario {
     Scale,
     /// Many workers in one process, bulk reassignment.
     Fanout,
+    /// Whole members: a member killed, a member joining, idle cost.
+    Leader,
 }
 
 /// Which store.
@@ -66,6 +70,25 @@ struct Args {
     /// Worker counts in the fan-out scenario (default 200,1000; quick 200).
     #[arg(long, value_delimiter = ',')]
     workers: Vec<usize>,
+    /// Sizes of the leader scenario as MEMBERSxITEMS (default 10x1000,100x10000;
+    /// quick 10x1000).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    leader_sizes: Vec<(usize, usize)>,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (m, i) = s
+        .split_once(['x', '×'])
+        .ok_or_else(|| format!("{s:?}: expected MEMBERSxITEMS, e.g. 10x1000"))?;
+    let m: usize = m
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: members: {e}"))?;
+    let i: usize = i.trim().parse().map_err(|e| format!("{s:?}: items: {e}"))?;
+    if m < 2 {
+        return Err(format!("{s:?}: at least 2 members (one is killed)"));
+    }
+    Ok((m, i))
 }
 
 fn first_line(program: &std::path::Path, arg: &str) -> String {
@@ -118,7 +141,12 @@ fn main() {
 async fn run(args: Args) {
     let started = Instant::now();
     let scenarios = if args.scenario.is_empty() {
-        vec![Scenario::Latency, Scenario::Scale, Scenario::Fanout]
+        vec![
+            Scenario::Latency,
+            Scenario::Scale,
+            Scenario::Fanout,
+            Scenario::Leader,
+        ]
     } else {
         args.scenario.clone()
     };
@@ -205,6 +233,38 @@ async fn run(args: Args) {
         out.push_str(&fanout::table(&all));
         out.push('\n');
         verdicts.extend(fanout::verdicts(&all));
+    }
+    if scenarios.contains(&Scenario::Leader) {
+        let params = leader::Params {
+            sizes: if !args.leader_sizes.is_empty() {
+                args.leader_sizes.clone()
+            } else if args.quick {
+                vec![(10, 1_000)]
+            } else {
+                vec![(10, 1_000), (100, 10_000)]
+            },
+            consul_ttl: Duration::from_secs(10),
+            etcd_ttl: Duration::from_secs(3),
+            leader_soak: Duration::from_secs(1),
+            worker_soak: Duration::from_millis(200),
+            leader_settle: Duration::from_secs(1),
+            idle: Duration::from_secs(10),
+        };
+        let lanes = leader::Lanes {
+            writer: writer_lane.clone(),
+            observe: watch_lane.clone(),
+            proxy: Lane::start("bench-proxy"),
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            for &size in &params.sizes {
+                all.push(leader::run(kind, size, &params, &lanes).await);
+            }
+        }
+        out.push_str("### 4. Leader half: a member killed, a member joining, idle\n\n");
+        out.push_str(&leader::table(&all));
+        out.push('\n');
+        verdicts.extend(leader::verdicts(&all));
     }
     out.push_str("### Targets\n\n");
     for v in &verdicts {
