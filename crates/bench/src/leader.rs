@@ -768,3 +768,50 @@ pub fn verdicts(outcomes: &[Outcome]) -> Vec<String> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn balanced_needs_every_item_once_on_live_members_within_one() {
+        let two = live(&["a", "b"]);
+        assert!(balanced(
+            [("a", "1"), ("a", "2"), ("b", "3")].into_iter(),
+            &two,
+            3
+        ));
+        // An item twice.
+        assert!(!balanced(
+            [("a", "1"), ("b", "1"), ("b", "3")].into_iter(),
+            &two,
+            3
+        ));
+        // Off balance.
+        assert!(!balanced(
+            [("a", "1"), ("a", "2"), ("a", "3"), ("b", "4")].into_iter(),
+            &two,
+            4
+        ));
+        // On a member that is not live.
+        assert!(!balanced(
+            [("a", "1"), ("c", "2"), ("b", "3")].into_iter(),
+            &two,
+            3
+        ));
+    }
+
+    #[test]
+    fn assignment_keys_split_into_member_and_item() {
+        let keys: BTreeSet<String> = ["p/m1/w1", "p/m2/w2", "other/m1/w3"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let pairs: Vec<_> = assignment_pairs(&keys, "p/").collect();
+        assert_eq!(pairs, vec![("m1", "w1"), ("m2", "w2")]);
+    }
+}

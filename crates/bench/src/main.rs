@@ -70,7 +70,7 @@ struct Args {
     /// Worker counts in the fan-out scenario (default 200,1000; quick 200).
     #[arg(long, value_delimiter = ',')]
     workers: Vec<usize>,
-    /// Sizes of the leader scenario as MEMBERSxITEMS (default 10x1000,100x10000;
+    /// Sizes of the leader scenario as `MEMBERSxITEMS` (default 10x1000,100x10000;
     /// quick 10x1000).
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     leader_sizes: Vec<(usize, usize)>,
