@@ -128,7 +128,7 @@ async fn worker_prints_settled_changes_from_etcd() {
     let (first_rev, first) = without_revision(program.next_json("the first sync").await);
     assert_eq!(
         first,
-        json!({"instance_id": "m1", "workload": ["w1"], "added": ["w1"], "removed": []})
+        json!({"instance_id": "m1", "workload": ["w1"], "added": ["w1"], "removed": [], "changed": []})
     );
 
     server.put(&format!("{prefix}m10/x"), "not mine").await;
@@ -136,7 +136,7 @@ async fn worker_prints_settled_changes_from_etcd() {
     let (rev, line) = without_revision(program.next_json("w2 added").await);
     assert_eq!(
         line,
-        json!({"instance_id": "m1", "workload": ["w1", "w2"], "added": ["w2"], "removed": []})
+        json!({"instance_id": "m1", "workload": ["w1", "w2"], "added": ["w2"], "removed": [], "changed": []})
     );
     assert!(
         rev >= u64::try_from(put_rev).unwrap() && rev > first_rev,
@@ -147,7 +147,7 @@ async fn worker_prints_settled_changes_from_etcd() {
     let (_, line) = without_revision(program.next_json("w1 removed").await);
     assert_eq!(
         line,
-        json!({"instance_id": "m1", "workload": ["w2"], "added": [], "removed": ["w1"]})
+        json!({"instance_id": "m1", "workload": ["w2"], "added": [], "removed": ["w1"], "changed": []})
     );
     program.terminate().await;
 }
@@ -186,7 +186,7 @@ async fn worker_with_etcd_user_and_password_file() {
     let (_, first) = without_revision(program.next_json("the first sync with auth").await);
     assert_eq!(
         first,
-        json!({"instance_id": "m1", "workload": ["w1"], "added": ["w1"], "removed": []})
+        json!({"instance_id": "m1", "workload": ["w1"], "added": ["w1"], "removed": [], "changed": []})
     );
     assert!(
         !program.log().contains("pw-from-file"),
