@@ -1,29 +1,22 @@
 //! `coordinator work put|rm|ls` and `coordinator status`: operators' tools.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use coordinator::config::{BackendKind, DEFAULT_LEADER};
 use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
-use coordinator::{
-    Backend, Config, Error, ErrorChain, Layout, MemberMeta, MemberStore, DEFAULT_PREFIX,
-};
+use coordinator::{Backend, Error, ErrorChain, Layout, MemberMeta, MemberStore, DEFAULT_PREFIX};
 use serde::Serialize;
 
-use crate::usage_error;
+use crate::{config_error, usage_error, ConnArgs};
 
 /// Where the store is and where the keys live (for `work` and `status`).
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Which store: consul or etcd.
-    #[arg(long, value_parser = crate::parse_backend)]
-    backend: BackendKind,
-    /// Store addresses, comma-separated (default: the store's local address).
-    #[arg(long, value_delimiter = ',')]
-    endpoints: Vec<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Assignment prefix.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     prefix: String,
@@ -36,24 +29,6 @@ pub struct StoreArgs {
     /// Work-items prefix.
     #[arg(long, default_value = DEFAULT_WORK_PREFIX)]
     work_prefix: String,
-    /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// CA certificate (PEM) for TLS.
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[arg(long, requires = "client_cert")]
-    client_key: Option<PathBuf>,
-    /// etcd user name.
-    #[arg(long, requires = "password_file")]
-    user: Option<String>,
-    /// File holding the etcd password.
-    #[arg(long, requires = "user")]
-    password_file: Option<PathBuf>,
 }
 
 /// `coordinator work ...`.
@@ -99,44 +74,22 @@ pub struct StatusArgs {
 }
 
 async fn connect(args: StoreArgs) -> Result<(Layout, MemberStore), ExitCode> {
-    if args.backend == BackendKind::Memory {
+    let mut c = args.conn.config("coordinator-cli".to_owned());
+    if c.backend == BackendKind::Memory {
         return Err(usage_error(
             "invalid --backend: the memory store lives inside one process; use consul or etcd (or `coordinator demo`)",
         ));
     }
-    let mut c = Config::new(args.backend, "coordinator-cli");
-    c.endpoints = args
-        .endpoints
-        .into_iter()
-        .filter(|e| !e.trim().is_empty())
-        .collect();
     c.prefix = args.prefix;
     c.leader = args.leader;
     c.members_prefix = args.members_prefix;
     c.work_prefix = args.work_prefix;
-    c.token_file = args.token_file;
-    c.ca_cert = args.ca_cert;
-    c.client_cert = args.client_cert;
-    c.client_key = args.client_key;
-    c.user = args.user;
-    c.password_file = args.password_file;
-    let flag = |field: &str| format!("--{}", field.replace('_', "-"));
     if let Err(e) = c.validate().and_then(|()| c.layout().validate()) {
-        return Err(usage_error(&format!(
-            "invalid {}: {}",
-            flag(e.field),
-            e.reason
-        )));
+        return Err(config_error(&e));
     }
     let backend = match Backend::connect(&c).await {
         Ok(b) => b,
-        Err(Error::Config(e)) => {
-            return Err(usage_error(&format!(
-                "invalid {}: {}",
-                flag(e.field),
-                e.reason
-            )))
-        }
+        Err(Error::Config(e)) => return Err(config_error(&e)),
         Err(e) => return Err(usage_error(&ErrorChain(&e).to_string())),
     };
     match backend.member_store() {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coordinator::config::{parse_duration, BackendKind, DEFAULT_LEADER};
-use coordinator::DEFAULT_PREFIX;
+use coordinator::{Config, DEFAULT_PREFIX};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,15 +46,59 @@ enum Cmd {
     Status(admin::StatusArgs),
 }
 
-/// Flags of `coordinator worker` (SPEC §5).
+/// Where the store is and how to reach it: shared by every command that talks to one.
 #[derive(Args, Debug, Clone)]
-pub(crate) struct WorkerArgs {
+pub(crate) struct ConnArgs {
     /// Which store: consul, etcd or memory.
     #[arg(long, value_parser = parse_backend)]
     backend: BackendKind,
     /// Store addresses, comma-separated (default: the store's local address).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) for TLS.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, requires = "password_file")]
+    user: Option<String>,
+    /// File holding the etcd password.
+    #[arg(long, requires = "user")]
+    password_file: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// A config for `instance_id` with these connection settings.
+    pub(crate) fn config(self, instance_id: String) -> Config {
+        let mut c = Config::new(self.backend, instance_id);
+        c.endpoints = self
+            .endpoints
+            .into_iter()
+            .filter(|e| !e.trim().is_empty())
+            .collect();
+        c.token_file = self.token_file;
+        c.ca_cert = self.ca_cert;
+        c.client_cert = self.client_cert;
+        c.client_key = self.client_key;
+        c.user = self.user;
+        c.password_file = self.password_file;
+        c
+    }
+}
+
+/// Flags of `coordinator worker` (SPEC §5).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
     /// This member's id.
     #[arg(long)]
     instance_id: String,
@@ -79,24 +123,6 @@ pub(crate) struct WorkerArgs {
     /// etcd keep-alive: request timeout and silent-stream detection (default 10s).
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     etcd_keepalive: Option<Duration>,
-    /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// CA certificate (PEM) for TLS.
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[arg(long, requires = "client_cert")]
-    client_key: Option<PathBuf>,
-    /// etcd user name.
-    #[arg(long, requires = "password_file")]
-    user: Option<String>,
-    /// File holding the etcd password.
-    #[arg(long, requires = "user")]
-    password_file: Option<PathBuf>,
 }
 
 /// Flags of `coordinator demo`.
@@ -115,6 +141,15 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("coordinator: {}", message.trim().replace('\n', " "));
     ExitCode::from(2)
+}
+
+/// A bad setting, named by the flag that sets it: one line, exit code 2.
+fn config_error(e: &coordinator::ConfigError) -> ExitCode {
+    usage_error(&format!(
+        "invalid --{}: {}",
+        e.field.replace('_', "-"),
+        e.reason
+    ))
 }
 
 fn main() -> ExitCode {

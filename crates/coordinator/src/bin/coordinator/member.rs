@@ -7,11 +7,11 @@ use std::time::Duration;
 use clap::Args;
 use coordinator::config::parse_duration;
 use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
-use coordinator::{Backend, Error, ErrorChain};
+
 use tracing::info;
 
-use crate::worker::{config_of, flag, init_logging, print_until_stopped, Shutdown};
-use crate::{usage_error, WorkerArgs};
+use crate::worker::{config_of, connect, init_logging, print_until_stopped, Shutdown};
+use crate::{config_error, WorkerArgs};
 
 /// Flags of `coordinator member`: every flag of `coordinator worker`, and these.
 #[derive(Args, Debug, Clone)]
@@ -48,23 +48,16 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         .validate()
         .and_then(|()| config.member_config().map(drop))
     {
-        return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason));
+        return config_error(&e);
     }
     init_logging();
-    let connected = tokio::select! {
-        () = shutdown.recv() => return ExitCode::SUCCESS,
-        r = Backend::connect(&config) => r,
-    };
-    let backend = match connected {
+    let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
-        Err(Error::Config(e)) => {
-            return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason))
-        }
-        Err(e) => return usage_error(&ErrorChain(&e).to_string()),
+        Err(code) => return code,
     };
     let member = match backend.spawn_member(&config) {
         Ok(m) => m,
-        Err(e) => return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason)),
+        Err(e) => return config_error(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
     print_until_stopped(

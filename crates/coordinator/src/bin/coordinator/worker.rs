@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::{usage_error, WorkerArgs};
+use crate::{config_error, usage_error, WorkerArgs};
 
 /// One line of output (SPEC §5). Field order is part of the contract.
 #[derive(Serialize)]
@@ -27,12 +27,7 @@ struct Line<'a> {
 }
 
 pub(crate) fn config_of(args: WorkerArgs) -> Config {
-    let mut c = Config::new(args.backend, args.instance_id);
-    c.endpoints = args
-        .endpoints
-        .into_iter()
-        .filter(|e| !e.trim().is_empty())
-        .collect();
+    let mut c = args.conn.config(args.instance_id);
     c.prefix = args.prefix;
     c.leader = args.leader;
     c.soak = args.soak;
@@ -40,18 +35,21 @@ pub(crate) fn config_of(args: WorkerArgs) -> Config {
     c.leader_settle = args.leader_settle;
     c.consul_wait = args.consul_wait;
     c.etcd_keepalive = args.etcd_keepalive;
-    c.token_file = args.token_file;
-    c.ca_cert = args.ca_cert;
-    c.client_cert = args.client_cert;
-    c.client_key = args.client_key;
-    c.user = args.user;
-    c.password_file = args.password_file;
     c
 }
 
-/// Maps a config field to the flag that sets it.
-pub(crate) fn flag(field: &str) -> String {
-    format!("--{}", field.replace('_', "-"))
+/// Connects to the configured store; a bad setting or an unusable backend is
+/// a usage error (exit 2). Ends early (`Err(SUCCESS)`) on SIGINT/SIGTERM.
+pub(crate) async fn connect(config: &Config, shutdown: &mut Shutdown) -> Result<Backend, ExitCode> {
+    let connected = tokio::select! {
+        () = shutdown.recv() => return Err(ExitCode::SUCCESS),
+        r = Backend::connect(config) => r,
+    };
+    match connected {
+        Ok(b) => Ok(b),
+        Err(Error::Config(e)) => Err(config_error(&e)),
+        Err(e) => Err(usage_error(&ErrorChain(&e).to_string())),
+    }
 }
 
 /// The log filter when `RUST_LOG` is not set: our crates at info, every
@@ -80,19 +78,12 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     let mut shutdown = Shutdown::register();
     let config = config_of(args);
     if let Err(e) = config.validate() {
-        return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason));
+        return config_error(&e);
     }
     init_logging();
-    let connected = tokio::select! {
-        () = shutdown.recv() => return ExitCode::SUCCESS,
-        r = Backend::connect(&config) => r,
-    };
-    let backend = match connected {
+    let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
-        Err(Error::Config(e)) => {
-            return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason))
-        }
-        Err(e) => return usage_error(&ErrorChain(&e).to_string()),
+        Err(code) => return code,
     };
     if let Some(store) = backend.memory_store() {
         // A standalone memory store: this process is its own leader, and stdin
@@ -102,7 +93,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     }
     let worker = match backend.spawn_worker(&config) {
         Ok(w) => w,
-        Err(e) => return usage_error(&format!("invalid {}: {}", flag(e.field), e.reason)),
+        Err(e) => return config_error(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
     print_until_stopped(&config.instance_id, worker.changes(), &mut shutdown).await;
