@@ -111,6 +111,12 @@ async fn leader_halt_hands_over() {
     conformance::leader_halt_hands_over(&store, "h/").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_another_leads() {
+    let store = Consul::start().await;
+    conformance::leader_killed_another_leads(&store, "k/").await;
+}
+
 /// The session Consul created: TTL rounded up to 10 s, `delete`, no
 /// lock-delay, no node checks; a bound key of a gone session is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -414,3 +414,133 @@ pub async fn leader_halt_hands_over(store: &dyn ClusterStore, root: &str) {
         m.halt().await;
     }
 }
+
+/// Follows the assignment prefix through `store`'s `KvWatch` and records any
+/// moment (checked after each single change) an item is under two members.
+fn watch_double_owners(
+    kv: std::sync::Arc<dyn worker_core::KvWatch>,
+    prefix: String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use worker_core::{KvChange, WatchEvent};
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let check = |keys: &BTreeSet<Vec<u8>>, at: u64| {
+            let mut owners: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+            for k in keys {
+                if let Some(pos) = k[prefix.len()..].iter().position(|b| *b == b'/') {
+                    *owners.entry(k[prefix.len() + pos..].to_vec()).or_default() += 1;
+                }
+            }
+            for (work, n) in owners {
+                if n > 1 {
+                    out.lock().unwrap().push(format!(
+                        "{} under {n} members at {at}",
+                        String::from_utf8_lossy(&work)
+                    ));
+                }
+            }
+        };
+        loop {
+            let Ok(snapshot) = kv.list(&prefix).await else {
+                continue;
+            };
+            let mut keys: BTreeSet<Vec<u8>> = snapshot.entries.into_iter().map(|e| e.key).collect();
+            check(&keys, snapshot.revision);
+            let mut rev = snapshot.revision;
+            'watch: loop {
+                let Ok(mut stream) = kv.watch(&prefix, rev).await else {
+                    continue;
+                };
+                loop {
+                    match stream.next().await {
+                        Ok(WatchEvent::Changes { revision, changes }) => {
+                            for c in changes {
+                                match c {
+                                    KvChange::Put(e) => {
+                                        keys.insert(e.key);
+                                    }
+                                    KvChange::Delete { key } => {
+                                        keys.remove(&key);
+                                    }
+                                }
+                                check(&keys, revision);
+                            }
+                            rev = revision;
+                        }
+                        Ok(WatchEvent::Snapshot(s)) => {
+                            keys = s.entries.into_iter().map(|e| e.key).collect();
+                            check(&keys, s.revision);
+                            rev = s.revision;
+                        }
+                        Ok(WatchEvent::Progress { revision }) => rev = revision,
+                        Ok(WatchEvent::Lost { .. }) => break 'watch,
+                        Err(_) => continue 'watch,
+                    }
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// The leader dies without resigning: once its session expires another
+/// member leads, moves only the dead leader's items (the fewest), and no
+/// store position ever shows an item under two members.
+pub async fn leader_killed_another_leads(store: &dyn ClusterStore, root: &str) {
+    let observer = store.connect(&layout(root)).await;
+    let (doubles, watcher) =
+        watch_double_owners(observer.kv.clone(), format!("{root}assignments/"));
+    for i in 0..12 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let mut members = BTreeMap::new();
+    let mut plans = Vec::new();
+    for id in ["a", "b", "c"] {
+        let m = Member::spawn(
+            &member_config(store, root, id),
+            &store.connect(&layout(root)).await,
+        )
+        .expect("spawn");
+        plans.push(m.plans());
+        members.insert(id.to_owned(), m);
+    }
+    let before = wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
+    let leader = members
+        .iter()
+        .find(|(_, m)| m.is_leader())
+        .map(|(id, _)| id.clone())
+        .expect("a leader");
+    members.remove(&leader).expect("leader").kill().await;
+    let after = wait_holdings(
+        &members,
+        store.expiry_bound(),
+        "6/6 after the leader died",
+        |h| exact(h, 12, &[6, 6]),
+    )
+    .await;
+    for (id, held) in &after {
+        assert!(
+            before[id].is_subset(held),
+            "{id} lost items: {:?} -> {held:?}",
+            before[id]
+        );
+    }
+    assert!(
+        members.values().any(MemberHandle::is_leader),
+        "a survivor leads"
+    );
+    check_plans(&mut plans);
+    watcher.abort();
+    let doubles = doubles.lock().unwrap().clone();
+    assert!(
+        doubles.is_empty(),
+        "an item was under two members: {doubles:?}"
+    );
+    for (_, m) in members {
+        m.halt().await;
+    }
+}

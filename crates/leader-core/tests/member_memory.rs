@@ -54,6 +54,11 @@ async fn leader_halt_hands_over() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn leader_killed_another_leads() {
+    conformance::leader_killed_another_leads(&Memory(MemoryStore::new()), "k/").await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_session_expires_without_renewal() {
     use worker_core::Membership;
     let store = MemoryStore::new();

@@ -101,6 +101,12 @@ async fn leader_halt_hands_over() {
     conformance::leader_halt_hands_over(&store, &root).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_another_leads() {
+    let (_server, store, root) = suite().await;
+    conformance::leader_killed_another_leads(&store, &root).await;
+}
+
 /// The lease behind a session id (lowercase hex).
 fn lease(session: &SessionId) -> i64 {
     i64::from_str_radix(&session.0, 16).expect("a session id is a lease id in hex")
