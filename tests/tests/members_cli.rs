@@ -486,8 +486,10 @@ async fn failover_and_fencing(
         .expect("leader")
         .expect("a leader");
     let paused = c.members.remove(&paused_id).expect("the leader's process");
-    signal(&paused, nix::sys::signal::Signal::SIGSTOP);
+    // The new item is put just before the pause: the leader is still soaking
+    // it when it stops, so on resuming it has a plan to write.
     c.cli(&["work", "put", "w30", "p30"]).await;
+    signal(&paused, nix::sys::signal::Signal::SIGSTOP);
     wait_new_leader(&backend, &term, expiry_bound).await;
     c.wait_spread(31, &[15, 16], expiry_bound).await;
 
@@ -497,6 +499,15 @@ async fn failover_and_fencing(
     c.members.insert(paused_id.clone(), paused);
     c.wait_spread(31, &[10, 10, 11], expiry_bound).await;
     let log = std::fs::read_to_string(c.logs[&paused_id].path()).unwrap_or_default();
+    // Which way it learned it was deposed: a write rejected by the fence, or
+    // its renewal finding the session gone (both are correct; the store
+    // decides which comes first).
+    let how = if log.contains("write rejected by the fence") {
+        "its write was rejected by the fence"
+    } else {
+        "its renewal found the session gone"
+    };
+    eprintln!("deposed leader {paused_id}: {how}");
     assert!(
         log.contains("stepping down")
             || log.contains("leadership lost")
