@@ -31,11 +31,13 @@ pub mod layout;
 mod leader;
 pub mod machine;
 mod member;
+pub mod membership;
 
 pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;
 pub use machine::{LeaderMachine, LeaderTiming, PlanReport};
 pub use member::{Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_TTL};
+pub use membership::{MemberAction, MemberMachine, MemberTiming};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -15,24 +15,25 @@
 //! [`MemberHandle::halt`] stops leading, resigns, halts the worker and
 //! closes the session, so another member leads without waiting for a TTL.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use worker_core::{
-    validate_instance_id, Backoff, ConfigError, Election, ErrorChain, Fence, FencedWrite, KvWatch,
-    KvWrite, LeaderStream, LeaderWait, Membership, SessionId, StoreError, Worker, WorkerConfig,
+    validate_instance_id, ConfigError, Election, ErrorChain, Fence, FencedWrite, KvWatch, KvWrite,
+    LeaderStream, LeaderWait, Membership, SessionId, StoreError, Worker, WorkerConfig,
     WorkerHandle,
 };
 
 use crate::layout::{Layout, MemberMeta};
 use crate::leader::{run_leader, LeaderCtx, LeaderExit};
 use crate::machine::{LeaderTiming, PlanReport};
+use crate::membership::{MemberAction, MemberMachine, MemberTiming};
 
 /// The default session / lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
@@ -192,7 +193,6 @@ impl Member {
                 store: store.clone(),
                 leading: leading_tx,
                 plans: plans.clone(),
-                rng: SmallRng::seed_from_u64(seed(config.instance_id())),
             }
             .run(halt_rx)
             .instrument(span),
@@ -292,7 +292,6 @@ struct MemberTask {
     store: MemberStore,
     leading: watch::Sender<Option<Fence>>,
     plans: broadcast::Sender<PlanReport>,
-    rng: SmallRng,
 }
 
 struct Leading {
@@ -301,56 +300,37 @@ struct Leading {
     task: JoinHandle<LeaderExit>,
 }
 
-type ObserveFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Box<dyn LeaderStream>, StoreError>> + Send>,
->;
+type Call<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Awaits an optional in-flight call (never ready when there is none).
+async fn in_flight<T>(call: &mut Option<Call<T>>) -> Result<T, StoreError> {
+    match call.as_mut() {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
+}
 
 impl MemberTask {
-    fn backoff(&self) -> Backoff {
-        Backoff::new(
-            self.config.worker.backoff_min,
-            self.config.worker.backoff_max,
-        )
-    }
-
-    /// Opens a session and writes the member key; retries with backoff.
-    async fn register(&mut self) -> SessionId {
-        let mut backoff = self.backoff();
-        let key = self.config.layout.member_key(self.config.instance_id());
-        loop {
-            let result = async {
-                let session = self.store.membership.open_session(self.config.ttl).await?;
-                let bound = self
-                    .store
-                    .membership
-                    .put_bound(&session, &key, self.config.meta.to_bytes())
-                    .await;
-                match bound {
-                    Ok(true) => Ok(Some(session)),
-                    other => {
-                        let _ = self.store.membership.close_session(&session).await;
-                        other.map(|_| None)
-                    }
+    /// Opens a session and writes the member key bound to it.
+    fn register(&self) -> Call<SessionId> {
+        let membership = self.store.membership.clone();
+        let (ttl, key, meta) = (
+            self.config.ttl,
+            self.config.layout.member_key(self.config.instance_id()),
+            self.config.meta.to_bytes(),
+        );
+        Box::pin(async move {
+            let session = membership.open_session(ttl).await?;
+            match membership.put_bound(&session, &key, meta).await {
+                Ok(true) => Ok(session),
+                other => {
+                    let _ = membership.close_session(&session).await;
+                    Err(other.err().unwrap_or_else(|| {
+                        StoreError::protocol(format!("member key {key} is held by another session"))
+                    }))
                 }
             }
-            .await;
-            match result {
-                Ok(Some(session)) => {
-                    info!(%session, key, "registered");
-                    return session;
-                }
-                Ok(None) => {
-                    let delay = backoff.next_delay(&mut self.rng);
-                    warn!(key, retry_in = ?delay, "member key is held by another session");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay(&mut self.rng);
-                    warn!(error = %ErrorChain(&e), retry_in = ?delay, "registering failed");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        })
     }
 
     fn start_leading(&self, fence: Fence) -> Leading {
@@ -369,176 +349,155 @@ impl MemberTask {
         Leading { fence, stop, task }
     }
 
-    async fn stop_leading(&self, leading: &mut Option<Leading>, resign: bool) {
+    async fn stop_leading(&self, leading: &mut Option<Leading>, resign: Option<Fence>) {
         if let Some(l) = leading.take() {
             let _ = l.stop.send(true);
             let _ = l.task.await;
             self.leading.send_replace(None);
-            if resign {
-                if let Err(e) = self.store.election.resign(&l.fence).await {
-                    debug!(error = %ErrorChain(&e), "resigning failed");
-                }
-            }
             info!(term = l.fence.term(), "no longer leading");
+        }
+        if let Some(fence) = resign {
+            if let Err(e) = self.store.election.resign(&fence).await {
+                debug!(error = %ErrorChain(&e), "resigning failed");
+            }
         }
     }
 
-    #[allow(clippy::too_many_lines)]
-    async fn run(mut self, mut halt: oneshot::Receiver<()>) {
-        let ttl = self.config.ttl;
-        let renew_every = ttl / 3;
-        let mut session: Option<SessionId> = None;
-        let mut renewed_at = Instant::now();
-        let mut renew_backoff = self.backoff();
-        let mut leading: Option<Leading> = None;
-        let mut observe_backoff = self.backoff();
-        let mut elect_backoff = self.backoff();
-        let mut observing: Option<ObserveFuture> = None;
+    /// Carries out what the [`MemberMachine`] asks for and feeds it what
+    /// happens, with one timer.
+    #[allow(clippy::too_many_lines)] // one select loop; its arms read best together
+    async fn run(self, mut halt: oneshot::Receiver<()>) {
+        let timing = MemberTiming {
+            ttl: self.config.ttl,
+            backoff_min: self.config.worker.backoff_min,
+            backoff_max: self.config.worker.backoff_max,
+        };
+        let mut machine = MemberMachine::new(
+            timing,
+            self.config.campaign,
+            seed(self.config.instance_id()),
+        );
+        let election = self.config.layout.leader.clone();
+        let instance_id = self.config.instance_id().to_owned();
+        let mut registering: Option<Call<SessionId>> = None;
+        let mut renewing: Option<Call<bool>> = None;
+        let mut campaigning: Option<Call<Option<Fence>>> = None;
+        let mut opening: Option<Call<Box<dyn LeaderStream>>> = None;
         let mut stream: Option<Box<dyn LeaderStream>> = None;
-        let mut observe_at: Option<Instant> = Some(Instant::now());
-        let mut elect_at: Option<Instant> = None;
-        let renew = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(renew);
-
+        let mut leading: Option<Leading> = None;
+        let mut halting = false;
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
-            if session.is_none() {
-                let registering = self.register();
-                tokio::pin!(registering);
-                let s = tokio::select! {
-                    s = &mut registering => s,
-                    _ = &mut halt => break,
-                };
-                renewed_at = Instant::now();
-                renew.as_mut().reset(renewed_at + renew_every);
-                session = Some(s);
-                elect_at = Some(Instant::now());
-            }
-            let Some(current) = session.clone() else {
-                continue;
-            };
-            if observing.is_none()
-                && stream.is_none()
-                && observe_at.is_some_and(|t| t <= Instant::now())
-            {
-                observe_at = None;
-                let leader = self.store.leader.clone();
-                observing = Some(Box::pin(async move { leader.observe().await }));
-            }
-            // Try to lead when asked to (after an observation change).
-            if self.config.campaign
-                && leading.is_none()
-                && elect_at.is_some_and(|t| t <= Instant::now())
-            {
-                elect_at = None;
-                let election = &self.config.layout.leader;
-                match self
-                    .store
-                    .election
-                    .try_lead(election, &current, self.config.instance_id())
-                    .await
-                {
-                    Ok(Some(fence)) => {
-                        elect_backoff.reset();
+            while let Some(action) = machine.poll() {
+                match action {
+                    MemberAction::Register => registering = Some(self.register()),
+                    MemberAction::Renew(session) => {
+                        let membership = self.store.membership.clone();
+                        renewing =
+                            Some(Box::pin(
+                                async move { membership.renew_session(&session).await },
+                            ));
+                    }
+                    MemberAction::Observe => {
+                        stream = None;
+                        let leader = self.store.leader.clone();
+                        opening = Some(Box::pin(async move { leader.observe().await }));
+                    }
+                    MemberAction::Campaign(session) => {
+                        let (e, name, id) = (
+                            self.store.election.clone(),
+                            election.clone(),
+                            instance_id.clone(),
+                        );
+                        campaigning =
+                            Some(Box::pin(
+                                async move { e.try_lead(&name, &session, &id).await },
+                            ));
+                    }
+                    MemberAction::Lead(fence) => {
+                        self.stop_leading(&mut leading, None).await;
                         leading = Some(self.start_leading(fence));
                     }
-                    Ok(None) => elect_backoff.reset(),
-                    Err(e) => {
-                        let delay = elect_backoff.next_delay(&mut self.rng);
-                        debug!(error = %ErrorChain(&e), retry_in = ?delay, "campaign failed");
-                        elect_at = Some(Instant::now() + delay);
+                    MemberAction::StopLeading { resign } => {
+                        self.stop_leading(&mut leading, resign).await;
                     }
+                    MemberAction::Close(session) => {
+                        if let Err(e) = self.store.membership.close_session(&session).await {
+                            debug!(error = %ErrorChain(&e), "closing the session failed; it expires by its TTL");
+                        }
+                    }
+                    MemberAction::Halted => return,
                 }
             }
-            let wake = [observe_at, elect_at].into_iter().flatten().min();
-            let wake_sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + ttl));
-            tokio::pin!(wake_sleep);
+            let deadline = machine.poll_timeout();
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
             tokio::select! {
                 biased;
-                _ = &mut halt => break,
-                () = &mut renew => {
-                    match self.store.membership.renew_session(&current).await {
-                        Ok(true) => {
-                            renew_backoff.reset();
-                            renewed_at = Instant::now();
-                            renew.as_mut().reset(renewed_at + renew_every);
-                        }
-                        Ok(false) => {
-                            warn!(session = %current, "session expired: registering again");
-                            self.stop_leading(&mut leading, false).await;
-                            session = None;
-                        }
-                        Err(e) => {
-                            let now = Instant::now();
-                            if now >= renewed_at + ttl {
-                                warn!(error = %ErrorChain(&e), "session not renewed for a whole TTL: registering again");
-                                self.stop_leading(&mut leading, false).await;
-                                session = None;
-                            } else {
-                                let delay = renew_backoff.next_delay(&mut self.rng).min(ttl / 10);
-                                debug!(error = %ErrorChain(&e), retry_in = ?delay, "renewing failed");
-                                renew.as_mut().reset(now + delay);
-                            }
-                        }
-                    }
+                _ = &mut halt, if !halting => {
+                    halting = true;
+                    machine.halt();
                 }
-                opened = async { observing.as_mut().expect("guarded").await }, if observing.is_some() => {
-                    observing = None;
-                    match opened {
+                result = in_flight(&mut registering), if registering.is_some() => {
+                    registering = None;
+                    match &result {
+                        Ok(session) => info!(%session, "registered"),
+                        Err(e) => warn!(error = %ErrorChain(e), "registering failed"),
+                    }
+                    machine.handle_registered(Instant::now(), result);
+                }
+                result = in_flight(&mut renewing), if renewing.is_some() => {
+                    renewing = None;
+                    match &result {
+                        Ok(true) => {}
+                        Ok(false) => warn!("session expired: registering again"),
+                        Err(e) => debug!(error = %ErrorChain(e), "renewing failed"),
+                    }
+                    machine.handle_renewed(Instant::now(), result);
+                }
+                result = in_flight(&mut campaigning), if campaigning.is_some() => {
+                    campaigning = None;
+                    if let Err(e) = &result {
+                        debug!(error = %ErrorChain(e), "campaign failed");
+                    }
+                    machine.handle_campaign(Instant::now(), result);
+                }
+                result = in_flight(&mut opening), if opening.is_some() => {
+                    opening = None;
+                    match result {
                         Ok(s) => stream = Some(s),
                         Err(e) => {
-                            let delay = observe_backoff.next_delay(&mut self.rng);
-                            debug!(error = %ErrorChain(&e), retry_in = ?delay, "observing leadership failed");
-                            observe_at = Some(Instant::now() + delay);
+                            debug!(error = %ErrorChain(&e), "observing leadership failed");
+                            machine.handle_observed(Instant::now(), Err(e));
                         }
                     }
                 }
                 seen = async { stream.as_mut().expect("guarded").next().await }, if stream.is_some() => {
-                    match seen {
-                        Ok(observed) => {
-                            observe_backoff.reset();
-                            if let Some(l) = &leading {
-                                let same = observed.as_ref().is_some_and(|o| o.term == l.fence.term());
-                                // A stale observation must not end a leadership
-                                // the store still grants: ask the election.
-                                let still = same || self
-                                    .store
-                                    .election
-                                    .try_lead(&self.config.layout.leader, &current, self.config.instance_id())
-                                    .await
-                                    .is_ok_and(|f| f.is_some_and(|f| f.term() == l.fence.term()));
-                                if !still {
-                                    warn!(term = l.fence.term(), observed = ?observed, "leadership lost");
-                                    self.stop_leading(&mut leading, false).await;
-                                }
-                            }
-                            if leading.is_none() {
-                                elect_at = Some(Instant::now());
-                            }
-                        }
-                        Err(e) => {
-                            stream = None;
-                            let delay = observe_backoff.next_delay(&mut self.rng);
-                            debug!(error = %ErrorChain(&e), retry_in = ?delay, "leadership observation failed");
-                            observe_at = Some(Instant::now() + delay);
-                        }
+                    if let Err(e) = &seen {
+                        debug!(error = %ErrorChain(e), "leadership observation failed");
+                        stream = None;
                     }
+                    machine.handle_observed(Instant::now(), seen);
                 }
                 exit = async { (&mut leading.as_mut().expect("guarded").task).await }, if leading.is_some() => {
-                    let l = leading.take().expect("guarded");
-                    self.leading.send_replace(None);
-                    if matches!(exit, Ok(LeaderExit::Fenced)) {
-                        info!(term = l.fence.term(), "stepped down");
+                    if let Some(l) = leading.take() {
+                        self.leading.send_replace(None);
+                        if matches!(exit, Ok(LeaderExit::Fenced)) {
+                            info!(term = l.fence.term(), "stepped down");
+                        }
                     }
-                    elect_at = Some(Instant::now() + self.config.worker.backoff_min);
+                    machine.handle_leader_ended(Instant::now());
                 }
-                () = &mut wake_sleep, if wake.is_some() => {}
-            }
-        }
-        // Halt: resign first, then close the session.
-        self.stop_leading(&mut leading, true).await;
-        if let Some(s) = session {
-            if let Err(e) = self.store.membership.close_session(&s).await {
-                debug!(error = %ErrorChain(&e), "closing the session failed; it expires by its TTL");
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    machine.handle_timeout(Instant::now());
+                }
             }
         }
     }
