@@ -134,6 +134,8 @@ pub struct LeaderMachine {
     reported: BTreeSet<Vec<u8>>,
     stepped_down: bool,
     out: VecDeque<Action>,
+    /// Simulator-only switch; always true in the product.
+    revoke_first: bool,
 }
 
 impl LeaderMachine {
@@ -161,7 +163,14 @@ impl LeaderMachine {
             reported: BTreeSet::new(),
             stepped_down: false,
             out: VecDeque::new(),
+            revoke_first: true,
         }
+    }
+
+    /// For the simulator only: turns safeguards off to prove it notices.
+    #[doc(hidden)]
+    pub fn set_safeguards(&mut self, safeguards: worker_core::Safeguards) {
+        self.revoke_first = safeguards.revoke_first;
     }
 
     /// True once the machine stepped down.
@@ -423,7 +432,16 @@ impl LeaderMachine {
             }
         }
         let revokes = ops.len() - puts;
-        let chunks = revoke_first_chunks(ops, self.max_ops);
+        let chunks = if self.revoke_first {
+            revoke_first_chunks(ops, self.max_ops)
+        } else {
+            // Simulator only (safeguard off): every assign before any revoke.
+            let (mut puts, deletes): (Vec<TxnOp>, Vec<TxnOp>) = ops
+                .into_iter()
+                .partition(|op| matches!(op, TxnOp::Put { .. }));
+            puts.extend(deletes);
+            puts.chunks(self.max_ops).map(<[TxnOp]>::to_vec).collect()
+        };
         self.out.push_back(Action::Planned(PlanReport {
             members: members.len(),
             items: items.len(),

@@ -56,6 +56,8 @@ pub use coord::{
 };
 pub use error::{BoxError, ConfigError, ErrorChain, StoreError};
 pub use keys::{validate_instance_id, AssignmentKeys, ForeignReason, MAX_INSTANCE_ID_LEN};
+#[doc(hidden)]
+pub use machine::Safeguards;
 pub use memory::{MemoryStats, MemoryStore};
 pub use traits::{KvStream, KvWatch, LeaderStream, LeaderWait, LeaderWaitExt};
 pub use types::{

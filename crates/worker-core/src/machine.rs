@@ -83,6 +83,33 @@ impl Timing {
     }
 }
 
+/// Safety mechanisms that only the simulator (`crates/sim`) turns off, one at a
+/// time, to prove that it notices their absence. Not a feature: the product
+/// never changes them, and every constructor starts with [`Default`] (all on).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Three independent switches, on purpose.
+#[allow(clippy::struct_excessive_bools)]
+pub struct Safeguards {
+    /// The store checks the fence of every leader transaction (the simulator's
+    /// store model reads this one; no product code does).
+    pub fence: bool,
+    /// The leader writes every revoke before any assign.
+    pub revoke_first: bool,
+    /// The worker relists after a lost position (off: it resumes as after an error).
+    pub relist_on_lost: bool,
+}
+
+impl Default for Safeguards {
+    fn default() -> Self {
+        Self {
+            fence: true,
+            revoke_first: true,
+            relist_on_lost: true,
+        }
+    }
+}
+
 /// What the machine asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -176,6 +203,8 @@ pub struct Machine {
 
     halted: bool,
     actions: VecDeque<Action>,
+    /// Simulator-only switch; always true in the product.
+    relist_on_lost: bool,
 }
 
 impl Machine {
@@ -215,7 +244,14 @@ impl Machine {
             ignored: HashSet::new(),
             halted: false,
             actions,
+            relist_on_lost: true,
         })
+    }
+
+    /// For the simulator only: turns safeguards off to prove it notices.
+    #[doc(hidden)]
+    pub fn set_safeguards(&mut self, safeguards: Safeguards) {
+        self.relist_on_lost = safeguards.relist_on_lost;
     }
 
     // ----- getters -----
@@ -445,6 +481,10 @@ impl Machine {
             }
             WatchEvent::Progress { revision } => {
                 self.observed_rev = self.observed_rev.max(revision);
+            }
+            WatchEvent::Lost { .. } if !self.relist_on_lost => {
+                // Simulator only (safeguard off): resume as after an error.
+                self.handle_kv_error(now);
             }
             WatchEvent::Lost { .. } => {
                 self.relist = true;

@@ -1,0 +1,89 @@
+//! `coordinator-sim`: runs the cluster simulation for many seeds or a long
+//! simulated time. `--seeds N` (default 100), `--seconds S` per seed (default
+//! 1000), `--start K` (first seed), `--total T` (run seeds until T simulated
+//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist`
+//! (turn one off), `--seed N --trace` (replay one seed, printing its trace).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use coordinator_sim::{run, RunConfig, Safeguards};
+
+fn main() {
+    let mut seeds = 100u64;
+    let mut seconds = 1000u64;
+    let mut start = 0u64;
+    let mut total: Option<u64> = None;
+    let mut threads = 2usize;
+    let mut safeguards = Safeguards::default();
+    let mut trace = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().expect("a value after the flag");
+        match a.as_str() {
+            "--seeds" => seeds = val().parse().expect("--seeds N"),
+            "--seconds" => seconds = val().parse().expect("--seconds S"),
+            "--start" => start = val().parse().expect("--start K"),
+            "--total" => total = Some(val().parse().expect("--total T")),
+            "--threads" => threads = val().parse().expect("--threads J"),
+            "--seed" => {
+                start = val().parse().expect("--seed N");
+                seeds = 1;
+            }
+            "--trace" => trace = true,
+            "--safeguard" => match val().as_str() {
+                "fence" => safeguards.fence = false,
+                "revoke-first" => safeguards.revoke_first = false,
+                "relist" => safeguards.relist_on_lost = false,
+                other => panic!("unknown safeguard {other}"),
+            },
+            other => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Some(t) = total {
+        seeds = t.div_ceil(seconds);
+    }
+    let next = Arc::new(AtomicU64::new(start));
+    let failed = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, failed) = (next.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut events = 0u64;
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= start + seeds {
+                        return events;
+                    }
+                    let mut cfg = RunConfig::new(seed, seconds);
+                    cfg.safeguards = safeguards;
+                    cfg.echo = trace;
+                    match run(cfg) {
+                        Ok(o) => events += o.events,
+                        Err(f) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("{f}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let events: u64 = handles.into_iter().map(|h| h.join().expect("thread")).sum();
+    let real = began.elapsed().as_secs_f64();
+    let simulated = seeds * seconds;
+    println!(
+        "seeds {start}..{}: {} failed; {simulated} simulated s in {real:.1} real s on {threads} threads: {:.0} simulated s per real s; {events} events",
+        start + seeds,
+        failed.load(Ordering::Relaxed),
+        simulated as f64 / real,
+    );
+    if failed.load(Ordering::Relaxed) > 0 {
+        std::process::exit(1);
+    }
+}
