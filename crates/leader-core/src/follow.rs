@@ -1,8 +1,26 @@
 //! Keeps a picture of everything under a prefix current: list, then watch
 //! from the list's position; relist when the position is lost; reopen the
 //! watch from the last position after an error, with backoff.
+//!
+//! The logic is a pure state machine, [`PrefixFollower`] (no I/O, no clock:
+//! time arrives as a `now` argument), in the shape of the worker's
+//! `Machine` and the [`LeaderMachine`](crate::LeaderMachine). The tokio task
+//! of [`spawn_follow`] is its thin driver; the simulator drives the same
+//! machine.
+//!
+//! | state | input | next |
+//! |---|---|---|
+//! | listing | a snapshot | the picture is replaced (published if it differs); watching after its revision |
+//! | listing | an error | after a backoff: list again |
+//! | watching | `Changes` / `Snapshot` | backoff reset; the position advances; the picture is updated (published if it differs) |
+//! | watching | `Progress` | backoff reset; the position advances |
+//! | watching | `Lost` | after a backoff: list again (the position is gone) |
+//! | watching | an error (opening the watch, or the stream) | after a backoff: watch again from the last position |
+//!
+//! The backoff is reset only by a watch event, as in the original task: a
+//! list that succeeds does not reset it (it often follows a lost position).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +28,253 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, warn};
-use worker_core::{Backoff, ErrorChain, KvChange, KvWatch, Revision, StoreError, WatchEvent};
+use worker_core::{
+    Backoff, ErrorChain, KvChange, KvStream, KvWatch, Revision, Snapshot, StoreError, WatchEvent,
+};
 
 /// Everything under a prefix: key -> value.
 pub type PrefixMap = BTreeMap<Vec<u8>, Bytes>;
 
 /// The receiving end: `None` until the first list succeeded.
 pub type PrefixView = watch::Receiver<Option<Arc<PrefixMap>>>;
+
+/// The seed of the backoff jitter of [`spawn_follow`]'s follower.
+pub const FOLLOW_SEED: u64 = 0x00f0_110e;
+
+/// What the driver of a [`PrefixFollower`] must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowAction {
+    /// Read the whole prefix (drop any open watch first) and hand the answer
+    /// to [`PrefixFollower::handle_list`] or
+    /// [`PrefixFollower::handle_list_error`].
+    List,
+    /// Open a watch of the prefix after `after` (drop any open one first);
+    /// hand its events to [`PrefixFollower::handle_watch`], and a failure to
+    /// open it or of the stream to [`PrefixFollower::handle_watch_error`].
+    Watch {
+        /// The position to resume after.
+        after: Revision,
+    },
+    /// The picture of the prefix changed (or is the first one).
+    Publish(Arc<PrefixMap>),
+}
+
+/// Where the follower stands; each state holds exactly its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A list was asked for; its answer is awaited.
+    Listing,
+    /// A watch after `revision` was asked for (or is open).
+    Watching { revision: Revision },
+    /// Backing off; then list.
+    RelistAt { at: Instant },
+    /// Backing off; then watch again after `revision`.
+    RewatchAt { at: Instant, revision: Revision },
+}
+
+/// The logic of a prefix follower. See the [module docs](self).
+#[derive(Debug)]
+pub struct PrefixFollower {
+    prefix: String,
+    state: State,
+    /// The last picture published; `None` until the first list.
+    picture: Option<Arc<PrefixMap>>,
+    backoff: Backoff,
+    rng: SmallRng,
+    out: VecDeque<FollowAction>,
+}
+
+impl PrefixFollower {
+    /// A follower of `prefix` that retries after delays between
+    /// `backoff.0` and `backoff.1` (exponential, jittered by a generator
+    /// seeded with `seed`). Its first action is [`FollowAction::List`].
+    pub fn new(prefix: impl Into<String>, backoff: (Duration, Duration), seed: u64) -> Self {
+        Self {
+            prefix: prefix.into(),
+            state: State::Listing,
+            picture: None,
+            backoff: Backoff::new(backoff.0, backoff.1),
+            rng: SmallRng::seed_from_u64(seed),
+            out: std::iter::once(FollowAction::List).collect(),
+        }
+    }
+
+    /// The prefix followed.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The last picture published, once the first list succeeded.
+    pub fn picture(&self) -> Option<&Arc<PrefixMap>> {
+        self.picture.as_ref()
+    }
+
+    /// The position a watch resumes after, while watching (or about to
+    /// watch again).
+    pub fn revision(&self) -> Option<Revision> {
+        match self.state {
+            State::Watching { revision } | State::RewatchAt { revision, .. } => Some(revision),
+            State::Listing | State::RelistAt { .. } => None,
+        }
+    }
+
+    /// Failures since the backoff was last reset (for the driver's log level).
+    pub fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    /// The answer to [`FollowAction::List`]. Ignored unless a list is awaited.
+    pub fn handle_list(&mut self, _now: Instant, snapshot: Snapshot) {
+        if self.state != State::Listing {
+            return;
+        }
+        let revision = snapshot.revision;
+        self.state = State::Watching { revision };
+        self.replace(snapshot);
+        self.out.push_back(FollowAction::Watch { after: revision });
+    }
+
+    /// [`FollowAction::List`] failed: lists again after a backoff. Returns
+    /// the delay (for the driver's log), or `None` if no list was awaited.
+    pub fn handle_list_error(&mut self, now: Instant) -> Option<Duration> {
+        if self.state != State::Listing {
+            return None;
+        }
+        let delay = self.backoff.next_delay(&mut self.rng);
+        self.state = State::RelistAt { at: now + delay };
+        Some(delay)
+    }
+
+    /// An event of the watch opened by [`FollowAction::Watch`]. Returns the
+    /// backoff delay when the event was `Lost` (the follower lists again
+    /// after it), else `None`. Ignored unless watching.
+    pub fn handle_watch(&mut self, now: Instant, event: WatchEvent) -> Option<Duration> {
+        if !matches!(self.state, State::Watching { .. }) {
+            return None;
+        }
+        match event {
+            WatchEvent::Changes {
+                revision: r,
+                changes,
+            } => {
+                self.backoff.reset();
+                self.state = State::Watching { revision: r };
+                self.apply(changes);
+                None
+            }
+            WatchEvent::Snapshot(s) => {
+                self.backoff.reset();
+                self.state = State::Watching {
+                    revision: s.revision,
+                };
+                self.replace(s);
+                None
+            }
+            WatchEvent::Progress { revision: r } => {
+                self.backoff.reset();
+                self.state = State::Watching { revision: r };
+                None
+            }
+            WatchEvent::Lost { .. } => {
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.state = State::RelistAt { at: now + delay };
+                Some(delay)
+            }
+        }
+    }
+
+    /// Opening the watch failed, or its stream did: watches again from the
+    /// last position after a backoff. Returns the delay (for the driver's
+    /// log), or `None` if not watching.
+    pub fn handle_watch_error(&mut self, now: Instant) -> Option<Duration> {
+        let State::Watching { revision } = self.state else {
+            return None;
+        };
+        let delay = self.backoff.next_delay(&mut self.rng);
+        self.state = State::RewatchAt {
+            at: now + delay,
+            revision,
+        };
+        Some(delay)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::RelistAt { at } | State::RewatchAt { at, .. } => Some(at),
+            State::Listing | State::Watching { .. } => None,
+        }
+    }
+
+    /// Time passed: once the backoff is over, lists or watches again.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::RelistAt { at } if now >= at => {
+                self.state = State::Listing;
+                self.out.push_back(FollowAction::List);
+            }
+            State::RewatchAt { at, revision } if now >= at => {
+                self.state = State::Watching { revision };
+                self.out.push_back(FollowAction::Watch { after: revision });
+            }
+            _ => {}
+        }
+    }
+
+    /// The next thing to do, if any. Drain after every input.
+    pub fn poll(&mut self) -> Option<FollowAction> {
+        self.out.pop_front()
+    }
+
+    /// The picture becomes the snapshot's entries.
+    fn replace(&mut self, snapshot: Snapshot) {
+        let next: PrefixMap = snapshot
+            .entries
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        self.publish_if_changed(next);
+    }
+
+    /// Applies incremental changes to the picture; copies it only if one of
+    /// them changes something.
+    fn apply(&mut self, changes: Vec<KvChange>) {
+        let Some(current) = &self.picture else {
+            return; // unreachable: watching follows a list
+        };
+        let mut next: Option<PrefixMap> = None;
+        for change in changes {
+            let seen = next.as_ref().unwrap_or(current);
+            match change {
+                KvChange::Put(e) => {
+                    if seen.get(&e.key) != Some(&e.value) {
+                        next.get_or_insert_with(|| (**current).clone())
+                            .insert(e.key, e.value);
+                    }
+                }
+                KvChange::Delete { key } => {
+                    if seen.contains_key(&key) {
+                        next.get_or_insert_with(|| (**current).clone()).remove(&key);
+                    }
+                }
+            }
+        }
+        if let Some(next) = next {
+            self.publish_if_changed(next);
+        }
+    }
+
+    fn publish_if_changed(&mut self, next: PrefixMap) {
+        if self.picture.as_deref() == Some(&next) {
+            return;
+        }
+        let next = Arc::new(next);
+        self.picture = Some(next.clone());
+        self.out.push_back(FollowAction::Publish(next));
+    }
+}
 
 /// Starts following `prefix`; the task ends when every receiver is dropped.
 pub fn spawn_follow(
@@ -28,113 +285,91 @@ pub fn spawn_follow(
     let (tx, rx) = watch::channel(None);
     let task = tokio::spawn(async move {
         tokio::select! {
-            () = follow(kv.as_ref(), &prefix, &tx, backoff) => {}
+            () = follow(kv.as_ref(), PrefixFollower::new(prefix, backoff, FOLLOW_SEED), &tx) => {}
             () = tx.closed() => {}
         }
     });
     (rx, task)
 }
 
-async fn pause(backoff: &mut Backoff, rng: &mut SmallRng, prefix: &str, e: &StoreError) {
-    let delay = backoff.next_delay(rng);
-    if backoff.failures() > 3 {
+/// Logs a failed read: at debug while retries are few, at warn after.
+fn log_retry(follower: &PrefixFollower, delay: Option<Duration>, e: &StoreError) {
+    let Some(delay) = delay else { return };
+    let prefix = follower.prefix();
+    if follower.failures() > 3 {
         warn!(prefix, error = %ErrorChain(e), retry_in = ?delay, "reading prefix failed");
     } else {
         debug!(prefix, error = %ErrorChain(e), retry_in = ?delay, "reading prefix failed");
     }
-    tokio::time::sleep(delay).await;
 }
 
+/// The driver: one request at a time, so it carries out each action in turn
+/// and, when none is left, sleeps until the deadline or reads the stream.
 async fn follow(
     kv: &dyn KvWatch,
-    prefix: &str,
+    mut follower: PrefixFollower,
     tx: &watch::Sender<Option<Arc<PrefixMap>>>,
-    (min, max): (Duration, Duration),
 ) {
-    let mut backoff = Backoff::new(min, max);
-    let mut rng = SmallRng::seed_from_u64(0x00f0_110e);
+    let mut stream: Option<Box<dyn KvStream>> = None;
     loop {
-        // List.
-        let snapshot = match kv.list(prefix).await {
-            Ok(s) => s,
-            Err(e) => {
-                pause(&mut backoff, &mut rng, prefix, &e).await;
-                continue;
+        while let Some(action) = follower.poll() {
+            match action {
+                FollowAction::List => {
+                    stream = None;
+                    match kv.list(follower.prefix()).await {
+                        Ok(snapshot) => follower.handle_list(Instant::now(), snapshot),
+                        Err(e) => {
+                            let delay = follower.handle_list_error(Instant::now());
+                            log_retry(&follower, delay, &e);
+                        }
+                    }
+                }
+                FollowAction::Watch { after } => {
+                    stream = None;
+                    match kv.watch(follower.prefix(), after).await {
+                        Ok(s) => stream = Some(s),
+                        Err(e) => {
+                            let delay = follower.handle_watch_error(Instant::now());
+                            log_retry(&follower, delay, &e);
+                        }
+                    }
+                }
+                FollowAction::Publish(map) => {
+                    tx.send_replace(Some(map));
+                }
             }
+        }
+        if let Some(at) = follower.poll_timeout() {
+            tokio::time::sleep_until(at).await;
+            follower.handle_timeout(Instant::now());
+            continue;
+        }
+        let Some(s) = stream.as_mut() else {
+            return; // unreachable: neither waiting nor watching
         };
-        let mut map: PrefixMap = snapshot
-            .entries
-            .into_iter()
-            .map(|e| (e.key, e.value))
-            .collect();
-        let mut revision: Revision = snapshot.revision;
-        publish(tx, &map);
-        // Watch until the position is lost.
-        'watch: loop {
-            let mut stream = match kv.watch(prefix, revision).await {
-                Ok(s) => s,
-                Err(e) => {
-                    pause(&mut backoff, &mut rng, prefix, &e).await;
-                    continue 'watch;
-                }
-            };
-            loop {
-                match stream.next().await {
-                    Ok(WatchEvent::Changes {
-                        revision: r,
-                        changes,
-                    }) => {
-                        backoff.reset();
-                        revision = r;
-                        for change in changes {
-                            match change {
-                                KvChange::Put(e) => {
-                                    map.insert(e.key, e.value);
-                                }
-                                KvChange::Delete { key } => {
-                                    map.remove(&key);
-                                }
-                            }
-                        }
-                        publish(tx, &map);
-                    }
-                    Ok(WatchEvent::Snapshot(s)) => {
-                        backoff.reset();
-                        revision = s.revision;
-                        let next: PrefixMap =
-                            s.entries.into_iter().map(|e| (e.key, e.value)).collect();
-                        if next != map {
-                            map = next;
-                            publish(tx, &map);
-                        }
-                    }
-                    Ok(WatchEvent::Progress { revision: r }) => {
-                        backoff.reset();
-                        revision = r;
-                    }
-                    Ok(WatchEvent::Lost { reason }) => {
-                        debug!(prefix, reason, "position lost: relisting");
-                        let e = StoreError::protocol(reason);
-                        pause(&mut backoff, &mut rng, prefix, &e).await;
-                        break 'watch;
-                    }
-                    Err(e) => {
-                        pause(&mut backoff, &mut rng, prefix, &e).await;
-                        continue 'watch;
-                    }
-                }
+        match s.next().await {
+            Ok(WatchEvent::Lost { reason }) => {
+                stream = None;
+                debug!(
+                    prefix = follower.prefix(),
+                    reason, "position lost: relisting"
+                );
+                let delay = follower.handle_watch(
+                    Instant::now(),
+                    WatchEvent::Lost {
+                        reason: reason.clone(),
+                    },
+                );
+                log_retry(&follower, delay, &StoreError::protocol(reason));
+            }
+            Ok(event) => {
+                follower.handle_watch(Instant::now(), event);
+            }
+            Err(e) => {
+                stream = None;
+                let delay = follower.handle_watch_error(Instant::now());
+                log_retry(&follower, delay, &e);
             }
         }
     }
-}
-
-fn publish(tx: &watch::Sender<Option<Arc<PrefixMap>>>, map: &PrefixMap) {
-    tx.send_if_modified(|cur| {
-        if cur.as_deref() == Some(map) {
-            false
-        } else {
-            *cur = Some(Arc::new(map.clone()));
-            true
-        }
-    });
 }

@@ -1,18 +1,17 @@
 //! The tokio driver of [`LeaderMachine`]: follows the members and work
-//! prefixes, reads the assignments once on taking office, applies the
-//! machine's fenced transactions, and re-arms one timer.
+//! prefixes, reads the assignments when the machine asks (on taking office,
+//! and again after a failed read), applies the machine's fenced
+//! transactions, and re-arms one timer.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use worker_core::{
-    Backoff, ErrorChain, Fence, FencedWrite, KvWatch, Snapshot, StoreError, TxnOp, TxnOutcome,
+    ErrorChain, Fence, FencedWrite, KvWatch, Snapshot, StoreError, TxnOp, TxnOutcome,
 };
 
 use crate::follow::{spawn_follow, PrefixMap};
@@ -72,14 +71,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let mut machine = LeaderMachine::new(layout.clone(), timing, writer.max_ops(), Instant::now());
     info!(instance_id, term = fence.term(), "leading");
 
-    let list_assignments = |kv: Arc<dyn KvWatch>, prefix: String| -> ListFuture {
-        Box::pin(async move { kv.list(&prefix).await })
-    };
-    let mut listing: Option<ListFuture> =
-        Some(list_assignments(kv.clone(), layout.assignments.clone()));
-    let mut list_retry: Option<Instant> = None;
-    let mut list_backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
-    let mut rng = SmallRng::seed_from_u64(0x1ead);
+    let mut listing: Option<ListFuture> = None;
     let mut write: Option<WriteFuture> = None;
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
@@ -89,6 +81,10 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         // Carry out what the machine asks for.
         while let Some(action) = machine.poll() {
             match action {
+                Action::ListAssignments => {
+                    let (kv, prefix) = (kv.clone(), layout.assignments.clone());
+                    listing = Some(Box::pin(async move { kv.list(&prefix).await }));
+                }
                 Action::Write(ops) => {
                     let writer = writer.clone();
                     let fence = fence.clone();
@@ -127,11 +123,8 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 }
             }
         }
-        // One timer: the machine's deadline, or the assignment relist retry.
-        let deadline = match (machine.poll_timeout(), list_retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // One timer: the machine's deadline.
+        let deadline = machine.poll_timeout();
         if deadline != armed {
             if let Some(d) = deadline {
                 timer.as_mut().reset(d);
@@ -162,14 +155,13 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 listing = None;
                 match result {
                     Ok(snapshot) => {
-                        let map: PrefixMap =
-                            snapshot.entries.into_iter().map(|e| (e.key, e.value)).collect();
-                        machine.handle_assignments(Instant::now(), entries(&map));
+                        let entries = snapshot.entries.iter().map(|e| (e.key.as_slice(), &e.value));
+                        machine.handle_assignments(Instant::now(), entries);
                     }
                     Err(e) => {
-                        let delay = list_backoff.next_delay(&mut rng);
-                        debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
-                        list_retry = Some(Instant::now() + delay);
+                        if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
+                            debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
+                        }
                     }
                 }
             }
@@ -182,12 +174,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                let now = Instant::now();
-                if list_retry.is_some_and(|t| now >= t) {
-                    list_retry = None;
-                    listing = Some(list_assignments(kv.clone(), layout.assignments.clone()));
-                }
-                machine.handle_timeout(now);
+                machine.handle_timeout(Instant::now());
             }
         }
     }

@@ -5,13 +5,16 @@
 //! returns, re-arming one timer at [`LeaderMachine::poll_timeout`].
 //!
 //! Inputs: the members and work items under their prefixes (whole pictures,
-//! as a prefix mirror keeps them), the assignment keys read once on taking
-//! office, and the outcome of each fenced write. Outputs: fenced
-//! transactions to apply (revoke-first, split to the store's limit), a
-//! report of each plan, keys skipped, and the order to step down.
+//! as a [`PrefixFollower`](crate::follow::PrefixFollower) keeps them), the
+//! assignment keys read once on taking office, and the outcome of each fenced
+//! write. Outputs: the order to read the assignments, fenced transactions to
+//! apply (revoke-first, split to the store's limit), a report of each plan,
+//! keys skipped, and the order to step down.
 //!
 //! | state | input | next |
 //! |---|---|---|
+//! | new | — | read the assignments ([`Action::ListAssignments`]) |
+//! | reading the assignments | an error | after a backoff: read them again |
 //! | any | members / items / assignments differ from what was known | soak (re)starts: due at `min(last change + soak, first change + max_soak)` |
 //! | soaking, all three read | timeout past the due time | plan; the difference becomes transactions; the first is sent |
 //! | writing | `Applied` | the chunk is recorded as written; the next is sent, or idle |
@@ -85,6 +88,11 @@ pub struct PlanReport {
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Read every key under the assignments prefix, then hand the answer to
+    /// [`LeaderMachine::handle_assignments`] or
+    /// [`LeaderMachine::handle_assignments_error`]. The first action of a
+    /// new machine, and again after a failed read and a backoff.
+    ListAssignments,
     /// Apply these operations in one fenced transaction, then report the
     /// outcome with [`LeaderMachine::handle_write`].
     Write(Vec<TxnOp>),
@@ -109,6 +117,17 @@ pub enum Action {
     StepDown,
 }
 
+/// Where the read of the assignment keys stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A read was asked for; its answer is awaited.
+    InFlight,
+    /// The last read failed; read again at this time.
+    RetryAt(Instant),
+    /// Read (or nothing awaited).
+    Done,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Soak {
     first: Instant,
@@ -131,6 +150,9 @@ pub struct LeaderMachine {
     retry_at: Option<Instant>,
     backoff: Backoff,
     rng: SmallRng,
+    reading: Reading,
+    list_backoff: Backoff,
+    list_rng: SmallRng,
     reported: BTreeSet<Vec<u8>>,
     stepped_down: bool,
     out: VecDeque<Action>,
@@ -160,9 +182,12 @@ impl LeaderMachine {
             retry_at: None,
             backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
             rng: SmallRng::seed_from_u64(0x5eed_1ead),
+            reading: Reading::InFlight,
+            list_backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
+            list_rng: SmallRng::seed_from_u64(0x1ead),
             reported: BTreeSet::new(),
             stepped_down: false,
-            out: VecDeque::new(),
+            out: std::iter::once(Action::ListAssignments).collect(),
             revoke_first: true,
         }
     }
@@ -269,8 +294,8 @@ impl LeaderMachine {
         }
     }
 
-    /// The assignment keys as read from the store (on taking office, or after
-    /// the driver re-read them).
+    /// The assignment keys as read from the store: the answer to
+    /// [`Action::ListAssignments`].
     pub fn handle_assignments<'a>(
         &mut self,
         now: Instant,
@@ -279,6 +304,7 @@ impl LeaderMachine {
         if self.stepped_down {
             return;
         }
+        self.reading = Reading::Done;
         let mut current = BTreeMap::new();
         for (key, value) in entries {
             match self.layout.parse_assignment(key) {
@@ -293,6 +319,18 @@ impl LeaderMachine {
             self.current = Some(current);
             self.changed(now);
         }
+    }
+
+    /// [`Action::ListAssignments`] failed: the read is asked for again after
+    /// a backoff. Returns the delay (for the driver's log), or `None` if no
+    /// read was awaited.
+    pub fn handle_assignments_error(&mut self, now: Instant) -> Option<Duration> {
+        if self.stepped_down || self.reading != Reading::InFlight {
+            return None;
+        }
+        let delay = self.list_backoff.next_delay(&mut self.list_rng);
+        self.reading = Reading::RetryAt(now + delay);
+        Some(delay)
     }
 
     /// The outcome of the transaction last returned by [`Action::Write`];
@@ -328,6 +366,7 @@ impl LeaderMachine {
                 self.chunks.clear();
                 self.soak = None;
                 self.retry_at = None;
+                self.reading = Reading::Done;
                 self.out.push_back(Action::StepDown);
             }
             Err(_) => {
@@ -354,6 +393,9 @@ impl LeaderMachine {
         if self.stepped_down {
             return None;
         }
+        if let Reading::RetryAt(at) = self.reading {
+            return Some(at);
+        }
         if let Some(at) = self.retry_at {
             return Some(at);
         }
@@ -368,10 +410,15 @@ impl LeaderMachine {
         self.members.is_some() && self.items.is_some() && self.current.is_some()
     }
 
-    /// Time passed: retries a failed write or plans when the soak is over.
+    /// Time passed: reads the assignments again after a failed read, retries
+    /// a failed write, or plans when the soak is over.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.stepped_down {
             return;
+        }
+        if matches!(self.reading, Reading::RetryAt(at) if now >= at) {
+            self.reading = Reading::InFlight;
+            self.out.push_back(Action::ListAssignments);
         }
         if let Some(at) = self.retry_at {
             if now >= at {

@@ -71,13 +71,52 @@ fn writes(actions: &[Action]) -> Vec<Vec<TxnOp>> {
         .collect()
 }
 
+/// A new machine whose first action (read the assignments) is taken.
 fn machine(now: Instant, max_ops: usize) -> LeaderMachine {
-    LeaderMachine::new(
+    let mut m = LeaderMachine::new(
         Layout::default(),
         LeaderTiming::with_soak(SOAK),
         max_ops,
         now,
-    )
+    );
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    m
+}
+
+#[test]
+fn the_assignments_are_read_on_taking_office_and_again_after_a_failed_read() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 64);
+    let members: Vec<(Vec<u8>, Bytes)> = kv(&[("service/coordinator/members/m1", "{}")]);
+    let items: Vec<(Vec<u8>, Bytes)> = kv(&[("service/coordinator/work/w1", "v")]);
+    m.handle_members(t0, members.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_items(t0, items.iter().map(|(k, v)| (k.as_slice(), v)));
+    // The read fails: read again after the backoff (100 ms the first time).
+    let delay = m.handle_assignments_error(t0).expect("a read was awaited");
+    assert_eq!(delay, Duration::from_millis(100));
+    assert_eq!(m.handle_assignments_error(t0), None, "no read in flight");
+    assert_eq!(m.poll_timeout(), Some(t0 + delay));
+    m.handle_timeout(t0 + delay - Duration::from_millis(1));
+    assert!(drain(&mut m).is_empty());
+    m.handle_timeout(t0 + delay);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    // Failing again backs off longer (jittered between the floor and 200 ms).
+    let t1 = t0 + delay;
+    let second = m.handle_assignments_error(t1).expect("a read was awaited");
+    assert!(second >= Duration::from_millis(100) && second <= Duration::from_millis(200));
+    m.handle_timeout(t1 + second);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    // Read at last: no more retries; the plan comes after the soak.
+    let t2 = t1 + second;
+    m.handle_assignments(t2, std::iter::empty());
+    assert_eq!(m.poll_timeout(), Some(t2 + SOAK));
+    m.handle_timeout(t2 + SOAK);
+    let actions = drain(&mut m);
+    assert!(
+        matches!(actions.first(), Some(Action::Planned(r)) if r.placed == 1),
+        "{actions:?}"
+    );
+    assert!(!actions.contains(&Action::ListAssignments));
 }
 
 #[test]

@@ -1,21 +1,23 @@
 //! The cluster: N members, each running the real worker `Machine`, the real
-//! `MemberMachine` and (while it leads) the real `LeaderMachine` with a prefix
-//! follower like `follow.rs`; the simulator turns their actions into store
-//! requests with seeded latencies and feeds the outcomes back. One event
-//! queue ordered by (time, sequence); every random choice from one seeded RNG.
+//! `MemberMachine` and (while it leads) the real `LeaderMachine` with two real
+//! `PrefixFollower`s (members, items); the simulator does what their tokio
+//! drivers do: it turns their actions into store requests with seeded
+//! latencies and feeds the outcomes back. One event queue ordered by (time,
+//! sequence); every random choice from one seeded RNG.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use bytes::Bytes;
+use leader_core::follow::{FollowAction, PrefixFollower, FOLLOW_SEED};
 use leader_core::machine::{Action as LeadAction, LeaderMachine, LeaderTiming};
 use leader_core::{Layout, MemberAction, MemberMachine, MemberMeta, MemberTiming};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use worker_core::machine::{Action as WorkAction, Machine, Timing};
 use worker_core::{
-    Backoff, Fence, KvChange, KvEntry, Leader, Safeguards, SessionId, Snapshot, TxnOp, TxnOutcome,
+    Fence, KvChange, KvEntry, Leader, Safeguards, SessionId, Snapshot, TxnOp, TxnOutcome,
     WatchEvent, Workload,
 };
 
@@ -296,29 +298,22 @@ enum Life {
     Halted,
 }
 
-/// A prefix follower, as `follow.rs`: list, watch from the list's position,
-/// relist after a lost position, rewatch after an error, with backoff.
-#[derive(Debug)]
-struct Follower {
-    prefix: String,
-    slot: Slot,
-    map: Option<BTreeMap<String, Bytes>>,
-    rev: u64,
-    listing: bool,
-    retry_at: Option<Nanos>,
-    backoff: Backoff,
-    rng: SmallRng,
-}
-
 #[derive(Debug)]
 struct Lead {
     fence: Fence,
     machine: LeaderMachine,
-    members: Follower,
-    items: Follower,
-    list_retry: Option<Nanos>,
-    list_backoff: Backoff,
-    rng: SmallRng,
+    members: PrefixFollower,
+    items: PrefixFollower,
+}
+
+impl Lead {
+    fn follower(&mut self, slot: Slot) -> &mut PrefixFollower {
+        if slot == Slot::FollowMembers {
+            &mut self.members
+        } else {
+            &mut self.items
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -1056,29 +1051,15 @@ impl Sim {
         if node.member.poll_timeout().is_some_and(|d| d <= t) {
             node.member.handle_timeout(t);
         }
-        let mut sends = Vec::new();
         if let Some(lead) = &mut node.lead {
             if lead.machine.poll_timeout().is_some_and(|d| d <= t) {
                 lead.machine.handle_timeout(t);
             }
-            if lead.list_retry.is_some_and(|r| r <= now) {
-                lead.list_retry = None;
-                sends.push((Slot::LeadList, Req::List(self.layout.assignments.clone())));
-            }
             for f in [&mut lead.members, &mut lead.items] {
-                if f.retry_at.is_some_and(|r| r <= now) {
-                    f.retry_at = None;
-                    let req = if f.listing {
-                        Req::List(f.prefix.clone())
-                    } else {
-                        Req::Watch(f.prefix.clone(), f.rev)
-                    };
-                    sends.push((f.slot, req));
+                if f.poll_timeout().is_some_and(|d| d <= t) {
+                    f.handle_timeout(t);
                 }
             }
-        }
-        for (slot, req) in sends {
-            self.send(n, slot, req);
         }
     }
 
@@ -1096,11 +1077,11 @@ impl Sim {
         .min();
         if let Some(lead) = &node.lead {
             let more = [
-                lead.machine.poll_timeout().map(|i| self.nanos_of_tok(i)),
-                lead.list_retry,
-                lead.members.retry_at,
-                lead.items.retry_at,
-            ];
+                lead.machine.poll_timeout(),
+                lead.members.poll_timeout(),
+                lead.items.poll_timeout(),
+            ]
+            .map(|i| i.map(|i| self.nanos_of_tok(i)));
             next = next.into_iter().chain(more.into_iter().flatten()).min();
         }
         let next = next.map(|t| t.max(self.now));
@@ -1171,8 +1152,7 @@ impl Sim {
             }
             (Slot::LeadList, Msg::Err(_)) => {
                 if let Some(lead) = &mut self.nodes[n].lead {
-                    let d = lead.list_backoff.next_delay(&mut lead.rng);
-                    lead.list_retry = Some(self.now + d.as_nanos() as Nanos);
+                    lead.machine.handle_assignments_error(t);
                 }
             }
             (Slot::LeadWrite, Msg::Txn(o)) => {
@@ -1190,86 +1170,31 @@ impl Sim {
         }
     }
 
+    /// A reply or watch event for a prefix follower, as `follow.rs` hands it
+    /// over; after a failure the follower's watch is dropped, as the tokio
+    /// driver drops its stream.
     fn follow(&mut self, n: usize, slot: Slot, msg: Msg) {
-        let now = self.now;
-        let t = self.tok_at(now);
+        let t = self.tok_at(self.now);
         let Some(lead) = &mut self.nodes[n].lead else {
             return;
         };
-        let f = if slot == Slot::FollowMembers {
-            &mut lead.members
-        } else {
-            &mut lead.items
-        };
-        let mut next = None;
-        let mut changed = false;
-        match msg {
+        let f = lead.follower(slot);
+        let failed = match msg {
             Msg::Snapshot(s) => {
-                let map: BTreeMap<String, Bytes> = s
-                    .entries
-                    .into_iter()
-                    .map(|e| (lossy(&e.key).to_owned(), e.value))
-                    .collect();
-                changed = f.map.as_ref() != Some(&map);
-                f.map = Some(map);
-                f.rev = s.revision;
-                f.listing = false;
-                next = Some(Req::Watch(f.prefix.clone(), f.rev));
+                f.handle_list(t, s);
+                false
             }
-            Msg::Watch(WatchEvent::Changes { revision, changes }) => {
-                f.backoff.reset();
-                f.rev = revision;
-                let map = f.map.get_or_insert_with(BTreeMap::new);
-                for c in changes {
-                    match c {
-                        KvChange::Put(e) => {
-                            map.insert(lossy(&e.key).to_owned(), e.value);
-                        }
-                        KvChange::Delete { key } => {
-                            map.remove(lossy(&key));
-                        }
-                    }
-                }
-                changed = true;
-            }
-            Msg::Watch(WatchEvent::Snapshot(s)) => {
-                f.backoff.reset();
-                f.rev = s.revision;
-                let map: BTreeMap<String, Bytes> = s
-                    .entries
-                    .into_iter()
-                    .map(|e| (lossy(&e.key).to_owned(), e.value))
-                    .collect();
-                changed = f.map.as_ref() != Some(&map);
-                f.map = Some(map);
-            }
-            Msg::Watch(WatchEvent::Progress { revision }) => {
-                f.backoff.reset();
-                f.rev = revision;
-            }
-            Msg::Watch(WatchEvent::Lost { .. }) => {
-                let d = f.backoff.next_delay(&mut f.rng);
-                f.listing = true;
-                f.retry_at = Some(now + d.as_nanos() as Nanos);
-            }
-            Msg::Err(_) => {
-                let d = f.backoff.next_delay(&mut f.rng);
-                f.retry_at = Some(now + d.as_nanos() as Nanos);
-            }
+            Msg::Watch(ev) => f.handle_watch(t, ev).is_some(),
+            // A list or a watch failed: the follower knows which it awaits.
+            Msg::Err(_) => f
+                .handle_list_error(t)
+                .or_else(|| f.handle_watch_error(t))
+                .is_some(),
             other => unreachable!("follower got {other:?}"),
-        }
-        if changed {
-            if let Some(map) = &f.map {
-                let entries = map.iter().map(|(k, v)| (k.as_bytes(), v));
-                if slot == Slot::FollowMembers {
-                    lead.machine.handle_members(t, entries);
-                } else {
-                    lead.machine.handle_items(t, entries);
-                }
-            }
-        }
-        if let Some(req) = next {
-            self.send(n, slot, req);
+        };
+        if failed {
+            self.cancel_watch(n, slot);
+            self.nodes[n].gens[slot as usize] += 1;
         }
     }
 
@@ -1279,40 +1204,20 @@ impl Sim {
         let t = self.tok_at(self.now);
         let mut machine = LeaderMachine::new(self.layout.clone(), lt, self.max_ops, t);
         machine.set_safeguards(self.cfg.safeguards);
-        let backoff = || {
-            Backoff::new(
-                Duration::from_millis(100),
-                Duration::from_nanos(self.p.backoff_max),
-            )
-        };
-        let follower = |prefix: &str, slot| Follower {
-            prefix: prefix.to_owned(),
-            slot,
-            map: None,
-            rev: 0,
-            listing: true,
-            retry_at: None,
-            backoff: backoff(),
-            rng: SmallRng::seed_from_u64(0x00f0_110e),
-        };
+        let backoff = (
+            Duration::from_millis(100),
+            Duration::from_nanos(self.p.backoff_max),
+        );
         let lead = Lead {
             fence,
             machine,
-            members: follower(&self.layout.members, Slot::FollowMembers),
-            items: follower(&self.layout.work, Slot::FollowItems),
-            list_retry: None,
-            list_backoff: backoff(),
-            rng: SmallRng::seed_from_u64(0x1ead),
+            members: PrefixFollower::new(&*self.layout.members, backoff, FOLLOW_SEED),
+            items: PrefixFollower::new(&*self.layout.work, backoff, FOLLOW_SEED),
         };
         self.nodes[n].lead = Some(lead);
-        let (m, w, a) = (
-            self.layout.members.clone(),
-            self.layout.work.clone(),
-            self.layout.assignments.clone(),
-        );
-        self.send(n, Slot::FollowMembers, Req::List(m));
-        self.send(n, Slot::FollowItems, Req::List(w));
-        self.send(n, Slot::LeadList, Req::List(a));
+        // The followers' and the machine's first reads go out now, as the
+        // leader task starts them.
+        self.drive_lead(n);
     }
 
     fn stop_leading(&mut self, n: usize) {
@@ -1373,42 +1278,83 @@ impl Sim {
                     }
                 }
             }
-            let mut lead_actions = Vec::new();
-            if let Some(lead) = &mut self.nodes[n].lead {
-                while let Some(a) = lead.machine.poll() {
-                    lead_actions.push((a, lead.fence.clone()));
-                }
-            }
-            for (a, fence) in lead_actions {
-                any = true;
-                let id = self.nodes[n].id.clone();
-                match a {
-                    LeadAction::Write(ops) => self.send(n, Slot::LeadWrite, Req::Txn(fence, ops)),
-                    LeadAction::Planned(r) => {
-                        self.plans += 1;
-                        tr!(
-                            self,
-                            "{id} planned: {} members {} items moved {} placed {} revokes {} puts {} txns {}",
-                            r.members, r.items, r.moved, r.placed, r.revokes, r.puts, r.transactions
-                        );
-                    }
-                    LeadAction::BadKey { key, .. } => tr!(self, "{id} bad key {key}"),
-                    LeadAction::BadMemberValue { member, .. } => {
-                        tr!(self, "{id} bad member value {member}");
-                    }
-                    LeadAction::StepDown => {
-                        tr!(self, "{id} fenced: steps down");
-                        self.stop_leading(n);
-                        let t = self.tok_at(self.now);
-                        self.nodes[n].member.handle_leader_ended(t);
-                    }
-                }
-            }
+            any |= self.drive_lead(n);
             if !any {
                 break;
             }
         }
         self.rearm(n);
+    }
+
+    /// Carries out what the leader's followers and machine ask for; true if
+    /// they asked for anything.
+    fn drive_lead(&mut self, n: usize) -> bool {
+        let mut any = false;
+        for slot in [Slot::FollowMembers, Slot::FollowItems] {
+            loop {
+                let t = self.tok_at(self.now);
+                let Some(lead) = &mut self.nodes[n].lead else {
+                    return any;
+                };
+                let f = lead.follower(slot);
+                let Some(a) = f.poll() else { break };
+                any = true;
+                match a {
+                    FollowAction::List => {
+                        let req = Req::List(f.prefix().to_owned());
+                        self.send(n, slot, req);
+                    }
+                    FollowAction::Watch { after } => {
+                        let req = Req::Watch(f.prefix().to_owned(), after);
+                        self.send(n, slot, req);
+                    }
+                    FollowAction::Publish(map) => {
+                        let entries = map.iter().map(|(k, v)| (k.as_slice(), v));
+                        if slot == Slot::FollowMembers {
+                            lead.machine.handle_members(t, entries);
+                        } else {
+                            lead.machine.handle_items(t, entries);
+                        }
+                    }
+                }
+            }
+        }
+        let mut lead_actions = Vec::new();
+        if let Some(lead) = &mut self.nodes[n].lead {
+            while let Some(a) = lead.machine.poll() {
+                lead_actions.push((a, lead.fence.clone()));
+            }
+        }
+        for (a, fence) in lead_actions {
+            any = true;
+            let id = self.nodes[n].id.clone();
+            match a {
+                LeadAction::ListAssignments => {
+                    let a = self.layout.assignments.clone();
+                    self.send(n, Slot::LeadList, Req::List(a));
+                }
+                LeadAction::Write(ops) => self.send(n, Slot::LeadWrite, Req::Txn(fence, ops)),
+                LeadAction::Planned(r) => {
+                    self.plans += 1;
+                    tr!(
+                            self,
+                            "{id} planned: {} members {} items moved {} placed {} revokes {} puts {} txns {}",
+                            r.members, r.items, r.moved, r.placed, r.revokes, r.puts, r.transactions
+                        );
+                }
+                LeadAction::BadKey { key, .. } => tr!(self, "{id} bad key {key}"),
+                LeadAction::BadMemberValue { member, .. } => {
+                    tr!(self, "{id} bad member value {member}");
+                }
+                LeadAction::StepDown => {
+                    tr!(self, "{id} fenced: steps down");
+                    self.stop_leading(n);
+                    let t = self.tok_at(self.now);
+                    self.nodes[n].member.handle_leader_ended(t);
+                }
+            }
+        }
+        any
     }
 
     fn worker_action(&mut self, n: usize, a: WorkAction) {
