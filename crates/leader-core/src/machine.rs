@@ -1,6 +1,6 @@
 //! The leader as a pure state machine: no I/O, no clock, no tasks.
 //!
-//! Time arrives as a `now` argument; the driver ([`crate::leader`]) feeds the
+//! Time arrives as a `now` argument; the driver (`leader.rs`) feeds the
 //! machine what it reads from the store and carries out what [`LeaderMachine::poll`]
 //! returns, re-arming one timer at [`LeaderMachine::poll_timeout`].
 //!

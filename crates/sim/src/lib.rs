@@ -2,7 +2,8 @@
 //!
 //! N members, each with the real worker [`Machine`](worker_core::machine::Machine),
 //! the real [`MemberMachine`](leader_core::MemberMachine) and, while it leads,
-//! the real [`LeaderMachine`](leader_core::LeaderMachine), run in one thread on
+//! the real [`LeaderMachine`](leader_core::LeaderMachine) with its two
+//! [`PrefixFollower`](leader_core::follow::PrefixFollower)s, run in one thread on
 //! a virtual clock against a [store model](store), under a seeded fault
 //! schedule, with invariants checked after every step. See `docs/testing.md`.
 //!
