@@ -117,6 +117,12 @@ async fn leader_killed_another_leads() {
     conformance::leader_killed_another_leads(&store, "k/").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_within_rebalance_delay_moves_nothing() {
+    let store = Consul::start().await;
+    conformance::restart_within_rebalance_delay_moves_nothing(&store, "r/").await;
+}
+
 /// The session Consul created: TTL rounded up to 10 s, `delete`, no
 /// lock-delay, no node checks; a bound key of a gone session is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,6 +196,11 @@ pub struct Config {
     /// This member's relative share of the work. Default 1; 0 takes nothing.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// How long the items of a member that left stay assigned to it, so that
+    /// a member restarted with the same id within it gets them back and
+    /// nothing moves (a leader setting). Default 0.
+    #[serde(default, with = "duration_str")]
+    pub rebalance_delay: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -301,6 +306,7 @@ impl Config {
             ttl: default_ttl(),
             leader_soak: default_leader_soak(),
             weight: default_weight(),
+            rebalance_delay: Duration::ZERO,
         }
     }
 
@@ -326,7 +332,8 @@ impl Config {
     /// `COORDINATOR_TOKEN_FILE`, `COORDINATOR_CA_CERT`, `COORDINATOR_CLIENT_CERT`,
     /// `COORDINATOR_CLIENT_KEY`, `COORDINATOR_USER`, `COORDINATOR_PASSWORD_FILE`,
     /// and for a full member `COORDINATOR_MEMBERS_PREFIX`, `COORDINATOR_WORK_PREFIX`,
-    /// `COORDINATOR_TTL`, `COORDINATOR_LEADER_SOAK`, `COORDINATOR_WEIGHT`.
+    /// `COORDINATOR_TTL`, `COORDINATOR_LEADER_SOAK`, `COORDINATOR_WEIGHT`,
+    /// `COORDINATOR_REBALANCE_DELAY`.
     pub fn from_env() -> Result<Self, LoadError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -385,6 +392,9 @@ impl Config {
         if let Some(d) = dur("COORDINATOR_LEADER_SOAK")? {
             c.leader_soak = d;
         }
+        if let Some(d) = dur("COORDINATOR_REBALANCE_DELAY")? {
+            c.rebalance_delay = d;
+        }
         if let Some(w) = get("COORDINATOR_WEIGHT") {
             c.weight = w.trim().parse().map_err(|e| LoadError::Env {
                 var: "COORDINATOR_WEIGHT",
@@ -433,7 +443,8 @@ impl Config {
             .layout(self.layout())
             .weight(self.weight)
             .ttl(self.ttl)
-            .leader_soak(self.leader_soak);
+            .leader_soak(self.leader_soak)
+            .rebalance_delay(self.rebalance_delay);
         m.worker = self.worker_config();
         m.validate()?;
         Ok(m)

@@ -544,3 +544,91 @@ pub async fn leader_killed_another_leads(store: &dyn ClusterStore, root: &str) {
         m.halt().await;
     }
 }
+
+/// Waits until `key` no longer exists, following its prefix through `kv`.
+async fn wait_key_gone(kv: &dyn worker_core::KvWatch, prefix: &str, key: &str, bound: Duration) {
+    use worker_core::{KvChange, WatchEvent};
+    let gone = async {
+        loop {
+            let Ok(snapshot) = kv.list(prefix).await else {
+                continue;
+            };
+            if !snapshot.entries.iter().any(|e| e.key == key.as_bytes()) {
+                return;
+            }
+            let Ok(mut stream) = kv.watch(prefix, snapshot.revision).await else {
+                continue;
+            };
+            loop {
+                match stream.next().await {
+                    Ok(WatchEvent::Changes { changes, .. }) => {
+                        if changes.iter().any(
+                            |c| matches!(c, KvChange::Delete { key: k } if k == key.as_bytes()),
+                        ) {
+                            return;
+                        }
+                    }
+                    Ok(WatchEvent::Snapshot(s)) => {
+                        if !s.entries.iter().any(|e| e.key == key.as_bytes()) {
+                            return;
+                        }
+                    }
+                    Ok(WatchEvent::Progress { .. }) => {}
+                    Ok(WatchEvent::Lost { .. }) | Err(_) => break,
+                }
+            }
+        }
+    };
+    bounded(bound, &format!("{key} to be gone"), gone).await;
+}
+
+/// With `rebalance_delay`, a member that dies and is restarted with the same
+/// id within the delay gets its items back and nothing moves: no plan moves
+/// or places anything.
+pub async fn restart_within_rebalance_delay_moves_nothing(store: &dyn ClusterStore, root: &str) {
+    let observer = store.connect(&layout(root)).await;
+    for i in 0..12 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let config =
+        |id: &str| member_config(store, root, id).rebalance_delay(store.expiry_bound() * 2);
+    let mut members = BTreeMap::new();
+    let mut plans = Vec::new();
+    for id in ["a", "b", "c"] {
+        let m = Member::spawn(&config(id), &store.connect(&layout(root)).await).expect("spawn");
+        plans.push(m.plans());
+        members.insert(id.to_owned(), m);
+    }
+    let before = wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
+    check_plans(&mut plans);
+    let victim = members
+        .iter()
+        .find(|(_, m)| !m.is_leader())
+        .map(|(id, _)| id.clone())
+        .expect("a follower");
+    members.remove(&victim).expect("victim").kill().await;
+    // Its session expires and its member key goes: it has left.
+    wait_key_gone(
+        observer.kv.as_ref(),
+        &format!("{root}members/"),
+        &format!("{root}members/{victim}"),
+        store.expiry_bound(),
+    )
+    .await;
+    let back = Member::spawn(&config(&victim), &store.connect(&layout(root)).await).expect("spawn");
+    plans.push(back.plans());
+    members.insert(victim.clone(), back);
+    let after = wait_holdings(&members, WAIT, "4/4/4 after the restart", |h| {
+        exact(h, 12, &[4, 4, 4])
+    })
+    .await;
+    assert_eq!(after, before, "every member holds what it held before");
+    let reports = check_plans(&mut plans);
+    assert!(
+        reports.iter().all(|p| p.moved == 0 && p.placed == 0),
+        "a restart within the delay moved or placed items: {reports:?}"
+    );
+    for (_, m) in members {
+        m.halt().await;
+    }
+}

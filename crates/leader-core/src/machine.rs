@@ -44,6 +44,10 @@ pub struct LeaderTiming {
     pub backoff_min: Duration,
     /// Largest retry delay. Default 10 s.
     pub backoff_max: Duration,
+    /// How long the items of a member that left stay assigned to it, so that
+    /// a member restarted with the same id within it gets them back and
+    /// nothing moves. Default 0 (its items are placed at the next plan).
+    pub rebalance_delay: Duration,
 }
 
 impl Default for LeaderTiming {
@@ -60,6 +64,7 @@ impl LeaderTiming {
             max_soak: soak.saturating_mul(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            rebalance_delay: Duration::ZERO,
         }
     }
 }
@@ -158,6 +163,12 @@ pub struct LeaderMachine {
     out: VecDeque<Action>,
     /// Simulator-only switch; always true in the product.
     revoke_first: bool,
+    /// Members that left within `rebalance_delay`: weight and until when
+    /// their items stay theirs.
+    departed: BTreeMap<MemberId, (u32, Instant)>,
+    took_office: Instant,
+    /// Whether the owners found on taking office were given their delay.
+    seeded_departed: bool,
 }
 
 impl LeaderMachine {
@@ -189,6 +200,9 @@ impl LeaderMachine {
             stepped_down: false,
             out: std::iter::once(Action::ListAssignments).collect(),
             revoke_first: true,
+            departed: BTreeMap::new(),
+            took_office: now,
+            seeded_departed: false,
         }
     }
 
@@ -216,6 +230,17 @@ impl LeaderMachine {
     /// The assignment as this leader knows it is in the store, once read.
     pub fn assignment(&self) -> Option<&BTreeMap<(MemberId, WorkId), Bytes>> {
         self.current.as_ref()
+    }
+
+    /// The members a plan counts: the live ones and those that left within
+    /// `rebalance_delay` (their items stay theirs meanwhile).
+    fn effective(&self) -> Option<BTreeMap<MemberId, u32>> {
+        let live = self.members.as_ref()?;
+        let mut all = live.clone();
+        for (id, (weight, _)) in &self.departed {
+            all.entry(id.clone()).or_insert(*weight);
+        }
+        Some(all)
     }
 
     fn changed(&mut self, now: Instant) {
@@ -264,8 +289,27 @@ impl LeaderMachine {
             });
             members.insert(MemberId::from(id), meta.effective_weight());
         }
-        if self.members.as_ref() != Some(&members) {
-            self.members = Some(members);
+        if self.members.as_ref() == Some(&members) {
+            return;
+        }
+        let before = self.effective();
+        if !self.timing.rebalance_delay.is_zero() {
+            if let Some(old) = &self.members {
+                for (id, weight) in old {
+                    if !members.contains_key(id) {
+                        let until = now + self.timing.rebalance_delay;
+                        self.departed.insert(id.clone(), (*weight, until));
+                    }
+                }
+            }
+        }
+        for id in members.keys() {
+            self.departed.remove(id);
+        }
+        self.members = Some(members);
+        // A member that left within the delay, or came back within it,
+        // changes nothing a plan would see: no soak, no plan, no move.
+        if self.effective() != before {
             self.changed(now);
         }
     }
@@ -402,7 +446,11 @@ impl LeaderMachine {
         if !self.chunks.is_empty() || !self.ready() {
             return None;
         }
-        self.due()
+        let rejoin = self.departed.values().map(|(_, until)| *until).min();
+        match (self.due(), rejoin) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// True once members, items and assignments have all been read.
@@ -427,16 +475,45 @@ impl LeaderMachine {
             }
             return;
         }
+        if self.chunks.is_empty() {
+            let before = self.departed.len();
+            self.departed.retain(|_, (_, until)| *until > now);
+            if self.departed.len() != before {
+                // Their delay is over: their items go to the others.
+                self.changed(now);
+            }
+        }
         if self.chunks.is_empty() && self.due().is_some_and(|d| now >= d) {
-            self.plan_now();
+            self.plan_now(now);
         }
     }
 
-    fn plan_now(&mut self) {
-        let (Some(members), Some(items), Some(current)) =
-            (&self.members, &self.items, &self.current)
-        else {
+    fn plan_now(&mut self, now: Instant) {
+        if !self.ready() {
             return; // planned as soon as everything is read
+        }
+        // On taking office, owners that are not live get the delay too,
+        // counted from when this leader took office.
+        if !self.seeded_departed {
+            self.seeded_departed = true;
+            let until = self.took_office + self.timing.rebalance_delay;
+            if until > now {
+                let live = self.members.clone().unwrap_or_default();
+                let owners: BTreeSet<MemberId> = self
+                    .current
+                    .iter()
+                    .flat_map(|c| c.keys().map(|(m, _)| m.clone()))
+                    .filter(|m| !live.contains_key(m))
+                    .collect();
+                for m in owners {
+                    self.departed.entry(m).or_insert((1, until));
+                }
+            }
+        }
+        let members = self.effective().unwrap_or_default();
+        let members = &members;
+        let (Some(items), Some(current)) = (&self.items, &self.current) else {
+            return;
         };
         self.soak = None;
         // One owner per item for the planner: a live owner first, the

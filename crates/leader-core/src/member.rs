@@ -96,6 +96,14 @@ impl MemberConfig {
         self
     }
 
+    /// Sets how long a departed member's items stay assigned to it (see
+    /// [`LeaderTiming::rebalance_delay`]).
+    #[must_use]
+    pub fn rebalance_delay(mut self, delay: Duration) -> Self {
+        self.leader.rebalance_delay = delay;
+        self
+    }
+
     /// Sets the leader's soak (and max soak = 10 × soak).
     #[must_use]
     pub fn leader_soak(mut self, soak: Duration) -> Self {

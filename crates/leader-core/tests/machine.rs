@@ -308,3 +308,78 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
         "one of the two owners of w00 is revoked: {ops:?}"
     );
 }
+
+#[test]
+fn a_member_back_within_the_rebalance_delay_moves_nothing() {
+    const DELAY: Duration = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let timing = LeaderTiming {
+        rebalance_delay: DELAY,
+        ..LeaderTiming::with_soak(SOAK)
+    };
+    let mut m = LeaderMachine::new(Layout::default(), timing, 64, t0);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    let held: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            (
+                if i % 2 == 0 { "m1" } else { "m2" }.to_owned(),
+                format!("w{i:02}"),
+            )
+        })
+        .collect();
+    let held: Vec<(&str, &str)> = held.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    feed(&mut m, t0, &["m1", "m2"], 6, &held);
+    m.handle_timeout(t0 + SOAK);
+    let actions = drain(&mut m);
+    let Some(Action::Planned(first)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((first.moved, first.placed, first.revokes), (0, 0, 0));
+    // Assignments hold values "v"; items "v<i>": let the rewrite land.
+    let mut now = t0 + SOAK;
+    let mut pending = writes(&actions);
+    while !pending.is_empty() {
+        m.handle_write(now, Ok::<_, ()>(TxnOutcome::Applied { revision: 1 }));
+        pending = writes(&drain(&mut m));
+    }
+
+    // m2 leaves (its session expired) and comes back within the delay.
+    now += Duration::from_secs(5);
+    let only_m1 = kv(&[("service/coordinator/members/m1", "{}")]);
+    m.handle_members(now, only_m1.iter().map(|(k, v)| (k.as_slice(), v)));
+    assert_eq!(
+        m.poll_timeout(),
+        Some(now + DELAY),
+        "no soak, only the delay"
+    );
+    m.handle_timeout(now + SOAK);
+    assert!(
+        drain(&mut m).is_empty(),
+        "nothing planned while m2 may come back"
+    );
+    now += Duration::from_secs(10);
+    let both = kv(&[
+        ("service/coordinator/members/m1", "{}"),
+        ("service/coordinator/members/m2", "{}"),
+    ]);
+    m.handle_members(now, both.iter().map(|(k, v)| (k.as_slice(), v)));
+    assert_eq!(
+        m.poll_timeout(),
+        None,
+        "back within the delay: nothing to do"
+    );
+    m.handle_timeout(now + DELAY * 2);
+    assert!(drain(&mut m).is_empty(), "zero moves, not even a plan");
+
+    // m2 leaves for good: after the delay and a soak, its items are placed.
+    now += Duration::from_secs(1);
+    m.handle_members(now, only_m1.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_timeout(now + DELAY);
+    assert!(drain(&mut m).is_empty(), "the delay is over: a soak starts");
+    m.handle_timeout(now + DELAY + SOAK);
+    let actions = drain(&mut m);
+    let Some(Action::Planned(r)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((r.members, r.moved, r.placed), (1, 0, 3), "{r:?}");
+}

@@ -59,6 +59,12 @@ async fn leader_killed_another_leads() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn restart_within_rebalance_delay_moves_nothing() {
+    conformance::restart_within_rebalance_delay_moves_nothing(&Memory(MemoryStore::new()), "r/")
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_session_expires_without_renewal() {
     use worker_core::Membership;
     let store = MemoryStore::new();

@@ -107,6 +107,12 @@ async fn leader_killed_another_leads() {
     conformance::leader_killed_another_leads(&store, &root).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_within_rebalance_delay_moves_nothing() {
+    let (_server, store, root) = suite().await;
+    conformance::restart_within_rebalance_delay_moves_nothing(&store, &root).await;
+}
+
 /// The lease behind a session id (lowercase hex).
 fn lease(session: &SessionId) -> i64 {
     i64::from_str_radix(&session.0, 16).expect("a session id is a lease id in hex")

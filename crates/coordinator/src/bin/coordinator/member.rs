@@ -33,6 +33,10 @@ pub struct MemberArgs {
     /// This member's relative share of the work (0 takes nothing).
     #[arg(long, default_value_t = 1)]
     pub weight: u32,
+    /// While leading: how long a departed member's items stay assigned to it
+    /// (a restart with the same id within it moves nothing).
+    #[arg(long, value_parser = parse_duration, default_value = "0s", allow_hyphen_values = true)]
+    pub rebalance_delay: Duration,
 }
 
 pub async fn run(args: MemberArgs) -> ExitCode {
@@ -44,6 +48,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     config.ttl = args.ttl;
     config.leader_soak = args.leader_soak;
     config.weight = args.weight;
+    config.rebalance_delay = args.rebalance_delay;
     if let Err(e) = config
         .validate()
         .and_then(|()| config.member_config().map(drop))
