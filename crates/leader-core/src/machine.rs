@@ -166,9 +166,9 @@ pub struct LeaderMachine {
     /// Members that left within `rebalance_delay`: weight and until when
     /// their items stay theirs.
     departed: BTreeMap<MemberId, (u32, Instant)>,
-    took_office: Instant,
-    /// Whether the owners found on taking office were given their delay.
-    seeded_departed: bool,
+    /// When this leader took office, until the owners found then without a
+    /// member key were given their delay (at the first plan).
+    took_office: Option<Instant>,
 }
 
 impl LeaderMachine {
@@ -201,8 +201,7 @@ impl LeaderMachine {
             out: std::iter::once(Action::ListAssignments).collect(),
             revoke_first: true,
             departed: BTreeMap::new(),
-            took_office: now,
-            seeded_departed: false,
+            took_office: Some(now),
         }
     }
 
@@ -494,9 +493,8 @@ impl LeaderMachine {
         }
         // On taking office, owners that are not live get the delay too,
         // counted from when this leader took office.
-        if !self.seeded_departed {
-            self.seeded_departed = true;
-            let until = self.took_office + self.timing.rebalance_delay;
+        if let Some(took_office) = self.took_office.take() {
+            let until = took_office + self.timing.rebalance_delay;
             if until > now {
                 let live = self.members.clone().unwrap_or_default();
                 let owners: BTreeSet<MemberId> = self
