@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator_e2e::coordinator_bin;
+use leader_core::conformance::DoubleOwnerWatch;
 use serde_json::Value;
 use test_support::{ConsulAgent, EtcdServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -286,108 +287,6 @@ async fn members_on_etcd() {
         server.client_url(),
     ];
     scenario(store, "2s", Duration::from_secs(30)).await;
-}
-
-/// Follows the whole assignment prefix and records every moment an item is
-/// under two members (checked after each single change, which is stricter
-/// than per revision).
-struct DoubleOwnerWatch {
-    violations: Arc<Mutex<Vec<String>>>,
-    changes: Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DoubleOwnerWatch {
-    fn start(kv: Arc<dyn coordinator::KvWatch>, prefix: &str) -> Self {
-        use coordinator::{KvChange, WatchEvent};
-        let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-        let changes: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
-        let (v, n, prefix) = (violations.clone(), changes.clone(), prefix.to_owned());
-        let prefix_s = prefix.clone();
-        let check = move |keys: &BTreeSet<Vec<u8>>, at: u64| {
-            let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for k in keys {
-                let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                if let Some((member, work)) = rest.split_once('/') {
-                    owners
-                        .entry(work.to_owned())
-                        .or_default()
-                        .push(member.to_owned());
-                }
-            }
-            for (work, members) in owners {
-                if members.len() > 1 {
-                    v.lock()
-                        .unwrap()
-                        .push(format!("{work} under {members:?} at {at}"));
-                }
-            }
-        };
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok(snapshot) = kv.list(&prefix_s).await else {
-                    continue;
-                };
-                let mut keys: BTreeSet<Vec<u8>> =
-                    snapshot.entries.into_iter().map(|e| e.key).collect();
-                check(&keys, snapshot.revision);
-                let mut rev = snapshot.revision;
-                'watch: loop {
-                    let Ok(mut stream) = kv.watch(&prefix_s, rev).await else {
-                        continue;
-                    };
-                    loop {
-                        match stream.next().await {
-                            Ok(WatchEvent::Changes { revision, changes }) => {
-                                for c in changes {
-                                    match c {
-                                        KvChange::Put(e) => {
-                                            keys.insert(e.key);
-                                        }
-                                        KvChange::Delete { key } => {
-                                            keys.remove(&key);
-                                        }
-                                    }
-                                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    check(&keys, revision);
-                                }
-                                rev = revision;
-                            }
-                            Ok(WatchEvent::Snapshot(s)) => {
-                                keys = s.entries.into_iter().map(|e| e.key).collect();
-                                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                check(&keys, s.revision);
-                                rev = s.revision;
-                            }
-                            Ok(WatchEvent::Progress { revision }) => rev = revision,
-                            Ok(WatchEvent::Lost { .. }) => break 'watch,
-                            Err(_) => continue 'watch,
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            violations,
-            changes,
-            task,
-        }
-    }
-
-    fn assert_clean(&self) {
-        let v = self.violations.lock().unwrap();
-        assert!(v.is_empty(), "an item was under two members: {v:?}");
-        assert!(
-            self.changes.load(std::sync::atomic::Ordering::Relaxed) > 0,
-            "the watcher saw no change at all"
-        );
-    }
-}
-
-impl Drop for DoubleOwnerWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 const ASSIGNMENTS: &str = "service/coordinator/assignments/";

@@ -415,76 +415,111 @@ pub async fn leader_halt_hands_over(store: &dyn ClusterStore, root: &str) {
     }
 }
 
-/// Follows the assignment prefix through `store`'s `KvWatch` and records any
-/// moment (checked after each single change) an item is under two members.
-fn watch_double_owners(
-    kv: std::sync::Arc<dyn worker_core::KvWatch>,
-    prefix: String,
-) -> (
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    use worker_core::{KvChange, WatchEvent};
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
-    let out = seen.clone();
-    let task = tokio::spawn(async move {
-        let check = |keys: &BTreeSet<Vec<u8>>, at: u64| {
-            let mut owners: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-            for k in keys {
-                if let Some(pos) = k[prefix.len()..].iter().position(|b| *b == b'/') {
-                    *owners.entry(k[prefix.len() + pos..].to_vec()).or_default() += 1;
+/// Follows an assignment prefix and records every moment an item is under
+/// two members. Checked after each single change, which is stricter than
+/// per store revision (a revision may hold several changes). Stops when
+/// dropped.
+pub struct DoubleOwnerWatch {
+    violations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    changes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DoubleOwnerWatch {
+    /// Starts following `prefix` (`<assignments prefix>`) through `kv`.
+    pub fn start(kv: std::sync::Arc<dyn worker_core::KvWatch>, prefix: &str) -> Self {
+        use worker_core::{KvChange, WatchEvent};
+        let violations: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let changes: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
+        let (out, seen, prefix) = (violations.clone(), changes.clone(), prefix.to_owned());
+        let task = tokio::spawn(async move {
+            let check = |keys: &BTreeSet<Vec<u8>>, at: u64| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut owners: BTreeMap<&[u8], usize> = BTreeMap::new();
+                for k in keys {
+                    let rest = &k[prefix.len()..];
+                    if let Some(pos) = rest.iter().position(|b| *b == b'/') {
+                        *owners.entry(&rest[pos + 1..]).or_default() += 1;
+                    }
                 }
-            }
-            for (work, n) in owners {
-                if n > 1 {
-                    out.lock().unwrap().push(format!(
-                        "{} under {n} members at {at}",
-                        String::from_utf8_lossy(&work)
-                    ));
+                for (work, n) in owners {
+                    if n > 1 {
+                        out.lock().unwrap().push(format!(
+                            "{} under {n} members at {at}",
+                            String::from_utf8_lossy(work)
+                        ));
+                    }
                 }
-            }
-        };
-        loop {
-            let Ok(snapshot) = kv.list(&prefix).await else {
-                continue;
             };
-            let mut keys: BTreeSet<Vec<u8>> = snapshot.entries.into_iter().map(|e| e.key).collect();
-            check(&keys, snapshot.revision);
-            let mut rev = snapshot.revision;
-            'watch: loop {
-                let Ok(mut stream) = kv.watch(&prefix, rev).await else {
+            loop {
+                let Ok(snapshot) = kv.list(&prefix).await else {
                     continue;
                 };
-                loop {
-                    match stream.next().await {
-                        Ok(WatchEvent::Changes { revision, changes }) => {
-                            for c in changes {
-                                match c {
-                                    KvChange::Put(e) => {
-                                        keys.insert(e.key);
+                let mut keys: BTreeSet<Vec<u8>> =
+                    snapshot.entries.into_iter().map(|e| e.key).collect();
+                check(&keys, snapshot.revision);
+                let mut rev = snapshot.revision;
+                'watch: loop {
+                    let Ok(mut stream) = kv.watch(&prefix, rev).await else {
+                        continue;
+                    };
+                    loop {
+                        match stream.next().await {
+                            Ok(WatchEvent::Changes { revision, changes }) => {
+                                for c in changes {
+                                    match c {
+                                        KvChange::Put(e) => {
+                                            keys.insert(e.key);
+                                        }
+                                        KvChange::Delete { key } => {
+                                            keys.remove(&key);
+                                        }
                                     }
-                                    KvChange::Delete { key } => {
-                                        keys.remove(&key);
-                                    }
+                                    check(&keys, revision);
                                 }
-                                check(&keys, revision);
+                                rev = revision;
                             }
-                            rev = revision;
+                            Ok(WatchEvent::Snapshot(s)) => {
+                                keys = s.entries.into_iter().map(|e| e.key).collect();
+                                check(&keys, s.revision);
+                                rev = s.revision;
+                            }
+                            Ok(WatchEvent::Progress { revision }) => rev = revision,
+                            Ok(WatchEvent::Lost { .. }) => break 'watch,
+                            Err(_) => continue 'watch,
                         }
-                        Ok(WatchEvent::Snapshot(s)) => {
-                            keys = s.entries.into_iter().map(|e| e.key).collect();
-                            check(&keys, s.revision);
-                            rev = s.revision;
-                        }
-                        Ok(WatchEvent::Progress { revision }) => rev = revision,
-                        Ok(WatchEvent::Lost { .. }) => break 'watch,
-                        Err(_) => continue 'watch,
                     }
                 }
             }
+        });
+        Self {
+            violations,
+            changes,
+            task,
         }
-    });
-    (seen, task)
+    }
+
+    /// Every moment seen so far with an item under two members.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
+    }
+
+    /// Panics if an item was ever under two members, or if the watch saw
+    /// nothing at all (it would then prove nothing).
+    pub fn assert_clean(&self) {
+        let v = self.violations.lock().unwrap();
+        assert!(v.is_empty(), "an item was under two members: {v:?}");
+        assert!(
+            self.changes.load(std::sync::atomic::Ordering::Relaxed) > 1,
+            "the watch saw no change at all"
+        );
+    }
+}
+
+impl Drop for DoubleOwnerWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The leader dies without resigning: once its session expires another
@@ -492,8 +527,7 @@ fn watch_double_owners(
 /// store position ever shows an item under two members.
 pub async fn leader_killed_another_leads(store: &dyn ClusterStore, root: &str) {
     let observer = store.connect(&layout(root)).await;
-    let (doubles, watcher) =
-        watch_double_owners(observer.kv.clone(), format!("{root}assignments/"));
+    let watch = DoubleOwnerWatch::start(observer.kv.clone(), &format!("{root}assignments/"));
     for i in 0..12 {
         store.put(&format!("{root}work/w{i:02}"), b"").await;
     }
@@ -534,12 +568,7 @@ pub async fn leader_killed_another_leads(store: &dyn ClusterStore, root: &str) {
         "a survivor leads"
     );
     check_plans(&mut plans);
-    watcher.abort();
-    let doubles = doubles.lock().unwrap().clone();
-    assert!(
-        doubles.is_empty(),
-        "an item was under two members: {doubles:?}"
-    );
+    watch.assert_clean();
     for (_, m) in members {
         m.halt().await;
     }

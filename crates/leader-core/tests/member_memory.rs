@@ -134,3 +134,27 @@ async fn an_expired_session_is_replaced_and_its_leadership_ends() {
     );
     assert!(store.current_leader().is_none(), "halt resigns");
 }
+
+/// The double-owner watch the failover checks rely on does catch an item
+/// under two members.
+#[tokio::test(start_paused = true)]
+async fn the_double_owner_watch_catches_an_item_under_two_members() {
+    let store = MemoryStore::new();
+    let watch = conformance::DoubleOwnerWatch::start(std::sync::Arc::new(store.clone()), "d/");
+    store.put("d/a/w1", "");
+    store.put("d/b/w2", "");
+    store.put("d/b/w1", "");
+    // Virtual time: each pause lets the watch task run; the bound is 5 s.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while watch.violations().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the watch reports w1 under two members");
+    let v = watch.violations();
+    assert!(
+        v.iter().all(|x| x.starts_with("w1 under 2 members")),
+        "{v:?}"
+    );
+}
