@@ -197,6 +197,29 @@ pub async fn election_and_fencing(store: &dyn ClusterStore, root: &str) {
     b.membership.close_session(&sb).await.expect("close b");
 }
 
+/// A running group of members with a subscription to each one's plans.
+type Group = (
+    BTreeMap<String, MemberHandle>,
+    Vec<tokio::sync::broadcast::Receiver<PlanReport>>,
+);
+
+/// Starts one member per id, each on its own connection, with `config(id)`.
+async fn spawn_members(
+    store: &dyn ClusterStore,
+    root: &str,
+    ids: &[&str],
+    config: impl Fn(&str) -> MemberConfig,
+) -> Group {
+    let mut members = BTreeMap::new();
+    let mut plans = Vec::new();
+    for id in ids {
+        let m = Member::spawn(&config(id), &store.connect(&layout(root)).await).expect("spawn");
+        plans.push(m.plans());
+        members.insert((*id).to_owned(), m);
+    }
+    (members, plans)
+}
+
 /// Each member's settled workload, by member id.
 fn holdings(members: &BTreeMap<String, MemberHandle>) -> BTreeMap<String, BTreeSet<WorkId>> {
     members
@@ -279,17 +302,10 @@ pub async fn members_spread_work(store: &dyn ClusterStore, root: &str) {
             .put(&format!("{root}work/w{i:02}"), format!("p{i}").as_bytes())
             .await;
     }
-    let mut members = BTreeMap::new();
-    let mut plans = Vec::new();
-    for id in ["m1", "m2", "m3"] {
-        let m = Member::spawn(
-            &member_config(store, root, id),
-            &store.connect(&layout(root)).await,
-        )
-        .expect("spawn");
-        plans.push(m.plans());
-        members.insert(id.to_owned(), m);
-    }
+    let (mut members, mut plans) = spawn_members(store, root, &["m1", "m2", "m3"], |id| {
+        member_config(store, root, id)
+    })
+    .await;
     let before = wait_holdings(&members, WAIT, "10/10/10", |h| exact(h, 30, &[10, 10, 10])).await;
     check_plans(&mut plans);
     for (id, m) in &members {
@@ -371,15 +387,10 @@ pub async fn leader_halt_hands_over(store: &dyn ClusterStore, root: &str) {
     for i in 0..6 {
         store.put(&format!("{root}work/w{i}"), b"").await;
     }
-    let mut members = BTreeMap::new();
-    for id in ["a", "b"] {
-        let m = Member::spawn(
-            &member_config(store, root, id),
-            &store.connect(&layout(root)).await,
-        )
-        .expect("spawn");
-        members.insert(id.to_owned(), m);
-    }
+    let (mut members, _) = spawn_members(store, root, &["a", "b"], |id| {
+        member_config(store, root, id)
+    })
+    .await;
     wait_holdings(&members, WAIT, "3/3", |h| exact(h, 6, &[3, 3])).await;
     let leader = members
         .iter()
@@ -531,17 +542,10 @@ pub async fn leader_killed_another_leads(store: &dyn ClusterStore, root: &str) {
     for i in 0..12 {
         store.put(&format!("{root}work/w{i:02}"), b"").await;
     }
-    let mut members = BTreeMap::new();
-    let mut plans = Vec::new();
-    for id in ["a", "b", "c"] {
-        let m = Member::spawn(
-            &member_config(store, root, id),
-            &store.connect(&layout(root)).await,
-        )
-        .expect("spawn");
-        plans.push(m.plans());
-        members.insert(id.to_owned(), m);
-    }
+    let (mut members, mut plans) = spawn_members(store, root, &["a", "b", "c"], |id| {
+        member_config(store, root, id)
+    })
+    .await;
     let before = wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
     let leader = members
         .iter()
@@ -621,13 +625,7 @@ pub async fn restart_within_rebalance_delay_moves_nothing(store: &dyn ClusterSto
     }
     let config =
         |id: &str| member_config(store, root, id).rebalance_delay(store.expiry_bound() * 2);
-    let mut members = BTreeMap::new();
-    let mut plans = Vec::new();
-    for id in ["a", "b", "c"] {
-        let m = Member::spawn(&config(id), &store.connect(&layout(root)).await).expect("spawn");
-        plans.push(m.plans());
-        members.insert(id.to_owned(), m);
-    }
+    let (mut members, mut plans) = spawn_members(store, root, &["a", "b", "c"], config).await;
     let before = wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
     check_plans(&mut plans);
     let victim = members

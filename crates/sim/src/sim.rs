@@ -660,16 +660,13 @@ impl Sim {
         let (gen, inc, cut) = (node.gens[slot as usize], node.inc, node.partitioned);
         if cut {
             let at = self.now + self.p.request_timeout;
-            self.push(
+            self.reply_at(
                 at,
-                Kind::Reply {
-                    node: n,
-                    inc,
-                    slot,
-                    gen,
-                    stream: false,
-                    msg: Msg::Err("store unreachable (partition)"),
-                },
+                n,
+                inc,
+                slot,
+                gen,
+                Msg::Err("store unreachable (partition)"),
             );
             return;
         }
@@ -691,6 +688,11 @@ impl Sim {
             return;
         }
         let at = self.now + self.latency();
+        self.reply_at(at, node, inc, slot, gen, msg);
+    }
+
+    /// Delivers a one-shot reply (not a stream event) to `node` at `at`.
+    fn reply_at(&mut self, at: Nanos, node: usize, inc: u32, slot: Slot, gen: u64, msg: Msg) {
         self.push(
             at,
             Kind::Reply {
@@ -712,17 +714,7 @@ impl Sim {
     fn arrive(&mut self, n: usize, inc: u32, slot: Slot, gen: u64, req: Req) {
         if self.nodes[n].partitioned {
             let at = self.now + self.p.request_timeout;
-            self.push(
-                at,
-                Kind::Reply {
-                    node: n,
-                    inc,
-                    slot,
-                    gen,
-                    stream: false,
-                    msg: Msg::Err("request lost (partition)"),
-                },
-            );
+            self.reply_at(at, n, inc, slot, gen, Msg::Err("request lost (partition)"));
             return;
         }
         if self.error_rate > 0.0 && self.rng.random_bool(self.error_rate) {
@@ -1503,16 +1495,13 @@ impl Sim {
                 for (slot, inc, gen) in cut {
                     self.watches.remove(&(n, slot));
                     let at = self.now + self.p.watch_timeout;
-                    self.push(
+                    self.reply_at(
                         at,
-                        Kind::Reply {
-                            node: n,
-                            inc,
-                            slot,
-                            gen,
-                            stream: false,
-                            msg: Msg::Err("watch timed out (partition)"),
-                        },
+                        n,
+                        inc,
+                        slot,
+                        gen,
+                        Msg::Err("watch timed out (partition)"),
                     );
                 }
                 let at = self.until(3 * self.p.ttl);
@@ -1610,17 +1599,7 @@ impl Sim {
                     w.silent = true;
                     let (inc, gen) = (w.inc, w.gen);
                     let at = self.now + self.p.watch_timeout;
-                    self.push(
-                        at,
-                        Kind::Reply {
-                            node: n,
-                            inc,
-                            slot,
-                            gen,
-                            stream: false,
-                            msg: Msg::Err("watch silent: timed out"),
-                        },
-                    );
+                    self.reply_at(at, n, inc, slot, gen, Msg::Err("watch silent: timed out"));
                 }
             }
             Fault::ItemPut => {
