@@ -269,6 +269,7 @@ fn txn_op(op: &TxnOp) -> serde_json::Value {
             "Value": base64::engine::general_purpose::STANDARD.encode(value),
         }}),
         TxnOp::Delete { key } => json!({"KV": {"Verb": "delete", "Key": key}}),
+        TxnOp::Absent { key } => json!({"KV": {"Verb": "check-not-exists", "Key": key}}),
     }
 }
 
@@ -481,9 +482,18 @@ impl FencedWrite for ConsulBackend {
                     revision: index.unwrap_or(highest),
                 })
             }
-            Err(errors) if !errors.is_empty() && errors.iter().all(|e| e.op_index < FENCE_OPS) => {
+            Err(errors) if !errors.is_empty() && errors.iter().any(|e| e.op_index < FENCE_OPS) => {
                 debug!(key = %fence.key, error = %errors[0].what, "fenced write rejected");
                 Ok(TxnOutcome::Fenced)
+            }
+            Err(errors)
+                if !errors.is_empty()
+                    && errors.iter().all(|e| {
+                        matches!(ops.get(e.op_index - FENCE_OPS), Some(TxnOp::Absent { .. }))
+                    }) =>
+            {
+                debug!(error = %errors[0].what, "fenced write: a guard failed");
+                Ok(TxnOutcome::Conflict)
             }
             Err(errors) => Err(StoreError::protocol(ProtocolError(format!(
                 "transaction rolled back: {}",

@@ -228,6 +228,7 @@ impl<'de> Visitor<'de> for Entries<'_> {
             entries.push(KvEntry {
                 key: pair.key.0,
                 value: pair.value.map_or_else(Bytes::new, |v| v.0),
+                revision: pair.modify_index,
             });
         }
         Ok((entries, fingerprint))

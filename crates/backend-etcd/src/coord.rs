@@ -309,20 +309,38 @@ impl FencedWrite for EtcdBackend {
         }
         let then: Vec<etcd_client::TxnOp> = ops
             .iter()
-            .map(|op| match op {
+            .filter_map(|op| match op {
                 TxnOp::Put { key, value } => {
-                    etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None)
+                    Some(etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
                 }
-                TxnOp::Delete { key } => etcd_client::TxnOp::delete(key.as_str(), None),
+                TxnOp::Delete { key } => Some(etcd_client::TxnOp::delete(key.as_str(), None)),
+                TxnOp::Absent { .. } => None,
             })
             .collect();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                fence.key.as_str(),
-                CompareOp::Equal,
-                revision_i64(fence.term()),
-            )])
-            .and_then(then);
+        let fence_compare = Compare::create_revision(
+            fence.key.as_str(),
+            CompareOp::Equal,
+            revision_i64(fence.term()),
+        );
+        let guards: Vec<Compare> = ops
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::Absent { key } => Some(Compare::version(key.as_str(), CompareOp::Equal, 0)),
+                _ => None,
+            })
+            .collect();
+        // Guards go in an inner transaction, so that the answer tells a lost
+        // fence (outer `succeeded` false) from a failed guard (inner false).
+        let guarded = !guards.is_empty();
+        let txn = if guarded {
+            Txn::new()
+                .when([fence_compare])
+                .and_then([etcd_client::TxnOp::txn(
+                    Txn::new().when(guards).and_then(then),
+                )])
+        } else {
+            Txn::new().when([fence_compare]).and_then(then)
+        };
         let (response, _) = self
             .pool
             .run(|mut client| {
@@ -332,6 +350,15 @@ impl FencedWrite for EtcdBackend {
             .await?;
         if !response.succeeded() {
             return Ok(TxnOutcome::Fenced);
+        }
+        if guarded {
+            let inner = response.op_responses().into_iter().find_map(|r| match r {
+                etcd_client::TxnOpResponse::Txn(t) => Some(t.succeeded()),
+                _ => None,
+            });
+            if inner != Some(true) {
+                return Ok(TxnOutcome::Conflict);
+            }
         }
         let revision = response
             .header()

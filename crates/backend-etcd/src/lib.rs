@@ -198,12 +198,13 @@ impl KvWatch for EtcdBackend {
                 .map(etcd_client::ResponseHeader::revision)
                 .ok_or_else(|| StoreError::protocol("etcd answered a GET without a header"))?;
             revision.get_or_insert(header);
-            entries.extend(
-                response
-                    .kvs()
-                    .iter()
-                    .map(|kv| KvEntry::new(kv.key().to_vec(), Bytes::copy_from_slice(kv.value()))),
-            );
+            entries.extend(response.kvs().iter().map(|kv| {
+                KvEntry::at(
+                    kv.key().to_vec(),
+                    Bytes::copy_from_slice(kv.value()),
+                    to_revision(kv.mod_revision()),
+                )
+            }));
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     from = last.key().to_vec();

@@ -201,6 +201,33 @@ pub struct Config {
     /// nothing moves (a leader setting). Default 0.
     #[serde(default, with = "duration_str")]
     pub rebalance_delay: Duration,
+    /// Handoff-records prefix (a full member only). Default `service/coordinator/handoff/`.
+    #[serde(default = "default_handoff_prefix")]
+    pub handoff_prefix: String,
+    /// Drain-requests prefix (a full member only). Default `service/coordinator/drain/`.
+    #[serde(default = "default_drain_prefix")]
+    pub drain_prefix: String,
+    /// Exclusive mode: an item is never in two members' acknowledged
+    /// workloads at once; a member that cannot renew its session releases
+    /// its workload before the store could expire it. Default false.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// Exclusive mode's safety margin for clock drift and release time.
+    /// Default TTL/5.
+    #[serde(
+        default,
+        with = "duration_str::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exclusive_margin: Option<Duration>,
+    /// At most this many items in handoff at once (a leader setting).
+    /// Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_moves_in_flight: Option<usize>,
+    /// How long a draining member waits for its items to move away before it
+    /// leaves anyway. Default 60 s.
+    #[serde(default = "default_drain_timeout", with = "duration_str")]
+    pub drain_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -217,6 +244,18 @@ impl fmt::Debug for Config {
             .field("leader_settle", &self.leader_settle)
             .finish_non_exhaustive()
     }
+}
+
+fn default_handoff_prefix() -> String {
+    leader_core::layout::DEFAULT_HANDOFF_PREFIX.to_owned()
+}
+
+fn default_drain_prefix() -> String {
+    leader_core::layout::DEFAULT_DRAIN_PREFIX.to_owned()
+}
+
+fn default_drain_timeout() -> Duration {
+    leader_core::DEFAULT_DRAIN_TIMEOUT
 }
 
 fn default_prefix() -> String {
@@ -307,6 +346,12 @@ impl Config {
             leader_soak: default_leader_soak(),
             weight: default_weight(),
             rebalance_delay: Duration::ZERO,
+            handoff_prefix: default_handoff_prefix(),
+            drain_prefix: default_drain_prefix(),
+            exclusive: false,
+            exclusive_margin: None,
+            max_moves_in_flight: None,
+            drain_timeout: default_drain_timeout(),
         }
     }
 
@@ -395,6 +440,36 @@ impl Config {
         if let Some(d) = dur("COORDINATOR_REBALANCE_DELAY")? {
             c.rebalance_delay = d;
         }
+        if let Some(p) = get("COORDINATOR_HANDOFF_PREFIX") {
+            c.handoff_prefix = p;
+        }
+        if let Some(p) = get("COORDINATOR_DRAIN_PREFIX") {
+            c.drain_prefix = p;
+        }
+        if let Some(v) = get("COORDINATOR_EXCLUSIVE") {
+            c.exclusive = match v.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                other => {
+                    return Err(LoadError::Env {
+                        var: "COORDINATOR_EXCLUSIVE",
+                        reason: format!("{other:?} is not true or false"),
+                    })
+                }
+            };
+        }
+        if let Some(d) = dur("COORDINATOR_EXCLUSIVE_MARGIN")? {
+            c.exclusive_margin = Some(d);
+        }
+        if let Some(d) = dur("COORDINATOR_DRAIN_TIMEOUT")? {
+            c.drain_timeout = d;
+        }
+        if let Some(n) = get("COORDINATOR_MAX_MOVES_IN_FLIGHT") {
+            c.max_moves_in_flight = Some(n.trim().parse().map_err(|e| LoadError::Env {
+                var: "COORDINATOR_MAX_MOVES_IN_FLIGHT",
+                reason: format!("{n:?} is not a whole number ({e})"),
+            })?);
+        }
         if let Some(w) = get("COORDINATOR_WEIGHT") {
             c.weight = w.trim().parse().map_err(|e| LoadError::Env {
                 var: "COORDINATOR_WEIGHT",
@@ -434,6 +509,8 @@ impl Config {
             leader: self.leader.clone(),
             work: self.work_prefix.clone(),
             assignments: self.prefix.clone(),
+            handoff: self.handoff_prefix.clone(),
+            drain: self.drain_prefix.clone(),
         }
     }
 
@@ -444,7 +521,25 @@ impl Config {
             .weight(self.weight)
             .ttl(self.ttl)
             .leader_soak(self.leader_soak)
-            .rebalance_delay(self.rebalance_delay);
+            .rebalance_delay(self.rebalance_delay)
+            .drain_timeout(self.drain_timeout);
+        if let Some(n) = self.max_moves_in_flight {
+            if n == 0 {
+                return Err(ConfigError::new(
+                    "max_moves_in_flight",
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+            m = m.max_moves_in_flight(n);
+        }
+        if self.exclusive {
+            m = m.exclusive(self.exclusive_margin.unwrap_or(self.ttl / 5));
+        } else if self.exclusive_margin.is_some() {
+            return Err(ConfigError::new(
+                "exclusive_margin",
+                "is only used with exclusive = true",
+            ));
+        }
         m.worker = self.worker_config();
         m.validate()?;
         Ok(m)

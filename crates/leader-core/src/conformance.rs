@@ -52,6 +52,8 @@ pub fn layout(root: &str) -> Layout {
         leader: format!("{root}leader"),
         work: format!("{root}work/"),
         assignments: format!("{root}assignments/"),
+        handoff: format!("{root}handoff/"),
+        drain: format!("{root}drain/"),
     }
 }
 

@@ -8,6 +8,8 @@
 //! | `leader` | the election (Consul: the key the leader's session holds; etcd: the election's name) | the leader's instance id |
 //! | `work/<work_id>` | operators (`coordinator work put`) | the item's parameters |
 //! | `assignments/<member>/<work_id>` | the leader only, in fenced transactions | copied from the item |
+//! | `handoff/<work_id>` | the leader only, with the revoke of a move | the member it was revoked from |
+//! | `drain/<id>` | operators (`coordinator drain ID`) | anything: asks member `<id>` to drain and leave |
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -21,8 +23,12 @@ pub const DEFAULT_MEMBERS_PREFIX: &str = "service/coordinator/members/";
 pub const DEFAULT_LEADER_KEY: &str = "service/coordinator/leader";
 /// The default work-items prefix.
 pub const DEFAULT_WORK_PREFIX: &str = "service/coordinator/work/";
+/// The default handoff-records prefix.
+pub const DEFAULT_HANDOFF_PREFIX: &str = "service/coordinator/handoff/";
+/// The default drain-requests prefix.
+pub const DEFAULT_DRAIN_PREFIX: &str = "service/coordinator/drain/";
 
-/// The four places of the key layout.
+/// The places of the key layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// Member registrations: `<members><id>`. Default [`DEFAULT_MEMBERS_PREFIX`].
@@ -34,6 +40,11 @@ pub struct Layout {
     /// Assignments: `<assignments><member>/<work_id>`.
     /// Default [`worker_core::DEFAULT_PREFIX`].
     pub assignments: String,
+    /// Moves in flight: `<handoff><work_id>` names the member an item was
+    /// revoked from until its new owner has it. Default [`DEFAULT_HANDOFF_PREFIX`].
+    pub handoff: String,
+    /// Drain requests: `<drain><id>`. Default [`DEFAULT_DRAIN_PREFIX`].
+    pub drain: String,
 }
 
 impl Default for Layout {
@@ -43,6 +54,8 @@ impl Default for Layout {
             leader: DEFAULT_LEADER_KEY.to_owned(),
             work: DEFAULT_WORK_PREFIX.to_owned(),
             assignments: worker_core::DEFAULT_PREFIX.to_owned(),
+            handoff: DEFAULT_HANDOFF_PREFIX.to_owned(),
+            drain: DEFAULT_DRAIN_PREFIX.to_owned(),
         }
     }
 }
@@ -95,6 +108,8 @@ impl Layout {
             ("members_prefix", &self.members),
             ("work_prefix", &self.work),
             ("prefix", &self.assignments),
+            ("handoff_prefix", &self.handoff),
+            ("drain_prefix", &self.drain),
         ] {
             if !prefix.ends_with('/') {
                 return Err(ConfigError::new(
@@ -106,7 +121,13 @@ impl Layout {
         if self.leader.is_empty() {
             return Err(ConfigError::new("leader", "must not be empty"));
         }
-        let all = [&self.members, &self.work, &self.assignments];
+        let all = [
+            &self.members,
+            &self.work,
+            &self.assignments,
+            &self.handoff,
+            &self.drain,
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 if a.starts_with(b.as_str()) || b.starts_with(a.as_str()) {
@@ -133,6 +154,21 @@ impl Layout {
     /// The assignment key of `work` on `member`.
     pub fn assignment_key(&self, member: &str, work: &str) -> String {
         format!("{}{member}/{work}", self.assignments)
+    }
+
+    /// The handoff record of `work`.
+    pub fn handoff_key(&self, work: &str) -> String {
+        format!("{}{work}", self.handoff)
+    }
+
+    /// The drain request of member `id`.
+    pub fn drain_key(&self, id: &str) -> String {
+        format!("{}{id}", self.drain)
+    }
+
+    /// The work id of a handoff record's key.
+    pub fn parse_handoff<'k>(&self, key: &'k [u8]) -> Result<&'k str, BadKey> {
+        segment(key, &self.handoff)
     }
 
     /// The member id of a member key.
@@ -174,6 +210,13 @@ pub struct MemberMeta {
     /// The member is leaving: the leader moves its items away.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// How far the member's application has applied its assignments: the
+    /// store position of its assignments it last acknowledged. A member
+    /// that reports it takes part in the acknowledged handoff: an item
+    /// revoked from it goes to its new owner only once this reaches the
+    /// revoke. `None` (not reported): moves away from it do not wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<u64>,
 }
 
 impl Default for MemberMeta {
@@ -181,6 +224,7 @@ impl Default for MemberMeta {
         Self {
             weight: 1,
             draining: false,
+            acked: None,
         }
     }
 }

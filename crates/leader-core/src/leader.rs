@@ -39,7 +39,7 @@ pub(crate) struct LeaderCtx {
 }
 
 type WriteFuture = Pin<Box<dyn Future<Output = Result<TxnOutcome, StoreError>> + Send>>;
-type ListFuture = Pin<Box<dyn Future<Output = Result<Snapshot, StoreError>> + Send>>;
+type ListFuture = Pin<Box<dyn Future<Output = Result<(Snapshot, Snapshot), StoreError>> + Send>>;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
@@ -82,8 +82,14 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         while let Some(action) = machine.poll() {
             match action {
                 Action::ListAssignments => {
-                    let (kv, prefix) = (kv.clone(), layout.assignments.clone());
-                    listing = Some(Box::pin(async move { kv.list(&prefix).await }));
+                    let kv = kv.clone();
+                    let (assignments, handoff) =
+                        (layout.assignments.clone(), layout.handoff.clone());
+                    listing = Some(Box::pin(async move {
+                        let a = kv.list(&assignments).await?;
+                        let h = kv.list(&handoff).await?;
+                        Ok((a, h))
+                    }));
                 }
                 Action::Write(ops) => {
                     let writer = writer.clone();
@@ -154,9 +160,13 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             result = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
                 listing = None;
                 match result {
-                    Ok(snapshot) => {
+                    Ok((snapshot, records)) => {
                         let entries = snapshot.entries.iter().map(|e| (e.key.as_slice(), &e.value));
-                        machine.handle_assignments(Instant::now(), entries);
+                        let records = records
+                            .entries
+                            .iter()
+                            .map(|e| (e.key.as_slice(), &e.value, e.revision));
+                        machine.handle_assignments(Instant::now(), entries, records);
                     }
                     Err(e) => {
                         if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
@@ -167,8 +177,12 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             }
             result = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
                 write = None;
-                if let Err(e) = &result {
-                    warn!(error = %ErrorChain(e), "fenced write failed; retrying");
+                match &result {
+                    Err(e) => warn!(error = %ErrorChain(e), "fenced write failed; retrying"),
+                    Ok(TxnOutcome::Conflict) => {
+                        info!("a member that was gone is back: deciding its items anew");
+                    }
+                    Ok(_) => {}
                 }
                 machine.handle_write(Instant::now(), result);
             }

@@ -36,7 +36,9 @@ pub mod membership;
 pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;
 pub use machine::{LeaderMachine, LeaderTiming, PlanReport};
-pub use member::{Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_TTL};
+pub use member::{
+    Left, Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TTL,
+};
 pub use membership::{MemberAction, MemberMachine, MemberTiming};
 
 #[cfg(feature = "conformance")]

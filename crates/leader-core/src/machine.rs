@@ -5,20 +5,36 @@
 //! returns, re-arming one timer at [`LeaderMachine::poll_timeout`].
 //!
 //! Inputs: the members and work items under their prefixes (whole pictures,
-//! as a [`PrefixFollower`](crate::follow::PrefixFollower) keeps them), the
-//! assignment keys read once on taking office, and the outcome of each fenced
-//! write. Outputs: the order to read the assignments, fenced transactions to
-//! apply (revoke-first, split to the store's limit), a report of each plan,
+//! as a [`PrefixFollower`](crate::follow::PrefixFollower) keeps them; a
+//! member key also carries how far that member acknowledged its
+//! assignments), the assignment keys and handoff records read once on taking
+//! office, and the outcome of each fenced write. Outputs: the order to read
+//! the assignments, fenced transactions to apply, a report of each plan,
 //! keys skipped, and the order to step down.
+//!
+//! Writing is a reconcile loop: after every input the machine compares the
+//! store (as it knows it) with the last plan and sends the next transaction,
+//! one at a time:
+//! 1. **revokes** first: assignment keys the plan does not want. A revoke
+//!    from a live member that acknowledges is a *move in flight*: it writes a
+//!    handoff record (`<handoff><work>` = the old owner) in the same
+//!    transaction, and at most `max_moves_in_flight` moves are in flight;
+//! 2. then **assigns**: an item revoked from a member goes to its new owner
+//!    only once that member's acknowledged position reaches the revoke (or it
+//!    is gone: at once, or in exclusive mode after the self-fencing margin,
+//!    guarded on its member key still being absent). The assign deletes the
+//!    handoff record in the same transaction.
 //!
 //! | state | input | next |
 //! |---|---|---|
-//! | new | — | read the assignments ([`Action::ListAssignments`]) |
-//! | reading the assignments | an error | after a backoff: read them again |
+//! | new | — | read the assignments and handoff records ([`Action::ListAssignments`]) |
+//! | reading | an error | after a backoff: read them again |
 //! | any | members / items / assignments differ from what was known | soak (re)starts: due at `min(last change + soak, first change + max_soak)` |
-//! | soaking, all three read | timeout past the due time | plan; the difference becomes transactions; the first is sent |
-//! | writing | `Applied` | the chunk is recorded as written; the next is sent, or idle |
-//! | writing | error | the same chunk is sent again after a backoff (puts and deletes are idempotent) |
+//! | soaking, all read, no write in flight | timeout past the due time | plan: the new target of the reconcile loop |
+//! | idle | anything | the next transaction (revokes, then assigns whose handoff is clear), if any |
+//! | writing | `Applied` | recorded as written; the next is sent |
+//! | writing | error | the same transaction is sent again after a backoff (puts and deletes are idempotent) |
+//! | writing | `Conflict` (a guard failed: a member came back) | after a backoff: decide anew |
 //! | any | `Fenced` | step down: nothing more is written |
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -28,7 +44,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
-use worker_core::{revoke_first_chunks, Backoff, TxnOp, TxnOutcome, WorkId};
+use worker_core::{Backoff, TxnOp, TxnOutcome, WorkId};
 
 use crate::layout::{BadKey, Layout, MemberMeta};
 use crate::plan::{min_moves, plan, Assignment, MemberId};
@@ -48,6 +64,15 @@ pub struct LeaderTiming {
     /// a member restarted with the same id within it gets them back and
     /// nothing moves. Default 0 (its items are placed at the next plan).
     pub rebalance_delay: Duration,
+    /// At most this many moves (revoked from a live member, not yet assigned
+    /// to the new one) at once. Default `usize::MAX` (unlimited).
+    pub max_moves_in_flight: usize,
+    /// Exclusive mode: `Some(margin)`. An item of a member that is gone goes
+    /// to another member only `margin` after the leader saw the member's key
+    /// vanish, and only if the key is still absent then (the member released
+    /// its workload `margin` before its own lease deadline). `None`: the
+    /// items of a member that is gone are reassigned at once.
+    pub exclusive: Option<Duration>,
 }
 
 impl Default for LeaderTiming {
@@ -65,6 +90,8 @@ impl LeaderTiming {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             rebalance_delay: Duration::ZERO,
+            max_moves_in_flight: usize::MAX,
+            exclusive: None,
         }
     }
 }
@@ -86,15 +113,15 @@ pub struct PlanReport {
     pub revokes: usize,
     /// Assignment keys written.
     pub puts: usize,
-    /// Transactions the writes take.
+    /// Transactions the writes take if none waits for a handoff.
     pub transactions: usize,
 }
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Read every key under the assignments prefix, then hand the answer to
-    /// [`LeaderMachine::handle_assignments`] or
+    /// Read every key under the assignments prefix and the handoff prefix,
+    /// then hand the answers to [`LeaderMachine::handle_assignments`] or
     /// [`LeaderMachine::handle_assignments_error`]. The first action of a
     /// new machine, and again after a failed read and a backoff.
     ListAssignments,
@@ -145,13 +172,24 @@ pub struct LeaderMachine {
     layout: Layout,
     timing: LeaderTiming,
     max_ops: usize,
+    /// Live members and their effective weights (0 while draining).
     members: Option<BTreeMap<MemberId, u32>>,
+    /// Live members' acknowledged positions (`None`: not reported).
+    acks: BTreeMap<MemberId, Option<u64>>,
     items: Option<BTreeMap<WorkId, Bytes>>,
     /// The assignment keys in the store: (member, work) -> value.
     current: Option<BTreeMap<(MemberId, WorkId), Bytes>>,
+    /// The handoff records in the store.
+    records: BTreeSet<WorkId>,
+    /// Items revoked from a member and not yet with their new owner:
+    /// (work, old owner) -> the revoke's position once applied.
+    owed: BTreeMap<(WorkId, MemberId), Option<u64>>,
+    /// The last plan: item -> member.
+    desired: Option<BTreeMap<WorkId, MemberId>>,
     soak: Option<Soak>,
-    chunks: VecDeque<Vec<TxnOp>>,
-    in_flight: bool,
+    /// The transaction being applied.
+    in_flight: Option<Vec<TxnOp>>,
+    /// A retry is due: resend `in_flight` (after an error) or decide anew.
     retry_at: Option<Instant>,
     backoff: Backoff,
     rng: SmallRng,
@@ -169,6 +207,20 @@ pub struct LeaderMachine {
     /// When this leader took office, until the owners found then without a
     /// member key were given their delay (at the first plan).
     took_office: Option<Instant>,
+    /// When this leader took office.
+    office_at: Instant,
+    /// When each member that is not live was last seen leaving.
+    absent_since: BTreeMap<MemberId, Instant>,
+    /// The latest `now` seen.
+    last_now: Instant,
+}
+
+/// Whether an owed item may go to another member.
+enum Clear {
+    Wait,
+    Go,
+    /// Go, guarded on this member's key being absent.
+    Guard(MemberId),
 }
 
 impl LeaderMachine {
@@ -178,18 +230,22 @@ impl LeaderMachine {
         Self {
             layout,
             timing,
-            max_ops: max_ops.max(1),
+            // Room for a move's two operations (revoke + record, assign + record).
+            max_ops: max_ops.max(3),
             members: None,
+            acks: BTreeMap::new(),
             items: None,
             current: None,
+            records: BTreeSet::new(),
+            owed: BTreeMap::new(),
+            desired: None,
             // Taking office counts as a change: members that are starting up
             // get a soak's time to register before the first plan.
             soak: Some(Soak {
                 first: now,
                 last: now,
             }),
-            chunks: VecDeque::new(),
-            in_flight: false,
+            in_flight: None,
             retry_at: None,
             backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
             rng: SmallRng::seed_from_u64(0x5eed_1ead),
@@ -202,6 +258,9 @@ impl LeaderMachine {
             revoke_first: true,
             departed: BTreeMap::new(),
             took_office: Some(now),
+            office_at: now,
+            absent_since: BTreeMap::new(),
+            last_now: now,
         }
     }
 
@@ -216,9 +275,28 @@ impl LeaderMachine {
         self.stepped_down
     }
 
-    /// True while fenced transactions of a plan are still to be applied.
+    /// True while the store differs from the last plan: a transaction is in
+    /// flight or due, or a move waits for its handoff.
     pub fn writing(&self) -> bool {
-        !self.chunks.is_empty()
+        if self.in_flight.is_some() || !self.owed.is_empty() {
+            return true;
+        }
+        let (Some(desired), Some(current), Some(items)) =
+            (&self.desired, &self.current, &self.items)
+        else {
+            return false;
+        };
+        let wanted = desired
+            .iter()
+            .filter_map(|(w, m)| items.get(w).map(|v| ((m, w), v)));
+        current.len()
+            != desired
+                .iter()
+                .filter(|(w, _)| items.contains_key(*w))
+                .count()
+            || wanted
+                .into_iter()
+                .any(|((m, w), v)| current.get(&(m.clone(), w.clone())) != Some(v))
     }
 
     /// The live members with their effective weights, once read.
@@ -229,6 +307,12 @@ impl LeaderMachine {
     /// The assignment as this leader knows it is in the store, once read.
     pub fn assignment(&self) -> Option<&BTreeMap<(MemberId, WorkId), Bytes>> {
         self.current.as_ref()
+    }
+
+    /// Moves in flight: each item revoked from a member and not yet assigned
+    /// to its new owner, with that member.
+    pub fn handoffs(&self) -> impl Iterator<Item = (&WorkId, &MemberId)> {
+        self.owed.keys().map(|(w, m)| (w, m))
     }
 
     /// The members a plan counts: the live ones and those that left within
@@ -256,6 +340,12 @@ impl LeaderMachine {
         }
     }
 
+    fn tick(&mut self, now: Instant) {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+    }
+
     /// The members prefix as it is now (every key and value under it).
     pub fn handle_members<'a>(
         &mut self,
@@ -265,7 +355,9 @@ impl LeaderMachine {
         if self.stepped_down {
             return;
         }
+        self.tick(now);
         let mut members = BTreeMap::new();
+        let mut acks = BTreeMap::new();
         for (key, value) in entries {
             let id = match self.layout.parse_member(key) {
                 Ok(id) => id,
@@ -287,30 +379,34 @@ impl LeaderMachine {
                 MemberMeta::default()
             });
             members.insert(MemberId::from(id), meta.effective_weight());
+            acks.insert(MemberId::from(id), meta.acked);
         }
-        if self.members.as_ref() == Some(&members) {
-            return;
-        }
-        let before = self.effective();
-        if !self.timing.rebalance_delay.is_zero() {
+        self.acks = acks;
+        if self.members.as_ref() != Some(&members) {
+            let before = self.effective();
             if let Some(old) = &self.members {
                 for (id, weight) in old {
                     if !members.contains_key(id) {
-                        let until = now + self.timing.rebalance_delay;
-                        self.departed.insert(id.clone(), (*weight, until));
+                        self.absent_since.insert(id.clone(), now);
+                        if !self.timing.rebalance_delay.is_zero() {
+                            let until = now + self.timing.rebalance_delay;
+                            self.departed.insert(id.clone(), (*weight, until));
+                        }
                     }
                 }
             }
+            for id in members.keys() {
+                self.departed.remove(id);
+                self.absent_since.remove(id);
+            }
+            self.members = Some(members);
+            // A member that left within the delay, or came back within it,
+            // changes nothing a plan would see: no soak, no plan, no move.
+            if self.effective() != before {
+                self.changed(now);
+            }
         }
-        for id in members.keys() {
-            self.departed.remove(id);
-        }
-        self.members = Some(members);
-        // A member that left within the delay, or came back within it,
-        // changes nothing a plan would see: no soak, no plan, no move.
-        if self.effective() != before {
-            self.changed(now);
-        }
+        self.pump(now);
     }
 
     /// The work-items prefix as it is now.
@@ -322,6 +418,7 @@ impl LeaderMachine {
         if self.stepped_down {
             return;
         }
+        self.tick(now);
         let mut items = BTreeMap::new();
         for (key, value) in entries {
             match self.layout.parse_work(key) {
@@ -335,18 +432,22 @@ impl LeaderMachine {
             self.items = Some(items);
             self.changed(now);
         }
+        self.pump(now);
     }
 
-    /// The assignment keys as read from the store: the answer to
-    /// [`Action::ListAssignments`].
-    pub fn handle_assignments<'a>(
+    /// The assignment keys and the handoff records as read from the store:
+    /// the answer to [`Action::ListAssignments`]. A record is `(key, value,
+    /// the position it was written at)`.
+    pub fn handle_assignments<'a, 'b>(
         &mut self,
         now: Instant,
         entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+        records: impl IntoIterator<Item = (&'b [u8], &'b Bytes, u64)>,
     ) {
         if self.stepped_down {
             return;
         }
+        self.tick(now);
         self.reading = Reading::Done;
         let mut current = BTreeMap::new();
         for (key, value) in entries {
@@ -358,10 +459,31 @@ impl LeaderMachine {
                 Err(reason) => self.report_bad(key, reason),
             }
         }
+        self.records.clear();
+        self.owed.clear();
+        for (key, value, revision) in records {
+            let work = match self.layout.parse_handoff(key) {
+                Ok(w) => WorkId::from(w),
+                Err(reason) => {
+                    self.report_bad(key, reason);
+                    continue;
+                }
+            };
+            self.records.insert(work.clone());
+            // The record was written with the revoke: the old owner must
+            // acknowledge that position.
+            if let Ok(from) = std::str::from_utf8(value) {
+                if worker_core::validate_instance_id(from).is_ok() {
+                    self.owed
+                        .insert((work, MemberId::from(from)), Some(revision));
+                }
+            }
+        }
         if self.current.as_ref() != Some(&current) {
             self.current = Some(current);
             self.changed(now);
         }
+        self.pump(now);
     }
 
     /// [`Action::ListAssignments`] failed: the read is asked for again after
@@ -371,6 +493,7 @@ impl LeaderMachine {
         if self.stepped_down || self.reading != Reading::InFlight {
             return None;
         }
+        self.tick(now);
         let delay = self.list_backoff.next_delay(&mut self.list_rng);
         self.reading = Reading::RetryAt(now + delay);
         Some(delay)
@@ -380,37 +503,31 @@ impl LeaderMachine {
     /// `Err` carries nothing the machine needs (the driver logs it).
     #[allow(clippy::needless_pass_by_value)] // the driver hands over the outcome it got
     pub fn handle_write<E>(&mut self, now: Instant, outcome: Result<TxnOutcome, E>) {
-        if self.stepped_down || !self.in_flight {
+        if self.stepped_down || self.in_flight.is_none() || self.retry_at.is_some() {
             return;
         }
-        self.in_flight = false;
+        self.tick(now);
         match outcome {
-            Ok(TxnOutcome::Applied { .. }) => {
+            Ok(TxnOutcome::Applied { revision }) => {
                 self.backoff.reset();
-                if let (Some(chunk), Some(current)) = (self.chunks.pop_front(), &mut self.current) {
-                    for op in chunk {
-                        let parsed = self.layout.parse_assignment(op.key().as_bytes());
-                        let Ok((member, work)) = parsed else { continue };
-                        let key = crate::layout::ids(member, work);
-                        match op {
-                            TxnOp::Put { value, .. } => {
-                                current.insert(key, value);
-                            }
-                            TxnOp::Delete { .. } => {
-                                current.remove(&key);
-                            }
-                        }
-                    }
-                }
-                self.send_next();
+                let ops = self.in_flight.take().unwrap_or_default();
+                self.record_applied(ops, revision);
+                self.pump(now);
             }
             Ok(TxnOutcome::Fenced) => {
                 self.stepped_down = true;
-                self.chunks.clear();
+                self.in_flight = None;
                 self.soak = None;
                 self.retry_at = None;
                 self.reading = Reading::Done;
                 self.out.push_back(Action::StepDown);
+            }
+            Ok(TxnOutcome::Conflict) => {
+                // Nothing was applied: a member came back. Decide anew once
+                // the members are read again.
+                self.in_flight = None;
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.retry_at = Some(now + delay);
             }
             Err(_) => {
                 let delay = self.backoff.next_delay(&mut self.rng);
@@ -419,10 +536,41 @@ impl LeaderMachine {
         }
     }
 
-    fn send_next(&mut self) {
-        if let Some(chunk) = self.chunks.front() {
-            self.in_flight = true;
-            self.out.push_back(Action::Write(chunk.clone()));
+    fn record_applied(&mut self, ops: Vec<TxnOp>, revision: u64) {
+        let Some(current) = &mut self.current else {
+            return;
+        };
+        for op in ops {
+            if let Ok(work) = self.layout.parse_handoff(op.key().as_bytes()) {
+                let work = WorkId::from(work);
+                match op {
+                    TxnOp::Put { .. } => {
+                        self.records.insert(work);
+                    }
+                    TxnOp::Delete { .. } => {
+                        self.records.remove(&work);
+                        drop_owed(&mut self.owed, &work);
+                    }
+                    TxnOp::Absent { .. } => {}
+                }
+                continue;
+            }
+            let parsed = self.layout.parse_assignment(op.key().as_bytes());
+            let Ok((member, work)) = parsed else { continue };
+            let key = crate::layout::ids(member, work);
+            match op {
+                TxnOp::Put { value, .. } => {
+                    drop_owed(&mut self.owed, &key.1);
+                    current.insert(key, value);
+                }
+                TxnOp::Delete { .. } => {
+                    if let Some(at) = self.owed.get_mut(&(key.1.clone(), key.0.clone())) {
+                        *at = Some(revision);
+                    }
+                    current.remove(&key);
+                }
+                TxnOp::Absent { .. } => {}
+            }
         }
     }
 
@@ -442,14 +590,19 @@ impl LeaderMachine {
         if let Some(at) = self.retry_at {
             return Some(at);
         }
-        if !self.chunks.is_empty() || !self.ready() {
+        if self.in_flight.is_some() || !self.ready() {
             return None;
         }
-        let rejoin = self.departed.values().map(|(_, until)| *until).min();
-        match (self.due(), rejoin) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let rejoin = self.departed.values().map(|(_, until)| *until);
+        // Exclusive mode: when the margin of a member that is gone runs out.
+        let fenced = self.timing.exclusive.into_iter().flat_map(|margin| {
+            self.owed
+                .keys()
+                .filter(|(_, from)| !self.is_live(from))
+                .map(move |(_, from)| self.absent_from(from) + margin)
+                .filter(|at| *at > self.last_now)
+        });
+        self.due().into_iter().chain(rejoin).chain(fenced).min()
     }
 
     /// True once members, items and assignments have all been read.
@@ -458,33 +611,283 @@ impl LeaderMachine {
     }
 
     /// Time passed: reads the assignments again after a failed read, retries
-    /// a failed write, or plans when the soak is over.
+    /// a failed write, plans when the soak is over, or assigns an item whose
+    /// handoff margin ran out.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.stepped_down {
             return;
         }
+        self.tick(now);
         if matches!(self.reading, Reading::RetryAt(at) if now >= at) {
             self.reading = Reading::InFlight;
             self.out.push_back(Action::ListAssignments);
         }
         if let Some(at) = self.retry_at {
-            if now >= at {
-                self.retry_at = None;
-                self.send_next();
+            if now < at {
+                return;
             }
+            self.retry_at = None;
+            if let Some(ops) = &self.in_flight {
+                // The outcome was unknown: send the same again.
+                self.out.push_back(Action::Write(ops.clone()));
+                return;
+            }
+        }
+        if self.in_flight.is_some() {
             return;
         }
-        if self.chunks.is_empty() {
-            let before = self.departed.len();
-            self.departed.retain(|_, (_, until)| *until > now);
-            if self.departed.len() != before {
-                // Their delay is over: their items go to the others.
-                self.changed(now);
-            }
+        let before = self.departed.len();
+        self.departed.retain(|_, (_, until)| *until > now);
+        if self.departed.len() != before {
+            // Their delay is over: their items go to the others.
+            self.changed(now);
         }
-        if self.chunks.is_empty() && self.due().is_some_and(|d| now >= d) {
+        if self.due().is_some_and(|d| now >= d) {
             self.plan_now(now);
         }
+        self.pump(now);
+    }
+
+    fn is_live(&self, member: &MemberId) -> bool {
+        self.members
+            .as_ref()
+            .is_some_and(|m| m.contains_key(member))
+    }
+
+    fn absent_from(&self, member: &MemberId) -> Instant {
+        self.absent_since
+            .get(member)
+            .copied()
+            .unwrap_or(self.office_at)
+    }
+
+    /// May an item revoked from `from` at `revoked_at` go to another member?
+    fn clearance(&self, from: &MemberId, revoked_at: Option<u64>, now: Instant) -> Clear {
+        if let Some(acked) = self.acks.get(from) {
+            return match (acked, revoked_at) {
+                // It does not report: nothing to wait for.
+                (None, _) => Clear::Go,
+                (Some(a), Some(r)) if *a >= r => Clear::Go,
+                _ => Clear::Wait,
+            };
+        }
+        match self.timing.exclusive {
+            None => Clear::Go,
+            Some(margin) if now >= self.absent_from(from) + margin => Clear::Guard(from.clone()),
+            Some(_) => Clear::Wait,
+        }
+    }
+
+    /// Sends the next transaction if none is in flight and one is due.
+    fn pump(&mut self, now: Instant) {
+        if self.stepped_down
+            || self.in_flight.is_some()
+            || self.retry_at.is_some()
+            || !self.ready()
+            || self.desired.is_none()
+        {
+            return;
+        }
+        let ops = if self.revoke_first {
+            self.next_revokes().or_else(|| self.next_assigns(now))
+        } else {
+            self.unguarded_write()
+        };
+        if let Some(ops) = ops {
+            self.in_flight = Some(ops.clone());
+            self.out.push_back(Action::Write(ops));
+        }
+    }
+
+    /// Revokes of keys the plan does not want, with handoff records for
+    /// moves, at most `max_moves_in_flight` moves at once.
+    fn next_revokes(&mut self) -> Option<Vec<TxnOp>> {
+        let (desired, current) = (self.desired.as_ref()?, self.current.as_ref()?);
+        let live_owed: BTreeSet<&WorkId> = self
+            .owed
+            .keys()
+            .filter(|(_, from)| self.is_live(from))
+            .map(|(w, _)| w)
+            .collect();
+        let mut moves = live_owed.len();
+        let mut ops = Vec::new();
+        let mut new_owed = Vec::new();
+        for (member, work) in current.keys() {
+            let target = desired.get(work);
+            if target == Some(member) {
+                continue;
+            }
+            let live = self.is_live(member);
+            let reports = self.acks.get(member).is_some_and(Option::is_some);
+            let record = reports || (!live && self.timing.exclusive.is_some());
+            if live && target.is_some() && !live_owed.contains(work) {
+                if moves >= self.timing.max_moves_in_flight {
+                    continue;
+                }
+                moves += 1;
+            }
+            if ops.len() + 1 + usize::from(record) > self.max_ops {
+                break;
+            }
+            ops.push(TxnOp::Delete {
+                key: self.layout.assignment_key(member, work),
+            });
+            if record {
+                ops.push(TxnOp::Put {
+                    key: self.layout.handoff_key(work),
+                    value: Bytes::copy_from_slice(member.as_bytes()),
+                });
+                new_owed.push((work.clone(), member.clone()));
+            }
+        }
+        for key in new_owed {
+            self.owed.entry(key).or_insert(None);
+        }
+        (!ops.is_empty()).then_some(ops)
+    }
+
+    /// Assigns whose handoff is clear, and clean-up of handoff records no
+    /// longer needed.
+    fn next_assigns(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
+        let (desired, current, items) = (
+            self.desired.as_ref()?,
+            self.current.as_ref()?,
+            self.items.as_ref()?,
+        );
+        let mut owners: BTreeMap<&WorkId, Vec<&MemberId>> = BTreeMap::new();
+        for (m, w) in current.keys() {
+            owners.entry(w).or_default().push(m);
+        }
+        let mut ops = Vec::new();
+        let mut guards: BTreeSet<MemberId> = BTreeSet::new();
+        let mut done_owed: Vec<WorkId> = Vec::new();
+        // Items with owed entries: (clear to go?, guards needed).
+        let owed_state = |work: &WorkId, target: Option<&MemberId>| {
+            let mut wait = false;
+            let mut needs = Vec::new();
+            for ((_, from), at) in self
+                .owed
+                .range((work.clone(), MemberId::from(""))..)
+                .take_while(|((w, _), _)| w == work)
+            {
+                if Some(from) == target {
+                    continue;
+                }
+                match self.clearance(from, *at, now) {
+                    Clear::Wait => wait = true,
+                    Clear::Go => {}
+                    Clear::Guard(m) => needs.push(m),
+                }
+            }
+            (wait, needs)
+        };
+        for (work, target) in desired {
+            let Some(value) = items.get(work) else {
+                continue;
+            };
+            let key = (target.clone(), work.clone());
+            let placed = current.get(&key);
+            if placed == Some(value) {
+                continue;
+            }
+            if placed.is_none() {
+                let others = owners
+                    .get(work)
+                    .is_some_and(|o| o.iter().any(|m| *m != target));
+                if others {
+                    continue; // its revoke comes first
+                }
+                let (wait, needs) = owed_state(work, Some(target));
+                if wait {
+                    continue;
+                }
+                let new_guards: Vec<MemberId> =
+                    needs.into_iter().filter(|m| !guards.contains(m)).collect();
+                let extra = 1 + usize::from(self.records.contains(work)) + new_guards.len();
+                if ops.len() + extra > self.max_ops {
+                    break;
+                }
+                for m in new_guards {
+                    ops.push(TxnOp::Absent {
+                        key: self.layout.member_key(&m),
+                    });
+                    guards.insert(m);
+                }
+                if self.records.contains(work) {
+                    ops.push(TxnOp::Delete {
+                        key: self.layout.handoff_key(work),
+                    });
+                }
+            } else if ops.len() + 1 > self.max_ops {
+                break;
+            }
+            ops.push(TxnOp::Put {
+                key: self.layout.assignment_key(target, work),
+                value: value.clone(),
+            });
+        }
+        // Owed items that need no assign (no longer wanted, or already with
+        // their target): forget them once clear.
+        let owed_works: BTreeSet<WorkId> = self.owed.keys().map(|(w, _)| w.clone()).collect();
+        for work in owed_works {
+            let target = desired.get(&work).filter(|_| items.contains_key(&work));
+            let settled = match target {
+                None => owners.get(&work).is_none(),
+                Some(t) => current.contains_key(&(t.clone(), work.clone())),
+            };
+            if !settled {
+                continue;
+            }
+            let (wait, needs) = owed_state(&work, target);
+            if wait || !needs.is_empty() {
+                continue;
+            }
+            if self.records.contains(&work) {
+                if ops.len() + 1 > self.max_ops {
+                    break;
+                }
+                ops.push(TxnOp::Delete {
+                    key: self.layout.handoff_key(&work),
+                });
+            } else {
+                done_owed.push(work);
+            }
+        }
+        for work in done_owed {
+            drop_owed(&mut self.owed, &work);
+        }
+        (!ops.is_empty()).then_some(ops)
+    }
+
+    /// Simulator only (revoke-first off): every assign before any revoke,
+    /// no handoff.
+    fn unguarded_write(&mut self) -> Option<Vec<TxnOp>> {
+        let (desired, current, items) = (
+            self.desired.as_ref()?,
+            self.current.as_ref()?,
+            self.items.as_ref()?,
+        );
+        let mut ops: Vec<TxnOp> = desired
+            .iter()
+            .filter_map(|(w, m)| {
+                let v = items.get(w)?;
+                (current.get(&(m.clone(), w.clone())) != Some(v)).then(|| TxnOp::Put {
+                    key: self.layout.assignment_key(m, w),
+                    value: v.clone(),
+                })
+            })
+            .collect();
+        if ops.is_empty() {
+            ops = current
+                .keys()
+                .filter(|(m, w)| desired.get(w) != Some(m) || !items.contains_key(w))
+                .map(|(m, w)| TxnOp::Delete {
+                    key: self.layout.assignment_key(m, w),
+                })
+                .collect();
+        }
+        ops.truncate(self.max_ops);
+        (!ops.is_empty()).then_some(ops)
     }
 
     fn plan_now(&mut self, now: Instant) {
@@ -515,7 +918,8 @@ impl LeaderMachine {
         };
         self.soak = None;
         // One owner per item for the planner: a live owner first, the
-        // smallest id among equals; extra keys are deleted by the diff below.
+        // smallest id among equals; extra keys are revoked by the reconcile
+        // loop. An item in handoff counts as its target's.
         let mut owners = Assignment::new();
         for (member, work) in current.keys() {
             let live = members.contains_key(member);
@@ -526,44 +930,33 @@ impl LeaderMachine {
                 }
             }
         }
+        if let Some(desired) = &self.desired {
+            for (work, member) in desired {
+                if !owners.contains_key(work)
+                    && members.contains_key(member)
+                    && self.owed.keys().any(|(w, _)| w == work)
+                {
+                    owners.insert(work.clone(), member.clone());
+                }
+            }
+        }
         let ids: BTreeSet<WorkId> = items.keys().cloned().collect();
         let p = plan(&ids, members, &owners);
         let min = min_moves(&ids, members, &owners);
-        let mut ops = Vec::new();
-        let mut desired: BTreeMap<(MemberId, WorkId), &Bytes> = BTreeMap::new();
-        for (work, member) in &p.assignment {
-            if let Some(value) = items.get(work) {
-                desired.insert((member.clone(), work.clone()), value);
-            }
-        }
-        for key in current.keys() {
-            if !desired.contains_key(key) {
-                ops.push(TxnOp::Delete {
-                    key: self.layout.assignment_key(&key.0, &key.1),
-                });
-            }
-        }
-        let mut puts = 0;
-        for (key, value) in &desired {
-            if current.get(key) != Some(*value) {
-                puts += 1;
-                ops.push(TxnOp::Put {
-                    key: self.layout.assignment_key(&key.0, &key.1),
-                    value: (*value).clone(),
-                });
-            }
-        }
-        let revokes = ops.len() - puts;
-        let chunks = if self.revoke_first {
-            revoke_first_chunks(ops, self.max_ops)
-        } else {
-            // Simulator only (safeguard off): every assign before any revoke.
-            let (mut puts, deletes): (Vec<TxnOp>, Vec<TxnOp>) = ops
-                .into_iter()
-                .partition(|op| matches!(op, TxnOp::Put { .. }));
-            puts.extend(deletes);
-            puts.chunks(self.max_ops).map(<[TxnOp]>::to_vec).collect()
-        };
+        let desired: BTreeMap<WorkId, MemberId> = p.assignment.clone().into_iter().collect();
+        let revokes = current
+            .keys()
+            .filter(|(m, w)| desired.get(w) != Some(m))
+            .count();
+        let puts = desired
+            .iter()
+            .filter(|(w, m)| {
+                items
+                    .get(*w)
+                    .is_some_and(|v| current.get(&((*m).clone(), (*w).clone())) != Some(v))
+            })
+            .count();
+        let per = self.max_ops.max(1);
         self.out.push_back(Action::Planned(PlanReport {
             members: members.len(),
             items: items.len(),
@@ -572,14 +965,17 @@ impl LeaderMachine {
             min_moves: min,
             revokes,
             puts,
-            transactions: chunks.len(),
+            transactions: revokes.div_ceil(per) + puts.div_ceil(per),
         }));
-        self.chunks = chunks.into();
-        self.send_next();
+        self.desired = Some(desired);
     }
 
     /// The next thing to do, if any. Drain after every input.
     pub fn poll(&mut self) -> Option<Action> {
         self.out.pop_front()
     }
+}
+
+fn drop_owed(owed: &mut BTreeMap<(WorkId, MemberId), Option<u64>>, work: &WorkId) {
+    owed.retain(|(w, _), _| w != work);
 }

@@ -12,22 +12,32 @@
 //!   or no leader, when the session is lost, or when a write is fenced;
 //! - **its worker** ([`worker_core::Worker`]), independent of the session.
 //!
+//! It also reports, in its member key, how far its application has applied
+//! its assignments (`acked`, a store position), so that the leader moves an
+//! item away from it only once the revoke is applied (the acknowledged
+//! handoff). By default a settled change counts as applied once it is
+//! published; with [`MemberConfig::manual_ack`] the application says so
+//! itself with [`MemberHandle::ack`].
+//!
 //! [`MemberHandle::halt`] stops leading, resigns, halts the worker and
 //! closes the session, so another member leads without waiting for a TTL.
+//! [`MemberHandle::drain`] (or a drain request key, `coordinator drain ID`)
+//! first marks the member draining, waits until the leader has moved all of
+//! its items away through the handoff (or the drain timeout), then halts.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use worker_core::{
     validate_instance_id, ConfigError, Election, ErrorChain, Fence, FencedWrite, KvWatch, KvWrite,
-    LeaderStream, LeaderWait, Membership, SessionId, StoreError, Worker, WorkerConfig,
-    WorkerHandle,
+    LeaderStream, LeaderWait, Membership, ReleaseSwitch, Revision, SessionId, StoreError, Worker,
+    WorkerConfig, WorkerHandle, WorkloadWatch,
 };
 
 use crate::layout::{Layout, MemberMeta};
@@ -37,6 +47,9 @@ use crate::membership::{MemberAction, MemberMachine, MemberTiming};
 
 /// The default session / lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+/// The default drain timeout.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings of one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +67,15 @@ pub struct MemberConfig {
     pub leader: LeaderTiming,
     /// Whether this member may lead. Default true.
     pub campaign: bool,
+    /// Exclusive mode: `Some(margin)`. See [`MemberConfig::exclusive`].
+    pub exclusive: Option<Duration>,
+    /// How long a drain waits for the items to move away before the member
+    /// leaves anyway. Default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+    /// The application acknowledges settled changes itself
+    /// ([`MemberHandle::ack`]); otherwise a change counts as applied once
+    /// published. Default false.
+    pub manual_ack: bool,
 }
 
 impl MemberConfig {
@@ -66,6 +88,9 @@ impl MemberConfig {
             ttl: DEFAULT_TTL,
             leader: LeaderTiming::default(),
             campaign: true,
+            exclusive: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            manual_ack: false,
         }
     }
 
@@ -104,6 +129,43 @@ impl MemberConfig {
         self
     }
 
+    /// Sets how many items may be in handoff at once (see
+    /// [`LeaderTiming::max_moves_in_flight`]).
+    #[must_use]
+    pub fn max_moves_in_flight(mut self, n: usize) -> Self {
+        self.leader.max_moves_in_flight = n.max(1);
+        self
+    }
+
+    /// Exclusive mode with a safety `margin`: an item is never in two
+    /// members' acknowledged workloads at once. This member releases its
+    /// whole workload `margin` before its lease deadline unless it renewed
+    /// (and starts released until registered); as leader, it gives the items
+    /// of a member that is gone to another only `margin` after that member's
+    /// key vanished. Every member of a cluster must use the same setting.
+    #[must_use]
+    pub fn exclusive(mut self, margin: Duration) -> Self {
+        self.exclusive = Some(margin);
+        self.leader.exclusive = Some(margin);
+        self.worker.start_released = true;
+        self
+    }
+
+    /// Sets the drain timeout.
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The application acknowledges settled changes with
+    /// [`MemberHandle::ack`] (for example after it applied them).
+    #[must_use]
+    pub fn manual_ack(mut self, manual: bool) -> Self {
+        self.manual_ack = manual;
+        self
+    }
+
     /// Sets the leader's soak (and max soak = 10 × soak).
     #[must_use]
     pub fn leader_soak(mut self, soak: Duration) -> Self {
@@ -135,6 +197,17 @@ impl MemberConfig {
         }
         if self.ttl < Duration::from_millis(30) {
             return Err(ConfigError::new("ttl", "must be at least 30ms"));
+        }
+        if let Some(margin) = self.exclusive {
+            if margin.is_zero() || margin >= self.ttl / 2 {
+                return Err(ConfigError::new(
+                    "exclusive_margin",
+                    format!(
+                        "{margin:?} must be more than 0 and less than half the TTL ({:?})",
+                        self.ttl / 2
+                    ),
+                ));
+            }
         }
         self.worker.timing()?;
         Ok(())
@@ -193,7 +266,9 @@ impl Member {
         let worker = Worker::spawn(&config.worker, store.kv.clone(), store.leader.clone())?;
         let (leading_tx, leading_rx) = watch::channel(None);
         let (plans, _) = broadcast::channel(64);
-        let (halt_tx, halt_rx) = oneshot::channel();
+        let (halt_tx, halt_rx) = watch::channel(Stop::Running);
+        let (ack_tx, ack_rx) = watch::channel(0);
+        let (acked_tx, acked_rx) = watch::channel(None);
         let span = tracing::info_span!("member", instance_id = %config.instance_id());
         let task = tokio::spawn(
             MemberTask {
@@ -201,6 +276,11 @@ impl Member {
                 store: store.clone(),
                 leading: leading_tx,
                 plans: plans.clone(),
+                position: worker.position(),
+                settled: worker.watch(),
+                switch: worker.release_switch(),
+                app_ack: ack_rx,
+                acked: acked_tx,
             }
             .run(halt_rx)
             .instrument(span),
@@ -211,6 +291,8 @@ impl Member {
             plans,
             halt: Some(halt_tx),
             task: Some(task),
+            ack: ack_tx,
+            acked: acked_rx,
         })
     }
 }
@@ -221,6 +303,25 @@ fn seed(id: &str) -> u64 {
     })
 }
 
+/// What the member task is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    Drain,
+    Halt,
+}
+
+/// How a member left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// It left at once (halt), or was stopped before it could drain.
+    Halted,
+    /// It drained: it held nothing, acknowledged, then left.
+    Drained,
+    /// The drain timeout ran out first; it left holding what it still held.
+    DrainTimedOut,
+}
+
 /// A running member.
 #[derive(Debug)]
 pub struct MemberHandle {
@@ -228,8 +329,10 @@ pub struct MemberHandle {
     worker: Option<WorkerHandle>,
     leading: watch::Receiver<Option<Fence>>,
     plans: broadcast::Sender<PlanReport>,
-    halt: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    halt: Option<watch::Sender<Stop>>,
+    task: Option<JoinHandle<Left>>,
+    ack: watch::Sender<Revision>,
+    acked: watch::Receiver<Option<Revision>>,
 }
 
 impl MemberHandle {
@@ -253,20 +356,65 @@ impl MemberHandle {
         self.plans.subscribe()
     }
 
+    /// With [`MemberConfig::manual_ack`]: the application has applied every
+    /// settled change up to the one at `revision` (its
+    /// [`WorkloadChange::revision`](worker_core::WorkloadChange)). The member
+    /// reports it in its member key; the leader moves an item away from this
+    /// member only once the report reaches the revoke. Acknowledging the
+    /// latest change also covers any later position at which nothing changed.
+    pub fn ack(&self, revision: Revision) {
+        self.ack.send_if_modified(|cur| {
+            let newer = revision > *cur;
+            if newer {
+                *cur = revision;
+            }
+            newer
+        });
+    }
+
+    /// The acknowledged position as last written to the store (`None` until
+    /// the first write).
+    pub fn acked(&self) -> watch::Receiver<Option<Revision>> {
+        self.acked.clone()
+    }
+
     /// Leaves cleanly: stops leading and resigns, halts the worker, closes
     /// the session (the member key goes with it). Returns once all of it is
     /// done or, for the store calls, has failed (a session that cannot be
     /// closed expires by its TTL).
     pub async fn halt(mut self) {
-        if let Some(tx) = self.halt.take() {
-            let _ = tx.send(());
+        self.leave(Stop::Halt).await;
+    }
+
+    /// Leaves after handing its work over: marks itself draining in its
+    /// member key, so that the leader moves its items to the others through
+    /// the acknowledged handoff; once it holds nothing and has acknowledged
+    /// that (or after [`MemberConfig::drain_timeout`]), it halts as
+    /// [`halt`](Self::halt) does. Calling [`halt`](Self::halt) meanwhile is
+    /// not possible (this consumes the handle); drop the future to give up
+    /// waiting (the member task then halts at once).
+    pub async fn drain(mut self) -> Left {
+        self.leave(Stop::Drain).await
+    }
+
+    async fn leave(&mut self, how: Stop) -> Left {
+        if let Some(tx) = &self.halt {
+            let _ = tx.send(how);
         }
+        let mut left = Left::Halted;
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            // Dropped mid-drain: halt at once rather than linger.
+            let halt = self.halt.take();
+            let guard = HaltOnDrop(halt);
+            if let Ok(l) = task.await {
+                left = l;
+            }
+            drop(guard);
         }
         if let Some(worker) = self.worker.take() {
             worker.halt().await;
         }
+        left
     }
 
     /// Stops everything at once without leaving: no resignation, no session
@@ -295,11 +443,31 @@ impl Drop for MemberHandle {
     }
 }
 
+/// Sends `Halt` when dropped (a drain whose waiter went away).
+struct HaltOnDrop(Option<watch::Sender<Stop>>);
+
+impl Drop for HaltOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Stop::Halt);
+        }
+    }
+}
+
 struct MemberTask {
     config: MemberConfig,
     store: MemberStore,
     leading: watch::Sender<Option<Fence>>,
     plans: broadcast::Sender<PlanReport>,
+    /// The worker's settled position.
+    position: watch::Receiver<Revision>,
+    /// The worker's settled state (its revision, and whether it is empty).
+    settled: WorkloadWatch,
+    switch: ReleaseSwitch,
+    /// What the application acknowledged (manual ack).
+    app_ack: watch::Receiver<Revision>,
+    /// The acknowledged position written to the store.
+    acked: watch::Sender<Option<Revision>>,
 }
 
 struct Leading {
@@ -320,17 +488,16 @@ async fn in_flight<T>(call: &mut Option<Call<T>>) -> Result<T, StoreError> {
 
 impl MemberTask {
     /// Opens a session and writes the member key bound to it.
-    fn register(&self) -> Call<SessionId> {
+    fn register(&self, meta: MemberMeta) -> Call<(SessionId, MemberMeta)> {
         let membership = self.store.membership.clone();
-        let (ttl, key, meta) = (
+        let (ttl, key) = (
             self.config.ttl,
             self.config.layout.member_key(self.config.instance_id()),
-            self.config.meta.to_bytes(),
         );
         Box::pin(async move {
             let session = membership.open_session(ttl).await?;
-            match membership.put_bound(&session, &key, meta).await {
-                Ok(true) => Ok(session),
+            match membership.put_bound(&session, &key, meta.to_bytes()).await {
+                Ok(true) => Ok((session, meta)),
                 other => {
                     let _ = membership.close_session(&session).await;
                     Err(other.err().unwrap_or_else(|| {
@@ -371,28 +538,71 @@ impl MemberTask {
         }
     }
 
+    /// The member key's value as it should be now.
+    fn meta_now(&self, draining: bool) -> MemberMeta {
+        let mut meta = self.config.meta.clone();
+        meta.draining = draining;
+        meta.acked = Some(self.effective_ack());
+        meta
+    }
+
+    /// How far the application has applied its assignments.
+    fn effective_ack(&self) -> Revision {
+        let position = *self.position.borrow();
+        if !self.config.manual_ack {
+            return position;
+        }
+        let app = *self.app_ack.borrow();
+        let published = self.settled.current().revision;
+        if app >= published {
+            // The latest change is applied: so is every later position at
+            // which nothing changed.
+            position.max(app)
+        } else {
+            app
+        }
+    }
+
     /// Carries out what the [`MemberMachine`] asks for and feeds it what
     /// happens, with one timer.
     #[allow(clippy::too_many_lines)] // one select loop; its arms read best together
-    async fn run(self, mut halt: oneshot::Receiver<()>) {
+    async fn run(mut self, mut stop: watch::Receiver<Stop>) -> Left {
         let timing = MemberTiming {
             ttl: self.config.ttl,
             backoff_min: self.config.worker.backoff_min,
             backoff_max: self.config.worker.backoff_max,
+            exclusive: self.config.exclusive,
         };
         let mut machine = MemberMachine::new(
             timing,
             self.config.campaign,
             seed(self.config.instance_id()),
+            Instant::now(),
         );
         let election = self.config.layout.leader.clone();
         let instance_id = self.config.instance_id().to_owned();
-        let mut registering: Option<Call<SessionId>> = None;
+        let member_key = self.config.layout.member_key(&instance_id);
+        let drain_key = self.config.layout.drain_key(&instance_id);
+        let backoff = (
+            self.config.worker.backoff_min,
+            self.config.worker.backoff_max,
+        );
+        let (mut drain_requests, drain_task) =
+            crate::follow::spawn_follow(self.store.kv.clone(), drain_key.clone(), backoff);
+        let _drain_task = AbortOnDrop(drain_task);
+        let mut registering: Option<Call<(SessionId, MemberMeta)>> = None;
         let mut renewing: Option<Call<bool>> = None;
         let mut campaigning: Option<Call<Option<Fence>>> = None;
         let mut opening: Option<Call<Box<dyn LeaderStream>>> = None;
         let mut stream: Option<Box<dyn LeaderStream>> = None;
         let mut leading: Option<Leading> = None;
+        let mut meta_write: Option<Call<(bool, MemberMeta)>> = None;
+        let mut meta_retry_at: Option<Instant> = None;
+        // What the store holds in the member key for the live session.
+        let mut written: Option<MemberMeta> = None;
+        let mut draining: Option<Instant> = None;
+        let mut drain_requested = false;
+        let mut left = Left::Halted;
         let mut halting = false;
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
@@ -400,7 +610,11 @@ impl MemberTask {
         loop {
             while let Some(action) = machine.poll() {
                 match action {
-                    MemberAction::Register => registering = Some(self.register()),
+                    MemberAction::Register => {
+                        written = None;
+                        meta_write = None;
+                        registering = Some(self.register(self.meta_now(draining.is_some())));
+                    }
                     MemberAction::Renew(session) => {
                         let membership = self.store.membership.clone();
                         renewing =
@@ -436,10 +650,93 @@ impl MemberTask {
                             debug!(error = %ErrorChain(&e), "closing the session failed; it expires by its TTL");
                         }
                     }
-                    MemberAction::Halted => return,
+                    MemberAction::Release => {
+                        warn!("exclusive: the lease may end before it is renewed; releasing the whole workload");
+                        self.switch.release();
+                    }
+                    MemberAction::Restore { resync } => {
+                        info!(
+                            resync,
+                            "exclusive: the lease is renewed; restoring the workload"
+                        );
+                        self.switch.restore(resync);
+                    }
+                    MemberAction::Halted => return left,
                 }
             }
-            let deadline = machine.poll_timeout();
+            // The member key: keep it as it should be (acknowledged position,
+            // draining), one write at a time.
+            let now = Instant::now();
+            let meta = self.meta_now(draining.is_some());
+            if let Some(session) = machine.session() {
+                if !halting
+                    && registering.is_none()
+                    && meta_write.is_none()
+                    && meta_retry_at.is_none_or(|t| now >= t)
+                    && written.as_ref() != Some(&meta)
+                {
+                    meta_retry_at = None;
+                    let (membership, session, key) = (
+                        self.store.membership.clone(),
+                        session.clone(),
+                        member_key.clone(),
+                    );
+                    let m = meta.clone();
+                    meta_write = Some(Box::pin(async move {
+                        let ok = membership.put_bound(&session, &key, m.to_bytes()).await?;
+                        Ok((ok, m))
+                    }));
+                }
+            }
+            // Draining: leave once nothing is held and that is acknowledged,
+            // or at the timeout.
+            if let (Some(since), false) = (draining, halting) {
+                let empty = self.settled.current().workload.is_empty();
+                let reported = written.as_ref() == Some(&meta);
+                // Released (exclusive), the empty set says nothing of the
+                // assignments: wait for the restore or the timeout.
+                let outcome = if empty && reported && !self.switch.is_released() {
+                    Some(Left::Drained)
+                } else if now >= since + self.config.drain_timeout {
+                    Some(Left::DrainTimedOut)
+                } else {
+                    None
+                };
+                if let Some(outcome) = outcome {
+                    if outcome == Left::Drained {
+                        info!("drained: holding nothing; leaving");
+                    } else {
+                        warn!(
+                            timeout = ?self.config.drain_timeout,
+                            "drain timed out; leaving with what is still held"
+                        );
+                    }
+                    if drain_requested {
+                        let kv_write = self.store.kv_write.clone();
+                        let key = drain_key.clone();
+                        let bound = self.config.ttl;
+                        match tokio::time::timeout(bound, kv_write.delete_key(&key)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                warn!(key, error = %ErrorChain(&e), "could not delete the drain request")
+                            }
+                            Err(_) => warn!(key, "deleting the drain request timed out"),
+                        }
+                    }
+                    left = outcome;
+                    halting = true;
+                    machine.halt();
+                    continue;
+                }
+            }
+            let deadline = [
+                machine.poll_timeout(),
+                meta_retry_at,
+                draining.map(|since| since + self.config.drain_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if deadline != armed {
                 if let Some(d) = deadline {
                     timer.as_mut().reset(d);
@@ -448,16 +745,44 @@ impl MemberTask {
             }
             tokio::select! {
                 biased;
-                _ = &mut halt, if !halting => {
-                    halting = true;
-                    machine.halt();
+                changed = stop.changed(), if !halting => {
+                    let how = if changed.is_err() { Stop::Halt } else { *stop.borrow_and_update() };
+                    match how {
+                        Stop::Halt => {
+                            halting = true;
+                            machine.halt();
+                        }
+                        Stop::Drain if draining.is_none() => {
+                            info!("draining: asking the leader to move this member's items away");
+                            draining = Some(Instant::now());
+                        }
+                        Stop::Drain | Stop::Running => {}
+                    }
+                }
+                Ok(()) = drain_requests.changed() => {
+                    let requested = drain_requests
+                        .borrow_and_update()
+                        .as_ref()
+                        .is_some_and(|m| m.contains_key(drain_key.as_bytes()));
+                    if requested && draining.is_none() && !halting {
+                        info!(key = drain_key, "drain requested: asking the leader to move this member's items away");
+                        draining = Some(Instant::now());
+                        drain_requested = true;
+                    }
                 }
                 result = in_flight(&mut registering), if registering.is_some() => {
                     registering = None;
-                    match &result {
-                        Ok(session) => info!(%session, "registered"),
-                        Err(e) => warn!(error = %ErrorChain(e), "registering failed"),
-                    }
+                    let result = match result {
+                        Ok((session, meta)) => {
+                            info!(%session, "registered");
+                            written = Some(meta);
+                            Ok(session)
+                        }
+                        Err(e) => {
+                            warn!(error = %ErrorChain(&e), "registering failed");
+                            Err(e)
+                        }
+                    };
                     machine.handle_registered(Instant::now(), result);
                 }
                 result = in_flight(&mut renewing), if renewing.is_some() => {
@@ -468,6 +793,23 @@ impl MemberTask {
                         Err(e) => debug!(error = %ErrorChain(e), "renewing failed"),
                     }
                     machine.handle_renewed(Instant::now(), result);
+                }
+                result = in_flight(&mut meta_write), if meta_write.is_some() => {
+                    meta_write = None;
+                    match result {
+                        Ok((true, m)) => {
+                            self.acked.send_replace(m.acked);
+                            written = Some(m);
+                        }
+                        Ok((false, _)) => {
+                            debug!("the member key could not be written: the session is gone");
+                            meta_retry_at = Some(Instant::now() + self.config.worker.backoff_min);
+                        }
+                        Err(e) => {
+                            debug!(error = %ErrorChain(&e), "writing the member key failed");
+                            meta_retry_at = Some(Instant::now() + self.config.worker.backoff_min);
+                        }
+                    }
                 }
                 result = in_flight(&mut campaigning), if campaigning.is_some() => {
                     campaigning = None;
@@ -502,11 +844,22 @@ impl MemberTask {
                     }
                     machine.handle_leader_ended(Instant::now());
                 }
+                Ok(()) = self.position.changed() => {}
+                Ok(()) = self.app_ack.changed() => {}
+                Ok(_) = self.settled.changed() => {}
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
                     machine.handle_timeout(Instant::now());
                 }
             }
         }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

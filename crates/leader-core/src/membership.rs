@@ -17,6 +17,18 @@
 //! | campaigning, leading | not won | `StopLeading` |
 //! | leading | the leader loop ended (fenced) | campaign after the minimum backoff |
 //! | any | halt | `StopLeading` with resignation; `Close` the session; `Halted` |
+//!
+//! Exclusive mode (`exclusive: Some(margin)`) adds self-fencing. The lease
+//! deadline is the time a successful registration or renewal was *sent* plus
+//! the TTL: the store cannot expire the session before it (its clock starts
+//! when it receives the request, later). The member starts released and:
+//!
+//! | state | input | next |
+//! |---|---|---|
+//! | released | registered | `Restore { resync: true }` (a new session: read the assignments afresh) |
+//! | released | renewal: still there | `Restore { resync: false }` (the session never ended) |
+//! | holding | time reaches deadline − margin | `Release` |
+//! | holding | session gone / lost | `Release` |
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -35,6 +47,9 @@ pub struct MemberTiming {
     pub backoff_min: Duration,
     /// Largest retry delay.
     pub backoff_max: Duration,
+    /// Exclusive mode: `Some(margin)`, release the workload `margin` before
+    /// the lease deadline unless renewed. `None`: keep it through outages.
+    pub exclusive: Option<Duration>,
 }
 
 /// What the driver must do next.
@@ -61,6 +76,15 @@ pub enum MemberAction {
     },
     /// Close the session (its keys go with it).
     Close(SessionId),
+    /// Exclusive mode: release the whole workload now (the lease may end
+    /// before it can be renewed).
+    Release,
+    /// Exclusive mode: the lease is renewed; publish the workload again,
+    /// after reading the assignments afresh when `resync` (a new session).
+    Restore {
+        /// Read the assignments afresh first.
+        resync: bool,
+    },
     /// Nothing more comes.
     Halted,
 }
@@ -97,12 +121,18 @@ pub struct MemberMachine {
     campaign_backoff: Backoff,
     rng: SmallRng,
     out: VecDeque<MemberAction>,
+    /// When the Register / Renew in flight was asked for.
+    sent_at: Instant,
+    /// The store cannot end the session before this.
+    lease_until: Option<Instant>,
+    /// Exclusive mode: the workload is released.
+    released: bool,
 }
 
 impl MemberMachine {
     /// A member starting at `now`; `campaign` says whether it may lead.
     /// `seed` feeds the backoff jitter (derive it from the instance id).
-    pub fn new(timing: MemberTiming, campaign: bool, seed: u64) -> Self {
+    pub fn new(timing: MemberTiming, campaign: bool, seed: u64, now: Instant) -> Self {
         let backoff = || Backoff::new(timing.backoff_min, timing.backoff_max);
         let mut out = VecDeque::new();
         out.push_back(MemberAction::Register);
@@ -122,7 +152,38 @@ impl MemberMachine {
             campaign_backoff: backoff(),
             rng: SmallRng::seed_from_u64(seed),
             out,
+            sent_at: now,
+            lease_until: None,
+            released: timing.exclusive.is_some(),
         }
+    }
+
+    /// Exclusive mode: true while the workload is released.
+    pub fn released(&self) -> bool {
+        self.released
+    }
+
+    fn release(&mut self) {
+        if self.timing.exclusive.is_some() && !self.released {
+            self.released = true;
+            self.out.push_back(MemberAction::Release);
+        }
+    }
+
+    fn restore(&mut self, resync: bool) {
+        if self.released {
+            self.released = false;
+            self.out.push_back(MemberAction::Restore { resync });
+        }
+    }
+
+    fn release_at(&self) -> Option<Instant> {
+        let margin = self.timing.exclusive?;
+        if self.released {
+            return None;
+        }
+        let until = self.lease_until?;
+        Some(until.checked_sub(margin).unwrap_or(until))
     }
 
     /// The live session, if any.
@@ -160,10 +221,13 @@ impl MemberMachine {
         }
     }
 
-    fn session_lost(&mut self) {
+    fn session_lost(&mut self, now: Instant) {
+        self.release();
+        self.lease_until = None;
         self.stop_leading();
         self.session = Session::Absent { retry_at: None };
         self.campaign_at = None;
+        self.sent_at = now;
         self.out.push_back(MemberAction::Register);
     }
 
@@ -177,6 +241,8 @@ impl MemberMachine {
         }
         if let Ok(id) = result {
             self.register_backoff.reset();
+            self.lease_until = Some(self.sent_at + self.timing.ttl);
+            self.restore(true);
             self.session = Session::Live {
                 id,
                 renewed_at: now,
@@ -212,9 +278,11 @@ impl MemberMachine {
                 self.renew_backoff.reset();
                 *renewed_at = now;
                 *renew_at = Some(now + every);
+                self.lease_until = Some(self.sent_at + ttl);
+                self.restore(false);
             }
-            Ok(false) => self.session_lost(),
-            Err(_) if now >= *renewed_at + ttl => self.session_lost(),
+            Ok(false) => self.session_lost(now),
+            Err(_) if now >= *renewed_at + ttl => self.session_lost(now),
             Err(_) => {
                 let delay = self.renew_backoff.next_delay(&mut self.rng).min(ttl / 10);
                 *renew_at = Some(now + delay);
@@ -319,7 +387,7 @@ impl MemberMachine {
         } else {
             self.campaign_at
         };
-        [session, campaign, self.observe_at]
+        [session, campaign, self.observe_at, self.release_at()]
             .into_iter()
             .flatten()
             .min()
@@ -330,13 +398,18 @@ impl MemberMachine {
         if self.halted {
             return;
         }
+        if self.release_at().is_some_and(|t| now >= t) {
+            self.release();
+        }
         match &mut self.session {
             Session::Absent { retry_at } if retry_at.is_some_and(|t| now >= t) => {
                 *retry_at = None;
+                self.sent_at = now;
                 self.out.push_back(MemberAction::Register);
             }
             Session::Live { id, renew_at, .. } if renew_at.is_some_and(|t| now >= t) => {
                 *renew_at = None;
+                self.sent_at = now;
                 self.out.push_back(MemberAction::Renew(id.clone()));
             }
             _ => {}

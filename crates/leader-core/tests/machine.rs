@@ -54,7 +54,11 @@ fn feed(
     let (mk, ik, ak) = (kv(&members), kv(&items), kv(&a));
     m.handle_members(now, mk.iter().map(|(k, v)| (k.as_slice(), v)));
     m.handle_items(now, ik.iter().map(|(k, v)| (k.as_slice(), v)));
-    m.handle_assignments(now, ak.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_assignments(
+        now,
+        ak.iter().map(|(k, v)| (k.as_slice(), v)),
+        std::iter::empty(),
+    );
 }
 
 fn drain(m: &mut LeaderMachine) -> Vec<Action> {
@@ -108,7 +112,7 @@ fn the_assignments_are_read_on_taking_office_and_again_after_a_failed_read() {
     assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
     // Read at last: no more retries; the plan comes after the soak.
     let t2 = t1 + second;
-    m.handle_assignments(t2, std::iter::empty());
+    m.handle_assignments(t2, std::iter::empty(), std::iter::empty());
     assert_eq!(m.poll_timeout(), Some(t2 + SOAK));
     m.handle_timeout(t2 + SOAK);
     let actions = drain(&mut m);
@@ -295,7 +299,7 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
         .iter()
         .filter_map(|o| match o {
             TxnOp::Delete { key } => Some(key.as_str()),
-            TxnOp::Put { .. } => None,
+            TxnOp::Put { .. } | TxnOp::Absent { .. } => None,
         })
         .collect();
     assert!(

@@ -15,9 +15,11 @@ fn machine() -> MemberMachine {
             ttl: TTL,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            exclusive: None,
         },
         true,
         7,
+        Instant::now(),
     )
 }
 

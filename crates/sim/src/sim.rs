@@ -505,6 +505,7 @@ impl Sim {
             ttl: d(self.p.ttl),
             backoff_min: Duration::from_millis(100),
             backoff_max: d(self.p.backoff_max),
+            exclusive: None,
         };
         let mut l = LeaderTiming::with_soak(d(self.p.leader_soak));
         l.backoff_max = d(self.p.backoff_max);
@@ -516,7 +517,7 @@ impl Sim {
         let mut worker = Machine::new(&self.layout.assignments, id, w, self.rng.random())
             .expect("valid worker config");
         worker.set_safeguards(self.cfg.safeguards);
-        let member = MemberMachine::new(m, true, self.rng.random());
+        let member = MemberMachine::new(m, true, self.rng.random(), self.tok_at(self.now));
         (worker, member)
     }
 
@@ -1139,6 +1140,9 @@ impl Sim {
                     lead.machine.handle_assignments(
                         t,
                         snap.entries.iter().map(|e| (e.key.as_slice(), &e.value)),
+                        // The simulated members do not acknowledge, so no
+                        // handoff records are ever written.
+                        std::iter::empty(),
                     );
                 }
             }
@@ -1268,6 +1272,8 @@ impl Sim {
                     MemberAction::Halted => {
                         tr!(self, "{id} halted");
                     }
+                    // The simulated members are not in exclusive mode.
+                    MemberAction::Release | MemberAction::Restore { .. } => {}
                 }
             }
             any |= self.drive_lead(n);

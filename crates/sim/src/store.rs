@@ -357,11 +357,19 @@ impl Store {
         if self.fence_check && !self.holds(fence) {
             return (TxnOutcome::Fenced, Applied::default());
         }
+        let guards_hold = ops.iter().all(|op| match op {
+            TxnOp::Absent { key } => !self.data.contains_key(key),
+            _ => true,
+        });
+        if !guards_hold {
+            return (TxnOutcome::Conflict, Applied::default());
+        }
         let applied = self.write(
             ops.iter()
-                .map(|op| match op {
-                    TxnOp::Put { key, value } => (key.clone(), Some(value.clone())),
-                    TxnOp::Delete { key } => (key.clone(), None),
+                .filter_map(|op| match op {
+                    TxnOp::Put { key, value } => Some((key.clone(), Some(value.clone()))),
+                    TxnOp::Delete { key } => Some((key.clone(), None)),
+                    TxnOp::Absent { .. } => None,
                 })
                 .collect(),
         );

@@ -74,13 +74,21 @@ pub enum TxnOp {
         /// The key.
         key: String,
     },
+    /// A guard, not a write: the whole transaction applies only if `key`
+    /// does not exist; otherwise nothing is applied and the outcome is
+    /// [`TxnOutcome::Conflict`] (Consul `check-not-exists`; etcd a compare
+    /// of the key's version with 0).
+    Absent {
+        /// The key that must not exist.
+        key: String,
+    },
 }
 
 impl TxnOp {
     /// The key this operation touches.
     pub fn key(&self) -> &str {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Absent { key } => key,
         }
     }
 }
@@ -90,6 +98,7 @@ impl std::fmt::Debug for TxnOp {
         match self {
             TxnOp::Put { key, value } => write!(f, "Put({key}, {} bytes)", value.len()),
             TxnOp::Delete { key } => write!(f, "Delete({key})"),
+            TxnOp::Absent { key } => write!(f, "Absent({key})"),
         }
     }
 }
@@ -105,6 +114,9 @@ pub enum TxnOutcome {
     /// The fence no longer holds (another leader, or the session is gone):
     /// nothing was applied. The writer must step down.
     Fenced,
+    /// The fence holds but a guard ([`TxnOp::Absent`]) failed: nothing was
+    /// applied. The writer reads again and decides anew.
+    Conflict,
 }
 
 /// Sessions and the keys bound to them.
@@ -172,7 +184,8 @@ pub trait FencedWrite: Send + Sync + 'static {
     /// counted (Consul 1.8: 63 of its 64; etcd: `--max-txn-ops` less one).
     fn max_ops(&self) -> usize;
 
-    /// Applies `ops` atomically if and only if `fence` still holds.
+    /// Applies `ops` atomically if and only if `fence` still holds and every
+    /// [`TxnOp::Absent`] guard among them is met.
     ///
     /// An error means the outcome is unknown (the request may or may not have
     /// been applied); operations are puts and deletes, so retrying is safe.
@@ -191,7 +204,8 @@ pub trait KvWrite: Send + Sync + 'static {
 
 /// Splits `ops` into transactions of at most `max_ops` operations, every
 /// delete before any put (revoke-first): the returned chunks are to be
-/// applied in order, each after the previous one succeeded.
+/// applied in order, each after the previous one succeeded. Guards
+/// ([`TxnOp::Absent`]) go with the puts.
 pub fn revoke_first_chunks(ops: Vec<TxnOp>, max_ops: usize) -> Vec<Vec<TxnOp>> {
     let max_ops = max_ops.max(1);
     let (deletes, puts): (Vec<TxnOp>, Vec<TxnOp>) = ops

@@ -64,5 +64,6 @@ pub use types::{
     KvChange, KvEntry, Leader, Revision, Snapshot, WatchEvent, WorkId, Workload, WorkloadChange,
 };
 pub use worker::{
-    Changes, Halted, Settled, Worker, WorkerConfig, WorkerHandle, WorkloadWatch, DEFAULT_PREFIX,
+    Changes, Halted, ReleaseSwitch, Settled, Worker, WorkerConfig, WorkerHandle, WorkloadWatch,
+    DEFAULT_PREFIX,
 };

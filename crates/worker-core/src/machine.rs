@@ -309,6 +309,32 @@ impl Machine {
         self.observed_rev
     }
 
+    /// The store position up to which the settled workload is the
+    /// observation (nothing soaking): every change of the member's keys up to
+    /// it has been published. `None` before the first sync or while a change
+    /// soaks.
+    pub fn settled_position(&self) -> Option<Revision> {
+        (self.synced && self.delta.is_empty() && self.pending.is_none())
+            .then_some(self.observed_rev)
+    }
+
+    /// Reads the member's keys afresh (a list, then a watch from it), as
+    /// after a lost position but without counting as a loss. The settled
+    /// workload is kept; what the list shows soaks as usual.
+    pub fn resync(&mut self) {
+        if self.halted {
+            return;
+        }
+        self.relist = true;
+        match self.kv {
+            KvPhase::BackingOff { .. } => {} // its retry lists, `relist` being set
+            KvPhase::Listing | KvPhase::Watching => {
+                self.kv = KvPhase::Listing;
+                self.actions.push_back(Action::List);
+            }
+        }
+    }
+
     /// Consecutive store errors on the key watch since the last success.
     pub fn kv_failures(&self) -> u32 {
         self.kv_backoff.failures()
@@ -465,7 +491,9 @@ impl Machine {
                 let mut changed = false;
                 for change in changes {
                     changed |= match change {
-                        KvChange::Put(KvEntry { key, value }) => self.apply_key(&key, Some(value)),
+                        KvChange::Put(KvEntry { key, value, .. }) => {
+                            self.apply_key(&key, Some(value))
+                        }
                         KvChange::Delete { key } => self.apply_key(&key, None),
                     };
                 }

@@ -49,6 +49,8 @@ pub struct MemoryStats {
 #[derive(Debug, Default)]
 struct State {
     data: BTreeMap<Vec<u8>, Bytes>,
+    /// The revision of each key's last write.
+    written: BTreeMap<Vec<u8>, Revision>,
     revision: Revision,
     history: VecDeque<(Revision, KvChange)>,
     compacted: Revision,
@@ -227,6 +229,14 @@ impl MemoryStore {
     fn record(s: &mut State, change: KvChange) -> Revision {
         s.revision += 1;
         let rev = s.revision;
+        match &change {
+            KvChange::Put(entry) => {
+                s.written.insert(entry.key.clone(), rev);
+            }
+            KvChange::Delete { key } => {
+                s.written.remove(key);
+            }
+        }
         s.watchers.dispatch(&change);
         s.history.push_back((rev, change));
         if s.history.len() > Self::HISTORY_LIMIT {
@@ -386,7 +396,10 @@ impl KvWatch for MemoryStore {
             .data
             .range(p.to_vec()..)
             .take_while(|(k, _)| k.starts_with(p))
-            .map(|(k, v)| KvEntry::new(k.clone(), v.clone()))
+            .map(|(k, v)| {
+                let rev = s.written.get(k).copied().unwrap_or(0);
+                KvEntry::at(k.clone(), v.clone(), rev)
+            })
             .collect();
         Ok(Snapshot {
             revision: s.revision,

@@ -21,20 +21,41 @@ pub type WorkId = Arc<str>;
 pub type Workload = BTreeMap<WorkId, Bytes>;
 
 /// One key/value pair read from the store.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Equality compares the key and the value only: `revision` says when the
+/// pair was written, not what it is.
+#[derive(Clone)]
 pub struct KvEntry {
     /// The full key, as bytes (etcd keys need not be UTF-8).
     pub key: Vec<u8>,
     /// The value attached to the key.
     pub value: Bytes,
+    /// The store position of the key's last write (etcd `mod_revision`,
+    /// Consul `ModifyIndex`, memory the write's revision), filled in by
+    /// [`KvWatch::list`](crate::KvWatch::list); 0 where not known.
+    pub revision: Revision,
 }
 
+impl PartialEq for KvEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.value == other.value
+    }
+}
+
+impl Eq for KvEntry {}
+
 impl KvEntry {
-    /// Builds an entry from anything key-like and value-like.
+    /// Builds an entry from anything key-like and value-like (revision 0).
     pub fn new(key: impl Into<Vec<u8>>, value: impl Into<Bytes>) -> Self {
+        Self::at(key, value, 0)
+    }
+
+    /// Builds an entry written at `revision`.
+    pub fn at(key: impl Into<Vec<u8>>, value: impl Into<Bytes>, revision: Revision) -> Self {
         Self {
             key: key.into(),
             value: value.into(),
+            revision,
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct WorkerConfig {
     pub backoff_min: Duration,
     /// Largest retry delay. Default 10 s.
     pub backoff_max: Duration,
+    /// Start released (see [`WorkerHandle::release`]): nothing is published
+    /// until [`ReleaseSwitch::restore`]. Exclusive members start so, until
+    /// their session is registered. Default false.
+    pub start_released: bool,
 }
 
 impl WorkerConfig {
@@ -61,6 +65,7 @@ impl WorkerConfig {
             leader_settle: t.leader_settle,
             backoff_min: t.backoff_min,
             backoff_max: t.backoff_max,
+            start_released: false,
         }
     }
 
@@ -201,6 +206,11 @@ impl Worker {
         let machine = Machine::new(&config.prefix, &config.instance_id, config.timing()?, seed)?;
         let (state, rx) = watch::channel(Settled::default());
         let (leader_tx, leader_rx) = watch::channel(None);
+        let (position_tx, position_rx) = watch::channel(0);
+        let (hold_tx, hold_rx) = watch::channel(Hold {
+            held: config.start_released,
+            resync: 0,
+        });
         let subscribers = SharedSubscribers::default();
         let shared = Shared {
             state,
@@ -215,6 +225,11 @@ impl Worker {
                 kv,
                 leader,
                 shared,
+                position: position_tx,
+                hold: hold_rx,
+                held: config.start_released,
+                restoring: None,
+                resync_seen: 0,
             }
             .run(cancel_rx)
             .instrument(span),
@@ -222,6 +237,8 @@ impl Worker {
         Ok(WorkerHandle {
             rx,
             leader_rx,
+            position: position_rx,
+            hold: ReleaseSwitch(Arc::new(hold_tx)),
             subscribers,
             cancel: Some(cancel_tx),
             task: Some(task),
@@ -236,6 +253,8 @@ impl Worker {
 pub struct WorkerHandle {
     rx: watch::Receiver<Settled>,
     leader_rx: watch::Receiver<Option<Leader>>,
+    position: watch::Receiver<Revision>,
+    hold: ReleaseSwitch,
     subscribers: SharedSubscribers,
     cancel: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -268,6 +287,32 @@ impl WorkerHandle {
         let mut rx = self.leader_rx.clone();
         rx.mark_unchanged();
         rx
+    }
+
+    /// The settled position: the store position up to which every change of
+    /// this member's assignments has been published to the application
+    /// (it moves on even when a change settles to nothing new). What a
+    /// member acknowledges. Starts at 0.
+    pub fn position(&self) -> watch::Receiver<Revision> {
+        self.position.clone()
+    }
+
+    /// Releases the whole workload: publishes the empty set (the
+    /// application stops every item) and holds further changes back until
+    /// restored. Exclusive mode's self-fencing uses it.
+    pub fn release(&self) {
+        self.hold.release();
+    }
+
+    /// The switch that releases and restores this worker's workload, for a
+    /// task that outlives a borrow of the handle.
+    pub fn release_switch(&self) -> ReleaseSwitch {
+        self.hold.clone()
+    }
+
+    /// True while the workload is released (see [`release`](Self::release)).
+    pub fn is_released(&self) -> bool {
+        self.hold.is_released()
     }
 
     /// True once the first settled workload was published.
@@ -351,6 +396,36 @@ impl Drop for WorkerHandle {
     }
 }
 
+/// Releases and restores a worker's workload; from
+/// [`WorkerHandle::release_switch`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReleaseSwitch(Arc<watch::Sender<Hold>>);
+
+impl ReleaseSwitch {
+    /// Publishes the empty set and holds further changes back.
+    pub fn release(&self) {
+        self.0
+            .send_if_modified(|h| !std::mem::replace(&mut h.held, true));
+    }
+
+    /// Ends a release: publishes the settled workload again. With `resync`,
+    /// first reads the assignments afresh and lets them settle, so that
+    /// nothing revoked while released comes back.
+    pub fn restore(&self, resync: bool) {
+        self.0.send_modify(|h| {
+            h.held = false;
+            if resync {
+                h.resync += 1;
+            }
+        });
+    }
+
+    /// True while released.
+    pub fn is_released(&self) -> bool {
+        self.0.borrow().held
+    }
+}
+
 /// Awaits changes of a worker's settled state; from [`WorkerHandle::watch`].
 #[derive(Debug, Clone)]
 pub struct WorkloadWatch {
@@ -391,6 +466,22 @@ impl Changes {
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The release switch: held, and how many resyncing restores were asked.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hold {
+    held: bool,
+    resync: u64,
+}
+
+/// A restore that reads afresh first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restoring {
+    /// Waiting for the list asked for.
+    Listing,
+    /// Listed: waiting for what it showed to settle.
+    Settling,
+}
+
 enum KvDone {
     Listed(Result<Snapshot, StoreError>),
     Opened(Result<Box<dyn KvStream>, StoreError>),
@@ -428,6 +519,12 @@ struct Driver {
     kv: Arc<dyn KvWatch>,
     leader: Arc<dyn LeaderWait>,
     shared: Shared,
+    position: watch::Sender<Revision>,
+    hold: watch::Receiver<Hold>,
+    /// The application holds nothing (released, or restoring).
+    held: bool,
+    restoring: Option<Restoring>,
+    resync_seen: u64,
 }
 
 impl Driver {
@@ -458,6 +555,12 @@ impl Driver {
                             async move { LeaderDone::Opened(l.observe().await) },
                         ));
                     }
+                    Action::Publish(change) if self.held => {
+                        debug!(
+                            revision = change.revision,
+                            "workload settled while released: held back"
+                        );
+                    }
                     Action::Publish(change) => {
                         info!(
                             revision = change.revision,
@@ -474,6 +577,23 @@ impl Driver {
                     }
                 }
             }
+            if self.restoring == Some(Restoring::Settling)
+                && self.machine.settled_position().is_some()
+            {
+                self.restoring = None;
+                self.held = false;
+                self.publish_to(&self.machine.settled());
+                info!("workload restored after a fresh read");
+            }
+            if let Some(p) = self.machine.settled_position() {
+                self.position.send_if_modified(|cur| {
+                    let newer = p > *cur;
+                    if newer {
+                        *cur = p;
+                    }
+                    newer
+                });
+            }
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
@@ -484,6 +604,10 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = &mut cancel => break,
+                Ok(()) = self.hold.changed() => {
+                    let hold = *self.hold.borrow_and_update();
+                    self.on_hold(hold);
+                }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                     self.machine.handle_timeout(now());
@@ -500,6 +624,64 @@ impl Driver {
         }
         self.machine.halt();
         info!("worker halted");
+    }
+
+    fn on_hold(&mut self, hold: Hold) {
+        let resync = hold.resync != self.resync_seen;
+        self.resync_seen = hold.resync;
+        if hold.held {
+            self.restoring = None;
+            if !self.held {
+                self.held = true;
+                warn!("releasing the whole workload");
+                self.publish_to(&Workload::new());
+            }
+        } else if resync {
+            self.restoring = Some(Restoring::Listing);
+            self.machine.resync();
+        } else if self.held && self.restoring.is_none() {
+            self.held = false;
+            self.publish_to(&self.machine.settled());
+            info!("workload restored");
+        }
+    }
+
+    /// Publishes what turns the application's workload into `target`.
+    fn publish_to(&self, target: &Workload) {
+        let (current, ready) = {
+            let s = self.shared.state.borrow();
+            (s.workload.clone(), s.ready)
+        };
+        let mut change = WorkloadChange {
+            revision: self.machine.observed_revision(),
+            initial: !ready,
+            ..WorkloadChange::default()
+        };
+        for (id, v) in target {
+            match current.get(id) {
+                None => change.added.push((id.clone(), v.clone())),
+                Some(old) if old != v => change.changed.push((id.clone(), v.clone())),
+                Some(_) => {}
+            }
+        }
+        for id in current.keys() {
+            if !target.contains_key(id) {
+                change.removed.push(id.clone());
+            }
+        }
+        let empty =
+            change.added.is_empty() && change.removed.is_empty() && change.changed.is_empty();
+        if !empty || (!ready && self.machine.is_synced()) {
+            info!(
+                revision = change.revision,
+                added = change.added.len(),
+                removed = change.removed.len(),
+                changed = change.changed.len(),
+                initial = change.initial,
+                "workload settled"
+            );
+            self.shared.publish(&change);
+        }
     }
 
     fn on_leader(&mut self, done: LeaderDone, op: &mut Option<BoxFut<LeaderDone>>) {
@@ -541,6 +723,9 @@ impl Driver {
     fn on_kv(&mut self, done: KvDone, op: &mut Option<BoxFut<KvDone>>) {
         let error = match done {
             KvDone::Listed(Ok(snapshot)) => {
+                if self.restoring == Some(Restoring::Listing) {
+                    self.restoring = Some(Restoring::Settling);
+                }
                 debug!(
                     revision = snapshot.revision,
                     keys = snapshot.entries.len(),

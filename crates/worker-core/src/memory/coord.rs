@@ -333,6 +333,13 @@ impl FencedWrite for MemoryStore {
                 s.stats.fenced += 1;
                 return (Ok(TxnOutcome::Fenced), false);
             }
+            let guards_hold = ops.iter().all(|op| match op {
+                TxnOp::Absent { key } => !s.data.contains_key(key.as_bytes()),
+                _ => true,
+            });
+            if !guards_hold {
+                return (Ok(TxnOutcome::Conflict), false);
+            }
             for op in ops {
                 match op {
                     TxnOp::Put { key, value } => {
@@ -346,6 +353,7 @@ impl FencedWrite for MemoryStore {
                             Self::record(s, KvChange::Delete { key });
                         }
                     }
+                    TxnOp::Absent { .. } => {}
                 }
             }
             s.stats.txns += 1;
