@@ -47,7 +47,9 @@ pub use worker_core::*;
 
 /// The leader half: members, the election, the planner, the leader loop.
 pub use leader_core as leader;
-pub use leader_core::{Layout, Member, MemberConfig, MemberHandle, MemberMeta, MemberStore};
+pub use leader_core::{
+    Acker, Layout, Left, Member, MemberConfig, MemberHandle, MemberMeta, MemberStore,
+};
 
 /// The Consul backend (feature `consul`).
 #[cfg(feature = "consul")]
@@ -228,6 +230,19 @@ impl Backend {
             )
         })?;
         Member::spawn(&config.member_config()?, store)
+    }
+
+    /// Like [`spawn_member`](Self::spawn_member), with `member` (from
+    /// [`Config::member_config`], adjusted: for example
+    /// [`MemberConfig::manual_ack`]).
+    pub fn spawn_member_with(&self, member: &MemberConfig) -> Result<MemberHandle, ConfigError> {
+        let store = self.member.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "backend",
+                format!("the {} backend cannot run a full member", self.kind),
+            )
+        })?;
+        Member::spawn(member, store)
     }
 
     /// Spawns a worker with `config`'s worker settings on this backend.

@@ -661,3 +661,280 @@ pub async fn restart_within_rebalance_delay_moves_nothing(store: &dyn ClusterSto
         m.halt().await;
     }
 }
+
+/// Follows every member's *acknowledged* workload (what its application
+/// holds) and records each moment an item is held by two members, the
+/// moves (an item held by another member than its last holder), and the
+/// longest time an item that had a holder was held by nobody.
+///
+/// Fed by [`follow`](Self::follow) for members in this process (each
+/// settled change counts when the checker receives it), or by
+/// [`set`](Self::set) from anything else (a process's JSON lines). A member
+/// that stops (halt, kill, a process that exits) holds nothing from then on:
+/// call [`set`](Self::set) with an empty set.
+#[derive(Clone, Default)]
+pub struct AckedLedger(std::sync::Arc<std::sync::Mutex<LedgerState>>);
+
+#[derive(Default)]
+struct LedgerState {
+    holds: BTreeMap<String, BTreeSet<WorkId>>,
+    owners: BTreeMap<WorkId, BTreeSet<String>>,
+    last_owner: BTreeMap<WorkId, String>,
+    unowned_since: BTreeMap<WorkId, tokio::time::Instant>,
+    longest_gap: Duration,
+    moves: usize,
+    violations: Vec<String>,
+}
+
+impl AckedLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `member` holds exactly `workload` from `at` on.
+    pub fn set(&self, member: &str, workload: BTreeSet<WorkId>, at: tokio::time::Instant) {
+        let mut s = self.lock();
+        let before = s.holds.remove(member).unwrap_or_default();
+        for gone in before.difference(&workload) {
+            let empty = s.owners.get_mut(gone).is_some_and(|o| {
+                o.remove(member);
+                o.is_empty()
+            });
+            if empty {
+                s.owners.remove(gone);
+                s.unowned_since.insert(gone.clone(), at);
+            }
+        }
+        for new in workload.difference(&before) {
+            let others: Vec<String> = s
+                .owners
+                .get(new)
+                .map(|o| o.iter().filter(|m| *m != member).cloned().collect())
+                .unwrap_or_default();
+            if !others.is_empty() {
+                s.violations
+                    .push(format!("{new} held by {member} and {others:?} at {at:?}"));
+            }
+            if let Some(since) = s.unowned_since.remove(new) {
+                let gap = at.saturating_duration_since(since);
+                s.longest_gap = s.longest_gap.max(gap);
+            }
+            if s.last_owner.get(new).is_some_and(|last| last != member) {
+                s.moves += 1;
+            }
+            s.last_owner.insert(new.clone(), member.to_owned());
+            s.owners
+                .entry(new.clone())
+                .or_default()
+                .insert(member.to_owned());
+        }
+        s.holds.insert(member.to_owned(), workload);
+    }
+
+    /// Follows `member`'s settled changes (a member that acknowledges on
+    /// publication): its workload counts when each change is received; when
+    /// its worker halts it holds nothing. Stops with the worker.
+    pub fn follow(&self, member: &str, handle: &MemberHandle) -> tokio::task::JoinHandle<()> {
+        let mut changes = handle.worker().changes();
+        let (ledger, member) = (self.clone(), member.to_owned());
+        tokio::spawn(async move {
+            let mut workload = worker_core::Workload::new();
+            while let Some(change) = changes.next().await {
+                change.apply_to(&mut workload);
+                ledger.set(
+                    &member,
+                    workload.keys().cloned().collect(),
+                    tokio::time::Instant::now(),
+                );
+            }
+            ledger.set(&member, BTreeSet::new(), tokio::time::Instant::now());
+        })
+    }
+
+    /// Every moment an item was held by two members.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// Items that changed holder.
+    pub fn moves(&self) -> usize {
+        self.lock().moves
+    }
+
+    /// The longest time an item that had a holder was held by nobody.
+    pub fn longest_unowned(&self) -> Duration {
+        self.lock().longest_gap
+    }
+
+    /// What each member holds now.
+    pub fn holdings(&self) -> BTreeMap<String, BTreeSet<WorkId>> {
+        self.lock().holds.clone()
+    }
+
+    /// Panics listing the violations, if any.
+    pub fn assert_clean(&self) {
+        let v = self.violations();
+        assert!(
+            v.is_empty(),
+            "items held by two members at once ({}): {v:?}",
+            v.len()
+        );
+    }
+}
+
+/// Waits until no handoff record is left under `root`.
+async fn wait_no_handoffs(store: &dyn ClusterStore, root: &str, bound: Duration) {
+    let prefix = format!("{root}handoff/");
+    let start = tokio::time::Instant::now();
+    loop {
+        if store.keys(&prefix).await.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "handoffs still pending after {bound:?}: {:?}",
+            store.keys(&prefix).await
+        );
+        // Polling the store: the records are the leader's, not a member's.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The acknowledged handoff: an item never is in two members' acknowledged
+/// workloads while members drain, join, die and the leader fails over; a
+/// drained member leaves holding nothing, and only its items move.
+pub async fn handoff_never_double_owns(store: &dyn ClusterStore, root: &str) {
+    handoff_scenario(store, root, true).await.assert_clean();
+}
+
+/// The control of [`handoff_never_double_owns`]: with the handoff off, the
+/// same drain lets the new owners hold items before the drained member let
+/// go, and the ledger sees it.
+pub async fn without_handoff_a_drain_double_owns(store: &dyn ClusterStore, root: &str) {
+    let ledger = handoff_scenario(store, root, false).await;
+    assert!(
+        !ledger.violations().is_empty(),
+        "without the handoff the checker should have seen a double owner"
+    );
+}
+
+async fn handoff_scenario(store: &dyn ClusterStore, root: &str, handoff: bool) -> AckedLedger {
+    let ledger = AckedLedger::new();
+    for i in 0..30 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    // Members with different soaks, so that without the handoff a new owner
+    // would often publish before the old one let go.
+    let config = |id: &str| {
+        let soak = if id == "m1" { 400 } else { 100 };
+        member_config(store, root, id)
+            .worker_timing(Duration::from_millis(soak), Duration::from_millis(300))
+            .handoff(handoff)
+    };
+    let (mut members, mut plans) = spawn_members(store, root, &["m1", "m2", "m3"], config).await;
+    for (id, m) in &members {
+        ledger.follow(id, m);
+    }
+    wait_holdings(&members, WAIT, "10/10/10", |h| exact(h, 30, &[10, 10, 10])).await;
+    check_plans(&mut plans);
+
+    // Drain the member with the longest soak.
+    let drained = members.remove("m1").expect("m1").drain().await;
+    assert_eq!(drained, crate::member::Left::Drained, "m1 drained");
+    wait_holdings(&members, WAIT, "15/15 after the drain", |h| {
+        exact(h, 30, &[15, 15])
+    })
+    .await;
+    assert_eq!(ledger.moves(), 10, "only the drained member's items moved");
+
+    // A member joins (its share comes through the handoff too).
+    let m4 = Member::spawn(&config("m4"), &store.connect(&layout(root)).await).expect("spawn");
+    ledger.follow("m4", &m4);
+    plans.push(m4.plans());
+    members.insert("m4".into(), m4);
+    wait_holdings(&members, WAIT, "10/10/10 after m4 joined", |h| {
+        exact(h, 30, &[10, 10, 10])
+    })
+    .await;
+    assert_eq!(ledger.moves(), 20, "the join moved exactly m4's share");
+
+    // The leader dies: another leads; the dead one holds nothing.
+    let leader = members
+        .iter()
+        .find(|(_, m)| m.is_leader())
+        .map(|(id, _)| id.clone())
+        .expect("a leader");
+    members.remove(&leader).expect("leader").kill().await;
+    ledger.set(&leader, BTreeSet::new(), tokio::time::Instant::now());
+    wait_holdings(
+        &members,
+        store.expiry_bound(),
+        "15/15 after the leader died",
+        |h| exact(h, 30, &[15, 15]),
+    )
+    .await;
+    wait_no_handoffs(store, root, WAIT).await;
+    check_plans(&mut plans);
+    for (_, m) in members {
+        m.halt().await;
+    }
+    ledger
+}
+
+/// A rolling restart: 5 members holding 100 items, each drained and
+/// restarted with the same id in turn. No item is ever held by two members,
+/// the moves are exactly the fewest (each member's 20 items out, then 20
+/// back in), and the longest time an item was held by nobody is returned.
+pub async fn rolling_restart_without_churn(store: &dyn ClusterStore, root: &str) -> Duration {
+    let ledger = AckedLedger::new();
+    for i in 0..100 {
+        store.put(&format!("{root}work/w{i:03}"), b"").await;
+    }
+    let ids = ["r1", "r2", "r3", "r4", "r5"];
+    let config = |id: &str| member_config(store, root, id);
+    let (mut members, mut plans) = spawn_members(store, root, &ids, config).await;
+    for (id, m) in &members {
+        ledger.follow(id, m);
+    }
+    wait_holdings(&members, WAIT, "20 each", |h| exact(h, 100, &[20; 5])).await;
+    wait_no_handoffs(store, root, WAIT).await;
+    check_plans(&mut plans);
+    let start_moves = ledger.moves();
+    for id in ids {
+        let left = members.remove(id).expect("member").drain().await;
+        assert_eq!(left, crate::member::Left::Drained, "{id} drained");
+        wait_holdings(&members, WAIT, "25 each on the other four", |h| {
+            exact(h, 100, &[25; 4])
+        })
+        .await;
+        let back = Member::spawn(&config(id), &store.connect(&layout(root)).await).expect("spawn");
+        ledger.follow(id, &back);
+        plans.push(back.plans());
+        members.insert(id.to_owned(), back);
+        wait_holdings(&members, WAIT, "20 each after the restart", |h| {
+            exact(h, 100, &[20; 5])
+        })
+        .await;
+        wait_no_handoffs(store, root, WAIT).await;
+    }
+    let reports = check_plans(&mut plans);
+    let moved: usize = reports.iter().map(|p| p.moved + p.placed).sum();
+    ledger.assert_clean();
+    assert_eq!(
+        ledger.moves() - start_moves,
+        200,
+        "each restart moved its 20 items out and 20 back, nothing more (plans: {reports:?})"
+    );
+    assert!(moved >= 200, "the plans account for every move: {moved}");
+    for (_, m) in members {
+        m.halt().await;
+    }
+    ledger.longest_unowned()
+}

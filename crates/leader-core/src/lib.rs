@@ -37,7 +37,8 @@ pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;
 pub use machine::{LeaderMachine, LeaderTiming, PlanReport};
 pub use member::{
-    Left, Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TTL,
+    Acker, Left, Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_TTL,
 };
 pub use membership::{MemberAction, MemberMachine, MemberTiming};
 

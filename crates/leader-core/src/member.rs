@@ -76,6 +76,10 @@ pub struct MemberConfig {
     /// ([`MemberHandle::ack`]); otherwise a change counts as applied once
     /// published. Default false.
     pub manual_ack: bool,
+    /// Take part in the acknowledged handoff (report `acked`). With false,
+    /// moves away from this member do not wait for it: faster, but the old
+    /// and the new owner may both hold an item for a moment. Default true.
+    pub handoff: bool,
 }
 
 impl MemberConfig {
@@ -91,6 +95,7 @@ impl MemberConfig {
             exclusive: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             manual_ack: false,
+            handoff: true,
         }
     }
 
@@ -166,6 +171,14 @@ impl MemberConfig {
         self
     }
 
+    /// Whether to take part in the acknowledged handoff (see
+    /// [`MemberConfig::handoff`](Self#structfield.handoff)).
+    #[must_use]
+    pub fn handoff(mut self, on: bool) -> Self {
+        self.handoff = on;
+        self
+    }
+
     /// Sets the leader's soak (and max soak = 10 × soak).
     #[must_use]
     pub fn leader_soak(mut self, soak: Duration) -> Self {
@@ -197,6 +210,12 @@ impl MemberConfig {
         }
         if self.ttl < Duration::from_millis(30) {
             return Err(ConfigError::new("ttl", "must be at least 30ms"));
+        }
+        if self.exclusive.is_some() && !self.handoff {
+            return Err(ConfigError::new(
+                "exclusive",
+                "needs the acknowledged handoff (handoff = true)",
+            ));
         }
         if let Some(margin) = self.exclusive {
             if margin.is_zero() || margin >= self.ttl / 2 {
@@ -291,7 +310,8 @@ impl Member {
             plans,
             halt: Some(halt_tx),
             task: Some(task),
-            ack: ack_tx,
+            outcome: None,
+            ack: Acker(Arc::new(ack_tx)),
             acked: acked_rx,
         })
     }
@@ -331,8 +351,27 @@ pub struct MemberHandle {
     plans: broadcast::Sender<PlanReport>,
     halt: Option<watch::Sender<Stop>>,
     task: Option<JoinHandle<Left>>,
-    ack: watch::Sender<Revision>,
+    outcome: Option<Left>,
+    ack: Acker,
     acked: watch::Receiver<Option<Revision>>,
+}
+
+/// Acknowledges settled changes for a member; from [`MemberHandle::acker`].
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Acker(Arc<watch::Sender<Revision>>);
+
+impl Acker {
+    /// See [`MemberHandle::ack`].
+    pub fn ack(&self, revision: Revision) {
+        self.0.send_if_modified(|cur| {
+            let newer = revision > *cur;
+            if newer {
+                *cur = revision;
+            }
+            newer
+        });
+    }
 }
 
 impl MemberHandle {
@@ -363,13 +402,13 @@ impl MemberHandle {
     /// member only once the report reaches the revoke. Acknowledging the
     /// latest change also covers any later position at which nothing changed.
     pub fn ack(&self, revision: Revision) {
-        self.ack.send_if_modified(|cur| {
-            let newer = revision > *cur;
-            if newer {
-                *cur = revision;
-            }
-            newer
-        });
+        self.ack.ack(revision);
+    }
+
+    /// A cheap handle that acknowledges for this member (see
+    /// [`ack`](Self::ack)), for a task of the application.
+    pub fn acker(&self) -> Acker {
+        self.ack.clone()
     }
 
     /// The acknowledged position as last written to the store (`None` until
@@ -378,39 +417,54 @@ impl MemberHandle {
         self.acked.clone()
     }
 
+    /// Asks the member to drain and leave, without waiting: it marks itself
+    /// draining in its member key, so that the leader moves its items to the
+    /// others through the acknowledged handoff; once it holds nothing and has
+    /// acknowledged that (or after [`MemberConfig::drain_timeout`]) it leaves
+    /// as [`halt`](Self::halt) does. Await [`left`](Self::left) for the end.
+    pub fn start_drain(&self) {
+        if let Some(tx) = &self.halt {
+            tx.send_if_modified(|s| {
+                let running = *s == Stop::Running;
+                if running {
+                    *s = Stop::Drain;
+                }
+                running
+            });
+        }
+    }
+
+    /// Waits until the member has left (after a drain, a halt, or its task
+    /// ended otherwise) and says how. Cancel safe.
+    pub async fn left(&mut self) -> Left {
+        if let Some(task) = &mut self.task {
+            let left = task.await.unwrap_or(Left::Halted);
+            self.task = None;
+            self.outcome = Some(left);
+        }
+        self.outcome.unwrap_or(Left::Halted)
+    }
+
     /// Leaves cleanly: stops leading and resigns, halts the worker, closes
     /// the session (the member key goes with it). Returns once all of it is
     /// done or, for the store calls, has failed (a session that cannot be
-    /// closed expires by its TTL).
-    pub async fn halt(mut self) {
-        self.leave(Stop::Halt).await;
-    }
-
-    /// Leaves after handing its work over: marks itself draining in its
-    /// member key, so that the leader moves its items to the others through
-    /// the acknowledged handoff; once it holds nothing and has acknowledged
-    /// that (or after [`MemberConfig::drain_timeout`]), it halts as
-    /// [`halt`](Self::halt) does. Calling [`halt`](Self::halt) meanwhile is
-    /// not possible (this consumes the handle); drop the future to give up
-    /// waiting (the member task then halts at once).
-    pub async fn drain(mut self) -> Left {
-        self.leave(Stop::Drain).await
-    }
-
-    async fn leave(&mut self, how: Stop) -> Left {
+    /// closed expires by its TTL). Cuts a drain short.
+    pub async fn halt(mut self) -> Left {
         if let Some(tx) = &self.halt {
-            let _ = tx.send(how);
+            let _ = tx.send(Stop::Halt);
         }
-        let mut left = Left::Halted;
-        if let Some(task) = self.task.take() {
-            // Dropped mid-drain: halt at once rather than linger.
-            let halt = self.halt.take();
-            let guard = HaltOnDrop(halt);
-            if let Ok(l) = task.await {
-                left = l;
-            }
-            drop(guard);
-        }
+        self.finish().await
+    }
+
+    /// [`start_drain`](Self::start_drain), then waits until the member has
+    /// left and its worker halted.
+    pub async fn drain(mut self) -> Left {
+        self.start_drain();
+        self.finish().await
+    }
+
+    async fn finish(&mut self) -> Left {
+        let left = self.left().await;
         if let Some(worker) = self.worker.take() {
             worker.halt().await;
         }
@@ -439,17 +493,6 @@ impl Drop for MemberHandle {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
-        }
-    }
-}
-
-/// Sends `Halt` when dropped (a drain whose waiter went away).
-struct HaltOnDrop(Option<watch::Sender<Stop>>);
-
-impl Drop for HaltOnDrop {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(Stop::Halt);
         }
     }
 }
@@ -542,7 +585,7 @@ impl MemberTask {
     fn meta_now(&self, draining: bool) -> MemberMeta {
         let mut meta = self.config.meta.clone();
         meta.draining = draining;
-        meta.acked = Some(self.effective_ack());
+        meta.acked = self.config.handoff.then(|| self.effective_ack());
         meta
     }
 

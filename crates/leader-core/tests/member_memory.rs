@@ -158,3 +158,36 @@ async fn the_double_owner_watch_catches_an_item_under_two_members() {
         "{v:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn handoff_never_double_owns() {
+    conformance::handoff_never_double_owns(&Memory(MemoryStore::new()), "ho/").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_handoff_a_drain_double_owns() {
+    conformance::without_handoff_a_drain_double_owns(&Memory(MemoryStore::new()), "nh/").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_restart_without_churn() {
+    let gap = conformance::rolling_restart_without_churn(&Memory(MemoryStore::new()), "rr/").await;
+    println!("memory: longest time an item was held by nobody: {gap:?}");
+}
+
+#[test]
+fn the_ledger_sees_an_item_held_twice() {
+    let ledger = conformance::AckedLedger::new();
+    let t = tokio::time::Instant::now();
+    let x = |v: &[&str]| v.iter().map(|s| worker_core::WorkId::from(*s)).collect();
+    ledger.set("a", x(&["w1", "w2"]), t);
+    ledger.set("b", x(&["w3"]), t);
+    assert!(ledger.violations().is_empty());
+    ledger.set("a", x(&["w2"]), t + Duration::from_millis(5));
+    ledger.set("b", x(&["w1", "w3"]), t + Duration::from_millis(20));
+    assert!(ledger.violations().is_empty());
+    assert_eq!(ledger.moves(), 1);
+    assert_eq!(ledger.longest_unowned(), Duration::from_millis(15));
+    ledger.set("a", x(&["w2", "w3"]), t + Duration::from_millis(30));
+    assert_eq!(ledger.violations().len(), 1, "{:?}", ledger.violations());
+}

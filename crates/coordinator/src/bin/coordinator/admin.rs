@@ -1,4 +1,5 @@
-//! `coordinator work put|rm|ls` and `coordinator status`: operators' tools.
+//! `coordinator work put|rm|ls`, `coordinator status` and `coordinator
+//! drain ID`: operators' tools.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -6,7 +7,9 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use coordinator::config::{BackendKind, DEFAULT_LEADER};
-use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
+use coordinator::leader::layout::{
+    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX,
+};
 use coordinator::{Backend, Error, ErrorChain, Layout, MemberMeta, MemberStore, DEFAULT_PREFIX};
 use serde::Serialize;
 
@@ -29,6 +32,27 @@ pub struct StoreArgs {
     /// Work-items prefix.
     #[arg(long, default_value = DEFAULT_WORK_PREFIX)]
     work_prefix: String,
+    /// Handoff-records prefix.
+    #[arg(long, default_value = DEFAULT_HANDOFF_PREFIX)]
+    handoff_prefix: String,
+    /// Drain-requests prefix.
+    #[arg(long, default_value = DEFAULT_DRAIN_PREFIX)]
+    drain_prefix: String,
+}
+
+/// `coordinator drain ID`.
+#[derive(Args, Debug, Clone)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The member to drain.
+    id: String,
+    /// Return once the request is written, without waiting for the member to leave.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the member to leave (exit 1 after it).
+    #[arg(long, value_parser = coordinator::config::parse_duration, default_value = "2m", allow_hyphen_values = true)]
+    timeout: std::time::Duration,
 }
 
 /// `coordinator work ...`.
@@ -84,6 +108,8 @@ async fn connect(args: StoreArgs) -> Result<(Layout, MemberStore), ExitCode> {
     c.leader = args.leader;
     c.members_prefix = args.members_prefix;
     c.work_prefix = args.work_prefix;
+    c.handoff_prefix = args.handoff_prefix;
+    c.drain_prefix = args.drain_prefix;
     if let Err(e) = c.validate().and_then(|()| c.layout().validate()) {
         return Err(config_error(&e));
     }
@@ -152,6 +178,87 @@ pub async fn work(args: WorkArgs) -> ExitCode {
     }
 }
 
+/// Asks member `ID` to drain and leave (a request key it watches), then
+/// waits until its member key is gone. Exit 0: it left; 1: it did not within
+/// the timeout, or there is no such member; 2: bad input.
+pub async fn drain(args: DrainArgs) -> ExitCode {
+    if let Err(e) = coordinator::validate_instance_id(&args.id) {
+        return usage_error(&format!("invalid member id {:?}: {}", args.id, e.reason));
+    }
+    let (layout, store) = match connect(args.store).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let member_key = layout.member_key(&args.id);
+    let (mut members, task) = coordinator::leader::follow::spawn_follow(
+        store.kv.clone(),
+        member_key.clone(),
+        (
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(2),
+        ),
+    );
+    let _task = AbortOnDrop(task);
+    let present = |m: &Option<std::sync::Arc<coordinator::leader::follow::PrefixMap>>| {
+        m.as_ref()
+            .is_some_and(|m| m.contains_key(member_key.as_bytes()))
+    };
+    let wait = async {
+        let first = members
+            .wait_for(Option::is_some)
+            .await
+            .map(|m| present(&*m))
+            .unwrap_or(false);
+        if !first {
+            return Err("no live member");
+        }
+        if let Err(e) = store
+            .kv_write
+            .put_key(&layout.drain_key(&args.id), Bytes::from_static(b"drain"))
+            .await
+        {
+            eprintln!(
+                "coordinator: cannot write the drain request: {}",
+                ErrorChain(&e)
+            );
+            return Err("request not written");
+        }
+        eprintln!("coordinator: drain of {} requested", args.id);
+        if args.no_wait {
+            return Ok(());
+        }
+        let _ = members.wait_for(|m| m.is_some() && !present(m)).await;
+        Ok(())
+    };
+    match tokio::time::timeout(args.timeout, wait).await {
+        Ok(Ok(())) => {
+            if !args.no_wait {
+                eprintln!("coordinator: {} left", args.id);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(what)) => {
+            eprintln!("coordinator: {what} {:?}", args.id);
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!(
+                "coordinator: {} did not leave within {:?}",
+                args.id, args.timeout
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn check_work_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() {
         Err("must not be empty")
@@ -171,6 +278,8 @@ struct Status {
     items: usize,
     unassigned: Vec<String>,
     members: BTreeMap<String, MemberStatus>,
+    /// Items in handoff: work id -> the member it was revoked from.
+    handoffs: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Default)]
@@ -178,6 +287,8 @@ struct MemberStatus {
     live: bool,
     weight: u32,
     draining: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked: Option<u64>,
     count: usize,
     items: Vec<String>,
 }
@@ -192,10 +303,11 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         let members = store.kv.list(&layout.members).await?;
         let work = store.kv.list(&layout.work).await?;
         let assignments = store.kv.list(&layout.assignments).await?;
+        let handoffs = store.kv.list(&layout.handoff).await?;
         let leader = store.election.leader_value(&layout.leader).await?;
-        Ok::<_, coordinator::StoreError>((members, work, assignments, leader))
+        Ok::<_, coordinator::StoreError>((members, work, assignments, handoffs, leader))
     };
-    let (members, work, assignments, leader) = match read.await {
+    let (members, work, assignments, handoffs, leader) = match read.await {
         Ok(x) => x,
         Err(e) => return fail("cannot read the cluster's state", &e),
     };
@@ -212,6 +324,7 @@ pub async fn status(args: StatusArgs) -> ExitCode {
                     live: true,
                     weight: meta.weight,
                     draining: meta.draining,
+                    acked: meta.acked,
                     ..MemberStatus::default()
                 },
             );
@@ -237,6 +350,14 @@ pub async fn status(args: StatusArgs) -> ExitCode {
     for m in status.members.values_mut() {
         m.items.sort();
     }
+    for e in &handoffs.entries {
+        if let Ok(id) = layout.parse_handoff(&e.key) {
+            status.handoffs.insert(
+                id.to_owned(),
+                String::from_utf8_lossy(&e.value).into_owned(),
+            );
+        }
+    }
     status.unassigned = items
         .into_iter()
         .filter(|(_, a)| !a)
@@ -261,10 +382,11 @@ fn table(status: &Status) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "leader: {}\nitems: {} ({} unassigned)\n\n",
+        "leader: {}\nitems: {} ({} unassigned, {} in handoff)\n\n",
         status.leader.as_deref().unwrap_or("(none)"),
         status.items,
-        status.unassigned.len()
+        status.unassigned.len(),
+        status.handoffs.len()
     );
     let _ = writeln!(
         out,

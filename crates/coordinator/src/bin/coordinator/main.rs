@@ -44,6 +44,8 @@ enum Cmd {
     Work(admin::WorkArgs),
     /// Print members, the leader and each member's items.
     Status(admin::StatusArgs),
+    /// Ask a member to drain (hand its items over) and leave; wait until it left.
+    Drain(admin::DrainArgs),
 }
 
 /// Where the store is and how to reach it: shared by every command that talks to one.
@@ -199,6 +201,7 @@ fn main() -> ExitCode {
         Cmd::Member(args) => runtime.block_on(member::run(args)),
         Cmd::Work(args) => runtime.block_on(admin::work(args)),
         Cmd::Status(args) => runtime.block_on(admin::status(args)),
+        Cmd::Drain(args) => runtime.block_on(admin::drain(args)),
     };
     // The stdin reader of the memory backend sits in a blocking read: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));

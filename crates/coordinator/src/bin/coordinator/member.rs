@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use clap::Args;
 use coordinator::config::parse_duration;
-use coordinator::leader::layout::{DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX};
+use coordinator::leader::layout::{
+    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX,
+};
+use coordinator::Left;
+use tracing::{info, warn};
 
-use tracing::info;
-
-use crate::worker::{config_of, connect, init_logging, print_until_stopped, Shutdown};
+use crate::worker::{config_of, connect, init_logging, print_until, Shutdown, Signal};
 use crate::{config_error, WorkerArgs};
 
 /// Flags of `coordinator member`: every flag of `coordinator worker`, and these.
@@ -37,6 +39,27 @@ pub struct MemberArgs {
     /// (a restart with the same id within it moves nothing).
     #[arg(long, value_parser = parse_duration, default_value = "0s", allow_hyphen_values = true)]
     pub rebalance_delay: Duration,
+    /// Handoff-records prefix.
+    #[arg(long, default_value = DEFAULT_HANDOFF_PREFIX)]
+    pub handoff_prefix: String,
+    /// Drain-requests prefix (`coordinator drain ID` writes there).
+    #[arg(long, default_value = DEFAULT_DRAIN_PREFIX)]
+    pub drain_prefix: String,
+    /// Exclusive mode: an item is never in two members' acknowledged
+    /// workloads at once; the workload is released before the lease could
+    /// expire. Every member of the cluster must use it.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Exclusive mode's safety margin (default TTL/5).
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    pub exclusive_margin: Option<Duration>,
+    /// While leading: at most this many items in handoff at once (default: no limit).
+    #[arg(long)]
+    pub max_moves_in_flight: Option<usize>,
+    /// On SIGTERM (or a drain request): how long to wait for the items to
+    /// move away before leaving anyway.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", allow_hyphen_values = true)]
+    pub drain_timeout: Duration,
 }
 
 pub async fn run(args: MemberArgs) -> ExitCode {
@@ -49,6 +72,12 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     config.leader_soak = args.leader_soak;
     config.weight = args.weight;
     config.rebalance_delay = args.rebalance_delay;
+    config.handoff_prefix = args.handoff_prefix;
+    config.drain_prefix = args.drain_prefix;
+    config.exclusive = args.exclusive;
+    config.exclusive_margin = args.exclusive_margin;
+    config.max_moves_in_flight = args.max_moves_in_flight;
+    config.drain_timeout = args.drain_timeout;
     if let Err(e) = config
         .validate()
         .and_then(|()| config.member_config().map(drop))
@@ -60,17 +89,47 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let member = match backend.spawn_member(&config) {
+    let member_config = match config.member_config() {
+        Ok(m) => m.manual_ack(true),
+        Err(e) => return config_error(&e),
+    };
+    let mut member = match backend.spawn_member_with(&member_config) {
         Ok(m) => m,
         Err(e) => return config_error(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
-    print_until_stopped(
-        &config.instance_id,
-        member.worker().changes(),
-        &mut shutdown,
-    )
-    .await;
-    member.halt().await;
+    // A change is acknowledged once its line is out.
+    let acker = member.acker();
+    let (id, changes) = (config.instance_id.clone(), member.worker().changes());
+    let mut printer = tokio::spawn(async move {
+        let ack = move |revision| acker.ack(revision);
+        print_until(&id, changes, std::future::pending(), Some(Box::new(ack))).await;
+    });
+    // SIGINT: leave at once. SIGTERM or a drain request: drain, then leave;
+    // a second signal cuts the drain short.
+    tokio::select! {
+        signal = shutdown.recv_which() => {
+            if signal == Signal::Term {
+                info!(timeout = ?config.drain_timeout, "SIGTERM: draining");
+                member.start_drain();
+                tokio::select! {
+                    _ = member.left() => {}
+                    _ = shutdown.recv() => warn!("second signal: leaving without waiting for the drain"),
+                }
+            }
+        }
+        left = member.left() => {
+            if left == Left::Halted {
+                warn!("the member stopped");
+            }
+        }
+        _ = &mut printer => warn!("stdout closed; stopping"),
+    }
+    let left = member.halt().await;
+    if left != Left::Halted {
+        info!(?left, "left");
+    }
+    // The worker halted: the printer's stream ends and its lines go out.
+    let _ = printer.await;
     ExitCode::SUCCESS
 }

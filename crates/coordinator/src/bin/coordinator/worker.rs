@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use coordinator::{
-    Backend, Changes, Config, Error, ErrorChain, MemoryStore, Workload, WorkloadChange,
+    Backend, Changes, Config, Error, ErrorChain, MemoryStore, Revision, Workload, WorkloadChange,
 };
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -129,13 +129,18 @@ impl Shutdown {
 
     /// Waits for SIGINT or SIGTERM. Cancel safe.
     pub(crate) async fn recv(&mut self) {
+        self.recv_which().await;
+    }
+
+    /// Waits for SIGINT or SIGTERM and says which. Cancel safe.
+    pub(crate) async fn recv_which(&mut self) -> Signal {
         #[cfg(unix)]
         {
             match &mut self.signals {
                 Some((term, int)) => {
                     tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
+                        _ = term.recv() => Signal::Term,
+                        _ = int.recv() => Signal::Int,
                     }
                 }
                 None => std::future::pending().await,
@@ -144,8 +149,18 @@ impl Shutdown {
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Int
         }
     }
+}
+
+/// Which signal arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// SIGTERM.
+    Term,
+    /// SIGINT (or Ctrl-C).
+    Int,
 }
 
 /// How long lines still queued for stdout may take once the program stops.
@@ -157,21 +172,37 @@ const FLUSH_BOUND: Duration = Duration::from_millis(500);
 /// handling of a signal.
 pub(crate) async fn print_until_stopped(
     instance_id: &str,
-    mut changes: Changes,
+    changes: Changes,
     shutdown: &mut Shutdown,
 ) {
-    let out = Output::spawn();
+    print_until(instance_id, changes, shutdown.recv(), None).await;
+}
+
+/// Called with a change's revision once its line is written and flushed.
+pub(crate) type OnWritten = Box<dyn Fn(Revision) + Send + Sync>;
+
+/// Prints one JSON line per change until `stop` completes, the end of
+/// `changes`, or a closed stdout; `on_written` hears of each line once it
+/// is out (a member acknowledges the change then).
+pub(crate) async fn print_until(
+    instance_id: &str,
+    mut changes: Changes,
+    stop: impl std::future::Future<Output = ()>,
+    on_written: Option<OnWritten>,
+) {
+    let out = Output::spawn(on_written);
     let mut workload = Workload::new();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = shutdown.recv() => break,
+            () = &mut stop => break,
             () = out.tx.closed() => {
                 warn!("stdout closed; stopping");
                 break;
             }
             change = changes.next() => {
                 let Some(change) = change else { break };
-                if !out.send(json_line(instance_id, &mut workload, &change)) {
+                if !out.send(json_line(instance_id, &mut workload, &change), change.revision) {
                     warn!("stdout closed; stopping");
                     break;
                 }
@@ -183,19 +214,22 @@ pub(crate) async fn print_until_stopped(
 
 /// The stdout writer task and the queue feeding it.
 struct Output {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<(String, Revision)>,
     task: JoinHandle<()>,
 }
 
 impl Output {
-    fn spawn() -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    fn spawn(on_written: Option<OnWritten>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Revision)>();
         let task = tokio::spawn(async move {
             let mut stdout = tokio::io::stdout();
-            while let Some(line) = rx.recv().await {
+            while let Some((line, revision)) = rx.recv().await {
                 if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err()
                 {
                     return;
+                }
+                if let Some(f) = &on_written {
+                    f(revision);
                 }
             }
         });
@@ -203,8 +237,8 @@ impl Output {
     }
 
     /// Queues a line; false once stdout is closed.
-    fn send(&self, line: String) -> bool {
-        self.tx.send(line).is_ok()
+    fn send(&self, line: String, revision: Revision) -> bool {
+        self.tx.send((line, revision)).is_ok()
     }
 
     /// Lets the queued lines out, for at most [`FLUSH_BOUND`].
