@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use backend_consul::{ConsulBackend, FENCE_OPS, MAX_TXN_OPS, MIN_SESSION_TTL};
 use bytes::Bytes;
 use common::{bounded, config_for, init_tracing};
-use leader_core::conformance::{self, ClusterStore};
+use leader_core::conformance::{self, ClusterStore, Link};
 use leader_core::{Layout, MemberStore};
-use test_support::ConsulAgent;
+use test_support::{ConsulAgent, FaultProxy, ProxyMode};
 use worker_core::{
     Election, FencedWrite, KvWrite, LeaderWait, Membership, SessionId, TxnOp, TxnOutcome,
 };
@@ -60,6 +60,29 @@ impl ClusterStore for Consul {
     }
     async fn keys(&self, prefix: &str) -> Vec<String> {
         keys(&self.agent, prefix).await
+    }
+    async fn connect_cuttable(&self, layout: &Layout) -> (MemberStore, Box<dyn Link>) {
+        let proxy = FaultProxy::start(([127, 0, 0, 1], self.agent.port()).into()).await;
+        let mut config = config_for(&self.agent);
+        config.endpoints = vec![proxy.http_url()];
+        layout.leader.clone_into(&mut config.leader_key);
+        let backend = ConsulBackend::new(config).expect("backend");
+        (
+            MemberStore::from_backend(backend),
+            Box::new(ProxyLink(proxy)),
+        )
+    }
+}
+
+/// A fault proxy as the suite's cuttable link: cut is a silent partition.
+struct ProxyLink(FaultProxy);
+
+impl Link for ProxyLink {
+    fn cut(&self) {
+        self.0.set_mode(ProxyMode::BlackHole);
+    }
+    fn heal(&self) {
+        self.0.set_mode(ProxyMode::PassThrough);
     }
 }
 
@@ -121,6 +144,25 @@ async fn leader_killed_another_leads() {
 async fn restart_within_rebalance_delay_moves_nothing() {
     let store = Consul::start().await;
     conformance::restart_within_rebalance_delay_moves_nothing(&store, "r/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_never_double_owns() {
+    let store = Consul::start().await;
+    conformance::handoff_never_double_owns(&store, "ho/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_without_churn() {
+    let store = Consul::start().await;
+    let gap = conformance::rolling_restart_without_churn(&store, "rr/").await;
+    println!("consul: longest time an item was held by nobody: {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_cut_off_member_never_double_owns() {
+    let store = Consul::start().await;
+    conformance::exclusive_cut_off_member_never_double_owns(&store, "x/").await;
 }
 
 /// The session Consul created: TTL rounded up to 10 s, `delete`, no

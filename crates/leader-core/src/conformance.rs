@@ -34,6 +34,18 @@ pub trait ClusterStore: Send + Sync {
     async fn put(&self, key: &str, value: &[u8]);
     /// Every key under `prefix`, sorted.
     async fn keys(&self, prefix: &str) -> Vec<String>;
+    /// Like [`connect`](Self::connect), through a link the check can cut
+    /// (a fault proxy in front of a server; a switch for the memory store).
+    async fn connect_cuttable(&self, layout: &Layout) -> (MemberStore, Box<dyn Link>);
+}
+
+/// The link between one member and the store, which a check can cut (a
+/// network partition: nothing gets through) and heal.
+pub trait Link: Send + Sync {
+    /// Nothing gets through from now on.
+    fn cut(&self);
+    /// Traffic flows again.
+    fn heal(&self);
 }
 
 /// Bound on waits that involve no expiry.
@@ -672,8 +684,20 @@ pub async fn restart_within_rebalance_delay_moves_nothing(store: &dyn ClusterSto
 /// [`set`](Self::set) from anything else (a process's JSON lines). A member
 /// that stops (halt, kill, a process that exits) holds nothing from then on:
 /// call [`set`](Self::set) with an empty set.
-#[derive(Clone, Default)]
-pub struct AckedLedger(std::sync::Arc<std::sync::Mutex<LedgerState>>);
+#[derive(Clone)]
+pub struct AckedLedger(
+    std::sync::Arc<std::sync::Mutex<LedgerState>>,
+    std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+);
+
+impl Default for AckedLedger {
+    fn default() -> Self {
+        Self(
+            std::sync::Arc::default(),
+            std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        )
+    }
+}
 
 #[derive(Default)]
 struct LedgerState {
@@ -736,6 +760,36 @@ impl AckedLedger {
                 .insert(member.to_owned());
         }
         s.holds.insert(member.to_owned(), workload);
+        drop(s);
+        self.1.send_modify(|n| *n += 1);
+    }
+
+    /// Waits (at most `bound`) until what the members hold satisfies `ok`;
+    /// panics naming `what` otherwise.
+    pub async fn wait(
+        &self,
+        bound: Duration,
+        what: &str,
+        ok: impl Fn(&BTreeMap<String, BTreeSet<WorkId>>) -> bool,
+    ) {
+        let mut rx = self.1.subscribe();
+        let done = tokio::time::timeout(bound, async {
+            loop {
+                rx.borrow_and_update();
+                if ok(&self.holdings()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            done.is_ok(),
+            "timed out after {bound:?} waiting for {what} (acknowledged workloads: {:?})",
+            self.holdings()
+        );
     }
 
     /// Follows `member`'s settled changes (a member that acknowledges on
@@ -787,6 +841,14 @@ impl AckedLedger {
             v.len()
         );
     }
+}
+
+/// The members that hold something.
+fn busy(h: &BTreeMap<String, BTreeSet<WorkId>>) -> BTreeMap<String, BTreeSet<WorkId>> {
+    h.iter()
+        .filter(|(_, w)| !w.is_empty())
+        .map(|(id, w)| (id.clone(), w.clone()))
+        .collect()
 }
 
 /// Waits until no handoff record is left under `root`.
@@ -852,6 +914,11 @@ async fn handoff_scenario(store: &dyn ClusterStore, root: &str, handoff: bool) -
         exact(h, 30, &[15, 15])
     })
     .await;
+    ledger
+        .wait(WAIT, "15/15 acknowledged", |h| {
+            exact(&busy(h), 30, &[15, 15])
+        })
+        .await;
     assert_eq!(ledger.moves(), 10, "only the drained member's items moved");
 
     // A member joins (its share comes through the handoff too).
@@ -863,6 +930,11 @@ async fn handoff_scenario(store: &dyn ClusterStore, root: &str, handoff: bool) -
         exact(h, 30, &[10, 10, 10])
     })
     .await;
+    ledger
+        .wait(WAIT, "10/10/10 acknowledged", |h| {
+            exact(&busy(h), 30, &[10, 10, 10])
+        })
+        .await;
     assert_eq!(ledger.moves(), 20, "the join moved exactly m4's share");
 
     // The leader dies: another leads; the dead one holds nothing.
@@ -924,6 +996,11 @@ pub async fn rolling_restart_without_churn(store: &dyn ClusterStore, root: &str)
         .await;
         wait_no_handoffs(store, root, WAIT).await;
     }
+    ledger
+        .wait(WAIT, "20 each acknowledged", |h| {
+            exact(&busy(h), 100, &[20; 5])
+        })
+        .await;
     let reports = check_plans(&mut plans);
     let moved: usize = reports.iter().map(|p| p.moved + p.placed).sum();
     ledger.assert_clean();
@@ -937,4 +1014,103 @@ pub async fn rolling_restart_without_churn(store: &dyn ClusterStore, root: &str)
         m.halt().await;
     }
     ledger.longest_unowned()
+}
+
+/// Exclusive mode: a member cut off from the store for longer than its TTL
+/// releases its workload before its items go to others, while the rest of
+/// the cluster goes on (an item added meanwhile is placed); healed, it comes
+/// back and takes its share again; the leader dies. The acknowledged
+/// workloads never hold an item twice.
+pub async fn exclusive_cut_off_member_never_double_owns(store: &dyn ClusterStore, root: &str) {
+    exclusive_scenario(store, root, true).await.assert_clean();
+}
+
+/// The control of [`exclusive_cut_off_member_never_double_owns`]: without
+/// exclusive mode the cut-off member keeps its workload (by design) while
+/// its items are given to others, and the ledger sees it.
+pub async fn without_exclusive_a_cut_off_member_double_owns(store: &dyn ClusterStore, root: &str) {
+    let ledger = exclusive_scenario(store, root, false).await;
+    assert!(
+        !ledger.violations().is_empty(),
+        "without exclusive mode the checker should have seen a double owner"
+    );
+}
+
+async fn exclusive_scenario(store: &dyn ClusterStore, root: &str, exclusive: bool) -> AckedLedger {
+    let ledger = AckedLedger::new();
+    for i in 0..12 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let config = |id: &str| {
+        let c = member_config(store, root, id);
+        if exclusive {
+            let margin = c.ttl / 5;
+            c.exclusive(margin)
+        } else {
+            c
+        }
+    };
+    let (mut members, mut plans) = spawn_members(store, root, &["x1", "x2"], config).await;
+    // The member to cut off joins last, so that it does not lead.
+    let (link_store, link) = store.connect_cuttable(&layout(root)).await;
+    let victim = Member::spawn(&config("x3"), &link_store).expect("spawn");
+    plans.push(victim.plans());
+    members.insert("x3".into(), victim);
+    for (id, m) in &members {
+        ledger.follow(id, m);
+    }
+    wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
+    assert!(
+        !members["x3"].is_leader(),
+        "x3 joined last and does not lead"
+    );
+
+    link.cut();
+    // The others go on: an item is added meanwhile.
+    store.put(&format!("{root}work/w12"), b"").await;
+    let others = |h: &BTreeMap<String, BTreeSet<WorkId>>| {
+        let n: usize = h
+            .iter()
+            .filter(|(id, _)| *id != "x3")
+            .map(|(_, w)| w.len())
+            .sum();
+        n == 13
+    };
+    let bound = store.expiry_bound() + store.ttl();
+    if exclusive {
+        wait_holdings(&members, bound, "x3 to release its workload", |h| {
+            h["x3"].is_empty()
+        })
+        .await;
+    }
+    wait_holdings(&members, bound, "all 13 items on x1 and x2", others).await;
+
+    link.heal();
+    wait_holdings(&members, bound, "x3 back with its share", |h| {
+        exact(h, 13, &[4, 4, 5])
+    })
+    .await;
+
+    // The leader dies.
+    let leader = members
+        .iter()
+        .find(|(_, m)| m.is_leader())
+        .map(|(id, _)| id.clone())
+        .expect("a leader");
+    members.remove(&leader).expect("leader").kill().await;
+    ledger.set(&leader, BTreeSet::new(), tokio::time::Instant::now());
+    wait_holdings(&members, bound, "13 items on the two survivors", |h| {
+        exact(h, 13, &[6, 7])
+    })
+    .await;
+    ledger
+        .wait(WAIT, "13 items acknowledged by the two survivors", |h| {
+            exact(&busy(h), 13, &[6, 7])
+        })
+        .await;
+    check_plans(&mut plans);
+    for (_, m) in members {
+        m.halt().await;
+    }
+    ledger
 }

@@ -689,7 +689,9 @@ impl LeaderMachine {
             return;
         }
         let ops = if self.revoke_first {
-            self.next_revokes().or_else(|| self.next_assigns(now))
+            self.next_revokes()
+                .or_else(|| self.next_assigns(now))
+                .or_else(|| self.next_cleanup(now))
         } else {
             self.unguarded_write()
         };
@@ -760,27 +762,6 @@ impl LeaderMachine {
         }
         let mut ops = Vec::new();
         let mut guards: BTreeSet<MemberId> = BTreeSet::new();
-        let mut done_owed: Vec<WorkId> = Vec::new();
-        // Items with owed entries: (clear to go?, guards needed).
-        let owed_state = |work: &WorkId, target: Option<&MemberId>| {
-            let mut wait = false;
-            let mut needs = Vec::new();
-            for ((_, from), at) in self
-                .owed
-                .range((work.clone(), MemberId::from(""))..)
-                .take_while(|((w, _), _)| w == work)
-            {
-                if Some(from) == target {
-                    continue;
-                }
-                match self.clearance(from, *at, now) {
-                    Clear::Wait => wait = true,
-                    Clear::Go => {}
-                    Clear::Guard(m) => needs.push(m),
-                }
-            }
-            (wait, needs)
-        };
         for (work, target) in desired {
             let Some(value) = items.get(work) else {
                 continue;
@@ -797,7 +778,7 @@ impl LeaderMachine {
                 if others {
                     continue; // its revoke comes first
                 }
-                let (wait, needs) = owed_state(work, Some(target));
+                let (wait, needs) = self.owed_state(work, Some(target), now);
                 if wait {
                     continue;
                 }
@@ -826,19 +807,31 @@ impl LeaderMachine {
                 value: value.clone(),
             });
         }
-        // Owed items that need no assign (no longer wanted, or already with
-        // their target): forget them once clear.
+        (!ops.is_empty()).then_some(ops)
+    }
+
+    /// Handoff records no longer needed: items no longer wanted, or already
+    /// with their target, once clear.
+    fn next_cleanup(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
+        let (desired, current, items) = (
+            self.desired.as_ref()?,
+            self.current.as_ref()?,
+            self.items.as_ref()?,
+        );
+        let owned: BTreeSet<&WorkId> = current.keys().map(|(_, w)| w).collect();
+        let mut ops = Vec::new();
+        let mut done_owed: Vec<WorkId> = Vec::new();
         let owed_works: BTreeSet<WorkId> = self.owed.keys().map(|(w, _)| w.clone()).collect();
         for work in owed_works {
             let target = desired.get(&work).filter(|_| items.contains_key(&work));
             let settled = match target {
-                None => owners.get(&work).is_none(),
+                None => !owned.contains(&work),
                 Some(t) => current.contains_key(&(t.clone(), work.clone())),
             };
             if !settled {
                 continue;
             }
-            let (wait, needs) = owed_state(&work, target);
+            let (wait, needs) = self.owed_state(&work, target, now);
             if wait || !needs.is_empty() {
                 continue;
             }
@@ -857,6 +850,33 @@ impl LeaderMachine {
             drop_owed(&mut self.owed, &work);
         }
         (!ops.is_empty()).then_some(ops)
+    }
+
+    /// Whether the owed entries of `work` (other than from `target`) are
+    /// clear: (some must still wait, guards needed).
+    fn owed_state(
+        &self,
+        work: &WorkId,
+        target: Option<&MemberId>,
+        now: Instant,
+    ) -> (bool, Vec<MemberId>) {
+        let mut wait = false;
+        let mut needs = Vec::new();
+        for ((_, from), at) in self
+            .owed
+            .range((work.clone(), MemberId::from(""))..)
+            .take_while(|((w, _), _)| w == work)
+        {
+            if Some(from) == target {
+                continue;
+            }
+            match self.clearance(from, *at, now) {
+                Clear::Wait => wait = true,
+                Clear::Go => {}
+                Clear::Guard(m) => needs.push(m),
+            }
+        }
+        (wait, needs)
     }
 
     /// Simulator only (revoke-first off): every assign before any revoke,

@@ -761,7 +761,7 @@ impl MemberTask {
                         match tokio::time::timeout(bound, kv_write.delete_key(&key)).await {
                             Ok(Ok(_)) => {}
                             Ok(Err(e)) => {
-                                warn!(key, error = %ErrorChain(&e), "could not delete the drain request")
+                                warn!(key, error = %ErrorChain(&e), "could not delete the drain request");
                             }
                             Err(_) => warn!(key, "deleting the drain request timed out"),
                         }

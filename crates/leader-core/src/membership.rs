@@ -104,6 +104,7 @@ enum Session {
 
 /// A member's session and candidacy. See the [module docs](self).
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent flags of one machine
 pub struct MemberMachine {
     timing: MemberTiming,
     campaign: bool,

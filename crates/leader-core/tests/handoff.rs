@@ -88,10 +88,13 @@ fn one_write(m: &mut LeaderMachine) -> Vec<TxnOp> {
 
 fn keys(ops: &[TxnOp], kind: &str) -> Vec<String> {
     ops.iter()
-        .filter(|op| match (op, kind) {
-            (TxnOp::Put { .. }, "put") | (TxnOp::Delete { .. }, "delete") => true,
-            (TxnOp::Absent { .. }, "absent") => true,
-            _ => false,
+        .filter(|op| {
+            matches!(
+                (op, kind),
+                (TxnOp::Put { .. }, "put")
+                    | (TxnOp::Delete { .. }, "delete")
+                    | (TxnOp::Absent { .. }, "absent")
+            )
         })
         .map(|op| op.key().to_owned())
         .collect()

@@ -3,10 +3,18 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use leader_core::conformance::{self, ClusterStore};
+use bytes::Bytes;
+use leader_core::conformance::{self, ClusterStore, Link};
 use leader_core::{Layout, MemberStore};
-use worker_core::MemoryStore;
+use tokio::sync::watch;
+use worker_core::{
+    Election, Fence, FencedWrite, KvStream, KvWatch, KvWrite, Leader, LeaderStream, LeaderWait,
+    Membership, MemoryStore, Revision, SessionId, Snapshot, StoreError, TxnOp, TxnOutcome,
+    WatchEvent,
+};
 
 struct Memory(MemoryStore);
 
@@ -30,6 +38,170 @@ impl ClusterStore for Memory {
             .into_iter()
             .map(|k| String::from_utf8_lossy(&k).into_owned())
             .collect()
+    }
+    async fn connect_cuttable(&self, _layout: &Layout) -> (MemberStore, Box<dyn Link>) {
+        let (tx, rx) = watch::channel(false);
+        let store = Cut {
+            inner: self.0.clone(),
+            cut: rx,
+        };
+        (
+            MemberStore::from_backend(store),
+            Box::new(Switch(Arc::new(tx))),
+        )
+    }
+}
+
+/// The memory store behind a switch: while cut, every call and every open
+/// stream fails as an unreachable server's would.
+#[derive(Clone)]
+struct Cut {
+    inner: MemoryStore,
+    cut: watch::Receiver<bool>,
+}
+
+struct Switch(Arc<watch::Sender<bool>>);
+
+impl Link for Switch {
+    fn cut(&self) {
+        self.0.send_replace(true);
+    }
+    fn heal(&self) {
+        self.0.send_replace(false);
+    }
+}
+
+impl Cut {
+    fn check(&self) -> Result<(), StoreError> {
+        if *self.cut.borrow() {
+            Err(StoreError::unavailable("cut off (test link)"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Fails once the link is cut, whatever `next` was waiting for.
+async fn until_cut<T>(
+    mut cut: watch::Receiver<bool>,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::select! {
+        r = fut => r,
+        _ = cut.wait_for(|c| *c) => Err(StoreError::unavailable("cut off (test link)")),
+    }
+}
+
+struct CutKvStream(Box<dyn KvStream>, watch::Receiver<bool>);
+
+#[async_trait]
+impl KvStream for CutKvStream {
+    async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        until_cut(self.1.clone(), self.0.next()).await
+    }
+}
+
+struct CutLeaderStream(Box<dyn LeaderStream>, watch::Receiver<bool>);
+
+#[async_trait]
+impl LeaderStream for CutLeaderStream {
+    async fn next(&mut self) -> Result<Option<Leader>, StoreError> {
+        until_cut(self.1.clone(), self.0.next()).await
+    }
+}
+
+#[async_trait]
+impl KvWatch for Cut {
+    async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        self.check()?;
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn KvStream>, StoreError> {
+        self.check()?;
+        let s = self.inner.watch(prefix, after).await?;
+        Ok(Box::new(CutKvStream(s, self.cut.clone())))
+    }
+}
+
+#[async_trait]
+impl LeaderWait for Cut {
+    async fn leader(&self) -> Result<Option<Leader>, StoreError> {
+        self.check()?;
+        self.inner.leader().await
+    }
+    async fn observe(&self) -> Result<Box<dyn LeaderStream>, StoreError> {
+        self.check()?;
+        let s = self.inner.observe().await?;
+        Ok(Box::new(CutLeaderStream(s, self.cut.clone())))
+    }
+}
+
+#[async_trait]
+impl Membership for Cut {
+    async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError> {
+        self.check()?;
+        self.inner.open_session(ttl).await
+    }
+    async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.renew_session(session).await
+    }
+    async fn close_session(&self, session: &SessionId) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.close_session(session).await
+    }
+    async fn put_bound(
+        &self,
+        session: &SessionId,
+        key: &str,
+        value: Bytes,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.put_bound(session, key, value).await
+    }
+}
+
+#[async_trait]
+impl Election for Cut {
+    async fn try_lead(
+        &self,
+        election: &str,
+        session: &SessionId,
+        value: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        self.check()?;
+        self.inner.try_lead(election, session, value).await
+    }
+    async fn leader_value(&self, election: &str) -> Result<Option<String>, StoreError> {
+        self.check()?;
+        self.inner.leader_value(election).await
+    }
+    async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.resign(fence).await
+    }
+}
+
+#[async_trait]
+impl FencedWrite for Cut {
+    fn max_ops(&self) -> usize {
+        self.inner.max_ops()
+    }
+    async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
+        self.check()?;
+        self.inner.apply(fence, ops).await
+    }
+}
+
+#[async_trait]
+impl KvWrite for Cut {
+    async fn put_key(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_key(key, value).await
+    }
+    async fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete_key(key).await
     }
 }
 
@@ -190,4 +362,16 @@ fn the_ledger_sees_an_item_held_twice() {
     assert_eq!(ledger.longest_unowned(), Duration::from_millis(15));
     ledger.set("a", x(&["w2", "w3"]), t + Duration::from_millis(30));
     assert_eq!(ledger.violations().len(), 1, "{:?}", ledger.violations());
+}
+
+#[tokio::test(start_paused = true)]
+async fn exclusive_cut_off_member_never_double_owns() {
+    conformance::exclusive_cut_off_member_never_double_owns(&Memory(MemoryStore::new()), "x/")
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_exclusive_a_cut_off_member_double_owns() {
+    conformance::without_exclusive_a_cut_off_member_double_owns(&Memory(MemoryStore::new()), "nx/")
+        .await;
 }

@@ -65,6 +65,7 @@ impl fmt::Debug for KvEntry {
         f.debug_struct("KvEntry")
             .field("key", &String::from_utf8_lossy(&self.key))
             .field("value_len", &self.value.len())
+            .field("revision", &self.revision)
             .finish()
     }
 }

@@ -7,13 +7,13 @@ use async_trait::async_trait;
 use backend_etcd::{EtcdConfig, MAX_TXN_OPS};
 use bytes::Bytes;
 use etcd_client::{GetOptions, SortOrder, SortTarget};
-use leader_core::conformance::{self, ClusterStore};
+use leader_core::conformance::{self, ClusterStore, Link};
 use leader_core::{Layout, MemberStore};
-use test_support::EtcdServer;
+use test_support::{EtcdServer, FaultProxy, ProxyMode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use worker_core::{Election, FencedWrite, LeaderWait, Membership, SessionId, TxnOp, TxnOutcome};
 
-use crate::common::{backend, init_tracing, plain_client, unique, WAIT};
+use crate::common::{addr_of, backend, init_tracing, plain_client, unique, WAIT};
 
 /// The suite's store: a real etcd, a fresh backend per member.
 struct EtcdMembers {
@@ -67,6 +67,24 @@ impl ClusterStore for EtcdMembers {
         keys.sort();
         keys
     }
+    async fn connect_cuttable(&self, layout: &Layout) -> (MemberStore, Box<dyn Link>) {
+        let proxy = FaultProxy::start(addr_of(&self.urls[0])).await;
+        let etcd =
+            backend(EtcdConfig::new(vec![proxy.http_url()]).with_election(&layout.leader)).await;
+        (MemberStore::from_backend(etcd), Box::new(ProxyLink(proxy)))
+    }
+}
+
+/// A fault proxy as the suite's cuttable link: cut is a silent partition.
+struct ProxyLink(FaultProxy);
+
+impl Link for ProxyLink {
+    fn cut(&self) {
+        self.0.set_mode(ProxyMode::BlackHole);
+    }
+    fn heal(&self) {
+        self.0.set_mode(ProxyMode::PassThrough);
+    }
 }
 
 async fn suite() -> (EtcdServer, EtcdMembers, String) {
@@ -111,6 +129,25 @@ async fn leader_killed_another_leads() {
 async fn restart_within_rebalance_delay_moves_nothing() {
     let (_server, store, root) = suite().await;
     conformance::restart_within_rebalance_delay_moves_nothing(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_never_double_owns() {
+    let (_server, store, root) = suite().await;
+    conformance::handoff_never_double_owns(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_without_churn() {
+    let (_server, store, root) = suite().await;
+    let gap = conformance::rolling_restart_without_churn(&store, &root).await;
+    println!("etcd: longest time an item was held by nobody: {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_cut_off_member_never_double_owns() {
+    let (_server, store, root) = suite().await;
+    conformance::exclusive_cut_off_member_never_double_owns(&store, &root).await;
 }
 
 /// The lease behind a session id (lowercase hex).

@@ -207,8 +207,7 @@ pub async fn drain(args: DrainArgs) -> ExitCode {
         let first = members
             .wait_for(Option::is_some)
             .await
-            .map(|m| present(&*m))
-            .unwrap_or(false);
+            .is_ok_and(|m| present(&m));
         if !first {
             return Err("no live member");
         }

@@ -114,7 +114,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
                 member.start_drain();
                 tokio::select! {
                     _ = member.left() => {}
-                    _ = shutdown.recv() => warn!("second signal: leaving without waiting for the drain"),
+                    () = shutdown.recv() => warn!("second signal: leaving without waiting for the drain"),
                 }
             }
         }
