@@ -122,10 +122,13 @@ impl Cluster {
             c.sort_unstable();
             all.len() == items && c == want
         };
-        let waited = timeout(bound, self.ledger.wait(bound, what, ok)).await;
-        if waited.is_err() {
-            panic!("{what}: {:?}\n{}", self.ledger.holdings(), self.logs());
-        }
+        let waited = self.ledger.try_wait(bound, ok).await;
+        assert!(
+            waited,
+            "timed out after {bound:?} waiting for {what}: {:?}\n{}",
+            self.ledger.holdings(),
+            self.logs()
+        );
     }
 
     /// Waits for member `id` to exit and checks it exited 0.

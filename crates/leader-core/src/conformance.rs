@@ -772,6 +772,20 @@ impl AckedLedger {
         what: &str,
         ok: impl Fn(&BTreeMap<String, BTreeSet<WorkId>>) -> bool,
     ) {
+        assert!(
+            self.try_wait(bound, ok).await,
+            "timed out after {bound:?} waiting for {what} (acknowledged workloads: {:?})",
+            self.holdings()
+        );
+    }
+
+    /// Waits (at most `bound`) until what the members hold satisfies `ok`;
+    /// false if it did not in time.
+    pub async fn try_wait(
+        &self,
+        bound: Duration,
+        ok: impl Fn(&BTreeMap<String, BTreeSet<WorkId>>) -> bool,
+    ) -> bool {
         let mut rx = self.1.subscribe();
         let done = tokio::time::timeout(bound, async {
             loop {
@@ -785,11 +799,7 @@ impl AckedLedger {
             }
         })
         .await;
-        assert!(
-            done.is_ok(),
-            "timed out after {bound:?} waiting for {what} (acknowledged workloads: {:?})",
-            self.holdings()
-        );
+        done.is_ok()
     }
 
     /// Follows `member`'s settled changes (a member that acknowledges on
