@@ -121,6 +121,16 @@ impl Cluster {
         }
     }
 
+    async fn drain(&mut self, id: &str) {
+        if let Some(m) = self.members.remove(id) {
+            self.say(&format!(
+                "{id} drains: the leader moves its items away, each only after {id} acknowledged letting it go"
+            ));
+            let left = m.drain().await;
+            self.say(&format!("{id} left ({left:?})"));
+        }
+    }
+
     async fn kill_leader(&mut self) -> Option<String> {
         let id = self
             .members
@@ -238,8 +248,8 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         .find(|(_, m)| !m.is_leader())
         .map(|(id, _)| id.clone());
     if let Some(id) = follower {
-        c.leave(&id).await;
-        ok &= c.settle(&format!("{id} left")).await;
+        c.drain(&id).await;
+        ok &= c.settle(&format!("{id} drained")).await;
     }
 
     if c.kill_leader().await.is_some() {
