@@ -523,6 +523,7 @@ impl Config {
             .leader_soak(self.leader_soak)
             .rebalance_delay(self.rebalance_delay)
             .drain_timeout(self.drain_timeout);
+        m.worker = self.worker_config();
         if let Some(n) = self.max_moves_in_flight {
             if n == 0 {
                 return Err(ConfigError::new(
@@ -540,7 +541,6 @@ impl Config {
                 "is only used with exclusive = true",
             ));
         }
-        m.worker = self.worker_config();
         m.validate()?;
         Ok(m)
     }
@@ -669,6 +669,37 @@ mod tests {
         c.client_cert = None;
         c.endpoints = vec!["127.0.0.1:8500".into()];
         assert_eq!(c.validate().unwrap_err().field, "endpoints");
+    }
+
+    #[test]
+    fn member_handoff_settings() {
+        let c: Config = toml::from_str(
+            "instance_id = \"m1\"\nexclusive = true\nttl = \"10s\"\nmax_moves_in_flight = 4\ndrain_timeout = \"30s\"",
+        )
+        .unwrap();
+        let m = c.member_config().unwrap();
+        assert_eq!(m.exclusive, Some(Duration::from_secs(2)), "default TTL/5");
+        assert_eq!(m.leader.exclusive, Some(Duration::from_secs(2)));
+        assert!(m.worker.start_released);
+        assert_eq!(m.leader.max_moves_in_flight, 4);
+        assert_eq!(m.drain_timeout, Duration::from_secs(30));
+        let mut c = Config::new(BackendKind::Memory, "m1");
+        c.exclusive_margin = Some(Duration::from_secs(1));
+        assert_eq!(c.member_config().unwrap_err().field, "exclusive_margin");
+        c.exclusive = true;
+        c.exclusive_margin = Some(c.ttl);
+        assert_eq!(c.member_config().unwrap_err().field, "exclusive_margin");
+        c.exclusive = false;
+        c.exclusive_margin = None;
+        c.max_moves_in_flight = Some(0);
+        assert_eq!(c.member_config().unwrap_err().field, "max_moves_in_flight");
+        let e = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_EXCLUSIVE" => Some("maybe".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("COORDINATOR_EXCLUSIVE"), "{e}");
     }
 
     #[test]

@@ -79,6 +79,67 @@ async fn bad_flags_exit_2_with_one_line_naming_them() {
     .contains("--endpoints"));
 }
 
+/// Bad member and drain flags: one line naming the flag, exit 2, before any
+/// store is contacted.
+#[tokio::test]
+async fn bad_member_and_drain_flags_exit_2_naming_them() {
+    async fn run(args: &[&str]) -> String {
+        let out = timeout(
+            WAIT,
+            Command::new(BIN)
+                .args(args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("bad flags must exit at once")
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "args {args:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+        err
+    }
+    let member = ["member", "--backend", "memory", "--instance-id", "m1"];
+    let with = |extra: &[&'static str]| {
+        member
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>()
+    };
+    let e = run(&with(&["--exclusive-margin", "1s"])).await;
+    assert!(e.contains("--exclusive-margin"), "{e}");
+    let e = run(&with(&[
+        "--exclusive",
+        "--exclusive-margin",
+        "10s",
+        "--ttl",
+        "15s",
+    ]))
+    .await;
+    assert!(
+        e.contains("--exclusive-margin") && e.contains("half"),
+        "{e}"
+    );
+    let e = run(&with(&["--max-moves-in-flight", "0"])).await;
+    assert!(e.contains("--max-moves-in-flight"), "{e}");
+    let e = run(&with(&["--drain-timeout", "soon"])).await;
+    assert!(e.contains("--drain-timeout"), "{e}");
+    let e = run(&[
+        "drain",
+        "a/b",
+        "--backend",
+        "consul",
+        "--endpoints",
+        "127.0.0.1:1",
+    ])
+    .await;
+    assert!(e.contains("member id"), "{e}");
+    let e = run(&["drain", "m1", "--backend", "memory"]).await;
+    assert!(e.contains("--backend"), "{e}");
+}
+
 async fn next_line(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> String {
     timeout(WAIT, lines.next_line())
         .await
