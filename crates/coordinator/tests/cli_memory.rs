@@ -321,7 +321,8 @@ async fn demo_runs_and_exits_0_within_a_minute() {
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("m2 leaves"), "{text}");
+    assert!(text.contains(" drains: "), "{text}");
+    assert!(text.contains(" left (Drained)"), "{text}");
     assert!(text.contains("each held exactly once: yes"), "{text}");
     assert!(text.contains("(first sync)"), "{text}");
 }
