@@ -20,7 +20,9 @@ const CI_SECONDS: u64 = 1_000;
 /// leader takes it for "nothing applied" and puts the item on a second
 /// member. B: a revoke retried after a lost reply records the retry's
 /// position, which the old owner never observes: the move waits forever.
-const KNOWN_PRODUCT_BUGS: [(u64, char); 8] = [
+/// D: a release during a resyncing restore, then a restore without resync,
+/// publishes the stale settled workload (exclusive mode).
+const KNOWN_PRODUCT_BUGS: [(u64, char); 13] = [
     (402, 'B'),
     (491, 'A'),
     (545, 'B'),
@@ -29,6 +31,11 @@ const KNOWN_PRODUCT_BUGS: [(u64, char); 8] = [
     (1413, 'B'),
     (1776, 'B'),
     (2626, 'A'),
+    (6835, 'D'),
+    (12632, 'D'),
+    (13416, 'D'),
+    (13591, 'D'),
+    (19858, 'D'),
 ];
 
 fn known_bug(seed: u64) -> bool {
