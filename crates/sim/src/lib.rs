@@ -16,5 +16,5 @@ pub mod sim;
 pub mod store;
 pub mod trace;
 
-pub use sim::{run, Failure, Outcome, Params, RunConfig};
+pub use sim::{run, Controls, Failure, Outcome, Params, RunConfig};
 pub use worker_core::Safeguards;

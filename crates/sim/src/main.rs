@@ -2,13 +2,16 @@
 //! simulated time. `--seeds N` (default 100), `--seconds S` per seed (default
 //! 1000), `--start K` (first seed), `--total T` (run seeds until T simulated
 //! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist`
-//! (turn one off), `--seed N --trace` (replay one seed, printing its trace).
+//! (turn one off), `--exclusive on|off` (force exclusive mode; default: half
+//! the seeds), `--control release|pauses|expiry` (turn one
+//! exclusivity control off), `--seed N --trace` (replay one seed, printing
+//! its trace).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use coordinator_sim::{run, RunConfig, Safeguards};
+use coordinator_sim::{run, Controls, RunConfig, Safeguards};
 
 fn main() {
     let mut seeds = 100u64;
@@ -18,6 +21,8 @@ fn main() {
     let mut threads = 2usize;
     let mut safeguards = Safeguards::default();
     let mut trace = false;
+    let mut exclusive: Option<bool> = None;
+    let mut controls = Controls::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
@@ -37,6 +42,17 @@ fn main() {
                 "revoke-first" => safeguards.revoke_first = false,
                 "relist" => safeguards.relist_on_lost = false,
                 other => panic!("unknown safeguard {other}"),
+            },
+            "--exclusive" => match val().as_str() {
+                "on" => exclusive = Some(true),
+                "off" => exclusive = Some(false),
+                other => panic!("--exclusive on|off, not {other}"),
+            },
+            "--control" => match val().as_str() {
+                "release" => controls.release = false,
+                "pauses" => controls.bounded_pauses = false,
+                "expiry" => controls.expiry_at_ttl = false,
+                other => panic!("unknown control {other}"),
             },
             other => {
                 eprintln!("unknown argument {other}");
@@ -63,6 +79,8 @@ fn main() {
                     let mut cfg = RunConfig::new(seed, seconds);
                     cfg.safeguards = safeguards;
                     cfg.echo = trace;
+                    cfg.exclusive = exclusive;
+                    cfg.controls = controls;
                     match run(cfg) {
                         Ok(o) => events += o.events,
                         Err(f) => {

@@ -62,6 +62,9 @@ pub struct Store {
     leader: Option<(u64, Leader)>,
     /// Every version of every assignment key (never compacted): for checks.
     versions: BTreeMap<String, Vec<(u64, Option<Bytes>)>>,
+    /// The revision of each live key's last write (etcd `mod_revision`,
+    /// Consul `ModifyIndex`).
+    written_at: BTreeMap<String, u64>,
 }
 
 /// History kept for watches before the oldest changes are compacted anyway.
@@ -89,6 +92,7 @@ impl Store {
             next_session: 0,
             leader: None,
             versions: BTreeMap::new(),
+            written_at: BTreeMap::new(),
         }
     }
 
@@ -118,13 +122,12 @@ impl Store {
         }
         self.rev += 1;
         for (k, v) in &changes {
-            match v {
-                Some(v) => {
-                    self.data.insert(k.clone(), v.clone());
-                }
-                None => {
-                    self.data.remove(k);
-                }
+            if let Some(v) = v {
+                self.data.insert(k.clone(), v.clone());
+                self.written_at.insert(k.clone(), self.rev);
+            } else {
+                self.data.remove(k);
+                self.written_at.remove(k);
             }
             self.history.push_back((self.rev, k.clone(), v.clone()));
             if k.starts_with(&self.assignments) {
@@ -164,7 +167,8 @@ impl Store {
         self.write(vec![(key.to_owned(), None)])
     }
 
-    /// Everything under `prefix`, at the current revision.
+    /// Everything under `prefix`, at the current revision; each entry with
+    /// the revision of its last write.
     pub fn list(&self, prefix: &str) -> Snapshot {
         Snapshot {
             revision: self.rev,
@@ -172,7 +176,10 @@ impl Store {
                 .data
                 .range(prefix.to_owned()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| KvEntry::new(k.as_bytes().to_vec(), v.clone()))
+                .map(|(k, v)| {
+                    let at = self.written_at.get(k).copied().unwrap_or(0);
+                    KvEntry::at(k.as_bytes().to_vec(), v.clone(), at)
+                })
                 .collect(),
         }
     }
