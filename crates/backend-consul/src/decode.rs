@@ -73,6 +73,7 @@ struct Pair {
     key: Key,
     value: Option<Value>,
     modify_index: u64,
+    create_index: u64,
 }
 
 impl<'de> Deserialize<'de> for Pair {
@@ -85,11 +86,13 @@ impl<'de> Deserialize<'de> for Pair {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pair, A::Error> {
                 let (mut key, mut value, mut modify_index) = (None, None, None);
+                let mut create_index = 0;
                 while let Some(field) = map.next_key::<Field>()? {
                     match field {
                         Field::Key => key = Some(map.next_value::<Key>()?),
                         Field::Value => value = map.next_value::<Option<Value>>()?,
                         Field::ModifyIndex => modify_index = Some(map.next_value::<u64>()?),
+                        Field::CreateIndex => create_index = map.next_value::<u64>()?,
                         Field::Other => {
                             map.next_value::<de::IgnoredAny>()?;
                         }
@@ -100,6 +103,7 @@ impl<'de> Deserialize<'de> for Pair {
                     value,
                     modify_index: modify_index
                         .ok_or_else(|| de::Error::missing_field("ModifyIndex"))?,
+                    create_index,
                 })
             }
         }
@@ -112,6 +116,7 @@ enum Field {
     Key,
     Value,
     ModifyIndex,
+    CreateIndex,
     Other,
 }
 
@@ -128,6 +133,7 @@ impl<'de> Deserialize<'de> for Field {
                     b"Key" => Field::Key,
                     b"Value" => Field::Value,
                     b"ModifyIndex" => Field::ModifyIndex,
+                    b"CreateIndex" => Field::CreateIndex,
                     _ => Field::Other,
                 })
             }
@@ -228,7 +234,7 @@ impl<'de> Visitor<'de> for Entries<'_> {
             entries.push(KvEntry {
                 key: pair.key.0,
                 value: pair.value.map_or_else(Bytes::new, |v| v.0),
-                revision: pair.modify_index,
+                revision: pair.create_index,
             });
         }
         Ok((entries, fingerprint))

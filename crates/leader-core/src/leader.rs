@@ -39,6 +39,7 @@ pub(crate) struct LeaderCtx {
 }
 
 type WriteFuture = Pin<Box<dyn Future<Output = Result<TxnOutcome, StoreError>> + Send>>;
+type HandoffFuture = Pin<Box<dyn Future<Output = Result<Snapshot, StoreError>> + Send>>;
 type ListFuture = Pin<Box<dyn Future<Output = Result<(Snapshot, Snapshot), StoreError>> + Send>>;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -72,6 +73,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     info!(instance_id, term = fence.term(), "leading");
 
     let mut listing: Option<ListFuture> = None;
+    let mut handoffs: Option<HandoffFuture> = None;
     let mut write: Option<WriteFuture> = None;
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
@@ -90,6 +92,10 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         let h = kv.list(&handoff).await?;
                         Ok((a, h))
                     }));
+                }
+                Action::ListHandoffs => {
+                    let (kv, prefix) = (kv.clone(), layout.handoff.clone());
+                    handoffs = Some(Box::pin(async move { kv.list(&prefix).await }));
                 }
                 Action::Write(ops) => {
                     let writer = writer.clone();
@@ -175,10 +181,26 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     }
                 }
             }
+            result = async { handoffs.as_mut().expect("guarded").await }, if handoffs.is_some() => {
+                handoffs = None;
+                match result {
+                    Ok(snapshot) => {
+                        let records = snapshot
+                            .entries
+                            .iter()
+                            .map(|e| (e.key.as_slice(), &e.value, e.revision));
+                        machine.handle_handoffs(Instant::now(), records);
+                    }
+                    Err(e) => {
+                        debug!(error = %ErrorChain(&e), "reading the handoff records failed");
+                        machine.handle_handoffs_error(Instant::now());
+                    }
+                }
+            }
             result = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
                 write = None;
                 match &result {
-                    Err(e) => warn!(error = %ErrorChain(e), "fenced write failed; retrying"),
+                    Err(e) => warn!(error = %ErrorChain(e), "fenced write failed; reading the store again"),
                     Ok(TxnOutcome::Conflict) => {
                         info!("a member that was gone is back: deciding its items anew");
                     }

@@ -32,9 +32,9 @@
 //! | any | members / items / assignments differ from what was known | soak (re)starts: due at `min(last change + soak, first change + max_soak)` |
 //! | soaking, all read, no write in flight | timeout past the due time | plan: the new target of the reconcile loop |
 //! | idle | anything | the next transaction (revokes, then assigns whose handoff is clear), if any |
-//! | writing | `Applied` | recorded as written; the next is sent |
-//! | writing | error | the same transaction is sent again after a backoff (puts and deletes are idempotent) |
-//! | writing | `Conflict` (a guard failed: a member came back) | after a backoff: decide anew |
+//! | writing | `Applied` | recorded as written; the next is sent; if it wrote handoff records, they are read back ([`Action::ListHandoffs`]) for the position each revoke took effect at |
+//! | writing | error (outcome unknown) | after a backoff: read the assignments and records again, then decide anew |
+//! | writing | `Conflict` (a guard failed: a member came back) | the same: read again, decide anew |
 //! | any | `Fenced` | step down: nothing more is written |
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -125,6 +125,12 @@ pub enum Action {
     /// [`LeaderMachine::handle_assignments_error`]. The first action of a
     /// new machine, and again after a failed read and a backoff.
     ListAssignments,
+    /// Read every handoff record (with the position each was created at),
+    /// then hand the answer to [`LeaderMachine::handle_handoffs`] or
+    /// [`LeaderMachine::handle_handoffs_error`]. Asked after each transaction
+    /// that wrote records: a record's creation position is the revoke's,
+    /// whatever happened to the replies.
+    ListHandoffs,
     /// Apply these operations in one fenced transaction, then report the
     /// outcome with [`LeaderMachine::handle_write`].
     Write(Vec<TxnOp>),
@@ -168,6 +174,7 @@ struct Soak {
 
 /// The leader's logic. See the [module docs](self).
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent flags of one machine
 pub struct LeaderMachine {
     layout: Layout,
     timing: LeaderTiming,
@@ -189,8 +196,12 @@ pub struct LeaderMachine {
     soak: Option<Soak>,
     /// The transaction being applied.
     in_flight: Option<Vec<TxnOp>>,
-    /// A retry is due: resend `in_flight` (after an error) or decide anew.
-    retry_at: Option<Instant>,
+    /// Handoff records were written since the last read of them.
+    handoffs_stale: bool,
+    /// A read of the handoff records is in flight.
+    handoffs_reading: bool,
+    /// The last read of the handoff records failed: read again then.
+    handoffs_retry_at: Option<Instant>,
     backoff: Backoff,
     rng: SmallRng,
     reading: Reading,
@@ -246,7 +257,9 @@ impl LeaderMachine {
                 last: now,
             }),
             in_flight: None,
-            retry_at: None,
+            handoffs_stale: false,
+            handoffs_reading: false,
+            handoffs_retry_at: None,
             backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
             rng: SmallRng::seed_from_u64(0x5eed_1ead),
             reading: Reading::InFlight,
@@ -461,6 +474,8 @@ impl LeaderMachine {
         }
         self.records.clear();
         self.owed.clear();
+        // This read has every record with its creation position.
+        self.handoffs_stale = false;
         for (key, value, revision) in records {
             let work = match self.layout.parse_handoff(key) {
                 Ok(w) => WorkId::from(w),
@@ -470,7 +485,7 @@ impl LeaderMachine {
                 }
             };
             self.records.insert(work.clone());
-            // The record was written with the revoke: the old owner must
+            // The record was created with the revoke: the old owner must
             // acknowledge that position.
             if let Ok(from) = std::str::from_utf8(value) {
                 if worker_core::validate_instance_id(from).is_ok() {
@@ -503,40 +518,85 @@ impl LeaderMachine {
     /// `Err` carries nothing the machine needs (the driver logs it).
     #[allow(clippy::needless_pass_by_value)] // the driver hands over the outcome it got
     pub fn handle_write<E>(&mut self, now: Instant, outcome: Result<TxnOutcome, E>) {
-        if self.stepped_down || self.in_flight.is_none() || self.retry_at.is_some() {
+        if self.stepped_down || self.in_flight.is_none() {
             return;
         }
         self.tick(now);
         match outcome {
-            Ok(TxnOutcome::Applied { revision }) => {
+            Ok(TxnOutcome::Applied { .. }) => {
                 self.backoff.reset();
                 let ops = self.in_flight.take().unwrap_or_default();
-                self.record_applied(ops, revision);
+                self.record_applied(ops);
+                self.read_handoffs_if_stale();
                 self.pump(now);
             }
             Ok(TxnOutcome::Fenced) => {
                 self.stepped_down = true;
                 self.in_flight = None;
                 self.soak = None;
-                self.retry_at = None;
                 self.reading = Reading::Done;
                 self.out.push_back(Action::StepDown);
             }
-            Ok(TxnOutcome::Conflict) => {
-                // Nothing was applied: a member came back. Decide anew once
-                // the members are read again.
+            // Not applied (a guard failed: a member came back), or not known
+            // whether applied: read the store again, then decide anew. A
+            // resend could land after a lost first attempt and hide the
+            // position at which a revoke took effect.
+            Ok(TxnOutcome::Conflict) | Err(_) => {
                 self.in_flight = None;
                 let delay = self.backoff.next_delay(&mut self.rng);
-                self.retry_at = Some(now + delay);
-            }
-            Err(_) => {
-                let delay = self.backoff.next_delay(&mut self.rng);
-                self.retry_at = Some(now + delay);
+                self.reading = Reading::RetryAt(now + delay);
             }
         }
     }
 
-    fn record_applied(&mut self, ops: Vec<TxnOp>, revision: u64) {
+    /// The handoff records as read from the store (key, value, creation
+    /// position): the answer to [`Action::ListHandoffs`].
+    pub fn handle_handoffs<'a>(
+        &mut self,
+        now: Instant,
+        records: impl IntoIterator<Item = (&'a [u8], &'a Bytes, u64)>,
+    ) {
+        if self.stepped_down || !self.handoffs_reading {
+            return;
+        }
+        self.tick(now);
+        self.handoffs_reading = false;
+        for (key, value, created) in records {
+            let Ok(work) = self.layout.parse_handoff(key) else {
+                continue;
+            };
+            let Ok(from) = std::str::from_utf8(value) else {
+                continue;
+            };
+            let entry = (WorkId::from(work), MemberId::from(from));
+            if let Some(at) = self.owed.get_mut(&entry) {
+                at.get_or_insert(created);
+            }
+        }
+        self.read_handoffs_if_stale();
+        self.pump(now);
+    }
+
+    /// [`Action::ListHandoffs`] failed: read again after a backoff.
+    pub fn handle_handoffs_error(&mut self, now: Instant) {
+        if self.stepped_down || !self.handoffs_reading {
+            return;
+        }
+        self.tick(now);
+        self.handoffs_reading = false;
+        let delay = self.list_backoff.next_delay(&mut self.list_rng);
+        self.handoffs_retry_at = Some(now + delay);
+    }
+
+    fn read_handoffs_if_stale(&mut self) {
+        if self.handoffs_stale && !self.handoffs_reading && self.handoffs_retry_at.is_none() {
+            self.handoffs_stale = false;
+            self.handoffs_reading = true;
+            self.out.push_back(Action::ListHandoffs);
+        }
+    }
+
+    fn record_applied(&mut self, ops: Vec<TxnOp>) {
         let Some(current) = &mut self.current else {
             return;
         };
@@ -546,6 +606,7 @@ impl LeaderMachine {
                 match op {
                     TxnOp::Put { .. } => {
                         self.records.insert(work);
+                        self.handoffs_stale = true;
                     }
                     TxnOp::Delete { .. } => {
                         self.records.remove(&work);
@@ -564,9 +625,6 @@ impl LeaderMachine {
                     current.insert(key, value);
                 }
                 TxnOp::Delete { .. } => {
-                    if let Some(at) = self.owed.get_mut(&(key.1.clone(), key.0.clone())) {
-                        *at = Some(revision);
-                    }
                     current.remove(&key);
                 }
                 TxnOp::Absent { .. } => {}
@@ -587,11 +645,9 @@ impl LeaderMachine {
         if let Reading::RetryAt(at) = self.reading {
             return Some(at);
         }
-        if let Some(at) = self.retry_at {
-            return Some(at);
-        }
-        if self.in_flight.is_some() || !self.ready() {
-            return None;
+        if self.in_flight.is_some() || self.reading != Reading::Done || !self.ready() {
+            // Nothing to plan or write before the answer comes.
+            return self.handoffs_retry_at;
         }
         let rejoin = self.departed.values().map(|(_, until)| *until);
         // Exclusive mode: when the margin of a member that is gone runs out.
@@ -602,7 +658,12 @@ impl LeaderMachine {
                 .map(move |(_, from)| self.absent_from(from) + margin)
                 .filter(|at| *at > self.last_now)
         });
-        self.due().into_iter().chain(rejoin).chain(fenced).min()
+        self.due()
+            .into_iter()
+            .chain(rejoin)
+            .chain(fenced)
+            .chain(self.handoffs_retry_at)
+            .min()
     }
 
     /// True once members, items and assignments have all been read.
@@ -622,18 +683,12 @@ impl LeaderMachine {
             self.reading = Reading::InFlight;
             self.out.push_back(Action::ListAssignments);
         }
-        if let Some(at) = self.retry_at {
-            if now < at {
-                return;
-            }
-            self.retry_at = None;
-            if let Some(ops) = &self.in_flight {
-                // The outcome was unknown: send the same again.
-                self.out.push_back(Action::Write(ops.clone()));
-                return;
-            }
+        if self.handoffs_retry_at.is_some_and(|at| now >= at) {
+            self.handoffs_retry_at = None;
+            self.handoffs_stale = true;
+            self.read_handoffs_if_stale();
         }
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || self.reading != Reading::Done {
             return;
         }
         let before = self.departed.len();
@@ -682,7 +737,7 @@ impl LeaderMachine {
     fn pump(&mut self, now: Instant) {
         if self.stepped_down
             || self.in_flight.is_some()
-            || self.retry_at.is_some()
+            || self.reading != Reading::Done
             || !self.ready()
             || self.desired.is_none()
         {
@@ -831,8 +886,10 @@ impl LeaderMachine {
             if !settled {
                 continue;
             }
-            let (wait, needs) = self.owed_state(&work, target, now);
-            if wait || !needs.is_empty() {
+            // No assign follows, so no guard is needed: a clear owner (one
+            // that is gone, past the margin) is enough.
+            let (wait, _) = self.owed_state(&work, target, now);
+            if wait {
                 continue;
             }
             if self.records.contains(&work) {

@@ -774,7 +774,8 @@ impl MemberTask {
             }
             let deadline = [
                 machine.poll_timeout(),
-                meta_retry_at,
+                // A retry time already passed waits for a session, not the timer.
+                meta_retry_at.filter(|t| *t > now),
                 draining.map(|since| since + self.config.drain_timeout),
             ]
             .into_iter()

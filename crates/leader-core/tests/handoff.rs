@@ -110,6 +110,31 @@ fn applied(m: &mut LeaderMachine, now: Instant, revision: u64) {
     m.handle_write::<()>(now, Ok(TxnOutcome::Applied { revision }));
 }
 
+/// A revoke transaction `ops` was applied at `revision`: the machine asks to
+/// read the handoff records back, and gets them with that creation position.
+fn revoke_applied(m: &mut LeaderMachine, now: Instant, ops: &[TxnOp], revision: u64) {
+    applied(m, now, revision);
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
+    assert!(
+        actions.contains(&Action::ListHandoffs),
+        "the records are read back: {actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Write(_))),
+        "nothing is written before they are: {actions:?}"
+    );
+    let records: Vec<(Vec<u8>, Bytes, u64)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            TxnOp::Put { key, value } if key.starts_with("service/coordinator/handoff/") => {
+                Some((key.as_bytes().to_vec(), value.clone(), revision))
+            }
+            _ => None,
+        })
+        .collect();
+    m.handle_handoffs(now, records.iter().map(|(k, v, r)| (k.as_slice(), v, *r)));
+}
+
 #[test]
 fn a_move_waits_for_the_old_owners_acknowledgement_of_the_revoke() {
     let t0 = Instant::now();
@@ -127,7 +152,7 @@ fn a_move_waits_for_the_old_owners_acknowledgement_of_the_revoke() {
         .iter()
         .all(|k| k.starts_with("service/coordinator/handoff/w")));
     let t1 = t0 + SOAK;
-    applied(&mut m, t1, 10);
+    revoke_applied(&mut m, t1, &revoke, 10);
     // Nothing goes to b while a has not acknowledged position 10.
     assert!(writes(&mut m).is_empty());
     assert!(m.writing());
@@ -190,7 +215,7 @@ fn at_most_max_moves_in_flight_items_are_in_handoff() {
             1,
             "one move at a time: {revoke:?}"
         );
-        applied(&mut m, t0 + SOAK, rev);
+        revoke_applied(&mut m, t0 + SOAK, &revoke, rev);
         assert!(
             writes(&mut m).is_empty(),
             "the next move waits for this one"
@@ -227,7 +252,7 @@ fn exclusive_mode_waits_the_margin_after_a_member_is_gone_and_guards_on_its_key(
     m.handle_timeout(t1 + SOAK);
     let revoke = one_write(&mut m);
     assert_eq!(keys(&revoke, "delete"), vec![format!("{A}a/w0")]);
-    applied(&mut m, t1 + SOAK, 20);
+    revoke_applied(&mut m, t1 + SOAK, &revoke, 20);
     assert!(writes(&mut m).is_empty());
     // Not before the margin has passed since a's key vanished.
     let at = m.poll_timeout().expect("the margin's end is a timeout");
@@ -243,12 +268,15 @@ fn exclusive_mode_waits_the_margin_after_a_member_is_gone_and_guards_on_its_key(
         "guarded on a's key still being absent"
     );
     // a came back meanwhile: the guard fails, nothing is applied, and the
-    // leader decides anew (a's acknowledgement now counts).
+    // leader reads the store again and decides anew (a's acknowledgement
+    // now counts).
     let t2 = t1 + margin;
     m.handle_write::<()>(t2, Ok(TxnOutcome::Conflict));
     members(&mut m, t2, &[("a", Some(15)), ("b", Some(1))]);
-    let retry = m.poll_timeout().expect("a retry is due");
+    let retry = m.poll_timeout().expect("a read is due");
     m.handle_timeout(retry);
+    assert_eq!(m.poll(), Some(Action::ListAssignments));
+    assignments(&mut m, retry, &[("b", 1)], &[("w0", "a", 20)]);
     assert!(
         writes(&mut m).is_empty(),
         "a is live again and has not acknowledged the revoke at 20"
@@ -276,4 +304,29 @@ fn a_new_leader_continues_the_handoffs_it_finds() {
         keys(&w, "delete"),
         vec!["service/coordinator/handoff/w1".to_owned()]
     );
+}
+
+#[test]
+fn after_an_unknown_outcome_the_store_is_read_again_and_the_record_says_when_the_revoke_was() {
+    let t0 = Instant::now();
+    let mut m = machine(LeaderTiming::with_soak(SOAK), t0);
+    members(&mut m, t0, &[("a", Some(5)), ("b", Some(5))]);
+    items(&mut m, t0, 2);
+    assignments(&mut m, t0, &[("a", 0), ("a", 1)], &[]);
+    m.handle_timeout(t0 + SOAK);
+    let revoke = one_write(&mut m);
+    assert_eq!(keys(&revoke, "delete").len(), 1);
+    // The reply is lost: nothing is resent blindly; the store is read again.
+    let t1 = t0 + SOAK;
+    m.handle_write(t1, Err::<TxnOutcome, _>("timed out"));
+    assert!(writes(&mut m).is_empty());
+    let at = m.poll_timeout().expect("a read is due");
+    m.handle_timeout(at);
+    assert_eq!(m.poll(), Some(Action::ListAssignments));
+    // It had been applied at 510: the record was created then.
+    assignments(&mut m, at, &[("a", 0)], &[("w1", "a", 510)]);
+    assert!(writes(&mut m).is_empty(), "a acknowledged only 5");
+    members(&mut m, at, &[("a", Some(510)), ("b", Some(5))]);
+    let assign = one_write(&mut m);
+    assert_eq!(keys(&assign, "put"), vec![format!("{A}b/w1")]);
 }

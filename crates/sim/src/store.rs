@@ -62,8 +62,8 @@ pub struct Store {
     leader: Option<(u64, Leader)>,
     /// Every version of every assignment key (never compacted): for checks.
     versions: BTreeMap<String, Vec<(u64, Option<Bytes>)>>,
-    /// The revision of each live key's last write (etcd `mod_revision`,
-    /// Consul `ModifyIndex`).
+    /// The revision at which each live key was created (etcd
+    /// `create_revision`, Consul `CreateIndex`).
     written_at: BTreeMap<String, u64>,
 }
 
@@ -124,7 +124,7 @@ impl Store {
         for (k, v) in &changes {
             if let Some(v) = v {
                 self.data.insert(k.clone(), v.clone());
-                self.written_at.insert(k.clone(), self.rev);
+                self.written_at.entry(k.clone()).or_insert(self.rev);
             } else {
                 self.data.remove(k);
                 self.written_at.remove(k);

@@ -13,16 +13,15 @@ use coordinator_sim::{run, Controls, Failure, RunConfig, Safeguards};
 const CI_SEEDS: u64 = 1_000;
 const CI_SECONDS: u64 = 1_000;
 
-/// Seeds that fail because of product bugs found by the simulator (see
-/// docs/testing.md, "What the simulator found"). The CI-sized run skips
-/// them; `known_product_bugs` (ignored until they are fixed) runs them.
-/// A: a guarded assign retried after a lost reply answers `Conflict`, the
-/// leader takes it for "nothing applied" and puts the item on a second
-/// member. B: a revoke retried after a lost reply records the retry's
-/// position, which the old owner never observes: the move waits forever.
-/// D: a release during a resyncing restore, then a restore without resync,
-/// publishes the stale settled workload (exclusive mode).
-const KNOWN_PRODUCT_BUGS: [(u64, char); 13] = [
+/// Seeds that failed because of product bugs the simulator found, all
+/// fixed (docs/testing.md, "What the simulator found"); kept as regression
+/// seeds. A: a guarded assign retried after a lost reply answered
+/// `Conflict`, the leader took it for "nothing applied" and put the item on
+/// a second member. B: a revoke retried after a lost reply recorded the
+/// retry's position, which the old owner never observes: the move waited
+/// forever. D: a release during a resyncing restore, then a restore without
+/// resync, published the stale settled workload (exclusive mode).
+const FIXED_PRODUCT_BUGS: [(u64, char); 14] = [
     (402, 'B'),
     (491, 'A'),
     (545, 'B'),
@@ -36,11 +35,8 @@ const KNOWN_PRODUCT_BUGS: [(u64, char); 13] = [
     (13416, 'D'),
     (13591, 'D'),
     (19858, 'D'),
+    (633, 'D'),
 ];
-
-fn known_bug(seed: u64) -> bool {
-    KNOWN_PRODUCT_BUGS.iter().any(|(s, _)| *s == seed)
-}
 
 /// What a sweep saw.
 #[derive(Debug, Default)]
@@ -50,11 +46,10 @@ struct Swept {
     exclusive: u64,
     releases: u64,
     acks: u64,
-    skipped: u64,
 }
 
-/// Runs `seeds` seeds on two threads, skipping the known product-bug seeds;
-/// returns the failures (by seed order) and counts.
+/// Runs `seeds` seeds on two threads; returns the failures (by seed order)
+/// and counts.
 fn sweep(start: u64, seeds: u64, seconds: u64) -> Swept {
     let next = Arc::new(AtomicU64::new(start));
     let swept = Arc::new(Mutex::new(Swept::default()));
@@ -65,10 +60,6 @@ fn sweep(start: u64, seeds: u64, seconds: u64) -> Swept {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= start + seeds {
                     return;
-                }
-                if known_bug(seed) {
-                    swept.lock().unwrap().skipped += 1;
-                    continue;
                 }
                 let result = run(RunConfig::new(seed, seconds));
                 let mut s = swept.lock().unwrap();
@@ -99,9 +90,8 @@ fn ci_sized_run_of_a_thousand_seeds_and_a_million_simulated_seconds() {
     let real = began.elapsed().as_secs_f64();
     let simulated = CI_SEEDS * CI_SECONDS;
     eprintln!(
-        "simulated {CI_SEEDS} seeds ({} exclusive, {} skipped as known product bugs), {simulated} s in {real:.1} s: {:.0} simulated s per real s, {} events, {} acks, {} releases",
+        "simulated {CI_SEEDS} seeds ({} exclusive), {simulated} s in {real:.1} s: {:.0} simulated s per real s, {} events, {} acks, {} releases",
         swept.exclusive,
-        swept.skipped,
         simulated as f64 / real,
         swept.events,
         swept.acks,
@@ -198,7 +188,7 @@ fn exclusive_mode_assumes_bounded_pauses() {
 }
 
 /// Exclusive mode assumes the store never ends a session before its TTL:
-/// seed 124, with the store ending sessions at once, puts an item in two
+/// with the store ending sessions at once, an item ends up in two
 /// acknowledged workloads (the old owner learns at its next renewal).
 #[test]
 fn exclusive_mode_assumes_sessions_end_at_their_ttl() {
@@ -206,9 +196,9 @@ fn exclusive_mode_assumes_sessions_end_at_their_ttl() {
         expiry_at_ttl: false,
         ..Controls::default()
     };
-    let f = run(exclusive_with(c)(124)).unwrap_err();
+    let (seeds, f) = first_failure_with(exclusive_with(c), 1_000);
+    eprintln!("sessions ended at once: caught after {seeds} seed(s):\n{f}");
     assert!(f.what.contains("acknowledged workloads"), "{f}");
-    run(exclusive_with(Controls::default())(124)).unwrap();
 }
 
 #[test]
@@ -255,30 +245,21 @@ fn regression_seeds() {
     }
 }
 
-/// The product bugs the simulator found (see `KNOWN_PRODUCT_BUGS` and
-/// docs/testing.md). Ignored until they are fixed: then it passes, and the
-/// seeds go back into the CI-sized run.
+/// The product bugs the simulator found stay fixed: their seeds pass, and
+/// seed 188 (bug C: a handoff record of a deleted item whose old owner was
+/// gone was never cleaned up) leaves no record.
 #[test]
-#[ignore = "product bugs found by the simulator, not fixed yet (docs/testing.md)"]
-fn known_product_bugs() {
+fn fixed_product_bugs_stay_fixed() {
     let mut failed = Vec::new();
-    for (seed, bug) in KNOWN_PRODUCT_BUGS {
+    for (seed, bug) in FIXED_PRODUCT_BUGS {
         if let Err(f) = run(RunConfig::new(seed, CI_SECONDS)) {
             eprintln!("bug {bug}:\n{f}");
             failed.push(seed);
         }
     }
-    // C: a handoff record of a deleted item whose old owner is gone is
-    // never cleaned up in exclusive mode.
-    let o = run(RunConfig::new(188, CI_SECONDS)).unwrap();
-    if o.stale_records > 0 {
-        eprintln!(
-            "bug C: seed 188 leaves {} handoff record(s)",
-            o.stale_records
-        );
-        failed.push(188);
-    }
-    assert!(failed.is_empty(), "seeds still failing: {failed:?}");
+    let o = run(RunConfig::new(188, CI_SECONDS)).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(o.stale_records, 0, "seed 188 leaves handoff records");
+    assert!(failed.is_empty(), "seeds failing again: {failed:?}");
 }
 
 /// `SIM_SEED=<n> [SIM_SECONDS=<s>] cargo test -p coordinator-sim --test sim replay -- --nocapture`

@@ -49,8 +49,8 @@ pub struct MemoryStats {
 #[derive(Debug, Default)]
 struct State {
     data: BTreeMap<Vec<u8>, Bytes>,
-    /// The revision of each key's last write.
-    written: BTreeMap<Vec<u8>, Revision>,
+    /// The revision at which each key was created.
+    created: BTreeMap<Vec<u8>, Revision>,
     revision: Revision,
     history: VecDeque<(Revision, KvChange)>,
     compacted: Revision,
@@ -231,10 +231,10 @@ impl MemoryStore {
         let rev = s.revision;
         match &change {
             KvChange::Put(entry) => {
-                s.written.insert(entry.key.clone(), rev);
+                s.created.entry(entry.key.clone()).or_insert(rev);
             }
             KvChange::Delete { key } => {
-                s.written.remove(key);
+                s.created.remove(key);
             }
         }
         s.watchers.dispatch(&change);
@@ -397,7 +397,7 @@ impl KvWatch for MemoryStore {
             .range(p.to_vec()..)
             .take_while(|(k, _)| k.starts_with(p))
             .map(|(k, v)| {
-                let rev = s.written.get(k).copied().unwrap_or(0);
+                let rev = s.created.get(k).copied().unwrap_or(0);
                 KvEntry::at(k.clone(), v.clone(), rev)
             })
             .collect();

@@ -23,15 +23,16 @@ pub type Workload = BTreeMap<WorkId, Bytes>;
 /// One key/value pair read from the store.
 ///
 /// Equality compares the key and the value only: `revision` says when the
-/// pair was written, not what it is.
+/// key was created, not what it is.
 #[derive(Clone)]
 pub struct KvEntry {
     /// The full key, as bytes (etcd keys need not be UTF-8).
     pub key: Vec<u8>,
     /// The value attached to the key.
     pub value: Bytes,
-    /// The store position of the key's last write (etcd `mod_revision`,
-    /// Consul `ModifyIndex`, memory the write's revision), filled in by
+    /// The store position at which the key was created (etcd
+    /// `create_revision`, Consul `CreateIndex`, memory the revision of the
+    /// write that created it; rewriting a key keeps it), filled in by
     /// [`KvWatch::list`](crate::KvWatch::list); 0 where not known.
     pub revision: Revision,
 }
@@ -50,7 +51,7 @@ impl KvEntry {
         Self::at(key, value, 0)
     }
 
-    /// Builds an entry written at `revision`.
+    /// Builds an entry created at `revision`.
     pub fn at(key: impl Into<Vec<u8>>, value: impl Into<Bytes>, revision: Revision) -> Self {
         Self {
             key: key.into(),

@@ -230,6 +230,7 @@ impl Worker {
                 held: config.start_released,
                 restoring: None,
                 resync_seen: 0,
+                resync_owed: false,
             }
             .run(cancel_rx)
             .instrument(span),
@@ -525,6 +526,8 @@ struct Driver {
     held: bool,
     restoring: Option<Restoring>,
     resync_seen: u64,
+    /// A resync was asked for and a release cut it short.
+    resync_owed: bool,
 }
 
 impl Driver {
@@ -627,9 +630,14 @@ impl Driver {
     }
 
     fn on_hold(&mut self, hold: Hold) {
-        let resync = hold.resync != self.resync_seen;
+        // A resync asked for and not finished still applies to the next
+        // restore, even one that does not ask for it.
+        let resync = hold.resync != self.resync_seen || self.resync_owed;
         self.resync_seen = hold.resync;
         if hold.held {
+            if self.restoring.is_some() || resync {
+                self.resync_owed = true;
+            }
             self.restoring = None;
             if !self.held {
                 self.held = true;
@@ -637,6 +645,7 @@ impl Driver {
                 self.publish_to(&Workload::new());
             }
         } else if resync {
+            self.resync_owed = false;
             self.restoring = Some(Restoring::Listing);
             self.machine.resync();
         } else if self.held && self.restoring.is_none() {
