@@ -102,6 +102,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         transactions = report.transactions,
                         "planned"
                     );
+                    crate::metrics::planned(&instance_id, &report);
                     let _ = plans.send(report);
                 }
                 Action::BadKey { key, reason } => {
@@ -114,6 +115,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     );
                 }
                 Action::StepDown => {
+                    crate::metrics::fenced(&instance_id);
                     warn!(
                         instance_id,
                         term = fence.term(),
@@ -159,6 +161,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         machine.handle_assignments(Instant::now(), entries);
                     }
                     Err(e) => {
+                        crate::metrics::store_error(&instance_id, "leader_list", &e);
                         if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
                             debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
                         }
@@ -168,6 +171,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             result = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
                 write = None;
                 if let Err(e) = &result {
+                    crate::metrics::store_error(&instance_id, "leader_write", e);
                     warn!(error = %ErrorChain(e), "fenced write failed; retrying");
                 }
                 machine.handle_write(Instant::now(), result);

@@ -42,6 +42,7 @@ mod error;
 mod keys;
 pub mod machine;
 mod memory;
+pub mod metrics;
 mod traits;
 mod types;
 mod worker;

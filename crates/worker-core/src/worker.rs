@@ -211,6 +211,7 @@ impl Worker {
         let span = tracing::info_span!("worker", instance_id = %config.instance_id);
         let task = tokio::spawn(
             Driver {
+                metrics: crate::metrics::WorkerMetrics::new(&config.instance_id),
                 machine,
                 kv,
                 leader,
@@ -424,6 +425,7 @@ async fn maybe<T>(op: &mut Option<BoxFut<T>>) -> T {
 }
 
 struct Driver {
+    metrics: crate::metrics::WorkerMetrics,
     machine: Machine,
     kv: Arc<dyn KvWatch>,
     leader: Arc<dyn LeaderWait>,
@@ -468,12 +470,15 @@ impl Driver {
                             "workload settled"
                         );
                         self.shared.publish(&change);
+                        self.metrics
+                            .published(self.shared.state.borrow().workload.len());
                     }
                     Action::IgnoredKey { key, reason } => {
                         debug!(key = %String::from_utf8_lossy(&key), %reason, "ignoring key that is not an assignment");
                     }
                 }
             }
+            self.metrics.pending(self.machine.is_pending());
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
@@ -518,6 +523,7 @@ impl Driver {
             Ok(l) => {
                 let before = self.machine.leader().cloned();
                 if before != l {
+                    self.metrics.leader_changed();
                     if let Some(l) = &l {
                         info!(leader = %l.id, term = l.term, "leader present");
                     } else {
@@ -532,6 +538,7 @@ impl Driver {
                 self.machine.handle_leader(now(), l);
             }
             Err(e) => {
+                self.metrics.store_error("leader", &e);
                 let delay = self.machine.handle_leader_error(now());
                 warn!(error = %ErrorChain(&e), retry_in = ?delay, "leader observation failed");
             }
@@ -556,6 +563,7 @@ impl Driver {
             KvDone::Event(stream, Ok(event)) => {
                 if let WatchEvent::Lost { reason } = &event {
                     info!(%reason, "watch position lost: relisting");
+                    self.metrics.relist();
                 } else {
                     // Keep reading unless the machine asks for something else
                     // (a List or Watch action replaces this future).
@@ -566,6 +574,7 @@ impl Driver {
             }
             KvDone::Listed(Err(e)) | KvDone::Opened(Err(e)) | KvDone::Event(_, Err(e)) => e,
         };
+        self.metrics.store_error("assignments", &error);
         let delay = self.machine.handle_kv_error(now());
         warn!(
             error = %ErrorChain(&error),

@@ -42,6 +42,7 @@ pub struct MemberArgs {
 pub async fn run(args: MemberArgs) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
+    let program = args.worker.program.clone();
     let mut config = config_of(args.worker);
     config.members_prefix = args.members_prefix;
     config.work_prefix = args.work_prefix;
@@ -56,6 +57,9 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         return config_error(&e);
     }
     init_logging();
+    if let Err(code) = program.serve_metrics() {
+        return code;
+    }
     let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -68,6 +72,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     print_until_stopped(
         &config.instance_id,
         member.worker().changes(),
+        program.handler(),
         &mut shutdown,
     )
     .await;

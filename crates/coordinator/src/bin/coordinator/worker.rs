@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::exec::{Handler, Job, Runner};
 use crate::{config_error, usage_error, WorkerArgs};
 
 /// One line of output (SPEC §5). Field order is part of the contract.
@@ -76,11 +77,15 @@ pub(crate) fn init_logging() {
 pub async fn run(args: WorkerArgs) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
+    let program = args.program.clone();
     let config = config_of(args);
     if let Err(e) = config.validate() {
         return config_error(&e);
     }
     init_logging();
+    if let Err(code) = program.serve_metrics() {
+        return code;
+    }
     let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -96,7 +101,13 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
-    print_until_stopped(&config.instance_id, worker.changes(), &mut shutdown).await;
+    print_until_stopped(
+        &config.instance_id,
+        worker.changes(),
+        program.handler(),
+        &mut shutdown,
+    )
+    .await;
     worker.halt().await;
     ExitCode::SUCCESS
 }
@@ -152,15 +163,18 @@ impl Shutdown {
 const FLUSH_BOUND: Duration = Duration::from_millis(500);
 
 /// Prints one JSON line per change until a signal, the end of `changes`, or a
-/// closed stdout. Stdout is written by a task of its own through tokio's
-/// stdout, so a reader that stops reading delays only the lines, never the
-/// handling of a signal.
+/// closed stdout, and hands each change to `handler` (`--exec`) after its line.
+/// Stdout is written by a task of its own through tokio's stdout, and the
+/// handler runs in another, so a reader that stops reading or a slow handler
+/// delays only the lines or the handlers, never the handling of a signal.
 pub(crate) async fn print_until_stopped(
     instance_id: &str,
     mut changes: Changes,
+    handler: Option<Handler>,
     shutdown: &mut Shutdown,
 ) {
     let out = Output::spawn();
+    let handlers = handler.map(Runner::spawn);
     let mut workload = Workload::new();
     loop {
         tokio::select! {
@@ -171,7 +185,11 @@ pub(crate) async fn print_until_stopped(
             }
             change = changes.next() => {
                 let Some(change) = change else { break };
-                if !out.send(json_line(instance_id, &mut workload, &change)) {
+                let line = json_line(instance_id, &mut workload, &change);
+                if let Some(h) = &handlers {
+                    h.send(Job::new(instance_id, &line, &workload, &change));
+                }
+                if !out.send(line) {
                     warn!("stdout closed; stopping");
                     break;
                 }
@@ -179,6 +197,9 @@ pub(crate) async fn print_until_stopped(
         }
     }
     out.finish().await;
+    if let Some(h) = handlers {
+        h.finish().await;
+    }
 }
 
 /// The stdout writer task and the queue feeding it.
