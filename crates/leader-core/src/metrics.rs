@@ -61,6 +61,9 @@ pub(crate) fn follow_leading(instance_id: &str, mut leading: watch::Receiver<Opt
     for name in [PLANS, ITEMS_MOVED, ITEMS_PLACED, FENCED_WRITES] {
         counter!(name, "instance_id" => id.clone()).absolute(0);
     }
+    for reason in ["error", "expired"] {
+        counter!(RENEW_FAILURES, "instance_id" => id.clone(), "reason" => reason).absolute(0);
+    }
     let is_leader = gauge!(IS_LEADER, "instance_id" => id);
     tokio::spawn(async move {
         loop {

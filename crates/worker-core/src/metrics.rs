@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use ::metrics::{SharedString, Unit};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
+use crate::worker::Settled;
 
 /// Gauge: items in the member's settled workload (what the application holds).
 pub const SETTLED_ITEMS: &str = "coordinator_settled_items";
@@ -116,8 +118,9 @@ impl WorkerMetrics {
         }
     }
 
-    /// A change was published; `settled_items` is the workload's size after it.
-    pub(crate) fn published(&mut self, settled_items: usize) {
+    /// A change was published to `state`.
+    pub(crate) fn published(&mut self, state: &watch::Sender<Settled>) {
+        let settled_items = state.borrow().workload.len();
         counter!(PUBLICATIONS, "instance_id" => self.id.clone()).increment(1);
         gauge!(SETTLED_ITEMS, "instance_id" => self.id.clone()).set(settled_items as f64);
         if let Some(since) = self.pending_since.take() {

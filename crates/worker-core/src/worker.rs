@@ -470,8 +470,7 @@ impl Driver {
                             "workload settled"
                         );
                         self.shared.publish(&change);
-                        self.metrics
-                            .published(self.shared.state.borrow().workload.len());
+                        self.metrics.published(&self.shared.state);
                     }
                     Action::IgnoredKey { key, reason } => {
                         debug!(key = %String::from_utf8_lossy(&key), %reason, "ignoring key that is not an assignment");
