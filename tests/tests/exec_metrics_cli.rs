@@ -75,7 +75,7 @@ impl Member {
     /// The next JSON line whose workload is `want`; the lines before it are skipped.
     async fn holding(&mut self, want: &[&str]) -> Value {
         let want: BTreeSet<&str> = want.iter().copied().collect();
-        let wait = async {
+        let reading = async {
             loop {
                 let line = self.stdout.recv().await.expect("stdout open");
                 let v: Value = serde_json::from_str(&line).expect("a JSON line");
@@ -90,7 +90,7 @@ impl Member {
                 }
             }
         };
-        timeout(WAIT, wait)
+        timeout(WAIT, reading)
             .await
             .unwrap_or_else(|_| panic!("never held {want:?} within {WAIT:?}"))
     }
@@ -115,10 +115,8 @@ impl Member {
                 }
             }
         };
-        match timeout(WAIT, wait).await {
-            Ok(l) => l,
-            Err(_) => panic!("no handler outcome within {WAIT:?}: {:?}", self.seen),
-        }
+        let outcome = timeout(WAIT, wait).await;
+        outcome.unwrap_or_else(|_| panic!("no handler outcome within {WAIT:?}: {:?}", self.seen))
     }
 
     async fn terminate(mut self) {
@@ -152,12 +150,18 @@ async fn cli(store: &[String], args: &[&str]) {
     );
 }
 
-/// The value of the sample `series` (name and labels) in a Prometheus page.
-fn sample(page: &str, series: &str) -> f64 {
+/// The value of the sample `series` (name and labels) in a Prometheus page, as written.
+fn text<'a>(page: &'a str, series: &str) -> &'a str {
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in\n{page}"))
+        .trim()
+}
+
+/// The value of the sample `series` as a number.
+fn sample(page: &str, series: &str) -> f64 {
+    let v = text(page, series);
+    v.parse().unwrap_or_else(|e| panic!("{series} {v}: {e}"))
 }
 
 /// Scrapes `addr` until `ready` holds for the page (the figures are updated
@@ -230,24 +234,7 @@ async fn exec_and_metrics_on_consul() {
     assert_eq!(next["added"], serde_json::json!(["w4"]));
     let outcome = m1.handler_outcome().await;
     assert!(outcome.contains("handler done"), "{outcome}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    let runs: Vec<&str> = text.lines().collect();
-    let revisions: Vec<u64> = runs
-        .iter()
-        .map(|r| {
-            r.strip_prefix("revision=")
-                .and_then(|r| r.split(' ').next())
-                .and_then(|r| r.parse().ok())
-                .unwrap_or_else(|| panic!("{r}"))
-        })
-        .collect();
-    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{text}");
-    let tail = &runs[runs.len() - 2..];
-    assert!(tail[0].contains(" added=fail-1 "), "{text}");
-    assert!(
-        tail[1].contains(" added=w4 removed= workload=fail-1,w1,w2,w3,w4 "),
-        "{text}"
-    );
+    check_handler_log(&log);
 
     // A second member: the leader (m1, alone until now) moves items to it.
     let m2 = Member::start("m2", &with_dead, &[], &dir.path().join("m2.log"));
@@ -271,61 +258,55 @@ async fn exec_and_metrics_on_consul() {
             && p.lines().any(|l| l == format!("{settled} {kept}").as_str())
     })
     .await;
-    let moved = sample(&page, &format!("coordinator_leader_items_moved_total{id}"));
+    check_metrics(&page, kept);
+    m2.terminate().await;
+    m1.terminate().await;
+}
+
+/// What m1's page must show after the scenario: `kept` items of 5 left
+/// after m2 joined.
+fn check_metrics(page: &str, kept: usize) {
+    let id = "{instance_id=\"m1\"}";
+    let moved = sample(page, &format!("coordinator_leader_items_moved_total{id}"));
     assert!(moved >= 5.0 - kept as f64, "{page}");
     assert!(
-        sample(&page, &format!("coordinator_leader_items_placed_total{id}")) >= 5.0,
+        sample(page, &format!("coordinator_leader_items_placed_total{id}")) >= 5.0,
         "{page}"
     );
     assert!(
-        sample(&page, &format!("coordinator_leader_plans_total{id}")) >= 2.0,
+        sample(page, &format!("coordinator_leader_plans_total{id}")) >= 2.0,
         "{page}"
     );
     assert_eq!(
-        sample(&page, &format!("coordinator_member_is_leader{id}")),
-        1.0,
-        "{page}"
+        text(page, &format!("coordinator_member_is_leader{id}")),
+        "1"
     );
     assert_eq!(
-        sample(
-            &page,
-            &format!("coordinator_leader_fenced_writes_total{id}")
-        ),
-        0.0,
+        text(page, &format!("coordinator_leader_fenced_writes_total{id}")),
+        "0"
+    );
+    assert!(
+        sample(page, &format!("coordinator_publications_total{id}")) >= 4.0,
         "{page}"
     );
     assert!(
-        sample(&page, &format!("coordinator_publications_total{id}")) >= 4.0,
+        sample(page, &format!("coordinator_leader_changes_total{id}")) >= 1.0,
         "{page}"
     );
-    assert!(
-        sample(&page, &format!("coordinator_leader_changes_total{id}")) >= 1.0,
-        "{page}"
-    );
-    assert_eq!(
-        sample(&page, &format!("coordinator_relists_total{id}")),
-        0.0,
-        "{page}"
-    );
-    assert_eq!(
-        sample(
-            &page,
-            "coordinator_member_renew_failures_total{instance_id=\"m1\",reason=\"expired\"}"
-        ),
-        0.0,
-        "{page}"
-    );
+    assert_eq!(text(page, &format!("coordinator_relists_total{id}")), "0");
+    let expired = "coordinator_member_renew_failures_total{instance_id=\"m1\",reason=\"expired\"}";
+    assert_eq!(text(page, expired), "0");
     let delays = sample(
-        &page,
+        page,
         &format!("coordinator_publication_delay_seconds_count{id}"),
     );
     let sum = sample(
-        &page,
+        page,
         &format!("coordinator_publication_delay_seconds_sum{id}"),
     );
     assert!(delays >= 4.0, "{page}");
     assert!(
-        sum / delays >= 0.1 && sum / delays < 20.0,
+        (0.1..20.0).contains(&(sum / delays)),
         "mean delay {}s\n{page}",
         sum / delays
     );
@@ -345,7 +326,27 @@ async fn exec_and_metrics_on_consul() {
         "{page}"
     );
     assert!(page.contains("# HELP coordinator_settled_items "), "{page}");
+}
 
-    m2.terminate().await;
-    m1.terminate().await;
+/// The handler's own record: one line per change, revisions increasing, the
+/// last two the refused item and the one after it.
+fn check_handler_log(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let runs: Vec<&str> = text.lines().collect();
+    let revisions: Vec<u64> = runs
+        .iter()
+        .map(|r| {
+            r.strip_prefix("revision=")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_else(|| panic!("{r}"))
+        })
+        .collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let tail = &runs[runs.len() - 2..];
+    assert!(tail[0].contains(" added=fail-1 "), "{text}");
+    assert!(
+        tail[1].contains(" added=w4 removed= workload=fail-1,w1,w2,w3,w4 "),
+        "{text}"
+    );
 }

@@ -110,7 +110,7 @@ fn process(shared: Shared, who: String, item: WorkId) -> JoinHandle<()> {
 }
 
 /// Stops the processor of `item` in replica `who`.
-fn stop(shared: &Shared, who: &str, item: &WorkId, task: JoinHandle<()>) {
+fn stop(shared: &Shared, who: &str, item: &WorkId, task: &JoinHandle<()>) {
     task.abort();
     let mut b = shared.lock();
     if let Some(set) = b.running.get_mut(item) {
@@ -154,7 +154,7 @@ impl Service {
             while let Some(change) = changes.next().await {
                 for item in &change.removed {
                     if let Some(t) = running.remove(item) {
-                        stop(&shared, &who, item, t);
+                        stop(&shared, &who, item, &t);
                     }
                 }
                 for (item, _params) in &change.added {
@@ -164,7 +164,7 @@ impl Service {
             }
             // The worker halted: this replica processes nothing any more.
             for (item, t) in std::mem::take(&mut running) {
-                stop(&shared, &who, &item, t);
+                stop(&shared, &who, &item, &t);
             }
         });
         self.replicas

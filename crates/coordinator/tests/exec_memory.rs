@@ -117,10 +117,10 @@ impl Program {
                 }
             }
         };
-        match timeout(WAIT, wait).await {
-            Ok(line) => line,
-            Err(_) => panic!("no handler outcome within {WAIT:?}: {:?}", self.seen_stderr),
-        }
+        let outcome = timeout(WAIT, wait).await;
+        outcome.unwrap_or_else(|_| {
+            panic!("no handler outcome within {WAIT:?}: {:?}", self.seen_stderr)
+        })
     }
 
     async fn terminate(mut self) {
@@ -261,34 +261,39 @@ async fn exec_runs_each_change_in_order_and_survives_a_failing_handler() {
     }
 
     // The metrics endpoint: the worker's figures after those changes.
-    let page = scrape(port).await;
+    check_metrics(&scrape(port).await);
+    p.terminate().await;
+}
+
+/// The worker's figures after the four changes of the test above.
+fn check_metrics(page: &str) {
     let id = "{instance_id=\"m1\"}";
     assert_eq!(
-        sample(&page, &format!("coordinator_settled_items{id}")),
+        sample(page, &format!("coordinator_settled_items{id}")),
         Some(2.0),
         "{page}"
     );
     assert_eq!(
-        sample(&page, &format!("coordinator_publications_total{id}")),
+        sample(page, &format!("coordinator_publications_total{id}")),
         Some(4.0),
         "{page}"
     );
     let delays = sample(
-        &page,
+        page,
         &format!("coordinator_publication_delay_seconds_count{id}"),
     );
     assert_eq!(delays, Some(4.0), "{page}");
     let sum = sample(
-        &page,
+        page,
         &format!("coordinator_publication_delay_seconds_sum{id}"),
     )
     .unwrap();
     assert!(
-        sum >= 0.3 && sum < 4.0 * 10.0,
+        (0.3..40.0).contains(&sum),
         "4 publications after a 100ms soak took {sum}s"
     );
     assert_eq!(
-        sample(&page, &format!("coordinator_leader_changes_total{id}")),
+        sample(page, &format!("coordinator_leader_changes_total{id}")),
         Some(1.0),
         "{page}"
     );
@@ -296,7 +301,6 @@ async fn exec_runs_each_change_in_order_and_survives_a_failing_handler() {
         page.contains("# TYPE coordinator_publication_delay_seconds histogram"),
         "{page}"
     );
-    p.terminate().await;
 }
 
 #[tokio::test]
