@@ -45,7 +45,7 @@ mod memory;
 pub mod metrics;
 mod traits;
 mod types;
-mod worker;
+pub mod worker;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
