@@ -83,38 +83,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 300ms, 2s or 1m"))
 }
 
-mod duration_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-
-    pub mod option {
-        use super::{Deserialize, Deserializer, Duration, Serializer};
-
-        #[allow(clippy::ref_option)] // the signature serde's `with` expects
-        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|s| super::super::parse_duration(&s).map_err(serde::de::Error::custom))
-                .transpose()
-        }
-    }
-}
-
 /// Everything needed to run a worker against a chosen backend.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,23 +103,23 @@ pub struct Config {
     #[serde(default = "default_leader")]
     pub leader: String,
     /// Soak time. Default 500 ms.
-    #[serde(default = "default_soak", with = "duration_str")]
+    #[serde(default = "default_soak", with = "humantime_serde")]
     pub soak: Duration,
     /// Starvation cap. Default 10 × soak.
     #[serde(
         default,
-        with = "duration_str::option",
+        with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_soak: Option<Duration>,
     /// Wait after a new leader. Default 5 s.
-    #[serde(default = "default_settle", with = "duration_str")]
+    #[serde(default = "default_settle", with = "humantime_serde")]
     pub leader_settle: Duration,
     /// Consul blocking-query wait: a silent (black-holed) connection is noticed
     /// after `wait + wait/16 + 5 s`. Default 5 min; at most 10 min.
     #[serde(
         default,
-        with = "duration_str::option",
+        with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub consul_wait: Option<Duration>,
@@ -159,7 +127,7 @@ pub struct Config {
     /// stream. Default 10 s; at least 200 ms.
     #[serde(
         default,
-        with = "duration_str::option",
+        with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub etcd_keepalive: Option<Duration>,
@@ -188,10 +156,10 @@ pub struct Config {
     #[serde(default = "default_work_prefix")]
     pub work_prefix: String,
     /// Session / lease TTL of a full member. Default 15 s (Consul's minimum is 10 s).
-    #[serde(default = "default_ttl", with = "duration_str")]
+    #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
     /// How long the leader lets member and item changes soak before planning. Default 3 s.
-    #[serde(default = "default_leader_soak", with = "duration_str")]
+    #[serde(default = "default_leader_soak", with = "humantime_serde")]
     pub leader_soak: Duration,
     /// This member's relative share of the work. Default 1; 0 takes nothing.
     #[serde(default = "default_weight")]
@@ -199,7 +167,7 @@ pub struct Config {
     /// How long the items of a member that left stay assigned to it, so that
     /// a member restarted with the same id within it gets them back and
     /// nothing moves (a leader setting). Default 0.
-    #[serde(default, with = "duration_str")]
+    #[serde(default, with = "humantime_serde")]
     pub rebalance_delay: Duration,
     /// Handoff-records prefix (a full member only). Default `service/coordinator/handoff/`.
     #[serde(default = "default_handoff_prefix")]
@@ -216,7 +184,7 @@ pub struct Config {
     /// Default TTL/5.
     #[serde(
         default,
-        with = "duration_str::option",
+        with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub exclusive_margin: Option<Duration>,
@@ -226,7 +194,7 @@ pub struct Config {
     pub max_moves_in_flight: Option<usize>,
     /// How long a draining member waits for its items to move away before it
     /// leaves anyway. Default 60 s.
-    #[serde(default = "default_drain_timeout", with = "duration_str")]
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
 
@@ -626,7 +594,16 @@ mod tests {
     #[test]
     fn bad_toml_names_the_field() {
         let e = toml::from_str::<Config>("instance_id = \"m1\"\nsoak = \"fast\"").unwrap_err();
-        assert!(e.to_string().contains("invalid duration"), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("expected a duration"), "{e}");
+        assert!(e.contains("soak"), "{e}");
+        let e = toml::from_str::<Config>("instance_id = \"m1\"\nmax_soak = \"5parsecs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected a duration") && e.contains("max_soak"),
+            "{e}"
+        );
         let e = toml::from_str::<Config>("instance_id = \"m1\"\nbackend = \"zk\"").unwrap_err();
         assert!(e.to_string().contains("zk"), "{e}");
         let e = toml::from_str::<Config>("instance_id = \"m1\"\nsoke = \"1s\"").unwrap_err();

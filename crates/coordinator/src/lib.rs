@@ -30,15 +30,49 @@
 //! ```
 //!
 //! # Feature flags
-//! Features only decide which backends are compiled in; they are additive, and
-//! the runtime [`Config`] picks one.
+//! The backend features only decide which backends are compiled in; they are
+//! additive, and the runtime [`Config`] picks one.
 //! - `consul` (default): the Consul backend ([`consul`]).
 //! - `etcd`: the etcd backend ([`etcd`]); building it needs `protoc`
 //!   (Debian: `protobuf-compiler` and `libprotobuf-dev`).
+//! - `prometheus` (default): the `coordinator` program's Prometheus endpoint
+//!   (`--metrics-addr`). The library never installs a metrics recorder.
 //!
 //! The memory backend is always there.
+//!
+//! # Metrics
+//! Workers, members and leaders record their figures through the
+//! [`metrics`](https://docs.rs/metrics) facade; install the exporter you like
+//! before spawning them. The names are in [`metrics`](mod@metrics).
 
 pub mod config;
+
+/// The names of every metric the library records (the worker's and the
+/// leader half's), for the exporter the application installs. Each carries
+/// the label `instance_id`; `docs/operations.md` says what each one means.
+pub mod metrics {
+    pub use leader_core::metrics::{
+        FENCED_WRITES, IS_LEADER, ITEMS_MOVED, ITEMS_PLACED, PLANS, RENEW_FAILURES,
+    };
+    pub use worker_core::metrics::{
+        error_kind, LEADER_CHANGES, PUBLICATIONS, PUBLICATION_DELAY, RELISTS, SETTLED_ITEMS,
+        STORE_ERRORS,
+    };
+
+    /// Bucket bounds (seconds) suited to [`PUBLICATION_DELAY`]: from a short
+    /// soak to a leader settle plus a backoff cap.
+    pub const PUBLICATION_DELAY_BUCKETS: &[f64] = &[
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+
+    /// Describes every metric (type, unit, help text) to the installed
+    /// recorder. Workers and members do it when they start; call it after
+    /// installing a recorder to have the descriptions before that.
+    pub fn describe() {
+        worker_core::metrics::describe();
+        leader_core::metrics::describe();
+    }
+}
 
 use std::sync::Arc;
 

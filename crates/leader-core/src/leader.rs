@@ -114,6 +114,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         transactions = report.transactions,
                         "planned"
                     );
+                    crate::metrics::planned(&instance_id, &report);
                     let _ = plans.send(report);
                 }
                 Action::BadKey { key, reason } => {
@@ -126,6 +127,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     );
                 }
                 Action::StepDown => {
+                    crate::metrics::fenced(&instance_id);
                     warn!(
                         instance_id,
                         term = fence.term(),
@@ -175,6 +177,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         machine.handle_assignments(Instant::now(), entries, records);
                     }
                     Err(e) => {
+                        crate::metrics::store_error(&instance_id, "leader_list", &e);
                         if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
                             debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
                         }
@@ -200,7 +203,10 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             result = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
                 write = None;
                 match &result {
-                    Err(e) => warn!(error = %ErrorChain(e), "fenced write failed; reading the store again"),
+                    Err(e) => {
+                        crate::metrics::store_error(&instance_id, "leader_write", e);
+                        warn!(error = %ErrorChain(e), "fenced write failed; reading the store again");
+                    }
                     Ok(TxnOutcome::Conflict) => {
                         info!("a member that was gone is back: deciding its items anew");
                     }

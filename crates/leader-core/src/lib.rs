@@ -32,6 +32,7 @@ mod leader;
 pub mod machine;
 mod member;
 pub mod membership;
+pub mod metrics;
 
 pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;

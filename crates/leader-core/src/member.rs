@@ -284,6 +284,7 @@ impl Member {
         config.validate()?;
         let worker = Worker::spawn(&config.worker, store.kv.clone(), store.leader.clone())?;
         let (leading_tx, leading_rx) = watch::channel(None);
+        crate::metrics::follow_leading(config.instance_id(), leading_rx.clone());
         let (plans, _) = broadcast::channel(64);
         let (halt_tx, halt_rx) = watch::channel(Stop::Running);
         let (ack_tx, ack_rx) = watch::channel(0);
@@ -816,6 +817,7 @@ impl MemberTask {
                 }
                 result = in_flight(&mut registering), if registering.is_some() => {
                     registering = None;
+                    crate::metrics::store_result(&instance_id, "register", &result);
                     let result = match result {
                         Ok((session, meta)) => {
                             info!(%session, "registered");
@@ -831,6 +833,7 @@ impl MemberTask {
                 }
                 result = in_flight(&mut renewing), if renewing.is_some() => {
                     renewing = None;
+                    crate::metrics::renewed(&instance_id, &result);
                     match &result {
                         Ok(true) => {}
                         Ok(false) => warn!("session expired: registering again"),
@@ -857,6 +860,7 @@ impl MemberTask {
                 }
                 result = in_flight(&mut campaigning), if campaigning.is_some() => {
                     campaigning = None;
+                    crate::metrics::store_result(&instance_id, "campaign", &result);
                     if let Err(e) = &result {
                         debug!(error = %ErrorChain(e), "campaign failed");
                     }

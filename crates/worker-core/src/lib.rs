@@ -42,9 +42,10 @@ mod error;
 mod keys;
 pub mod machine;
 mod memory;
+pub mod metrics;
 mod traits;
 mod types;
-mod worker;
+pub mod worker;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

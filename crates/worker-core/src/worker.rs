@@ -221,6 +221,7 @@ impl Worker {
         let span = tracing::info_span!("worker", instance_id = %config.instance_id);
         let task = tokio::spawn(
             Driver {
+                metrics: crate::metrics::WorkerMetrics::new(&config.instance_id),
                 machine,
                 kv,
                 leader,
@@ -516,6 +517,7 @@ async fn maybe<T>(op: &mut Option<BoxFut<T>>) -> T {
 }
 
 struct Driver {
+    metrics: crate::metrics::WorkerMetrics,
     machine: Machine,
     kv: Arc<dyn KvWatch>,
     leader: Arc<dyn LeaderWait>,
@@ -574,6 +576,7 @@ impl Driver {
                             "workload settled"
                         );
                         self.shared.publish(&change);
+                        self.metrics.published(&self.shared.state);
                     }
                     Action::IgnoredKey { key, reason } => {
                         debug!(key = %String::from_utf8_lossy(&key), %reason, "ignoring key that is not an assignment");
@@ -597,6 +600,7 @@ impl Driver {
                     newer
                 });
             }
+            self.metrics.pending(self.machine.is_pending());
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
@@ -709,6 +713,7 @@ impl Driver {
             Ok(l) => {
                 let before = self.machine.leader().cloned();
                 if before != l {
+                    self.metrics.leader_changed();
                     if let Some(l) = &l {
                         info!(leader = %l.id, term = l.term, "leader present");
                     } else {
@@ -723,6 +728,7 @@ impl Driver {
                 self.machine.handle_leader(now(), l);
             }
             Err(e) => {
+                self.metrics.store_error("leader", &e);
                 let delay = self.machine.handle_leader_error(now());
                 warn!(error = %ErrorChain(&e), retry_in = ?delay, "leader observation failed");
             }
@@ -750,6 +756,7 @@ impl Driver {
             KvDone::Event(stream, Ok(event)) => {
                 if let WatchEvent::Lost { reason } = &event {
                     info!(%reason, "watch position lost: relisting");
+                    self.metrics.relist();
                 } else {
                     // Keep reading unless the machine asks for something else
                     // (a List or Watch action replaces this future).
@@ -760,6 +767,7 @@ impl Driver {
             }
             KvDone::Listed(Err(e)) | KvDone::Opened(Err(e)) | KvDone::Event(_, Err(e)) => e,
         };
+        self.metrics.store_error("assignments", &error);
         let delay = self.machine.handle_kv_error(now());
         warn!(
             error = %ErrorChain(&error),

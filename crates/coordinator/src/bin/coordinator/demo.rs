@@ -170,7 +170,7 @@ impl Cluster {
             let mut watches: Vec<_> = self.members.values().map(|m| m.worker().watch()).collect();
             while !self.settled() {
                 let changed = watches.iter_mut().map(|w| Box::pin(w.changed()));
-                let (result, _) = futures_select_all(changed).await;
+                let (result, _, _) = futures_util::future::select_all(changed).await;
                 if result.is_err() {
                     return false;
                 }
@@ -190,22 +190,6 @@ impl Cluster {
         ));
         ok
     }
-}
-
-/// Waits for the first of several futures (a small `select_all`).
-async fn futures_select_all<F: std::future::Future + Unpin>(
-    futs: impl Iterator<Item = F>,
-) -> (F::Output, usize) {
-    let mut futs: Vec<F> = futs.collect();
-    std::future::poll_fn(move |cx| {
-        for (i, f) in futs.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready((out, i));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 pub async fn run(args: DemoArgs) -> ExitCode {

@@ -9,9 +9,12 @@
 
 mod admin;
 mod demo;
+mod exec;
 mod member;
+mod prometheus;
 mod worker;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -125,6 +128,38 @@ pub(crate) struct WorkerArgs {
     /// etcd keep-alive: request timeout and silent-stream detection (default 10s).
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     etcd_keepalive: Option<Duration>,
+    #[command(flatten)]
+    program: ProgramArgs,
+}
+
+/// Flags of the program itself (not library settings), for `worker` and `member`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ProgramArgs {
+    /// Serve the metrics for Prometheus on HOST:PORT (off by default).
+    #[arg(long, value_name = "HOST:PORT", value_parser = prometheus::parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+    /// Run CMD with ARGS for each settled change, one at a time, in order: the
+    /// JSON line on its stdin, the change in COORDINATOR_* variables. Give it
+    /// last: every argument after it belongs to CMD.
+    #[arg(long, value_name = "CMD [ARGS...]", num_args = 1.., allow_hyphen_values = true)]
+    exec: Vec<String>,
+}
+
+impl ProgramArgs {
+    /// Starts serving metrics if asked; a failure is a usage error (exit 2)
+    /// naming `--metrics-addr`.
+    pub(crate) fn serve_metrics(&self) -> Result<(), ExitCode> {
+        match self.metrics_addr {
+            Some(addr) => prometheus::serve(addr)
+                .map_err(|e| usage_error(&format!("invalid --metrics-addr: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The `--exec` handler, if one is given.
+    pub(crate) fn handler(&self) -> Option<exec::Handler> {
+        exec::Handler::new(&self.exec)
+    }
 }
 
 /// Flags of `coordinator demo`.

@@ -2,6 +2,7 @@
 //! elected) that prints its settled workload as `coordinator worker` does.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -12,7 +13,7 @@ use coordinator::leader::layout::{
 use coordinator::Left;
 use tracing::{info, warn};
 
-use crate::worker::{config_of, connect, init_logging, print_until, Shutdown, Signal};
+use crate::worker::{config_of, connect, init_logging, print_until, OnHandled, Shutdown, Signal};
 use crate::{config_error, WorkerArgs};
 
 /// Flags of `coordinator member`: every flag of `coordinator worker`, and these.
@@ -65,6 +66,7 @@ pub struct MemberArgs {
 pub async fn run(args: MemberArgs) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
+    let program = args.worker.program.clone();
     let mut config = config_of(args.worker);
     config.members_prefix = args.members_prefix;
     config.work_prefix = args.work_prefix;
@@ -85,6 +87,9 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         return config_error(&e);
     }
     init_logging();
+    if let Err(code) = program.serve_metrics() {
+        return code;
+    }
     let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -98,12 +103,14 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
-    // A change is acknowledged once its line is out.
+    // A change is acknowledged once its line is out, or with `--exec` once
+    // its handler exited 0.
     let acker = member.acker();
     let (id, changes) = (config.instance_id.clone(), member.worker().changes());
+    let handler = program.handler();
     let mut printer = tokio::spawn(async move {
-        let ack = move |revision| acker.ack(revision);
-        print_until(&id, changes, std::future::pending(), Some(Box::new(ack))).await;
+        let ack: OnHandled = Arc::new(move |revision| acker.ack(revision));
+        print_until(&id, changes, handler, std::future::pending(), Some(ack)).await;
     });
     // SIGINT: leave at once. SIGTERM or a drain request: drain, then leave;
     // a second signal cuts the drain short.

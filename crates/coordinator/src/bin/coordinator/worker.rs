@@ -1,6 +1,7 @@
 //! `coordinator worker`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::{
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::exec::{Handler, Job, Runner};
 use crate::{config_error, usage_error, WorkerArgs};
 
 /// One line of output (SPEC §5). Field order is part of the contract.
@@ -76,11 +78,15 @@ pub(crate) fn init_logging() {
 pub async fn run(args: WorkerArgs) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
+    let program = args.program.clone();
     let config = config_of(args);
     if let Err(e) = config.validate() {
         return config_error(&e);
     }
     init_logging();
+    if let Err(code) = program.serve_metrics() {
+        return code;
+    }
     let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -96,7 +102,13 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
-    print_until_stopped(&config.instance_id, worker.changes(), &mut shutdown).await;
+    print_until_stopped(
+        &config.instance_id,
+        worker.changes(),
+        program.handler(),
+        &mut shutdown,
+    )
+    .await;
     worker.halt().await;
     ExitCode::SUCCESS
 }
@@ -167,30 +179,42 @@ pub(crate) enum Signal {
 const FLUSH_BOUND: Duration = Duration::from_millis(500);
 
 /// Prints one JSON line per change until a signal, the end of `changes`, or a
-/// closed stdout. Stdout is written by a task of its own through tokio's
-/// stdout, so a reader that stops reading delays only the lines, never the
-/// handling of a signal.
+/// closed stdout, and hands each change to `handler` (`--exec`) after its line.
+/// Stdout is written by a task of its own through tokio's stdout, and the
+/// handler runs in another, so a reader that stops reading or a slow handler
+/// delays only the lines or the handlers, never the handling of a signal.
 pub(crate) async fn print_until_stopped(
     instance_id: &str,
     changes: Changes,
+    handler: Option<Handler>,
     shutdown: &mut Shutdown,
 ) {
-    print_until(instance_id, changes, shutdown.recv(), None).await;
+    print_until(instance_id, changes, handler, shutdown.recv(), None).await;
 }
 
-/// Called with a change's revision once its line is written and flushed.
-pub(crate) type OnWritten = Box<dyn Fn(Revision) + Send + Sync>;
+/// Called with a change's revision once it is handled: its line written and
+/// flushed, or, with `--exec`, its handler exited 0.
+pub(crate) type OnHandled = Arc<dyn Fn(Revision) + Send + Sync>;
 
 /// Prints one JSON line per change until `stop` completes, the end of
-/// `changes`, or a closed stdout; `on_written` hears of each line once it
-/// is out (a member acknowledges the change then).
+/// `changes`, or a closed stdout, and hands each change to `handler`
+/// (`--exec`) after its line. `on_handled` hears of each change once its
+/// line is out or, with a handler, once the handler exited 0 (a member
+/// acknowledges the change then).
 pub(crate) async fn print_until(
     instance_id: &str,
     mut changes: Changes,
+    handler: Option<Handler>,
     stop: impl std::future::Future<Output = ()>,
-    on_written: Option<OnWritten>,
+    on_handled: Option<OnHandled>,
 ) {
+    let (on_written, on_success) = if handler.is_some() {
+        (None, on_handled)
+    } else {
+        (on_handled, None)
+    };
     let out = Output::spawn(on_written);
+    let handlers = handler.map(|h| Runner::spawn(h, on_success));
     let mut workload = Workload::new();
     tokio::pin!(stop);
     loop {
@@ -202,7 +226,11 @@ pub(crate) async fn print_until(
             }
             change = changes.next() => {
                 let Some(change) = change else { break };
-                if !out.send(json_line(instance_id, &mut workload, &change), change.revision) {
+                let line = json_line(instance_id, &mut workload, &change);
+                if let Some(h) = &handlers {
+                    h.send(Job::new(instance_id, &line, &workload, &change));
+                }
+                if !out.send(line, change.revision) {
                     warn!("stdout closed; stopping");
                     break;
                 }
@@ -210,6 +238,9 @@ pub(crate) async fn print_until(
         }
     }
     out.finish().await;
+    if let Some(h) = handlers {
+        h.finish().await;
+    }
 }
 
 /// The stdout writer task and the queue feeding it.
@@ -219,7 +250,7 @@ struct Output {
 }
 
 impl Output {
-    fn spawn(on_written: Option<OnWritten>) -> Self {
+    fn spawn(on_written: Option<OnHandled>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Revision)>();
         let task = tokio::spawn(async move {
             let mut stdout = tokio::io::stdout();

@@ -1,0 +1,236 @@
+//! `--exec CMD [ARGS...]`: a handler run for each settled change, like
+//! `consul watch -handler`.
+//!
+//! The handler gets the change's JSON line (the one printed on stdout) on its
+//! stdin and the change in `COORDINATOR_*` environment variables. Handlers run
+//! one at a time, in the order of the changes, in a task of their own, so a
+//! slow handler delays only the handlers after it, never the output or the
+//! handling of a signal. A handler that fails is logged with its exit status,
+//! and the next change is handled as usual.
+
+use std::fmt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::{Workload, WorkloadChange};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::worker::OnHandled;
+
+/// How long a handler still running when the program stops may take to end
+/// before it is killed. Changes queued behind it are not handled.
+pub(crate) const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// The command to run for each change.
+#[derive(Debug, Clone)]
+pub(crate) struct Handler {
+    program: String,
+    args: Vec<String>,
+}
+
+/// One settled change, ready for the handler.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// The store revision of the change.
+    pub(crate) revision: u64,
+    /// The JSON line, newline included.
+    line: String,
+    env: Vec<(&'static str, String)>,
+}
+
+/// Why a handler did not succeed.
+#[derive(Debug)]
+pub(crate) enum HandlerError {
+    /// The command could not be started.
+    Spawn(std::io::Error),
+    /// Waiting for it failed.
+    Wait(std::io::Error),
+    /// It ended with a status other than 0 (or was killed by a signal).
+    Failed(ExitStatus),
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Spawn(e) => write!(f, "cannot start the handler: {e}"),
+            Self::Wait(e) => write!(f, "cannot wait for the handler: {e}"),
+            Self::Failed(status) => write!(f, "the handler ended with {status}"),
+        }
+    }
+}
+
+/// Work ids, one per line, in the order given (sorted by the caller).
+fn lines<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    ids.into_iter().collect::<Vec<_>>().join("\n")
+}
+
+fn sorted<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut v: Vec<&str> = ids.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+impl Job {
+    /// The job for `change`; `workload` is the settled workload after it and
+    /// `line` the JSON line printed for it.
+    pub(crate) fn new(
+        instance_id: &str,
+        line: &str,
+        workload: &Workload,
+        change: &WorkloadChange,
+    ) -> Self {
+        let env = vec![
+            ("COORDINATOR_INSTANCE_ID", instance_id.to_owned()),
+            ("COORDINATOR_REVISION", change.revision.to_string()),
+            ("COORDINATOR_INITIAL", change.initial.to_string()),
+            ("COORDINATOR_WORKLOAD", lines(workload.keys().map(|k| &**k))),
+            (
+                "COORDINATOR_ADDED",
+                lines(sorted(change.added.iter().map(|(k, _)| &**k))),
+            ),
+            (
+                "COORDINATOR_REMOVED",
+                lines(sorted(change.removed.iter().map(|k| &**k))),
+            ),
+            (
+                "COORDINATOR_CHANGED",
+                lines(sorted(change.changed.iter().map(|(k, _)| &**k))),
+            ),
+        ];
+        Self {
+            revision: change.revision,
+            line: line.to_owned(),
+            env,
+        }
+    }
+}
+
+impl Handler {
+    /// `cmd` is the program followed by its arguments; `None` when empty.
+    pub(crate) fn new(cmd: &[String]) -> Option<Self> {
+        let (program, args) = cmd.split_first()?;
+        Some(Self {
+            program: program.clone(),
+            args: args.to_vec(),
+        })
+    }
+
+    /// Runs the handler for `job` and waits until it has exited: `Ok` when
+    /// it exited 0. Its stdout and stderr go to the program's stderr (stdout
+    /// is for the JSON lines). Dropping the future kills the handler.
+    pub(crate) async fn run(&self, job: &Job) -> Result<(), HandlerError> {
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(stderr())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(HandlerError::Spawn)?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let line = job.line.as_bytes();
+        let feed = async move {
+            // A handler that does not read its stdin closes it by exiting:
+            // that broken pipe is not an error.
+            let _ = stdin.write_all(line).await;
+            drop(stdin);
+        };
+        let ((), status) = tokio::join!(feed, child.wait());
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(HandlerError::Failed(s)),
+            Err(e) => Err(HandlerError::Wait(e)),
+        }
+    }
+}
+
+/// The program's stderr, for the handler's stdout.
+fn stderr() -> Stdio {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => Stdio::from(fd),
+            Err(_) => Stdio::null(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        Stdio::null()
+    }
+}
+
+/// Where the outcome of the handler for the change at `revision` lands: the
+/// change counts as handled when `result` is `Ok` (the handler exited 0),
+/// and only then is `on_success` (a member's acknowledgement) told.
+fn handled(revision: u64, result: Result<(), HandlerError>, on_success: Option<&OnHandled>) {
+    match result {
+        Ok(()) => {
+            debug!(revision, "handler done");
+            if let Some(f) = on_success {
+                f(revision);
+            }
+        }
+        Err(e) => warn!(revision, error = %e, "handler failed; carrying on with the next change"),
+    }
+}
+
+/// The task that runs the handler for each queued change, one at a time.
+pub(crate) struct Runner {
+    tx: mpsc::UnboundedSender<Job>,
+    stopping: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Runner {
+    /// Starts the task.
+    pub(crate) fn spawn(handler: Handler, on_success: Option<OnHandled>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let task = tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                if stop.load(Ordering::Relaxed) {
+                    let skipped = 1 + rx.len();
+                    info!(
+                        skipped,
+                        "stopping: queued changes not handed to the handler"
+                    );
+                    return;
+                }
+                let result = handler.run(&job).await;
+                handled(job.revision, result, on_success.as_ref());
+            }
+        });
+        Self { tx, stopping, task }
+    }
+
+    /// Queues a change for the handler.
+    pub(crate) fn send(&self, job: Job) {
+        let _ = self.tx.send(job);
+    }
+
+    /// Stops: the handler running now may finish within [`STOP_BOUND`]
+    /// (then it is killed); changes still queued are not handled.
+    pub(crate) async fn finish(self) {
+        let Self {
+            tx,
+            stopping,
+            mut task,
+        } = self;
+        stopping.store(true, Ordering::Relaxed);
+        drop(tx);
+        if tokio::time::timeout(STOP_BOUND, &mut task).await.is_err() {
+            warn!(bound = ?STOP_BOUND, "handler still running at exit; killing it");
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
