@@ -52,7 +52,8 @@ pub mod config;
 /// the label `instance_id`; `docs/operations.md` says what each one means.
 pub mod metrics {
     pub use leader_core::metrics::{
-        FENCED_WRITES, IS_LEADER, ITEMS_MOVED, ITEMS_PLACED, PLANS, RENEW_FAILURES,
+        FENCED_WRITES, HANDOFFS, IS_LEADER, ITEMS_MOVED, ITEMS_PLACED, PLANS, RELEASES,
+        RENEW_FAILURES,
     };
     pub use worker_core::metrics::{
         error_kind, LEADER_CHANGES, PUBLICATIONS, PUBLICATION_DELAY, RELISTS, SETTLED_ITEMS,

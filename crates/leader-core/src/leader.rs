@@ -137,6 +137,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 }
             }
         }
+        crate::metrics::handoffs(&instance_id, machine.handoffs().count());
         // One timer: the machine's deadline.
         let deadline = machine.poll_timeout();
         if deadline != armed {

@@ -697,6 +697,7 @@ impl MemberTask {
                     MemberAction::Release => {
                         warn!("exclusive: the lease may end before it is renewed; releasing the whole workload");
                         self.switch.release();
+                        crate::metrics::released(&instance_id);
                     }
                     MemberAction::Restore { resync } => {
                         info!(

@@ -26,6 +26,13 @@ pub const FENCED_WRITES: &str = "coordinator_leader_fenced_writes_total";
 /// failed) or `expired` (the session was gone; the member registers again).
 pub const RENEW_FAILURES: &str = "coordinator_member_renew_failures_total";
 
+/// Gauge: items in handoff while this member leads (revoked from their old
+/// owner, not yet assigned to the new one).
+pub const HANDOFFS: &str = "coordinator_leader_handoffs_in_flight";
+/// Counter: times this member released its whole workload (exclusive mode:
+/// it could not renew its session in time, or lost it).
+pub const RELEASES: &str = "coordinator_member_releases_total";
+
 /// Describes the leader half's metrics to the installed recorder. Called
 /// whenever a member starts.
 pub fn describe() {
@@ -51,6 +58,26 @@ pub fn describe() {
         Unit::Count,
         "Failed session renewals, by reason (error, expired)."
     );
+    describe_gauge!(
+        HANDOFFS,
+        Unit::Count,
+        "Items in handoff while this member leads."
+    );
+    describe_counter!(
+        RELEASES,
+        Unit::Count,
+        "Times this member released its whole workload (exclusive mode)."
+    );
+}
+
+/// The number of items in handoff, while leading.
+pub(crate) fn handoffs(instance_id: &str, n: usize) {
+    gauge!(HANDOFFS, "instance_id" => instance_id.to_owned()).set(n as f64);
+}
+
+/// Exclusive mode: the member released its workload.
+pub(crate) fn released(instance_id: &str) {
+    counter!(RELEASES, "instance_id" => instance_id.to_owned()).increment(1);
 }
 
 /// Follows whether the member leads into [`IS_LEADER`] until the member ends
