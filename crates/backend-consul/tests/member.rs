@@ -160,6 +160,12 @@ async fn rolling_restart_without_churn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_are_throttled() {
+    let store = Consul::start().await;
+    conformance::moves_are_throttled(&store, "t/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_cut_off_member_never_double_owns() {
     let store = Consul::start().await;
     conformance::exclusive_cut_off_member_never_double_owns(&store, "x/").await;

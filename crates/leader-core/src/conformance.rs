@@ -1124,3 +1124,47 @@ async fn exclusive_scenario(store: &dyn ClusterStore, root: &str, exclusive: boo
     }
     ledger
 }
+
+/// `max_moves_in_flight`: a member joining a cluster with 24 items takes its
+/// share at most 2 items at a time (never more than 2 handoff records at
+/// once), and no item is held twice.
+pub async fn moves_are_throttled(store: &dyn ClusterStore, root: &str) {
+    let ledger = AckedLedger::new();
+    for i in 0..24 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let config = |id: &str| member_config(store, root, id).max_moves_in_flight(2);
+    let (mut members, _) = spawn_members(store, root, &["t1", "t2"], config).await;
+    for (id, m) in &members {
+        ledger.follow(id, m);
+    }
+    wait_holdings(&members, WAIT, "12/12", |h| exact(h, 24, &[12, 12])).await;
+    let observer = store.connect(&layout(root)).await;
+    let (mut records, task) = crate::follow::spawn_follow(
+        observer.kv.clone(),
+        format!("{root}handoff/"),
+        (Duration::from_millis(50), Duration::from_millis(500)),
+    );
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = most.clone();
+    let counter = tokio::spawn(async move {
+        while records.changed().await.is_ok() {
+            let n = records.borrow_and_update().as_ref().map_or(0, |m| m.len());
+            seen.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let t3 = Member::spawn(&config("t3"), &store.connect(&layout(root)).await).expect("spawn");
+    ledger.follow("t3", &t3);
+    members.insert("t3".into(), t3);
+    wait_holdings(&members, WAIT, "8/8/8", |h| exact(h, 24, &[8, 8, 8])).await;
+    wait_no_handoffs(store, root, WAIT).await;
+    counter.abort();
+    task.abort();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(most >= 1, "the moves went through handoff records");
+    assert!(most <= 2, "{most} moves in flight at once, limit 2");
+    ledger.assert_clean();
+    for (_, m) in members {
+        m.halt().await;
+    }
+}

@@ -375,3 +375,8 @@ async fn without_exclusive_a_cut_off_member_double_owns() {
     conformance::without_exclusive_a_cut_off_member_double_owns(&Memory(MemoryStore::new()), "nx/")
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn moves_are_throttled() {
+    conformance::moves_are_throttled(&Memory(MemoryStore::new()), "t/").await;
+}

@@ -145,6 +145,12 @@ async fn rolling_restart_without_churn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_are_throttled() {
+    let (_server, store, root) = suite().await;
+    conformance::moves_are_throttled(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_cut_off_member_never_double_owns() {
     let (_server, store, root) = suite().await;
     conformance::exclusive_cut_off_member_never_double_owns(&store, &root).await;
