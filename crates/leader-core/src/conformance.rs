@@ -1156,7 +1156,21 @@ pub async fn moves_are_throttled(store: &dyn ClusterStore, root: &str) {
     let t3 = Member::spawn(&config("t3"), &store.connect(&layout(root)).await).expect("spawn");
     ledger.follow("t3", &t3);
     members.insert("t3".into(), t3);
-    wait_holdings(&members, WAIT, "8/8/8", |h| exact(h, 24, &[8, 8, 8])).await;
+    // A follower may see pictures that fold several changes into one (Consul
+    // throttles a watch of a prefix whose answers do not change): also
+    // sample the records with the store's own client while the moves go on.
+    let prefix = format!("{root}handoff/");
+    let sampling = async {
+        loop {
+            let n = store.keys(&prefix).await.len();
+            most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        () = sampling => {}
+        _ = wait_holdings(&members, WAIT, "8/8/8", |h| exact(h, 24, &[8, 8, 8])) => {}
+    }
     wait_no_handoffs(store, root, WAIT).await;
     counter.abort();
     task.abort();
