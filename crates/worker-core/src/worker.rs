@@ -566,18 +566,7 @@ impl Driver {
                             "workload settled while released: held back"
                         );
                     }
-                    Action::Publish(change) => {
-                        info!(
-                            revision = change.revision,
-                            added = change.added.len(),
-                            removed = change.removed.len(),
-                            changed = change.changed.len(),
-                            initial = change.initial,
-                            "workload settled"
-                        );
-                        self.shared.publish(&change);
-                        self.metrics.published(&self.shared.state);
-                    }
+                    Action::Publish(change) => self.publish(&change),
                     Action::IgnoredKey { key, reason } => {
                         debug!(key = %String::from_utf8_lossy(&key), %reason, "ignoring key that is not an assignment");
                     }
@@ -660,7 +649,7 @@ impl Driver {
     }
 
     /// Publishes what turns the application's workload into `target`.
-    fn publish_to(&self, target: &Workload) {
+    fn publish_to(&mut self, target: &Workload) {
         let (current, ready) = {
             let s = self.shared.state.borrow();
             (s.workload.clone(), s.ready)
@@ -685,16 +674,22 @@ impl Driver {
         let empty =
             change.added.is_empty() && change.removed.is_empty() && change.changed.is_empty();
         if !empty || (!ready && self.machine.is_synced()) {
-            info!(
-                revision = change.revision,
-                added = change.added.len(),
-                removed = change.removed.len(),
-                changed = change.changed.len(),
-                initial = change.initial,
-                "workload settled"
-            );
-            self.shared.publish(&change);
+            self.publish(&change);
         }
+    }
+
+    /// Hands `change` to the application: logged, published, counted.
+    fn publish(&mut self, change: &WorkloadChange) {
+        info!(
+            revision = change.revision,
+            added = change.added.len(),
+            removed = change.removed.len(),
+            changed = change.changed.len(),
+            initial = change.initial,
+            "workload settled"
+        );
+        self.shared.publish(change);
+        self.metrics.published(&self.shared.state);
     }
 
     fn on_leader(&mut self, done: LeaderDone, op: &mut Option<BoxFut<LeaderDone>>) {
