@@ -292,6 +292,11 @@ async fn txn(
 
 #[async_trait]
 impl Membership for ConsulBackend {
+    /// [`MIN_SESSION_TTL`]: Consul rounds shorter TTLs up to 10 s.
+    fn min_ttl(&self) -> Duration {
+        MIN_SESSION_TTL
+    }
+
     /// `PUT /v1/session/create` with `TTL` (rounded up to whole seconds and
     /// to Consul's minimum of 10 s), `Behavior: delete`, `LockDelay: 0s` and
     /// no node health checks: the session lives exactly while it is renewed
@@ -571,6 +576,12 @@ mod tests {
             Duration::from_secs(15)
         );
         assert_eq!(session_ttl(Duration::from_secs(1 << 40)), MAX_SESSION_TTL);
+    }
+
+    #[test]
+    fn the_shortest_ttl_is_consuls() {
+        let backend = ConsulBackend::new(crate::ConsulConfig::default()).expect("backend");
+        assert_eq!(Membership::min_ttl(&backend), MIN_SESSION_TTL);
     }
 
     #[test]

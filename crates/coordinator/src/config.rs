@@ -501,6 +501,15 @@ impl Config {
             }
             m = m.max_moves_in_flight(n);
         }
+        if self.backend == BackendKind::Consul && self.ttl < Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "ttl",
+                format!(
+                    "{:?} is below Consul's shortest session TTL (10s): Consul would round it up, and the member would be wrong about its lease",
+                    self.ttl
+                ),
+            ));
+        }
         if self.exclusive {
             m = m.exclusive(self.exclusive_margin.unwrap_or(self.ttl / 5));
         } else if self.exclusive_margin.is_some() {
@@ -677,6 +686,20 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("COORDINATOR_EXCLUSIVE"), "{e}");
+    }
+
+    #[test]
+    fn a_member_ttl_consul_would_round_up_is_refused() {
+        let mut c = Config::new(BackendKind::Consul, "m1");
+        c.ttl = Duration::from_secs(5);
+        let e = c.member_config().unwrap_err();
+        assert_eq!(e.field, "ttl");
+        assert!(e.reason.contains("10s"), "{e}");
+        c.ttl = Duration::from_secs(10);
+        c.member_config().expect("10s is Consul's shortest");
+        let mut c = Config::new(BackendKind::Etcd, "m1");
+        c.ttl = Duration::from_secs(2);
+        c.member_config().expect("etcd takes 2s");
     }
 
     #[test]

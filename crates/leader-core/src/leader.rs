@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use worker_core::{
     ErrorChain, Fence, FencedWrite, KvWatch, Snapshot, StoreError, TxnOp, TxnOutcome,
 };
@@ -69,7 +69,8 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let (mut members, members_task) = spawn_follow(kv.clone(), layout.members.clone(), backoff);
     let (mut items, items_task) = spawn_follow(kv.clone(), layout.work.clone(), backoff);
     let _tasks = (AbortOnDrop(members_task), AbortOnDrop(items_task));
-    let mut machine = LeaderMachine::new(layout.clone(), timing, writer.max_ops(), Instant::now());
+    let mut machine = LeaderMachine::new(layout.clone(), timing, writer.max_ops(), Instant::now())
+        .with_limits(writer.limits());
     info!(instance_id, term = fence.term(), "leading");
 
     let mut listing: Option<ListFuture> = None;
@@ -123,7 +124,17 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 Action::BadMemberValue { member, error } => {
                     warn!(
                         member,
-                        error, "member metadata is not valid JSON; using weight 1"
+                        error,
+                        "member metadata does not parse; counting weight 1, and moves away from it wait for its acknowledgement"
+                    );
+                }
+                Action::Refused { work, bytes, limits } => {
+                    error!(
+                        work,
+                        bytes,
+                        max_bytes = limits.max_bytes,
+                        max_value = limits.max_value,
+                        "work item refused: assigning it would exceed the store's transaction limits; it is left out until its value is smaller"
                     );
                 }
                 Action::StepDown => {
@@ -138,6 +149,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             }
         }
         crate::metrics::handoffs(&instance_id, machine.handoffs().count());
+        crate::metrics::refused(&instance_id, machine.refused().len());
         // One timer: the machine's deadline.
         let deadline = machine.poll_timeout();
         if deadline != armed {

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
-use worker_core::{Backoff, TxnOp, TxnOutcome, WorkId};
+use worker_core::{Backoff, TxnLimits, TxnOp, TxnOutcome, WorkId, MAX_INSTANCE_ID_LEN};
 
 use crate::layout::{BadKey, Layout, MemberMeta};
 use crate::plan::{min_moves, plan, Assignment, MemberId};
@@ -117,6 +117,17 @@ pub struct PlanReport {
     pub transactions: usize,
 }
 
+/// The sizes of what a [`LeaderMachine`] remembers beyond the store's
+/// picture ([`LeaderMachine::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Members that are not live whose departure time is kept (while they
+    /// still own keys or a move waits for them).
+    pub absent: usize,
+    /// Bad keys and member values reported once and still in the store.
+    pub reported: usize,
+}
+
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -143,13 +154,27 @@ pub enum Action {
         /// Why it was skipped.
         reason: BadKey,
     },
-    /// A member key holds metadata that is not valid JSON; the member counts
-    /// with the default weight. Reported once per key and value.
+    /// A member key holds metadata that does not parse (or is empty): the
+    /// member counts with the default weight and as one that reports
+    /// acknowledgements and has acknowledged nothing, so moves away from it
+    /// wait (fail safe). Reported once per key and value.
     BadMemberValue {
         /// The member id.
         member: String,
         /// The parse error.
         error: String,
+    },
+    /// A work item whose value cannot be assigned: a transaction that
+    /// assigns it would exceed the store's limits. It is left out of plans
+    /// (if it is assigned already, it keeps the value it has) until its value
+    /// fits. Reported once per item and size.
+    Refused {
+        /// The work id.
+        work: String,
+        /// The bytes its assignment takes in a transaction (worst case).
+        bytes: usize,
+        /// The store's limits.
+        limits: TxnLimits,
     },
     /// The fence no longer holds: stop leading. Nothing more comes.
     StepDown,
@@ -166,6 +191,15 @@ enum Reading {
     Done,
 }
 
+/// Where a reported key was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Members,
+    Items,
+    /// The assignments and handoff records.
+    Stored,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Soak {
     first: Instant,
@@ -178,7 +212,17 @@ struct Soak {
 pub struct LeaderMachine {
     layout: Layout,
     timing: LeaderTiming,
-    max_ops: usize,
+    /// What one transaction may carry (operations at least 3: room for a
+    /// move's record and guard).
+    limits: TxnLimits,
+    /// Items whose value cannot be assigned within `limits`: work -> its
+    /// worst-case transaction's bytes. Left out of plans (an item already
+    /// assigned keeps the value it has).
+    refused: BTreeMap<WorkId, usize>,
+    /// The items as the work prefix has them (`items` is what plans use).
+    raw_items: Option<BTreeMap<WorkId, Bytes>>,
+    /// Refused items that are assigned: the value they keep.
+    kept: BTreeMap<WorkId, Bytes>,
     /// Live members and their effective weights (0 while draining).
     members: Option<BTreeMap<MemberId, u32>>,
     /// Live members' acknowledged positions (`None`: not reported).
@@ -207,7 +251,10 @@ pub struct LeaderMachine {
     reading: Reading,
     list_backoff: Backoff,
     list_rng: SmallRng,
-    reported: BTreeSet<Vec<u8>>,
+    /// Keys (and member values) reported as bad, by where they were read:
+    /// each whole picture of a source keeps only what it still holds, so the
+    /// set does not grow as keys come and go.
+    reported: BTreeMap<Source, BTreeSet<Vec<u8>>>,
     stepped_down: bool,
     out: VecDeque<Action>,
     /// Simulator-only switch; always true in the product.
@@ -236,13 +283,20 @@ enum Clear {
 
 impl LeaderMachine {
     /// A machine for a leader that took office at `now`. `max_ops` is the
-    /// store's limit of operations per fenced transaction.
+    /// store's limit of operations per fenced transaction; see
+    /// [`with_limits`](Self::with_limits) for byte limits.
     pub fn new(layout: Layout, timing: LeaderTiming, max_ops: usize, now: Instant) -> Self {
         Self {
             layout,
             timing,
             // Room for a move's two operations (revoke + record, assign + record).
-            max_ops: max_ops.max(3),
+            limits: TxnLimits {
+                max_ops: max_ops.max(3),
+                ..TxnLimits::ops(max_ops)
+            },
+            refused: BTreeMap::new(),
+            raw_items: None,
+            kept: BTreeMap::new(),
             members: None,
             acks: BTreeMap::new(),
             items: None,
@@ -265,7 +319,7 @@ impl LeaderMachine {
             reading: Reading::InFlight,
             list_backoff: Backoff::new(timing.backoff_min, timing.backoff_max),
             list_rng: SmallRng::seed_from_u64(0x1ead),
-            reported: BTreeSet::new(),
+            reported: BTreeMap::new(),
             stepped_down: false,
             out: std::iter::once(Action::ListAssignments).collect(),
             revoke_first: true,
@@ -312,6 +366,107 @@ impl LeaderMachine {
                 .any(|((m, w), v)| current.get(&(m.clone(), w.clone())) != Some(v))
     }
 
+    /// Cuts transactions to `limits` (operations, bytes, value length), the
+    /// store's ([`FencedWrite::limits`](worker_core::FencedWrite::limits)).
+    #[must_use]
+    pub fn with_limits(mut self, limits: TxnLimits) -> Self {
+        self.limits = TxnLimits {
+            max_ops: limits.max_ops.max(3),
+            ..limits
+        };
+        self
+    }
+
+    /// Items refused because their value cannot be assigned within the
+    /// store's limits, with the bytes their assignment would take.
+    pub fn refused(&self) -> &BTreeMap<WorkId, usize> {
+        &self.refused
+    }
+
+    /// The bytes the largest transaction that assigns `work` with `value`
+    /// takes (a guard on a member key, the handoff record's delete, the
+    /// assignment), with member ids of the longest length allowed; `None`
+    /// when it fits within the limits.
+    fn refusal(&self, work: &str, value: &Bytes) -> Option<usize> {
+        let id = "m".repeat(MAX_INSTANCE_ID_LEN);
+        let worst = [
+            TxnOp::Absent {
+                key: self.layout.member_key(&id),
+            },
+            TxnOp::Delete {
+                key: self.layout.handoff_key(work),
+            },
+            TxnOp::Put {
+                key: self.layout.assignment_key(&id, work),
+                value: value.clone(),
+            },
+        ];
+        (!self.limits.fit(&worst)).then(|| self.limits.bytes(&worst))
+    }
+
+    /// Whether `ops` plus `add` fit in one transaction.
+    fn room(&self, ops: &[TxnOp], add: &[TxnOp]) -> bool {
+        ops.len() + add.len() <= self.limits.max_ops
+            && self
+                .limits
+                .bytes(ops)
+                .saturating_add(self.limits.bytes(add))
+                <= self.limits.max_bytes
+    }
+
+    /// The items plans use: those whose value fits; a refused one only while
+    /// it is assigned, with the value it has.
+    fn refresh_items(&mut self, now: Instant) {
+        let Some(raw) = &self.raw_items else {
+            return;
+        };
+        let mut items = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        let mut kept = BTreeMap::new();
+        let mut report = Vec::new();
+        for (work, value) in raw {
+            let Some(bytes) = self.refusal(work, value) else {
+                items.insert(work.clone(), value.clone());
+                continue;
+            };
+            if self.refused.get(work) != Some(&bytes) {
+                report.push(Action::Refused {
+                    work: work.to_string(),
+                    bytes,
+                    limits: self.limits,
+                });
+            }
+            refused.insert(work.clone(), bytes);
+            let assigned = self.kept.get(work).cloned().or_else(|| {
+                self.current
+                    .as_ref()?
+                    .iter()
+                    .find(|((_, w), _)| w == work)
+                    .map(|(_, v)| v.clone())
+            });
+            if let Some(v) = assigned.filter(|v| self.refusal(work, v).is_none()) {
+                items.insert(work.clone(), v.clone());
+                kept.insert(work.clone(), v);
+            }
+        }
+        self.out.extend(report);
+        self.refused = refused;
+        self.kept = kept;
+        if self.items.as_ref() != Some(&items) {
+            self.items = Some(items);
+            self.changed(now);
+        }
+    }
+
+    /// How much the machine remembers beyond the store's picture, for tests
+    /// and diagnostics: it must not grow as members and bad keys come and go.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            absent: self.absent_since.len(),
+            reported: self.reported.values().map(BTreeSet::len).sum(),
+        }
+    }
+
     /// The live members with their effective weights, once read.
     pub fn members(&self) -> Option<&BTreeMap<MemberId, u32>> {
         self.members.as_ref()
@@ -344,8 +499,21 @@ impl LeaderMachine {
         self.soak = Some(Soak { first, last: now });
     }
 
-    fn report_bad(&mut self, key: &[u8], reason: BadKey) {
-        if self.reported.insert(key.to_vec()) {
+    /// Reports a bad key once while it stays in `source`; `seen` collects
+    /// what the current picture of `source` holds.
+    fn report_bad(
+        &mut self,
+        source: Source,
+        seen: &mut BTreeSet<Vec<u8>>,
+        key: &[u8],
+        reason: BadKey,
+    ) {
+        seen.insert(key.to_vec());
+        if !self
+            .reported
+            .get(&source)
+            .is_some_and(|r| r.contains(key))
+        {
             self.out.push_back(Action::BadKey {
                 key: String::from_utf8_lossy(key).into_owned(),
                 reason,
@@ -371,29 +539,51 @@ impl LeaderMachine {
         self.tick(now);
         let mut members = BTreeMap::new();
         let mut acks = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for (key, value) in entries {
             let id = match self.layout.parse_member(key) {
                 Ok(id) => id,
                 Err(reason) => {
-                    self.report_bad(key, reason);
+                    self.report_bad(Source::Members, &mut seen, key, reason);
                     continue;
                 }
             };
-            let meta = MemberMeta::parse(value).unwrap_or_else(|e| {
-                let mut marker = key.to_vec();
-                marker.push(0);
-                marker.extend_from_slice(value);
-                if self.reported.insert(marker) {
-                    self.out.push_back(Action::BadMemberValue {
-                        member: id.to_owned(),
-                        error: e.to_string(),
-                    });
+            // Fail safe: a value that does not parse (another version, a
+            // hand edit) or is empty says nothing of whether the member
+            // reports acknowledgements, so it counts as one that reports and
+            // has acknowledged nothing: moves away from it wait (until it
+            // writes a value that parses, or the handoff timeout).
+            let (meta, acked) = match MemberMeta::parse(value) {
+                Ok(meta) if !value.iter().all(u8::is_ascii_whitespace) => {
+                    let acked = meta.acked;
+                    (meta, acked)
                 }
-                MemberMeta::default()
-            });
+                parsed => {
+                    let error = parsed.err().map_or_else(
+                        || "the value is empty".to_owned(),
+                        |e| e.to_string(),
+                    );
+                    let mut marker = key.to_vec();
+                    marker.push(0);
+                    marker.extend_from_slice(value);
+                    let known = self
+                        .reported
+                        .get(&Source::Members)
+                        .is_some_and(|r| r.contains(&marker));
+                    if !known {
+                        self.out.push_back(Action::BadMemberValue {
+                            member: id.to_owned(),
+                            error,
+                        });
+                    }
+                    seen.insert(marker);
+                    (MemberMeta::default(), Some(0))
+                }
+            };
             members.insert(MemberId::from(id), meta.effective_weight());
-            acks.insert(MemberId::from(id), meta.acked);
+            acks.insert(MemberId::from(id), acked);
         }
+        self.reported.insert(Source::Members, seen);
         self.acks = acks;
         if self.members.as_ref() != Some(&members) {
             let before = self.effective();
@@ -433,17 +623,19 @@ impl LeaderMachine {
         }
         self.tick(now);
         let mut items = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for (key, value) in entries {
             match self.layout.parse_work(key) {
                 Ok(id) => {
                     items.insert(WorkId::from(id), value.clone());
                 }
-                Err(reason) => self.report_bad(key, reason),
+                Err(reason) => self.report_bad(Source::Items, &mut seen, key, reason),
             }
         }
-        if self.items.as_ref() != Some(&items) {
-            self.items = Some(items);
-            self.changed(now);
+        self.reported.insert(Source::Items, seen);
+        if self.raw_items.as_ref() != Some(&items) {
+            self.raw_items = Some(items);
+            self.refresh_items(now);
         }
         self.pump(now);
     }
@@ -463,13 +655,14 @@ impl LeaderMachine {
         self.tick(now);
         self.reading = Reading::Done;
         let mut current = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for (key, value) in entries {
             match self.layout.parse_assignment(key) {
                 Ok((member, work)) => {
                     let (m, w) = crate::layout::ids(member, work);
                     current.insert((m, w), value.clone());
                 }
-                Err(reason) => self.report_bad(key, reason),
+                Err(reason) => self.report_bad(Source::Stored, &mut seen, key, reason),
             }
         }
         self.records.clear();
@@ -480,7 +673,7 @@ impl LeaderMachine {
             let work = match self.layout.parse_handoff(key) {
                 Ok(w) => WorkId::from(w),
                 Err(reason) => {
-                    self.report_bad(key, reason);
+                    self.report_bad(Source::Stored, &mut seen, key, reason);
                     continue;
                 }
             };
@@ -494,9 +687,14 @@ impl LeaderMachine {
                 }
             }
         }
+        self.reported.insert(Source::Stored, seen);
         if self.current.as_ref() != Some(&current) {
             self.current = Some(current);
             self.changed(now);
+            if !self.refused.is_empty() {
+                // A refused item keeps the value it is assigned with.
+                self.refresh_items(now);
+            }
         }
         self.pump(now);
     }
@@ -703,6 +901,23 @@ impl LeaderMachine {
         self.pump(now);
     }
 
+    /// Forgets when a member left once nothing refers to it any more: it
+    /// owns no assignment key, no move waits for it, and its
+    /// `rebalance_delay` is over. Keeps the map as small as the members that
+    /// still matter.
+    fn prune_absent(&mut self) {
+        if self.absent_since.is_empty() {
+            return;
+        }
+        let mut needed: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
+        needed.extend(self.departed.keys());
+        if let Some(current) = &self.current {
+            needed.extend(current.keys().map(|(m, _)| m));
+        }
+        let needed: BTreeSet<MemberId> = needed.into_iter().cloned().collect();
+        self.absent_since.retain(|m, _| needed.contains(m));
+    }
+
     fn is_live(&self, member: &MemberId) -> bool {
         self.members
             .as_ref()
@@ -769,6 +984,10 @@ impl LeaderMachine {
         let mut moves = live_owed.len();
         let mut ops = Vec::new();
         let mut new_owed = Vec::new();
+        // Items that got a handoff record in this transaction: a
+        // transaction names a key once (etcd refuses a txn that names one
+        // twice; Consul would keep the first record's position).
+        let mut recorded: BTreeSet<&WorkId> = BTreeSet::new();
         for (member, work) in current.keys() {
             let target = desired.get(work);
             if target == Some(member) {
@@ -777,23 +996,33 @@ impl LeaderMachine {
             let live = self.is_live(member);
             let reports = self.acks.get(member).is_some_and(Option::is_some);
             let record = reports || (!live && self.timing.exclusive.is_some());
+            // An item under two members (found on taking office): one record
+            // at a time. The next owner is revoked once the record of the
+            // first is cleared (`next_cleanup`), with a record of its own.
+            if record && (recorded.contains(work) || self.records.contains(work)) {
+                continue;
+            }
             if live && target.is_some() && !live_owed.contains(work) {
                 if moves >= self.timing.max_moves_in_flight {
                     continue;
                 }
                 moves += 1;
             }
-            if ops.len() + 1 + usize::from(record) > self.max_ops {
-                break;
-            }
-            ops.push(TxnOp::Delete {
+            let mut add = vec![TxnOp::Delete {
                 key: self.layout.assignment_key(member, work),
-            });
+            }];
             if record {
-                ops.push(TxnOp::Put {
+                add.push(TxnOp::Put {
                     key: self.layout.handoff_key(work),
                     value: Bytes::copy_from_slice(member.as_bytes()),
                 });
+            }
+            if !self.room(&ops, &add) {
+                break;
+            }
+            ops.extend(add);
+            if record {
+                recorded.insert(work);
                 new_owed.push((work.clone(), member.clone()));
             }
         }
@@ -839,28 +1068,36 @@ impl LeaderMachine {
                 }
                 let new_guards: Vec<MemberId> =
                     needs.into_iter().filter(|m| !guards.contains(m)).collect();
-                let extra = 1 + usize::from(self.records.contains(work)) + new_guards.len();
-                if ops.len() + extra > self.max_ops {
-                    break;
-                }
-                for m in new_guards {
-                    ops.push(TxnOp::Absent {
-                        key: self.layout.member_key(&m),
-                    });
-                    guards.insert(m);
-                }
+                let mut add: Vec<TxnOp> = new_guards
+                    .iter()
+                    .map(|m| TxnOp::Absent {
+                        key: self.layout.member_key(m),
+                    })
+                    .collect();
                 if self.records.contains(work) {
-                    ops.push(TxnOp::Delete {
+                    add.push(TxnOp::Delete {
                         key: self.layout.handoff_key(work),
                     });
                 }
-            } else if ops.len() + 1 > self.max_ops {
-                break;
+                add.push(TxnOp::Put {
+                    key: self.layout.assignment_key(target, work),
+                    value: value.clone(),
+                });
+                if !self.room(&ops, &add) {
+                    break;
+                }
+                guards.extend(new_guards);
+                ops.extend(add);
+                continue;
             }
-            ops.push(TxnOp::Put {
+            let add = [TxnOp::Put {
                 key: self.layout.assignment_key(target, work),
                 value: value.clone(),
-            });
+            }];
+            if !self.room(&ops, &add) {
+                break;
+            }
+            ops.extend(add);
         }
         (!ops.is_empty()).then_some(ops)
     }
@@ -873,17 +1110,36 @@ impl LeaderMachine {
             self.current.as_ref()?,
             self.items.as_ref()?,
         );
-        let owned: BTreeSet<&WorkId> = current.keys().map(|(_, w)| w).collect();
+        let mut owners: BTreeMap<&WorkId, Vec<&MemberId>> = BTreeMap::new();
+        for (m, w) in current.keys() {
+            owners.entry(w).or_default().push(m);
+        }
         let mut ops = Vec::new();
         let mut done_owed: Vec<WorkId> = Vec::new();
         let owed_works: BTreeSet<WorkId> = self.owed.keys().map(|(w, _)| w.clone()).collect();
+        // Records that name no member to wait for (their value is not a
+        // member id): nothing waits on them; they go.
+        for work in self.records.iter().filter(|w| !owed_works.contains(*w)) {
+            let add = [TxnOp::Delete {
+                key: self.layout.handoff_key(work),
+            }];
+            if !self.room(&ops, &add) {
+                break;
+            }
+            ops.extend(add);
+        }
         for work in owed_works {
             let target = desired.get(&work).filter(|_| items.contains_key(&work));
+            let holders = owners.get(&work).map_or(&[][..], Vec::as_slice);
             let settled = match target {
-                None => !owned.contains(&work),
-                Some(t) => current.contains_key(&(t.clone(), work.clone())),
+                None => holders.is_empty(),
+                Some(t) => holders.contains(&t),
             };
-            if !settled {
+            // Still under another member that must be revoked first (an item
+            // found under two members): once this record is clear it goes,
+            // so that the next revoke can write its own.
+            let blocked = holders.iter().any(|m| Some(*m) != target);
+            if !settled && !blocked {
                 continue;
             }
             // No assign follows, so no guard is needed: a clear owner (one
@@ -893,12 +1149,13 @@ impl LeaderMachine {
                 continue;
             }
             if self.records.contains(&work) {
-                if ops.len() + 1 > self.max_ops {
+                let add = [TxnOp::Delete {
+                    key: self.layout.handoff_key(&work),
+                }];
+                if !self.room(&ops, &add) {
                     break;
                 }
-                ops.push(TxnOp::Delete {
-                    key: self.layout.handoff_key(&work),
-                });
+                ops.extend(add);
             } else {
                 done_owed.push(work);
             }
@@ -963,8 +1220,14 @@ impl LeaderMachine {
                 })
                 .collect();
         }
-        ops.truncate(self.max_ops);
-        (!ops.is_empty()).then_some(ops)
+        let mut fitting = Vec::new();
+        for op in ops {
+            if !self.room(&fitting, std::slice::from_ref(&op)) {
+                break;
+            }
+            fitting.push(op);
+        }
+        (!fitting.is_empty()).then_some(fitting)
     }
 
     fn plan_now(&mut self, now: Instant) {
@@ -988,6 +1251,7 @@ impl LeaderMachine {
                 }
             }
         }
+        self.prune_absent();
         let members = self.effective().unwrap_or_default();
         let members = &members;
         let (Some(items), Some(current)) = (&self.items, &self.current) else {
@@ -1033,7 +1297,7 @@ impl LeaderMachine {
                     .is_some_and(|v| current.get(&((*m).clone(), (*w).clone())) != Some(v))
             })
             .count();
-        let per = self.max_ops.max(1);
+        let per = self.limits.max_ops.max(1);
         self.out.push_back(Action::Planned(PlanReport {
             members: members.len(),
             items: items.len(),

@@ -211,6 +211,48 @@ impl MemberConfig {
         if self.ttl < Duration::from_millis(30) {
             return Err(ConfigError::new("ttl", "must be at least 30ms"));
         }
+        if self.leader.max_moves_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max_moves_in_flight",
+                "must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        if self.leader.max_soak < self.leader.soak {
+            return Err(ConfigError::new(
+                "leader_soak",
+                format!(
+                    "the leader's max soak ({:?}) is shorter than its soak ({:?})",
+                    self.leader.max_soak, self.leader.soak
+                ),
+            ));
+        }
+        if self.leader.backoff_min.is_zero() || self.leader.backoff_min > self.leader.backoff_max {
+            return Err(ConfigError::new(
+                "leader.backoff_min",
+                "must be more than 0 and at most leader.backoff_max",
+            ));
+        }
+        // Exclusive mode is one setting seen in three places: the member
+        // (self-fencing), its worker (starts released) and its leader (waits
+        // before giving a gone member's items away). `exclusive()` sets all
+        // three; fields set one by one must agree.
+        if self.leader.exclusive != self.exclusive {
+            return Err(ConfigError::new(
+                "exclusive",
+                format!(
+                    "the member's exclusive margin ({:?}) and its leader's ({:?}) differ; set both with MemberConfig::exclusive",
+                    self.exclusive, self.leader.exclusive
+                ),
+            ));
+        }
+        if self.exclusive.is_some() != self.worker.start_released {
+            let why = if self.exclusive.is_some() {
+                "exclusive mode needs the worker to start released (worker.start_released = true); set it with MemberConfig::exclusive"
+            } else {
+                "worker.start_released is only for exclusive mode: a member's worker that starts released would never be restored"
+            };
+            return Err(ConfigError::new("exclusive", why));
+        }
         if self.exclusive.is_some() && !self.handoff {
             return Err(ConfigError::new(
                 "exclusive",
@@ -282,6 +324,16 @@ impl Member {
     /// Starts a member on the current tokio runtime.
     pub fn spawn(config: &MemberConfig, store: &MemberStore) -> Result<MemberHandle, ConfigError> {
         config.validate()?;
+        let min_ttl = store.membership.min_ttl();
+        if config.ttl < min_ttl {
+            return Err(ConfigError::new(
+                "ttl",
+                format!(
+                    "{:?} is below this store's shortest session TTL ({min_ttl:?}): the store would round it up, and the member would be wrong about its lease",
+                    config.ttl
+                ),
+            ));
+        }
         let worker = Worker::spawn(&config.worker, store.kv.clone(), store.leader.clone())?;
         let (leading_tx, leading_rx) = watch::channel(None);
         crate::metrics::follow_leading(config.instance_id(), leading_rx.clone());

@@ -29,6 +29,10 @@ pub const RENEW_FAILURES: &str = "coordinator_member_renew_failures_total";
 /// Gauge: items in handoff while this member leads (revoked from their old
 /// owner, not yet assigned to the new one).
 pub const HANDOFFS: &str = "coordinator_leader_handoffs_in_flight";
+/// Gauge: work items refused while this member leads, because a transaction
+/// that assigns one would exceed the store's limits (its value is too
+/// large).
+pub const ITEMS_REFUSED: &str = "coordinator_leader_items_refused";
 /// Counter: times this member released its whole workload (exclusive mode:
 /// it could not renew its session in time, or lost it).
 pub const RELEASES: &str = "coordinator_member_releases_total";
@@ -63,6 +67,11 @@ pub fn describe() {
         Unit::Count,
         "Items in handoff while this member leads."
     );
+    describe_gauge!(
+        ITEMS_REFUSED,
+        Unit::Count,
+        "Work items refused while this member leads (too large to assign)."
+    );
     describe_counter!(
         RELEASES,
         Unit::Count,
@@ -73,6 +82,11 @@ pub fn describe() {
 /// The number of items in handoff, while leading.
 pub(crate) fn handoffs(instance_id: &str, n: usize) {
     gauge!(HANDOFFS, "instance_id" => instance_id.to_owned()).set(n as f64);
+}
+
+/// The number of items refused, while leading.
+pub(crate) fn refused(instance_id: &str, n: usize) {
+    gauge!(ITEMS_REFUSED, "instance_id" => instance_id.to_owned()).set(n as f64);
 }
 
 /// Exclusive mode: the member released its workload.

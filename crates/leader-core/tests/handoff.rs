@@ -71,13 +71,34 @@ fn assignments(
     );
 }
 
+/// The transactions asked for; each names a key at most once (etcd refuses
+/// a txn that names one twice).
 fn writes(m: &mut LeaderMachine) -> Vec<Vec<TxnOp>> {
-    std::iter::from_fn(|| m.poll())
+    let w: Vec<Vec<TxnOp>> = std::iter::from_fn(|| m.poll())
         .filter_map(|a| match a {
             Action::Write(ops) => Some(ops),
             _ => None,
         })
-        .collect()
+        .collect();
+    for ops in &w {
+        let keys: std::collections::BTreeSet<&str> = ops.iter().map(TxnOp::key).collect();
+        assert_eq!(keys.len(), ops.len(), "a key named twice: {ops:?}");
+    }
+    w
+}
+
+/// Member keys with their raw values.
+fn raw_members(m: &mut LeaderMachine, now: Instant, list: &[(&str, &str)]) {
+    let kv: Vec<(Vec<u8>, Bytes)> = list
+        .iter()
+        .map(|(id, value)| {
+            (
+                format!("service/coordinator/members/{id}").into_bytes(),
+                Bytes::from(value.to_string()),
+            )
+        })
+        .collect();
+    m.handle_members(now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
 }
 
 fn one_write(m: &mut LeaderMachine) -> Vec<TxnOp> {
@@ -329,4 +350,165 @@ fn after_an_unknown_outcome_the_store_is_read_again_and_the_record_says_when_the
     members(&mut m, at, &[("a", Some(510)), ("b", Some(5))]);
     let assign = one_write(&mut m);
     assert_eq!(keys(&assign, "put"), vec![format!("{A}b/w1")]);
+}
+
+#[test]
+fn an_item_found_under_two_members_is_revoked_one_record_at_a_time() {
+    // A takeover finds w0 under a and b (both live, reporting, draining);
+    // c is its target. One transaction never names handoff/w0 twice: a is
+    // revoked with its record; once a acknowledged, the record goes; then b
+    // is revoked with a record of its own; once b acknowledged, c gets it.
+    let t0 = Instant::now();
+    let mut m = machine(LeaderTiming::with_soak(SOAK), t0);
+    let leaving = |acked: u64| format!(r#"{{"weight":1,"draining":true,"acked":{acked}}}"#);
+    let (a5, b5) = (leaving(5), leaving(5));
+    raw_members(
+        &mut m,
+        t0,
+        &[("a", &a5), ("b", &b5), ("c", r#"{"weight":1,"acked":5}"#)],
+    );
+    items(&mut m, t0, 1);
+    assignments(&mut m, t0, &[("a", 0), ("b", 0)], &[]);
+    let t1 = t0 + SOAK;
+    m.handle_timeout(t1);
+    let first = one_write(&mut m);
+    assert_eq!(keys(&first, "delete"), vec![format!("{A}a/w0")]);
+    assert_eq!(
+        keys(&first, "put"),
+        vec!["service/coordinator/handoff/w0".to_owned()]
+    );
+    revoke_applied(&mut m, t1, &first, 10);
+    assert!(writes(&mut m).is_empty(), "a has not acknowledged 10");
+    let (a10, b10) = (leaving(10), leaving(10));
+    raw_members(
+        &mut m,
+        t1,
+        &[("a", &a10), ("b", &b5), ("c", r#"{"weight":1,"acked":5}"#)],
+    );
+    let clear = one_write(&mut m);
+    assert_eq!(clear, vec![TxnOp::Delete { key: "service/coordinator/handoff/w0".into() }]);
+    applied(&mut m, t1, 11);
+    let second = one_write(&mut m);
+    assert_eq!(keys(&second, "delete"), vec![format!("{A}b/w0")]);
+    revoke_applied(&mut m, t1, &second, 12);
+    raw_members(
+        &mut m,
+        t1,
+        &[("a", &a10), ("b", &b10), ("c", r#"{"weight":1,"acked":5}"#)],
+    );
+    assert!(writes(&mut m).is_empty(), "b acknowledged 10, not its revoke at 12");
+    let b12 = leaving(12);
+    raw_members(
+        &mut m,
+        t1,
+        &[("a", &a10), ("b", &b12), ("c", r#"{"weight":1,"acked":5}"#)],
+    );
+    let assign = one_write(&mut m);
+    assert_eq!(keys(&assign, "put"), vec![format!("{A}c/w0")]);
+    applied(&mut m, t1, 13);
+    assert!(writes(&mut m).is_empty());
+    assert!(!m.writing());
+}
+
+#[test]
+fn a_member_value_that_does_not_parse_fails_safe() {
+    // a's member key holds something this version cannot read: a move away
+    // from it still waits for its acknowledgement (with a record), it is
+    // not taken as a member that does not report.
+    let t0 = Instant::now();
+    let mut m = machine(LeaderTiming::with_soak(SOAK), t0);
+    raw_members(
+        &mut m,
+        t0,
+        &[("a", r#"{"weight":"heavy"}"#), ("b", r#"{"weight":1,"acked":1}"#)],
+    );
+    let reported: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
+    assert!(
+        reported
+            .iter()
+            .any(|a| matches!(a, Action::BadMemberValue { member, .. } if member == "a")),
+        "{reported:?}"
+    );
+    items(&mut m, t0, 2);
+    assignments(&mut m, t0, &[("a", 0), ("a", 1)], &[]);
+    m.handle_timeout(t0 + SOAK);
+    let revoke = one_write(&mut m);
+    assert_eq!(
+        keys(&revoke, "put").len(),
+        1,
+        "the revoke carries a handoff record: {revoke:?}"
+    );
+    revoke_applied(&mut m, t0 + SOAK, &revoke, 10);
+    m.handle_timeout(t0 + SOAK * 10);
+    assert!(
+        writes(&mut m).is_empty(),
+        "nothing goes to b before a acknowledged"
+    );
+    assert_eq!(m.handoffs().count(), 1);
+    // a writes a value this version reads, with the acknowledgement: the
+    // move proceeds.
+    raw_members(
+        &mut m,
+        t0 + SOAK * 10,
+        &[("a", r#"{"weight":1,"acked":10}"#), ("b", r#"{"weight":1,"acked":1}"#)],
+    );
+    let assign = one_write(&mut m);
+    assert_eq!(keys(&assign, "put"), vec![format!("{A}b/w1")]);
+}
+
+#[test]
+fn a_record_that_names_no_member_is_cleaned_up() {
+    // A record of an item that is gone, whose value names no member (a hand
+    // edit): nothing can wait on it, and it is deleted.
+    let t0 = Instant::now();
+    let mut m = machine(LeaderTiming::with_soak(SOAK), t0);
+    members(&mut m, t0, &[("a", Some(1))]);
+    items(&mut m, t0, 1);
+    assignments(&mut m, t0, &[("a", 0)], &[("gone", "not a member/id", 3)]);
+    m.handle_timeout(t0 + SOAK);
+    let w = one_write(&mut m);
+    assert_eq!(
+        w,
+        vec![TxnOp::Delete {
+            key: "service/coordinator/handoff/gone".into()
+        }]
+    );
+    applied(&mut m, t0 + SOAK, 4);
+    assert!(writes(&mut m).is_empty());
+    assert!(!m.writing());
+}
+
+#[test]
+fn what_the_leader_remembers_of_members_and_bad_keys_does_not_grow() {
+    let t0 = Instant::now();
+    let timing = LeaderTiming {
+        exclusive: Some(Duration::from_secs(1)),
+        ..LeaderTiming::with_soak(SOAK)
+    };
+    let mut m = machine(timing, t0);
+    items(&mut m, t0, 0);
+    assignments(&mut m, t0, &[], &[]);
+    let mut now = t0;
+    // 50 members come and go, each with a bad sibling key; nothing is
+    // assigned to them.
+    for i in 0..50 {
+        now += Duration::from_secs(1);
+        let id = format!("m{i}");
+        let bad = format!("{id}/nested");
+        raw_members(&mut m, now, &[(&id, r#"{"weight":1}"#), (&bad, "")]);
+        raw_members(&mut m, now, &[]);
+        m.handle_timeout(now + SOAK);
+        now += SOAK;
+        let _ = writes(&mut m);
+    }
+    let f = m.footprint();
+    assert!(f.absent <= 1, "members that left are forgotten: {f:?}");
+    assert_eq!(f.reported, 0, "bad keys that are gone are forgotten: {f:?}");
+    // A bad key that comes back is reported again.
+    raw_members(&mut m, now, &[("m1/nested", "")]);
+    let again: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
+    assert!(
+        again.iter().any(|a| matches!(a, Action::BadKey { .. })),
+        "{again:?}"
+    );
 }

@@ -391,3 +391,128 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     };
     assert_eq!((r.members, r.moved, r.placed), (1, 0, 3), "{r:?}");
 }
+
+#[test]
+fn transactions_are_cut_by_bytes_and_an_item_that_cannot_fit_is_refused() {
+    // A store that takes 4 KiB a transaction, base64 values (Consul-like).
+    let limits = worker_core::TxnLimits {
+        max_ops: 64,
+        max_bytes: 4096,
+        max_value: 4096,
+        op_overhead: 40,
+        base64_values: true,
+    };
+    let t0 = Instant::now();
+    let mut m = LeaderMachine::new(Layout::default(), LeaderTiming::with_soak(SOAK), 64, t0)
+        .with_limits(limits);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    let mut work: Vec<(String, Bytes)> = (0..10)
+        .map(|i| {
+            (
+                format!("service/coordinator/work/w{i}"),
+                Bytes::from(vec![b'x'; 1000]),
+            )
+        })
+        .collect();
+    // 3.3 KiB of raw value: 4.4 KiB in base64, more than one transaction.
+    work.push((
+        "service/coordinator/work/huge".into(),
+        Bytes::from(vec![b'x'; 3300]),
+    ));
+    let members = kv(&[("service/coordinator/members/m1", "{}")]);
+    m.handle_members(t0, members.iter().map(|(k, v)| (k.as_slice(), v)));
+    m.handle_items(t0, work.iter().map(|(k, v)| (k.as_bytes(), v)));
+    let refused: Vec<Action> = drain(&mut m);
+    assert!(
+        refused.iter().any(
+            |a| matches!(a, Action::Refused { work, bytes, .. } if work == "huge" && *bytes > 4096)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(m.refused().len(), 1);
+    m.handle_assignments(t0, std::iter::empty(), std::iter::empty());
+    m.handle_timeout(t0 + SOAK);
+    let mut now = t0 + SOAK;
+    let mut pending = writes(&drain(&mut m));
+    let mut puts = Vec::new();
+    while let Some(chunk) = pending.pop() {
+        assert!(limits.fit(&chunk), "over the limits: {chunk:?}");
+        puts.extend(chunk.iter().map(|op| op.key().to_owned()));
+        now += Duration::from_millis(10);
+        m.handle_write(now, Ok::<_, ()>(TxnOutcome::Applied { revision: 1 }));
+        pending = writes(&drain(&mut m));
+    }
+    assert_eq!(puts.len(), 10, "every item that fits is placed: {puts:?}");
+    assert!(!puts.iter().any(|k| k.ends_with("/huge")));
+    assert!(!m.writing(), "nothing is retried");
+    // The value shrinks: it is placed.
+    work.last_mut().expect("huge").1 = Bytes::from_static(b"small now");
+    m.handle_items(now, work.iter().map(|(k, v)| (k.as_bytes(), v)));
+    assert!(m.refused().is_empty());
+    m.handle_timeout(now + SOAK);
+    let w = writes(&drain(&mut m));
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0][0].key(), "service/coordinator/assignments/m1/huge");
+}
+
+#[test]
+fn a_refused_item_that_is_assigned_keeps_its_value() {
+    let limits = worker_core::TxnLimits {
+        max_bytes: 2048,
+        op_overhead: 16,
+        ..worker_core::TxnLimits::ops(64)
+    };
+    let t0 = Instant::now();
+    let mut m = LeaderMachine::new(Layout::default(), LeaderTiming::with_soak(SOAK), 64, t0)
+        .with_limits(limits);
+    let _ = drain(&mut m);
+    let members = kv(&[
+        ("service/coordinator/members/m1", "{}"),
+        ("service/coordinator/members/m2", "{}"),
+    ]);
+    m.handle_members(t0, members.iter().map(|(k, v)| (k.as_slice(), v)));
+    let big = Bytes::from(vec![b'y'; 4000]);
+    let items = [
+        ("service/coordinator/work/a".to_owned(), big),
+        ("service/coordinator/work/b".to_owned(), Bytes::from("v")),
+    ];
+    m.handle_items(t0, items.iter().map(|(k, v)| (k.as_bytes(), v)));
+    // `a` was assigned to m1 with a small value before it grew.
+    let current = kv(&[
+        ("service/coordinator/assignments/m1/a", "old"),
+        ("service/coordinator/assignments/m1/b", "v"),
+    ]);
+    m.handle_assignments(
+        t0,
+        current.iter().map(|(k, v)| (k.as_slice(), v)),
+        std::iter::empty(),
+    );
+    m.handle_timeout(t0 + SOAK);
+    let mut now = t0 + SOAK;
+    let mut pending = writes(&drain(&mut m));
+    let mut all = Vec::new();
+    while let Some(chunk) = pending.pop() {
+        all.extend(chunk);
+        now += Duration::from_millis(10);
+        m.handle_write(now, Ok::<_, ()>(TxnOutcome::Applied { revision: 1 }));
+        pending = writes(&drain(&mut m));
+    }
+    // Balanced, whichever item moves: `a` is never written with the value
+    // that does not fit, only with the one it had; nothing is lost.
+    assert!(
+        all.iter().all(
+            |op| !matches!(op, TxnOp::Put { key, value } if key.ends_with("/a") && value != "old")
+        ),
+        "{all:?}"
+    );
+    let mut placed: Vec<&str> = m
+        .assignment()
+        .expect("read")
+        .keys()
+        .map(|(_, w)| w.as_ref())
+        .collect();
+    placed.sort_unstable();
+    assert_eq!(placed, ["a", "b"], "both still held");
+    assert!(!m.writing());
+    assert_eq!(m.refused().len(), 1);
+}

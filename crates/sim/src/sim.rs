@@ -1715,6 +1715,9 @@ impl Sim {
                         );
                 }
                 LeadAction::BadKey { key, .. } => tr!(self, "{id} bad key {key}"),
+                LeadAction::Refused { work, bytes, .. } => {
+                    tr!(self, "{id} refuses {work} ({bytes} bytes)");
+                }
                 LeadAction::BadMemberValue { member, .. } => {
                     tr!(self, "{id} bad member value {member}");
                 }

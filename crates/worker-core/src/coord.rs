@@ -129,6 +129,14 @@ pub trait Membership: Send + Sync + 'static {
     /// least 10 s).
     async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError>;
 
+    /// The shortest session TTL the store honours (Consul: 10 s; it would
+    /// silently round a shorter one up, and a member that counts on the
+    /// shorter one would be wrong about its lease). A member with a shorter
+    /// TTL is refused at start. Default: no minimum.
+    fn min_ttl(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Renews `session`. `Ok(false)` when the session no longer exists
     /// (expired or closed): its keys are gone and a new session is needed.
     async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError>;
@@ -177,12 +185,81 @@ pub trait Election: Send + Sync + 'static {
     async fn resign(&self, fence: &Fence) -> Result<(), StoreError>;
 }
 
+/// How much one fenced transaction may carry, as the store counts it, so
+/// that a writer cuts its work into transactions the store accepts.
+///
+/// A transaction is at most [`max_ops`](Self::max_ops) operations and at most
+/// [`max_bytes`](Self::max_bytes) as [`op_bytes`](Self::op_bytes) counts
+/// them (the fence's own share already taken off); no value may be longer
+/// than [`max_value`](Self::max_value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Operations per transaction, the fence not counted.
+    pub max_ops: usize,
+    /// Request bytes per transaction, the fence not counted.
+    pub max_bytes: usize,
+    /// The longest value the store keeps.
+    pub max_value: usize,
+    /// What each operation costs besides its key and its value.
+    pub op_overhead: usize,
+    /// Values travel base64-encoded (Consul's JSON), a third longer.
+    pub base64_values: bool,
+}
+
+impl TxnLimits {
+    /// Limits of `max_ops` operations and no byte limit.
+    pub fn ops(max_ops: usize) -> Self {
+        Self {
+            max_ops,
+            max_bytes: usize::MAX,
+            max_value: usize::MAX,
+            op_overhead: 0,
+            base64_values: false,
+        }
+    }
+
+    /// The bytes `op` takes in a transaction request.
+    pub fn op_bytes(&self, op: &TxnOp) -> usize {
+        let value = match op {
+            TxnOp::Put { value, .. } if self.base64_values => value.len().div_ceil(3) * 4,
+            TxnOp::Put { value, .. } => value.len(),
+            TxnOp::Delete { .. } | TxnOp::Absent { .. } => 0,
+        };
+        self.op_overhead
+            .saturating_add(op.key().len())
+            .saturating_add(value)
+    }
+
+    /// The bytes `ops` take together.
+    pub fn bytes(&self, ops: &[TxnOp]) -> usize {
+        ops.iter()
+            .map(|op| self.op_bytes(op))
+            .fold(0, usize::saturating_add)
+    }
+
+    /// Whether `ops` fit in one transaction.
+    pub fn fit(&self, ops: &[TxnOp]) -> bool {
+        ops.len() <= self.max_ops
+            && self.bytes(ops) <= self.max_bytes
+            && ops.iter().all(|op| match op {
+                TxnOp::Put { value, .. } => value.len() <= self.max_value,
+                _ => true,
+            })
+    }
+}
+
 /// Transactions applied only while a leadership holds.
 #[async_trait]
 pub trait FencedWrite: Send + Sync + 'static {
     /// The most operations one [`apply`](Self::apply) may carry, the fence not
     /// counted (Consul 1.8: 63 of its 64; etcd: `--max-txn-ops` less one).
     fn max_ops(&self) -> usize;
+
+    /// Everything that bounds one [`apply`](Self::apply): operations, bytes,
+    /// value length. Default: [`max_ops`](Self::max_ops) and no byte limit.
+    fn limits(&self) -> TxnLimits {
+        TxnLimits::ops(self.max_ops())
+    }
 
     /// Applies `ops` atomically if and only if `fence` still holds and every
     /// [`TxnOp::Absent`] guard among them is met.

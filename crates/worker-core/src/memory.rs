@@ -61,6 +61,8 @@ struct State {
     stats: MemoryStats,
     sessions: coord::Sessions,
     watchers: Watchers,
+    /// What one fenced transaction may carry; `None`: 127 operations.
+    txn_limits: Option<crate::TxnLimits>,
 }
 
 /// The open watch streams, indexed by prefix.

@@ -156,6 +156,72 @@ impl WorkloadChange {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 
+    /// This change followed by `next`, as one change: applying the result
+    /// to a workload gives what applying `self` then `next` gives. Used to
+    /// coalesce the queue of a subscriber that falls behind. An item removed
+    /// by `self` and added again by `next` comes out as `changed` (with the
+    /// new value, which may equal the one it had before); one added by `self`
+    /// and removed by `next` comes out as nothing. The revision is `next`'s;
+    /// the result is `initial` when `self` is.
+    #[must_use]
+    pub fn then(self, next: WorkloadChange) -> WorkloadChange {
+        enum Net {
+            Added(Bytes),
+            Removed,
+            Changed(Bytes),
+        }
+        let mut net: BTreeMap<WorkId, Net> = BTreeMap::new();
+        for (id, v) in self.added {
+            net.insert(id, Net::Added(v));
+        }
+        for id in self.removed {
+            net.insert(id, Net::Removed);
+        }
+        for (id, v) in self.changed {
+            net.insert(id, Net::Changed(v));
+        }
+        for id in next.removed {
+            match net.get(&id) {
+                Some(Net::Added(_)) => {
+                    net.remove(&id);
+                }
+                _ => {
+                    net.insert(id, Net::Removed);
+                }
+            }
+        }
+        for (id, v) in next.added {
+            // Absent before `next`: absent before `self` too, unless `self`
+            // removed it.
+            let entry = match net.get(&id) {
+                Some(Net::Removed | Net::Changed(_)) => Net::Changed(v),
+                Some(Net::Added(_)) | None => Net::Added(v),
+            };
+            net.insert(id, entry);
+        }
+        for (id, v) in next.changed {
+            // Present before `next`: new to `self`'s base if `self` added it.
+            let entry = match net.get(&id) {
+                Some(Net::Added(_)) => Net::Added(v),
+                _ => Net::Changed(v),
+            };
+            net.insert(id, entry);
+        }
+        let mut out = WorkloadChange {
+            revision: next.revision,
+            initial: self.initial,
+            ..WorkloadChange::default()
+        };
+        for (id, n) in net {
+            match n {
+                Net::Added(v) => out.added.push((id, v)),
+                Net::Removed => out.removed.push(id),
+                Net::Changed(v) => out.changed.push((id, v)),
+            }
+        }
+        out
+    }
+
     /// Applies this change to a workload.
     pub fn apply_to(&self, workload: &mut Workload) {
         for id in &self.removed {

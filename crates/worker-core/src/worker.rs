@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -135,11 +135,59 @@ pub struct Settled {
 #[error("the worker has halted")]
 pub struct Halted;
 
+/// The most changes a [`Changes`] subscriber's queue holds. A subscriber
+/// that falls further behind does not make the worker hold more: the newest
+/// queued change and the next one are coalesced into one
+/// ([`WorkloadChange::then`]), so applying the queue in order still ends at
+/// the settled workload, with fewer, larger steps.
+pub const CHANGES_QUEUE: usize = 64;
+
+/// One subscriber's queue, shared by the worker task and its [`Changes`].
+#[derive(Default)]
+struct Subscription {
+    queue: Mutex<SubQueue>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SubQueue {
+    items: std::collections::VecDeque<WorkloadChange>,
+    closed: bool,
+}
+
+impl Subscription {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `change`, coalescing it into the newest queued one when the
+    /// queue is full.
+    fn push(&self, change: WorkloadChange) {
+        let mut q = self.lock();
+        if q.items.len() >= CHANGES_QUEUE {
+            if let Some(last) = q.items.pop_back() {
+                q.items.push_back(last.then(change));
+            }
+        } else {
+            q.items.push_back(change);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
 /// The change subscribers; `closed` once the worker task has ended.
 #[derive(Default)]
 struct Subscribers {
     closed: bool,
-    list: Vec<mpsc::UnboundedSender<WorkloadChange>>,
+    list: Vec<Arc<Subscription>>,
 }
 
 type SharedSubscribers = Arc<Mutex<Subscribers>>;
@@ -167,7 +215,11 @@ impl Shared {
             s.revision = change.revision;
             s.ready = true;
         });
-        subs.list.retain(|tx| tx.send(change.clone()).is_ok());
+        // A subscription whose `Changes` was dropped is held here only.
+        subs.list.retain(|sub| Arc::strong_count(sub) > 1);
+        for sub in &subs.list {
+            sub.push(change.clone());
+        }
     }
 }
 
@@ -175,7 +227,9 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let mut subs = lock(&self.subscribers);
         subs.closed = true;
-        subs.list.clear();
+        for sub in subs.list.drain(..) {
+            sub.close();
+        }
     }
 }
 
@@ -345,16 +399,19 @@ impl WorkerHandle {
     /// workload as `added` with `initial` set, so a consumer that applies the
     /// items in order always holds the settled workload. The stream ends when
     /// the worker halts or its task ends otherwise (a panic); from a worker
-    /// that has already ended it is empty. Items queue until read.
+    /// that has already ended it is empty. Items queue until read, at most
+    /// [`CHANGES_QUEUE`] of them: a subscriber that falls further behind gets
+    /// the newest changes coalesced into one ([`WorkloadChange::then`]).
     pub fn changes(&self) -> Changes {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let sub = Arc::new(Subscription::default());
         let mut subs = lock(&self.subscribers);
         if subs.closed {
-            return Changes { rx };
+            sub.close();
+            return Changes { sub };
         }
         let s = self.rx.borrow().clone();
         if s.ready {
-            let _ = tx.send(WorkloadChange {
+            sub.push(WorkloadChange {
                 revision: s.revision,
                 added: s
                     .workload
@@ -365,8 +422,8 @@ impl WorkerHandle {
                 ..WorkloadChange::default()
             });
         }
-        subs.list.push(tx);
-        Changes { rx }
+        subs.list.push(sub.clone());
+        Changes { sub }
     }
 
     /// Stops the worker: cancels the in-flight store request and the soak
@@ -448,21 +505,41 @@ impl WorkloadWatch {
 }
 
 /// The stream of settled changes; from [`WorkerHandle::changes`].
-#[derive(Debug)]
 pub struct Changes {
-    rx: mpsc::UnboundedReceiver<WorkloadChange>,
+    sub: Arc<Subscription>,
+}
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("queued", &self.sub.lock().items.len())
+            .finish()
+    }
 }
 
 impl Changes {
     /// The next change, or `None` once the worker halted (or its task ended
-    /// otherwise). Cancel safe.
+    /// otherwise) and every queued change was read. Cancel safe.
     pub async fn next(&mut self) -> Option<WorkloadChange> {
-        self.rx.recv().await
+        loop {
+            // `notify_one` keeps a permit when nobody waits, so a change
+            // queued between the check and the wait is not missed.
+            {
+                let mut q = self.sub.lock();
+                if let Some(change) = q.items.pop_front() {
+                    return Some(change);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            self.sub.ready.notified().await;
+        }
     }
 
     /// A change already queued, without waiting.
     pub fn try_next(&mut self) -> Option<WorkloadChange> {
-        self.rx.try_recv().ok()
+        self.sub.lock().items.pop_front()
     }
 }
 

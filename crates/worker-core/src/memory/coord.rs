@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{MemoryStore, State};
 use crate::coord::{
-    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, TxnOp, TxnOutcome,
+    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, TxnLimits, TxnOp, TxnOutcome,
 };
 use crate::error::StoreError;
 use crate::types::{KvChange, KvEntry, Leader};
@@ -314,14 +314,47 @@ impl Election for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Sets what one fenced transaction may carry (default: 127 operations,
+    /// no byte limit), so that tests can play a store with smaller limits.
+    /// A transaction past them is refused as a real store refuses it.
+    pub fn set_txn_limits(&self, limits: TxnLimits) {
+        self.lock().txn_limits = Some(limits);
+    }
+}
+
 #[async_trait]
 impl FencedWrite for MemoryStore {
     fn max_ops(&self) -> usize {
-        MAX_TXN_OPS
+        self.limits().max_ops
     }
 
+    fn limits(&self) -> TxnLimits {
+        self.lock()
+            .txn_limits
+            .unwrap_or_else(|| TxnLimits::ops(MAX_TXN_OPS))
+    }
+
+    /// Applies `ops` if the fence holds and every guard is met. Like etcd, it
+    /// refuses (an error, nothing applied) a transaction past its
+    /// [`limits`](FencedWrite::limits) or one that names a key twice.
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
         let id = parse(&fence.session);
+        let limits = self.limits();
+        if !limits.fit(ops) {
+            return Err(StoreError::protocol(format!(
+                "transaction of {} operations and {} bytes exceeds the limits {limits:?}",
+                ops.len(),
+                limits.bytes(ops)
+            )));
+        }
+        let mut keys = BTreeSet::new();
+        if let Some(op) = ops.iter().find(|op| !keys.insert(op.key())) {
+            return Err(StoreError::protocol(format!(
+                "duplicate key given in txn request: {}",
+                op.key()
+            )));
+        }
         self.with_sessions(|s| {
             if let Err(e) = s.check() {
                 return (Err(e), false);
