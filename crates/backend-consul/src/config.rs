@@ -55,7 +55,19 @@ pub struct ConsulConfig {
     /// [`DEFAULT_LEADER_KEY`]; give `PREFIX/.lock` to follow a lock taken
     /// with `consul lock PREFIX …`.
     pub leader_key: String,
+    /// The agent's largest transaction request (`limits.txn_max_req_len`);
+    /// fenced writes are cut to fit it. Default [`DEFAULT_TXN_MAX_BYTES`]
+    /// (512 KiB, Consul's default).
+    pub txn_max_bytes: usize,
+    /// The agent's largest KV value (`kv_max_value_size`). Default
+    /// [`DEFAULT_VALUE_MAX_BYTES`] (512 KiB, Consul's default).
+    pub value_max_bytes: usize,
 }
+
+/// Consul's default `limits.txn_max_req_len`: 512 KiB.
+pub const DEFAULT_TXN_MAX_BYTES: usize = 512 * 1024;
+/// Consul's default `kv_max_value_size`: 512 KiB.
+pub const DEFAULT_VALUE_MAX_BYTES: usize = 512 * 1024;
 
 impl ConsulConfig {
     /// Settings for `endpoints`, with every other setting at its default: no
@@ -71,6 +83,8 @@ impl ConsulConfig {
             client_key: None,
             wait: DEFAULT_WAIT,
             leader_key: DEFAULT_LEADER_KEY.to_owned(),
+            txn_max_bytes: DEFAULT_TXN_MAX_BYTES,
+            value_max_bytes: DEFAULT_VALUE_MAX_BYTES,
         }
     }
 }
@@ -93,6 +107,8 @@ impl fmt::Debug for ConsulConfig {
             .field("client_key", &self.client_key)
             .field("wait", &self.wait)
             .field("leader_key", &self.leader_key)
+            .field("txn_max_bytes", &self.txn_max_bytes)
+            .field("value_max_bytes", &self.value_max_bytes)
             .finish()
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::debug;
 use worker_core::{
-    Election, Fence, FencedWrite, KvWrite, Membership, Revision, SessionId, StoreError, TxnOp,
+    Election, Fence, FencedWrite, KvWrite, Membership, Revision, SessionId, StoreError, TxnLimits, TxnOp,
     TxnOutcome,
 };
 
@@ -438,12 +438,37 @@ impl Election for ConsulBackend {
     }
 }
 
+/// What a fenced transaction costs besides its operations (the fence's
+/// operations, the JSON array): kept free of the request limit.
+const TXN_RESERVE: usize = 1024;
+/// What one operation costs besides its key and base64 value:
+/// `{"KV":{"Verb":"delete","Key":"","Value":""}},` and room for escapes.
+const OP_OVERHEAD: usize = 64;
+
+/// The limits of a fenced transaction on an agent whose request limit is
+/// `txn_max_bytes` and whose value limit is `value_max_bytes`.
+pub(crate) fn txn_limits(txn_max_bytes: usize, value_max_bytes: usize) -> TxnLimits {
+    TxnLimits {
+        max_ops: MAX_TXN_OPS - FENCE_OPS,
+        max_bytes: txn_max_bytes.saturating_sub(TXN_RESERVE),
+        max_value: value_max_bytes,
+        op_overhead: OP_OVERHEAD,
+        base64_values: true,
+    }
+}
+
 #[async_trait]
 impl FencedWrite for ConsulBackend {
     /// 62: Consul 1.8 takes 64 operations per transaction, two of them the
     /// fence.
     fn max_ops(&self) -> usize {
         MAX_TXN_OPS - FENCE_OPS
+    }
+
+    /// 62 operations, the agent's request limit less a reserve for the fence
+    /// (values count base64-encoded, as they travel), its value limit.
+    fn limits(&self) -> TxnLimits {
+        self.inner.limits
     }
 
     /// `PUT /v1/txn`: a `check-session` of the fence's key and session and a

@@ -68,7 +68,10 @@ use worker_core::{
     KvStream, KvWatch, Leader, LeaderStream, LeaderWait, Revision, Snapshot, StoreError,
 };
 
-pub use config::{ConsulConfig, DEFAULT_LEADER_KEY, DEFAULT_WAIT, MAX_WAIT};
+pub use config::{
+    ConsulConfig, DEFAULT_LEADER_KEY, DEFAULT_TXN_MAX_BYTES, DEFAULT_VALUE_MAX_BYTES, DEFAULT_WAIT,
+    MAX_WAIT,
+};
 pub use coord::{
     FENCE_OPS, LOCK_DELAY, MAX_SESSION_TTL, MAX_TXN_OPS, MIN_SESSION_TTL, SESSION_NAME,
 };
@@ -87,6 +90,8 @@ pub struct ConsulBackend {
 struct Inner {
     http: Arc<http::Http>,
     leader_key: String,
+    /// What one fenced transaction may carry.
+    limits: worker_core::TxnLimits,
     /// The fingerprints of recent lists, by prefix, so that the watch opened
     /// after a list knows what its caller holds and can keep quiet about
     /// answers that change nothing.
@@ -125,6 +130,7 @@ impl ConsulBackend {
             inner: Arc::new(Inner {
                 http: Arc::new(http),
                 leader_key: config.leader_key,
+                limits: coord::txn_limits(config.txn_max_bytes, config.value_max_bytes),
                 listed: Mutex::new(HashMap::new()),
                 leader_hub: Mutex::new(std::sync::Weak::new()),
             }),

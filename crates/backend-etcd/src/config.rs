@@ -65,7 +65,19 @@ pub struct EtcdConfig {
     /// read, watch open and authentication is given this long. Default:
     /// [`DEFAULT_KEEPALIVE`] (10 s); at least [`MIN_KEEPALIVE`].
     pub keepalive: Duration,
+    /// The server's largest request (`--max-request-bytes`); fenced writes
+    /// are cut to fit it. Default [`DEFAULT_MAX_REQUEST_BYTES`] (1.5 MiB,
+    /// etcd's default).
+    pub max_request_bytes: usize,
+    /// The server's most operations per transaction (`--max-txn-ops`).
+    /// Default [`DEFAULT_MAX_TXN_OPS`] (128, etcd's default).
+    pub max_txn_ops: usize,
 }
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
+/// etcd's default `--max-txn-ops`: 128.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
 impl EtcdConfig {
     /// A config for `endpoints` with every other setting at its default.
@@ -79,6 +91,8 @@ impl EtcdConfig {
             client_key: None,
             election: DEFAULT_ELECTION.to_owned(),
             keepalive: DEFAULT_KEEPALIVE,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
         }
     }
 

@@ -28,7 +28,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOpResponse, TxnResponse};
 use worker_core::{
-    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, StoreError, TxnOp, TxnOutcome,
+    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, StoreError, TxnLimits, TxnOp,
+    TxnOutcome,
 };
 
 use crate::error::store_error;
@@ -288,11 +289,37 @@ impl Election for EtcdBackend {
     }
 }
 
+/// What a fenced transaction costs besides its operations (the fence's
+/// compare, the guards' envelope): kept free of the request limit.
+const TXN_RESERVE: usize = 1024;
+/// What one operation costs besides its key and value (protobuf tags and
+/// lengths, a guard's compare), with room to spare.
+const OP_OVERHEAD: usize = 32;
+
+/// The limits of a fenced transaction on a server with `--max-request-bytes`
+/// `max_request_bytes` and `--max-txn-ops` `max_txn_ops`.
+pub(crate) fn txn_limits(max_request_bytes: usize, max_txn_ops: usize) -> TxnLimits {
+    TxnLimits {
+        // One is left for the inner transaction that holds guarded writes.
+        max_ops: max_txn_ops.saturating_sub(1).max(3),
+        max_bytes: max_request_bytes.saturating_sub(TXN_RESERVE),
+        max_value: max_request_bytes.saturating_sub(TXN_RESERVE),
+        op_overhead: OP_OVERHEAD,
+        base64_values: false,
+    }
+}
+
 #[async_trait]
 impl FencedWrite for EtcdBackend {
-    /// [`MAX_TXN_OPS`]: 127.
+    /// `--max-txn-ops` less one (127 by default).
     fn max_ops(&self) -> usize {
-        MAX_TXN_OPS
+        self.limits.max_ops
+    }
+
+    /// `--max-txn-ops` less one; `--max-request-bytes` less a reserve for
+    /// the fence.
+    fn limits(&self) -> TxnLimits {
+        self.limits
     }
 
     /// One transaction: `create_revision(fence.key) == fence.term` then the
@@ -301,10 +328,11 @@ impl FencedWrite for EtcdBackend {
     /// is refused before sending. Not cancel safe in the sense that a dropped
     /// call may or may not have been applied (as for any error).
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
-        if ops.len() > MAX_TXN_OPS {
+        if ops.len() > self.limits.max_ops {
             return Err(StoreError::protocol(format!(
-                "a fenced transaction of {} operations exceeds etcd's limit of {MAX_TXN_OPS}",
-                ops.len()
+                "a fenced transaction of {} operations exceeds etcd's limit of {}",
+                ops.len(),
+                self.limits.max_ops
             )));
         }
         let then: Vec<etcd_client::TxnOp> = ops

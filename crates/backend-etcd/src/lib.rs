@@ -74,7 +74,8 @@ use worker_core::{
 };
 
 pub use config::{
-    EtcdConfig, DEFAULT_ELECTION, DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE, MIN_KEEPALIVE,
+    EtcdConfig, DEFAULT_ELECTION, DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS, MIN_KEEPALIVE,
 };
 pub use coord::{lease_ttl, MAX_TXN_OPS};
 pub use error::EtcdError;
@@ -96,6 +97,8 @@ pub struct EtcdBackend {
     election_prefix: Arc<[u8]>,
     /// The one election observation shared by every `observe()` stream.
     election: Arc<ElectionHub>,
+    /// What one fenced transaction may carry.
+    limits: worker_core::TxnLimits,
 }
 
 impl EtcdBackend {
@@ -116,6 +119,7 @@ impl EtcdBackend {
             pool,
             election_prefix,
             election,
+            limits: coord::txn_limits(config.max_request_bytes, config.max_txn_ops),
         })
     }
 

@@ -196,6 +196,20 @@ pub struct Config {
     /// leaves anyway. Default 60 s.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The store's largest transaction request, in bytes (Consul
+    /// `limits.txn_max_req_len`, etcd `--max-request-bytes`): the leader's
+    /// writes are cut to fit it. Default: the store's default (Consul
+    /// 512 KiB, etcd 1.5 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn_max_bytes: Option<usize>,
+    /// The store's most operations per transaction (etcd `--max-txn-ops`,
+    /// default 128; Consul's 64 is fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn_max_ops: Option<usize>,
+    /// The store's largest value, in bytes (Consul `kv_max_value_size`,
+    /// default 512 KiB; etcd's is its request limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_max_bytes: Option<usize>,
 }
 
 impl fmt::Debug for Config {
@@ -320,6 +334,9 @@ impl Config {
             exclusive_margin: None,
             max_moves_in_flight: None,
             drain_timeout: default_drain_timeout(),
+            txn_max_bytes: None,
+            txn_max_ops: None,
+            value_max_bytes: None,
         }
     }
 
@@ -432,6 +449,19 @@ impl Config {
         if let Some(d) = dur("COORDINATOR_DRAIN_TIMEOUT")? {
             c.drain_timeout = d;
         }
+        let count = |var: &'static str| -> Result<Option<usize>, LoadError> {
+            get(var)
+                .map(|n| {
+                    n.trim().parse().map_err(|e| LoadError::Env {
+                        var,
+                        reason: format!("{n:?} is not a whole number of bytes or operations ({e})"),
+                    })
+                })
+                .transpose()
+        };
+        c.txn_max_bytes = count("COORDINATOR_TXN_MAX_BYTES")?;
+        c.txn_max_ops = count("COORDINATOR_TXN_MAX_OPS")?;
+        c.value_max_bytes = count("COORDINATOR_VALUE_MAX_BYTES")?;
         if let Some(n) = get("COORDINATOR_MAX_MOVES_IN_FLIGHT") {
             c.max_moves_in_flight = Some(n.trim().parse().map_err(|e| LoadError::Env {
                 var: "COORDINATOR_MAX_MOVES_IN_FLIGHT",
@@ -545,6 +575,21 @@ impl Config {
             return Err(ConfigError::new(
                 "user",
                 "user and password_file must be given together",
+            ));
+        }
+        if self.txn_max_bytes.is_some_and(|n| n < 4096) {
+            return Err(ConfigError::new(
+                "txn_max_bytes",
+                "must be at least 4096 (a transaction must hold one assignment)",
+            ));
+        }
+        if self.value_max_bytes == Some(0) {
+            return Err(ConfigError::new("value_max_bytes", "must be more than 0"));
+        }
+        if self.txn_max_ops.is_some_and(|n| n < 4) {
+            return Err(ConfigError::new(
+                "txn_max_ops",
+                "must be at least 4 (a move takes up to three operations besides the fence)",
             ));
         }
         if let Some(w) = self.consul_wait {

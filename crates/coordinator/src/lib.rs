@@ -152,6 +152,12 @@ impl Backend {
                 if let Some(wait) = config.consul_wait {
                     c.wait = wait;
                 }
+                if let Some(n) = config.txn_max_bytes {
+                    c.txn_max_bytes = n;
+                }
+                if let Some(n) = config.value_max_bytes {
+                    c.value_max_bytes = n;
+                }
                 let b = Arc::new(backend_consul::ConsulBackend::new(c).map_err(|e| Error::Backend {
                     backend: BackendKind::Consul,
                     source: e.into(),
@@ -169,6 +175,12 @@ impl Backend {
                 c.election.clone_from(&config.leader);
                 if let Some(keepalive) = config.etcd_keepalive {
                     c.keepalive = keepalive;
+                }
+                if let Some(n) = config.txn_max_bytes {
+                    c.max_request_bytes = n;
+                }
+                if let Some(n) = config.txn_max_ops {
+                    c.max_txn_ops = n;
                 }
                 if let Some(path) = &config.password_file {
                     let password = std::fs::read_to_string(path).map_err(|e| {

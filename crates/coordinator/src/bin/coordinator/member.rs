@@ -57,6 +57,19 @@ pub struct MemberArgs {
     /// While leading: at most this many items in handoff at once (default: no limit).
     #[arg(long)]
     pub max_moves_in_flight: Option<usize>,
+    /// The store's largest transaction request in bytes (Consul
+    /// `limits.txn_max_req_len`, default 512 KiB; etcd `--max-request-bytes`,
+    /// default 1.5 MiB): the leader's writes are cut to fit it.
+    #[arg(long)]
+    pub txn_max_bytes: Option<usize>,
+    /// The store's most operations per transaction (etcd `--max-txn-ops`,
+    /// default 128).
+    #[arg(long)]
+    pub txn_max_ops: Option<usize>,
+    /// The store's largest value in bytes (Consul `kv_max_value_size`,
+    /// default 512 KiB).
+    #[arg(long)]
+    pub value_max_bytes: Option<usize>,
     /// On SIGTERM (or a drain request): how long to wait for the items to
     /// move away before leaving anyway.
     #[arg(long, value_parser = parse_duration, default_value = "60s", allow_hyphen_values = true)]
@@ -79,6 +92,9 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     config.exclusive = args.exclusive;
     config.exclusive_margin = args.exclusive_margin;
     config.max_moves_in_flight = args.max_moves_in_flight;
+    config.txn_max_bytes = args.txn_max_bytes;
+    config.txn_max_ops = args.txn_max_ops;
+    config.value_max_bytes = args.value_max_bytes;
     config.drain_timeout = args.drain_timeout;
     if let Err(e) = config
         .validate()
