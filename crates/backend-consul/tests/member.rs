@@ -444,3 +444,19 @@ async fn an_old_fence_stays_rejected_when_the_same_session_leads_again() {
     ));
     backend.close_session(&session).await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_finds_an_item_under_two_members() {
+    let store = Consul::start().await;
+    conformance::takeover_finds_an_item_under_two_members(&store, "two/").await;
+}
+
+/// 130 values of 15 KiB (2.6 MB in base64, five times Consul's default
+/// 512 KiB transaction) and one of 400 KiB (a KV value Consul takes, but no
+/// transaction can carry in base64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_cut_to_the_store_limits() {
+    let store = Consul::start().await;
+    conformance::large_values_are_cut_to_the_store_limits(&store, "big/", 130, 15 * 1024, 400 * 1024)
+        .await;
+}

@@ -1182,3 +1182,82 @@ pub async fn moves_are_throttled(store: &dyn ClusterStore, root: &str) {
         m.halt().await;
     }
 }
+
+/// A leader that takes over finds an item under two members (as a takeover
+/// after a crash, or a hand edit, can): both must be revoked, each waiting
+/// for its own acknowledgement, and one transaction never names the item's
+/// handoff record twice (etcd refuses such a transaction; the memory store
+/// too). m1 and m2 (weight 0) both hold `w`; m3 must end up its only owner,
+/// with no record left.
+pub async fn takeover_finds_an_item_under_two_members(store: &dyn ClusterStore, root: &str) {
+    store.put(&format!("{root}work/w"), b"p").await;
+    store.put(&format!("{root}assignments/m1/w"), b"p").await;
+    store.put(&format!("{root}assignments/m2/w"), b"p").await;
+    let (members, _plans) = spawn_members(store, root, &["m1", "m2", "m3"], |id| {
+        let c = member_config(store, root, id);
+        if id == "m3" {
+            c
+        } else {
+            c.weight(0)
+        }
+    })
+    .await;
+    wait_holdings(&members, WAIT, "w with m3 alone", |h| {
+        h.get("m3").is_some_and(|s| s.len() == 1)
+            && h.get("m1").is_some_and(BTreeSet::is_empty)
+            && h.get("m2").is_some_and(BTreeSet::is_empty)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let keys = store.keys(&format!("{root}assignments/")).await;
+        let records = store.keys(&format!("{root}handoff/")).await;
+        if keys == [format!("{root}assignments/m3/w")] && records.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store did not settle: {keys:?} {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, m) in members {
+        m.halt().await;
+    }
+}
+
+/// Items whose values add up to more than one transaction takes are
+/// assigned in transactions cut to the store's byte limit, and an item whose
+/// value cannot fit in any transaction is refused without holding up the
+/// others: `count` items of `size` bytes and one of `oversized` bytes.
+pub async fn large_values_are_cut_to_the_store_limits(
+    store: &dyn ClusterStore,
+    root: &str,
+    count: usize,
+    size: usize,
+    oversized: usize,
+) {
+    for i in 0..count {
+        let value = vec![b'a' + u8::try_from(i % 26).unwrap_or(0); size];
+        store.put(&format!("{root}work/w{i:03}"), &value).await;
+    }
+    store
+        .put(&format!("{root}work/huge"), &vec![b'h'; oversized])
+        .await;
+    let (members, _plans) =
+        spawn_members(store, root, &["m1"], |id| member_config(store, root, id)).await;
+    let held = wait_holdings(&members, WAIT, "every item that fits", |h| {
+        h.get("m1").is_some_and(|s| s.len() >= count)
+    })
+    .await;
+    let m1 = &held["m1"];
+    assert_eq!(m1.len(), count, "the oversized item is not assigned: {m1:?}");
+    assert!(!m1.contains("huge"));
+    let workload = members["m1"].worker().workload();
+    assert!(workload.values().all(|v| v.len() == size), "values copied whole");
+    let keys = store.keys(&format!("{root}assignments/")).await;
+    assert_eq!(keys.len(), count, "the oversized item has no assignment key");
+    for (_, m) in members {
+        m.halt().await;
+    }
+}

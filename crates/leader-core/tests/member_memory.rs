@@ -380,3 +380,30 @@ async fn without_exclusive_a_cut_off_member_double_owns() {
 async fn moves_are_throttled() {
     conformance::moves_are_throttled(&Memory(MemoryStore::new()), "t/").await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn takeover_finds_an_item_under_two_members() {
+    conformance::takeover_finds_an_item_under_two_members(&Memory(MemoryStore::new()), "two/")
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_values_are_cut_to_the_store_limits() {
+    // The memory store playing a Consul agent with its default limits.
+    let store = MemoryStore::new();
+    store.set_txn_limits(worker_core::TxnLimits {
+        max_ops: 62,
+        max_bytes: 512 * 1024 - 1024,
+        max_value: 512 * 1024,
+        op_overhead: 64,
+        base64_values: true,
+    });
+    conformance::large_values_are_cut_to_the_store_limits(
+        &Memory(store),
+        "big/",
+        130,
+        15 * 1024,
+        400 * 1024,
+    )
+    .await;
+}

@@ -546,3 +546,25 @@ async fn an_old_fence_stays_rejected_when_the_same_lease_leads_again() {
     etcd.close_session(&session).await.expect("close");
     assert_eq!(etcd.leader().await.expect("leader"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_finds_an_item_under_two_members() {
+    let (_server, store, root) = suite().await;
+    conformance::takeover_finds_an_item_under_two_members(&store, &root).await;
+}
+
+/// 130 values of 15 KiB (1.9 MB in 127 operations: more than etcd's
+/// default 1.5 MiB request) and one value that etcd stores but no
+/// transaction can assign with the fence and a handoff record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_cut_to_the_store_limits() {
+    let (_server, store, root) = suite().await;
+    conformance::large_values_are_cut_to_the_store_limits(
+        &store,
+        &root,
+        130,
+        15 * 1024,
+        1_572_864 - 400,
+    )
+    .await;
+}
