@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::debug;
 use worker_core::{
-    Election, Fence, FencedWrite, KvWrite, Membership, Revision, SessionId, StoreError, TxnLimits, TxnOp,
-    TxnOutcome,
+    Election, Fence, FencedWrite, KvWrite, Membership, Revision, SessionId, StoreError, TxnLimits,
+    TxnOp, TxnOutcome,
 };
 
 use crate::error::{HttpStatusError, ProtocolError, TransportError};

@@ -457,6 +457,12 @@ async fn takeover_finds_an_item_under_two_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_are_cut_to_the_store_limits() {
     let store = Consul::start().await;
-    conformance::large_values_are_cut_to_the_store_limits(&store, "big/", 130, 15 * 1024, 400 * 1024)
-        .await;
+    conformance::large_values_are_cut_to_the_store_limits(
+        &store,
+        "big/",
+        130,
+        15 * 1024,
+        400 * 1024,
+    )
+    .await;
 }

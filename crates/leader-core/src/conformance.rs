@@ -1251,12 +1251,23 @@ pub async fn large_values_are_cut_to_the_store_limits(
     })
     .await;
     let m1 = &held["m1"];
-    assert_eq!(m1.len(), count, "the oversized item is not assigned: {m1:?}");
+    assert_eq!(
+        m1.len(),
+        count,
+        "the oversized item is not assigned: {m1:?}"
+    );
     assert!(!m1.contains("huge"));
     let workload = members["m1"].worker().workload();
-    assert!(workload.values().all(|v| v.len() == size), "values copied whole");
+    assert!(
+        workload.values().all(|v| v.len() == size),
+        "values copied whole"
+    );
     let keys = store.keys(&format!("{root}assignments/")).await;
-    assert_eq!(keys.len(), count, "the oversized item has no assignment key");
+    assert_eq!(
+        keys.len(),
+        count,
+        "the oversized item has no assignment key"
+    );
     for (_, m) in members {
         m.halt().await;
     }

@@ -128,7 +128,11 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         "member metadata does not parse; counting weight 1, and moves away from it wait for its acknowledgement"
                     );
                 }
-                Action::Refused { work, bytes, limits } => {
+                Action::Refused {
+                    work,
+                    bytes,
+                    limits,
+                } => {
                     error!(
                         work,
                         bytes,

@@ -335,6 +335,9 @@ impl LeaderMachine {
     #[doc(hidden)]
     pub fn set_safeguards(&mut self, safeguards: worker_core::Safeguards) {
         self.revoke_first = safeguards.revoke_first;
+        if !safeguards.txn_bytes {
+            self.limits = TxnLimits::ops(self.limits.max_ops);
+        }
     }
 
     /// True once the machine stepped down.
@@ -388,20 +391,7 @@ impl LeaderMachine {
     /// assignment), with member ids of the longest length allowed; `None`
     /// when it fits within the limits.
     fn refusal(&self, work: &str, value: &Bytes) -> Option<usize> {
-        let id = "m".repeat(MAX_INSTANCE_ID_LEN);
-        let worst = [
-            TxnOp::Absent {
-                key: self.layout.member_key(&id),
-            },
-            TxnOp::Delete {
-                key: self.layout.handoff_key(work),
-            },
-            TxnOp::Put {
-                key: self.layout.assignment_key(&id, work),
-                value: value.clone(),
-            },
-        ];
-        (!self.limits.fit(&worst)).then(|| self.limits.bytes(&worst))
+        refusal(&self.layout, &self.limits, work, value)
     }
 
     /// Whether `ops` plus `add` fit in one transaction.
@@ -509,11 +499,7 @@ impl LeaderMachine {
         reason: BadKey,
     ) {
         seen.insert(key.to_vec());
-        if !self
-            .reported
-            .get(&source)
-            .is_some_and(|r| r.contains(key))
-        {
+        if !self.reported.get(&source).is_some_and(|r| r.contains(key)) {
             self.out.push_back(Action::BadKey {
                 key: String::from_utf8_lossy(key).into_owned(),
                 reason,
@@ -559,10 +545,9 @@ impl LeaderMachine {
                     (meta, acked)
                 }
                 parsed => {
-                    let error = parsed.err().map_or_else(
-                        || "the value is empty".to_owned(),
-                        |e| e.to_string(),
-                    );
+                    let error = parsed
+                        .err()
+                        .map_or_else(|| "the value is empty".to_owned(), |e| e.to_string());
                     let mut marker = key.to_vec();
                     marker.push(0);
                     marker.extend_from_slice(value);
@@ -1315,6 +1300,28 @@ impl LeaderMachine {
     pub fn poll(&mut self) -> Option<Action> {
         self.out.pop_front()
     }
+}
+
+/// Whether a leader refuses work item `work` with `value`: `Some(bytes)`
+/// when the largest transaction that assigns it (a guard on a member key,
+/// the handoff record's delete, the assignment, with member ids of the
+/// longest length allowed) takes `bytes` and does not fit `limits`; `None`
+/// when it fits. `coordinator status` shows the items it refuses.
+pub fn refusal(layout: &Layout, limits: &TxnLimits, work: &str, value: &Bytes) -> Option<usize> {
+    let id = "m".repeat(MAX_INSTANCE_ID_LEN);
+    let worst = [
+        TxnOp::Absent {
+            key: layout.member_key(&id),
+        },
+        TxnOp::Delete {
+            key: layout.handoff_key(work),
+        },
+        TxnOp::Put {
+            key: layout.assignment_key(&id, work),
+            value: value.clone(),
+        },
+    ];
+    (!limits.fit(&worst)).then(|| limits.bytes(&worst))
 }
 
 fn drop_owed(owed: &mut BTreeMap<(WorkId, MemberId), Option<u64>>, work: &WorkId) {

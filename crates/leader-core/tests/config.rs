@@ -107,7 +107,10 @@ async fn spawn_refuses_a_ttl_the_store_would_round_up() {
     let c = MemberConfig::new("m1").ttl(Duration::from_secs(5));
     let e = Member::spawn(&c, &store).expect_err("refused");
     assert_eq!(e.field, "ttl");
-    let ok = Member::spawn(&MemberConfig::new("m1").ttl(Duration::from_secs(10)), &store)
-        .expect("10s is enough");
+    let ok = Member::spawn(
+        &MemberConfig::new("m1").ttl(Duration::from_secs(10)),
+        &store,
+    )
+    .expect("10s is enough");
     ok.halt().await;
 }

@@ -386,7 +386,12 @@ fn an_item_found_under_two_members_is_revoked_one_record_at_a_time() {
         &[("a", &a10), ("b", &b5), ("c", r#"{"weight":1,"acked":5}"#)],
     );
     let clear = one_write(&mut m);
-    assert_eq!(clear, vec![TxnOp::Delete { key: "service/coordinator/handoff/w0".into() }]);
+    assert_eq!(
+        clear,
+        vec![TxnOp::Delete {
+            key: "service/coordinator/handoff/w0".into()
+        }]
+    );
     applied(&mut m, t1, 11);
     let second = one_write(&mut m);
     assert_eq!(keys(&second, "delete"), vec![format!("{A}b/w0")]);
@@ -396,7 +401,10 @@ fn an_item_found_under_two_members_is_revoked_one_record_at_a_time() {
         t1,
         &[("a", &a10), ("b", &b10), ("c", r#"{"weight":1,"acked":5}"#)],
     );
-    assert!(writes(&mut m).is_empty(), "b acknowledged 10, not its revoke at 12");
+    assert!(
+        writes(&mut m).is_empty(),
+        "b acknowledged 10, not its revoke at 12"
+    );
     let b12 = leaving(12);
     raw_members(
         &mut m,
@@ -420,7 +428,10 @@ fn a_member_value_that_does_not_parse_fails_safe() {
     raw_members(
         &mut m,
         t0,
-        &[("a", r#"{"weight":"heavy"}"#), ("b", r#"{"weight":1,"acked":1}"#)],
+        &[
+            ("a", r#"{"weight":"heavy"}"#),
+            ("b", r#"{"weight":1,"acked":1}"#),
+        ],
     );
     let reported: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
     assert!(
@@ -450,7 +461,10 @@ fn a_member_value_that_does_not_parse_fails_safe() {
     raw_members(
         &mut m,
         t0 + SOAK * 10,
-        &[("a", r#"{"weight":1,"acked":10}"#), ("b", r#"{"weight":1,"acked":1}"#)],
+        &[
+            ("a", r#"{"weight":1,"acked":10}"#),
+            ("b", r#"{"weight":1,"acked":1}"#),
+        ],
     );
     let assign = one_write(&mut m);
     assert_eq!(keys(&assign, "put"), vec![format!("{A}b/w1")]);

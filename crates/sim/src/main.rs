@@ -41,6 +41,7 @@ fn main() {
                 "fence" => safeguards.fence = false,
                 "revoke-first" => safeguards.revoke_first = false,
                 "relist" => safeguards.relist_on_lost = false,
+                "txn-bytes" => safeguards.txn_bytes = false,
                 other => panic!("unknown safeguard {other}"),
             },
             "--exclusive" => match val().as_str() {

@@ -17,8 +17,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use worker_core::machine::{Action as WorkAction, Machine, Timing};
 use worker_core::{
-    Fence, KvChange, KvEntry, Leader, Safeguards, SessionId, Snapshot, TxnOp, TxnOutcome,
-    WatchEvent, WorkId, Workload,
+    Fence, KvChange, KvEntry, Leader, Safeguards, SessionId, Snapshot, TxnLimits, TxnOp,
+    TxnOutcome, WatchEvent, WorkId, Workload,
 };
 
 use crate::store::{Applied, Flavor, Nanos, Store};
@@ -473,6 +473,9 @@ pub struct Sim {
     store: Store,
     layout: Layout,
     max_ops: usize,
+    /// What one transaction may carry at the store (operations, and for
+    /// half the seeds bytes too).
+    limits: TxnLimits,
     nodes: Vec<Node>,
     watches: BTreeMap<(usize, Slot), Watch>,
     trace: Trace,
@@ -518,6 +521,24 @@ impl Sim {
         let mut store = Store::new(flavor, &layout.assignments, &layout.leader);
         store.fence_check = cfg.safeguards.fence;
         let max_ops = [2, 3, 4, 8, 127][rng.random_range(0..5)];
+        // Half the seeds: a byte limit too, small enough that large item
+        // values need several transactions and the largest cannot fit any.
+        // (The leader takes at least 3 operations a transaction: a move's
+        // guard, record and assignment; every real store takes more.)
+        // Drawn from a stream of its own, so that the seeds without a byte
+        // limit replay as they did before it was modelled.
+        let mut limits_rng = SmallRng::seed_from_u64(cfg.seed ^ 0x0b17_e5_0000_0000);
+        let limits = if limits_rng.random_bool(0.5) {
+            TxnLimits {
+                max_ops: max_ops.max(3),
+                max_bytes: [600, 900, 2000][limits_rng.random_range(0..3)],
+                max_value: 1500,
+                op_overhead: 16,
+                base64_values: flavor == Flavor::Consul,
+            }
+        } else {
+            TxnLimits::ops(max_ops.max(3))
+        };
         let drawn = rng.random_bool(0.5);
         let exclusive = cfg.exclusive.unwrap_or(drawn);
         let mut trace = Trace::default();
@@ -535,6 +556,7 @@ impl Sim {
             store,
             layout,
             max_ops,
+            limits,
             nodes: Vec::new(),
             watches: BTreeMap::new(),
             trace,
@@ -971,6 +993,20 @@ impl Sim {
                 }
                 None => Msg::Written(false),
             },
+            Req::Txn(_, ops) if !self.txn_accepted(&ops) => {
+                // The store refuses it whole, as etcd refuses a request past
+                // `--max-request-bytes` or naming a key twice, and Consul one
+                // past `txn_max_req_len`: the leader would rebuild it forever.
+                let what = format!(
+                    "{id} sent a transaction the store refuses ({} ops, {} bytes, limits {:?}): [{}]",
+                    ops.len(),
+                    self.limits.bytes(&ops),
+                    self.limits,
+                    self.ops_summary(&ops)
+                );
+                self.violation(what);
+                Msg::Err("transaction refused by the store")
+            }
             Req::Txn(fence, ops) => {
                 let holds = self.store.holds(&fence);
                 let (outcome, a) = self.store.txn(&fence, &ops);
@@ -1243,13 +1279,52 @@ impl Sim {
         self.drive(n);
     }
 
+    /// Whether the store takes a transaction: within its limits, no key
+    /// named twice.
+    fn txn_accepted(&self, ops: &[TxnOp]) -> bool {
+        let mut keys = std::collections::BTreeSet::new();
+        self.limits.fit(ops) && ops.iter().all(|op| keys.insert(op.key()))
+    }
+
+    /// An item value: mostly short; with a byte limit, now and then large
+    /// (up to past what any transaction can carry).
+    fn item_value(&mut self, tag: u32) -> Bytes {
+        if self.limits.max_bytes != usize::MAX && self.rng.random_bool(0.2) {
+            let len = self.rng.random_range(100..1400);
+            let mut v = format!("v{tag}:").into_bytes();
+            v.resize(len, b'.');
+            Bytes::from(v)
+        } else {
+            Bytes::from(format!("v{tag}"))
+        }
+    }
+
+    /// Whether the leader must refuse `work` with `value` (its assignment
+    /// cannot fit a transaction): an independent statement of the rule in
+    /// docs/leader.md, for the convergence check.
+    fn refused(&self, work: &str, value: &Bytes) -> bool {
+        let id = "m".repeat(worker_core::MAX_INSTANCE_ID_LEN);
+        let worst = [
+            TxnOp::Absent {
+                key: self.layout.member_key(&id),
+            },
+            TxnOp::Delete {
+                key: self.layout.handoff_key(work),
+            },
+            TxnOp::Put {
+                key: self.layout.assignment_key(&id, work),
+                value: value.clone(),
+            },
+        ];
+        !self.limits.fit(&worst)
+    }
+
     fn put_item(&mut self) {
         self.next_item += 1;
         let key = self.layout.work_key(&format!("w{}", self.next_item));
-        let a = self.store.put(
-            &key,
-            Bytes::from(format!("v{}", self.rng.random_range(0..3))),
-        );
+        let tag = self.rng.random_range(0..3);
+        let value = self.item_value(tag);
+        let a = self.store.put(&key, value);
         tr!(self, "operator: put {key}");
         self.applied(&a);
     }
@@ -1466,7 +1541,8 @@ impl Sim {
     fn start_leading(&mut self, n: usize, fence: Fence) {
         let (_, _, lt) = self.timing();
         let t = self.tok_at(n);
-        let mut machine = LeaderMachine::new(self.layout.clone(), lt, self.max_ops, t);
+        let mut machine =
+            LeaderMachine::new(self.layout.clone(), lt, self.max_ops, t).with_limits(self.limits);
         machine.set_safeguards(self.cfg.safeguards);
         let backoff = (
             Duration::from_millis(100),
@@ -2071,7 +2147,8 @@ impl Sim {
             return;
         }
         let k = keys[self.rng.random_range(0..keys.len())].clone();
-        let v = Bytes::from(format!("v{}", self.rng.random_range(0..1000)));
+        let tag = self.rng.random_range(0..1000);
+        let v = self.item_value(tag);
         tr!(self, "operator: change {k}");
         let a = self.store.put(&k, v);
         self.applied(&a);
@@ -2212,6 +2289,14 @@ impl Sim {
             .range(&self.layout.work)
             .map(|(k, _)| k[self.layout.work.len()..].to_owned())
             .collect();
+        // Items too large to assign: held by nobody, or still by the one
+        // member that had them before they grew.
+        let refused: Vec<String> = self
+            .store
+            .range(&self.layout.work)
+            .filter(|(k, v)| self.refused(&k[self.layout.work.len()..], v))
+            .map(|(k, _)| k[self.layout.work.len()..].to_owned())
+            .collect();
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
         let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, _) in self.store.range(&a_prefix) {
@@ -2237,6 +2322,7 @@ impl Sim {
         for w in &items {
             match owners.get(w).map(Vec::as_slice) {
                 Some([m]) if live_ids.contains(m) => {}
+                None if refused.contains(w) => {}
                 other => {
                     let what = format!("after the quiet period item {w} is held by {other:?}");
                     self.violation(what);
@@ -2244,7 +2330,7 @@ impl Sim {
                 }
             }
         }
-        if owners.len() != items.len() {
+        if owners.keys().any(|w| !items.contains(w)) {
             let what =
                 format!("after the quiet period assignments of gone items remain: {owners:?}");
             self.violation(what);

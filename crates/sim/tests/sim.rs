@@ -234,6 +234,17 @@ fn without_relist_after_lost_a_stale_workload_is_caught() {
     assert!(f.what.contains("after the quiet period"), "{f}");
 }
 
+#[test]
+fn without_byte_limits_an_oversized_transaction_is_caught() {
+    let s = Safeguards {
+        txn_bytes: false,
+        ..Safeguards::default()
+    };
+    let (seeds, f) = first_failure(s, 20);
+    eprintln!("txn-bytes off: caught after {seeds} seed(s):\n{f}");
+    assert!(f.what.contains("the store refuses"), "{f}");
+}
+
 /// Seeds that once failed (simulator bugs found while building it; see
 /// docs/testing.md), kept as regression cases.
 #[test]

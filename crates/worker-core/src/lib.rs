@@ -66,6 +66,5 @@ pub use types::{
 };
 pub use worker::{
     Changes, Halted, ReleaseSwitch, Settled, Worker, WorkerConfig, WorkerHandle, WorkloadWatch,
-    CHANGES_QUEUE,
-    DEFAULT_PREFIX,
+    CHANGES_QUEUE, DEFAULT_PREFIX,
 };

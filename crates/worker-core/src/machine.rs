@@ -98,6 +98,9 @@ pub struct Safeguards {
     pub revoke_first: bool,
     /// The worker relists after a lost position (off: it resumes as after an error).
     pub relist_on_lost: bool,
+    /// The leader cuts transactions by bytes as well as operations (off: by
+    /// operations only, as before byte limits were known).
+    pub txn_bytes: bool,
 }
 
 impl Default for Safeguards {
@@ -106,6 +109,7 @@ impl Default for Safeguards {
             fence: true,
             revoke_first: true,
             relist_on_lost: true,
+            txn_bytes: true,
         }
     }
 }

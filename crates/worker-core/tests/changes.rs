@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use worker_core::{MemoryStore, WorkId, Worker, WorkerConfig, Workload, WorkloadChange, CHANGES_QUEUE};
+use worker_core::{
+    MemoryStore, WorkId, Worker, WorkerConfig, Workload, WorkloadChange, CHANGES_QUEUE,
+};
 
 const P: &str = "svc/assignments/";
 
@@ -25,7 +27,11 @@ fn diff(a: &Workload, b: &Workload, revision: u64) -> WorkloadChange {
             Some(_) => {}
         }
     }
-    c.removed = a.keys().filter(|id| !b.contains_key(*id)).cloned().collect();
+    c.removed = a
+        .keys()
+        .filter(|id| !b.contains_key(*id))
+        .cloned()
+        .collect();
     c
 }
 
@@ -102,7 +108,10 @@ async fn a_subscriber_that_stops_reading_is_bounded() {
         queued += 1;
     }
     assert!(queued <= CHANGES_QUEUE, "{queued} queued");
-    assert_eq!(&held, &*settled, "the queue still ends at the settled workload");
+    assert_eq!(
+        &held, &*settled,
+        "the queue still ends at the settled workload"
+    );
     w.halt().await;
     assert!(slow.next().await.is_none(), "ends with the worker");
 }

@@ -279,6 +279,9 @@ struct Status {
     members: BTreeMap<String, MemberStatus>,
     /// Items in handoff: work id -> the member it was revoked from.
     handoffs: BTreeMap<String, String>,
+    /// Items a leader refuses because their value is too large to assign
+    /// within the store's transaction limits: work id -> bytes needed.
+    refused: BTreeMap<String, usize>,
 }
 
 #[derive(Serialize, Default)]
@@ -335,6 +338,14 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         .filter_map(|e| layout.parse_work(&e.key).ok())
         .map(|id| (id.to_owned(), false))
         .collect();
+    let limits = store.writer.limits();
+    for e in &work.entries {
+        if let Ok(id) = layout.parse_work(&e.key) {
+            if let Some(bytes) = leader_core::machine::refusal(&layout, &limits, id, &e.value) {
+                status.refused.insert(id.to_owned(), bytes);
+            }
+        }
+    }
     status.items = items.len();
     for e in &assignments.entries {
         if let Ok((member, id)) = layout.parse_assignment(&e.key) {
@@ -381,12 +392,19 @@ fn table(status: &Status) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "leader: {}\nitems: {} ({} unassigned, {} in handoff)\n\n",
+        "leader: {}\nitems: {} ({} unassigned, {} in handoff)\n",
         status.leader.as_deref().unwrap_or("(none)"),
         status.items,
         status.unassigned.len(),
         status.handoffs.len()
     );
+    for (id, bytes) in &status.refused {
+        let _ = writeln!(
+            out,
+            "refused: {id} (its assignment needs {bytes} bytes, more than one transaction of this store takes)"
+        );
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
         "{:<24} {:>6} {:>6}  {:<5} ITEMS",
