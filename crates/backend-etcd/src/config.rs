@@ -204,6 +204,8 @@ impl fmt::Debug for EtcdConfig {
             .field("client_key", &self.client_key)
             .field("election", &self.election)
             .field("keepalive", &self.keepalive)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_txn_ops", &self.max_txn_ops)
             .finish()
     }
 }

@@ -461,6 +461,28 @@ fn to_global(ppm: i64, l: Nanos) -> Nanos {
     g as Nanos
 }
 
+/// The store's transaction limits of a run: `max_ops` operations (at least
+/// 3: the leader takes a move's guard, record and assignment in one
+/// transaction; every real store takes more) and, for half the seeds, a
+/// byte limit small enough that large item values need several
+/// transactions and the largest cannot fit any. Drawn from a stream of its
+/// own, so that the seeds without a byte limit replay as they did before it
+/// was modelled.
+fn draw_limits(seed: u64, max_ops: usize, flavor: Flavor) -> TxnLimits {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x000b_17e5_0000_0000);
+    if rng.random_bool(0.5) {
+        TxnLimits {
+            max_ops: max_ops.max(3),
+            max_bytes: [600, 900, 2000][rng.random_range(0..3)],
+            max_value: 1500,
+            op_overhead: 16,
+            base64_values: flavor == Flavor::Consul,
+        }
+    } else {
+        TxnLimits::ops(max_ops.max(3))
+    }
+}
+
 /// A running simulation.
 pub struct Sim {
     cfg: RunConfig,
@@ -521,24 +543,7 @@ impl Sim {
         let mut store = Store::new(flavor, &layout.assignments, &layout.leader);
         store.fence_check = cfg.safeguards.fence;
         let max_ops = [2, 3, 4, 8, 127][rng.random_range(0..5)];
-        // Half the seeds: a byte limit too, small enough that large item
-        // values need several transactions and the largest cannot fit any.
-        // (The leader takes at least 3 operations a transaction: a move's
-        // guard, record and assignment; every real store takes more.)
-        // Drawn from a stream of its own, so that the seeds without a byte
-        // limit replay as they did before it was modelled.
-        let mut limits_rng = SmallRng::seed_from_u64(cfg.seed ^ 0x0b17_e5_0000_0000);
-        let limits = if limits_rng.random_bool(0.5) {
-            TxnLimits {
-                max_ops: max_ops.max(3),
-                max_bytes: [600, 900, 2000][limits_rng.random_range(0..3)],
-                max_value: 1500,
-                op_overhead: 16,
-                base64_values: flavor == Flavor::Consul,
-            }
-        } else {
-            TxnLimits::ops(max_ops.max(3))
-        };
+        let limits = draw_limits(cfg.seed, max_ops, flavor);
         let drawn = rng.random_bool(0.5);
         let exclusive = cfg.exclusive.unwrap_or(drawn);
         let mut trace = Trace::default();

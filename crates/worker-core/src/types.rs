@@ -170,49 +170,49 @@ impl WorkloadChange {
             Removed,
             Changed(Bytes),
         }
-        let mut net: BTreeMap<WorkId, Net> = BTreeMap::new();
+        let mut sum: BTreeMap<WorkId, Net> = BTreeMap::new();
         for (id, v) in self.added {
-            net.insert(id, Net::Added(v));
+            sum.insert(id, Net::Added(v));
         }
         for id in self.removed {
-            net.insert(id, Net::Removed);
+            sum.insert(id, Net::Removed);
         }
         for (id, v) in self.changed {
-            net.insert(id, Net::Changed(v));
+            sum.insert(id, Net::Changed(v));
         }
         for id in next.removed {
-            match net.get(&id) {
+            match sum.get(&id) {
                 Some(Net::Added(_)) => {
-                    net.remove(&id);
+                    sum.remove(&id);
                 }
                 _ => {
-                    net.insert(id, Net::Removed);
+                    sum.insert(id, Net::Removed);
                 }
             }
         }
         for (id, v) in next.added {
             // Absent before `next`: absent before `self` too, unless `self`
             // removed it.
-            let entry = match net.get(&id) {
+            let entry = match sum.get(&id) {
                 Some(Net::Removed | Net::Changed(_)) => Net::Changed(v),
                 Some(Net::Added(_)) | None => Net::Added(v),
             };
-            net.insert(id, entry);
+            sum.insert(id, entry);
         }
         for (id, v) in next.changed {
             // Present before `next`: new to `self`'s base if `self` added it.
-            let entry = match net.get(&id) {
+            let entry = match sum.get(&id) {
                 Some(Net::Added(_)) => Net::Added(v),
                 _ => Net::Changed(v),
             };
-            net.insert(id, entry);
+            sum.insert(id, entry);
         }
         let mut out = WorkloadChange {
             revision: next.revision,
             initial: self.initial,
             ..WorkloadChange::default()
         };
-        for (id, n) in net {
+        for (id, n) in sum {
             match n {
                 Net::Added(v) => out.added.push((id, v)),
                 Net::Removed => out.removed.push(id),
