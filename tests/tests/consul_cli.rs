@@ -109,3 +109,35 @@ async fn ca_cert_with_an_http_endpoint_is_refused() {
     assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
     assert!(output.stdout.is_empty());
 }
+
+/// `coordinator status` lists the work items a leader refuses because
+/// their assignment cannot fit one Consul transaction (a 400 KiB value:
+/// Consul stores it, but base64 in a transaction it is past 512 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_items_too_large_to_assign() {
+    let agent = ConsulAgent::start_dev().await;
+    agent
+        .kv_put("service/coordinator/work/huge", &"h".repeat(400 * 1024))
+        .await;
+    agent.kv_put("service/coordinator/work/small", "s").await;
+    let status = |json: bool| {
+        let mut cmd = tokio::process::Command::new(coordinator_bin());
+        cmd.args(["status", "--backend", "consul", "--endpoints"])
+            .arg(agent.http_addr())
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .stdin(Stdio::null());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output()
+    };
+    let out = bounded("status --json", status(true)).await.expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let refused = v["refused"].as_object().expect("refused").clone();
+    assert_eq!(refused.keys().collect::<Vec<_>>(), ["huge"], "{v}");
+    assert!(refused["huge"].as_u64().expect("bytes") > 512 * 1024);
+    let out = bounded("status", status(false)).await.expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("refused: huge"), "{text}");
+}
