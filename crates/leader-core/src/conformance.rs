@@ -37,6 +37,10 @@ pub trait ClusterStore: Send + Sync {
     /// Like [`connect`](Self::connect), through a link the check can cut
     /// (a fault proxy in front of a server; a switch for the memory store).
     async fn connect_cuttable(&self, layout: &Layout) -> (MemberStore, Box<dyn Link>);
+    /// Ends `session` at once, as the store's own tools do (Consul
+    /// `PUT /v1/session/destroy/<id>`, etcd `lease revoke`; memory:
+    /// `MemoryStore::expire_session`).
+    async fn end_session(&self, session: &str);
 }
 
 /// The link between one member and the store, which a check can cut (a
@@ -1123,6 +1127,96 @@ async fn exclusive_scenario(store: &dyn ClusterStore, root: &str, exclusive: boo
         m.halt().await;
     }
     ledger
+}
+
+/// Exclusive mode, a member cut off while the store ends its session (an
+/// operator's `consul session destroy`, a node deregistration, `etcdctl
+/// lease revoke`): the member cannot hear of it and keeps its items until
+/// its own deadline − margin, while the leader sees its key vanish at once.
+/// The leader gives its items away only a whole TTL later: the acknowledged
+/// workloads never hold an item twice. Healed, the member comes back with a
+/// new session and takes its share again.
+pub async fn exclusive_session_ended_while_cut_off_never_double_owns(
+    store: &dyn ClusterStore,
+    root: &str,
+) {
+    let ledger = AckedLedger::new();
+    for i in 0..12 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let config = |id: &str| {
+        let c = member_config(store, root, id);
+        let margin = c.ttl / 5;
+        c.exclusive(margin)
+    };
+    let (mut members, mut plans) = spawn_members(store, root, &["e1", "e2"], config).await;
+    let (link_store, link) = store.connect_cuttable(&layout(root)).await;
+    let victim = Member::spawn(&config("e3"), &link_store).expect("spawn");
+    plans.push(victim.plans());
+    members.insert("e3".into(), victim);
+    for (id, m) in &members {
+        ledger.follow(id, m);
+    }
+    wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
+    ledger
+        .wait(WAIT, "4/4/4 acknowledged", |h| {
+            exact(&busy(h), 12, &[4, 4, 4])
+        })
+        .await;
+    assert!(
+        !members["e3"].is_leader(),
+        "e3 joined last and does not lead"
+    );
+    // e3's session, as its member key names it, read with a member's client.
+    let kv = store.connect(&layout(root)).await.kv;
+    let key = layout(root).member_key("e3");
+    let listed = bounded(WAIT, "reading e3's member key", kv.list(&key))
+        .await
+        .expect("list");
+    let session = listed
+        .entries
+        .iter()
+        .find(|e| e.key == key.as_bytes())
+        .and_then(|e| crate::layout::MemberMeta::parse(&e.value).ok())
+        .and_then(|m| m.session)
+        .expect("e3's member key names its session");
+
+    link.cut();
+    store.end_session(&session).await;
+    let bound = store.expiry_bound() + store.ttl() * 2;
+    wait_holdings(&members, bound, "all 12 items on e1 and e2", |h| {
+        h.iter()
+            .filter(|(id, _)| *id != "e3")
+            .map(|(_, w)| w.len())
+            .sum::<usize>()
+            == 12
+    })
+    .await;
+    ledger
+        .wait(bound, "12 items acknowledged by e1 and e2", |h| {
+            h.iter()
+                .filter(|(id, _)| *id != "e3")
+                .map(|(_, w)| w.len())
+                .sum::<usize>()
+                == 12
+        })
+        .await;
+
+    link.heal();
+    wait_holdings(&members, bound, "e3 back with its share", |h| {
+        exact(h, 12, &[4, 4, 4])
+    })
+    .await;
+    ledger
+        .wait(bound, "4/4/4 acknowledged again", |h| {
+            exact(&busy(h), 12, &[4, 4, 4])
+        })
+        .await;
+    check_plans(&mut plans);
+    for (_, m) in members {
+        m.halt().await;
+    }
+    ledger.assert_clean();
 }
 
 /// `max_moves_in_flight`: a member joining a cluster with 24 items takes its

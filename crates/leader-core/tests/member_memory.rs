@@ -50,6 +50,12 @@ impl ClusterStore for Memory {
             Box::new(Switch(Arc::new(tx))),
         )
     }
+    async fn end_session(&self, session: &str) {
+        assert!(
+            self.0.expire_session(&SessionId(session.to_owned())),
+            "no session {session}"
+        );
+    }
 }
 
 /// The memory store behind a switch: while cut, every call and every open
@@ -374,6 +380,15 @@ async fn exclusive_cut_off_member_never_double_owns() {
 async fn without_exclusive_a_cut_off_member_double_owns() {
     conformance::without_exclusive_a_cut_off_member_double_owns(&Memory(MemoryStore::new()), "nx/")
         .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn exclusive_session_ended_while_cut_off_never_double_owns() {
+    conformance::exclusive_session_ended_while_cut_off_never_double_owns(
+        &Memory(MemoryStore::new()),
+        "xe/",
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

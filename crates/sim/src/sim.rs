@@ -806,6 +806,9 @@ impl Sim {
         node.gens[slot as usize] += 1;
         let (gen, inc, cut) = (node.gens[slot as usize], node.inc, node.partitioned);
         if cut {
+            if slot == Slot::Oneway {
+                return; // lost; nobody waits for an answer
+            }
             let at = self.now + self.p.request_timeout;
             self.reply_at(
                 at,
@@ -860,8 +863,10 @@ impl Sim {
     #[allow(clippy::too_many_lines)] // one arm per request kind
     fn arrive(&mut self, n: usize, inc: u32, slot: Slot, gen: u64, req: Req) {
         if self.nodes[n].partitioned {
-            let at = self.now + self.p.request_timeout;
-            self.reply_at(at, n, inc, slot, gen, Msg::Err("request lost (partition)"));
+            if slot != Slot::Oneway {
+                let at = self.now + self.p.request_timeout;
+                self.reply_at(at, n, inc, slot, gen, Msg::Err("request lost (partition)"));
+            }
             return;
         }
         if self.error_rate > 0.0 && self.rng.random_bool(self.error_rate) {
