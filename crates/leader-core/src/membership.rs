@@ -9,7 +9,7 @@
 //! | registering | error | `Register` again after a backoff |
 //! | live | renewal: still there | next renewal in TTL/3 |
 //! | live | renewal: session gone | stop leading (no resignation: the store already ended it); `Register` |
-//! | live | the member key could not be written (session gone), or the member saw its own key vanish | the same, at once |
+//! | live | the member key could not be written (session gone), or the member saw its own key vanish | the same, at once, with a `Close` of the old session first (best effort) |
 //! | live | renewal errors for a whole TTL | as if gone (the store may have expired it), but first `Close` the old session (best effort: on Consul a lingering session would hold the member key and the leader key for up to 2 × TTL); `Register` |
 //! | live | renewal error, within the TTL | renew again after a short backoff (at most TTL/10) |
 //! | not leading | observation (any) | campaign |
@@ -310,12 +310,13 @@ impl MemberMachine {
     /// The store says `session` is gone though no renewal said so yet: a
     /// member-key write bound to it answered that it no longer exists, or
     /// the member saw its own key vanish. Released at once (exclusive mode),
-    /// then registered anew. Ignored for a session that is not the live one.
+    /// then registered anew, after a `Close` of the session (best effort: a
+    /// key deleted by hand leaves the session alive, maybe holding the
+    /// leader key). Ignored for a session that is not the live one.
     pub fn handle_session_gone(&mut self, now: Instant, session: &SessionId) {
         if self.halted || self.session() != Some(session) {
             return;
         }
-        self.session = Session::Absent { retry_at: None };
         self.session_lost(now);
     }
 
