@@ -157,15 +157,15 @@ impl Handler {
             status
         };
         let status = match self.timeout {
-            Some(limit) => match tokio::time::timeout(limit, waited).await {
-                Ok(status) => status,
-                Err(_) => {
+            Some(limit) => {
+                let Ok(status) = tokio::time::timeout(limit, waited).await else {
                     // Killed, and reaped so that no zombie is left.
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                     return Err(HandlerError::TimedOut(limit));
-                }
-            },
+                };
+                status
+            }
             None => waited.await,
         };
         match status {
