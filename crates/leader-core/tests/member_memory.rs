@@ -92,9 +92,12 @@ async fn until_cut<T>(
     mut cut: watch::Receiver<bool>,
     fut: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    // The cut first: nothing gets through once it is made, not even an
+    // event that became ready at the same instant.
     tokio::select! {
-        r = fut => r,
+        biased;
         _ = cut.wait_for(|c| *c) => Err(StoreError::unavailable("cut off (test link)")),
+        r = fut => r,
     }
 }
 
