@@ -188,6 +188,20 @@ async fn exclusive_session_ended_while_cut_off_never_double_owns() {
     conformance::exclusive_session_ended_while_cut_off_never_double_owns(&store, "xs/").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns() {
+    let store = Consul::start().await;
+    conformance::with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns(&store, "xm/")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout() {
+    let store = Consul::start().await;
+    conformance::a_stuck_member_has_its_session_ended_after_the_handoff_timeout(&store, "st/")
+        .await;
+}
+
 /// The session Consul created: TTL rounded up to 10 s, `delete`, no
 /// lock-delay, no node checks; a bound key of a gone session is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

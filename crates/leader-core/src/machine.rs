@@ -84,6 +84,11 @@ pub struct LeaderTiming {
     /// a move no longer counts against `max_moves_in_flight`. Default
     /// [`DEFAULT_HANDOFF_TIMEOUT`].
     pub handoff_timeout: Duration,
+    /// Tests only (the conformance suite's control): `false` waits only the
+    /// margin after a gone member's key vanished, as before the store's
+    /// early session ends were covered. Always true in the product.
+    #[doc(hidden)]
+    pub lease_wait: bool,
 }
 
 /// The default [`LeaderTiming::handoff_timeout`]: 5 minutes, far above what
@@ -112,6 +117,7 @@ impl LeaderTiming {
             exclusive: None,
             member_ttl: Duration::from_secs(15),
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            lease_wait: true,
         }
     }
 }
@@ -337,7 +343,7 @@ impl LeaderMachine {
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
             ending: BTreeMap::new(),
-            lease_wait: true,
+            lease_wait: timing.lease_wait,
         }
     }
 

@@ -395,6 +395,24 @@ async fn exclusive_session_ended_while_cut_off_never_double_owns() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns() {
+    conformance::with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns(
+        &Memory(MemoryStore::new()),
+        "xm/",
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout() {
+    conformance::a_stuck_member_has_its_session_ended_after_the_handoff_timeout(
+        &Memory(MemoryStore::new()),
+        "st/",
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn moves_are_throttled() {
     conformance::moves_are_throttled(&Memory(MemoryStore::new()), "t/").await;
 }

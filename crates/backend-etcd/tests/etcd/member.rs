@@ -171,6 +171,20 @@ async fn exclusive_session_ended_while_cut_off_never_double_owns() {
     conformance::exclusive_session_ended_while_cut_off_never_double_owns(&store, &root).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns() {
+    let (_server, store, root) = suite().await;
+    conformance::with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns(&store, &root)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout() {
+    let (_server, store, root) = suite().await;
+    conformance::a_stuck_member_has_its_session_ended_after_the_handoff_timeout(&store, &root)
+        .await;
+}
+
 /// The lease behind a session id (lowercase hex).
 fn lease(session: &SessionId) -> i64 {
     i64::from_str_radix(&session.0, 16).expect("a session id is a lease id in hex")
