@@ -145,9 +145,11 @@ impl MemberConfig {
     /// Exclusive mode with a safety `margin`: an item is never in two
     /// members' acknowledged workloads at once. This member releases its
     /// whole workload `margin` before its lease deadline unless it renewed
-    /// (and starts released until registered); as leader, it gives the items
-    /// of a member that is gone to another only `margin` after that member's
-    /// key vanished. Every member of a cluster must use the same setting.
+    /// (and starts released until registered) or at once when it learns its
+    /// session is gone; as leader, it gives the items of a member that is
+    /// gone to another only that member's whole TTL after its key vanished
+    /// (the store may end a session early while the member, cut off, still
+    /// believes in it). Every member of a cluster must use the same setting.
     #[must_use]
     pub fn exclusive(mut self, margin: Duration) -> Self {
         self.exclusive = Some(margin);
