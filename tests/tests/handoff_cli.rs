@@ -254,7 +254,7 @@ async fn exclusive_members_on_consul() {
     let agent = ConsulAgent::start_dev().await;
     let target = ([127, 0, 0, 1], agent.port()).into();
     // Consul invalidates a session between TTL and 2 x TTL after the last
-    // renewal; the leader then waits the margin (TTL/5).
+    // renewal; the leader then waits a whole TTL.
     scenario(
         "consul",
         agent.http_addr(),

@@ -72,6 +72,17 @@ impl ClusterStore for Consul {
             Box::new(ProxyLink(proxy)),
         )
     }
+    /// `consul session destroy`: `PUT /v1/session/destroy/<id>`, with a
+    /// plain HTTP client.
+    async fn end_session(&self, session: &str) {
+        let url = format!("{}/v1/session/destroy/{session}", self.agent.http_addr());
+        let response = reqwest::Client::new()
+            .put(url)
+            .send()
+            .await
+            .expect("session destroy");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
 }
 
 /// A fault proxy as the suite's cuttable link: cut is a silent partition.
@@ -169,6 +180,26 @@ async fn moves_are_throttled() {
 async fn exclusive_cut_off_member_never_double_owns() {
     let store = Consul::start().await;
     conformance::exclusive_cut_off_member_never_double_owns(&store, "x/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_session_ended_while_cut_off_never_double_owns() {
+    let store = Consul::start().await;
+    conformance::exclusive_session_ended_while_cut_off_never_double_owns(&store, "xs/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns() {
+    let store = Consul::start().await;
+    conformance::with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns(&store, "xm/")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout() {
+    let store = Consul::start().await;
+    conformance::a_stuck_member_has_its_session_ended_after_the_handoff_timeout(&store, "st/")
+        .await;
 }
 
 /// The session Consul created: TTL rounded up to 10 s, `delete`, no

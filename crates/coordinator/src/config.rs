@@ -210,6 +210,11 @@ pub struct Config {
     /// default 512 KiB; etcd's is its request limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_max_bytes: Option<usize>,
+    /// How long a move from a live member may wait for that member's
+    /// acknowledgement before the leader ends its session (a leader
+    /// setting). Default 5 min.
+    #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
+    pub handoff_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -238,6 +243,10 @@ fn default_drain_prefix() -> String {
 
 fn default_drain_timeout() -> Duration {
     leader_core::DEFAULT_DRAIN_TIMEOUT
+}
+
+fn default_handoff_timeout() -> Duration {
+    leader_core::machine::DEFAULT_HANDOFF_TIMEOUT
 }
 
 fn default_prefix() -> String {
@@ -337,6 +346,7 @@ impl Config {
             txn_max_bytes: None,
             txn_max_ops: None,
             value_max_bytes: None,
+            handoff_timeout: default_handoff_timeout(),
         }
     }
 
@@ -363,7 +373,10 @@ impl Config {
     /// `COORDINATOR_CLIENT_KEY`, `COORDINATOR_USER`, `COORDINATOR_PASSWORD_FILE`,
     /// and for a full member `COORDINATOR_MEMBERS_PREFIX`, `COORDINATOR_WORK_PREFIX`,
     /// `COORDINATOR_TTL`, `COORDINATOR_LEADER_SOAK`, `COORDINATOR_WEIGHT`,
-    /// `COORDINATOR_REBALANCE_DELAY`.
+    /// `COORDINATOR_REBALANCE_DELAY`, `COORDINATOR_HANDOFF_PREFIX`,
+    /// `COORDINATOR_DRAIN_PREFIX`, `COORDINATOR_EXCLUSIVE`,
+    /// `COORDINATOR_EXCLUSIVE_MARGIN`, `COORDINATOR_DRAIN_TIMEOUT`,
+    /// `COORDINATOR_HANDOFF_TIMEOUT`, `COORDINATOR_MAX_MOVES_IN_FLIGHT`.
     pub fn from_env() -> Result<Self, LoadError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -464,6 +477,9 @@ impl Config {
         c.txn_max_ops = count("COORDINATOR_TXN_MAX_OPS")?;
         c.value_max_bytes = count("COORDINATOR_VALUE_MAX_BYTES")?;
         c.max_moves_in_flight = count("COORDINATOR_MAX_MOVES_IN_FLIGHT")?;
+        if let Some(d) = dur("COORDINATOR_HANDOFF_TIMEOUT")? {
+            c.handoff_timeout = d;
+        }
         if let Some(w) = get("COORDINATOR_WEIGHT") {
             c.weight = w.trim().parse().map_err(|e| LoadError::Env {
                 var: "COORDINATOR_WEIGHT",
@@ -516,7 +532,8 @@ impl Config {
             .ttl(self.ttl)
             .leader_soak(self.leader_soak)
             .rebalance_delay(self.rebalance_delay)
-            .drain_timeout(self.drain_timeout);
+            .drain_timeout(self.drain_timeout)
+            .handoff_timeout(self.handoff_timeout);
         m.worker = self.worker_config();
         if let Some(n) = self.max_moves_in_flight {
             if n == 0 {
@@ -741,6 +758,27 @@ mod tests {
         let mut c = Config::new(BackendKind::Etcd, "m1");
         c.ttl = Duration::from_secs(2);
         c.member_config().expect("etcd takes 2s");
+    }
+
+    #[test]
+    fn handoff_timeout_from_toml_env_and_default() {
+        let c = Config::new(BackendKind::Memory, "m1");
+        let m = c.member_config().unwrap();
+        assert_eq!(m.leader.handoff_timeout, Duration::from_secs(300));
+        let c: Config = toml::from_str("instance_id = \"m1\"\nhandoff_timeout = \"90s\"").unwrap();
+        let m = c.member_config().unwrap();
+        assert_eq!(m.leader.handoff_timeout, Duration::from_secs(90));
+        let c = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_BACKEND" => Some("memory".into()),
+            "COORDINATOR_HANDOFF_TIMEOUT" => Some("2m".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.handoff_timeout, Duration::from_secs(120));
+        let mut c = Config::new(BackendKind::Memory, "m1");
+        c.handoff_timeout = Duration::ZERO;
+        assert_eq!(c.member_config().unwrap_err().field, "handoff_timeout");
     }
 
     #[test]

@@ -126,6 +126,10 @@ async fn bad_member_and_drain_flags_exit_2_naming_them() {
     assert!(e.contains("--max-moves-in-flight"), "{e}");
     let e = run(&with(&["--drain-timeout", "soon"])).await;
     assert!(e.contains("--drain-timeout"), "{e}");
+    let e = run(&with(&["--handoff-timeout", "0s"])).await;
+    assert!(e.contains("--handoff-timeout"), "{e}");
+    let e = run(&with(&["--exec-timeout", "later"])).await;
+    assert!(e.contains("--exec-timeout"), "{e}");
     let e = run(&[
         "drain",
         "a/b",

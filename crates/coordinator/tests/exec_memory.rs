@@ -319,6 +319,29 @@ async fn a_handler_that_cannot_start_is_logged_and_the_worker_goes_on() {
     p.terminate().await;
 }
 
+/// `--exec-timeout`: a handler that runs longer is killed and logged, and
+/// the next change is handled.
+#[tokio::test]
+async fn a_handler_past_exec_timeout_is_killed_and_the_worker_goes_on() {
+    let scratch = Scratch::new("exec-timeout");
+    let mut p = Program::start(
+        &["--exec-timeout", "300ms", "--exec", "sleep", "600"],
+        &scratch.path("unused.log"),
+    );
+    p.line().await;
+    let outcome = p.handler_outcome().await;
+    assert!(outcome.contains("WARN"), "{outcome}");
+    assert!(
+        outcome.contains("ran longer than --exec-timeout (300ms) and was killed"),
+        "{outcome}"
+    );
+    p.feed("put p/m1/w1\n").await;
+    assert_eq!(p.line().await["added"], serde_json::json!(["w1"]));
+    let outcome = p.handler_outcome().await;
+    assert!(outcome.contains("killed"), "{outcome}");
+    p.terminate().await;
+}
+
 #[test]
 fn bad_exec_and_metrics_flags_exit_2_naming_the_flag() {
     let run = |args: &[&str]| {

@@ -37,6 +37,10 @@ pub trait ClusterStore: Send + Sync {
     /// Like [`connect`](Self::connect), through a link the check can cut
     /// (a fault proxy in front of a server; a switch for the memory store).
     async fn connect_cuttable(&self, layout: &Layout) -> (MemberStore, Box<dyn Link>);
+    /// Ends `session` at once, as the store's own tools do (Consul
+    /// `PUT /v1/session/destroy/<id>`, etcd `lease revoke`; memory:
+    /// `MemoryStore::expire_session`).
+    async fn end_session(&self, session: &str);
 }
 
 /// The link between one member and the store, which a check can cut (a
@@ -1123,6 +1127,183 @@ async fn exclusive_scenario(store: &dyn ClusterStore, root: &str, exclusive: boo
         m.halt().await;
     }
     ledger
+}
+
+/// Exclusive mode, a member cut off while the store ends its session (an
+/// operator's `consul session destroy`, a node deregistration, `etcdctl
+/// lease revoke`): the member cannot hear of it and keeps its items until
+/// its own deadline − margin, while the leader sees its key vanish at once.
+/// The leader gives its items away only a whole TTL later: the acknowledged
+/// workloads never hold an item twice. Healed, the member comes back with a
+/// new session and takes its share again.
+pub async fn exclusive_session_ended_while_cut_off_never_double_owns(
+    store: &dyn ClusterStore,
+    root: &str,
+) {
+    session_ended_scenario(store, root, true)
+        .await
+        .assert_clean();
+}
+
+/// The control of [`exclusive_session_ended_while_cut_off_never_double_owns`]:
+/// a leader that waits only the margin after the member key vanished (the
+/// rule before early session ends were covered) gives the items away while
+/// the cut-off member still holds them, and the ledger sees it.
+pub async fn with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns(
+    store: &dyn ClusterStore,
+    root: &str,
+) {
+    let ledger = session_ended_scenario(store, root, false).await;
+    assert!(
+        !ledger.violations().is_empty(),
+        "with the margin-only wait the checker should have seen a double owner"
+    );
+}
+
+async fn session_ended_scenario(
+    store: &dyn ClusterStore,
+    root: &str,
+    lease_wait: bool,
+) -> AckedLedger {
+    let ledger = AckedLedger::new();
+    for i in 0..12 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let config = |id: &str| {
+        let mut c = member_config(store, root, id);
+        c.leader.lease_wait = lease_wait;
+        let margin = c.ttl / 5;
+        c.exclusive(margin)
+    };
+    let (mut members, mut plans) = spawn_members(store, root, &["e1", "e2"], config).await;
+    let (link_store, link) = store.connect_cuttable(&layout(root)).await;
+    let victim = Member::spawn(&config("e3"), &link_store).expect("spawn");
+    plans.push(victim.plans());
+    members.insert("e3".into(), victim);
+    for (id, m) in &members {
+        ledger.follow(id, m);
+    }
+    wait_holdings(&members, WAIT, "4/4/4", |h| exact(h, 12, &[4, 4, 4])).await;
+    ledger
+        .wait(WAIT, "4/4/4 acknowledged", |h| {
+            exact(&busy(h), 12, &[4, 4, 4])
+        })
+        .await;
+    assert!(
+        !members["e3"].is_leader(),
+        "e3 joined last and does not lead"
+    );
+    // e3's session, as its member key names it, read with a member's client.
+    let kv = store.connect(&layout(root)).await.kv;
+    let key = layout(root).member_key("e3");
+    let listed = bounded(WAIT, "reading e3's member key", kv.list(&key))
+        .await
+        .expect("list");
+    let session = listed
+        .entries
+        .iter()
+        .find(|e| e.key == key.as_bytes())
+        .and_then(|e| crate::layout::MemberMeta::parse(&e.value).ok())
+        .and_then(|m| m.session)
+        .expect("e3's member key names its session");
+
+    link.cut();
+    store.end_session(&session).await;
+    let bound = store.expiry_bound() + store.ttl() * 2;
+    wait_holdings(&members, bound, "all 12 items on e1 and e2", |h| {
+        h.iter()
+            .filter(|(id, _)| *id != "e3")
+            .map(|(_, w)| w.len())
+            .sum::<usize>()
+            == 12
+    })
+    .await;
+    ledger
+        .wait(bound, "12 items acknowledged by e1 and e2", |h| {
+            h.iter()
+                .filter(|(id, _)| *id != "e3")
+                .map(|(_, w)| w.len())
+                .sum::<usize>()
+                == 12
+        })
+        .await;
+
+    link.heal();
+    wait_holdings(&members, bound, "e3 back with its share", |h| {
+        exact(h, 12, &[4, 4, 4])
+    })
+    .await;
+    ledger
+        .wait(bound, "4/4/4 acknowledged again", |h| {
+            exact(&busy(h), 12, &[4, 4, 4])
+        })
+        .await;
+    check_plans(&mut plans);
+    for (_, m) in members {
+        m.halt().await;
+    }
+    ledger
+}
+
+/// A member whose application never acknowledges (a hung handler, a bug in
+/// a `manual_ack` application) holds up its moves only until the handoff
+/// timeout: then the leader ends that member's session (a session it did not
+/// open: Consul session destroy, etcd lease revoke), the member registers
+/// anew with another session, and the items it was to give up move on.
+pub async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout(
+    store: &dyn ClusterStore,
+    root: &str,
+) {
+    for i in 0..4 {
+        store.put(&format!("{root}work/w{i:02}"), b"").await;
+    }
+    let handoff_timeout = Duration::from_secs(3);
+    // s1 leads and takes nothing; s2 never acknowledges anything.
+    let leader = Member::spawn(
+        &member_config(store, root, "s1")
+            .weight(0)
+            .handoff_timeout(handoff_timeout),
+        &store.connect(&layout(root)).await,
+    )
+    .expect("spawn");
+    let mut stuck = member_config(store, root, "s2").manual_ack(true);
+    stuck.campaign = false;
+    let stuck = Member::spawn(&stuck, &store.connect(&layout(root)).await).expect("spawn");
+    let mut members = BTreeMap::from([("s1".to_owned(), leader), ("s2".to_owned(), stuck)]);
+    wait_holdings(&members, WAIT, "all 4 on s2", |h| h["s2"].len() == 4).await;
+    let kv = store.connect(&layout(root)).await.kv;
+    let key = layout(root).member_key("s2");
+    let session_of = || async {
+        let listed = bounded(WAIT, "reading s2's member key", kv.list(&key))
+            .await
+            .expect("list");
+        listed
+            .entries
+            .iter()
+            .find(|e| e.key == key.as_bytes())
+            .and_then(|e| crate::layout::MemberMeta::parse(&e.value).ok())
+            .and_then(|m| m.session)
+    };
+    let first = session_of().await.expect("s2's key names its session");
+    // s3 joins: two items are revoked from s2, which never acknowledges.
+    let asked = tokio::time::Instant::now();
+    let mut joining = member_config(store, root, "s3");
+    joining.campaign = false;
+    let joiner = Member::spawn(&joining, &store.connect(&layout(root)).await).expect("spawn");
+    members.insert("s3".into(), joiner);
+    let bound = handoff_timeout + store.expiry_bound();
+    wait_holdings(&members, bound, "2 items on s3", |h| h["s3"].len() == 2).await;
+    assert!(
+        asked.elapsed() >= handoff_timeout,
+        "the items moved before the handoff timeout ({:?})",
+        asked.elapsed()
+    );
+    // The items moved because s2's first session ended: its key is gone
+    // or names a new session.
+    assert_ne!(session_of().await, Some(first), "s2's session was ended");
+    for (_, m) in members {
+        m.halt().await;
+    }
 }
 
 /// `max_moves_in_flight`: a member joining a cluster with 24 items takes its

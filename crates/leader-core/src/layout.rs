@@ -217,6 +217,16 @@ pub struct MemberMeta {
     /// revoke. `None` (not reported): moves away from it do not wait.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acked: Option<u64>,
+    /// The TTL of the member's session, in milliseconds. In exclusive mode
+    /// the leader gives the items of a member whose key vanished to another
+    /// only a whole TTL later (the longest the member may still believe in
+    /// its lease); `None`: the leader assumes its own TTL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// The member's session (Consul session id, etcd lease id), so that the
+    /// leader can end it when a handoff from this member times out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl Default for MemberMeta {
@@ -225,6 +235,8 @@ impl Default for MemberMeta {
             weight: 1,
             draining: false,
             acked: None,
+            ttl_ms: None,
+            session: None,
         }
     }
 }
@@ -303,6 +315,10 @@ mod tests {
         assert_eq!(d.effective_weight(), 0);
         assert!(MemberMeta::parse(b"{not json").is_err());
         assert_eq!(&MemberMeta::default().to_bytes()[..], br#"{"weight":1}"#);
+        let s =
+            MemberMeta::parse(br#"{"weight":1,"acked":3,"ttl_ms":15000,"session":"abc"}"#).unwrap();
+        assert_eq!(s.ttl_ms, Some(15_000));
+        assert_eq!(s.session.as_deref(), Some("abc"));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use worker_core::{
-    ErrorChain, Fence, FencedWrite, KvWatch, Snapshot, StoreError, TxnOp, TxnOutcome,
+    ErrorChain, Fence, FencedWrite, KvWatch, Membership, SessionId, Snapshot, StoreError, TxnOp,
+    TxnOutcome,
 };
 
 use crate::follow::{spawn_follow, PrefixMap};
@@ -34,6 +35,8 @@ pub(crate) struct LeaderCtx {
     pub fence: Fence,
     pub kv: Arc<dyn KvWatch>,
     pub writer: Arc<dyn FencedWrite>,
+    /// Ends the session of a member whose handoff timed out.
+    pub membership: Arc<dyn Membership>,
     pub plans: broadcast::Sender<PlanReport>,
     pub instance_id: String,
 }
@@ -62,9 +65,12 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         fence,
         kv,
         writer,
+        membership,
         plans,
         instance_id,
     } = ctx;
+    // Sessions being ended; aborted when the leader loop ends.
+    let mut ending = tokio::task::JoinSet::new();
     let backoff = (timing.backoff_min, timing.backoff_max);
     let (mut members, members_task) = spawn_follow(kv.clone(), layout.members.clone(), backoff);
     let (mut items, items_task) = spawn_follow(kv.clone(), layout.work.clone(), backoff);
@@ -117,6 +123,21 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     );
                     crate::metrics::planned(&instance_id, &report);
                     let _ = plans.send(report);
+                }
+                Action::EndSession { member, session } => {
+                    warn!(
+                        member = %member,
+                        session,
+                        timeout = ?timing.handoff_timeout,
+                        "handoff timed out: ending the member's session"
+                    );
+                    let membership = membership.clone();
+                    ending.spawn(async move {
+                        let session = SessionId(session);
+                        if let Err(e) = membership.close_session(&session).await {
+                            warn!(member = %member, %session, error = %ErrorChain(&e), "ending the session failed; asked again after another timeout");
+                        }
+                    });
                 }
                 Action::BadKey { key, reason } => {
                     warn!(key, %reason, "skipping key");
@@ -235,6 +256,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 armed = None;
                 machine.handle_timeout(Instant::now());
             }
+            Some(_) = ending.join_next(), if !ending.is_empty() => {}
         }
     }
 }

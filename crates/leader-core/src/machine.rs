@@ -68,12 +68,35 @@ pub struct LeaderTiming {
     /// to the new one) at once. Default `usize::MAX` (unlimited).
     pub max_moves_in_flight: usize,
     /// Exclusive mode: `Some(margin)`. An item of a member that is gone goes
-    /// to another member only `margin` after the leader saw the member's key
-    /// vanish, and only if the key is still absent then (the member released
-    /// its workload `margin` before its own lease deadline). `None`: the
-    /// items of a member that is gone are reassigned at once.
+    /// to another member only a whole TTL of that member (its `ttl_ms`, else
+    /// [`member_ttl`](Self::member_ttl)) after the leader saw the member's key
+    /// vanish, and only if the key is still absent then: the store may end a
+    /// session early (an operator, a node deregistration), while the member,
+    /// cut off, still believes in its lease until `deadline − margin`. `None`:
+    /// the items of a member that is gone are reassigned at once.
     pub exclusive: Option<Duration>,
+    /// The session TTL assumed for a member whose key does not say (its
+    /// `ttl_ms`). `Member` sets it to its own TTL. Default 15 s.
+    pub member_ttl: Duration,
+    /// A move from a live member that has not acknowledged its revoke after
+    /// this long ends that member's session (the leader closes it, which
+    /// fences the member); the move then proceeds as for a gone member. Such
+    /// a move no longer counts against `max_moves_in_flight`. Default
+    /// [`DEFAULT_HANDOFF_TIMEOUT`].
+    pub handoff_timeout: Duration,
+    /// Tests only (the conformance suite's control): `false` waits only the
+    /// margin after a gone member's key vanished, as before the store's
+    /// early session ends were covered. Always true in the product.
+    #[doc(hidden)]
+    pub lease_wait: bool,
 }
+
+/// The default [`LeaderTiming::handoff_timeout`]: 5 minutes, far above what
+/// a handoff takes (the old owner's soak, one member-key write and the
+/// leader's watch: seconds) and above what an application or `--exec`
+/// handler should need to stop an item, yet short enough that a hung member
+/// does not keep its items from the cluster for long.
+pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Default for LeaderTiming {
     fn default() -> Self {
@@ -92,6 +115,9 @@ impl LeaderTiming {
             rebalance_delay: Duration::ZERO,
             max_moves_in_flight: usize::MAX,
             exclusive: None,
+            member_ttl: Duration::from_secs(15),
+            handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            lease_wait: true,
         }
     }
 }
@@ -147,6 +173,17 @@ pub enum Action {
     Write(Vec<TxnOp>),
     /// A plan was made (it may write nothing).
     Planned(PlanReport),
+    /// A move from `member` waited longer than
+    /// [`LeaderTiming::handoff_timeout`] for its acknowledgement: end
+    /// `session` (Consul session destroy, etcd lease revoke), which fences
+    /// the member; the move then proceeds as for a gone member. Nothing is
+    /// reported back: the member key vanishing is the outcome.
+    EndSession {
+        /// The member that does not acknowledge.
+        member: MemberId,
+        /// Its session, as its member key names it.
+        session: String,
+    },
     /// A key was skipped; reported once per key.
     BadKey {
         /// The key, lossily decoded.
@@ -271,6 +308,34 @@ pub struct LeaderMachine {
     absent_since: BTreeMap<MemberId, Instant>,
     /// The latest `now` seen.
     last_now: Instant,
+    /// Live members' sessions and every member's TTL, as their keys said.
+    sessions: BTreeMap<MemberId, String>,
+    ttls: BTreeMap<MemberId, Duration>,
+    /// When each owed entry was first known to this leader, and when the
+    /// leader saw the session it ended for it gone.
+    owed_times: BTreeMap<(WorkId, MemberId), OwedTimes>,
+    /// Sessions this leader ended for a handoff that timed out.
+    ending: BTreeMap<MemberId, Ending>,
+    /// Simulator-only switch; always true in the product.
+    lease_wait: bool,
+}
+
+/// A session the leader ended because a handoff timed out.
+#[derive(Debug, Clone)]
+struct Ending {
+    session: String,
+    asked: Instant,
+    /// The leader saw the session gone (the key absent or bound to another
+    /// session).
+    seen: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OwedTimes {
+    since: Instant,
+    /// When the leader saw the session of the old owner gone after it ended
+    /// it for this move.
+    fenced: Option<Instant>,
 }
 
 /// Whether an owed item may go to another member.
@@ -328,6 +393,11 @@ impl LeaderMachine {
             office_at: now,
             absent_since: BTreeMap::new(),
             last_now: now,
+            sessions: BTreeMap::new(),
+            ttls: BTreeMap::new(),
+            owed_times: BTreeMap::new(),
+            ending: BTreeMap::new(),
+            lease_wait: timing.lease_wait,
         }
     }
 
@@ -338,6 +408,7 @@ impl LeaderMachine {
         if !safeguards.txn_bytes {
             self.limits = TxnLimits::ops(self.limits.max_ops);
         }
+        self.lease_wait = safeguards.lease_wait;
     }
 
     /// True once the machine stepped down.
@@ -526,6 +597,7 @@ impl LeaderMachine {
         let mut members = BTreeMap::new();
         let mut acks = BTreeMap::new();
         let mut seen = BTreeSet::new();
+        let mut sessions = BTreeMap::new();
         for (key, value) in entries {
             let id = match self.layout.parse_member(key) {
                 Ok(id) => id,
@@ -567,9 +639,29 @@ impl LeaderMachine {
             };
             members.insert(MemberId::from(id), meta.effective_weight());
             acks.insert(MemberId::from(id), acked);
+            if let Some(ms) = meta.ttl_ms {
+                self.ttls
+                    .insert(MemberId::from(id), Duration::from_millis(ms));
+            }
+            if let Some(s) = meta.session {
+                sessions.insert(MemberId::from(id), s);
+            }
         }
         self.reported.insert(Source::Members, seen);
         self.acks = acks;
+        // A session this leader ended is gone once its key is absent or
+        // bound to another session.
+        for (id, e) in &mut self.ending {
+            if !e.seen && sessions.get(id) != Some(&e.session) {
+                e.seen = true;
+                for ((_, from), t) in &mut self.owed_times {
+                    if from == id && t.since <= e.asked {
+                        t.fenced.get_or_insert(now);
+                    }
+                }
+            }
+        }
+        self.sessions = sessions;
         if self.members.as_ref() != Some(&members) {
             let before = self.effective();
             if let Some(old) = &self.members {
@@ -833,18 +925,29 @@ impl LeaderMachine {
             return self.handoffs_retry_at;
         }
         let rejoin = self.departed.values().map(|(_, until)| *until);
-        // Exclusive mode: when the margin of a member that is gone runs out.
-        let fenced = self.timing.exclusive.into_iter().flat_map(|margin| {
+        // Exclusive mode: when the wait for a member that is gone runs out.
+        let fenced = self.timing.exclusive.into_iter().flat_map(|_| {
             self.owed
                 .keys()
                 .filter(|(_, from)| !self.is_live(from))
-                .map(move |(_, from)| self.absent_from(from) + margin)
+                .map(|(_, from)| self.absent_from(from) + self.gone_wait(from))
                 .filter(|at| *at > self.last_now)
         });
+        // Moves whose old owner's session this leader ended: when the wait
+        // after it runs out; the others: when each times out.
+        let timeouts = self
+            .owed_times
+            .iter()
+            .map(|((_, from), t)| match t.fenced {
+                Some(f) => f + self.gone_wait(from),
+                None => t.since + self.timing.handoff_timeout,
+            })
+            .filter(|at| *at > self.last_now);
         self.due()
             .into_iter()
             .chain(rejoin)
             .chain(fenced)
+            .chain(timeouts)
             .chain(self.handoffs_retry_at)
             .min()
     }
@@ -916,25 +1019,129 @@ impl LeaderMachine {
             .unwrap_or(self.office_at)
     }
 
-    /// May an item revoked from `from` at `revoked_at` go to another member?
-    fn clearance(&self, from: &MemberId, revoked_at: Option<u64>, now: Instant) -> Clear {
+    /// Exclusive mode: how long after the leader saw `member`'s session end
+    /// the member may still believe in its lease: its whole TTL (it releases
+    /// at `deadline − margin`, its deadline is the send time of its last
+    /// successful renewal plus the TTL, and that send came before the store
+    /// ended the session). The simulator's safeguard switch makes it the
+    /// margin only, which holds only when sessions end at their TTL.
+    fn gone_wait(&self, member: &MemberId) -> Duration {
+        let margin = self.timing.exclusive.unwrap_or_default();
+        if !self.lease_wait {
+            return margin;
+        }
+        self.ttls
+            .get(member)
+            .copied()
+            .unwrap_or(self.timing.member_ttl)
+            .max(margin)
+    }
+
+    /// May the item `work`, revoked from `from` at `revoked_at`, go to
+    /// another member?
+    fn clearance(
+        &self,
+        work: &WorkId,
+        from: &MemberId,
+        revoked_at: Option<u64>,
+        now: Instant,
+    ) -> Clear {
         if let Some(acked) = self.acks.get(from) {
-            return match (acked, revoked_at) {
+            match (acked, revoked_at) {
                 // It does not report: nothing to wait for.
-                (None, _) => Clear::Go,
-                (Some(a), Some(r)) if *a >= r => Clear::Go,
-                _ => Clear::Wait,
+                (None, _) => return Clear::Go,
+                (Some(a), Some(r)) if *a >= r => return Clear::Go,
+                _ => {}
+            }
+        }
+        // This leader ended its session after the revoke (the handoff timed
+        // out): the member is fenced and, registered anew, reads its
+        // assignments afresh, without this item.
+        let key = (work.clone(), from.clone());
+        if let Some(fenced) = self.owed_times.get(&key).and_then(|t| t.fenced) {
+            return match self.timing.exclusive {
+                Some(_) if now < fenced + self.gone_wait(from) => Clear::Wait,
+                _ => Clear::Go,
             };
+        }
+        if self.acks.contains_key(from) {
+            return Clear::Wait;
         }
         match self.timing.exclusive {
             None => Clear::Go,
-            Some(margin) if now >= self.absent_from(from) + margin => Clear::Guard(from.clone()),
+            Some(_) if now >= self.absent_from(from) + self.gone_wait(from) => {
+                Clear::Guard(from.clone())
+            }
             Some(_) => Clear::Wait,
         }
     }
 
+    /// Handoffs from live, reporting members that timed out: asks to end
+    /// those members' sessions (again only after another timeout).
+    fn end_stuck_sessions(&mut self, now: Instant) {
+        let timeout = self.timing.handoff_timeout;
+        let mut stuck: Vec<MemberId> = Vec::new();
+        for ((work, from), at) in &self.owed {
+            let Some(t) = self.owed_times.get(&(work.clone(), from.clone())) else {
+                continue;
+            };
+            if t.fenced.is_some()
+                || now < t.since + timeout
+                || stuck.contains(from)
+                || !self.acks.get(from).is_some_and(Option::is_some)
+                || !matches!(self.clearance(work, from, *at, now), Clear::Wait)
+            {
+                continue;
+            }
+            stuck.push(from.clone());
+        }
+        for member in stuck {
+            let Some(session) = self.sessions.get(&member).cloned() else {
+                continue; // its key does not name its session
+            };
+            let asked = self
+                .ending
+                .get(&member)
+                .is_some_and(|e| e.session == session && now < e.asked + timeout);
+            if asked {
+                continue;
+            }
+            self.ending.insert(
+                member.clone(),
+                Ending {
+                    session: session.clone(),
+                    asked: now,
+                    seen: false,
+                },
+            );
+            self.out.push_back(Action::EndSession { member, session });
+        }
+    }
+
+    /// Keeps `owed_times` to the owed entries (new ones known from `now`)
+    /// and forgets what no longer matters.
+    fn track_owed(&mut self, now: Instant) {
+        self.owed_times.retain(|k, _| self.owed.contains_key(k));
+        for k in self.owed.keys() {
+            self.owed_times.entry(k.clone()).or_insert(OwedTimes {
+                since: now,
+                fenced: None,
+            });
+        }
+        let mut owing: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
+        owing.extend(self.current.iter().flat_map(|c| c.keys().map(|(m, _)| m)));
+        let live = self.members.as_ref();
+        let keep = |m: &MemberId| owing.contains(m) || live.is_some_and(|l| l.contains_key(m));
+        self.ending.retain(|m, _| keep(m));
+        self.ttls.retain(|m, _| keep(m));
+    }
+
     /// Sends the next transaction if none is in flight and one is due.
     fn pump(&mut self, now: Instant) {
+        if !self.stepped_down {
+            self.track_owed(now);
+            self.end_stuck_sessions(now);
+        }
         if self.stepped_down
             || self.in_flight.is_some()
             || self.reading != Reading::Done
@@ -944,7 +1151,7 @@ impl LeaderMachine {
             return;
         }
         let ops = if self.revoke_first {
-            self.next_revokes()
+            self.next_revokes(now)
                 .or_else(|| self.next_assigns(now))
                 .or_else(|| self.next_cleanup(now))
         } else {
@@ -954,11 +1161,12 @@ impl LeaderMachine {
             self.in_flight = Some(ops.clone());
             self.out.push_back(Action::Write(ops));
         }
+        self.track_owed(now);
     }
 
     /// Revokes of keys the plan does not want, with handoff records for
     /// moves, at most `max_moves_in_flight` moves at once.
-    fn next_revokes(&mut self) -> Option<Vec<TxnOp>> {
+    fn next_revokes(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
         let (desired, current) = (self.desired.as_ref()?, self.current.as_ref()?);
         let live_owed: BTreeSet<&WorkId> = self
             .owed
@@ -966,7 +1174,19 @@ impl LeaderMachine {
             .filter(|(_, from)| self.is_live(from))
             .map(|(w, _)| w)
             .collect();
-        let mut moves = live_owed.len();
+        // A move stuck past the handoff timeout no longer holds up the others.
+        let timeout = self.timing.handoff_timeout;
+        let stuck = self
+            .owed
+            .keys()
+            .filter(|k| self.is_live(&k.1))
+            .filter(|k| {
+                self.owed_times
+                    .get(*k)
+                    .is_some_and(|t| t.fenced.is_some() || now >= t.since + timeout)
+            })
+            .count();
+        let mut moves = live_owed.len().saturating_sub(stuck);
         let mut ops = Vec::new();
         let mut new_owed = Vec::new();
         // Items that got a handoff record in this transaction: a
@@ -1169,7 +1389,7 @@ impl LeaderMachine {
             if Some(from) == target {
                 continue;
             }
-            match self.clearance(from, *at, now) {
+            match self.clearance(work, from, *at, now) {
                 Clear::Wait => wait = true,
                 Clear::Go => {}
                 Clear::Guard(m) => needs.push(m),

@@ -145,14 +145,25 @@ impl MemberConfig {
     /// Exclusive mode with a safety `margin`: an item is never in two
     /// members' acknowledged workloads at once. This member releases its
     /// whole workload `margin` before its lease deadline unless it renewed
-    /// (and starts released until registered); as leader, it gives the items
-    /// of a member that is gone to another only `margin` after that member's
-    /// key vanished. Every member of a cluster must use the same setting.
+    /// (and starts released until registered) or at once when it learns its
+    /// session is gone; as leader, it gives the items of a member that is
+    /// gone to another only that member's whole TTL after its key vanished
+    /// (the store may end a session early while the member, cut off, still
+    /// believes in it). Every member of a cluster must use the same setting.
     #[must_use]
     pub fn exclusive(mut self, margin: Duration) -> Self {
         self.exclusive = Some(margin);
         self.leader.exclusive = Some(margin);
         self.worker.start_released = true;
+        self
+    }
+
+    /// Sets how long a move from a live member may wait for its
+    /// acknowledgement before the leader ends that member's session (see
+    /// [`LeaderTiming::handoff_timeout`]).
+    #[must_use]
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.leader.handoff_timeout = timeout;
         self
     }
 
@@ -252,6 +263,9 @@ impl MemberConfig {
                 "worker.start_released is only for exclusive mode: a member's worker that starts released would never be restored"
             };
             return Err(ConfigError::new("exclusive", why));
+        }
+        if self.leader.handoff_timeout.is_zero() {
+            return Err(ConfigError::new("handoff_timeout", "must be more than 0"));
         }
         if self.exclusive.is_some() && !self.handoff {
             return Err(ConfigError::new(
@@ -583,15 +597,28 @@ async fn in_flight<T>(call: &mut Option<Call<T>>) -> Result<T, StoreError> {
 }
 
 impl MemberTask {
-    /// Opens a session and writes the member key bound to it.
-    fn register(&self, meta: MemberMeta) -> Call<(SessionId, MemberMeta)> {
+    /// Closes the sessions given up on (best effort), then opens a session
+    /// and writes the member key, naming it, bound to it.
+    fn register(
+        &self,
+        mut meta: MemberMeta,
+        stale: Vec<SessionId>,
+    ) -> Call<(SessionId, MemberMeta)> {
         let membership = self.store.membership.clone();
         let (ttl, key) = (
             self.config.ttl,
             self.config.layout.member_key(self.config.instance_id()),
         );
         Box::pin(async move {
+            for old in stale {
+                // On Consul a lingering session would hold the member key
+                // (and the leader key) until it expires, up to 2 × TTL.
+                if let Err(e) = membership.close_session(&old).await {
+                    debug!(session = %old, error = %ErrorChain(&e), "closing the old session failed; it expires by its TTL");
+                }
+            }
             let session = membership.open_session(ttl).await?;
+            meta.session = Some(session.0.clone());
             match membership.put_bound(&session, &key, meta.to_bytes()).await {
                 Ok(true) => Ok((session, meta)),
                 other => {
@@ -608,10 +635,14 @@ impl MemberTask {
         let (stop, stop_rx) = watch::channel(false);
         let ctx = LeaderCtx {
             layout: self.config.layout.clone(),
-            timing: self.config.leader,
+            timing: LeaderTiming {
+                member_ttl: self.config.ttl,
+                ..self.config.leader
+            },
             fence: fence.clone(),
             kv: self.store.kv.clone(),
             writer: self.store.writer.clone(),
+            membership: self.store.membership.clone(),
             plans: self.plans.clone(),
             instance_id: self.config.instance_id().to_owned(),
         };
@@ -634,10 +665,26 @@ impl MemberTask {
         }
     }
 
-    /// The member key's value as it should be now.
-    fn meta_now(&self, draining: bool) -> MemberMeta {
+    /// Waits (at most the margin) until the worker has published its release.
+    async fn wait_released(&self) {
+        let mut settled = self.settled.clone();
+        let bound = self.config.exclusive.unwrap_or_default();
+        let published = async {
+            while !settled.current().workload.is_empty() {
+                if settled.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(bound, published).await;
+    }
+
+    /// The member key's value as it should be now, for `session`.
+    fn meta_now(&self, draining: bool, session: Option<&SessionId>) -> MemberMeta {
         let mut meta = self.config.meta.clone();
         meta.draining = draining;
+        meta.session = session.map(|s| s.0.clone());
+        meta.ttl_ms = Some(u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX));
         meta.acked = self.config.handoff.then(|| self.effective_ack());
         meta
     }
@@ -686,13 +733,22 @@ impl MemberTask {
         let (mut drain_requests, drain_task) =
             crate::follow::spawn_follow(self.store.kv.clone(), drain_key.clone(), backoff);
         let _drain_task = AbortOnDrop(drain_task);
+        // Its own member key: a session the store ended (an operator, a node
+        // deregistration) shows as the key vanishing.
+        let (mut own_key, own_task) =
+            crate::follow::spawn_follow(self.store.kv.clone(), member_key.clone(), backoff);
+        let _own_task = AbortOnDrop(own_task);
+        // The live session as last seen in the member key.
+        let mut seen_key: Option<SessionId> = None;
+        // Sessions given up on, closed before the next registration.
+        let mut stale: Vec<SessionId> = Vec::new();
         let mut registering: Option<Call<(SessionId, MemberMeta)>> = None;
         let mut renewing: Option<Call<bool>> = None;
         let mut campaigning: Option<Call<Option<Fence>>> = None;
         let mut opening: Option<Call<Box<dyn LeaderStream>>> = None;
         let mut stream: Option<Box<dyn LeaderStream>> = None;
         let mut leading: Option<Leading> = None;
-        let mut meta_write: Option<Call<(bool, MemberMeta)>> = None;
+        let mut meta_write: Option<Call<(bool, MemberMeta, SessionId)>> = None;
         let mut meta_retry_at: Option<Instant> = None;
         // What the store holds in the member key for the live session.
         let mut written: Option<MemberMeta> = None;
@@ -709,7 +765,9 @@ impl MemberTask {
                     MemberAction::Register => {
                         written = None;
                         meta_write = None;
-                        registering = Some(self.register(self.meta_now(draining.is_some())));
+                        seen_key = None;
+                        let meta = self.meta_now(draining.is_some(), None);
+                        registering = Some(self.register(meta, std::mem::take(&mut stale)));
                     }
                     MemberAction::Renew(session) => {
                         let membership = self.store.membership.clone();
@@ -741,7 +799,16 @@ impl MemberTask {
                     MemberAction::StopLeading { resign } => {
                         self.stop_leading(&mut leading, resign).await;
                     }
+                    MemberAction::Close(session) if !machine.halted() => {
+                        // Given up on: closed before the next registration.
+                        stale.push(session);
+                    }
                     MemberAction::Close(session) => {
+                        // Halting: a release (exclusive) reaches the
+                        // application before the session ends.
+                        if self.switch.is_released() {
+                            self.wait_released().await;
+                        }
                         if let Err(e) = self.store.membership.close_session(&session).await {
                             debug!(error = %ErrorChain(&e), "closing the session failed; it expires by its TTL");
                         }
@@ -764,7 +831,7 @@ impl MemberTask {
             // The member key: keep it as it should be (acknowledged position,
             // draining), one write at a time.
             let now = Instant::now();
-            let meta = self.meta_now(draining.is_some());
+            let meta = self.meta_now(draining.is_some(), machine.session());
             if let Some(session) = machine.session() {
                 if !halting
                     && registering.is_none()
@@ -781,7 +848,7 @@ impl MemberTask {
                     let m = meta.clone();
                     meta_write = Some(Box::pin(async move {
                         let ok = membership.put_bound(&session, &key, m.to_bytes()).await?;
-                        Ok((ok, m))
+                        Ok((ok, m, session))
                     }));
                 }
             }
@@ -868,6 +935,26 @@ impl MemberTask {
                         drain_requested = true;
                     }
                 }
+                Ok(()) = own_key.changed() => {
+                    let value = own_key
+                        .borrow_and_update()
+                        .as_ref()
+                        .map(|m| m.get(member_key.as_bytes()).cloned());
+                    // `None`: not read yet. Then the session the key names.
+                    if let Some(value) = value {
+                        let named = value
+                            .and_then(|v| MemberMeta::parse(&v).ok())
+                            .and_then(|m| m.session)
+                            .map(SessionId);
+                        let live = machine.session().cloned();
+                        if named.is_some() && named == live {
+                            seen_key = named;
+                        } else if let Some(session) = seen_key.take().filter(|s| Some(s) == live.as_ref()) {
+                            warn!(%session, "the member key vanished: the store ended the session; registering again");
+                            machine.handle_session_gone(Instant::now(), &session);
+                        }
+                    }
+                }
                 result = in_flight(&mut registering), if registering.is_some() => {
                     registering = None;
                     crate::metrics::store_result(&instance_id, "register", &result);
@@ -897,13 +984,14 @@ impl MemberTask {
                 result = in_flight(&mut meta_write), if meta_write.is_some() => {
                     meta_write = None;
                     match result {
-                        Ok((true, m)) => {
+                        Ok((true, m, _)) => {
                             self.acked.send_replace(m.acked);
                             written = Some(m);
                         }
-                        Ok((false, _)) => {
-                            debug!("the member key could not be written: the session is gone");
+                        Ok((false, _, session)) => {
+                            warn!(%session, "the member key could not be written: the session is gone; registering again");
                             meta_retry_at = Some(Instant::now() + self.config.worker.backoff_min);
+                            machine.handle_session_gone(Instant::now(), &session);
                         }
                         Err(e) => {
                             debug!(error = %ErrorChain(&e), "writing the member key failed");

@@ -9,14 +9,15 @@
 //! | registering | error | `Register` again after a backoff |
 //! | live | renewal: still there | next renewal in TTL/3 |
 //! | live | renewal: session gone | stop leading (no resignation: the store already ended it); `Register` |
-//! | live | renewal errors for a whole TTL | as if gone (the store may have expired it) |
+//! | live | the member key could not be written (session gone), or the member saw its own key vanish | the same, at once, with a `Close` of the old session first (best effort) |
+//! | live | renewal errors for a whole TTL | as if gone (the store may have expired it), but first `Close` the old session (best effort: on Consul a lingering session would hold the member key and the leader key for up to 2 × TTL); `Register` |
 //! | live | renewal error, within the TTL | renew again after a short backoff (at most TTL/10) |
 //! | not leading | observation (any) | campaign |
 //! | leading | observation of another term or none | campaign to check (a stale observation must not end a leadership the store still grants) |
 //! | campaigning | won | `Lead(fence)` (a different term while leading: stop the old loop first) |
 //! | campaigning, leading | not won | `StopLeading` |
 //! | leading | the leader loop ended (fenced) | campaign after the minimum backoff |
-//! | any | halt | `StopLeading` with resignation; `Close` the session; `Halted` |
+//! | any | halt | (exclusive) `Release` first; `StopLeading` with resignation; `Close` the session; `Halted` |
 //!
 //! Exclusive mode (`exclusive: Some(margin)`) adds self-fencing. The lease
 //! deadline is the time a successful registration or renewal was *sent* plus
@@ -26,9 +27,11 @@
 //! | state | input | next |
 //! |---|---|---|
 //! | released | registered | `Restore { resync: true }` (a new session: read the assignments afresh) |
-//! | released | renewal: still there | `Restore { resync: false }` (the session never ended) |
+//! | released | renewal: still there, answered before the new deadline − margin | `Restore { resync: false }` (the session never ended) |
+//! | released | renewal: still there, answered at or after the new deadline − margin | stays released (a restore would be released again at once) |
 //! | holding | time reaches deadline − margin | `Release` |
 //! | holding | session gone / lost | `Release` |
+//! | holding | halt | `Release` (before the session is closed) |
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -226,6 +229,10 @@ impl MemberMachine {
         self.release();
         self.lease_until = None;
         self.stop_leading();
+        if let Session::Live { id, .. } = &self.session {
+            // Gone as far as this member knows; maybe not for the store.
+            self.out.push_back(MemberAction::Close(id.clone()));
+        }
         self.session = Session::Absent { retry_at: None };
         self.campaign_at = None;
         self.sent_at = now;
@@ -280,15 +287,37 @@ impl MemberMachine {
                 *renewed_at = now;
                 *renew_at = Some(now + every);
                 self.lease_until = Some(self.sent_at + ttl);
-                self.restore(false);
+                // Answered too late: the new deadline − margin has already
+                // passed, and a restore would be released again at once.
+                let margin = self.timing.exclusive.unwrap_or_default();
+                if now + margin < self.sent_at + ttl {
+                    self.restore(false);
+                }
             }
-            Ok(false) => self.session_lost(now),
+            Ok(false) => {
+                // The store ended it: nothing to close.
+                self.session = Session::Absent { retry_at: None };
+                self.session_lost(now);
+            }
             Err(_) if now >= *renewed_at + ttl => self.session_lost(now),
             Err(_) => {
                 let delay = self.renew_backoff.next_delay(&mut self.rng).min(ttl / 10);
                 *renew_at = Some(now + delay);
             }
         }
+    }
+
+    /// The store says `session` is gone though no renewal said so yet: a
+    /// member-key write bound to it answered that it no longer exists, or
+    /// the member saw its own key vanish. Released at once (exclusive mode),
+    /// then registered anew, after a `Close` of the session (best effort: a
+    /// key deleted by hand leaves the session alive, maybe holding the
+    /// leader key). Ignored for a session that is not the live one.
+    pub fn handle_session_gone(&mut self, now: Instant, session: &SessionId) {
+        if self.halted || self.session() != Some(session) {
+            return;
+        }
+        self.session_lost(now);
     }
 
     /// An observation of leadership, or the observation's failure (then it
@@ -361,6 +390,8 @@ impl MemberMachine {
         if self.halted {
             return;
         }
+        // The application gets its removal before the session is closed.
+        self.release();
         self.halted = true;
         if let Some(fence) = self.leading.take() {
             self.out.push_back(MemberAction::StopLeading {

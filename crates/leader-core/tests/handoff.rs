@@ -1,6 +1,6 @@
 //! The acknowledged handoff in the leader machine, with an explicit `now`:
 //! a move is revoke (with a handoff record), wait for the old owner's
-//! acknowledgement, then assign; throttling; exclusive mode's margin and
+//! acknowledgement, then assign; throttling; exclusive mode's wait and
 //! guard; a new leader continuing from the records.
 
 use std::time::Duration;
@@ -254,11 +254,13 @@ fn at_most_max_moves_in_flight_items_are_in_handoff() {
 }
 
 #[test]
-fn exclusive_mode_waits_the_margin_after_a_member_is_gone_and_guards_on_its_key() {
+fn exclusive_mode_waits_a_ttl_after_a_member_is_gone_and_guards_on_its_key() {
     let t0 = Instant::now();
-    let margin = Duration::from_secs(5); // longer than the soak
+    let margin = Duration::from_secs(2);
+    let ttl = Duration::from_secs(7); // longer than the soak
     let timing = LeaderTiming {
         exclusive: Some(margin),
+        member_ttl: ttl,
         ..LeaderTiming::with_soak(SOAK)
     };
     let mut m = machine(timing, t0);
@@ -275,12 +277,13 @@ fn exclusive_mode_waits_the_margin_after_a_member_is_gone_and_guards_on_its_key(
     assert_eq!(keys(&revoke, "delete"), vec![format!("{A}a/w0")]);
     revoke_applied(&mut m, t1 + SOAK, &revoke, 20);
     assert!(writes(&mut m).is_empty());
-    // Not before the margin has passed since a's key vanished.
-    let at = m.poll_timeout().expect("the margin's end is a timeout");
-    assert_eq!(at, t1 + margin);
-    m.handle_timeout(t1 + margin - Duration::from_millis(1));
+    // Not before a whole TTL has passed since a's key vanished (the store
+    // may have ended its session early, while a still believes in it).
+    let at = m.poll_timeout().expect("the wait's end is a timeout");
+    assert_eq!(at, t1 + ttl);
+    m.handle_timeout(t1 + ttl - Duration::from_millis(1));
     assert!(writes(&mut m).is_empty());
-    m.handle_timeout(t1 + margin);
+    m.handle_timeout(t1 + ttl);
     let assign = one_write(&mut m);
     assert_eq!(keys(&assign, "put"), vec![format!("{A}b/w0")]);
     assert_eq!(
@@ -291,7 +294,7 @@ fn exclusive_mode_waits_the_margin_after_a_member_is_gone_and_guards_on_its_key(
     // a came back meanwhile: the guard fails, nothing is applied, and the
     // leader reads the store again and decides anew (a's acknowledgement
     // now counts).
-    let t2 = t1 + margin;
+    let t2 = t1 + ttl;
     m.handle_write::<()>(t2, Ok(TxnOutcome::Conflict));
     members(&mut m, t2, &[("a", Some(15)), ("b", Some(1))]);
     let retry = m.poll_timeout().expect("a read is due");

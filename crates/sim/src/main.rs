@@ -1,9 +1,9 @@
 //! `coordinator-sim`: runs the cluster simulation for many seeds or a long
 //! simulated time. `--seeds N` (default 100), `--seconds S` per seed (default
 //! 1000), `--start K` (first seed), `--total T` (run seeds until T simulated
-//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist|txn-bytes`
+//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist|txn-bytes|lease-wait`
 //! (turn one off), `--exclusive on|off` (force exclusive mode; default: half
-//! the seeds), `--control release|pauses|expiry` (turn one
+//! the seeds), `--control release|pauses` (turn one
 //! exclusivity control off), `--seed N --trace` (replay one seed, printing
 //! its trace).
 
@@ -42,6 +42,7 @@ fn main() {
                 "revoke-first" => safeguards.revoke_first = false,
                 "relist" => safeguards.relist_on_lost = false,
                 "txn-bytes" => safeguards.txn_bytes = false,
+                "lease-wait" => safeguards.lease_wait = false,
                 other => panic!("unknown safeguard {other}"),
             },
             "--exclusive" => match val().as_str() {
@@ -52,7 +53,6 @@ fn main() {
             "--control" => match val().as_str() {
                 "release" => controls.release = false,
                 "pauses" => controls.bounded_pauses = false,
-                "expiry" => controls.expiry_at_ttl = false,
                 other => panic!("unknown control {other}"),
             },
             other => {

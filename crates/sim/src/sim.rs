@@ -129,11 +129,6 @@ pub struct Controls {
     /// Pauses in exclusive runs are bounded by `Params::exclusive_pause_max`
     /// (off: 1–30 s, as in other runs).
     pub bounded_pauses: bool,
-    /// In exclusive runs the session-expiry fault keeps to the lease
-    /// contract: the store loses the member's renewals until the session
-    /// expires at its TTL (off: the store ends the session at once, before
-    /// its TTL, as in other runs).
-    pub expiry_at_ttl: bool,
 }
 
 impl Default for Controls {
@@ -141,7 +136,6 @@ impl Default for Controls {
         Self {
             release: true,
             bounded_pauses: true,
-            expiry_at_ttl: true,
         }
     }
 }
@@ -429,8 +423,6 @@ struct Node {
     meta_in_flight: bool,
     /// After a failed member-key write: not before this (local time).
     meta_retry_at: Option<Nanos>,
-    /// The store loses the renewals of this session (a fault).
-    renewals_lost: Option<SessionId>,
 }
 
 /// A restore that reads afresh first (as `worker.rs` does it).
@@ -841,6 +833,9 @@ impl Sim {
         node.gens[slot as usize] += 1;
         let (gen, inc, cut) = (node.gens[slot as usize], node.inc, node.partitioned);
         if cut {
+            if slot == Slot::Oneway {
+                return; // lost; nobody waits for an answer
+            }
             let at = self.now + self.p.request_timeout;
             self.reply_at(
                 at,
@@ -895,8 +890,10 @@ impl Sim {
     #[allow(clippy::too_many_lines)] // one arm per request kind
     fn arrive(&mut self, n: usize, inc: u32, slot: Slot, gen: u64, req: Req) {
         if self.nodes[n].partitioned {
-            let at = self.now + self.p.request_timeout;
-            self.reply_at(at, n, inc, slot, gen, Msg::Err("request lost (partition)"));
+            if slot != Slot::Oneway {
+                let at = self.now + self.p.request_timeout;
+                self.reply_at(at, n, inc, slot, gen, Msg::Err("request lost (partition)"));
+            }
             return;
         }
         if self.error_rate > 0.0 && self.rng.random_bool(self.error_rate) {
@@ -947,9 +944,6 @@ impl Sim {
                     }
                     Msg::Err("member key held by another session")
                 }
-            }
-            Req::Renew(s) if self.nodes[n].renewals_lost.as_ref() == Some(&s) => {
-                Msg::Err("renewal lost")
             }
             Req::Renew(s) => {
                 let ok = self.store.renew(&s, self.now);
@@ -1032,22 +1026,12 @@ impl Sim {
                 self.check_owners(&a);
                 if self.mid_write_loss && matches!(outcome, TxnOutcome::Applied { .. }) {
                     self.mid_write_loss = false;
-                    if self.exclusive && self.cfg.controls.expiry_at_ttl {
-                        // Within the lease contract: its session ends at
-                        // its TTL, at some point of the plan.
-                        tr!(
-                            self,
-                            "fault: the store loses leader {id}'s renewals from now on"
-                        );
-                        self.nodes[n].renewals_lost = Some(fence.session.clone());
-                    } else {
-                        tr!(
-                            self,
-                            "fault: leader {id} loses its session between two chunks"
-                        );
-                        if let Some(a) = self.store.end_session(&fence.session) {
-                            self.applied(&a);
-                        }
+                    tr!(
+                        self,
+                        "fault: leader {id} loses its session between two chunks"
+                    );
+                    if let Some(a) = self.store.end_session(&fence.session) {
+                        self.applied(&a);
                     }
                 }
                 Msg::Txn(outcome)
@@ -1279,7 +1263,6 @@ impl Sim {
             registering: false,
             meta_in_flight: false,
             meta_retry_at: None,
-            renewals_lost: None,
         });
         self.drive(n);
     }
@@ -1445,7 +1428,16 @@ impl Sim {
                         self.acks += 1;
                         tr!(self, "{id} acked {acked}");
                     }
-                    Msg::Written(false) | Msg::Err(_) => node.meta_retry_at = Some(retry),
+                    Msg::Written(false) => {
+                        // As `member.rs`: the session is gone; released at
+                        // once, registered anew.
+                        node.meta_retry_at = Some(retry);
+                        if let Some(session) = node.member.session().cloned() {
+                            tr!(self, "{id} member key not written: session {session} gone");
+                            self.nodes[n].member.handle_session_gone(t, &session);
+                        }
+                    }
+                    Msg::Err(_) => node.meta_retry_at = Some(retry),
                     other => unreachable!("member key write got {other:?}"),
                 }
             }
@@ -1695,6 +1687,7 @@ impl Sim {
     fn meta_now(&self, n: usize) -> MemberMeta {
         MemberMeta {
             acked: Some(self.nodes[n].position),
+            ttl_ms: Some(self.p.ttl / MS),
             ..MemberMeta::default()
         }
     }
@@ -1794,6 +1787,13 @@ impl Sim {
                             "{id} planned: {} members {} items moved {} placed {} revokes {} puts {} txns {}",
                             r.members, r.items, r.moved, r.placed, r.revokes, r.puts, r.transactions
                         );
+                }
+                LeadAction::EndSession { member, session } => {
+                    tr!(
+                        self,
+                        "{id} ends {member}'s session {session}: handoff timed out"
+                    );
+                    self.send(n, Slot::Oneway, Req::Close(SessionId(session)));
                 }
                 LeadAction::BadKey { key, .. } => tr!(self, "{id} bad key {key}"),
                 LeadAction::Refused { work, bytes, .. } => {
@@ -1970,29 +1970,7 @@ impl Sim {
             }
             Fault::Partition => {
                 let Some(n) = self.target() else { return };
-                let id = self.nodes[n].id.clone();
-                tr!(self, "fault: {id} cut off from the store");
-                self.nodes[n].partitioned = true;
-                let cut: Vec<(Slot, u32, u64)> = self
-                    .watches
-                    .iter()
-                    .filter(|((i, _), _)| *i == n)
-                    .map(|((_, s), w)| (*s, w.inc, w.gen))
-                    .collect();
-                for (slot, inc, gen) in cut {
-                    self.watches.remove(&(n, slot));
-                    let at = self.now + self.p.watch_timeout;
-                    self.reply_at(
-                        at,
-                        n,
-                        inc,
-                        slot,
-                        gen,
-                        Msg::Err("watch timed out (partition)"),
-                    );
-                }
-                let at = self.until(3 * self.p.ttl);
-                self.push(at, Kind::Fault(Fault::Heal(n)));
+                self.partition(n);
             }
             Fault::Heal(n) => {
                 let id = self.nodes[n].id.clone();
@@ -2027,17 +2005,20 @@ impl Sim {
                 let Some(n) = self.target() else { return };
                 if let Some(s) = self.nodes[n].member.session().cloned() {
                     let id = self.nodes[n].id.clone();
-                    if self.exclusive && self.cfg.controls.expiry_at_ttl {
+                    // Half of the time the member is cut off first, so that
+                    // it cannot hear of it: an operator destroying its
+                    // session, or its node deregistered, during a partition.
+                    if self.rng.random_bool(0.5) {
+                        self.partition(n);
                         tr!(
                             self,
-                            "fault: the store loses {id}'s renewals until {s} expires"
+                            "fault: the store ends cut-off {id}'s session {s} (an operator, a node deregistration)"
                         );
-                        self.nodes[n].renewals_lost = Some(s);
                     } else {
-                        tr!(self, "fault: the store expires {id}'s session {s}");
-                        if let Some(a) = self.store.end_session(&s) {
-                            self.applied(&a);
-                        }
+                        tr!(self, "fault: the store ends {id}'s session {s}");
+                    }
+                    if let Some(a) = self.store.end_session(&s) {
+                        self.applied(&a);
                     }
                 }
             }
@@ -2140,6 +2121,33 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Cuts member `n` off from the store until a heal (scheduled here).
+    fn partition(&mut self, n: usize) {
+        let id = self.nodes[n].id.clone();
+        tr!(self, "fault: {id} cut off from the store");
+        self.nodes[n].partitioned = true;
+        let cut: Vec<(Slot, u32, u64)> = self
+            .watches
+            .iter()
+            .filter(|((i, _), _)| *i == n)
+            .map(|((_, s), w)| (*s, w.inc, w.gen))
+            .collect();
+        for (slot, inc, gen) in cut {
+            self.watches.remove(&(n, slot));
+            let at = self.now + self.p.watch_timeout;
+            self.reply_at(
+                at,
+                n,
+                inc,
+                slot,
+                gen,
+                Msg::Err("watch timed out (partition)"),
+            );
+        }
+        let at = self.until(3 * self.p.ttl);
+        self.push(at, Kind::Fault(Fault::Heal(n)));
     }
 
     fn change_item(&mut self) {

@@ -88,7 +88,7 @@ impl Timing {
 /// never changes them, and every constructor starts with [`Default`] (all on).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Three independent switches, on purpose.
+// Independent switches, on purpose.
 #[allow(clippy::struct_excessive_bools)]
 pub struct Safeguards {
     /// The store checks the fence of every leader transaction (the simulator's
@@ -101,6 +101,10 @@ pub struct Safeguards {
     /// The leader cuts transactions by bytes as well as operations (off: by
     /// operations only, as before byte limits were known).
     pub txn_bytes: bool,
+    /// Exclusive mode: the leader waits a member's whole TTL after seeing its
+    /// session end before giving its items away (off: only the margin, which
+    /// holds only when the store never ends a session before its TTL).
+    pub lease_wait: bool,
 }
 
 impl Default for Safeguards {
@@ -110,6 +114,7 @@ impl Default for Safeguards {
             revoke_first: true,
             relist_on_lost: true,
             txn_bytes: true,
+            lease_wait: true,
         }
     }
 }

@@ -73,6 +73,15 @@ impl ClusterStore for EtcdMembers {
             backend(EtcdConfig::new(vec![proxy.http_url()]).with_election(&layout.leader)).await;
         (MemberStore::from_backend(etcd), Box::new(ProxyLink(proxy)))
     }
+    /// `etcdctl lease revoke`, with the plain client.
+    async fn end_session(&self, session: &str) {
+        let id = i64::from_str_radix(session, 16).expect("a session id is a lease id in hex");
+        self.client
+            .clone()
+            .lease_revoke(id)
+            .await
+            .expect("lease revoke");
+    }
 }
 
 /// A fault proxy as the suite's cuttable link: cut is a silent partition.
@@ -154,6 +163,26 @@ async fn moves_are_throttled() {
 async fn exclusive_cut_off_member_never_double_owns() {
     let (_server, store, root) = suite().await;
     conformance::exclusive_cut_off_member_never_double_owns(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_session_ended_while_cut_off_never_double_owns() {
+    let (_server, store, root) = suite().await;
+    conformance::exclusive_session_ended_while_cut_off_never_double_owns(&store, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns() {
+    let (_server, store, root) = suite().await;
+    conformance::with_the_margin_only_wait_a_session_ended_while_cut_off_double_owns(&store, &root)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout() {
+    let (_server, store, root) = suite().await;
+    conformance::a_stuck_member_has_its_session_ended_after_the_handoff_timeout(&store, &root)
+        .await;
 }
 
 /// The lease behind a session id (lowercase hex).

@@ -32,6 +32,8 @@ pub(crate) const STOP_BOUND: Duration = Duration::from_secs(10);
 pub(crate) struct Handler {
     program: String,
     args: Vec<String>,
+    /// `--exec-timeout`: a handler running longer is killed.
+    timeout: Option<Duration>,
 }
 
 /// One settled change, ready for the handler.
@@ -53,6 +55,8 @@ pub(crate) enum HandlerError {
     Wait(std::io::Error),
     /// It ended with a status other than 0 (or was killed by a signal).
     Failed(ExitStatus),
+    /// It ran longer than `--exec-timeout` and was killed.
+    TimedOut(Duration),
 }
 
 impl fmt::Display for HandlerError {
@@ -61,6 +65,10 @@ impl fmt::Display for HandlerError {
             Self::Spawn(e) => write!(f, "cannot start the handler: {e}"),
             Self::Wait(e) => write!(f, "cannot wait for the handler: {e}"),
             Self::Failed(status) => write!(f, "the handler ended with {status}"),
+            Self::TimedOut(t) => write!(
+                f,
+                "the handler ran longer than --exec-timeout ({t:?}) and was killed"
+            ),
         }
     }
 }
@@ -113,11 +121,13 @@ impl Job {
 
 impl Handler {
     /// `cmd` is the program followed by its arguments; `None` when empty.
-    pub(crate) fn new(cmd: &[String]) -> Option<Self> {
+    /// A handler running longer than `timeout` is killed.
+    pub(crate) fn new(cmd: &[String], timeout: Option<Duration>) -> Option<Self> {
         let (program, args) = cmd.split_first()?;
         Some(Self {
             program: program.clone(),
             args: args.to_vec(),
+            timeout,
         })
     }
 
@@ -142,7 +152,22 @@ impl Handler {
             let _ = stdin.write_all(line).await;
             drop(stdin);
         };
-        let ((), status) = tokio::join!(feed, child.wait());
+        let waited = async {
+            let ((), status) = tokio::join!(feed, child.wait());
+            status
+        };
+        let status = match self.timeout {
+            Some(limit) => {
+                let Ok(status) = tokio::time::timeout(limit, waited).await else {
+                    // Killed, and reaped so that no zombie is left.
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Err(HandlerError::TimedOut(limit));
+                };
+                status
+            }
+            None => waited.await,
+        };
         match status {
             Ok(s) if s.success() => Ok(()),
             Ok(s) => Err(HandlerError::Failed(s)),

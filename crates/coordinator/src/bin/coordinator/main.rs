@@ -143,6 +143,10 @@ pub(crate) struct ProgramArgs {
     /// last: every argument after it belongs to CMD.
     #[arg(long, value_name = "CMD [ARGS...]", num_args = 1.., allow_hyphen_values = true)]
     exec: Vec<String>,
+    /// Kill an `--exec` handler that runs longer than this (logged at warn;
+    /// for `member`, its change is not acknowledged). Default: no limit.
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    exec_timeout: Option<Duration>,
 }
 
 impl ProgramArgs {
@@ -158,7 +162,7 @@ impl ProgramArgs {
 
     /// The `--exec` handler, if one is given.
     pub(crate) fn handler(&self) -> Option<exec::Handler> {
-        exec::Handler::new(&self.exec)
+        exec::Handler::new(&self.exec, self.exec_timeout)
     }
 }
 

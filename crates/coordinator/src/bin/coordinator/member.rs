@@ -74,6 +74,10 @@ pub struct MemberArgs {
     /// move away before leaving anyway.
     #[arg(long, value_parser = parse_duration, default_value = "60s", allow_hyphen_values = true)]
     pub drain_timeout: Duration,
+    /// While leading: how long a move from a live member may wait for its
+    /// acknowledgement before the leader ends that member's session.
+    #[arg(long, value_parser = parse_duration, default_value = "5m", allow_hyphen_values = true)]
+    pub handoff_timeout: Duration,
 }
 
 pub async fn run(args: MemberArgs) -> ExitCode {
@@ -96,6 +100,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     config.txn_max_ops = args.txn_max_ops;
     config.value_max_bytes = args.value_max_bytes;
     config.drain_timeout = args.drain_timeout;
+    config.handoff_timeout = args.handoff_timeout;
     if let Err(e) = config
         .validate()
         .and_then(|()| config.member_config().map(drop))
