@@ -175,6 +175,10 @@ pub struct Config {
     /// Drain-requests prefix (a full member only). Default `service/coordinator/drain/`.
     #[serde(default = "default_drain_prefix")]
     pub drain_prefix: String,
+    /// The key every leader transaction checks and bumps (a full member
+    /// only). Default `service/coordinator/sequence`.
+    #[serde(default = "default_sequence_key")]
+    pub sequence_key: String,
     /// Exclusive mode: an item is never in two members' acknowledged
     /// workloads at once; a member that cannot renew its session releases
     /// its workload before the store could expire it. Default false.
@@ -220,6 +224,10 @@ fn default_handoff_prefix() -> String {
 
 fn default_drain_prefix() -> String {
     leader_core::layout::DEFAULT_DRAIN_PREFIX.to_owned()
+}
+
+fn default_sequence_key() -> String {
+    leader_core::layout::DEFAULT_SEQUENCE_KEY.to_owned()
 }
 
 fn default_drain_timeout() -> Duration {
@@ -316,6 +324,7 @@ impl Config {
             rebalance_delay: Duration::ZERO,
             handoff_prefix: default_handoff_prefix(),
             drain_prefix: default_drain_prefix(),
+            sequence_key: default_sequence_key(),
             exclusive: false,
             exclusive_margin: None,
             max_moves_in_flight: None,
@@ -414,6 +423,9 @@ impl Config {
         if let Some(p) = get("COORDINATOR_DRAIN_PREFIX") {
             c.drain_prefix = p;
         }
+        if let Some(p) = get("COORDINATOR_SEQUENCE_KEY") {
+            c.sequence_key = p;
+        }
         if let Some(v) = get("COORDINATOR_EXCLUSIVE") {
             c.exclusive = match v.trim() {
                 "true" | "1" | "yes" => true,
@@ -479,6 +491,7 @@ impl Config {
             assignments: self.prefix.clone(),
             handoff: self.handoff_prefix.clone(),
             drain: self.drain_prefix.clone(),
+            sequence: self.sequence_key.clone(),
         }
     }
 

@@ -66,6 +66,7 @@ pub fn layout(root: &str) -> Layout {
         assignments: format!("{root}assignments/"),
         handoff: format!("{root}handoff/"),
         drain: format!("{root}drain/"),
+        sequence: format!("{root}sequence"),
     }
 }
 

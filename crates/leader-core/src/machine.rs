@@ -34,8 +34,18 @@
 //! | idle | anything | the next transaction (revokes, then assigns whose handoff is clear), if any |
 //! | writing | `Applied` | recorded as written; the next is sent; if it wrote handoff records, they are read back ([`Action::ListHandoffs`]) for the position each revoke took effect at |
 //! | writing | error (outcome unknown) | after a backoff: read the assignments and records again, then decide anew |
-//! | writing | `Conflict` (a guard failed: a member came back) | the same: read again, decide anew |
+//! | writing | `Conflict` (a guard failed: a member came back, or the sequence key moved) | the same: read again, decide anew |
 //! | any | `Fenced` | step down: nothing more is written |
+//! | idle, `max_soak` after the last read or write | timeout | read again ([`Action::ListAssignments`]): writes the leader did not make are found and repaired |
+//!
+//! **The sequence key.** Every transaction carries a
+//! [`TxnOp::Sequence`] on [`Layout::sequence`] expecting the position the
+//! machine last knew it at: from its read (one consistent snapshot of the
+//! members, the assignments, the handoff records and the sequence key), then
+//! from each `Applied { revision }`. A transaction whose outcome the machine
+//! did not learn (an error) may still land later; once the machine has read
+//! again and written anything, the sequence key has moved past what that
+//! transaction expects, so it can only fail. See `docs/leader.md`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -44,7 +54,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
-use worker_core::{Backoff, TxnOp, TxnOutcome, WorkId};
+use worker_core::{Backoff, KvEntry, Revision, TxnOp, TxnOutcome, WorkId};
 
 use crate::layout::{BadKey, Layout, MemberMeta};
 use crate::plan::{min_moves, plan, Assignment, MemberId};
@@ -120,10 +130,13 @@ pub struct PlanReport {
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Read every key under the assignments prefix and the handoff prefix,
-    /// then hand the answers to [`LeaderMachine::handle_assignments`] or
+    /// Read the members, assignments and handoff prefixes and the sequence
+    /// key in **one consistent snapshot**
+    /// ([`FencedWrite::read_consistent`](worker_core::FencedWrite::read_consistent)),
+    /// then hand the answer to [`LeaderMachine::handle_read`] or
     /// [`LeaderMachine::handle_assignments_error`]. The first action of a
-    /// new machine, and again after a failed read and a backoff.
+    /// new machine, again after a failed read or write (after a backoff),
+    /// and every `max_soak` while idle.
     ListAssignments,
     /// Read every handoff record (with the position each was created at),
     /// then hand the answer to [`LeaderMachine::handle_handoffs`] or
@@ -153,6 +166,19 @@ pub enum Action {
     },
     /// The fence no longer holds: stop leading. Nothing more comes.
     StepDown,
+}
+
+/// The answer to [`Action::ListAssignments`]: one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderRead {
+    /// Every key under the members prefix.
+    pub members: Vec<KvEntry>,
+    /// Every key under the assignments prefix.
+    pub assignments: Vec<KvEntry>,
+    /// Every handoff record, each with its creation position.
+    pub records: Vec<KvEntry>,
+    /// The sequence key's modify position (0: it does not exist).
+    pub sequence: Revision,
 }
 
 /// Where the read of the assignment keys stands.
@@ -212,6 +238,16 @@ pub struct LeaderMachine {
     out: VecDeque<Action>,
     /// Simulator-only switch; always true in the product.
     revoke_first: bool,
+    /// Simulator-only switch; always true in the product.
+    sequence_check: bool,
+    /// The sequence key's modify position as this leader last learned it:
+    /// what its next transaction expects.
+    sequence: Revision,
+    /// The value written to the sequence key.
+    sequence_value: Bytes,
+    /// When to read the store again while idle, to find writes this leader
+    /// did not make.
+    verify_at: Option<Instant>,
     /// Members that left within `rebalance_delay`: weight and until when
     /// their items stay theirs.
     departed: BTreeMap<MemberId, (u32, Instant)>,
@@ -241,8 +277,9 @@ impl LeaderMachine {
         Self {
             layout,
             timing,
-            // Room for a move's two operations (revoke + record, assign + record).
-            max_ops: max_ops.max(3),
+            // One operation is the sequence check; room for a move's two
+            // operations (revoke + record, assign + record).
+            max_ops: max_ops.saturating_sub(1).max(3),
             members: None,
             acks: BTreeMap::new(),
             items: None,
@@ -269,6 +306,10 @@ impl LeaderMachine {
             stepped_down: false,
             out: std::iter::once(Action::ListAssignments).collect(),
             revoke_first: true,
+            sequence_check: true,
+            sequence: 0,
+            sequence_value: Bytes::new(),
+            verify_at: None,
             departed: BTreeMap::new(),
             took_office: Some(now),
             office_at: now,
@@ -281,6 +322,19 @@ impl LeaderMachine {
     #[doc(hidden)]
     pub fn set_safeguards(&mut self, safeguards: worker_core::Safeguards) {
         self.revoke_first = safeguards.revoke_first;
+        self.sequence_check = safeguards.sequence;
+    }
+
+    /// The value written to the sequence key with every transaction (for
+    /// humans reading the store: e.g. the leader's id and term). Default
+    /// empty.
+    pub fn set_sequence_value(&mut self, value: Bytes) {
+        self.sequence_value = value;
+    }
+
+    /// The sequence key's position the next transaction expects.
+    pub fn sequence(&self) -> Revision {
+        self.sequence
     }
 
     /// True once the machine stepped down.
@@ -369,6 +423,15 @@ impl LeaderMachine {
             return;
         }
         self.tick(now);
+        self.set_members(now, entries);
+        self.pump(now);
+    }
+
+    fn set_members<'a>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+    ) {
         let mut members = BTreeMap::new();
         let mut acks = BTreeMap::new();
         for (key, value) in entries {
@@ -419,7 +482,6 @@ impl LeaderMachine {
                 self.changed(now);
             }
         }
-        self.pump(now);
     }
 
     /// The work-items prefix as it is now.
@@ -448,9 +510,33 @@ impl LeaderMachine {
         self.pump(now);
     }
 
-    /// The assignment keys and the handoff records as read from the store:
-    /// the answer to [`Action::ListAssignments`]. A record is `(key, value,
-    /// the position it was written at)`.
+    /// The answer to [`Action::ListAssignments`]: members, assignments,
+    /// handoff records and the sequence key's position, read at one store
+    /// position. The members replace the follower's picture for the
+    /// decisions made now (a later picture from the follower replaces them
+    /// in turn).
+    pub fn handle_read(&mut self, now: Instant, read: &LeaderRead) {
+        if self.stepped_down || self.reading != Reading::InFlight {
+            return;
+        }
+        self.tick(now);
+        self.set_members(now, read.members.iter().map(|e| (e.key.as_slice(), &e.value)));
+        self.sequence = read.sequence;
+        self.assignments_read(
+            now,
+            read.assignments
+                .iter()
+                .map(|e| (e.key.as_slice(), &e.value)),
+            read.records
+                .iter()
+                .map(|e| (e.key.as_slice(), &e.value, e.revision)),
+        );
+    }
+
+    /// A read of the assignment keys and the handoff records alone, with the
+    /// sequence key absent: [`handle_read`](Self::handle_read) without the
+    /// members, with sequence position 0 (for tests of the rest of the
+    /// machine). A record is `(key, value, the position it was written at)`.
     pub fn handle_assignments<'a, 'b>(
         &mut self,
         now: Instant,
@@ -461,7 +547,18 @@ impl LeaderMachine {
             return;
         }
         self.tick(now);
+        self.sequence = 0;
+        self.assignments_read(now, entries, records);
+    }
+
+    fn assignments_read<'a, 'b>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+        records: impl IntoIterator<Item = (&'b [u8], &'b Bytes, u64)>,
+    ) {
         self.reading = Reading::Done;
+        self.verify_at = Some(now + self.timing.max_soak);
         let mut current = BTreeMap::new();
         for (key, value) in entries {
             match self.layout.parse_assignment(key) {
@@ -523,8 +620,12 @@ impl LeaderMachine {
         }
         self.tick(now);
         match outcome {
-            Ok(TxnOutcome::Applied { .. }) => {
+            Ok(TxnOutcome::Applied { revision }) => {
                 self.backoff.reset();
+                // The sequence key's new position: what the next
+                // transaction expects.
+                self.sequence = revision;
+                self.verify_at = Some(now + self.timing.max_soak);
                 let ops = self.in_flight.take().unwrap_or_default();
                 self.record_applied(ops);
                 self.read_handoffs_if_stale();
@@ -612,7 +713,7 @@ impl LeaderMachine {
                         self.records.remove(&work);
                         drop_owed(&mut self.owed, &work);
                     }
-                    TxnOp::Absent { .. } => {}
+                    TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
                 }
                 continue;
             }
@@ -627,7 +728,7 @@ impl LeaderMachine {
                 TxnOp::Delete { .. } => {
                     current.remove(&key);
                 }
-                TxnOp::Absent { .. } => {}
+                TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
             }
         }
     }
@@ -663,6 +764,8 @@ impl LeaderMachine {
             .chain(rejoin)
             .chain(fenced)
             .chain(self.handoffs_retry_at)
+            // Not while the handoff records are read: the read comes after.
+            .chain(self.verify_at.filter(|_| !self.handoffs_reading))
             .min()
     }
 
@@ -701,6 +804,16 @@ impl LeaderMachine {
             self.plan_now(now);
         }
         self.pump(now);
+        // Idle: read the store again, to find (and then repair) writes
+        // under the assignments this leader did not make.
+        if self.verify_at.is_some_and(|at| now >= at)
+            && self.in_flight.is_none()
+            && !self.handoffs_reading
+        {
+            self.verify_at = None;
+            self.reading = Reading::InFlight;
+            self.out.push_back(Action::ListAssignments);
+        }
     }
 
     fn is_live(&self, member: &MemberId) -> bool {
@@ -750,7 +863,17 @@ impl LeaderMachine {
         } else {
             self.unguarded_write()
         };
-        if let Some(ops) = ops {
+        if let Some(mut ops) = ops {
+            if self.sequence_check {
+                ops.insert(
+                    0,
+                    TxnOp::Sequence {
+                        key: self.layout.sequence.clone(),
+                        index: self.sequence,
+                        value: self.sequence_value.clone(),
+                    },
+                );
+            }
             self.in_flight = Some(ops.clone());
             self.out.push_back(Action::Write(ops));
         }

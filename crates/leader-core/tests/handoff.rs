@@ -71,10 +71,18 @@ fn assignments(
     );
 }
 
+/// The transactions written, without the sequence check each carries first.
 fn writes(m: &mut LeaderMachine) -> Vec<Vec<TxnOp>> {
     std::iter::from_fn(|| m.poll())
         .filter_map(|a| match a {
-            Action::Write(ops) => Some(ops),
+            Action::Write(mut ops) => {
+                assert!(
+                    matches!(ops.first(), Some(TxnOp::Sequence { .. })),
+                    "no sequence check first: {ops:?}"
+                );
+                ops.remove(0);
+                Some(ops)
+            }
             _ => None,
         })
         .collect()

@@ -61,15 +61,56 @@ fn feed(
     );
 }
 
+/// Answers a read with `members` and what the machine believes is in the
+/// store.
+fn answer_as_believed(m: &mut LeaderMachine, now: Instant, members: &[(Vec<u8>, Bytes)]) {
+    let layout = Layout::default();
+    let believed: Vec<(Vec<u8>, Bytes)> = m
+        .assignment()
+        .expect("read before")
+        .iter()
+        .map(|((member, work), v)| {
+            (
+                layout.assignment_key(member, work).into_bytes(),
+                v.clone(),
+            )
+        })
+        .collect();
+    let seq = m.sequence();
+    m.handle_read(
+        now,
+        &leader_core::LeaderRead {
+            members: members
+                .iter()
+                .map(|(k, v)| worker_core::KvEntry::new(k.clone(), v.clone()))
+                .collect(),
+            assignments: believed
+                .into_iter()
+                .map(|(k, v)| worker_core::KvEntry::new(k, v))
+                .collect(),
+            records: Vec::new(),
+            sequence: seq,
+        },
+    );
+}
+
 fn drain(m: &mut LeaderMachine) -> Vec<Action> {
     std::iter::from_fn(|| m.poll()).collect()
 }
 
+/// The transactions written, without their sequence check (which every
+/// one carries first; see `every_write_carries_the_sequence_check`).
 fn writes(actions: &[Action]) -> Vec<Vec<TxnOp>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Write(ops) => Some(ops.clone()),
+            Action::Write(ops) => {
+                assert!(
+                    matches!(ops.first(), Some(TxnOp::Sequence { .. })),
+                    "no sequence check first: {ops:?}"
+                );
+                Some(ops[1..].to_vec())
+            }
             _ => None,
         })
         .collect()
@@ -303,7 +344,7 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
         .iter()
         .filter_map(|o| match o {
             TxnOp::Delete { key } => Some(key.as_str()),
-            TxnOp::Put { .. } | TxnOp::Absent { .. } => None,
+            TxnOp::Put { .. } | TxnOp::Absent { .. } | TxnOp::Sequence { .. } => None,
         })
         .collect();
     assert!(
@@ -355,10 +396,12 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     now += Duration::from_secs(5);
     let only_m1 = kv(&[("service/coordinator/members/m1", "{}")]);
     m.handle_members(now, only_m1.iter().map(|(k, v)| (k.as_slice(), v)));
+    // No soak: the next deadline is the idle re-read (`max_soak` after the
+    // last write), then the delay.
     assert_eq!(
         m.poll_timeout(),
-        Some(now + DELAY),
-        "no soak, only the delay"
+        Some(now - Duration::from_secs(5) + 10 * SOAK),
+        "no soak, only the periodic read and the delay"
     );
     m.handle_timeout(now + SOAK);
     assert!(
@@ -373,11 +416,17 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     m.handle_members(now, both.iter().map(|(k, v)| (k.as_slice(), v)));
     assert_eq!(
         m.poll_timeout(),
-        None,
-        "back within the delay: nothing to do"
+        Some(t0 + SOAK + 10 * SOAK),
+        "back within the delay: nothing to do but the periodic read"
     );
     m.handle_timeout(now + DELAY * 2);
-    assert!(drain(&mut m).is_empty(), "zero moves, not even a plan");
+    assert_eq!(
+        drain(&mut m),
+        vec![Action::ListAssignments],
+        "zero moves, not even a plan; only the periodic read"
+    );
+    answer_as_believed(&mut m, now + DELAY * 2, &both);
+    assert!(drain(&mut m).is_empty(), "the store is as believed");
 
     // m2 leaves for good: after the delay and a soak, its items are placed.
     now += Duration::from_secs(1);

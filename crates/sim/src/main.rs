@@ -1,7 +1,7 @@
 //! `coordinator-sim`: runs the cluster simulation for many seeds or a long
 //! simulated time. `--seeds N` (default 100), `--seconds S` per seed (default
 //! 1000), `--start K` (first seed), `--total T` (run seeds until T simulated
-//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist`
+//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist|sequence`
 //! (turn one off), `--exclusive on|off` (force exclusive mode; default: half
 //! the seeds), `--control release|pauses|expiry` (turn one
 //! exclusivity control off), `--seed N --trace` (replay one seed, printing
@@ -41,6 +41,7 @@ fn main() {
                 "fence" => safeguards.fence = false,
                 "revoke-first" => safeguards.revoke_first = false,
                 "relist" => safeguards.relist_on_lost = false,
+                "sequence" => safeguards.sequence = false,
                 other => panic!("unknown safeguard {other}"),
             },
             "--exclusive" => match val().as_str() {

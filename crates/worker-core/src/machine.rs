@@ -88,7 +88,7 @@ impl Timing {
 /// never changes them, and every constructor starts with [`Default`] (all on).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Three independent switches, on purpose.
+// Independent switches, on purpose.
 #[allow(clippy::struct_excessive_bools)]
 pub struct Safeguards {
     /// The store checks the fence of every leader transaction (the simulator's
@@ -98,6 +98,11 @@ pub struct Safeguards {
     pub revoke_first: bool,
     /// The worker relists after a lost position (off: it resumes as after an error).
     pub relist_on_lost: bool,
+    /// Every leader transaction carries the sequence check
+    /// ([`TxnOp::Sequence`](crate::TxnOp::Sequence)); off, the leader sends
+    /// none, and a transaction whose outcome it did not learn can land after
+    /// a later one of the same term.
+    pub sequence: bool,
 }
 
 impl Default for Safeguards {
@@ -106,6 +111,7 @@ impl Default for Safeguards {
             fence: true,
             revoke_first: true,
             relist_on_lost: true,
+            sequence: true,
         }
     }
 }

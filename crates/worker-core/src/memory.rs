@@ -51,6 +51,8 @@ struct State {
     data: BTreeMap<Vec<u8>, Bytes>,
     /// The revision at which each key was created.
     created: BTreeMap<Vec<u8>, Revision>,
+    /// The revision at which each key was last written.
+    modified: BTreeMap<Vec<u8>, Revision>,
     revision: Revision,
     history: VecDeque<(Revision, KvChange)>,
     compacted: Revision,
@@ -232,9 +234,11 @@ impl MemoryStore {
         match &change {
             KvChange::Put(entry) => {
                 s.created.entry(entry.key.clone()).or_insert(rev);
+                s.modified.insert(entry.key.clone(), rev);
             }
             KvChange::Delete { key } => {
                 s.created.remove(key);
+                s.modified.remove(key);
             }
         }
         s.watchers.dispatch(&change);
