@@ -897,10 +897,10 @@ impl Sim {
         // 0.1–5 s later.
         if self.error_rate > 0.0
             && matches!(req, Req::Txn(..))
-            && self.late_rng.random_bool(self.error_rate / 2.0)
+            && self.late_rng.random_bool(self.error_rate)
         {
             if let Req::Txn(fence, ops) = req {
-                let at = self.now + self.late_rng.random_range(100 * MS..=5 * SEC);
+                let at = self.now + self.late_rng.random_range(100 * MS..=10 * SEC);
                 let id = self.nodes[n].id.clone();
                 tr!(self, "fault: a txn of {id} waits at the store; its sender times out");
                 self.push(
