@@ -461,7 +461,13 @@ key "acl8/sequence" { policy = "write" }
 session_prefix "" { policy = "write" }"#;
     agent
         .cli([
-            "acl", "policy", "create", "-name", "no-leader", "-rules", rules,
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            "no-leader",
+            "-rules",
+            rules,
         ])
         .await;
     let out = agent
@@ -575,14 +581,23 @@ async fn a_transaction_consul_applies_after_the_client_gave_up_fails_its_sequenc
     let t0 = slow.apply(&fence, &[put("late/a/X/w")]).await;
     assert!(t0.is_err(), "the client gives up: {t0:?}");
     assert!(keys(&store.agent, "late/a/").await.is_empty());
-    bounded("Consul's answer to the late T0", proxy.target_sent_more_than(before)).await;
+    bounded(
+        "Consul's answer to the late T0",
+        proxy.target_sent_more_than(before),
+    )
+    .await;
     assert_eq!(
         keys(&store.agent, "late/a/").await,
         vec!["late/a/X/w".to_owned()],
         "Consul applied T0 after its client gave up"
     );
     direct
-        .apply(&fence, &[TxnOp::Delete { key: "late/a/X/w".into() }])
+        .apply(
+            &fence,
+            &[TxnOp::Delete {
+                key: "late/a/X/w".into(),
+            }],
+        )
         .await
         .expect("clean up");
 
@@ -607,8 +622,15 @@ async fn a_transaction_consul_applies_after_the_client_gave_up_fails_its_sequenc
         "Applied.revision is the sequence key's new ModifyIndex"
     );
     // Consul gets T1 now, and answers it (a 409, which nobody reads).
-    bounded("Consul's answer to the late T1", proxy.target_sent_more_than(before)).await;
-    assert_eq!(keys(&store.agent, "late/a/").await, vec!["late/a/C/w".to_owned()]);
+    bounded(
+        "Consul's answer to the late T1",
+        proxy.target_sent_more_than(before),
+    )
+    .await;
+    assert_eq!(
+        keys(&store.agent, "late/a/").await,
+        vec!["late/a/C/w".to_owned()]
+    );
     assert_eq!(sequence_of(&direct, "late/sequence").await, revision);
     renewer.abort();
     direct.close_session(&session).await.expect("close");

@@ -316,13 +316,10 @@ impl FencedWrite for EtcdBackend {
         let then: Vec<etcd_client::TxnOp> = ops
             .iter()
             .filter_map(|op| match op {
-                TxnOp::Put { key, value } => {
+                TxnOp::Put { key, value } | TxnOp::Sequence { key, value, .. } => {
                     Some(etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
                 }
                 TxnOp::Delete { key } => Some(etcd_client::TxnOp::delete(key.as_str(), None)),
-                TxnOp::Sequence { key, value, .. } => {
-                    Some(etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
-                }
                 TxnOp::Absent { .. } => None,
             })
             .collect();
@@ -410,7 +407,9 @@ impl FencedWrite for EtcdBackend {
             .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
         let mut gets = response.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(g) => Ok(g),
-            _ => Err(StoreError::protocol("etcd answered a read with another operation")),
+            _ => Err(StoreError::protocol(
+                "etcd answered a read with another operation",
+            )),
         });
         let mut read = ConsistentRead {
             revision: to_revision(revision),
@@ -424,7 +423,11 @@ impl FencedWrite for EtcdBackend {
                 get.kvs()
                     .iter()
                     .map(|kv| {
-                        KvEntry::at(kv.key(), kv.value().to_vec(), to_revision(kv.create_revision()))
+                        KvEntry::at(
+                            kv.key(),
+                            kv.value().to_vec(),
+                            to_revision(kv.create_revision()),
+                        )
                     })
                     .collect(),
             );

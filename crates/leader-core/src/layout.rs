@@ -133,7 +133,10 @@ impl Layout {
         if self.sequence.is_empty() || self.sequence.ends_with('/') {
             return Err(ConfigError::new(
                 "sequence_key",
-                format!("{:?} must be a key, not empty nor ending with '/'", self.sequence),
+                format!(
+                    "{:?} must be a key, not empty nor ending with '/'",
+                    self.sequence
+                ),
             ));
         }
         let all = [
@@ -149,10 +152,7 @@ impl Layout {
             if self.sequence.starts_with(prefix.as_str()) || prefix.starts_with(&self.sequence) {
                 return Err(ConfigError::new(
                     "sequence_key",
-                    format!(
-                        "{:?} and the prefix {prefix:?} overlap",
-                        self.sequence
-                    ),
+                    format!("{:?} and the prefix {prefix:?} overlap", self.sequence),
                 ));
             }
         }
@@ -344,8 +344,10 @@ mod tests {
 
     #[test]
     fn a_sequence_key_under_or_over_a_prefix_is_refused() {
-        let mut l = Layout::default();
-        l.sequence = "service/coordinator/assignments/seq".into();
+        let mut l = Layout {
+            sequence: "service/coordinator/assignments/seq".into(),
+            ..Layout::default()
+        };
         let e = l.validate().unwrap_err();
         assert!(e.to_string().contains("sequence_key"), "{e}");
         l.sequence = "service/coordinator/work".into();

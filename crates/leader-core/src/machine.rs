@@ -520,7 +520,10 @@ impl LeaderMachine {
             return;
         }
         self.tick(now);
-        self.set_members(now, read.members.iter().map(|e| (e.key.as_slice(), &e.value)));
+        self.set_members(
+            now,
+            read.members.iter().map(|e| (e.key.as_slice(), &e.value)),
+        );
         self.sequence = read.sequence;
         self.assignments_read(
             now,

@@ -51,7 +51,11 @@ async fn wait_store(store: &MemoryStore, what: &str, ok: impl Fn(&MemoryStore) -
         }
     })
     .await;
-    assert!(done.is_ok(), "timed out waiting for {what}: {:?}", assignments(store));
+    assert!(
+        done.is_ok(),
+        "timed out waiting for {what}: {:?}",
+        assignments(store)
+    );
 }
 
 /// T1 = the first plan's transaction (items on m1 and m2) gets no reply and
@@ -87,7 +91,11 @@ async fn a_transaction_that_lands_after_a_later_one_is_rejected() {
         Some(TxnOutcome::Conflict),
         "the late T1 must fail its sequence check"
     );
-    assert_eq!(assignments(&store), all_on_leader, "no item under two members");
+    assert_eq!(
+        assignments(&store),
+        all_on_leader,
+        "no item under two members"
+    );
     leader.halt().await;
 }
 

@@ -69,12 +69,7 @@ fn answer_as_believed(m: &mut LeaderMachine, now: Instant, members: &[(Vec<u8>, 
         .assignment()
         .expect("read before")
         .iter()
-        .map(|((member, work), v)| {
-            (
-                layout.assignment_key(member, work).into_bytes(),
-                v.clone(),
-            )
-        })
+        .map(|((member, work), v)| (layout.assignment_key(member, work).into_bytes(), v.clone()))
         .collect();
     let seq = m.sequence();
     m.handle_read(

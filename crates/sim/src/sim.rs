@@ -902,7 +902,10 @@ impl Sim {
             if let Req::Txn(fence, ops) = req {
                 let at = self.now + self.late_rng.random_range(100 * MS..=10 * SEC);
                 let id = self.nodes[n].id.clone();
-                tr!(self, "fault: a txn of {id} waits at the store; its sender times out");
+                tr!(
+                    self,
+                    "fault: a txn of {id} waits at the store; its sender times out"
+                );
                 self.push(
                     at,
                     Kind::Arrive {

@@ -170,7 +170,13 @@ async fn accept_loop(
         counters.accepted.fetch_add(1, Ordering::SeqCst);
         let _ = client.set_nodelay(true);
         let guard = ActiveGuard::new(counters.clone());
-        connections.spawn(handle(client, target, mode.clone(), guard, counters.clone()));
+        connections.spawn(handle(
+            client,
+            target,
+            mode.clone(),
+            guard,
+            counters.clone(),
+        ));
     }
 }
 
@@ -248,7 +254,12 @@ async fn handle(
             let h2 = counters.h2.then(H2Filter::default);
             let (a, b) = tokio::join!(
                 pump(client_rd, up_wr, mode.clone(), Direction::ToTarget(h2)),
-                pump(up_rd, client_wr, mode.clone(), Direction::FromTarget(counters))
+                pump(
+                    up_rd,
+                    client_wr,
+                    mode.clone(),
+                    Direction::FromTarget(counters)
+                )
             );
             a && b
         };
@@ -315,7 +326,8 @@ impl H2Filter {
                 i += n;
                 if self.header.len() == 9 {
                     let h = &self.header;
-                    self.left = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    self.left =
+                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                     // 0x3: RST_STREAM.
                     self.dropping = drop_resets && h[3] == 0x3;
                     if !self.dropping {
