@@ -693,6 +693,23 @@ mod tests {
     }
 
     #[test]
+    fn sequence_key_from_toml_and_env_and_checked_against_the_prefixes() {
+        let c: Config = toml::from_str("instance_id = \"m1\"").unwrap();
+        assert_eq!(c.layout().sequence, "service/coordinator/sequence");
+        let c: Config =
+            toml::from_str("instance_id = \"m1\"\nsequence_key = \"svc/seq\"").unwrap();
+        assert_eq!(c.layout().sequence, "svc/seq");
+        let c = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_SEQUENCE_KEY" => Some("service/coordinator/work/seq".into()),
+            _ => None,
+        })
+        .unwrap();
+        let e = c.layout().validate().unwrap_err();
+        assert_eq!(e.field, "sequence_key", "{e}");
+    }
+
+    #[test]
     fn backend_not_compiled_in_is_a_clear_error() {
         for kind in [BackendKind::Consul, BackendKind::Etcd] {
             let c = Config::new(kind, "m1");

@@ -272,7 +272,10 @@ enum Clear {
 
 impl LeaderMachine {
     /// A machine for a leader that took office at `now`. `max_ops` is the
-    /// store's limit of operations per fenced transaction.
+    /// store's limit of operations per fenced transaction
+    /// ([`FencedWrite::max_ops`](worker_core::FencedWrite::max_ops)); one of
+    /// them is each transaction's sequence check, and the plan's share is at
+    /// least 3 (a move's two operations and a guard).
     pub fn new(layout: Layout, timing: LeaderTiming, max_ops: usize, now: Instant) -> Self {
         Self {
             layout,
