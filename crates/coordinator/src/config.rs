@@ -696,8 +696,7 @@ mod tests {
     fn sequence_key_from_toml_and_env_and_checked_against_the_prefixes() {
         let c: Config = toml::from_str("instance_id = \"m1\"").unwrap();
         assert_eq!(c.layout().sequence, "service/coordinator/sequence");
-        let c: Config =
-            toml::from_str("instance_id = \"m1\"\nsequence_key = \"svc/seq\"").unwrap();
+        let c: Config = toml::from_str("instance_id = \"m1\"\nsequence_key = \"svc/seq\"").unwrap();
         assert_eq!(c.layout().sequence, "svc/seq");
         let c = Config::from_vars(|k| match k {
             "COORDINATOR_INSTANCE_ID" => Some("m1".into()),

@@ -515,18 +515,27 @@ impl LeaderMachine {
 
     /// The answer to [`Action::ListAssignments`]: members, assignments,
     /// handoff records and the sequence key's position, read at one store
-    /// position. The members replace the follower's picture for the
-    /// decisions made now (a later picture from the follower replaces them
-    /// in turn).
+    /// position.
+    ///
+    /// The read's members are the machine's picture only while the members
+    /// follower has published none (on taking office): then the first
+    /// decisions are made on members and assignments of one position. Once
+    /// the follower publishes, its pictures alone drive the members: a
+    /// snapshot is not known to be newer than the follower's last picture,
+    /// and a picture replaced by an older one would stay until the next
+    /// member change (an acknowledgement that went back, a member that
+    /// seems gone).
     pub fn handle_read(&mut self, now: Instant, read: &LeaderRead) {
         if self.stepped_down || self.reading != Reading::InFlight {
             return;
         }
         self.tick(now);
-        self.set_members(
-            now,
-            read.members.iter().map(|e| (e.key.as_slice(), &e.value)),
-        );
+        if self.members.is_none() {
+            self.set_members(
+                now,
+                read.members.iter().map(|e| (e.key.as_slice(), &e.value)),
+            );
+        }
         self.sequence = read.sequence;
         self.assignments_read(
             now,

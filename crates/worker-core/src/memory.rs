@@ -6,7 +6,8 @@
 //! (automatically past [`MemoryStore::HISTORY_LIMIT`] changes, or on request),
 //! and a watch behind the compaction point reports [`WatchEvent::Lost`]. A
 //! leader slot stands for the leader election. Tests can make it unavailable,
-//! fail the next requests, or lose every watch's position.
+//! fail the next requests, lose every watch's position, or hold a fenced
+//! transaction (its caller gets a timeout) and apply it later.
 //!
 //! A write costs what it touches: each open watch has its own queue, registered
 //! under its prefix; a write appends the change to the queues of the watches
