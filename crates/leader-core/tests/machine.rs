@@ -475,7 +475,11 @@ fn every_write_carries_the_sequence_check_and_expects_what_it_last_learned() {
             ..LeaderRead::default()
         },
     );
-    assert_eq!(m.members().map(|m| m.len()), Some(1), "the read's members");
+    assert_eq!(
+        m.members().map(std::collections::BTreeMap::len),
+        Some(1),
+        "the read's members"
+    );
     m.handle_timeout(t0 + SOAK);
     let actions = drain(&mut m);
     assert_eq!(sequence_indexes(&actions), vec![40]);
