@@ -235,7 +235,8 @@ pub trait Election: Send + Sync + 'static {
 #[async_trait]
 pub trait FencedWrite: Send + Sync + 'static {
     /// The most operations one [`apply`](Self::apply) may carry, the fence not
-    /// counted (Consul 1.8: 63 of its 64; etcd: `--max-txn-ops` less one).
+    /// counted (Consul 1.8: 62 of its 64; etcd: `--max-txn-ops` less one). A
+    /// [`TxnOp::Sequence`] counts as one.
     fn max_ops(&self) -> usize;
 
     /// Applies `ops` atomically if and only if `fence` still holds and every
