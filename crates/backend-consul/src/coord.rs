@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::debug;
 use worker_core::{
-    Election, Fence, FencedWrite, KvWrite, Membership, Revision, SessionId, StoreError, TxnLimits,
-    TxnOp, TxnOutcome,
+    ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvEntry, KvWrite, Membership,
+    Revision, SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
 };
 
 use crate::error::{HttpStatusError, ProtocolError, TransportError};
@@ -257,7 +257,30 @@ struct TxnResult {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct TxnKv {
+    key: String,
+    value: Option<String>,
+    create_index: u64,
     modify_index: u64,
+}
+
+impl TxnKv {
+    fn value(&self) -> Result<Bytes, StoreError> {
+        match &self.value {
+            None => Ok(Bytes::new()),
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map(Bytes::from)
+                .map_err(StoreError::protocol),
+        }
+    }
+}
+
+/// Whether a rolled-back operation's error is Consul refusing the token
+/// (`Permission denied`, `ACL not found`): not a lost leadership, nor a
+/// failed guard, but an error to report.
+fn denied(error: &TxnError) -> bool {
+    let what = error.what.to_ascii_lowercase();
+    what.contains("permission denied") || what.contains("acl not found")
 }
 
 /// The JSON operation of `op` in a `/v1/txn` body.
@@ -270,6 +293,13 @@ fn txn_op(op: &TxnOp) -> serde_json::Value {
         }}),
         TxnOp::Delete { key } => json!({"KV": {"Verb": "delete", "Key": key}}),
         TxnOp::Absent { key } => json!({"KV": {"Verb": "check-not-exists", "Key": key}}),
+        // `cas` with index 0 creates the key only if it does not exist.
+        TxnOp::Sequence { key, index, value } => json!({"KV": {
+            "Verb": "cas",
+            "Key": key,
+            "Index": index,
+            "Value": base64::engine::general_purpose::STANDARD.encode(value),
+        }}),
     }
 }
 
@@ -472,12 +502,19 @@ impl FencedWrite for ConsulBackend {
     }
 
     /// `PUT /v1/txn`: a `check-session` of the fence's key and session and a
-    /// `check-index` of its `ModifyIndex` first, then a `set` or `delete` per
-    /// operation. Consul applies all of it or
-    /// nothing; a rollback caused by the fence (another session
-    /// holds the key, or none does) is [`TxnOutcome::Fenced`], any other a
-    /// [`StoreError`]. The revision is the answer's `X-Consul-Index` when it
-    /// has one, else the highest `ModifyIndex` among the results.
+    /// `check-index` of its `ModifyIndex` first, then a `set`, `delete`,
+    /// `check-not-exists` or `cas` ([`TxnOp::Sequence`]) per operation.
+    /// Consul applies all of it or nothing. A rollback caused by the fence
+    /// (another session holds the key, or none does) is
+    /// [`TxnOutcome::Fenced`]; one caused by a guard (`check-not-exists`,
+    /// `cas`) [`TxnOutcome::Conflict`]; a refused token (`Permission
+    /// denied`, also on the fence's operations) is
+    /// [`StoreError::PermissionDenied`], anything else a protocol error.
+    ///
+    /// The revision is the `ModifyIndex` the results report for the
+    /// sequence key when the transaction has a [`TxnOp::Sequence`] (every
+    /// key a transaction writes gets its Raft index), else the answer's
+    /// `X-Consul-Index`, else the highest `ModifyIndex` among the results.
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
         if ops.len() > self.max_ops() {
             return Err(StoreError::protocol(ProtocolError(format!(
@@ -503,14 +540,35 @@ impl FencedWrite for ConsulBackend {
         match txn(&self.inner.http, &body).await? {
             Ok((index, answer)) => {
                 let results = answer.results.unwrap_or_default();
-                let highest = results
-                    .iter()
-                    .filter_map(|r| r.kv.as_ref().map(|kv| kv.modify_index))
-                    .max()
-                    .unwrap_or(0);
-                Ok(TxnOutcome::Applied {
-                    revision: index.unwrap_or(highest),
-                })
+                let kvs = || results.iter().filter_map(|r| r.kv.as_ref());
+                let highest = kvs().map(|kv| kv.modify_index).max().unwrap_or(0);
+                let sequence = ops.iter().find_map(|op| match op {
+                    TxnOp::Sequence { key, .. } => Some(key),
+                    _ => None,
+                });
+                let revision = match sequence {
+                    Some(key) => kvs()
+                        .find(|kv| kv.key == *key)
+                        .map(|kv| kv.modify_index)
+                        .ok_or_else(|| {
+                            StoreError::protocol(ProtocolError(
+                                "the transaction's answer has no result for the sequence key"
+                                    .into(),
+                            ))
+                        })?,
+                    None => index.unwrap_or(highest),
+                };
+                Ok(TxnOutcome::Applied { revision })
+            }
+            Err(errors) if errors.iter().any(denied) => {
+                Err(StoreError::permission_denied(ProtocolError(format!(
+                    "transaction refused: {}",
+                    errors
+                        .iter()
+                        .map(|e| format!("op {}: {}", e.op_index, e.what))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ))))
             }
             Err(errors) if !errors.is_empty() && errors.iter().any(|e| e.op_index < FENCE_OPS) => {
                 debug!(key = %fence.key, error = %errors[0].what, "fenced write rejected");
@@ -519,7 +577,10 @@ impl FencedWrite for ConsulBackend {
             Err(errors)
                 if !errors.is_empty()
                     && errors.iter().all(|e| {
-                        matches!(ops.get(e.op_index - FENCE_OPS), Some(TxnOp::Absent { .. }))
+                        matches!(
+                            ops.get(e.op_index - FENCE_OPS),
+                            Some(TxnOp::Absent { .. } | TxnOp::Sequence { .. })
+                        )
                     }) =>
             {
                 debug!(error = %errors[0].what, "fenced write: a guard failed");
@@ -534,6 +595,68 @@ impl FencedWrite for ConsulBackend {
                     .join("; ")
             )))),
         }
+    }
+
+    /// One read-only `PUT /v1/txn?consistent` of a `get-tree` per prefix and
+    /// per key (a `get` would roll the read back for a missing key; the
+    /// results of a key's `get-tree` are filtered to the key itself).
+    /// Consul serves a read-only transaction from one snapshot of its state,
+    /// so everything is read at one position. The revision is the highest
+    /// `ModifyIndex` read (Consul sends no index for such a read).
+    async fn read_consistent(
+        &self,
+        prefixes: &[&str],
+        keys: &[&str],
+    ) -> Result<ConsistentRead, StoreError> {
+        let body: Vec<serde_json::Value> = prefixes
+            .iter()
+            .chain(keys)
+            .map(|k| json!({"KV": {"Verb": "get-tree", "Key": k}}))
+            .collect();
+        let body = serde_json::to_vec(&body).map_err(StoreError::protocol)?;
+        let answer = send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["txn"],
+            "",
+            &[("consistent", "")],
+            body,
+            |_, _| false,
+        )
+        .await?;
+        let decoded: TxnAnswer =
+            serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
+        // By key: a key under several of the prefixes (or the keys) read
+        // comes once per `get-tree` that found it.
+        let kvs: std::collections::BTreeMap<String, TxnKv> = decoded
+            .results
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| r.kv)
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
+        let mut read = ConsistentRead {
+            revision: kvs.values().map(|kv| kv.modify_index).max().unwrap_or(0),
+            ..ConsistentRead::default()
+        };
+        for prefix in prefixes {
+            let mut entries = Vec::new();
+            for kv in kvs.values().filter(|kv| kv.key.starts_with(prefix)) {
+                entries.push(KvEntry::at(kv.key.as_bytes(), kv.value()?, kv.create_index));
+            }
+            read.prefixes.push(entries);
+        }
+        for key in keys {
+            let found = kvs.get(*key);
+            read.keys.push(match found {
+                Some(kv) => Some(KeyVersion {
+                    value: kv.value()?,
+                    modified: kv.modify_index,
+                }),
+                None => None,
+            });
+        }
+        Ok(read)
     }
 }
 

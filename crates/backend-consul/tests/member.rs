@@ -497,3 +497,194 @@ async fn large_values_are_cut_to_the_store_limits() {
     )
     .await;
 }
+
+/// A token that may write the assignments and the sequence key but not read
+/// the leader key: the fence's `check-session` is refused with `Permission
+/// denied`. That is an error to report, not a lost leadership (`Fenced`
+/// would make the leader step down and campaign again, in a loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_on_the_fence_is_an_error_not_fenced() {
+    init_tracing();
+    let agent = ConsulAgent::builder()
+        .acl_master_token("master-token-for-tests")
+        .start()
+        .await;
+    let rules = r#"key_prefix "acl8/a/" { policy = "write" }
+key "acl8/sequence" { policy = "write" }
+session_prefix "" { policy = "write" }"#;
+    agent
+        .cli([
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            "no-leader",
+            "-rules",
+            rules,
+        ])
+        .await;
+    let out = agent
+        .cli([
+            "acl",
+            "token",
+            "create",
+            "-policy-name",
+            "no-leader",
+            "-format",
+            "json",
+        ])
+        .await;
+    let token: serde_json::Value = serde_json::from_str(&out).expect("token json");
+    let secret = token["SecretID"].as_str().expect("SecretID").to_owned();
+    let with = |token: &str| {
+        let mut config = backend_consul::ConsulConfig::new(vec![agent.http_addr()]);
+        config.leader_key = "acl8/leader".into();
+        config.token = Some(token.to_owned());
+        ConsulBackend::new(config).expect("backend")
+    };
+    // The leadership itself, won with the master token.
+    let admin = with("master-token-for-tests");
+    let session = admin.open_session(MIN_SESSION_TTL).await.expect("open");
+    let fence = admin
+        .try_lead("acl8/leader", &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("a free key is won");
+    let limited = with(&secret);
+    let ops = [
+        TxnOp::Sequence {
+            key: "acl8/sequence".into(),
+            index: 0,
+            value: Bytes::from_static(b"m1"),
+        },
+        TxnOp::Put {
+            key: "acl8/a/m1/w1".into(),
+            value: Bytes::from_static(b"v"),
+        },
+    ];
+    let outcome = limited.apply(&fence, &ops).await;
+    assert!(
+        matches!(outcome, Err(worker_core::StoreError::PermissionDenied(_))),
+        "{outcome:?}"
+    );
+    // With the master token the same transaction applies: the fence holds.
+    assert!(matches!(
+        admin.apply(&fence, &ops).await.expect("apply"),
+        TxnOutcome::Applied { .. }
+    ));
+    admin.close_session(&session).await.expect("close");
+}
+
+/// The sequence key as `read_consistent` shows it (0: absent).
+async fn sequence_of(backend: &ConsulBackend, key: &str) -> u64 {
+    let read = backend
+        .read_consistent(&[], &[key])
+        .await
+        .expect("read_consistent");
+    read.keys[0].as_ref().map_or(0, |k| k.modified)
+}
+
+/// T1 (put `B/w`) times out at the client and waits on its way to Consul;
+/// the leader reads again (no `B/w`, the sequence key where it was) and T2
+/// puts `C/w`. Then Consul applies T1's request: its `cas` on the sequence
+/// key fails (T2 moved it), so nothing of T1 applies and `w` stays under C
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_consul_applies_after_the_client_gave_up_fails_its_sequence_check() {
+    let store = Consul::start().await;
+    let direct = store.backend("late/leader");
+    let proxy = FaultProxy::start(([127, 0, 0, 1], store.agent.port()).into()).await;
+    let mut config = config_for(&store.agent);
+    config.endpoints = vec![proxy.http_url()];
+    config.leader_key = "late/leader".into();
+    let slow = ConsulBackend::new(config).expect("backend");
+    let session = direct.open_session(MIN_SESSION_TTL).await.expect("open");
+    let fence = direct
+        .try_lead("late/leader", &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("a free key is won");
+    // The test outlasts the session's TTL: keep it renewed.
+    let renewer = {
+        let (backend, session) = (direct.clone(), session.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let _ = backend.renew_session(&session).await;
+            }
+        })
+    };
+    let seq = |index| TxnOp::Sequence {
+        key: "late/sequence".into(),
+        index,
+        value: Bytes::from_static(b"m1"),
+    };
+    let put = |key: &str| TxnOp::Put {
+        key: key.into(),
+        value: Bytes::from_static(b"v"),
+    };
+    let s0 = sequence_of(&direct, "late/sequence").await;
+    assert_eq!(s0, 0, "no sequence key yet");
+
+    // The premise: without a sequence check, Consul applies a transaction
+    // whose client gave up (it waits in the proxy longer than the client's
+    // request timeout, 10 s).
+    proxy.set_mode(ProxyMode::DelayLate(Duration::from_secs(12)));
+    let before = proxy.bytes_from_target();
+    let t0 = slow.apply(&fence, &[put("late/a/X/w")]).await;
+    assert!(t0.is_err(), "the client gives up: {t0:?}");
+    assert!(keys(&store.agent, "late/a/").await.is_empty());
+    bounded(
+        "Consul's answer to the late T0",
+        proxy.target_sent_more_than(before),
+    )
+    .await;
+    assert_eq!(
+        keys(&store.agent, "late/a/").await,
+        vec!["late/a/X/w".to_owned()],
+        "Consul applied T0 after its client gave up"
+    );
+    direct
+        .apply(
+            &fence,
+            &[TxnOp::Delete {
+                key: "late/a/X/w".into(),
+            }],
+        )
+        .await
+        .expect("clean up");
+
+    // T1, with the sequence check, waits the same way.
+    let before = proxy.bytes_from_target();
+    let t1 = slow.apply(&fence, &[seq(s0), put("late/a/B/w")]).await;
+    assert!(t1.is_err(), "the client gives up: {t1:?}");
+    // The leader reads again: T1 is not there; T2 expects the same position.
+    assert!(keys(&store.agent, "late/a/").await.is_empty());
+    let s1 = sequence_of(&direct, "late/sequence").await;
+    assert_eq!(s1, s0);
+    let TxnOutcome::Applied { revision } = direct
+        .apply(&fence, &[seq(s1), put("late/a/C/w")])
+        .await
+        .expect("T2")
+    else {
+        panic!("T2 was not applied");
+    };
+    assert_eq!(
+        revision,
+        sequence_of(&direct, "late/sequence").await,
+        "Applied.revision is the sequence key's new ModifyIndex"
+    );
+    // Consul gets T1 now, and answers it (a 409, which nobody reads).
+    bounded(
+        "Consul's answer to the late T1",
+        proxy.target_sent_more_than(before),
+    )
+    .await;
+    assert_eq!(
+        keys(&store.agent, "late/a/").await,
+        vec!["late/a/C/w".to_owned()]
+    );
+    assert_eq!(sequence_of(&direct, "late/sequence").await, revision);
+    renewer.abort();
+    direct.close_session(&session).await.expect("close");
+}

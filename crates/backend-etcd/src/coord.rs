@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOpResponse, TxnResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOpResponse, TxnResponse};
 use worker_core::{
-    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, StoreError, TxnLimits, TxnOp,
-    TxnOutcome,
+    ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvEntry, KvWrite, Membership,
+    SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
 };
 
 use crate::error::store_error;
@@ -323,8 +323,13 @@ impl FencedWrite for EtcdBackend {
     }
 
     /// One transaction: `create_revision(fence.key) == fence.term` then the
-    /// puts and deletes, else nothing ([`TxnOutcome::Fenced`]). Applied: the
-    /// revision of the answer's header. More than [`MAX_TXN_OPS`] operations
+    /// puts and deletes, else nothing ([`TxnOutcome::Fenced`]). The guards
+    /// ([`TxnOp::Absent`]: `version == 0`; [`TxnOp::Sequence`]:
+    /// `mod_revision == index`, and a put of the key) go in an inner
+    /// transaction, so that a failed guard ([`TxnOutcome::Conflict`]) is told
+    /// from a lost fence. Applied: the revision of the answer's header, which
+    /// is the `mod_revision` of every key the transaction wrote (the
+    /// sequence key's included). More than [`MAX_TXN_OPS`] operations
     /// is refused before sending. Not cancel safe in the sense that a dropped
     /// call may or may not have been applied (as for any error).
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
@@ -338,7 +343,7 @@ impl FencedWrite for EtcdBackend {
         let then: Vec<etcd_client::TxnOp> = ops
             .iter()
             .filter_map(|op| match op {
-                TxnOp::Put { key, value } => {
+                TxnOp::Put { key, value } | TxnOp::Sequence { key, value, .. } => {
                     Some(etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
                 }
                 TxnOp::Delete { key } => Some(etcd_client::TxnOp::delete(key.as_str(), None)),
@@ -354,6 +359,11 @@ impl FencedWrite for EtcdBackend {
             .iter()
             .filter_map(|op| match op {
                 TxnOp::Absent { key } => Some(Compare::version(key.as_str(), CompareOp::Equal, 0)),
+                TxnOp::Sequence { key, index, .. } => Some(Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision_i64(*index),
+                )),
                 _ => None,
             })
             .collect();
@@ -395,6 +405,70 @@ impl FencedWrite for EtcdBackend {
         Ok(TxnOutcome::Applied {
             revision: to_revision(revision),
         })
+    }
+
+    /// One transaction without compares whose operations are a range read
+    /// per prefix and a read per key: etcd serves them all at the header's
+    /// revision. Cancel safe.
+    async fn read_consistent(
+        &self,
+        prefixes: &[&str],
+        keys: &[&str],
+    ) -> Result<ConsistentRead, StoreError> {
+        let reads: Vec<etcd_client::TxnOp> = prefixes
+            .iter()
+            .map(|p| etcd_client::TxnOp::get(*p, Some(GetOptions::new().with_prefix())))
+            .chain(keys.iter().map(|k| etcd_client::TxnOp::get(*k, None)))
+            .collect();
+        let txn = Txn::new().and_then(reads);
+        let (response, _) = self
+            .pool
+            .run(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await.map_err(store_error) }
+            })
+            .await?;
+        let revision = response
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
+        let mut gets = response.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => Ok(g),
+            _ => Err(StoreError::protocol(
+                "etcd answered a read with another operation",
+            )),
+        });
+        let mut read = ConsistentRead {
+            revision: to_revision(revision),
+            ..ConsistentRead::default()
+        };
+        for _ in prefixes {
+            let get = gets
+                .next()
+                .ok_or_else(|| StoreError::protocol("etcd answered fewer reads than asked"))??;
+            read.prefixes.push(
+                get.kvs()
+                    .iter()
+                    .map(|kv| {
+                        KvEntry::at(
+                            kv.key(),
+                            kv.value().to_vec(),
+                            to_revision(kv.create_revision()),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        for _ in keys {
+            let get = gets
+                .next()
+                .ok_or_else(|| StoreError::protocol("etcd answered fewer reads than asked"))??;
+            read.keys.push(get.kvs().first().map(|kv| KeyVersion {
+                value: kv.value().to_vec().into(),
+                modified: to_revision(kv.mod_revision()),
+            }));
+        }
+        Ok(read)
     }
 }
 

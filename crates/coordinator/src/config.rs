@@ -175,6 +175,10 @@ pub struct Config {
     /// Drain-requests prefix (a full member only). Default `service/coordinator/drain/`.
     #[serde(default = "default_drain_prefix")]
     pub drain_prefix: String,
+    /// The key every leader transaction checks and bumps (a full member
+    /// only). Default `service/coordinator/sequence`.
+    #[serde(default = "default_sequence_key")]
+    pub sequence_key: String,
     /// Exclusive mode: an item is never in two members' acknowledged
     /// workloads at once; a member that cannot renew its session releases
     /// its workload before the store could expire it. Default false.
@@ -239,6 +243,10 @@ fn default_handoff_prefix() -> String {
 
 fn default_drain_prefix() -> String {
     leader_core::layout::DEFAULT_DRAIN_PREFIX.to_owned()
+}
+
+fn default_sequence_key() -> String {
+    leader_core::layout::DEFAULT_SEQUENCE_KEY.to_owned()
 }
 
 fn default_drain_timeout() -> Duration {
@@ -339,6 +347,7 @@ impl Config {
             rebalance_delay: Duration::ZERO,
             handoff_prefix: default_handoff_prefix(),
             drain_prefix: default_drain_prefix(),
+            sequence_key: default_sequence_key(),
             exclusive: false,
             exclusive_margin: None,
             max_moves_in_flight: None,
@@ -445,6 +454,9 @@ impl Config {
         if let Some(p) = get("COORDINATOR_DRAIN_PREFIX") {
             c.drain_prefix = p;
         }
+        if let Some(p) = get("COORDINATOR_SEQUENCE_KEY") {
+            c.sequence_key = p;
+        }
         if let Some(v) = get("COORDINATOR_EXCLUSIVE") {
             c.exclusive = match v.trim() {
                 "true" | "1" | "yes" => true,
@@ -521,6 +533,7 @@ impl Config {
             assignments: self.prefix.clone(),
             handoff: self.handoff_prefix.clone(),
             drain: self.drain_prefix.clone(),
+            sequence: self.sequence_key.clone(),
         }
     }
 
@@ -779,6 +792,22 @@ mod tests {
         let mut c = Config::new(BackendKind::Memory, "m1");
         c.handoff_timeout = Duration::ZERO;
         assert_eq!(c.member_config().unwrap_err().field, "handoff_timeout");
+    }
+
+    #[test]
+    fn sequence_key_from_toml_and_env_and_checked_against_the_prefixes() {
+        let c: Config = toml::from_str("instance_id = \"m1\"").unwrap();
+        assert_eq!(c.layout().sequence, "service/coordinator/sequence");
+        let c: Config = toml::from_str("instance_id = \"m1\"\nsequence_key = \"svc/seq\"").unwrap();
+        assert_eq!(c.layout().sequence, "svc/seq");
+        let c = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_SEQUENCE_KEY" => Some("service/coordinator/work/seq".into()),
+            _ => None,
+        })
+        .unwrap();
+        let e = c.layout().validate().unwrap_err();
+        assert_eq!(e.field, "sequence_key", "{e}");
     }
 
     #[test]

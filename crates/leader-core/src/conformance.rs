@@ -70,6 +70,7 @@ pub fn layout(root: &str) -> Layout {
         assignments: format!("{root}assignments/"),
         handoff: format!("{root}handoff/"),
         drain: format!("{root}drain/"),
+        sequence: format!("{root}sequence"),
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `assignments/<member>/<work_id>` | the leader only, in fenced transactions | copied from the item |
 //! | `handoff/<work_id>` | the leader only, with the revoke of a move | the member it was revoked from |
 //! | `drain/<id>` | operators (`coordinator drain ID`) | anything: asks member `<id>` to drain and leave |
+//! | `sequence` | the leader only, in every fenced transaction | who wrote it last (for humans) |
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,8 @@ pub const DEFAULT_WORK_PREFIX: &str = "service/coordinator/work/";
 pub const DEFAULT_HANDOFF_PREFIX: &str = "service/coordinator/handoff/";
 /// The default drain-requests prefix.
 pub const DEFAULT_DRAIN_PREFIX: &str = "service/coordinator/drain/";
+/// The default sequence key.
+pub const DEFAULT_SEQUENCE_KEY: &str = "service/coordinator/sequence";
 
 /// The places of the key layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,11 @@ pub struct Layout {
     pub handoff: String,
     /// Drain requests: `<drain><id>`. Default [`DEFAULT_DRAIN_PREFIX`].
     pub drain: String,
+    /// The sequence key every leader transaction checks and bumps
+    /// ([`worker_core::TxnOp::Sequence`]), so that a transaction built on a
+    /// stale view never applies after a later one. Default
+    /// [`DEFAULT_SEQUENCE_KEY`].
+    pub sequence: String,
 }
 
 impl Default for Layout {
@@ -56,6 +64,7 @@ impl Default for Layout {
             assignments: worker_core::DEFAULT_PREFIX.to_owned(),
             handoff: DEFAULT_HANDOFF_PREFIX.to_owned(),
             drain: DEFAULT_DRAIN_PREFIX.to_owned(),
+            sequence: DEFAULT_SEQUENCE_KEY.to_owned(),
         }
     }
 }
@@ -121,6 +130,15 @@ impl Layout {
         if self.leader.is_empty() {
             return Err(ConfigError::new("leader", "must not be empty"));
         }
+        if self.sequence.is_empty() || self.sequence.ends_with('/') {
+            return Err(ConfigError::new(
+                "sequence_key",
+                format!(
+                    "{:?} must be a key, not empty nor ending with '/'",
+                    self.sequence
+                ),
+            ));
+        }
         let all = [
             &self.members,
             &self.work,
@@ -128,6 +146,16 @@ impl Layout {
             &self.handoff,
             &self.drain,
         ];
+        for prefix in all {
+            // Under a prefix it would be read as one of its keys; a prefix
+            // under it would hold keys that look like it.
+            if self.sequence.starts_with(prefix.as_str()) || prefix.starts_with(&self.sequence) {
+                return Err(ConfigError::new(
+                    "sequence_key",
+                    format!("{:?} and the prefix {prefix:?} overlap", self.sequence),
+                ));
+            }
+        }
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 if a.starts_with(b.as_str()) || b.starts_with(a.as_str()) {
@@ -328,5 +356,21 @@ mod tests {
         l.work = "service/coordinator/".into();
         let e = l.validate().unwrap_err();
         assert!(e.to_string().contains("overlap"), "{e}");
+    }
+
+    #[test]
+    fn a_sequence_key_under_or_over_a_prefix_is_refused() {
+        let mut l = Layout {
+            sequence: "service/coordinator/assignments/seq".into(),
+            ..Layout::default()
+        };
+        let e = l.validate().unwrap_err();
+        assert!(e.to_string().contains("sequence_key"), "{e}");
+        l.sequence = "service/coordinator/work".into();
+        assert!(l.validate().is_err(), "a prefix lies under it");
+        l.sequence = "service/coordinator/seq/".into();
+        assert!(l.validate().is_err());
+        l.sequence = "service/coordinator/seq".into();
+        assert!(l.validate().is_ok());
     }
 }

@@ -1,7 +1,8 @@
 //! The tokio driver of [`LeaderMachine`]: follows the members and work
-//! prefixes, reads the assignments when the machine asks (on taking office,
-//! and again after a failed read), applies the machine's fenced
-//! transactions, and re-arms one timer.
+//! prefixes, reads the members, assignments, handoff records and sequence
+//! key in one consistent snapshot when the machine asks (on taking office,
+//! after a failed read or write, and periodically while idle), applies the
+//! machine's fenced transactions, and re-arms one timer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use worker_core::{
 
 use crate::follow::{spawn_follow, PrefixMap};
 use crate::layout::Layout;
-use crate::machine::{Action, LeaderMachine, LeaderTiming, PlanReport};
+use crate::machine::{Action, LeaderMachine, LeaderRead, LeaderTiming, PlanReport};
 
 /// Why a leader loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub(crate) struct LeaderCtx {
 
 type WriteFuture = Pin<Box<dyn Future<Output = Result<TxnOutcome, StoreError>> + Send>>;
 type HandoffFuture = Pin<Box<dyn Future<Output = Result<Snapshot, StoreError>> + Send>>;
-type ListFuture = Pin<Box<dyn Future<Output = Result<(Snapshot, Snapshot), StoreError>> + Send>>;
+type ListFuture = Pin<Box<dyn Future<Output = Result<LeaderRead, StoreError>> + Send>>;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
@@ -77,6 +78,11 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let _tasks = (AbortOnDrop(members_task), AbortOnDrop(items_task));
     let mut machine = LeaderMachine::new(layout.clone(), timing, writer.max_ops(), Instant::now())
         .with_limits(writer.limits());
+    machine.set_sequence_value(bytes::Bytes::from(format!(
+        "{{\"leader\":{},\"term\":{}}}",
+        serde_json::Value::from(instance_id.as_str()),
+        fence.term()
+    )));
     info!(instance_id, term = fence.term(), "leading");
 
     let mut listing: Option<ListFuture> = None;
@@ -91,14 +97,8 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         while let Some(action) = machine.poll() {
             match action {
                 Action::ListAssignments => {
-                    let kv = kv.clone();
-                    let (assignments, handoff) =
-                        (layout.assignments.clone(), layout.handoff.clone());
-                    listing = Some(Box::pin(async move {
-                        let a = kv.list(&assignments).await?;
-                        let h = kv.list(&handoff).await?;
-                        Ok((a, h))
-                    }));
+                    let (writer, layout) = (writer.clone(), layout.clone());
+                    listing = Some(Box::pin(async move { read(&*writer, &layout).await }));
                 }
                 Action::ListHandoffs => {
                     let (kv, prefix) = (kv.clone(), layout.handoff.clone());
@@ -206,14 +206,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             result = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
                 listing = None;
                 match result {
-                    Ok((snapshot, records)) => {
-                        let entries = snapshot.entries.iter().map(|e| (e.key.as_slice(), &e.value));
-                        let records = records
-                            .entries
-                            .iter()
-                            .map(|e| (e.key.as_slice(), &e.value, e.revision));
-                        machine.handle_assignments(Instant::now(), entries, records);
-                    }
+                    Ok(read) => machine.handle_read(Instant::now(), &read),
                     Err(e) => {
                         crate::metrics::store_error(&instance_id, "leader_list", &e);
                         if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
@@ -259,6 +252,33 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             Some(_) = ending.join_next(), if !ending.is_empty() => {}
         }
     }
+}
+
+/// The leader's consistent read: members, assignments, handoff records and
+/// the sequence key at one store position.
+async fn read(writer: &dyn FencedWrite, layout: &Layout) -> Result<LeaderRead, StoreError> {
+    let prefixes = [
+        layout.members.as_str(),
+        layout.assignments.as_str(),
+        layout.handoff.as_str(),
+    ];
+    let mut read = writer
+        .read_consistent(&prefixes, &[layout.sequence.as_str()])
+        .await?;
+    let mut prefixes = std::mem::take(&mut read.prefixes).into_iter();
+    let mut next = || prefixes.next().unwrap_or_default();
+    let (members, assignments, records) = (next(), next(), next());
+    let sequence = read
+        .keys
+        .first()
+        .and_then(Option::as_ref)
+        .map_or(0, |k| k.modified);
+    Ok(LeaderRead {
+        members,
+        assignments,
+        records,
+        sequence,
+    })
 }
 
 async fn apply(

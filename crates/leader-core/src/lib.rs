@@ -36,7 +36,7 @@ pub mod metrics;
 
 pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;
-pub use machine::{LeaderMachine, LeaderTiming, PlanReport};
+pub use machine::{LeaderMachine, LeaderRead, LeaderTiming, PlanReport};
 pub use member::{
     Acker, Left, Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_TTL,

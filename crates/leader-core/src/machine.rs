@@ -34,8 +34,18 @@
 //! | idle | anything | the next transaction (revokes, then assigns whose handoff is clear), if any |
 //! | writing | `Applied` | recorded as written; the next is sent; if it wrote handoff records, they are read back ([`Action::ListHandoffs`]) for the position each revoke took effect at |
 //! | writing | error (outcome unknown) | after a backoff: read the assignments and records again, then decide anew |
-//! | writing | `Conflict` (a guard failed: a member came back) | the same: read again, decide anew |
+//! | writing | `Conflict` (a guard failed: a member came back, or the sequence key moved) | the same: read again, decide anew |
 //! | any | `Fenced` | step down: nothing more is written |
+//! | idle, `max_soak` after the last read or write | timeout | read again ([`Action::ListAssignments`]): writes the leader did not make are found and repaired |
+//!
+//! **The sequence key.** Every transaction carries a
+//! [`TxnOp::Sequence`] on [`Layout::sequence`] expecting the position the
+//! machine last knew it at: from its read (one consistent snapshot of the
+//! members, the assignments, the handoff records and the sequence key), then
+//! from each `Applied { revision }`. A transaction whose outcome the machine
+//! did not learn (an error) may still land later; once the machine has read
+//! again and written anything, the sequence key has moved past what that
+//! transaction expects, so it can only fail. See `docs/leader.md`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -44,7 +54,9 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
-use worker_core::{Backoff, TxnLimits, TxnOp, TxnOutcome, WorkId, MAX_INSTANCE_ID_LEN};
+use worker_core::{
+    Backoff, KvEntry, Revision, TxnLimits, TxnOp, TxnOutcome, WorkId, MAX_INSTANCE_ID_LEN,
+};
 
 use crate::layout::{BadKey, Layout, MemberMeta};
 use crate::plan::{min_moves, plan, Assignment, MemberId};
@@ -157,10 +169,13 @@ pub struct Footprint {
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Read every key under the assignments prefix and the handoff prefix,
-    /// then hand the answers to [`LeaderMachine::handle_assignments`] or
+    /// Read the members, assignments and handoff prefixes and the sequence
+    /// key in **one consistent snapshot**
+    /// ([`FencedWrite::read_consistent`](worker_core::FencedWrite::read_consistent)),
+    /// then hand the answer to [`LeaderMachine::handle_read`] or
     /// [`LeaderMachine::handle_assignments_error`]. The first action of a
-    /// new machine, and again after a failed read and a backoff.
+    /// new machine, again after a failed read or write (after a backoff),
+    /// and every `max_soak` while idle.
     ListAssignments,
     /// Read every handoff record (with the position each was created at),
     /// then hand the answer to [`LeaderMachine::handle_handoffs`] or
@@ -215,6 +230,19 @@ pub enum Action {
     },
     /// The fence no longer holds: stop leading. Nothing more comes.
     StepDown,
+}
+
+/// The answer to [`Action::ListAssignments`]: one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderRead {
+    /// Every key under the members prefix.
+    pub members: Vec<KvEntry>,
+    /// Every key under the assignments prefix.
+    pub assignments: Vec<KvEntry>,
+    /// Every handoff record, each with its creation position.
+    pub records: Vec<KvEntry>,
+    /// The sequence key's modify position (0: it does not exist).
+    pub sequence: Revision,
 }
 
 /// Where the read of the assignment keys stands.
@@ -296,6 +324,16 @@ pub struct LeaderMachine {
     out: VecDeque<Action>,
     /// Simulator-only switch; always true in the product.
     revoke_first: bool,
+    /// Simulator-only switch; always true in the product.
+    sequence_check: bool,
+    /// The sequence key's modify position as this leader last learned it:
+    /// what its next transaction expects.
+    sequence: Revision,
+    /// The value written to the sequence key.
+    sequence_value: Bytes,
+    /// When to read the store again while idle, to find writes this leader
+    /// did not make.
+    verify_at: Option<Instant>,
     /// Members that left within `rebalance_delay`: weight and until when
     /// their items stay theirs.
     departed: BTreeMap<MemberId, (u32, Instant)>,
@@ -348,17 +386,16 @@ enum Clear {
 
 impl LeaderMachine {
     /// A machine for a leader that took office at `now`. `max_ops` is the
-    /// store's limit of operations per fenced transaction; see
+    /// store's limit of operations per fenced transaction
+    /// ([`FencedWrite::max_ops`](worker_core::FencedWrite::max_ops)); one of
+    /// them is each transaction's sequence check, and the plan's share is at
+    /// least 3 (a move's two operations and a guard). See
     /// [`with_limits`](Self::with_limits) for byte limits.
     pub fn new(layout: Layout, timing: LeaderTiming, max_ops: usize, now: Instant) -> Self {
         Self {
             layout,
             timing,
-            // Room for a move's two operations (revoke + record, assign + record).
-            limits: TxnLimits {
-                max_ops: max_ops.max(3),
-                ..TxnLimits::ops(max_ops)
-            },
+            limits: TxnLimits::ops(max_ops),
             refused: BTreeMap::new(),
             raw_items: None,
             kept: BTreeMap::new(),
@@ -388,6 +425,10 @@ impl LeaderMachine {
             stepped_down: false,
             out: std::iter::once(Action::ListAssignments).collect(),
             revoke_first: true,
+            sequence_check: true,
+            sequence: 0,
+            sequence_value: Bytes::new(),
+            verify_at: None,
             departed: BTreeMap::new(),
             took_office: Some(now),
             office_at: now,
@@ -409,6 +450,19 @@ impl LeaderMachine {
             self.limits = TxnLimits::ops(self.limits.max_ops);
         }
         self.lease_wait = safeguards.lease_wait;
+        self.sequence_check = safeguards.sequence;
+    }
+
+    /// The value written to the sequence key with every transaction (for
+    /// humans reading the store: e.g. the leader's id and term). Default
+    /// empty.
+    pub fn set_sequence_value(&mut self, value: Bytes) {
+        self.sequence_value = value;
+    }
+
+    /// The sequence key's position the next transaction expects.
+    pub fn sequence(&self) -> Revision {
+        self.sequence
     }
 
     /// True once the machine stepped down.
@@ -444,11 +498,37 @@ impl LeaderMachine {
     /// store's ([`FencedWrite::limits`](worker_core::FencedWrite::limits)).
     #[must_use]
     pub fn with_limits(mut self, limits: TxnLimits) -> Self {
-        self.limits = TxnLimits {
-            max_ops: limits.max_ops.max(3),
-            ..limits
-        };
+        self.limits = limits;
         self
+    }
+
+    /// What the plan's operations of one transaction may take: the store's
+    /// limits less the sequence check's share, and at least 3 operations (a
+    /// move's guard, record and assignment).
+    fn plan_limits(&self) -> TxnLimits {
+        let sequence = self.sequence_op();
+        TxnLimits {
+            max_ops: self
+                .limits
+                .max_ops
+                .saturating_sub(usize::from(sequence.is_some()))
+                .max(3),
+            max_bytes: self
+                .limits
+                .max_bytes
+                .saturating_sub(sequence.map_or(0, |op| self.limits.op_bytes(&op))),
+            ..self.limits
+        }
+    }
+
+    /// The sequence check each transaction carries (with the value this
+    /// leader writes), unless switched off (simulator only).
+    fn sequence_op(&self) -> Option<TxnOp> {
+        self.sequence_check.then(|| TxnOp::Sequence {
+            key: self.layout.sequence.clone(),
+            index: self.sequence,
+            value: self.sequence_value.clone(),
+        })
     }
 
     /// Items refused because their value cannot be assigned within the
@@ -462,17 +542,20 @@ impl LeaderMachine {
     /// assignment), with member ids of the longest length allowed; `None`
     /// when it fits within the limits.
     fn refusal(&self, work: &str, value: &Bytes) -> Option<usize> {
-        refusal(&self.layout, &self.limits, work, value)
+        refusal_with(
+            &self.layout,
+            &self.limits,
+            self.sequence_op().as_ref(),
+            work,
+            value,
+        )
     }
 
     /// Whether `ops` plus `add` fit in one transaction.
     fn room(&self, ops: &[TxnOp], add: &[TxnOp]) -> bool {
-        ops.len() + add.len() <= self.limits.max_ops
-            && self
-                .limits
-                .bytes(ops)
-                .saturating_add(self.limits.bytes(add))
-                <= self.limits.max_bytes
+        let limits = self.plan_limits();
+        ops.len() + add.len() <= limits.max_ops
+            && limits.bytes(ops).saturating_add(limits.bytes(add)) <= limits.max_bytes
     }
 
     /// The items plans use: those whose value fits; a refused one only while
@@ -594,6 +677,15 @@ impl LeaderMachine {
             return;
         }
         self.tick(now);
+        self.set_members(now, entries);
+        self.pump(now);
+    }
+
+    fn set_members<'a>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+    ) {
         let mut members = BTreeMap::new();
         let mut acks = BTreeMap::new();
         let mut seen = BTreeSet::new();
@@ -686,7 +778,6 @@ impl LeaderMachine {
                 self.changed(now);
             }
         }
-        self.pump(now);
     }
 
     /// The work-items prefix as it is now.
@@ -717,9 +808,45 @@ impl LeaderMachine {
         self.pump(now);
     }
 
-    /// The assignment keys and the handoff records as read from the store:
-    /// the answer to [`Action::ListAssignments`]. A record is `(key, value,
-    /// the position it was written at)`.
+    /// The answer to [`Action::ListAssignments`]: members, assignments,
+    /// handoff records and the sequence key's position, read at one store
+    /// position.
+    ///
+    /// The read's members are the machine's picture only while the members
+    /// follower has published none (on taking office): then the first
+    /// decisions are made on members and assignments of one position. Once
+    /// the follower publishes, its pictures alone drive the members: a
+    /// snapshot is not known to be newer than the follower's last picture,
+    /// and a picture replaced by an older one would stay until the next
+    /// member change (an acknowledgement that went back, a member that
+    /// seems gone).
+    pub fn handle_read(&mut self, now: Instant, read: &LeaderRead) {
+        if self.stepped_down || self.reading != Reading::InFlight {
+            return;
+        }
+        self.tick(now);
+        if self.members.is_none() {
+            self.set_members(
+                now,
+                read.members.iter().map(|e| (e.key.as_slice(), &e.value)),
+            );
+        }
+        self.sequence = read.sequence;
+        self.assignments_read(
+            now,
+            read.assignments
+                .iter()
+                .map(|e| (e.key.as_slice(), &e.value)),
+            read.records
+                .iter()
+                .map(|e| (e.key.as_slice(), &e.value, e.revision)),
+        );
+    }
+
+    /// A read of the assignment keys and the handoff records alone, with the
+    /// sequence key absent: [`handle_read`](Self::handle_read) without the
+    /// members, with sequence position 0 (for tests of the rest of the
+    /// machine). A record is `(key, value, the position it was written at)`.
     pub fn handle_assignments<'a, 'b>(
         &mut self,
         now: Instant,
@@ -730,7 +857,18 @@ impl LeaderMachine {
             return;
         }
         self.tick(now);
+        self.sequence = 0;
+        self.assignments_read(now, entries, records);
+    }
+
+    fn assignments_read<'a, 'b>(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
+        records: impl IntoIterator<Item = (&'b [u8], &'b Bytes, u64)>,
+    ) {
         self.reading = Reading::Done;
+        self.verify_at = Some(now + self.timing.max_soak);
         let mut current = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for (key, value) in entries {
@@ -798,8 +936,12 @@ impl LeaderMachine {
         }
         self.tick(now);
         match outcome {
-            Ok(TxnOutcome::Applied { .. }) => {
+            Ok(TxnOutcome::Applied { revision }) => {
                 self.backoff.reset();
+                // The sequence key's new position: what the next
+                // transaction expects.
+                self.sequence = revision;
+                self.verify_at = Some(now + self.timing.max_soak);
                 let ops = self.in_flight.take().unwrap_or_default();
                 self.record_applied(ops);
                 self.read_handoffs_if_stale();
@@ -887,7 +1029,7 @@ impl LeaderMachine {
                         self.records.remove(&work);
                         drop_owed(&mut self.owed, &work);
                     }
-                    TxnOp::Absent { .. } => {}
+                    TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
                 }
                 continue;
             }
@@ -902,7 +1044,7 @@ impl LeaderMachine {
                 TxnOp::Delete { .. } => {
                     current.remove(&key);
                 }
-                TxnOp::Absent { .. } => {}
+                TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
             }
         }
     }
@@ -949,6 +1091,8 @@ impl LeaderMachine {
             .chain(fenced)
             .chain(timeouts)
             .chain(self.handoffs_retry_at)
+            // Not while the handoff records are read: the read comes after.
+            .chain(self.verify_at.filter(|_| !self.handoffs_reading))
             .min()
     }
 
@@ -987,6 +1131,16 @@ impl LeaderMachine {
             self.plan_now(now);
         }
         self.pump(now);
+        // Idle: read the store again, to find (and then repair) writes
+        // under the assignments this leader did not make.
+        if self.verify_at.is_some_and(|at| now >= at)
+            && self.in_flight.is_none()
+            && !self.handoffs_reading
+        {
+            self.verify_at = None;
+            self.reading = Reading::InFlight;
+            self.out.push_back(Action::ListAssignments);
+        }
     }
 
     /// Forgets when a member left once nothing refers to it any more: it
@@ -1157,7 +1311,17 @@ impl LeaderMachine {
         } else {
             self.unguarded_write()
         };
-        if let Some(ops) = ops {
+        if let Some(mut ops) = ops {
+            if self.sequence_check {
+                ops.insert(
+                    0,
+                    TxnOp::Sequence {
+                        key: self.layout.sequence.clone(),
+                        index: self.sequence,
+                        value: self.sequence_value.clone(),
+                    },
+                );
+            }
             self.in_flight = Some(ops.clone());
             self.out.push_back(Action::Write(ops));
         }
@@ -1502,7 +1666,7 @@ impl LeaderMachine {
                     .is_some_and(|v| current.get(&((*m).clone(), (*w).clone())) != Some(v))
             })
             .count();
-        let per = self.limits.max_ops.max(1);
+        let per = self.plan_limits().max_ops.max(1);
         self.out.push_back(Action::Planned(PlanReport {
             members: members.len(),
             items: items.len(),
@@ -1522,14 +1686,37 @@ impl LeaderMachine {
     }
 }
 
-/// Whether a leader refuses work item `work` with `value`: `Some(bytes)`
-/// when the largest transaction that assigns it (a guard on a member key,
-/// the handoff record's delete, the assignment, with member ids of the
-/// longest length allowed) takes `bytes` and does not fit `limits`; `None`
-/// when it fits. `coordinator status` shows the items it refuses.
+/// A bound on the value a leader writes to the sequence key (its id and
+/// term as JSON: an instance id of at most 128 bytes, escaped), which
+/// [`refusal`] keeps free in each transaction.
+pub const SEQUENCE_VALUE_MAX: usize = 300;
+
+/// Whether a leader refuses work item `work` with `value` on a store with
+/// `limits`: `Some(bytes)` when the largest transaction that assigns it (the
+/// sequence check with a value of [`SEQUENCE_VALUE_MAX`] bytes, a guard on
+/// a member key, the handoff record's delete, the assignment, with member
+/// ids of the longest length allowed) takes `bytes` and does not fit
+/// `limits`; `None` when it fits. `coordinator status` shows the items it
+/// refuses.
 pub fn refusal(layout: &Layout, limits: &TxnLimits, work: &str, value: &Bytes) -> Option<usize> {
+    let sequence = TxnOp::Sequence {
+        key: layout.sequence.clone(),
+        index: 0,
+        value: Bytes::from(vec![b'x'; SEQUENCE_VALUE_MAX]),
+    };
+    refusal_with(layout, limits, Some(&sequence), work, value)
+}
+
+/// [`refusal`] with the sequence check a leader actually sends (or none).
+fn refusal_with(
+    layout: &Layout,
+    limits: &TxnLimits,
+    sequence: Option<&TxnOp>,
+    work: &str,
+    value: &Bytes,
+) -> Option<usize> {
     let id = "m".repeat(MAX_INSTANCE_ID_LEN);
-    let worst = [
+    let assign = [
         TxnOp::Absent {
             key: layout.member_key(&id),
         },
@@ -1541,6 +1728,7 @@ pub fn refusal(layout: &Layout, limits: &TxnLimits, work: &str, value: &Bytes) -
             value: value.clone(),
         },
     ];
+    let worst: Vec<TxnOp> = sequence.into_iter().cloned().chain(assign).collect();
     (!limits.fit(&worst)).then(|| limits.bytes(&worst))
 }
 

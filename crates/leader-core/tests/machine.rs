@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
-use leader_core::Layout;
+use leader_core::{Layout, LeaderRead};
 use tokio::time::Instant;
-use worker_core::{TxnOp, TxnOutcome};
+use worker_core::{KvEntry, TxnOp, TxnOutcome};
 
 const SOAK: Duration = Duration::from_secs(3);
 
@@ -61,15 +61,51 @@ fn feed(
     );
 }
 
+/// Answers a read with `members` and what the machine believes is in the
+/// store.
+fn answer_as_believed(m: &mut LeaderMachine, now: Instant, members: &[(Vec<u8>, Bytes)]) {
+    let layout = Layout::default();
+    let believed: Vec<(Vec<u8>, Bytes)> = m
+        .assignment()
+        .expect("read before")
+        .iter()
+        .map(|((member, work), v)| (layout.assignment_key(member, work).into_bytes(), v.clone()))
+        .collect();
+    let seq = m.sequence();
+    m.handle_read(
+        now,
+        &leader_core::LeaderRead {
+            members: members
+                .iter()
+                .map(|(k, v)| worker_core::KvEntry::new(k.clone(), v.clone()))
+                .collect(),
+            assignments: believed
+                .into_iter()
+                .map(|(k, v)| worker_core::KvEntry::new(k, v))
+                .collect(),
+            records: Vec::new(),
+            sequence: seq,
+        },
+    );
+}
+
 fn drain(m: &mut LeaderMachine) -> Vec<Action> {
     std::iter::from_fn(|| m.poll()).collect()
 }
 
+/// The transactions written, without their sequence check (which every
+/// one carries first; see `every_write_carries_the_sequence_check`).
 fn writes(actions: &[Action]) -> Vec<Vec<TxnOp>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Write(ops) => Some(ops.clone()),
+            Action::Write(ops) => {
+                assert!(
+                    matches!(ops.first(), Some(TxnOp::Sequence { .. })),
+                    "no sequence check first: {ops:?}"
+                );
+                Some(ops[1..].to_vec())
+            }
             _ => None,
         })
         .collect()
@@ -303,7 +339,7 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
         .iter()
         .filter_map(|o| match o {
             TxnOp::Delete { key } => Some(key.as_str()),
-            TxnOp::Put { .. } | TxnOp::Absent { .. } => None,
+            TxnOp::Put { .. } | TxnOp::Absent { .. } | TxnOp::Sequence { .. } => None,
         })
         .collect();
     assert!(
@@ -355,10 +391,12 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     now += Duration::from_secs(5);
     let only_m1 = kv(&[("service/coordinator/members/m1", "{}")]);
     m.handle_members(now, only_m1.iter().map(|(k, v)| (k.as_slice(), v)));
+    // No soak: the next deadline is the idle re-read (`max_soak` after the
+    // last write), then the delay.
     assert_eq!(
         m.poll_timeout(),
-        Some(now + DELAY),
-        "no soak, only the delay"
+        Some(now - Duration::from_secs(5) + 10 * SOAK),
+        "no soak, only the periodic read and the delay"
     );
     m.handle_timeout(now + SOAK);
     assert!(
@@ -373,11 +411,17 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     m.handle_members(now, both.iter().map(|(k, v)| (k.as_slice(), v)));
     assert_eq!(
         m.poll_timeout(),
-        None,
-        "back within the delay: nothing to do"
+        Some(t0 + SOAK + 10 * SOAK),
+        "back within the delay: nothing to do but the periodic read"
     );
     m.handle_timeout(now + DELAY * 2);
-    assert!(drain(&mut m).is_empty(), "zero moves, not even a plan");
+    assert_eq!(
+        drain(&mut m),
+        vec![Action::ListAssignments],
+        "zero moves, not even a plan; only the periodic read"
+    );
+    answer_as_believed(&mut m, now + DELAY * 2, &both);
+    assert!(drain(&mut m).is_empty(), "the store is as believed");
 
     // m2 leaves for good: after the delay and a soak, its items are placed.
     now += Duration::from_secs(1);
@@ -515,4 +559,131 @@ fn a_refused_item_that_is_assigned_keeps_its_value() {
     assert_eq!(placed, ["a", "b"], "both still held");
     assert!(!m.writing());
     assert_eq!(m.refused().len(), 1);
+}
+
+/// The sequence index of each transaction written.
+fn sequence_indexes(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Write(ops) => match ops.first() {
+                Some(TxnOp::Sequence { key, index, .. }) => {
+                    assert_eq!(key, "service/coordinator/sequence");
+                    Some(*index)
+                }
+                other => panic!("no sequence check first: {other:?}"),
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_write_carries_the_sequence_check_and_expects_what_it_last_learned() {
+    let t0 = Instant::now();
+    // 4 operations per transaction: 3 for the plan, 1 for the check.
+    let mut m = machine(t0, 4);
+    let member = |id: &str| KvEntry::new(format!("service/coordinator/members/{id}"), "{}");
+    let items = kv(&[
+        ("service/coordinator/work/w1", "v1"),
+        ("service/coordinator/work/w2", "v2"),
+        ("service/coordinator/work/w3", "v3"),
+        ("service/coordinator/work/w4", "v4"),
+    ]);
+    m.handle_items(t0, items.iter().map(|(k, v)| (k.as_slice(), v)));
+    // The read: the sequence key was last written at 40.
+    m.handle_read(
+        t0,
+        &LeaderRead {
+            members: vec![member("m1")],
+            sequence: 40,
+            ..LeaderRead::default()
+        },
+    );
+    assert_eq!(
+        m.members().map(std::collections::BTreeMap::len),
+        Some(1),
+        "the read's members"
+    );
+    m.handle_timeout(t0 + SOAK);
+    let actions = drain(&mut m);
+    assert_eq!(sequence_indexes(&actions), vec![40]);
+    assert_eq!(writes(&actions)[0].len(), 3, "one slot is the check's");
+    // Applied at 57: the next transaction expects 57.
+    m.handle_write(t0 + SOAK, Ok::<_, ()>(TxnOutcome::Applied { revision: 57 }));
+    let actions = drain(&mut m);
+    assert_eq!(sequence_indexes(&actions), vec![57]);
+    // No answer: read again (after a backoff), and expect what the read says.
+    m.handle_write(t0 + SOAK, Err::<TxnOutcome, _>(()));
+    assert!(drain(&mut m).is_empty(), "nothing is resent");
+    let at = m.poll_timeout().expect("a retry");
+    m.handle_timeout(at);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    m.handle_read(
+        at,
+        &LeaderRead {
+            members: vec![member("m1")],
+            assignments: vec![
+                KvEntry::new("service/coordinator/assignments/m1/w1", "v1"),
+                KvEntry::new("service/coordinator/assignments/m1/w2", "v2"),
+                KvEntry::new("service/coordinator/assignments/m1/w3", "v3"),
+            ],
+            sequence: 61,
+            ..LeaderRead::default()
+        },
+    );
+    let actions = drain(&mut m);
+    assert_eq!(sequence_indexes(&actions), vec![61], "{actions:?}");
+    assert_eq!(
+        writes(&actions),
+        vec![vec![TxnOp::Put {
+            key: "service/coordinator/assignments/m1/w4".into(),
+            value: Bytes::from("v4"),
+        }]]
+    );
+    // A failed check (the sequence key moved): read again, decide anew.
+    m.handle_write(at, Ok::<_, ()>(TxnOutcome::Conflict));
+    let again = m.poll_timeout().expect("a retry");
+    m.handle_timeout(again);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+}
+
+#[test]
+fn an_idle_leader_reads_again_and_repairs_what_it_did_not_write() {
+    let t0 = Instant::now();
+    let mut m = machine(t0, 64);
+    feed(&mut m, t0, &["m1"], 1, &[]);
+    m.handle_timeout(t0 + SOAK);
+    let actions = drain(&mut m);
+    assert_eq!(writes(&actions).len(), 1);
+    m.handle_write(t0 + SOAK, Ok::<_, ()>(TxnOutcome::Applied { revision: 5 }));
+    assert!(drain(&mut m).is_empty());
+    // Idle: the next deadline is the periodic read, max_soak after the write.
+    let due = t0 + SOAK + 10 * SOAK;
+    assert_eq!(m.poll_timeout(), Some(due));
+    m.handle_timeout(due);
+    assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
+    // An operator put w00 on m9 too.
+    m.handle_read(
+        due,
+        &LeaderRead {
+            members: vec![KvEntry::new("service/coordinator/members/m1", "{}")],
+            assignments: vec![
+                KvEntry::new("service/coordinator/assignments/m1/w00", "v0"),
+                KvEntry::new("service/coordinator/assignments/m9/w00", "v0"),
+            ],
+            sequence: 5,
+            ..LeaderRead::default()
+        },
+    );
+    m.handle_timeout(due + SOAK);
+    let actions = drain(&mut m);
+    assert_eq!(
+        writes(&actions),
+        vec![vec![TxnOp::Delete {
+            key: "service/coordinator/assignments/m9/w00".into()
+        }]],
+        "{actions:?}"
+    );
+    assert_eq!(sequence_indexes(&actions), vec![5]);
 }

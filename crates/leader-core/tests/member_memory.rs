@@ -200,6 +200,14 @@ impl FencedWrite for Cut {
         self.check()?;
         self.inner.apply(fence, ops).await
     }
+    async fn read_consistent(
+        &self,
+        prefixes: &[&str],
+        keys: &[&str],
+    ) -> Result<worker_core::ConsistentRead, StoreError> {
+        self.check()?;
+        self.inner.read_consistent(prefixes, keys).await
+    }
 }
 
 #[async_trait]

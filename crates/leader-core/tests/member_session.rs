@@ -18,6 +18,7 @@ fn layout() -> Layout {
         assignments: "s/assignments/".into(),
         handoff: "s/handoff/".into(),
         drain: "s/drain/".into(),
+        sequence: "s/sequence".into(),
     }
 }
 

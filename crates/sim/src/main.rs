@@ -1,7 +1,7 @@
 //! `coordinator-sim`: runs the cluster simulation for many seeds or a long
 //! simulated time. `--seeds N` (default 100), `--seconds S` per seed (default
 //! 1000), `--start K` (first seed), `--total T` (run seeds until T simulated
-//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist|txn-bytes|lease-wait`
+//! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist|sequence|txn-bytes|lease-wait`
 //! (turn one off), `--exclusive on|off` (force exclusive mode; default: half
 //! the seeds), `--control release|pauses` (turn one
 //! exclusivity control off), `--seed N --trace` (replay one seed, printing
@@ -43,6 +43,7 @@ fn main() {
                 "relist" => safeguards.relist_on_lost = false,
                 "txn-bytes" => safeguards.txn_bytes = false,
                 "lease-wait" => safeguards.lease_wait = false,
+                "sequence" => safeguards.sequence = false,
                 other => panic!("unknown safeguard {other}"),
             },
             "--exclusive" => match val().as_str() {

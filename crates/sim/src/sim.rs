@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use leader_core::follow::{FollowAction, PrefixFollower, FOLLOW_SEED};
-use leader_core::machine::{Action as LeadAction, LeaderMachine, LeaderTiming};
+use leader_core::machine::{Action as LeadAction, LeaderMachine, LeaderRead, LeaderTiming};
 use leader_core::{Layout, MemberAction, MemberMachine, MemberMeta, MemberTiming};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -256,7 +256,11 @@ enum Req {
     Campaign(SessionId, String),
     Resign(Fence),
     Txn(Fence, Vec<TxnOp>),
-    /// The leader's read of the assignments and the handoff records.
+    /// A transaction whose sender already got an error: the store applies
+    /// it now, and nobody hears of it.
+    LateTxn(Fence, Vec<TxnOp>),
+    /// The leader's consistent read: members, assignments, handoff records
+    /// and the sequence key.
     ListAssignments,
     /// A member-key write bound to the session.
     PutBound(SessionId, String, Bytes),
@@ -271,8 +275,8 @@ enum Msg {
     Renewed(bool),
     Campaign(Option<Fence>),
     Txn(TxnOutcome),
-    /// The assignments and the handoff records.
-    Lists(Snapshot, Snapshot),
+    /// The leader's consistent read.
+    Read(LeaderRead),
     /// A bound write: applied, or not (the session is gone).
     Written(bool),
     Err(&'static str),
@@ -454,8 +458,9 @@ fn to_global(ppm: i64, l: Nanos) -> Nanos {
 }
 
 /// The store's transaction limits of a run: `max_ops` operations (at least
-/// 3: the leader takes a move's guard, record and assignment in one
-/// transaction; every real store takes more) and, for half the seeds, a
+/// 4: the leader takes the sequence check and a move's guard, record and
+/// assignment in one transaction; every real store takes more) and, for half
+/// the seeds, a
 /// byte limit small enough that large item values need several
 /// transactions and the largest cannot fit any. Drawn from a stream of its
 /// own, so that the seeds without a byte limit replay as they did before it
@@ -464,14 +469,14 @@ fn draw_limits(seed: u64, max_ops: usize, flavor: Flavor) -> TxnLimits {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x000b_17e5_0000_0000);
     if rng.random_bool(0.5) {
         TxnLimits {
-            max_ops: max_ops.max(3),
+            max_ops: max_ops.max(4),
             max_bytes: [600, 900, 2000][rng.random_range(0..3)],
             max_value: 1500,
             op_overhead: 16,
             base64_values: flavor == Flavor::Consul,
         }
     } else {
-        TxnLimits::ops(max_ops.max(3))
+        TxnLimits::ops(max_ops.max(4))
     }
 }
 
@@ -484,6 +489,9 @@ pub struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<Ev>>,
     rng: SmallRng,
+    /// Draws of the delayed-apply fault (a stream of its own, so that the
+    /// other draws of a seed stay as they were without it).
+    late_rng: SmallRng,
     store: Store,
     layout: Layout,
     max_ops: usize,
@@ -550,6 +558,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             rng,
+            late_rng: SmallRng::seed_from_u64(cfg.seed ^ 0x1a7e_0000_0000_0000),
             store,
             layout,
             max_ops,
@@ -889,6 +898,13 @@ impl Sim {
 
     #[allow(clippy::too_many_lines)] // one arm per request kind
     fn arrive(&mut self, n: usize, inc: u32, slot: Slot, gen: u64, req: Req) {
+        if let Req::LateTxn(fence, ops) = req {
+            // Already at the store: no fault reaches it any more.
+            let id = self.nodes[n].id.clone();
+            tr!(self, "store: a late txn of {id} is applied now");
+            self.store_txn(n, &fence, &ops);
+            return;
+        }
         if self.nodes[n].partitioned {
             if slot != Slot::Oneway {
                 let at = self.now + self.p.request_timeout;
@@ -898,6 +914,35 @@ impl Sim {
         }
         if self.error_rate > 0.0 && self.rng.random_bool(self.error_rate) {
             self.respond(n, inc, slot, gen, Msg::Err("store error"));
+            return;
+        }
+        // In an error window, a transaction may reach the store and wait
+        // there (a slow Raft apply, a proposal that commits after a
+        // timeout): its sender gets an error now, the store applies it
+        // 0.1–5 s later.
+        if self.error_rate > 0.0
+            && matches!(req, Req::Txn(..))
+            && self.late_rng.random_bool(self.error_rate)
+        {
+            if let Req::Txn(fence, ops) = req {
+                let at = self.now + self.late_rng.random_range(100 * MS..=10 * SEC);
+                let id = self.nodes[n].id.clone();
+                tr!(
+                    self,
+                    "fault: a txn of {id} waits at the store; its sender times out"
+                );
+                self.push(
+                    at,
+                    Kind::Arrive {
+                        node: n,
+                        inc,
+                        slot: Slot::Oneway,
+                        gen: 0,
+                        req: Req::LateTxn(fence, ops),
+                    },
+                );
+            }
+            self.respond(n, inc, slot, gen, Msg::Err("request timed out"));
             return;
         }
         // In an error window, a reply may also be lost after the store acted.
@@ -980,10 +1025,15 @@ impl Sim {
                 return;
             }
             Req::ListAssignments => {
-                let a = self.store.list(&self.layout.assignments);
-                let h = self.store.list(&self.layout.handoff);
-                Msg::Lists(a, h)
+                let read = |prefix: &str| self.store.list(prefix).entries;
+                Msg::Read(LeaderRead {
+                    members: read(&self.layout.members),
+                    assignments: read(&self.layout.assignments),
+                    records: read(&self.layout.handoff),
+                    sequence: self.store.modified(&self.layout.sequence),
+                })
             }
+            Req::LateTxn(..) => unreachable!("handled above"),
             Req::PutBound(session, key, value) => match self.store.put_bound(&session, &key, value)
             {
                 Some(a) => {
@@ -1007,23 +1057,7 @@ impl Sim {
                 Msg::Err("transaction refused by the store")
             }
             Req::Txn(fence, ops) => {
-                let holds = self.store.holds(&fence);
-                let (outcome, a) = self.store.txn(&fence, &ops);
-                let listed = self.ops_summary(&ops);
-                tr!(
-                    self,
-                    "store: txn of {id} term {} [{listed}] -> {:?}",
-                    fence.term(),
-                    outcome
-                );
-                if matches!(outcome, TxnOutcome::Applied { .. }) && !holds {
-                    self.violation(format!(
-                        "the store applied a write of {id} (term {}), which does not lead",
-                        fence.term()
-                    ));
-                }
-                self.applied(&a);
-                self.check_owners(&a);
+                let outcome = self.store_txn(n, &fence, &ops);
                 if self.mid_write_loss && matches!(outcome, TxnOutcome::Applied { .. }) {
                     self.mid_write_loss = false;
                     tr!(
@@ -1042,6 +1076,30 @@ impl Sim {
         } else {
             self.respond(n, inc, slot, gen, msg);
         }
+    }
+
+    /// A fenced transaction at the store, with invariant 1 and the owners
+    /// checked.
+    fn store_txn(&mut self, n: usize, fence: &Fence, ops: &[TxnOp]) -> TxnOutcome {
+        let id = self.nodes[n].id.clone();
+        let holds = self.store.holds(fence);
+        let (outcome, a) = self.store.txn(fence, ops);
+        let listed = self.ops_summary(ops);
+        tr!(
+            self,
+            "store: txn of {id} term {} [{listed}] -> {:?}",
+            fence.term(),
+            outcome
+        );
+        if matches!(outcome, TxnOutcome::Applied { .. }) && !holds {
+            self.violation(format!(
+                "the store applied a write of {id} (term {}), which does not lead",
+                fence.term()
+            ));
+        }
+        self.applied(&a);
+        self.check_owners(&a);
+        outcome
     }
 
     /// A short form of a transaction for the trace: `+a/m1/w3` puts an
@@ -1065,6 +1123,7 @@ impl Sim {
                 TxnOp::Put { key, .. } => format!("+{}", short(key)),
                 TxnOp::Delete { key } => format!("-{}", short(key)),
                 TxnOp::Absent { key } => format!("!{}", short(key)),
+                TxnOp::Sequence { index, .. } => format!("#{index}"),
             })
             .collect();
         parts.join(" ")
@@ -1293,6 +1352,12 @@ impl Sim {
     fn refused(&self, work: &str, value: &Bytes) -> bool {
         let id = "m".repeat(worker_core::MAX_INSTANCE_ID_LEN);
         let worst = [
+            // The simulated leaders write an empty value to the sequence key.
+            TxnOp::Sequence {
+                key: self.layout.sequence.clone(),
+                index: 0,
+                value: Bytes::new(),
+            },
             TxnOp::Absent {
                 key: self.layout.member_key(&id),
             },
@@ -1459,16 +1524,9 @@ impl Sim {
                 self.nodes[n].member.handle_campaign::<()>(t, Ok(f));
             }
             (Slot::Campaign, Msg::Err(_)) => self.nodes[n].member.handle_campaign::<()>(t, Err(())),
-            (Slot::LeadList, Msg::Lists(snap, records)) => {
+            (Slot::LeadList, Msg::Read(read)) => {
                 if let Some(lead) = &mut self.nodes[n].lead {
-                    lead.machine.handle_assignments(
-                        t,
-                        snap.entries.iter().map(|e| (e.key.as_slice(), &e.value)),
-                        records
-                            .entries
-                            .iter()
-                            .map(|e| (e.key.as_slice(), &e.value, e.revision)),
-                    );
+                    lead.machine.handle_read(t, &read);
                 }
             }
             (Slot::LeadList, Msg::Err(_)) => {

@@ -65,6 +65,9 @@ pub struct Store {
     /// The revision at which each live key was created (etcd
     /// `create_revision`, Consul `CreateIndex`).
     written_at: BTreeMap<String, u64>,
+    /// The revision at which each live key was last written (etcd
+    /// `mod_revision`, Consul `ModifyIndex`): what a sequence check compares.
+    modified: BTreeMap<String, u64>,
 }
 
 /// History kept for watches before the oldest changes are compacted anyway.
@@ -93,6 +96,7 @@ impl Store {
             leader: None,
             versions: BTreeMap::new(),
             written_at: BTreeMap::new(),
+            modified: BTreeMap::new(),
         }
     }
 
@@ -107,9 +111,21 @@ impl Store {
     }
 
     fn write(&mut self, changes: Vec<(String, Option<Bytes>)>) -> Applied {
+        self.write_forced(changes, None)
+    }
+
+    /// [`write`](Self::write), where a put of `forced` is a write even if
+    /// its value is unchanged (a sequence key must move with every
+    /// transaction).
+    fn write_forced(
+        &mut self,
+        changes: Vec<(String, Option<Bytes>)>,
+        forced: Option<&str>,
+    ) -> Applied {
         let changes: Vec<_> = changes
             .into_iter()
             .filter(|(k, v)| match v {
+                Some(_) if Some(k.as_str()) == forced => true,
                 Some(v) => self.data.get(k) != Some(v),
                 None => self.data.contains_key(k),
             })
@@ -125,9 +141,11 @@ impl Store {
             if let Some(v) = v {
                 self.data.insert(k.clone(), v.clone());
                 self.written_at.entry(k.clone()).or_insert(self.rev);
+                self.modified.insert(k.clone(), self.rev);
             } else {
                 self.data.remove(k);
                 self.written_at.remove(k);
+                self.modified.remove(k);
             }
             self.history.push_back((self.rev, k.clone(), v.clone()));
             if k.starts_with(&self.assignments) {
@@ -182,6 +200,11 @@ impl Store {
                 })
                 .collect(),
         }
+    }
+
+    /// The revision of `key`'s last write (0: it does not exist).
+    pub fn modified(&self, key: &str) -> u64 {
+        self.modified.get(key).copied().unwrap_or(0)
     }
 
     /// The keys under `prefix` with their values, now.
@@ -366,19 +389,27 @@ impl Store {
         }
         let guards_hold = ops.iter().all(|op| match op {
             TxnOp::Absent { key } => !self.data.contains_key(key),
+            TxnOp::Sequence { key, index, .. } => self.modified(key) == *index,
             _ => true,
         });
         if !guards_hold {
             return (TxnOutcome::Conflict, Applied::default());
         }
-        let applied = self.write(
+        let sequence = ops.iter().find_map(|op| match op {
+            TxnOp::Sequence { key, .. } => Some(key.clone()),
+            _ => None,
+        });
+        let applied = self.write_forced(
             ops.iter()
                 .filter_map(|op| match op {
-                    TxnOp::Put { key, value } => Some((key.clone(), Some(value.clone()))),
+                    TxnOp::Put { key, value } | TxnOp::Sequence { key, value, .. } => {
+                        Some((key.clone(), Some(value.clone())))
+                    }
                     TxnOp::Delete { key } => Some((key.clone(), None)),
                     TxnOp::Absent { .. } => None,
                 })
                 .collect(),
+            sequence.as_deref(),
         );
         (TxnOutcome::Applied { revision: self.rev }, applied)
     }

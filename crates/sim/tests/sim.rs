@@ -253,6 +253,20 @@ fn without_byte_limits_an_oversized_transaction_is_caught() {
     assert!(f.what.contains("the store refuses"), "{f}");
 }
 
+/// Without the sequence check, a transaction that waited at the store (its
+/// sender got an error) lands after a later one of the same term and puts an
+/// item under two members.
+#[test]
+fn without_the_sequence_check_a_late_transaction_is_caught() {
+    let s = Safeguards {
+        sequence: false,
+        ..Safeguards::default()
+    };
+    let (seeds, f) = first_failure(s, 20);
+    eprintln!("sequence check off: caught after {seeds} seed(s):\n{f}");
+    assert!(f.what.contains("under two members"), "{f}");
+}
+
 /// Seeds that once failed (simulator bugs found while building it; see
 /// docs/testing.md), kept as regression cases.
 #[test]

@@ -24,12 +24,31 @@ pub enum ProxyMode {
     BlackHole,
     /// Forward bytes, each chunk delivered this long after it was read, in each direction.
     Delay(Duration),
+    /// As [`Delay`](Self::Delay), and a request the client gives up on still reaches the
+    /// store, as a request already in the store's queue does: the client's HTTP/2
+    /// `RST_STREAM` frames are dropped (only on a proxy started with
+    /// [`FaultProxy::start_h2`]), and when the client closes a connection, the proxy keeps
+    /// the store's side open (for 30 s) after delivering what it holds.
+    DelayLate(Duration),
 }
 
-#[derive(Debug, Default)]
+impl ProxyMode {
+    fn delay(self) -> Duration {
+        match self {
+            ProxyMode::Delay(d) | ProxyMode::DelayLate(d) => d,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Counters {
     accepted: AtomicUsize,
     active: AtomicUsize,
+    /// Bytes read from the target (answers), to wait on.
+    from_target: watch::Sender<u64>,
+    /// Whether the client-to-target direction is HTTP/2 (its frames can be filtered).
+    h2: bool,
 }
 
 /// A TCP proxy on `127.0.0.1:<free port>` forwarding to a target address, with a mode that
@@ -48,12 +67,28 @@ impl FaultProxy {
     /// Starts a proxy in [`ProxyMode::PassThrough`] forwarding to `target`. Needs a tokio
     /// runtime.
     pub async fn start(target: SocketAddr) -> FaultProxy {
+        Self::start_with(target, false).await
+    }
+
+    /// [`start`](Self::start) for HTTP/2 (gRPC) clients: the client-to-target direction is
+    /// read frame by frame, so that [`ProxyMode::DelayLate`] can drop `RST_STREAM` frames.
+    /// Plaintext only (the connection must begin with the HTTP/2 preface).
+    pub async fn start_h2(target: SocketAddr) -> FaultProxy {
+        Self::start_with(target, true).await
+    }
+
+    async fn start_with(target: SocketAddr, h2: bool) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy listener");
         let addr = listener.local_addr().expect("proxy local_addr");
         let (mode, mode_rx) = watch::channel(ProxyMode::PassThrough);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            accepted: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            from_target: watch::channel(0).0,
+            h2,
+        });
         let task = tokio::spawn(accept_loop(listener, target, mode_rx, counters.clone()));
         FaultProxy {
             addr,
@@ -98,6 +133,18 @@ impl FaultProxy {
     pub fn active(&self) -> usize {
         self.counters.active.load(Ordering::SeqCst)
     }
+
+    /// How many bytes the target has sent so far (on every connection).
+    pub fn bytes_from_target(&self) -> u64 {
+        *self.counters.from_target.borrow()
+    }
+
+    /// Waits until the target has sent more than `bytes` bytes in all (e.g. its answer to
+    /// a request that was delayed). Not bounded: wrap it in a timeout.
+    pub async fn target_sent_more_than(&self, bytes: u64) {
+        let mut rx = self.counters.from_target.subscribe();
+        let _ = rx.wait_for(|n| *n > bytes).await;
+    }
 }
 
 impl Drop for FaultProxy {
@@ -123,7 +170,13 @@ async fn accept_loop(
         counters.accepted.fetch_add(1, Ordering::SeqCst);
         let _ = client.set_nodelay(true);
         let guard = ActiveGuard::new(counters.clone());
-        connections.spawn(handle(client, target, mode.clone(), guard));
+        connections.spawn(handle(
+            client,
+            target,
+            mode.clone(),
+            guard,
+            counters.clone(),
+        ));
     }
 }
 
@@ -176,6 +229,7 @@ async fn handle(
     target: SocketAddr,
     mut mode: watch::Receiver<ProxyMode>,
     _guard: ActiveGuard,
+    counters: Arc<Counters>,
 ) {
     // A new connection in BlackHole mode is held until the mode changes.
     match past_black_hole(&mut mode).await {
@@ -197,9 +251,15 @@ async fn handle(
         let (client_rd, client_wr) = client.split();
         let (up_rd, up_wr) = upstream.split();
         let both = async {
+            let h2 = counters.h2.then(H2Filter::default);
             let (a, b) = tokio::join!(
-                pump(client_rd, up_wr, mode.clone()),
-                pump(up_rd, client_wr, mode.clone())
+                pump(client_rd, up_wr, mode.clone(), Direction::ToTarget(h2)),
+                pump(
+                    up_rd,
+                    client_wr,
+                    mode.clone(),
+                    Direction::FromTarget(counters)
+                )
             );
             a && b
         };
@@ -214,13 +274,90 @@ async fn handle(
     }
 }
 
+/// Which way a [`pump`] forwards.
+enum Direction {
+    /// Client to target, HTTP/2 frames tracked when `Some`.
+    ToTarget(Option<H2Filter>),
+    /// Target to client: counted.
+    FromTarget(Arc<Counters>),
+}
+
+/// Tracks HTTP/2 framing (after the 24-byte client preface) to drop `RST_STREAM` frames.
+struct H2Filter {
+    preface: usize,
+    header: Vec<u8>,
+    left: usize,
+    dropping: bool,
+}
+
+impl Default for H2Filter {
+    fn default() -> Self {
+        Self {
+            preface: 24,
+            header: Vec::with_capacity(9),
+            left: 0,
+            dropping: false,
+        }
+    }
+}
+
+impl H2Filter {
+    /// `chunk` without the `RST_STREAM` frames when `drop_resets`.
+    fn filter(&mut self, chunk: &[u8], drop_resets: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len());
+        let mut i = 0;
+        while i < chunk.len() {
+            let rest = &chunk[i..];
+            if self.preface > 0 {
+                let n = self.preface.min(rest.len());
+                out.extend_from_slice(&rest[..n]);
+                self.preface -= n;
+                i += n;
+            } else if self.left > 0 {
+                let n = self.left.min(rest.len());
+                if !self.dropping {
+                    out.extend_from_slice(&rest[..n]);
+                }
+                self.left -= n;
+                i += n;
+            } else {
+                let n = (9 - self.header.len()).min(rest.len());
+                self.header.extend_from_slice(&rest[..n]);
+                i += n;
+                if self.header.len() == 9 {
+                    let h = &self.header;
+                    self.left =
+                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    // 0x3: RST_STREAM.
+                    self.dropping = drop_resets && h[3] == 0x3;
+                    if !self.dropping {
+                        out.extend_from_slice(h);
+                    }
+                    self.header.clear();
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Forwards one direction until EOF (then half-closes the writer). Returns false on an I/O
 /// error (the caller then resets both sides).
-async fn pump<R, W>(mut rd: R, mut wr: W, mode: watch::Receiver<ProxyMode>) -> bool
+async fn pump<R, W>(
+    mut rd: R,
+    mut wr: W,
+    mode: watch::Receiver<ProxyMode>,
+    direction: Direction,
+) -> bool
 where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
+    let (mut filter, counters) = match direction {
+        Direction::ToTarget(filter) => (filter, None),
+        Direction::FromTarget(counters) => (None, Some(counters)),
+    };
+    let to_target = counters.is_none();
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
     let mut read_mode = mode.clone();
     let reader = async move {
@@ -234,11 +371,15 @@ where
                     Ok(0) => return true,
                     Ok(n) => {
                         // The mode as of now: it may have changed while the read was pending.
-                        let delay = match *read_mode.borrow() {
-                            ProxyMode::Delay(d) => d,
-                            _ => Duration::ZERO,
+                        let current = *read_mode.borrow();
+                        if let Some(counters) = &counters {
+                            counters.from_target.send_modify(|b| *b += n as u64);
+                        }
+                        let chunk = match &mut filter {
+                            Some(f) => f.filter(&buf[..n], matches!(current, ProxyMode::DelayLate(_))),
+                            None => buf[..n].to_vec(),
                         };
-                        if tx.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+                        if tx.send((Instant::now() + current.delay(), chunk)).await.is_err() {
                             return false;
                         }
                     }
@@ -259,6 +400,10 @@ where
             if wr.write_all(&chunk).await.is_err() {
                 return false;
             }
+        }
+        if to_target && matches!(*write_mode.borrow(), ProxyMode::DelayLate(_)) {
+            // The client left; the store has not noticed yet.
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
         let _ = wr.shutdown().await;
         true

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StoreError;
-use crate::types::{Leader, Revision};
+use crate::types::{KvEntry, Leader, Revision};
 
 /// A session (Consul) or lease (etcd) as the store names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,13 +82,37 @@ pub enum TxnOp {
         /// The key that must not exist.
         key: String,
     },
+    /// A guard and a write: the whole transaction applies only if `key` was
+    /// last written at store position `index` (0: the key does not exist),
+    /// and then sets `key = value`; otherwise nothing is applied and the
+    /// outcome is [`TxnOutcome::Conflict`]. Consul: the `cas` verb (index 0
+    /// creates only); etcd: a compare of the key's `mod_revision` with
+    /// `index`, and a put; memory: the same.
+    ///
+    /// The leader's **sequence key**: every leader transaction carries one,
+    /// with the position its view of the store was read at or the position
+    /// its last transaction took effect at. A transaction built on a view
+    /// that another one has since changed can then never apply, however late
+    /// it reaches the store. At most one per transaction; when present,
+    /// [`TxnOutcome::Applied::revision`] is the key's new modify position.
+    Sequence {
+        /// The sequence key.
+        key: String,
+        /// The key's modify position the transaction expects (0: absent).
+        index: Revision,
+        /// What to write (for humans: who wrote it).
+        value: Bytes,
+    },
 }
 
 impl TxnOp {
     /// The key this operation touches.
     pub fn key(&self) -> &str {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Absent { key } => key,
+            TxnOp::Put { key, .. }
+            | TxnOp::Delete { key }
+            | TxnOp::Absent { key }
+            | TxnOp::Sequence { key, .. } => key,
         }
     }
 }
@@ -99,6 +123,7 @@ impl std::fmt::Debug for TxnOp {
             TxnOp::Put { key, value } => write!(f, "Put({key}, {} bytes)", value.len()),
             TxnOp::Delete { key } => write!(f, "Delete({key})"),
             TxnOp::Absent { key } => write!(f, "Absent({key})"),
+            TxnOp::Sequence { key, index, .. } => write!(f, "Sequence({key} at {index})"),
         }
     }
 }
@@ -106,17 +131,46 @@ impl std::fmt::Debug for TxnOp {
 /// What the store did with a fenced transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnOutcome {
-    /// Every operation was applied; the store is at `revision` after it.
+    /// Every operation was applied.
     Applied {
-        /// The store position after the transaction.
+        /// The store position of the transaction: the position every key it
+        /// wrote was last modified at (etcd: the header's revision; Consul:
+        /// the `ModifyIndex` the transaction's results report; memory: the
+        /// revision of its last write). With a [`TxnOp::Sequence`] it is
+        /// exactly the sequence key's new modify position, the `index` the
+        /// writer's next transaction expects.
         revision: Revision,
     },
     /// The fence no longer holds (another leader, or the session is gone):
     /// nothing was applied. The writer must step down.
     Fenced,
-    /// The fence holds but a guard ([`TxnOp::Absent`]) failed: nothing was
-    /// applied. The writer reads again and decides anew.
+    /// The fence holds but a guard ([`TxnOp::Absent`], [`TxnOp::Sequence`])
+    /// failed: nothing was applied. The writer reads again and decides anew.
     Conflict,
+}
+
+/// A key's value and the store position it was last written at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVersion {
+    /// The value.
+    pub value: Bytes,
+    /// The position of the key's last write (etcd `mod_revision`, Consul
+    /// `ModifyIndex`): what a [`TxnOp::Sequence`] compares.
+    pub modified: Revision,
+}
+
+/// Several prefixes and keys read at one store position
+/// ([`FencedWrite::read_consistent`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsistentRead {
+    /// The position of the read, where the store reports one (0 otherwise).
+    pub revision: Revision,
+    /// The entries under each prefix asked for, in the order asked; each
+    /// entry's `revision` is its creation position, as
+    /// [`KvWatch::list`](crate::KvWatch::list) gives it.
+    pub prefixes: Vec<Vec<KvEntry>>,
+    /// Each key asked for, in the order asked: `None` when it does not exist.
+    pub keys: Vec<Option<KeyVersion>>,
 }
 
 /// Sessions and the keys bound to them.
@@ -221,8 +275,10 @@ impl TxnLimits {
     /// The bytes `op` takes in a transaction request.
     pub fn op_bytes(&self, op: &TxnOp) -> usize {
         let value = match op {
-            TxnOp::Put { value, .. } if self.base64_values => value.len().div_ceil(3) * 4,
-            TxnOp::Put { value, .. } => value.len(),
+            TxnOp::Put { value, .. } | TxnOp::Sequence { value, .. } if self.base64_values => {
+                value.len().div_ceil(3) * 4
+            }
+            TxnOp::Put { value, .. } | TxnOp::Sequence { value, .. } => value.len(),
             TxnOp::Delete { .. } | TxnOp::Absent { .. } => 0,
         };
         self.op_overhead
@@ -242,8 +298,10 @@ impl TxnLimits {
         ops.len() <= self.max_ops
             && self.bytes(ops) <= self.max_bytes
             && ops.iter().all(|op| match op {
-                TxnOp::Put { value, .. } => value.len() <= self.max_value,
-                _ => true,
+                TxnOp::Put { value, .. } | TxnOp::Sequence { value, .. } => {
+                    value.len() <= self.max_value
+                }
+                TxnOp::Delete { .. } | TxnOp::Absent { .. } => true,
             })
     }
 }
@@ -252,7 +310,8 @@ impl TxnLimits {
 #[async_trait]
 pub trait FencedWrite: Send + Sync + 'static {
     /// The most operations one [`apply`](Self::apply) may carry, the fence not
-    /// counted (Consul 1.8: 63 of its 64; etcd: `--max-txn-ops` less one).
+    /// counted (Consul 1.8: 62 of its 64; etcd: `--max-txn-ops` less one). A
+    /// [`TxnOp::Sequence`] counts as one.
     fn max_ops(&self) -> usize;
 
     /// Everything that bounds one [`apply`](Self::apply): operations, bytes,
@@ -262,11 +321,38 @@ pub trait FencedWrite: Send + Sync + 'static {
     }
 
     /// Applies `ops` atomically if and only if `fence` still holds and every
-    /// [`TxnOp::Absent`] guard among them is met.
+    /// guard among them ([`TxnOp::Absent`], [`TxnOp::Sequence`]) is met.
     ///
-    /// An error means the outcome is unknown (the request may or may not have
-    /// been applied); operations are puts and deletes, so retrying is safe.
+    /// An error means the outcome is unknown: the request may have been
+    /// applied, may be applied **later** (a request the client gave up on can
+    /// still reach the store, or still be committed by it: Consul applies a
+    /// transaction whose HTTP request timed out, etcd commits a proposal that
+    /// is already in its log after "request timed out"), or never. Sending
+    /// the same operations again is therefore not safe on its own: the first
+    /// attempt may land after the second, or after a later transaction built
+    /// on a newer view, and undo it. What makes a late landing harmless is a
+    /// [`TxnOp::Sequence`] guard: once any later transaction bumped the
+    /// sequence key, the stale one can only fail. So after an error the
+    /// writer reads the store again ([`read_consistent`](Self::read_consistent),
+    /// which also gives the sequence key's position) and decides anew with a
+    /// new expected index; a transaction still in flight then either landed
+    /// before that read (and the read shows it) or can never apply.
+    ///
+    /// An error of the fence operations themselves that is not a lost
+    /// leadership (Consul: an ACL token that may not read the leader key) is
+    /// an error (e.g. [`StoreError::PermissionDenied`]), not
+    /// [`TxnOutcome::Fenced`].
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError>;
+
+    /// Reads every key under each of `prefixes`, and each of `keys`, at one
+    /// store position: one consistent snapshot (Consul: one read-only
+    /// `/v1/txn`; etcd: one transaction of range requests; memory: under one
+    /// lock). Cancel safe: it changes nothing.
+    async fn read_consistent(
+        &self,
+        prefixes: &[&str],
+        keys: &[&str],
+    ) -> Result<ConsistentRead, StoreError>;
 }
 
 /// Plain writes, for operators' tools (`coordinator work put`): not fenced,

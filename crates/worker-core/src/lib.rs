@@ -52,8 +52,8 @@ pub mod conformance;
 
 pub use backoff::Backoff;
 pub use coord::{
-    revoke_first_chunks, Election, Fence, FencedWrite, KvWrite, Membership, SessionId, TxnLimits,
-    TxnOp, TxnOutcome,
+    revoke_first_chunks, ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvWrite,
+    Membership, SessionId, TxnLimits, TxnOp, TxnOutcome,
 };
 pub use error::{BoxError, ConfigError, ErrorChain, StoreError};
 pub use keys::{validate_instance_id, AssignmentKeys, ForeignReason, MAX_INSTANCE_ID_LEN};

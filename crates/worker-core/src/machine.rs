@@ -105,6 +105,11 @@ pub struct Safeguards {
     /// session end before giving its items away (off: only the margin, which
     /// holds only when the store never ends a session before its TTL).
     pub lease_wait: bool,
+    /// Every leader transaction carries the sequence check
+    /// ([`TxnOp::Sequence`](crate::TxnOp::Sequence)); off, the leader sends
+    /// none, and a transaction whose outcome it did not learn can land after
+    /// a later one of the same term.
+    pub sequence: bool,
 }
 
 impl Default for Safeguards {
@@ -115,6 +120,7 @@ impl Default for Safeguards {
             relist_on_lost: true,
             txn_bytes: true,
             lease_wait: true,
+            sequence: true,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! (automatically past [`MemoryStore::HISTORY_LIMIT`] changes, or on request),
 //! and a watch behind the compaction point reports [`WatchEvent::Lost`]. A
 //! leader slot stands for the leader election. Tests can make it unavailable,
-//! fail the next requests, or lose every watch's position.
+//! fail the next requests, lose every watch's position, or hold a fenced
+//! transaction (its caller gets a timeout) and apply it later.
 //!
 //! A write costs what it touches: each open watch has its own queue, registered
 //! under its prefix; a write appends the change to the queues of the watches
@@ -51,6 +52,8 @@ struct State {
     data: BTreeMap<Vec<u8>, Bytes>,
     /// The revision at which each key was created.
     created: BTreeMap<Vec<u8>, Revision>,
+    /// The revision at which each key was last written.
+    modified: BTreeMap<Vec<u8>, Revision>,
     revision: Revision,
     history: VecDeque<(Revision, KvChange)>,
     compacted: Revision,
@@ -234,9 +237,11 @@ impl MemoryStore {
         match &change {
             KvChange::Put(entry) => {
                 s.created.entry(entry.key.clone()).or_insert(rev);
+                s.modified.insert(entry.key.clone(), rev);
             }
             KvChange::Delete { key } => {
                 s.created.remove(key);
+                s.modified.remove(key);
             }
         }
         s.watchers.dispatch(&change);

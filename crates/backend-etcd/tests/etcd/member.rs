@@ -597,3 +597,108 @@ async fn large_values_are_cut_to_the_store_limits() {
     )
     .await;
 }
+
+/// The sequence key as `read_consistent` shows it (0: absent).
+async fn sequence_of(backend: &backend_etcd::EtcdBackend, key: &str) -> u64 {
+    let read = backend
+        .read_consistent(&[], &[key])
+        .await
+        .expect("read_consistent");
+    read.keys[0].as_ref().map_or(0, |k| k.modified)
+}
+
+/// T1 (put `B/w`) times out at the client while its request waits on the
+/// way to etcd (the proxy drops the client's `RST_STREAM` and keeps etcd's
+/// side of the connection open, as when the request is already in etcd's
+/// queue); the leader reads again (no `B/w`, the sequence key where it was)
+/// and T2 puts `C/w`. Then etcd gets T1: its `mod_revision` compare on the
+/// sequence key fails (T2 moved it), so nothing of T1 applies. A T0 without
+/// the sequence check first shows that etcd does apply such a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_etcd_applies_after_the_client_gave_up_fails_its_sequence_check() {
+    let (server, store, root) = suite().await;
+    let direct =
+        backend(EtcdConfig::new(server.client_urls()).with_election(format!("{root}leader"))).await;
+    let proxy = FaultProxy::start_h2(addr_of(&server.client_url())).await;
+    let slow = backend(
+        EtcdConfig::new(vec![proxy.http_url()])
+            .with_election(format!("{root}leader"))
+            .with_keepalive(Duration::from_secs(2)),
+    )
+    .await;
+    let session = direct
+        .open_session(Duration::from_secs(60))
+        .await
+        .expect("open");
+    let election = format!("{root}leader");
+    let fence = direct
+        .try_lead(&election, &session, "m1")
+        .await
+        .expect("try_lead")
+        .expect("a free election is won");
+    let seq_key = format!("{root}sequence");
+    let seq = |index| TxnOp::Sequence {
+        key: seq_key.clone(),
+        index,
+        value: Bytes::from_static(b"m1"),
+    };
+    let put = |key: &str| TxnOp::Put {
+        key: format!("{root}a/{key}"),
+        value: Bytes::from_static(b"v"),
+    };
+    let prefix = format!("{root}a/");
+    let assigned = || store.keys(&prefix);
+    // The connection through the proxy is up before the delay starts.
+    assert_eq!(sequence_of(&slow, &seq_key).await, 0);
+
+    // The premise: etcd applies a request whose client gave up.
+    proxy.set_mode(ProxyMode::DelayLate(Duration::from_secs(4)));
+    let before = proxy.bytes_from_target();
+    let t0 = slow.apply(&fence, &[put("X/w")]).await;
+    assert!(t0.is_err(), "the client gives up: {t0:?}");
+    assert!(assigned().await.is_empty());
+    tokio::time::timeout(WAIT, proxy.target_sent_more_than(before))
+        .await
+        .expect("etcd's answer to the late T0");
+    assert_eq!(
+        assigned().await,
+        vec![format!("{root}a/X/w")],
+        "etcd applied T0 after its client gave up"
+    );
+    direct
+        .apply(
+            &fence,
+            &[TxnOp::Delete {
+                key: format!("{root}a/X/w"),
+            }],
+        )
+        .await
+        .expect("clean up");
+
+    // T1, with the sequence check, waits the same way.
+    let s0 = sequence_of(&direct, &seq_key).await;
+    let before = proxy.bytes_from_target();
+    let t1 = slow.apply(&fence, &[seq(s0), put("B/w")]).await;
+    assert!(t1.is_err(), "the client gives up: {t1:?}");
+    assert!(assigned().await.is_empty());
+    let s1 = sequence_of(&direct, &seq_key).await;
+    assert_eq!(s1, s0, "T1 has not landed yet");
+    let TxnOutcome::Applied { revision } = direct
+        .apply(&fence, &[seq(s1), put("C/w")])
+        .await
+        .expect("T2")
+    else {
+        panic!("T2 was not applied");
+    };
+    assert_eq!(
+        revision,
+        sequence_of(&direct, &seq_key).await,
+        "Applied.revision is the sequence key's new mod_revision"
+    );
+    tokio::time::timeout(WAIT, proxy.target_sent_more_than(before))
+        .await
+        .expect("etcd's answer to the late T1");
+    assert_eq!(assigned().await, vec![format!("{root}a/C/w")]);
+    assert_eq!(sequence_of(&direct, &seq_key).await, revision);
+    direct.close_session(&session).await.expect("close");
+}

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use super::{MemoryStore, State};
 use crate::coord::{
-    Election, Fence, FencedWrite, KvWrite, Membership, SessionId, TxnLimits, TxnOp, TxnOutcome,
+    ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvWrite, Membership, SessionId,
+    TxnLimits, TxnOp, TxnOutcome,
 };
 use crate::error::StoreError;
 use crate::types::{KvChange, KvEntry, Leader};
@@ -33,6 +34,11 @@ pub(super) struct Sessions {
     leader_session: Option<u64>,
     /// Sessions that expired (not closed), for tests.
     pub(super) expired: u64,
+    /// Set by [`MemoryStore::hold_next_txn`]: the next fenced transaction is
+    /// kept, not applied, and its caller gets a timeout.
+    hold_next: bool,
+    /// Transactions kept that way, oldest first.
+    held: Vec<(Fence, Vec<TxnOp>)>,
 }
 
 #[derive(Debug)]
@@ -134,6 +140,88 @@ impl MemoryStore {
                 .collect();
             (ids, false)
         })
+    }
+
+    /// Makes the next fenced transaction ([`FencedWrite::apply`]) behave as
+    /// one whose reply never came: its caller gets
+    /// [`StoreError::Timeout`] at once and nothing is applied, until
+    /// [`apply_held`](Self::apply_held) applies it, later, as a store does
+    /// with a request the client already gave up on. For tests.
+    pub fn hold_next_txn(&self) {
+        self.lock().sessions.hold_next = true;
+    }
+
+    /// How many transactions [`hold_next_txn`](Self::hold_next_txn) keeps
+    /// now.
+    pub fn held_txns(&self) -> usize {
+        self.lock().sessions.held.len()
+    }
+
+    /// Applies the oldest transaction kept by
+    /// [`hold_next_txn`](Self::hold_next_txn), with every check as of now;
+    /// `None` when none is kept.
+    pub fn apply_held(&self) -> Option<TxnOutcome> {
+        self.with_sessions(|s| {
+            if s.sessions.held.is_empty() {
+                return (None, false);
+            }
+            let (fence, ops) = s.sessions.held.remove(0);
+            let (outcome, changed) = Self::apply_now(s, &fence, &ops);
+            (Some(outcome), changed)
+        })
+    }
+
+    /// A fenced transaction, checked and applied under the lock.
+    fn apply_now(s: &mut State, fence: &Fence, ops: &[TxnOp]) -> (TxnOutcome, bool) {
+        let id = parse(&fence.session);
+        let holds = id.is_some()
+            && s.sessions.leader_session == id
+            && s.leader.as_ref().is_some_and(|l| l.term == fence.term());
+        if !holds {
+            s.stats.fenced += 1;
+            return (TxnOutcome::Fenced, false);
+        }
+        let guards_hold = ops.iter().all(|op| match op {
+            TxnOp::Absent { key } => !s.data.contains_key(key.as_bytes()),
+            TxnOp::Sequence { key, index, .. } => {
+                s.modified.get(key.as_bytes()).copied().unwrap_or(0) == *index
+            }
+            _ => true,
+        });
+        if !guards_hold {
+            return (TxnOutcome::Conflict, false);
+        }
+        let put = |s: &mut State, key: &str, value: &Bytes| {
+            let key = key.as_bytes().to_vec();
+            s.data.insert(key.clone(), value.clone());
+            Self::record(s, KvChange::Put(KvEntry::new(key, value.clone())));
+        };
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value } => put(s, key, value),
+                TxnOp::Delete { key } => {
+                    let key = key.as_bytes().to_vec();
+                    if s.data.remove(&key).is_some() {
+                        Self::record(s, KvChange::Delete { key });
+                    }
+                }
+                TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
+            }
+        }
+        // The sequence key last, so that the outcome's revision is its
+        // modify position.
+        for op in ops {
+            if let TxnOp::Sequence { key, value, .. } = op {
+                put(s, key, value);
+            }
+        }
+        s.stats.txns += 1;
+        (
+            TxnOutcome::Applied {
+                revision: s.revision,
+            },
+            !ops.is_empty(),
+        )
     }
 
     /// How many sessions expired (rather than being closed) so far.
@@ -339,7 +427,6 @@ impl FencedWrite for MemoryStore {
     /// refuses (an error, nothing applied) a transaction past its
     /// [`limits`](FencedWrite::limits) or one that names a key twice.
     async fn apply(&self, fence: &Fence, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
-        let id = parse(&fence.session);
         let limits = self.limits();
         if !limits.fit(ops) {
             return Err(StoreError::protocol(format!(
@@ -359,43 +446,51 @@ impl FencedWrite for MemoryStore {
             if let Err(e) = s.check() {
                 return (Err(e), false);
             }
-            let holds = id.is_some()
-                && s.sessions.leader_session == id
-                && s.leader.as_ref().is_some_and(|l| l.term == fence.term());
-            if !holds {
-                s.stats.fenced += 1;
-                return (Ok(TxnOutcome::Fenced), false);
+            if std::mem::take(&mut s.sessions.hold_next) {
+                s.sessions.held.push((fence.clone(), ops.to_vec()));
+                return (Err(StoreError::Timeout(Duration::ZERO)), false);
             }
-            let guards_hold = ops.iter().all(|op| match op {
-                TxnOp::Absent { key } => !s.data.contains_key(key.as_bytes()),
-                _ => true,
-            });
-            if !guards_hold {
-                return (Ok(TxnOutcome::Conflict), false);
-            }
-            for op in ops {
-                match op {
-                    TxnOp::Put { key, value } => {
-                        let key = key.as_bytes().to_vec();
-                        s.data.insert(key.clone(), value.clone());
-                        Self::record(s, KvChange::Put(KvEntry::new(key, value.clone())));
-                    }
-                    TxnOp::Delete { key } => {
-                        let key = key.as_bytes().to_vec();
-                        if s.data.remove(&key).is_some() {
-                            Self::record(s, KvChange::Delete { key });
-                        }
-                    }
-                    TxnOp::Absent { .. } => {}
-                }
-            }
-            s.stats.txns += 1;
-            (
-                Ok(TxnOutcome::Applied {
-                    revision: s.revision,
-                }),
-                !ops.is_empty(),
-            )
+            let (outcome, changed) = Self::apply_now(s, fence, ops);
+            (Ok(outcome), changed)
+        })
+    }
+
+    async fn read_consistent(
+        &self,
+        prefixes: &[&str],
+        keys: &[&str],
+    ) -> Result<ConsistentRead, StoreError> {
+        let mut s = self.lock();
+        s.check()?;
+        s.stats.lists += 1;
+        let prefixes = prefixes
+            .iter()
+            .map(|p| {
+                let p = p.as_bytes();
+                s.data
+                    .range(p.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(p))
+                    .map(|(k, v)| {
+                        let rev = s.created.get(k).copied().unwrap_or(0);
+                        KvEntry::at(k.clone(), v.clone(), rev)
+                    })
+                    .collect()
+            })
+            .collect();
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let k = k.as_bytes();
+                s.data.get(k).map(|v| KeyVersion {
+                    value: v.clone(),
+                    modified: s.modified.get(k).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok(ConsistentRead {
+            revision: s.revision,
+            prefixes,
+            keys,
         })
     }
 }

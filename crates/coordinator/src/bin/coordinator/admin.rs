@@ -8,7 +8,8 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use coordinator::config::{BackendKind, DEFAULT_LEADER};
 use coordinator::leader::layout::{
-    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX,
+    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_SEQUENCE_KEY,
+    DEFAULT_WORK_PREFIX,
 };
 use coordinator::{Backend, Error, ErrorChain, Layout, MemberMeta, MemberStore, DEFAULT_PREFIX};
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub struct StoreArgs {
     /// Drain-requests prefix.
     #[arg(long, default_value = DEFAULT_DRAIN_PREFIX)]
     drain_prefix: String,
+    /// The key every leader transaction checks and bumps.
+    #[arg(long, default_value = DEFAULT_SEQUENCE_KEY)]
+    sequence_key: String,
 }
 
 /// `coordinator drain ID`.
@@ -110,6 +114,7 @@ async fn connect(args: StoreArgs) -> Result<(Layout, MemberStore), ExitCode> {
     c.work_prefix = args.work_prefix;
     c.handoff_prefix = args.handoff_prefix;
     c.drain_prefix = args.drain_prefix;
+    c.sequence_key = args.sequence_key;
     if let Err(e) = c.validate().and_then(|()| c.layout().validate()) {
         return Err(config_error(&e));
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use coordinator::config::parse_duration;
 use coordinator::leader::layout::{
-    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_WORK_PREFIX,
+    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_SEQUENCE_KEY,
+    DEFAULT_WORK_PREFIX,
 };
 use coordinator::Left;
 use tracing::{info, warn};
@@ -46,6 +47,9 @@ pub struct MemberArgs {
     /// Drain-requests prefix (`coordinator drain ID` writes there).
     #[arg(long, default_value = DEFAULT_DRAIN_PREFIX)]
     pub drain_prefix: String,
+    /// The key every leader transaction checks and bumps.
+    #[arg(long, default_value = DEFAULT_SEQUENCE_KEY)]
+    pub sequence_key: String,
     /// Exclusive mode: an item is never in two members' acknowledged
     /// workloads at once; the workload is released before the lease could
     /// expire. Every member of the cluster must use it.
@@ -93,6 +97,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     config.rebalance_delay = args.rebalance_delay;
     config.handoff_prefix = args.handoff_prefix;
     config.drain_prefix = args.drain_prefix;
+    config.sequence_key = args.sequence_key;
     config.exclusive = args.exclusive;
     config.exclusive_margin = args.exclusive_margin;
     config.max_moves_in_flight = args.max_moves_in_flight;
