@@ -951,6 +951,7 @@ impl MemberTask {
                             seen_key = named;
                         } else if let Some(session) = seen_key.take().filter(|s| Some(s) == live.as_ref()) {
                             warn!(%session, "the member key vanished: the store ended the session; registering again");
+                            crate::metrics::renewed(&instance_id, &Ok(false));
                             machine.handle_session_gone(Instant::now(), &session);
                         }
                     }
@@ -991,6 +992,7 @@ impl MemberTask {
                         Ok((false, _, session)) => {
                             warn!(%session, "the member key could not be written: the session is gone; registering again");
                             meta_retry_at = Some(Instant::now() + self.config.worker.backoff_min);
+                            crate::metrics::renewed(&instance_id, &Ok(false));
                             machine.handle_session_gone(Instant::now(), &session);
                         }
                         Err(e) => {

@@ -23,7 +23,9 @@ pub const ITEMS_PLACED: &str = "coordinator_leader_items_placed_total";
 /// leadership; it stepped down).
 pub const FENCED_WRITES: &str = "coordinator_leader_fenced_writes_total";
 /// Counter: failed session renewals, by `reason`: `error` (the store request
-/// failed) or `expired` (the session was gone; the member registers again).
+/// failed) or `expired` (the session was gone, found by a renewal, a
+/// member-key write or the member key vanishing; the member registers
+/// again).
 pub const RENEW_FAILURES: &str = "coordinator_member_renew_failures_total";
 
 /// Gauge: items in handoff while this member leads (revoked from their old
