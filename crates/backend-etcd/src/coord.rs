@@ -29,7 +29,7 @@ use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOpResponse, TxnResponse};
 use worker_core::{
     ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvEntry, KvWrite, Membership,
-    SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
+    Revision, SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
 };
 
 use crate::error::store_error;
@@ -309,6 +309,25 @@ pub(crate) fn txn_limits(max_request_bytes: usize, max_txn_ops: usize) -> TxnLim
     }
 }
 
+impl EtcdBackend {
+    /// Sends `txn` through the pool; the answer and the revision of its
+    /// header.
+    async fn run_txn(&self, txn: &Txn) -> Result<(TxnResponse, Revision), StoreError> {
+        let (response, _) = self
+            .pool
+            .run(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await.map_err(store_error) }
+            })
+            .await?;
+        let revision = response
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
+        Ok((response, to_revision(revision)))
+    }
+}
+
 #[async_trait]
 impl FencedWrite for EtcdBackend {
     /// `--max-txn-ops` less one (127 by default).
@@ -379,13 +398,7 @@ impl FencedWrite for EtcdBackend {
         } else {
             Txn::new().when([fence_compare]).and_then(then)
         };
-        let (response, _) = self
-            .pool
-            .run(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await.map_err(store_error) }
-            })
-            .await?;
+        let (response, revision) = self.run_txn(&txn).await?;
         if !response.succeeded() {
             return Ok(TxnOutcome::Fenced);
         }
@@ -398,13 +411,7 @@ impl FencedWrite for EtcdBackend {
                 return Ok(TxnOutcome::Conflict);
             }
         }
-        let revision = response
-            .header()
-            .map(etcd_client::ResponseHeader::revision)
-            .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
-        Ok(TxnOutcome::Applied {
-            revision: to_revision(revision),
-        })
+        Ok(TxnOutcome::Applied { revision })
     }
 
     /// One transaction without compares whose operations are a range read
@@ -420,18 +427,7 @@ impl FencedWrite for EtcdBackend {
             .map(|p| etcd_client::TxnOp::get(*p, Some(GetOptions::new().with_prefix())))
             .chain(keys.iter().map(|k| etcd_client::TxnOp::get(*k, None)))
             .collect();
-        let txn = Txn::new().and_then(reads);
-        let (response, _) = self
-            .pool
-            .run(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await.map_err(store_error) }
-            })
-            .await?;
-        let revision = response
-            .header()
-            .map(etcd_client::ResponseHeader::revision)
-            .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
+        let (response, revision) = self.run_txn(&Txn::new().and_then(reads)).await?;
         let mut gets = response.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(g) => Ok(g),
             _ => Err(StoreError::protocol(
@@ -439,7 +435,7 @@ impl FencedWrite for EtcdBackend {
             )),
         });
         let mut read = ConsistentRead {
-            revision: to_revision(revision),
+            revision,
             ..ConsistentRead::default()
         };
         for _ in prefixes {
