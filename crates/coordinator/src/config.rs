@@ -78,9 +78,55 @@ impl FromStr for BackendKind {
 }
 
 /// Parses a duration such as `300ms`, `2s` or `1m`.
+///
+/// A negative duration (`-1s`) is refused as such, not as a syntax error.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?} is negative: a duration must be 0 or more (e.g. 300ms, 2s, 1m)"
+        ));
+    }
+    humantime::parse_duration(t)
         .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 300ms, 2s or 1m"))
+}
+
+/// The range of values each duration setting accepts (inclusive): the
+/// bounds below which a setting cannot work and above which it is surely
+/// a typo (`soak = "1000years"`). [`Config::validate`] checks them.
+pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
+    ("soak", Duration::ZERO, Duration::from_secs(3600)),
+    ("max_soak", Duration::ZERO, Duration::from_secs(6 * 3600)),
+    ("leader_settle", Duration::ZERO, Duration::from_secs(3600)),
+    ("consul_wait", Duration::from_secs(1), Duration::from_secs(600)),
+    ("etcd_keepalive", Duration::from_millis(200), Duration::from_secs(600)),
+    ("ttl", Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+    ("leader_soak", Duration::ZERO, Duration::from_secs(3600)),
+    ("rebalance_delay", Duration::ZERO, Duration::from_secs(7 * 24 * 3600)),
+    ("exclusive_margin", Duration::from_millis(1), Duration::from_secs(24 * 3600)),
+    ("drain_timeout", Duration::ZERO, Duration::from_secs(24 * 3600)),
+    ("handoff_timeout", Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600)),
+];
+
+/// Checks `value` of the duration setting `field` against [`DURATION_RANGES`].
+pub fn check_duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    let Some(&(_, lo, hi)) = DURATION_RANGES.iter().find(|(f, ..)| *f == field) else {
+        return Ok(());
+    };
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if value < lo {
+        return Err(ConfigError::new(
+            field,
+            format!("{} is too short: give {} to {}", show(value), show(lo), show(hi)),
+        ));
+    }
+    if value > hi {
+        return Err(ConfigError::new(
+            field,
+            format!("{} is too long: give {} to {}", show(value), show(lo), show(hi)),
+        ));
+    }
+    Ok(())
 }
 
 /// Everything needed to run a worker against a chosen backend.
@@ -94,7 +140,9 @@ pub struct Config {
     /// Default: Consul `http://127.0.0.1:8500`, etcd `http://127.0.0.1:2379`.
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// This member's id.
+    /// This member's id (required; a file may leave it to a flag or
+    /// `COORDINATOR_INSTANCE_ID`).
+    #[serde(default)]
     pub instance_id: String,
     /// Assignment prefix. Default `service/coordinator/assignments/`.
     #[serde(default = "default_prefix")]
@@ -149,6 +197,12 @@ pub struct Config {
     /// File holding the etcd password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// The etcd password itself, for a caller that holds it (the program
+    /// takes it from `ETCDCTL_USER=name:password` or `ETCDCTL_PASSWORD`).
+    /// Never read from or written to a file, never shown by `Debug`; used
+    /// when `password_file` is not set.
+    #[serde(skip)]
+    pub password: Option<String>,
     /// Members prefix (a full member only). Default `service/coordinator/members/`.
     #[serde(default = "default_members_prefix")]
     pub members_prefix: String,
@@ -219,6 +273,16 @@ pub struct Config {
     /// setting). Default 5 min.
     #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
     pub handoff_timeout: Duration,
+    /// Whether this member writes acknowledgements so that a leader moves
+    /// its items revoke, acknowledge, assign (a full member only). Default
+    /// true; false makes moves faster where a short overlap of owners is
+    /// harmless. Must be true in exclusive mode.
+    #[serde(default = "default_true")]
+    pub handoff: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl fmt::Debug for Config {
@@ -356,6 +420,8 @@ impl Config {
             txn_max_ops: None,
             value_max_bytes: None,
             handoff_timeout: default_handoff_timeout(),
+            password: None,
+            handoff: true,
         }
     }
 
@@ -458,16 +524,16 @@ impl Config {
             c.sequence_key = p;
         }
         if let Some(v) = get("COORDINATOR_EXCLUSIVE") {
-            c.exclusive = match v.trim() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" | "" => false,
-                other => {
-                    return Err(LoadError::Env {
-                        var: "COORDINATOR_EXCLUSIVE",
-                        reason: format!("{other:?} is not true or false"),
-                    })
-                }
-            };
+            c.exclusive = parse_bool(&v).ok_or_else(|| LoadError::Env {
+                var: "COORDINATOR_EXCLUSIVE",
+                reason: format!("{v:?} is not true or false"),
+            })?;
+        }
+        if let Some(v) = get("COORDINATOR_HANDOFF") {
+            c.handoff = parse_bool(&v).ok_or_else(|| LoadError::Env {
+                var: "COORDINATOR_HANDOFF",
+                reason: format!("{v:?} is not true or false"),
+            })?;
         }
         if let Some(d) = dur("COORDINATOR_EXCLUSIVE_MARGIN")? {
             c.exclusive_margin = Some(d);
@@ -561,7 +627,7 @@ impl Config {
             return Err(ConfigError::new(
                 "ttl",
                 format!(
-                    "{:?} is below Consul's shortest session TTL (10s): Consul would round it up, and the member would be wrong about its lease",
+                    "{:?} is below Consul's shortest session TTL (10s): give 10s or more (Consul would round it up, and the member would be wrong about its lease)",
                     self.ttl
                 ),
             ));
@@ -571,8 +637,17 @@ impl Config {
         } else if self.exclusive_margin.is_some() {
             return Err(ConfigError::new(
                 "exclusive_margin",
-                "is only used with exclusive = true",
+                "is only used in exclusive mode: add `exclusive`, or leave the margin out",
             ));
+        }
+        if !self.handoff {
+            if self.exclusive {
+                return Err(ConfigError::new(
+                    "handoff",
+                    "exclusive mode needs acknowledged handoffs: leave `handoff` on",
+                ));
+            }
+            m = m.handoff(false);
         }
         m.validate()?;
         Ok(m)
@@ -593,14 +668,14 @@ impl Config {
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(ConfigError::new(
-                "client_cert",
-                "client_cert and client_key must be given together",
+                if self.client_cert.is_some() { "client_cert" } else { "client_key" },
+                "`client_cert` and `client_key` must be given together",
             ));
         }
-        if self.user.is_some() != self.password_file.is_some() {
+        if self.user.is_some() != (self.password_file.is_some() || self.password.is_some()) {
             return Err(ConfigError::new(
                 "user",
-                "user and password_file must be given together",
+                "`user` and `password_file` must be given together",
             ));
         }
         if self.txn_max_bytes.is_some_and(|n| n < 4096) {
@@ -618,32 +693,82 @@ impl Config {
                 "must be at least 4 (a move takes up to three operations besides the fence)",
             ));
         }
-        if let Some(w) = self.consul_wait {
-            if w.is_zero() || w > Duration::from_secs(600) {
-                return Err(ConfigError::new(
-                    "consul_wait",
-                    format!("{w:?} is out of range: give 1s to 10m"),
-                ));
-            }
-        }
-        if let Some(k) = self.etcd_keepalive {
-            if k < Duration::from_millis(200) {
-                return Err(ConfigError::new(
-                    "etcd_keepalive",
-                    format!("{k:?} is too short: give at least 200ms"),
-                ));
-            }
-        }
         for e in &self.endpoints {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(ConfigError::new(
-                    "endpoints",
-                    format!("{e:?} must start with http:// or https://"),
-                ));
+            check_endpoint(e).map_err(|reason| ConfigError::new("endpoints", reason))?;
+        }
+        if self.prefix.is_empty() {
+            return Err(ConfigError::new(
+                "prefix",
+                "must not be empty: the member's keys are <prefix><instance id>/<work id>; the default is service/coordinator/assignments/",
+            ));
+        }
+        if !self.prefix.ends_with('/') {
+            return Err(ConfigError::new(
+                "prefix",
+                format!(
+                    "{:?} must end with '/' (the member's keys are <prefix><instance id>/<work id>): write {:?}",
+                    self.prefix,
+                    format!("{}/", self.prefix)
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("soak", Some(self.soak)),
+            ("max_soak", self.max_soak),
+            ("leader_settle", Some(self.leader_settle)),
+            ("consul_wait", self.consul_wait),
+            ("etcd_keepalive", self.etcd_keepalive),
+            ("ttl", Some(self.ttl)),
+            ("leader_soak", Some(self.leader_soak)),
+            ("rebalance_delay", Some(self.rebalance_delay)),
+            ("exclusive_margin", self.exclusive_margin),
+            ("drain_timeout", Some(self.drain_timeout)),
+            ("handoff_timeout", Some(self.handoff_timeout)),
+        ] {
+            if let Some(v) = value {
+                check_duration(field, v)?;
             }
         }
         Ok(())
     }
+}
+
+/// Reads a boolean as environment variables write it: `true`/`false`,
+/// `1`/`0`, `yes`/`no`, `on`/`off` (any case); empty is false.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// Checks one store address: `http://` or `https://`, a host, and a port
+/// from 1 to 65535 if one is given.
+pub fn check_endpoint(e: &str) -> Result<(), String> {
+    if e.trim().is_empty() {
+        return Err("an address is empty: give URL[,URL...] (e.g. http://127.0.0.1:8500), or leave the setting out for the store's local default".to_owned());
+    }
+    if !(e.starts_with("http://") || e.starts_with("https://")) {
+        return Err(format!("{e:?} must start with http:// or https://"));
+    }
+    let url = url::Url::parse(e).map_err(|err| match err {
+        url::ParseError::InvalidPort => format!("{e:?} has a port out of range: give 1 to 65535"),
+        other => format!("{e:?} is not a URL ({other})"),
+    })?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{e:?} has no host"));
+    }
+    if url.port() == Some(0) {
+        return Err(format!("{e:?} has port 0: give 1 to 65535"));
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(format!(
+            "{e:?} has a path ({}); give only scheme, host and port",
+            url.path()
+        ));
+    }
+    Ok(())
 }
 
 /// Splits a comma-separated endpoint list, dropping empty parts.

@@ -182,6 +182,7 @@ impl Backend {
                 if let Some(n) = config.txn_max_ops {
                     c.max_txn_ops = n;
                 }
+                c.password.clone_from(&config.password);
                 if let Some(path) = &config.password_file {
                     let password = std::fs::read_to_string(path).map_err(|e| {
                         ConfigError::new(

@@ -100,7 +100,8 @@ async fn bad_member_and_drain_flags_exit_2_naming_them() {
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
         err
     }
-    let member = ["member", "--backend", "memory", "--instance-id", "m1"];
+    // Nothing is connected: every one of these is refused before that.
+    let member = ["member", "--backend", "consul", "--instance-id", "m1"];
     let with = |extra: &[&'static str]| {
         member
             .iter()

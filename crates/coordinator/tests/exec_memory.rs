@@ -306,8 +306,14 @@ fn check_metrics(page: &str) {
 #[tokio::test]
 async fn a_handler_that_cannot_start_is_logged_and_the_worker_goes_on() {
     let scratch = Scratch::new("exec-missing");
+    // Executable, so the start-up check passes, but its interpreter is
+    // missing: starting it fails every time.
+    let handler = scratch.path("handler");
+    std::fs::write(&handler, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&handler, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
     let mut p = Program::start(
-        &["--exec", "/nonexistent/handler"],
+        &["--exec", handler.to_str().unwrap()],
         &scratch.path("unused.log"),
     );
     p.line().await;

@@ -139,29 +139,42 @@ impl Layout {
                 ),
             ));
         }
+        let defaults = Self::default();
         let all = [
-            &self.members,
-            &self.work,
-            &self.assignments,
-            &self.handoff,
-            &self.drain,
+            ("members_prefix", &self.members, &defaults.members),
+            ("work_prefix", &self.work, &defaults.work),
+            ("prefix", &self.assignments, &defaults.assignments),
+            ("handoff_prefix", &self.handoff, &defaults.handoff),
+            ("drain_prefix", &self.drain, &defaults.drain),
         ];
-        for prefix in all {
+        for (field, prefix, _) in all {
             // Under a prefix it would be read as one of its keys; a prefix
             // under it would hold keys that look like it.
             if self.sequence.starts_with(prefix.as_str()) || prefix.starts_with(&self.sequence) {
                 return Err(ConfigError::new(
                     "sequence_key",
-                    format!("{:?} and the prefix {prefix:?} overlap", self.sequence),
+                    format!(
+                        "{:?} and `{field}` {prefix:?} overlap: give the sequence key a place of its own",
+                        self.sequence
+                    ),
                 ));
             }
         }
-        for (i, a) in all.iter().enumerate() {
-            for b in &all[i + 1..] {
+        for (i, (fa, a, da)) in all.iter().enumerate() {
+            for (fb, b, db) in &all[i + 1..] {
                 if a.starts_with(b.as_str()) || b.starts_with(a.as_str()) {
+                    // Name the one that was changed from its default: that
+                    // is the setting to fix.
+                    let (field, value, other, other_value) = if a == da && b != db {
+                        (*fb, b, *fa, a)
+                    } else {
+                        (*fa, a, *fb, b)
+                    };
                     return Err(ConfigError::new(
-                        "prefix",
-                        format!("prefixes {a:?} and {b:?} overlap"),
+                        field,
+                        format!(
+                            "{value:?} overlaps `{other}` {other_value:?}: each prefix needs a subtree of its own"
+                        ),
                     ));
                 }
             }

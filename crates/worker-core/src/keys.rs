@@ -17,8 +17,14 @@ pub fn validate_instance_id(id: &str) -> Result<(), ConfigError> {
             "is {} bytes long, at most {MAX_INSTANCE_ID_LEN} are allowed",
             id.len()
         )
+    } else if id.trim().is_empty() {
+        format!("{id:?} is blank")
+    } else if id == "." || id == ".." {
+        format!("{id:?} is not a name (a path step in the member's keys)")
     } else if id.contains('/') {
         format!("{id:?} contains '/'")
+    } else if id.chars().any(char::is_whitespace) {
+        format!("{id:?} contains whitespace")
     } else if id.chars().any(char::is_control) {
         format!("{id:?} contains a control character")
     } else {

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::{ConfigError, ErrorChain, StoreError};
+use crate::keys::ForeignReason;
 use crate::machine::{Action, Machine, Timing};
 use crate::traits::{KvStream, KvWatch, LeaderStream, LeaderWait};
 use crate::types::{Leader, Revision, Snapshot, WatchEvent, Workload, WorkloadChange};
@@ -645,7 +646,14 @@ impl Driver {
                     }
                     Action::Publish(change) => self.publish(&change),
                     Action::IgnoredKey { key, reason } => {
-                        debug!(key = %String::from_utf8_lossy(&key), %reason, "ignoring key that is not an assignment");
+                        let key = String::from_utf8_lossy(&key);
+                        if reason == ForeignReason::OtherPrefix {
+                            debug!(%key, %reason, "ignoring key that is not an assignment");
+                        } else {
+                            // Under this member's own prefix: somebody meant it
+                            // for this member, and it will never be published.
+                            warn!(%key, %reason, "ignoring key under this member's prefix: it is not an assignment");
+                        }
                     }
                 }
             }

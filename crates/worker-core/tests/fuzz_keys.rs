@@ -52,8 +52,8 @@ proptest! {
     }
 
     #[test]
-    fn any_prefix_and_valid_id_round_trip(prefix in ".{0,20}", id in "[^/\\p{Cc}]{1,40}", work in "[^/]{1,40}") {
-        prop_assume!(id.len() <= 128);
+    fn any_prefix_and_valid_id_round_trip(prefix in ".{0,20}", id in "[^/\\p{Cc}\\s]{1,40}", work in "[^/]{1,40}") {
+        prop_assume!(id.len() <= 128 && id != "." && id != "..");
         let keys = AssignmentKeys::new(&prefix, &id).unwrap();
         let key = format!("{prefix}{id}/{work}");
         prop_assert_eq!(keys.parse(key.as_bytes()), Ok(work.as_str()));
@@ -65,7 +65,13 @@ proptest! {
     #[test]
     fn instance_id_validation_matches_the_rules(id in any::<String>()) {
         let ok = validate_instance_id(&id).is_ok();
-        let rules = !id.is_empty() && id.len() <= 128 && !id.contains('/') && !id.chars().any(char::is_control);
+        let rules = !id.is_empty()
+            && id.len() <= 128
+            && id != "."
+            && id != ".."
+            && !id.contains('/')
+            && !id.chars().any(char::is_whitespace)
+            && !id.chars().any(char::is_control);
         prop_assert_eq!(ok, rules);
     }
 }

@@ -3,45 +3,48 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand};
-use coordinator::config::{BackendKind, DEFAULT_LEADER};
-use coordinator::leader::layout::{
-    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_SEQUENCE_KEY,
-    DEFAULT_WORK_PREFIX,
-};
-use coordinator::{Backend, Error, ErrorChain, Layout, MemberMeta, MemberStore, DEFAULT_PREFIX};
+use clap::{ArgMatches, Args, Subcommand};
+use coordinator::config::BackendKind;
+use coordinator::{Backend, Error, ErrorChain, Layout, MemberMeta, MemberStore};
 use serde::Serialize;
 
-use crate::{config_error, usage_error, ConnArgs};
+use crate::{put, settings, usage_error, ConnArgs};
 
-/// Where the store is and where the keys live (for `work` and `status`).
+/// Where the store is and where the keys live (for `work`, `status` and `drain`).
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
+    /// Which store [default: consul]
+    #[arg(long, env = "COORDINATOR_BACKEND", value_parser = crate::backend_parser(false))]
+    backend: Option<BackendKind>,
     #[command(flatten)]
     conn: ConnArgs,
-    /// Assignment prefix.
-    #[arg(long, default_value = DEFAULT_PREFIX)]
-    prefix: String,
-    /// Consul leader key, or etcd election name.
-    #[arg(long, default_value = DEFAULT_LEADER)]
-    leader: String,
-    /// Members prefix.
-    #[arg(long, default_value = DEFAULT_MEMBERS_PREFIX)]
-    members_prefix: String,
-    /// Work-items prefix.
-    #[arg(long, default_value = DEFAULT_WORK_PREFIX)]
-    work_prefix: String,
-    /// Handoff-records prefix.
-    #[arg(long, default_value = DEFAULT_HANDOFF_PREFIX)]
-    handoff_prefix: String,
-    /// Drain-requests prefix.
-    #[arg(long, default_value = DEFAULT_DRAIN_PREFIX)]
-    drain_prefix: String,
-    /// The key every leader transaction checks and bumps.
-    #[arg(long, default_value = DEFAULT_SEQUENCE_KEY)]
-    sequence_key: String,
+    /// How long to wait for the store to answer before giving up with "store unreachable" [default: 5s]
+    #[arg(long, env = "COORDINATOR_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Connection")]
+    connect_timeout: Option<Duration>,
+    /// Assignment prefix [default: service/coordinator/assignments/]
+    #[arg(long, env = "COORDINATOR_PREFIX", help_heading = "Keys")]
+    prefix: Option<String>,
+    /// Consul leader key, or etcd election name [default: service/coordinator/leader]
+    #[arg(long, env = "COORDINATOR_LEADER", help_heading = "Keys")]
+    leader: Option<String>,
+    /// Members prefix [default: service/coordinator/members/]
+    #[arg(long, env = "COORDINATOR_MEMBERS_PREFIX", help_heading = "Keys")]
+    members_prefix: Option<String>,
+    /// Work-items prefix [default: service/coordinator/work/]
+    #[arg(long, env = "COORDINATOR_WORK_PREFIX", help_heading = "Keys")]
+    work_prefix: Option<String>,
+    /// Handoff-records prefix [default: service/coordinator/handoff/]
+    #[arg(long, env = "COORDINATOR_HANDOFF_PREFIX", help_heading = "Keys")]
+    handoff_prefix: Option<String>,
+    /// Drain-requests prefix [default: service/coordinator/drain/]
+    #[arg(long, env = "COORDINATOR_DRAIN_PREFIX", help_heading = "Keys")]
+    drain_prefix: Option<String>,
+    /// The key every leader transaction checks and bumps [default: service/coordinator/sequence]
+    #[arg(long, env = "COORDINATOR_SEQUENCE_KEY", help_heading = "Keys")]
+    sequence_key: Option<String>,
 }
 
 /// `coordinator drain ID`.
@@ -55,7 +58,7 @@ pub struct DrainArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait for the member to leave (exit 1 after it).
-    #[arg(long, value_parser = coordinator::config::parse_duration, default_value = "2m", allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = settings::duration, default_value = "2m", allow_hyphen_values = true)]
     timeout: std::time::Duration,
 }
 
@@ -84,10 +87,13 @@ enum WorkOp {
         /// The work id.
         id: String,
     },
-    /// Lists the work items, one per line: `ID<TAB>VALUE`.
+    /// Lists the work items, one per line: `ID<TAB>VALUE` (or JSON with --json).
     Ls {
         #[command(flatten)]
         store: StoreArgs,
+        /// Print one JSON object: {"items":[{"id":ID,"value":VALUE},...]}, sorted by id.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -101,35 +107,108 @@ pub struct StatusArgs {
     json: bool,
 }
 
-async fn connect(args: StoreArgs) -> Result<(Layout, MemberStore), ExitCode> {
-    let mut c = args.conn.config("coordinator-cli".to_owned());
-    if c.backend == BackendKind::Memory {
-        return Err(usage_error(
-            "invalid --backend: the memory store lives inside one process; use consul or etcd (or `coordinator demo`)",
-        ));
+/// The admin commands' store: the layout, the store, and how long a read
+/// may wait.
+struct Admin {
+    layout: Layout,
+    store: MemberStore,
+    timeout: Duration,
+    endpoints: String,
+}
+
+impl Admin {
+    /// Bounds `op` by the connect timeout; a store that does not answer in
+    /// time, or cannot be reached, is "store unreachable" (exit 1).
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, coordinator::StoreError>>,
+    ) -> Result<T, ExitCode> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(coordinator::StoreError::Unavailable(e))) => {
+                Err(unreachable(&self.endpoints, &ErrorChain(&*e).to_string()))
+            }
+            Ok(Err(e @ coordinator::StoreError::Timeout(_))) => {
+                Err(unreachable(&self.endpoints, &e.to_string()))
+            }
+            Ok(Err(e)) => Err(fail(what, &e)),
+            Err(_) => Err(unreachable(
+                &self.endpoints,
+                &format!("no answer within {}", humantime::format_duration(self.timeout)),
+            )),
+        }
     }
-    c.prefix = args.prefix;
-    c.leader = args.leader;
-    c.members_prefix = args.members_prefix;
-    c.work_prefix = args.work_prefix;
-    c.handoff_prefix = args.handoff_prefix;
-    c.drain_prefix = args.drain_prefix;
-    c.sequence_key = args.sequence_key;
-    if let Err(e) = c.validate().and_then(|()| c.layout().validate()) {
-        return Err(config_error(&e));
+}
+
+/// "store unreachable: ...", exit 1.
+fn unreachable(endpoints: &str, why: &str) -> ExitCode {
+    eprintln!("coordinator: store unreachable: {endpoints}: {why}");
+    ExitCode::FAILURE
+}
+
+async fn connect(args: &StoreArgs, m: &ArgMatches) -> Result<Admin, ExitCode> {
+    let mut s = args.conn.settings(args.backend, m)?;
+    if let Some(t) = args.connect_timeout {
+        s.program.connect_timeout = t;
+        s.mark("connect_timeout", m);
     }
-    let backend = match Backend::connect(&c).await {
-        Ok(b) => b,
-        Err(Error::Config(e)) => return Err(config_error(&e)),
-        Err(e) => return Err(usage_error(&ErrorChain(&e).to_string())),
+    put!(s, m, prefix = args.prefix.clone());
+    put!(s, m, leader = args.leader.clone());
+    put!(s, m, members_prefix = args.members_prefix.clone());
+    put!(s, m, work_prefix = args.work_prefix.clone());
+    put!(s, m, handoff_prefix = args.handoff_prefix.clone());
+    put!(s, m, drain_prefix = args.drain_prefix.clone());
+    put!(s, m, sequence_key = args.sequence_key.clone());
+    if s.config.backend == BackendKind::Memory {
+        return Err(usage_error(&format!(
+            "invalid {}: the memory store lives inside one process; use consul or etcd (or `coordinator demo`)",
+            s.name_of("backend")
+        )));
+    }
+    if s.config.instance_id.is_empty() {
+        "coordinator-cli".clone_into(&mut s.config.instance_id);
+    }
+    let timeout = s.program.connect_timeout;
+    if timeout.is_zero() || timeout > Duration::from_secs(600) {
+        return Err(usage_error(&format!(
+            "invalid {}: {} is out of range: give 1ms to 10m",
+            s.name_of("connect_timeout"),
+            humantime::format_duration(timeout)
+        )));
+    }
+    let s = crate::finish_settings(s, &args.conn, |s| s.config.layout().validate())?;
+    let c = &s.config;
+    let endpoints = c.endpoints_or_default().join(",");
+    let backend = match tokio::time::timeout(timeout, Backend::connect(c)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(Error::Config(e))) => return Err(s.refuse(&e)),
+        Ok(Err(e)) => return Err(unreachable(&endpoints, &ErrorChain(&e).to_string())),
+        Err(_) => {
+            return Err(unreachable(
+                &endpoints,
+                &format!("no answer within {}", humantime::format_duration(timeout)),
+            ))
+        }
     };
-    match backend.member_store() {
-        Some(store) => Ok((c.layout(), store.clone())),
-        None => Err(usage_error(&format!(
-            "invalid --backend: {} cannot manage work items",
+    let Some(store) = backend.member_store() else {
+        return Err(usage_error(&format!(
+            "invalid {}: {} cannot manage work items",
+            s.name_of("backend"),
             c.backend
-        ))),
-    }
+        )));
+    };
+    let admin = Admin {
+        layout: c.layout(),
+        store: store.clone(),
+        timeout,
+        endpoints,
+    };
+    // One cheap read first: an unreachable store fails here, at once.
+    admin
+        .bounded("cannot read the leader", admin.store.election.leader_value(&admin.layout.leader))
+        .await?;
+    Ok(admin)
 }
 
 fn fail(what: &str, e: &coordinator::StoreError) -> ExitCode {
@@ -137,121 +216,147 @@ fn fail(what: &str, e: &coordinator::StoreError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-pub async fn work(args: WorkArgs) -> ExitCode {
-    let (WorkOp::Put { store, .. } | WorkOp::Rm { store, .. } | WorkOp::Ls { store }) = &args.op;
-    let (layout, store) = match connect(store.clone()).await {
+pub async fn work(args: WorkArgs, m: ArgMatches) -> ExitCode {
+    let (WorkOp::Put { store, .. } | WorkOp::Rm { store, .. } | WorkOp::Ls { store, .. }) = &args.op;
+    let admin = match connect(store, &m).await {
         Ok(x) => x,
         Err(code) => return code,
     };
-    match args.op {
+    let (layout, store) = (&admin.layout, &admin.store);
+    let result = match args.op {
         WorkOp::Put { id, value, .. } => {
             if let Err(reason) = check_work_id(&id) {
                 return usage_error(&format!("invalid work id {id:?}: {reason}"));
             }
             let value = Bytes::from(value.unwrap_or_default());
-            match store.kv_write.put_key(&layout.work_key(&id), value).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail("cannot write the work item", &e),
-            }
+            admin
+                .bounded(
+                    "cannot write the work item",
+                    store.kv_write.put_key(&layout.work_key(&id), value),
+                )
+                .await
+                .map(|()| ExitCode::SUCCESS)
         }
-        WorkOp::Rm { id, .. } => match store.kv_write.delete_key(&layout.work_key(&id)).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => {
-                eprintln!("coordinator: no work item {id:?}");
-                ExitCode::FAILURE
-            }
-            Err(e) => fail("cannot remove the work item", &e),
-        },
-        WorkOp::Ls { .. } => match store.kv.list(&layout.work).await {
-            Ok(snapshot) => {
-                let mut lines = String::new();
+        WorkOp::Rm { id, .. } => admin
+            .bounded(
+                "cannot remove the work item",
+                store.kv_write.delete_key(&layout.work_key(&id)),
+            )
+            .await
+            .map(|found| {
+                if found {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("coordinator: no work item {id:?}");
+                    ExitCode::FAILURE
+                }
+            }),
+        WorkOp::Ls { json, .. } => admin
+            .bounded("cannot list the work items", store.kv.list(&layout.work))
+            .await
+            .map(|snapshot| {
                 let mut entries = snapshot.entries;
                 entries.sort_by(|a, b| a.key.cmp(&b.key));
-                for e in entries {
-                    if let Ok(id) = layout.parse_work(&e.key) {
+                let items: Vec<(&str, String)> = entries
+                    .iter()
+                    .filter_map(|e| {
+                        let id = layout.parse_work(&e.key).ok()?;
+                        Some((id, String::from_utf8_lossy(&e.value).into_owned()))
+                    })
+                    .collect();
+                if json {
+                    #[derive(Serialize)]
+                    struct Item<'a> {
+                        id: &'a str,
+                        value: &'a str,
+                    }
+                    #[derive(Serialize)]
+                    struct Items<'a> {
+                        items: Vec<Item<'a>>,
+                    }
+                    let out = Items {
+                        items: items.iter().map(|(id, value)| Item { id, value }).collect(),
+                    };
+                    println!("{}", serde_json::to_string(&out).expect("strings only"));
+                } else {
+                    let mut lines = String::new();
+                    for (id, value) in &items {
                         lines.push_str(id);
                         lines.push('\t');
-                        lines.push_str(&String::from_utf8_lossy(&e.value));
+                        lines.push_str(value);
                         lines.push('\n');
                     }
+                    print!("{lines}");
                 }
-                print!("{lines}");
                 ExitCode::SUCCESS
-            }
-            Err(e) => fail("cannot list the work items", &e),
-        },
-    }
+            }),
+    };
+    result.unwrap_or_else(|code| code)
 }
 
 /// Asks member `ID` to drain and leave (a request key it watches), then
 /// waits until its member key is gone. Exit 0: it left; 1: it did not within
 /// the timeout, or there is no such member; 2: bad input.
-pub async fn drain(args: DrainArgs) -> ExitCode {
+pub async fn drain(args: DrainArgs, m: ArgMatches) -> ExitCode {
     if let Err(e) = coordinator::validate_instance_id(&args.id) {
         return usage_error(&format!("invalid member id {:?}: {}", args.id, e.reason));
     }
-    let (layout, store) = match connect(args.store).await {
+    let admin = match connect(&args.store, &m).await {
         Ok(x) => x,
         Err(code) => return code,
     };
+    let (layout, store) = (&admin.layout, &admin.store);
     let member_key = layout.member_key(&args.id);
+    // Is the member there? One bounded read.
+    let present = match admin
+        .bounded("cannot read the members", store.kv.list(&member_key))
+        .await
+    {
+        Ok(snapshot) => snapshot
+            .entries
+            .iter()
+            .any(|e| e.key == member_key.as_bytes()),
+        Err(code) => return code,
+    };
+    if !present {
+        eprintln!("coordinator: no live member {:?}", args.id);
+        return ExitCode::FAILURE;
+    }
+    if let Err(code) = admin
+        .bounded(
+            "cannot write the drain request",
+            store
+                .kv_write
+                .put_key(&layout.drain_key(&args.id), Bytes::from_static(b"drain")),
+        )
+        .await
+    {
+        return code;
+    }
+    eprintln!("coordinator: drain of {} requested", args.id);
+    if args.no_wait {
+        return ExitCode::SUCCESS;
+    }
     let (mut members, task) = coordinator::leader::follow::spawn_follow(
         store.kv.clone(),
         member_key.clone(),
-        (
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_secs(2),
-        ),
+        (Duration::from_millis(100), Duration::from_secs(2)),
     );
     let _task = AbortOnDrop(task);
-    let present = |m: &Option<std::sync::Arc<coordinator::leader::follow::PrefixMap>>| {
+    let gone = members.wait_for(|m| {
         m.as_ref()
-            .is_some_and(|m| m.contains_key(member_key.as_bytes()))
-    };
-    let wait = async {
-        let first = members
-            .wait_for(Option::is_some)
-            .await
-            .is_ok_and(|m| present(&m));
-        if !first {
-            return Err("no live member");
-        }
-        if let Err(e) = store
-            .kv_write
-            .put_key(&layout.drain_key(&args.id), Bytes::from_static(b"drain"))
-            .await
-        {
-            eprintln!(
-                "coordinator: cannot write the drain request: {}",
-                ErrorChain(&e)
-            );
-            return Err("request not written");
-        }
-        eprintln!("coordinator: drain of {} requested", args.id);
-        if args.no_wait {
-            return Ok(());
-        }
-        let _ = members.wait_for(|m| m.is_some() && !present(m)).await;
-        Ok(())
-    };
-    match tokio::time::timeout(args.timeout, wait).await {
-        Ok(Ok(())) => {
-            if !args.no_wait {
-                eprintln!("coordinator: {} left", args.id);
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(Err(what)) => {
-            eprintln!("coordinator: {what} {:?}", args.id);
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!(
-                "coordinator: {} did not leave within {:?}",
-                args.id, args.timeout
-            );
-            ExitCode::FAILURE
-        }
+            .is_some_and(|m| !m.contains_key(member_key.as_bytes()))
+    });
+    if tokio::time::timeout(args.timeout, gone).await.is_ok() {
+        eprintln!("coordinator: {} left", args.id);
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "coordinator: {} did not leave within {}",
+            args.id,
+            humantime::format_duration(args.timeout)
+        );
+        ExitCode::FAILURE
     }
 }
 
@@ -300,12 +405,13 @@ struct MemberStatus {
     items: Vec<String>,
 }
 
-pub async fn status(args: StatusArgs) -> ExitCode {
+pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
     let json = args.json;
-    let (layout, store) = match connect(args.store).await {
+    let admin = match connect(&args.store, &m).await {
         Ok(x) => x,
         Err(code) => return code,
     };
+    let (layout, store) = (&admin.layout, &admin.store);
     let read = async {
         let members = store.kv.list(&layout.members).await?;
         let work = store.kv.list(&layout.work).await?;
@@ -314,10 +420,11 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         let leader = store.election.leader_value(&layout.leader).await?;
         Ok::<_, coordinator::StoreError>((members, work, assignments, handoffs, leader))
     };
-    let (members, work, assignments, handoffs, leader) = match read.await {
-        Ok(x) => x,
-        Err(e) => return fail("cannot read the cluster's state", &e),
-    };
+    let (members, work, assignments, handoffs, leader) =
+        match admin.bounded("cannot read the cluster's state", read).await {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
     let mut status = Status {
         leader,
         ..Status::default()
@@ -346,7 +453,7 @@ pub async fn status(args: StatusArgs) -> ExitCode {
     let limits = store.writer.limits();
     for e in &work.entries {
         if let Ok(id) = layout.parse_work(&e.key) {
-            if let Some(bytes) = leader_core::machine::refusal(&layout, &limits, id, &e.value) {
+            if let Some(bytes) = leader_core::machine::refusal(layout, &limits, id, &e.value) {
                 status.refused.insert(id.to_owned(), bytes);
             }
         }

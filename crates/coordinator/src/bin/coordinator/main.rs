@@ -12,6 +12,7 @@ mod demo;
 mod exec;
 mod member;
 mod prometheus;
+mod settings;
 mod worker;
 
 use std::net::SocketAddr;
@@ -19,15 +20,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use coordinator::config::{parse_duration, BackendKind, DEFAULT_LEADER};
-use coordinator::{Config, DEFAULT_PREFIX};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use coordinator::config::BackendKind;
+
+use crate::settings::{LogFormat, Settings};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "coordinator",
     version,
-    about = "Know which work is assigned to this member, reliably and quickly."
+    about = "Know which work is assigned to this member, reliably and quickly.",
+    after_help = "Settings: flags win over COORDINATOR_* variables, which win over the --config file, \
+which wins over the stores' own variables (CONSUL_HTTP_ADDR, ETCDCTL_ENDPOINTS, ...) and the defaults. \
+`--print-config` shows the effective settings and where each came from."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,8 +45,6 @@ struct Cli {
 enum Cmd {
     /// Run one worker; print a JSON line for the first settled workload and every later change.
     Worker(WorkerArgs),
-    /// Run a leader and several workers in one process on the memory backend.
-    Demo(DemoArgs),
     /// Run a full member: register, campaign, assign while leader, print the settled workload as `worker` does.
     Member(member::MemberArgs),
     /// Manage work items: put ID [VALUE], rm ID, ls.
@@ -49,121 +53,218 @@ enum Cmd {
     Status(admin::StatusArgs),
     /// Ask a member to drain (hand its items over) and leave; wait until it left.
     Drain(admin::DrainArgs),
+    /// Run a leader and several workers in one process on the memory backend.
+    Demo(DemoArgs),
+    /// Print a shell completion script (e.g. `coordinator completions bash > /etc/bash_completion.d/coordinator`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout (e.g. `coordinator man > /usr/local/share/man/man1/coordinator.1`).
+    Man,
 }
 
-/// Where the store is and how to reach it: shared by every command that talks to one.
+/// The stores a command may be given: `worker` also takes the in-process
+/// memory store; the others need a store other processes share.
+fn backend_parser(with_memory: bool) -> impl clap::builder::TypedValueParser<Value = BackendKind> {
+    let names: &[&'static str] = if with_memory {
+        &["consul", "etcd", "memory"]
+    } else {
+        &["consul", "etcd"]
+    };
+    PossibleValuesParser::new(names).map(|s| s.parse::<BackendKind>().expect("one of the names above"))
+}
+
+/// Where the store is and how to reach it: shared by every command that
+/// talks to one. (`--backend` is each command's own: not all take `memory`.)
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ConnArgs {
-    /// Which store: consul, etcd or memory.
-    #[arg(long, value_parser = parse_backend)]
-    backend: BackendKind,
-    /// Store addresses, comma-separated (default: the store's local address).
-    #[arg(long, value_delimiter = ',')]
-    endpoints: Vec<String>,
-    /// File holding the Consul ACL token (else `CONSUL_HTTP_TOKEN`).
+    /// Store addresses, comma-separated [default: CONSUL_HTTP_ADDR / ETCDCTL_ENDPOINTS, else the store's local address]
+    #[arg(long, env = "COORDINATOR_ENDPOINTS", value_delimiter = ',', value_name = "URL[,URL...]")]
+    endpoints: Option<Vec<String>>,
+    /// Read settings from this TOML file (the library's keys, plus http_addr, exec, exec_timeout, log_format, connect_timeout)
+    #[arg(long, env = "COORDINATOR_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective settings as TOML, each with where it came from, and exit
     #[arg(long)]
+    print_config: bool,
+    /// File holding the Consul ACL token [default: CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE]
+    #[arg(long, env = "COORDINATOR_TOKEN_FILE", value_name = "FILE", help_heading = "Connection")]
     token_file: Option<PathBuf>,
-    /// CA certificate (PEM) for TLS.
-    #[arg(long)]
+    /// CA certificate (PEM) for TLS [default: CONSUL_CACERT / ETCDCTL_CACERT]
+    #[arg(long, env = "COORDINATOR_CA_CERT", value_name = "FILE", help_heading = "Connection")]
     ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, requires = "client_key")]
+    /// Client certificate (PEM) for mutual TLS, with --client-key [default: CONSUL_CLIENT_CERT / ETCDCTL_CERT]
+    #[arg(long, env = "COORDINATOR_CLIENT_CERT", value_name = "FILE", help_heading = "Connection")]
     client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[arg(long, requires = "client_cert")]
+    /// Client key (PEM) for mutual TLS, with --client-cert [default: CONSUL_CLIENT_KEY / ETCDCTL_KEY]
+    #[arg(long, env = "COORDINATOR_CLIENT_KEY", value_name = "FILE", help_heading = "Connection")]
     client_key: Option<PathBuf>,
-    /// etcd user name.
-    #[arg(long, requires = "password_file")]
+    /// etcd user name, with --password-file [default: ETCDCTL_USER]
+    #[arg(long, env = "COORDINATOR_USER", help_heading = "Connection")]
     user: Option<String>,
-    /// File holding the etcd password.
-    #[arg(long, requires = "user")]
+    /// File holding the etcd password
+    #[arg(long, env = "COORDINATOR_PASSWORD_FILE", value_name = "FILE", help_heading = "Connection")]
     password_file: Option<PathBuf>,
 }
 
+/// Sets `$s.config.$field` from an optional flag value and records its origin.
+macro_rules! put {
+    ($s:ident, $m:ident, $field:ident = $value:expr) => {
+        if let Some(v) = $value {
+            $s.config.$field = v;
+            $s.mark(stringify!($field), $m);
+        }
+    };
+}
+pub(crate) use put;
+
 impl ConnArgs {
-    /// A config for `instance_id` with these connection settings.
-    pub(crate) fn config(self, instance_id: String) -> Config {
-        let mut c = Config::new(self.backend, instance_id);
-        c.endpoints = self
-            .endpoints
-            .into_iter()
-            .filter(|e| !e.trim().is_empty())
-            .collect();
-        c.token_file = self.token_file;
-        c.ca_cert = self.ca_cert;
-        c.client_cert = self.client_cert;
-        c.client_key = self.client_key;
-        c.user = self.user;
-        c.password_file = self.password_file;
-        c
+    /// The file's settings (or the defaults) with these flags on top.
+    pub(crate) fn settings(
+        &self,
+        backend: Option<BackendKind>,
+        m: &ArgMatches,
+    ) -> Result<Settings, ExitCode> {
+        let mut s = Settings::load(self.config.as_deref())?;
+        put!(s, m, backend = backend);
+        if let Some(list) = &self.endpoints {
+            if list.is_empty() || list.iter().any(|e| e.trim().is_empty()) {
+                return Err(usage_error(&format!(
+                    "invalid {}: an address is empty: give URL[,URL...] (e.g. http://127.0.0.1:8500), or leave it out for the store's local address",
+                    if m.value_source("endpoints") == Some(clap::parser::ValueSource::EnvVariable) {
+                        "COORDINATOR_ENDPOINTS"
+                    } else {
+                        "--endpoints"
+                    }
+                )));
+            }
+        }
+        put!(s, m, endpoints = self.endpoints.clone());
+        put!(s, m, token_file = self.token_file.clone().map(Some));
+        put!(s, m, ca_cert = self.ca_cert.clone().map(Some));
+        put!(s, m, client_cert = self.client_cert.clone().map(Some));
+        put!(s, m, client_key = self.client_key.clone().map(Some));
+        put!(s, m, user = self.user.clone().map(Some));
+        put!(s, m, password_file = self.password_file.clone().map(Some));
+        Ok(s)
     }
 }
 
 /// Flags of `coordinator worker` (SPEC §5).
 #[derive(Args, Debug, Clone)]
 pub(crate) struct WorkerArgs {
+    /// This member's id (required: here, in COORDINATOR_INSTANCE_ID or in the --config file)
+    #[arg(long, env = "COORDINATOR_INSTANCE_ID", value_name = "ID")]
+    instance_id: Option<String>,
+    /// Which store (memory: an in-process store fed by stdin commands `put KEY [VALUE]`, `del KEY`, `leader ID`, `no-leader`) [default: consul]
+    #[arg(long, env = "COORDINATOR_BACKEND", value_parser = backend_parser(true))]
+    backend: Option<BackendKind>,
     #[command(flatten)]
     conn: ConnArgs,
-    /// This member's id.
-    #[arg(long)]
-    instance_id: String,
-    /// Assignment prefix.
-    #[arg(long, default_value = DEFAULT_PREFIX)]
-    prefix: String,
-    /// Consul leader key, or etcd election name.
-    #[arg(long, default_value = DEFAULT_LEADER)]
-    leader: String,
-    /// Quiet time before a change is committed.
-    #[arg(long, value_parser = parse_duration, default_value = "500ms", allow_hyphen_values = true)]
-    soak: Duration,
-    /// Longest a change may soak while changes keep coming (default 10 x soak).
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    max_soak: Option<Duration>,
-    /// Extra wait after a new leader appears.
-    #[arg(long, value_parser = parse_duration, default_value = "5s", allow_hyphen_values = true)]
-    leader_settle: Duration,
-    /// Consul blocking-query wait; a silent connection is noticed after wait + wait/16 + 5s (default 5m).
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    consul_wait: Option<Duration>,
-    /// etcd keep-alive: request timeout and silent-stream detection (default 10s).
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    etcd_keepalive: Option<Duration>,
+    #[command(flatten)]
+    opts: WorkerOpts,
     #[command(flatten)]
     program: ProgramArgs,
+}
+
+/// The worker's settings, shared by `worker` and `member`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct WorkerOpts {
+    /// Assignment prefix; must end with '/' [default: service/coordinator/assignments/]
+    #[arg(long, env = "COORDINATOR_PREFIX", help_heading = "Keys")]
+    prefix: Option<String>,
+    /// Consul leader key, or etcd election name [default: service/coordinator/leader]
+    #[arg(long, env = "COORDINATOR_LEADER", help_heading = "Keys")]
+    leader: Option<String>,
+    /// Quiet time before a change is committed [default: 500ms]
+    #[arg(long, env = "COORDINATOR_SOAK", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    soak: Option<Duration>,
+    /// Longest a change may soak while changes keep coming [default: 10 x soak]
+    #[arg(long, env = "COORDINATOR_MAX_SOAK", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    max_soak: Option<Duration>,
+    /// Extra wait after a new leader appears [default: 5s]
+    #[arg(long, env = "COORDINATOR_LEADER_SETTLE", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    leader_settle: Option<Duration>,
+    /// Consul blocking-query wait; a silent connection is noticed after wait + wait/16 + 5s [default: 5m]
+    #[arg(long, env = "COORDINATOR_CONSUL_WAIT", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    consul_wait: Option<Duration>,
+    /// etcd keep-alive: request timeout and silent-stream detection [default: 10s]
+    #[arg(long, env = "COORDINATOR_ETCD_KEEPALIVE", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    etcd_keepalive: Option<Duration>,
+}
+
+impl WorkerOpts {
+    pub(crate) fn apply(&self, s: &mut Settings, m: &ArgMatches) {
+        put!(s, m, prefix = self.prefix.clone());
+        put!(s, m, leader = self.leader.clone());
+        put!(s, m, soak = self.soak);
+        put!(s, m, max_soak = self.max_soak.map(Some));
+        put!(s, m, leader_settle = self.leader_settle);
+        put!(s, m, consul_wait = self.consul_wait.map(Some));
+        put!(s, m, etcd_keepalive = self.etcd_keepalive.map(Some));
+    }
 }
 
 /// Flags of the program itself (not library settings), for `worker` and `member`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ProgramArgs {
-    /// Serve the metrics for Prometheus on HOST:PORT (off by default).
-    #[arg(long, value_name = "HOST:PORT", value_parser = prometheus::parse_addr)]
-    metrics_addr: Option<SocketAddr>,
+    /// Serve /metrics, /healthz, /readyz and /status on HOST:PORT (`:PORT`: every interface) [default: off]
+    #[arg(long, visible_alias = "metrics-addr", env = "COORDINATOR_HTTP_ADDR", value_name = "HOST:PORT", value_parser = prometheus::parse_addr, help_heading = "Output")]
+    http_addr: Option<SocketAddr>,
+    /// Log line format on stderr [default: text]
+    #[arg(long, env = "COORDINATOR_LOG_FORMAT", value_enum, help_heading = "Output")]
+    log_format: Option<LogFormat>,
+    /// Kill an `--exec` handler that runs longer than this (for `member`, its change is not acknowledged) [default: no limit]
+    #[arg(long, env = "COORDINATOR_EXEC_TIMEOUT", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Output")]
+    exec_timeout: Option<Duration>,
     /// Run CMD with ARGS for each settled change, one at a time, in order: the
     /// JSON line on its stdin, the change in COORDINATOR_* variables. Give it
-    /// last: every argument after it belongs to CMD.
-    #[arg(long, value_name = "CMD [ARGS...]", num_args = 1.., allow_hyphen_values = true)]
+    /// last: every argument after it belongs to CMD. (COORDINATOR_EXEC: split
+    /// at whitespace.)
+    #[arg(long, value_name = "CMD [ARGS...]", num_args = 1.., allow_hyphen_values = true, help_heading = "Output")]
     exec: Vec<String>,
-    /// Kill an `--exec` handler that runs longer than this (logged at warn;
-    /// for `member`, its change is not acknowledged). Default: no limit.
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    exec_timeout: Option<Duration>,
 }
 
 impl ProgramArgs {
-    /// Starts serving metrics if asked; a failure is a usage error (exit 2)
-    /// naming `--metrics-addr`.
-    pub(crate) fn serve_metrics(&self) -> Result<(), ExitCode> {
-        match self.metrics_addr {
-            Some(addr) => prometheus::serve(addr)
-                .map_err(|e| usage_error(&format!("invalid --metrics-addr: {e}"))),
-            None => Ok(()),
+    /// Puts these flags (and `COORDINATOR_EXEC`) over the file's program settings.
+    pub(crate) fn apply(&self, s: &mut Settings, m: &ArgMatches) {
+        if let Some(a) = self.http_addr {
+            s.program.http_addr = Some(a);
+            s.mark("http_addr", m);
+        }
+        if let Some(f) = self.log_format {
+            s.program.log_format = f;
+            s.mark("log_format", m);
+        }
+        if let Some(t) = self.exec_timeout {
+            s.program.exec_timeout = Some(t);
+            s.mark("exec_timeout", m);
+        }
+        if !self.exec.is_empty() {
+            s.program.exec.clone_from(&self.exec);
+            s.mark("exec", m);
+        } else if let Some(cmd) = std::env::var("COORDINATOR_EXEC").ok().filter(|c| !c.trim().is_empty()) {
+            s.program.exec = cmd.split_whitespace().map(str::to_owned).collect();
+            s.mark_env("exec");
         }
     }
+}
 
-    /// The `--exec` handler, if one is given.
-    pub(crate) fn handler(&self) -> Option<exec::Handler> {
-        exec::Handler::new(&self.exec, self.exec_timeout)
+/// Starts serving metrics if asked; a failure is a usage error (exit 2)
+/// naming `--http-addr`.
+pub(crate) fn serve_metrics(s: &Settings) -> Result<(), ExitCode> {
+    match s.program.http_addr {
+        Some(addr) => prometheus::serve(addr)
+            .map_err(|e| usage_error(&format!("invalid {}: {e}", s.name_of("http_addr")))),
+        None => Ok(()),
     }
+}
+
+/// The `--exec` handler, if one is given.
+pub(crate) fn handler(s: &Settings) -> Option<exec::Handler> {
+    exec::Handler::new(&s.program.exec, s.program.exec_timeout)
 }
 
 /// Flags of `coordinator demo`.
@@ -174,8 +275,45 @@ struct DemoArgs {
     items: u32,
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    s.parse()
+/// The settings of `worker`: the file, then the flags and variables, then
+/// the stores' variables; checked. `--print-config` prints them here.
+pub(crate) fn worker_settings(args: &WorkerArgs, m: &ArgMatches) -> Result<Settings, ExitCode> {
+    let mut s = args.conn.settings(args.backend, m)?;
+    put!(s, m, instance_id = args.instance_id.clone());
+    args.opts.apply(&mut s, m);
+    args.program.apply(&mut s, m);
+    Ok(s)
+}
+
+/// The last checks shared by `worker` and `member`, after every layer: the
+/// stores' variables, `--print-config`, the instance id, the library's
+/// validation and the `--exec` program. `Err(SUCCESS)` after `--print-config`.
+pub(crate) fn finish_settings(
+    mut s: Settings,
+    conn: &ConnArgs,
+    extra: impl FnOnce(&Settings) -> Result<(), coordinator::ConfigError>,
+) -> Result<Settings, ExitCode> {
+    s.apply_store_env(&|k| std::env::var(k).ok())?;
+    if conn.print_config {
+        print!("{}", s.render());
+    }
+    if s.config.instance_id.is_empty() {
+        return Err(usage_error(
+            "missing instance id: give --instance-id ID, COORDINATOR_INSTANCE_ID or instance_id in the --config file",
+        ));
+    }
+    s.config
+        .validate()
+        .and_then(|()| extra(&s))
+        .map_err(|e| s.refuse(&e))?;
+    if let Some(program) = s.program.exec.first() {
+        settings::check_exec(program)
+            .map_err(|why| usage_error(&format!("invalid {}: {why}", s.name_of("exec"))))?;
+    }
+    if conn.print_config {
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(s)
 }
 
 /// Prints a one-line usage error naming the flag, and returns exit code 2.
@@ -184,18 +322,59 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// A bad setting, named by the flag that sets it: one line, exit code 2.
-fn config_error(e: &coordinator::ConfigError) -> ExitCode {
-    usage_error(&format!(
-        "invalid --{}: {}",
-        e.field.replace('_', "-"),
-        e.reason
-    ))
+/// The text of `--version`: the version, the commit, the compiled-in backends.
+fn long_version() -> String {
+    let backends: Vec<&str> = [BackendKind::Consul, BackendKind::Etcd, BackendKind::Memory]
+        .into_iter()
+        .filter(|b| b.is_compiled_in())
+        .map(BackendKind::as_str)
+        .collect();
+    format!(
+        "{} (commit {})\nbackends: {}\nmetrics: {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("COORDINATOR_COMMIT"),
+        backends.join(", "),
+        if cfg!(feature = "prometheus") { "prometheus" } else { "none" },
+    )
+}
+
+/// The command line with its generated texts filled in.
+fn command() -> clap::Command {
+    let version: &'static str = Box::leak(long_version().into_boxed_str());
+    Cli::command().long_version(version)
+}
+
+/// A clap error on one line, naming the variable when the bad value came
+/// from one rather than from the command line.
+fn clap_error_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = e.to_string();
+    let body = text
+        .split("\n\nUsage:")
+        .next()
+        .and_then(|t| t.split("\n\nFor more information").next())
+        .unwrap_or("invalid arguments");
+    let mut line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    line = line.trim_start_matches("error: ").to_owned();
+    if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+        let flag = arg.split(' ').next().unwrap_or(arg);
+        if let Some(name) = flag.strip_prefix("--") {
+            let var = settings::env_var(&name.replace('-', "_"));
+            let given = |f: &str| std::env::args().any(|a| a == f || a.starts_with(&format!("{f}=")));
+            if flag == "--http-addr" && given("--metrics-addr") {
+                // Named as the operator wrote it: the alias.
+                line = line.replace(&format!("'{arg}'"), "'--metrics-addr'");
+            } else if !given(flag) && std::env::var_os(&var).is_some() {
+                line = line.replace(&format!("'{arg}'"), &var);
+            }
+        }
+    }
+    line
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let matches = match command().try_get_matches() {
+        Ok(m) => m,
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(
@@ -213,16 +392,36 @@ fn main() -> ExitCode {
             }
             // clap's message names the flag and the value; keep it on one line and
             // drop the usage hints that follow it.
-            let text = e.to_string();
-            let body = text
-                .split("\n\nUsage:")
-                .next()
-                .and_then(|t| t.split("\n\nFor more information").next())
-                .unwrap_or("invalid arguments");
-            let one_line = body.split_whitespace().collect::<Vec<_>>().join(" ");
-            return usage_error(one_line.trim_start_matches("error: "));
+            return usage_error(&clap_error_line(&e));
         }
     };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&clap_error_line(&e)),
+    };
+    // The matches of the command that runs (`work put`, not `work`): they
+    // say whether a value came from a flag or a variable.
+    let mut leaf = &matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    let leaf = leaf.clone();
+    match cli.cmd {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "coordinator", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Man => {
+            return match clap_mangen::Man::new(command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("coordinator: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -235,12 +434,13 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.cmd {
-        Cmd::Worker(args) => runtime.block_on(worker::run(args)),
+        Cmd::Worker(args) => runtime.block_on(worker::run(args, leaf)),
         Cmd::Demo(args) => runtime.block_on(demo::run(args)),
-        Cmd::Member(args) => runtime.block_on(member::run(args)),
-        Cmd::Work(args) => runtime.block_on(admin::work(args)),
-        Cmd::Status(args) => runtime.block_on(admin::status(args)),
-        Cmd::Drain(args) => runtime.block_on(admin::drain(args)),
+        Cmd::Member(args) => runtime.block_on(member::run(args, leaf)),
+        Cmd::Work(args) => runtime.block_on(admin::work(args, leaf)),
+        Cmd::Status(args) => runtime.block_on(admin::status(args, leaf)),
+        Cmd::Drain(args) => runtime.block_on(admin::drain(args, leaf)),
+        Cmd::Completions { .. } | Cmd::Man => unreachable!("handled above"),
     };
     // The stdin reader of the memory backend sits in a blocking read: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));

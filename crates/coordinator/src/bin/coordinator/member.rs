@@ -5,135 +5,162 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
-use coordinator::config::parse_duration;
-use coordinator::leader::layout::{
-    DEFAULT_DRAIN_PREFIX, DEFAULT_HANDOFF_PREFIX, DEFAULT_MEMBERS_PREFIX, DEFAULT_SEQUENCE_KEY,
-    DEFAULT_WORK_PREFIX,
-};
+use clap::{ArgMatches, Args};
+use coordinator::config::BackendKind;
 use coordinator::Left;
 use tracing::{info, warn};
 
-use crate::worker::{config_of, connect, init_logging, print_until, OnHandled, Shutdown, Signal};
-use crate::{config_error, WorkerArgs};
+use crate::settings::{self, Settings};
+use crate::worker::{connect, init_logging, print_until, OnHandled, Shutdown, Signal};
+use crate::{finish_settings, handler, put, serve_metrics, ConnArgs, ProgramArgs, WorkerOpts};
 
-/// Flags of `coordinator member`: every flag of `coordinator worker`, and these.
+/// Flags of `coordinator member`: the flags of `coordinator worker` (but
+/// `--backend memory`), and these.
 #[derive(Args, Debug, Clone)]
 pub struct MemberArgs {
+    /// This member's id (required: here, in COORDINATOR_INSTANCE_ID or in the --config file)
+    #[arg(long, env = "COORDINATOR_INSTANCE_ID", value_name = "ID")]
+    instance_id: Option<String>,
+    /// Which store [default: consul]
+    #[arg(long, env = "COORDINATOR_BACKEND", value_parser = crate::backend_parser(false))]
+    backend: Option<BackendKind>,
     #[command(flatten)]
-    pub worker: WorkerArgs,
-    /// Members prefix.
-    #[arg(long, default_value = DEFAULT_MEMBERS_PREFIX)]
-    pub members_prefix: String,
-    /// Work-items prefix.
-    #[arg(long, default_value = DEFAULT_WORK_PREFIX)]
-    pub work_prefix: String,
-    /// Session / lease TTL (Consul's minimum is 10s).
-    #[arg(long, value_parser = parse_duration, default_value = "15s", allow_hyphen_values = true)]
-    pub ttl: Duration,
-    /// How long the leader lets member and item changes soak before planning.
-    #[arg(long, value_parser = parse_duration, default_value = "3s", allow_hyphen_values = true)]
-    pub leader_soak: Duration,
-    /// This member's relative share of the work (0 takes nothing).
-    #[arg(long, default_value_t = 1)]
-    pub weight: u32,
-    /// While leading: how long a departed member's items stay assigned to it
-    /// (a restart with the same id within it moves nothing).
-    #[arg(long, value_parser = parse_duration, default_value = "0s", allow_hyphen_values = true)]
-    pub rebalance_delay: Duration,
-    /// Handoff-records prefix.
-    #[arg(long, default_value = DEFAULT_HANDOFF_PREFIX)]
-    pub handoff_prefix: String,
-    /// Drain-requests prefix (`coordinator drain ID` writes there).
-    #[arg(long, default_value = DEFAULT_DRAIN_PREFIX)]
-    pub drain_prefix: String,
-    /// The key every leader transaction checks and bumps.
-    #[arg(long, default_value = DEFAULT_SEQUENCE_KEY)]
-    pub sequence_key: String,
+    conn: ConnArgs,
+    #[command(flatten)]
+    opts: WorkerOpts,
+    /// Members prefix [default: service/coordinator/members/]
+    #[arg(long, env = "COORDINATOR_MEMBERS_PREFIX", help_heading = "Keys")]
+    members_prefix: Option<String>,
+    /// Work-items prefix [default: service/coordinator/work/]
+    #[arg(long, env = "COORDINATOR_WORK_PREFIX", help_heading = "Keys")]
+    work_prefix: Option<String>,
+    /// Handoff-records prefix [default: service/coordinator/handoff/]
+    #[arg(long, env = "COORDINATOR_HANDOFF_PREFIX", help_heading = "Keys")]
+    handoff_prefix: Option<String>,
+    /// Drain-requests prefix (`coordinator drain ID` writes there) [default: service/coordinator/drain/]
+    #[arg(long, env = "COORDINATOR_DRAIN_PREFIX", help_heading = "Keys")]
+    drain_prefix: Option<String>,
+    /// The key every leader transaction checks and bumps [default: service/coordinator/sequence]
+    #[arg(long, env = "COORDINATOR_SEQUENCE_KEY", help_heading = "Keys")]
+    sequence_key: Option<String>,
+    /// Session / lease TTL; Consul's minimum is 10s [default: 15s]
+    #[arg(long, env = "COORDINATOR_TTL", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    ttl: Option<Duration>,
+    /// How long the leader lets member and item changes soak before planning [default: 3s]
+    #[arg(long, env = "COORDINATOR_LEADER_SOAK", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    leader_soak: Option<Duration>,
+    /// While leading: how long a departed member's items stay assigned to it (a restart with the same id within it moves nothing) [default: 0s]
+    #[arg(long, env = "COORDINATOR_REBALANCE_DELAY", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    rebalance_delay: Option<Duration>,
+    /// On SIGTERM (or a drain request): how long to wait for the items to move away before leaving anyway [default: 60s]
+    #[arg(long, env = "COORDINATOR_DRAIN_TIMEOUT", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    drain_timeout: Option<Duration>,
+    /// While leading: how long a move from a live member may wait for its acknowledgement before the leader ends that member's session [default: 5m]
+    #[arg(long, env = "COORDINATOR_HANDOFF_TIMEOUT", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    handoff_timeout: Option<Duration>,
+    /// Exclusive mode's safety margin (needs --exclusive) [default: TTL/5]
+    #[arg(long, env = "COORDINATOR_EXCLUSIVE_MARGIN", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
+    exclusive_margin: Option<Duration>,
+    /// This member's relative share of the work, ≥ 0 (0 takes nothing) [default: 1]
+    #[arg(long, env = "COORDINATOR_WEIGHT", value_parser = settings::weight, allow_negative_numbers = true, help_heading = "Member")]
+    weight: Option<u32>,
     /// Exclusive mode: an item is never in two members' acknowledged
     /// workloads at once; the workload is released before the lease could
-    /// expire. Every member of the cluster must use it.
-    #[arg(long)]
-    pub exclusive: bool,
-    /// Exclusive mode's safety margin (default TTL/5).
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    pub exclusive_margin: Option<Duration>,
-    /// While leading: at most this many items in handoff at once (default: no limit).
-    #[arg(long)]
-    pub max_moves_in_flight: Option<usize>,
+    /// expire. Every member of the cluster must use it [default: false]
+    #[arg(long, env = "COORDINATOR_EXCLUSIVE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
+    exclusive: Option<bool>,
+    /// Acknowledge moves away from this member (revoke, ack, assign); false
+    /// makes moves faster where two owners for a moment are harmless [default: true]
+    #[arg(long, env = "COORDINATOR_HANDOFF", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
+    handoff: Option<bool>,
+    /// While leading: at most this many items in handoff at once [default: no limit]
+    #[arg(long, env = "COORDINATOR_MAX_MOVES_IN_FLIGHT", value_name = "N", help_heading = "Member")]
+    max_moves_in_flight: Option<usize>,
     /// The store's largest transaction request in bytes (Consul
     /// `limits.txn_max_req_len`, default 512 KiB; etcd `--max-request-bytes`,
-    /// default 1.5 MiB): the leader's writes are cut to fit it.
-    #[arg(long)]
-    pub txn_max_bytes: Option<usize>,
-    /// The store's most operations per transaction (etcd `--max-txn-ops`,
-    /// default 128).
-    #[arg(long)]
-    pub txn_max_ops: Option<usize>,
-    /// The store's largest value in bytes (Consul `kv_max_value_size`,
-    /// default 512 KiB).
-    #[arg(long)]
-    pub value_max_bytes: Option<usize>,
-    /// On SIGTERM (or a drain request): how long to wait for the items to
-    /// move away before leaving anyway.
-    #[arg(long, value_parser = parse_duration, default_value = "60s", allow_hyphen_values = true)]
-    pub drain_timeout: Duration,
-    /// While leading: how long a move from a live member may wait for its
-    /// acknowledgement before the leader ends that member's session.
-    #[arg(long, value_parser = parse_duration, default_value = "5m", allow_hyphen_values = true)]
-    pub handoff_timeout: Duration,
+    /// default 1.5 MiB): the leader's writes are cut to fit it
+    #[arg(long, env = "COORDINATOR_TXN_MAX_BYTES", value_name = "BYTES", help_heading = "Member")]
+    txn_max_bytes: Option<usize>,
+    /// The store's most operations per transaction (etcd `--max-txn-ops`, default 128)
+    #[arg(long, env = "COORDINATOR_TXN_MAX_OPS", value_name = "N", help_heading = "Member")]
+    txn_max_ops: Option<usize>,
+    /// The store's largest value in bytes (Consul `kv_max_value_size`, default 512 KiB)
+    #[arg(long, env = "COORDINATOR_VALUE_MAX_BYTES", value_name = "BYTES", help_heading = "Member")]
+    value_max_bytes: Option<usize>,
+    #[command(flatten)]
+    program: ProgramArgs,
 }
 
-pub async fn run(args: MemberArgs) -> ExitCode {
+impl MemberArgs {
+    /// Every layer, checked (the member's own settings too).
+    fn settings(&self, m: &ArgMatches) -> Result<Settings, ExitCode> {
+        let mut s = self.conn.settings(self.backend, m)?;
+        put!(s, m, instance_id = self.instance_id.clone());
+        self.opts.apply(&mut s, m);
+        put!(s, m, members_prefix = self.members_prefix.clone());
+        put!(s, m, work_prefix = self.work_prefix.clone());
+        put!(s, m, handoff_prefix = self.handoff_prefix.clone());
+        put!(s, m, drain_prefix = self.drain_prefix.clone());
+        put!(s, m, sequence_key = self.sequence_key.clone());
+        put!(s, m, ttl = self.ttl);
+        put!(s, m, leader_soak = self.leader_soak);
+        put!(s, m, rebalance_delay = self.rebalance_delay);
+        put!(s, m, drain_timeout = self.drain_timeout);
+        put!(s, m, handoff_timeout = self.handoff_timeout);
+        put!(s, m, exclusive_margin = self.exclusive_margin.map(Some));
+        put!(s, m, weight = self.weight);
+        put!(s, m, exclusive = self.exclusive);
+        put!(s, m, handoff = self.handoff);
+        put!(s, m, max_moves_in_flight = self.max_moves_in_flight.map(Some));
+        put!(s, m, txn_max_bytes = self.txn_max_bytes.map(Some));
+        put!(s, m, txn_max_ops = self.txn_max_ops.map(Some));
+        put!(s, m, value_max_bytes = self.value_max_bytes.map(Some));
+        self.program.apply(&mut s, m);
+        if s.config.backend == BackendKind::Memory {
+            return Err(crate::usage_error(&format!(
+                "invalid {}: a member needs a store other processes share (consul or etcd); for one process use `coordinator demo`, or `coordinator worker --backend memory`",
+                s.name_of("backend")
+            )));
+        }
+        finish_settings(s, &self.conn, |s| {
+            s.config
+                .layout()
+                .validate()
+                .and_then(|()| s.config.member_config().map(drop))
+        })
+    }
+}
+
+pub async fn run(args: MemberArgs, m: ArgMatches) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
-    let program = args.worker.program.clone();
-    let mut config = config_of(args.worker);
-    config.members_prefix = args.members_prefix;
-    config.work_prefix = args.work_prefix;
-    config.ttl = args.ttl;
-    config.leader_soak = args.leader_soak;
-    config.weight = args.weight;
-    config.rebalance_delay = args.rebalance_delay;
-    config.handoff_prefix = args.handoff_prefix;
-    config.drain_prefix = args.drain_prefix;
-    config.sequence_key = args.sequence_key;
-    config.exclusive = args.exclusive;
-    config.exclusive_margin = args.exclusive_margin;
-    config.max_moves_in_flight = args.max_moves_in_flight;
-    config.txn_max_bytes = args.txn_max_bytes;
-    config.txn_max_ops = args.txn_max_ops;
-    config.value_max_bytes = args.value_max_bytes;
-    config.drain_timeout = args.drain_timeout;
-    config.handoff_timeout = args.handoff_timeout;
-    if let Err(e) = config
-        .validate()
-        .and_then(|()| config.member_config().map(drop))
-    {
-        return config_error(&e);
-    }
-    init_logging();
-    if let Err(code) = program.serve_metrics() {
+    let s = match args.settings(&m) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let config = &s.config;
+    init_logging(s.program.log_format);
+    if let Err(code) = serve_metrics(&s) {
         return code;
     }
-    let backend = match connect(&config, &mut shutdown).await {
+    let backend = match connect(&s, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
     };
     let member_config = match config.member_config() {
         Ok(m) => m.manual_ack(true),
-        Err(e) => return config_error(&e),
+        Err(e) => return s.refuse(&e),
     };
     let mut member = match backend.spawn_member_with(&member_config) {
         Ok(m) => m,
-        Err(e) => return config_error(&e),
+        Err(e) => return s.refuse(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
     // A change is acknowledged once its line is out, or with `--exec` once
     // its handler exited 0.
     let acker = member.acker();
     let (id, changes) = (config.instance_id.clone(), member.worker().changes());
-    let handler = program.handler();
+    let handler = handler(&s);
     let mut printer = tokio::spawn(async move {
         let ack: OnHandled = Arc::new(move |revision| acker.ack(revision));
         print_until(&id, changes, handler, std::future::pending(), Some(ack)).await;

@@ -4,7 +4,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 /// Parses `HOST:PORT` (an IP address or a name that resolves, e.g.
 /// `127.0.0.1:9100`, `[::1]:9100`, `localhost:9100`).
+/// `:PORT` means every interface (`0.0.0.0:PORT`), as node_exporter takes it.
 pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
     if let Ok(addr) = s.parse() {
         return Ok(addr);
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::{
-    Backend, Changes, Config, Error, ErrorChain, MemoryStore, Revision, Workload, WorkloadChange,
+    Backend, Changes, Error, ErrorChain, MemoryStore, Revision, Workload, WorkloadChange,
 };
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -13,8 +13,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use clap::ArgMatches;
+
 use crate::exec::{Handler, Job, Runner};
-use crate::{config_error, usage_error, WorkerArgs};
+use crate::settings::{LogFormat, Settings};
+use crate::{finish_settings, handler, serve_metrics, usage_error, worker_settings, WorkerArgs};
 
 /// One line of output (SPEC §5). Field order is part of the contract.
 #[derive(Serialize)]
@@ -28,28 +31,17 @@ struct Line<'a> {
     changed: Vec<&'a str>,
 }
 
-pub(crate) fn config_of(args: WorkerArgs) -> Config {
-    let mut c = args.conn.config(args.instance_id);
-    c.prefix = args.prefix;
-    c.leader = args.leader;
-    c.soak = args.soak;
-    c.max_soak = args.max_soak;
-    c.leader_settle = args.leader_settle;
-    c.consul_wait = args.consul_wait;
-    c.etcd_keepalive = args.etcd_keepalive;
-    c
-}
-
 /// Connects to the configured store; a bad setting or an unusable backend is
-/// a usage error (exit 2). Ends early (`Err(SUCCESS)`) on SIGINT/SIGTERM.
-pub(crate) async fn connect(config: &Config, shutdown: &mut Shutdown) -> Result<Backend, ExitCode> {
+/// a usage error (exit 2) naming the setting as the operator wrote it. Ends
+/// early (`Err(SUCCESS)`) on SIGINT/SIGTERM.
+pub(crate) async fn connect(s: &Settings, shutdown: &mut Shutdown) -> Result<Backend, ExitCode> {
     let connected = tokio::select! {
         () = shutdown.recv() => return Err(ExitCode::SUCCESS),
-        r = Backend::connect(config) => r,
+        r = Backend::connect(&s.config) => r,
     };
     match connected {
         Ok(b) => Ok(b),
-        Err(Error::Config(e)) => Err(config_error(&e)),
+        Err(Error::Config(e)) => Err(s.refuse(&e)),
         Err(e) => Err(usage_error(&ErrorChain(&e).to_string())),
     }
 }
@@ -64,30 +56,41 @@ fn default_filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)
 }
 
-/// Logs to stderr; `RUST_LOG`, when set, replaces [`DEFAULT_LOG_FILTER`].
-pub(crate) fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+/// Whether log lines may be coloured: stderr is a terminal and `NO_COLOR`
+/// is unset or empty (<https://no-color.org>).
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-pub async fn run(args: WorkerArgs) -> ExitCode {
+/// Logs to stderr in `format`; `RUST_LOG`, when set, replaces
+/// [`DEFAULT_LOG_FILTER`].
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(colour()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+pub async fn run(args: WorkerArgs, m: ArgMatches) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
-    let program = args.program.clone();
-    let config = config_of(args);
-    if let Err(e) = config.validate() {
-        return config_error(&e);
-    }
-    init_logging();
-    if let Err(code) = program.serve_metrics() {
+    let s = match worker_settings(&args, &m).and_then(|s| finish_settings(s, &args.conn, |_| Ok(())))
+    {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    init_logging(s.program.log_format);
+    if let Err(code) = serve_metrics(&s) {
         return code;
     }
-    let backend = match connect(&config, &mut shutdown).await {
+    let config = &s.config;
+    let backend = match connect(&s, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -97,15 +100,15 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         store.set_leader("local");
         tokio::spawn(feed_memory_store(store.clone()));
     }
-    let worker = match backend.spawn_worker(&config) {
+    let worker = match backend.spawn_worker(config) {
         Ok(w) => w,
-        Err(e) => return config_error(&e),
+        Err(e) => return s.refuse(&e),
     };
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
     print_until_stopped(
         &config.instance_id,
         worker.changes(),
-        program.handler(),
+        handler(&s),
         &mut shutdown,
     )
     .await;
