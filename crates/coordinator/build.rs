@@ -24,7 +24,8 @@ fn main() {
                 let dir = PathBuf::from(dir);
                 println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
                 if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                    let common = git(&["rev-parse", "--git-common-dir"]).map_or(dir.clone(), PathBuf::from);
+                    let common =
+                        git(&["rev-parse", "--git-common-dir"]).map_or(dir.clone(), PathBuf::from);
                     println!("cargo:rerun-if-changed={}", common.join(r).display());
                 }
             }

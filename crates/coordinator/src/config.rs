@@ -98,14 +98,42 @@ pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
     ("soak", Duration::ZERO, Duration::from_secs(3600)),
     ("max_soak", Duration::ZERO, Duration::from_secs(6 * 3600)),
     ("leader_settle", Duration::ZERO, Duration::from_secs(3600)),
-    ("consul_wait", Duration::from_secs(1), Duration::from_secs(600)),
-    ("etcd_keepalive", Duration::from_millis(200), Duration::from_secs(600)),
-    ("ttl", Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+    (
+        "consul_wait",
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    ),
+    (
+        "etcd_keepalive",
+        Duration::from_millis(200),
+        Duration::from_secs(600),
+    ),
+    (
+        "ttl",
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+    ),
     ("leader_soak", Duration::ZERO, Duration::from_secs(3600)),
-    ("rebalance_delay", Duration::ZERO, Duration::from_secs(7 * 24 * 3600)),
-    ("exclusive_margin", Duration::from_millis(1), Duration::from_secs(24 * 3600)),
-    ("drain_timeout", Duration::ZERO, Duration::from_secs(24 * 3600)),
-    ("handoff_timeout", Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600)),
+    (
+        "rebalance_delay",
+        Duration::ZERO,
+        Duration::from_secs(7 * 24 * 3600),
+    ),
+    (
+        "exclusive_margin",
+        Duration::from_millis(1),
+        Duration::from_secs(24 * 3600),
+    ),
+    (
+        "drain_timeout",
+        Duration::ZERO,
+        Duration::from_secs(24 * 3600),
+    ),
+    (
+        "handoff_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 24 * 3600),
+    ),
 ];
 
 /// Checks `value` of the duration setting `field` against [`DURATION_RANGES`].
@@ -117,13 +145,23 @@ pub fn check_duration(field: &'static str, value: Duration) -> Result<(), Config
     if value < lo {
         return Err(ConfigError::new(
             field,
-            format!("{} is too short: give {} to {}", show(value), show(lo), show(hi)),
+            format!(
+                "{} is too short: give {} to {}",
+                show(value),
+                show(lo),
+                show(hi)
+            ),
         ));
     }
     if value > hi {
         return Err(ConfigError::new(
             field,
-            format!("{} is too long: give {} to {}", show(value), show(lo), show(hi)),
+            format!(
+                "{} is too long: give {} to {}",
+                show(value),
+                show(lo),
+                show(hi)
+            ),
         ));
     }
     Ok(())
@@ -668,7 +706,11 @@ impl Config {
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(ConfigError::new(
-                if self.client_cert.is_some() { "client_cert" } else { "client_key" },
+                if self.client_cert.is_some() {
+                    "client_cert"
+                } else {
+                    "client_key"
+                },
                 "`client_cert` and `client_key` must be given together",
             ));
         }

@@ -310,8 +310,11 @@ async fn a_handler_that_cannot_start_is_logged_and_the_worker_goes_on() {
     // missing: starting it fails every time.
     let handler = scratch.path("handler");
     std::fs::write(&handler, "#!/nonexistent/interpreter\n").unwrap();
-    std::fs::set_permissions(&handler, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        &handler,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mut p = Program::start(
         &["--exec", handler.to_str().unwrap()],
         &scratch.path("unused.log"),

@@ -135,7 +135,10 @@ impl Admin {
             Ok(Err(e)) => Err(fail(what, &e)),
             Err(_) => Err(unreachable(
                 &self.endpoints,
-                &format!("no answer within {}", humantime::format_duration(self.timeout)),
+                &format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
             )),
         }
     }
@@ -149,6 +152,7 @@ fn unreachable(endpoints: &str, why: &str) -> ExitCode {
 
 async fn connect(args: &StoreArgs, m: &ArgMatches) -> Result<Admin, ExitCode> {
     let mut s = args.conn.settings(args.backend, m)?;
+    s.admin = true;
     if let Some(t) = args.connect_timeout {
         s.program.connect_timeout = t;
         s.mark("connect_timeout", m);
@@ -206,7 +210,10 @@ async fn connect(args: &StoreArgs, m: &ArgMatches) -> Result<Admin, ExitCode> {
     };
     // One cheap read first: an unreachable store fails here, at once.
     admin
-        .bounded("cannot read the leader", admin.store.election.leader_value(&admin.layout.leader))
+        .bounded(
+            "cannot read the leader",
+            admin.store.election.leader_value(&admin.layout.leader),
+        )
         .await?;
     Ok(admin)
 }
@@ -217,7 +224,8 @@ fn fail(what: &str, e: &coordinator::StoreError) -> ExitCode {
 }
 
 pub async fn work(args: WorkArgs, m: ArgMatches) -> ExitCode {
-    let (WorkOp::Put { store, .. } | WorkOp::Rm { store, .. } | WorkOp::Ls { store, .. }) = &args.op;
+    let (WorkOp::Put { store, .. } | WorkOp::Rm { store, .. } | WorkOp::Ls { store, .. }) =
+        &args.op;
     let admin = match connect(store, &m).await {
         Ok(x) => x,
         Err(code) => return code,

@@ -73,7 +73,8 @@ fn backend_parser(with_memory: bool) -> impl clap::builder::TypedValueParser<Val
     } else {
         &["consul", "etcd"]
     };
-    PossibleValuesParser::new(names).map(|s| s.parse::<BackendKind>().expect("one of the names above"))
+    PossibleValuesParser::new(names)
+        .map(|s| s.parse::<BackendKind>().expect("one of the names above"))
 }
 
 /// Where the store is and how to reach it: shared by every command that
@@ -81,7 +82,12 @@ fn backend_parser(with_memory: bool) -> impl clap::builder::TypedValueParser<Val
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ConnArgs {
     /// Store addresses, comma-separated [default: CONSUL_HTTP_ADDR / ETCDCTL_ENDPOINTS, else the store's local address]
-    #[arg(long, env = "COORDINATOR_ENDPOINTS", value_delimiter = ',', value_name = "URL[,URL...]")]
+    #[arg(
+        long,
+        env = "COORDINATOR_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL[,URL...]"
+    )]
     endpoints: Option<Vec<String>>,
     /// Read settings from this TOML file (the library's keys, plus http_addr, exec, exec_timeout, log_format, connect_timeout)
     #[arg(long, env = "COORDINATOR_CONFIG", value_name = "FILE")]
@@ -90,22 +96,47 @@ pub(crate) struct ConnArgs {
     #[arg(long)]
     print_config: bool,
     /// File holding the Consul ACL token [default: CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE]
-    #[arg(long, env = "COORDINATOR_TOKEN_FILE", value_name = "FILE", help_heading = "Connection")]
+    #[arg(
+        long,
+        env = "COORDINATOR_TOKEN_FILE",
+        value_name = "FILE",
+        help_heading = "Connection"
+    )]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) for TLS [default: CONSUL_CACERT / ETCDCTL_CACERT]
-    #[arg(long, env = "COORDINATOR_CA_CERT", value_name = "FILE", help_heading = "Connection")]
+    #[arg(
+        long,
+        env = "COORDINATOR_CA_CERT",
+        value_name = "FILE",
+        help_heading = "Connection"
+    )]
     ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS, with --client-key [default: CONSUL_CLIENT_CERT / ETCDCTL_CERT]
-    #[arg(long, env = "COORDINATOR_CLIENT_CERT", value_name = "FILE", help_heading = "Connection")]
+    #[arg(
+        long,
+        env = "COORDINATOR_CLIENT_CERT",
+        value_name = "FILE",
+        help_heading = "Connection"
+    )]
     client_cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS, with --client-cert [default: CONSUL_CLIENT_KEY / ETCDCTL_KEY]
-    #[arg(long, env = "COORDINATOR_CLIENT_KEY", value_name = "FILE", help_heading = "Connection")]
+    #[arg(
+        long,
+        env = "COORDINATOR_CLIENT_KEY",
+        value_name = "FILE",
+        help_heading = "Connection"
+    )]
     client_key: Option<PathBuf>,
     /// etcd user name, with --password-file [default: ETCDCTL_USER]
     #[arg(long, env = "COORDINATOR_USER", help_heading = "Connection")]
     user: Option<String>,
     /// File holding the etcd password
-    #[arg(long, env = "COORDINATOR_PASSWORD_FILE", value_name = "FILE", help_heading = "Connection")]
+    #[arg(
+        long,
+        env = "COORDINATOR_PASSWORD_FILE",
+        value_name = "FILE",
+        help_heading = "Connection"
+    )]
     password_file: Option<PathBuf>,
 }
 
@@ -214,7 +245,12 @@ pub(crate) struct ProgramArgs {
     #[arg(long, visible_alias = "metrics-addr", env = "COORDINATOR_HTTP_ADDR", value_name = "HOST:PORT", value_parser = prometheus::parse_addr, help_heading = "Output")]
     http_addr: Option<SocketAddr>,
     /// Log line format on stderr [default: text]
-    #[arg(long, env = "COORDINATOR_LOG_FORMAT", value_enum, help_heading = "Output")]
+    #[arg(
+        long,
+        env = "COORDINATOR_LOG_FORMAT",
+        value_enum,
+        help_heading = "Output"
+    )]
     log_format: Option<LogFormat>,
     /// Kill an `--exec` handler that runs longer than this (for `member`, its change is not acknowledged) [default: no limit]
     #[arg(long, env = "COORDINATOR_EXEC_TIMEOUT", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Output")]
@@ -245,7 +281,10 @@ impl ProgramArgs {
         if !self.exec.is_empty() {
             s.program.exec.clone_from(&self.exec);
             s.mark("exec", m);
-        } else if let Some(cmd) = std::env::var("COORDINATOR_EXEC").ok().filter(|c| !c.trim().is_empty()) {
+        } else if let Some(cmd) = std::env::var("COORDINATOR_EXEC")
+            .ok()
+            .filter(|c| !c.trim().is_empty())
+        {
             s.program.exec = cmd.split_whitespace().map(str::to_owned).collect();
             s.mark_env("exec");
         }
@@ -334,7 +373,11 @@ fn long_version() -> String {
         env!("CARGO_PKG_VERSION"),
         env!("COORDINATOR_COMMIT"),
         backends.join(", "),
-        if cfg!(feature = "prometheus") { "prometheus" } else { "none" },
+        if cfg!(feature = "prometheus") {
+            "prometheus"
+        } else {
+            "none"
+        },
     )
 }
 
@@ -360,7 +403,8 @@ fn clap_error_line(e: &clap::Error) -> String {
         let flag = arg.split(' ').next().unwrap_or(arg);
         if let Some(name) = flag.strip_prefix("--") {
             let var = settings::env_var(&name.replace('-', "_"));
-            let given = |f: &str| std::env::args().any(|a| a == f || a.starts_with(&format!("{f}=")));
+            let given =
+                |f: &str| std::env::args().any(|a| a == f || a.starts_with(&format!("{f}=")));
             if flag == "--http-addr" && given("--metrics-addr") {
                 // Named as the operator wrote it: the alias.
                 line = line.replace(&format!("'{arg}'"), "'--metrics-addr'");

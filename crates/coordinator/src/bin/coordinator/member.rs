@@ -74,18 +74,38 @@ pub struct MemberArgs {
     #[arg(long, env = "COORDINATOR_HANDOFF", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
     handoff: Option<bool>,
     /// While leading: at most this many items in handoff at once [default: no limit]
-    #[arg(long, env = "COORDINATOR_MAX_MOVES_IN_FLIGHT", value_name = "N", help_heading = "Member")]
+    #[arg(
+        long,
+        env = "COORDINATOR_MAX_MOVES_IN_FLIGHT",
+        value_name = "N",
+        help_heading = "Member"
+    )]
     max_moves_in_flight: Option<usize>,
     /// The store's largest transaction request in bytes (Consul
     /// `limits.txn_max_req_len`, default 512 KiB; etcd `--max-request-bytes`,
     /// default 1.5 MiB): the leader's writes are cut to fit it
-    #[arg(long, env = "COORDINATOR_TXN_MAX_BYTES", value_name = "BYTES", help_heading = "Member")]
+    #[arg(
+        long,
+        env = "COORDINATOR_TXN_MAX_BYTES",
+        value_name = "BYTES",
+        help_heading = "Member"
+    )]
     txn_max_bytes: Option<usize>,
     /// The store's most operations per transaction (etcd `--max-txn-ops`, default 128)
-    #[arg(long, env = "COORDINATOR_TXN_MAX_OPS", value_name = "N", help_heading = "Member")]
+    #[arg(
+        long,
+        env = "COORDINATOR_TXN_MAX_OPS",
+        value_name = "N",
+        help_heading = "Member"
+    )]
     txn_max_ops: Option<usize>,
     /// The store's largest value in bytes (Consul `kv_max_value_size`, default 512 KiB)
-    #[arg(long, env = "COORDINATOR_VALUE_MAX_BYTES", value_name = "BYTES", help_heading = "Member")]
+    #[arg(
+        long,
+        env = "COORDINATOR_VALUE_MAX_BYTES",
+        value_name = "BYTES",
+        help_heading = "Member"
+    )]
     value_max_bytes: Option<usize>,
     #[command(flatten)]
     program: ProgramArgs,
@@ -111,7 +131,11 @@ impl MemberArgs {
         put!(s, m, weight = self.weight);
         put!(s, m, exclusive = self.exclusive);
         put!(s, m, handoff = self.handoff);
-        put!(s, m, max_moves_in_flight = self.max_moves_in_flight.map(Some));
+        put!(
+            s,
+            m,
+            max_moves_in_flight = self.max_moves_in_flight.map(Some)
+        );
         put!(s, m, txn_max_bytes = self.txn_max_bytes.map(Some));
         put!(s, m, txn_max_ops = self.txn_max_ops.map(Some));
         put!(s, m, value_max_bytes = self.value_max_bytes.map(Some));

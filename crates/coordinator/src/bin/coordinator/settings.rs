@@ -104,6 +104,9 @@ pub(crate) struct Settings {
     pub config: Config,
     /// The program's own settings.
     pub program: Program,
+    /// An admin command's settings (`work`, `status`, `drain`): they show
+    /// `connect_timeout`, which only those commands use.
+    pub admin: bool,
     origins: BTreeMap<&'static str, Origin>,
 }
 
@@ -119,6 +122,7 @@ impl Settings {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 ..Program::default()
             },
+            admin: false,
             origins: BTreeMap::new(),
         };
         if let Some(path) = file {
@@ -129,10 +133,11 @@ impl Settings {
 
     fn read_file(&mut self, path: &Path) -> Result<(), Refused> {
         let bad = |what: String| usage_error(&format!("config file {}: {what}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            bad(e.to_string().trim().replace('\n', " "))
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| bad(e.to_string().trim().replace('\n', " ")))?;
         let mut program = toml::Table::new();
         for key in PROGRAM_KEYS {
             if let Some(v) = table.remove(*key) {
@@ -147,7 +152,11 @@ impl Settings {
             .try_into()
             .map_err(|e: toml::de::Error| bad(e.to_string().trim().replace('\n', " ")))?;
         self.config = config;
-        for key in keys.iter().map(String::as_str).chain(program.keys().map(String::as_str)) {
+        for key in keys
+            .iter()
+            .map(String::as_str)
+            .chain(program.keys().map(String::as_str))
+        {
             if let Some(k) = known_key(key) {
                 self.origins.insert(k, Origin::File(path.to_owned()));
             }
@@ -203,8 +212,9 @@ impl Settings {
         match self.config.backend {
             BackendKind::Consul => {
                 let ssl = match nonempty("CONSUL_HTTP_SSL") {
-                    Some(v) => parse_bool(&v)
-                        .ok_or_else(|| bad("CONSUL_HTTP_SSL", format!("{v:?} is not true or false")))?,
+                    Some(v) => parse_bool(&v).ok_or_else(|| {
+                        bad("CONSUL_HTTP_SSL", format!("{v:?} is not true or false"))
+                    })?,
                     None => false,
                 };
                 let scheme = if ssl { "https" } else { "http" };
@@ -223,10 +233,12 @@ impl Settings {
                         };
                         check_endpoint(&url).map_err(|e| bad("CONSUL_HTTP_ADDR", e))?;
                         self.config.endpoints = vec![url];
-                        self.origins.insert("endpoints", Origin::StoreEnv("CONSUL_HTTP_ADDR"));
+                        self.origins
+                            .insert("endpoints", Origin::StoreEnv("CONSUL_HTTP_ADDR"));
                     } else if ssl {
                         self.config.endpoints = vec!["https://127.0.0.1:8500".to_owned()];
-                        self.origins.insert("endpoints", Origin::StoreEnv("CONSUL_HTTP_SSL"));
+                        self.origins
+                            .insert("endpoints", Origin::StoreEnv("CONSUL_HTTP_SSL"));
                     }
                 }
                 // `consul` prefers CONSUL_HTTP_TOKEN (which the backend
@@ -244,7 +256,8 @@ impl Settings {
                 self.fill_path("client_key", "ETCDCTL_KEY", get);
                 if unset(self, "endpoints") {
                     if let Some(list) = get("ETCDCTL_ENDPOINTS") {
-                        let tls = self.config.ca_cert.is_some() || self.config.client_cert.is_some();
+                        let tls =
+                            self.config.ca_cert.is_some() || self.config.client_cert.is_some();
                         let mut endpoints = Vec::new();
                         for e in list.split(',') {
                             let e = e.trim();
@@ -259,7 +272,8 @@ impl Settings {
                             endpoints.push(url);
                         }
                         self.config.endpoints = endpoints;
-                        self.origins.insert("endpoints", Origin::StoreEnv("ETCDCTL_ENDPOINTS"));
+                        self.origins
+                            .insert("endpoints", Origin::StoreEnv("ETCDCTL_ENDPOINTS"));
                     }
                 }
                 if unset(self, "user") {
@@ -278,7 +292,8 @@ impl Settings {
                             self.config.password = Some(password);
                         }
                         self.config.user = Some(name);
-                        self.origins.insert("user", Origin::StoreEnv("ETCDCTL_USER"));
+                        self.origins
+                            .insert("user", Origin::StoreEnv("ETCDCTL_USER"));
                     }
                 }
             }
@@ -287,7 +302,12 @@ impl Settings {
         Ok(())
     }
 
-    fn fill_path(&mut self, key: &'static str, var: &'static str, get: &dyn Fn(&str) -> Option<String>) {
+    fn fill_path(
+        &mut self,
+        key: &'static str,
+        var: &'static str,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) {
         if *self.origin(key) != Origin::Default {
             return;
         }
@@ -342,17 +362,34 @@ impl Settings {
         if !self.program.exec.is_empty() {
             table.insert(
                 "exec".into(),
-                toml::Value::Array(self.program.exec.iter().cloned().map(toml::Value::String).collect()),
+                toml::Value::Array(
+                    self.program
+                        .exec
+                        .iter()
+                        .cloned()
+                        .map(toml::Value::String)
+                        .collect(),
+                ),
             );
         }
         if let Some(t) = self.program.exec_timeout {
-            table.insert("exec_timeout".into(), toml::Value::String(humantime::format_duration(t).to_string()));
+            table.insert(
+                "exec_timeout".into(),
+                toml::Value::String(humantime::format_duration(t).to_string()),
+            );
         }
-        table.insert("log_format".into(), toml::Value::String(self.program.log_format.as_str().into()));
         table.insert(
-            "connect_timeout".into(),
-            toml::Value::String(humantime::format_duration(self.program.connect_timeout).to_string()),
+            "log_format".into(),
+            toml::Value::String(self.program.log_format.as_str().into()),
         );
+        if self.admin {
+            table.insert(
+                "connect_timeout".into(),
+                toml::Value::String(
+                    humantime::format_duration(self.program.connect_timeout).to_string(),
+                ),
+            );
+        }
         for (key, value) in &table {
             let from = match self.origin(key) {
                 Origin::Default => "default".to_owned(),
@@ -364,7 +401,10 @@ impl Settings {
             let _ = writeln!(out, "{key} = {value}  # {from}");
         }
         if self.config.password.is_some() {
-            let _ = writeln!(out, "# password: set from ETCDCTL_USER or ETCDCTL_PASSWORD (not shown)");
+            let _ = writeln!(
+                out,
+                "# password: set from ETCDCTL_USER or ETCDCTL_PASSWORD (not shown)"
+            );
         }
         out
     }
@@ -372,7 +412,11 @@ impl Settings {
 
 /// Every key a file may hold, as a `'static` name.
 fn known_key(key: &str) -> Option<&'static str> {
-    config_keys().iter().chain(PROGRAM_KEYS).copied().find(|k| *k == key)
+    config_keys()
+        .iter()
+        .chain(PROGRAM_KEYS)
+        .copied()
+        .find(|k| *k == key)
 }
 
 /// The library's keys, read off a serialized default config (every key,
@@ -492,10 +536,7 @@ pub(crate) fn check_exec(program: &str) -> Result<(), String> {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
             Ok(m) if m.is_dir() => not_executable = Some(format!("{} is a directory", c.display())),
             Ok(_) => {
-                not_executable = Some(format!(
-                    "{} is not executable: chmod +x it",
-                    c.display()
-                ));
+                not_executable = Some(format!("{} is not executable: chmod +x it", c.display()));
             }
             Err(_) => {}
         }
@@ -526,7 +567,10 @@ mod tests {
     fn every_library_key_is_known() {
         let table = toml::Table::try_from(&Config::new(BackendKind::Consul, "m1")).unwrap();
         for key in table.keys() {
-            assert!(config_keys().contains(&key.as_str()), "{key} missing from config_keys()");
+            assert!(
+                config_keys().contains(&key.as_str()),
+                "{key} missing from config_keys()"
+            );
         }
     }
 

@@ -80,11 +80,11 @@ pub(crate) fn init_logging(format: LogFormat) {
 pub async fn run(args: WorkerArgs, m: ArgMatches) -> ExitCode {
     // First of all, so that a signal at any later moment halts and exits 0.
     let mut shutdown = Shutdown::register();
-    let s = match worker_settings(&args, &m).and_then(|s| finish_settings(s, &args.conn, |_| Ok(())))
-    {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let s =
+        match worker_settings(&args, &m).and_then(|s| finish_settings(s, &args.conn, |_| Ok(()))) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     init_logging(s.program.log_format);
     if let Err(code) = serve_metrics(&s) {
         return code;
