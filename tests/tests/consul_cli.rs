@@ -141,3 +141,38 @@ async fn status_shows_items_too_large_to_assign() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("refused: huge"), "{text}");
 }
+
+/// `CONSUL_HTTP_ADDR` without a scheme, as `consul` takes it, is where the
+/// admin commands go; `work ls --json` lists what `work put` wrote, and
+/// `status --json` sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_read_consul_variables_and_list_json() {
+    let agent = ConsulAgent::start_dev().await;
+    let bare = agent.http_addr().trim_start_matches("http://").to_owned();
+    let admin = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(coordinator_bin());
+        c.args(args)
+            .env_remove("COORDINATOR_ENDPOINTS")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env("CONSUL_HTTP_ADDR", &bare)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        async move { bounded("an admin command", c.output()).await.expect("run coordinator") }
+    };
+    for (id, value) in [("w2", "two"), ("w1", "one")] {
+        let o = admin(&["work", "put", id, value]).await;
+        assert!(o.status.success(), "{o:?}");
+    }
+    let o = admin(&["work", "ls", "--json"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let listed: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(
+        listed,
+        json!({"items": [{"id": "w1", "value": "one"}, {"id": "w2", "value": "two"}]})
+    );
+    let o = admin(&["status", "--json"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let status: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(status["items"], 2);
+    assert_eq!(status["unassigned"], json!(["w1", "w2"]));
+}

@@ -195,3 +195,47 @@ async fn worker_with_etcd_user_and_password_file() {
     );
     program.terminate().await;
 }
+
+/// Runs an admin command with only etcdctl's own variables saying where
+/// etcd is and who we are, as `etcdctl` would read them.
+async fn admin_with_etcdctl_env(args: &[&str], endpoints: &str, user: &str) -> std::process::Output {
+    let mut c = Command::new(coordinator_bin());
+    c.args(args)
+        .args(["--backend", "etcd"])
+        .env_remove("COORDINATOR_ENDPOINTS")
+        .env("ETCDCTL_ENDPOINTS", endpoints)
+        .env("ETCDCTL_USER", user)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    timeout(WAIT, c.output())
+        .await
+        .expect("the command ends")
+        .expect("run coordinator")
+}
+
+/// `ETCDCTL_ENDPOINTS` (without a scheme, as etcdctl takes it) and
+/// `ETCDCTL_USER=name:password` reach a real etcd with auth on; `work ls
+/// --json` lists what `work put` wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_read_etcdctl_variables_and_list_json() {
+    let mut server = EtcdServer::start().await;
+    server.enable_auth("coordinator", "pw-env").await;
+    let bare = server.client_url().trim_start_matches("http://").to_owned();
+    let user = "coordinator:pw-env";
+    for (id, value) in [("w2", "two"), ("w1", "one")] {
+        let o = admin_with_etcdctl_env(&["work", "put", id, value], &bare, user).await;
+        assert!(o.status.success(), "{o:?}");
+    }
+    let o = admin_with_etcdctl_env(&["work", "ls", "--json"], &bare, user).await;
+    assert!(o.status.success(), "{o:?}");
+    let listed: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(
+        listed,
+        json!({"items": [{"id": "w1", "value": "one"}, {"id": "w2", "value": "two"}]})
+    );
+    // A wrong password is the store's refusal, not "unreachable".
+    let o = admin_with_etcdctl_env(&["work", "ls"], &bare, "coordinator:wrong").await;
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("pw-env") && !err.contains("wrong"), "{err}");
+}
