@@ -83,7 +83,8 @@ pub use worker_core::*;
 /// The leader half: members, the election, the planner, the leader loop.
 pub use leader_core as leader;
 pub use leader_core::{
-    Acker, Layout, Left, Member, MemberConfig, MemberHandle, MemberMeta, MemberStore,
+    Acker, Handoff, Layout, Left, Member, MemberConfig, MemberHandle, MemberMeta, MemberObserver,
+    MemberStore,
 };
 
 /// The Consul backend (feature `consul`).
