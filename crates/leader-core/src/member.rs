@@ -1094,6 +1094,9 @@ impl MemberTask {
                     let result = match result {
                         Ok((session, meta)) => {
                             info!(%session, "registered");
+                            // The member key written with the session is a
+                            // write of the acknowledged position too.
+                            self.acked.send_replace(meta.acked);
                             written = Some(meta);
                             Ok(session)
                         }

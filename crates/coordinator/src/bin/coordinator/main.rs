@@ -10,6 +10,7 @@
 mod admin;
 mod demo;
 mod exec;
+mod http;
 mod member;
 mod prometheus;
 mod worker;
@@ -135,9 +136,10 @@ pub(crate) struct WorkerArgs {
 /// Flags of the program itself (not library settings), for `worker` and `member`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ProgramArgs {
-    /// Serve the metrics for Prometheus on HOST:PORT (off by default).
-    #[arg(long, value_name = "HOST:PORT", value_parser = prometheus::parse_addr)]
-    metrics_addr: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus), /healthz, /readyz and /status on
+    /// HOST:PORT; `:PORT` listens on every interface. Off by default.
+    #[arg(long, visible_alias = "metrics-addr", value_name = "HOST:PORT", value_parser = http::parse_addr)]
+    http_addr: Option<SocketAddr>,
     /// Run CMD with ARGS for each settled change, one at a time, in order: the
     /// JSON line on its stdin, the change in COORDINATOR_* variables. Give it
     /// last: every argument after it belongs to CMD.
@@ -150,13 +152,13 @@ pub(crate) struct ProgramArgs {
 }
 
 impl ProgramArgs {
-    /// Starts serving metrics if asked; a failure is a usage error (exit 2)
-    /// naming `--metrics-addr`.
-    pub(crate) fn serve_metrics(&self) -> Result<(), ExitCode> {
-        match self.metrics_addr {
-            Some(addr) => prometheus::serve(addr)
-                .map_err(|e| usage_error(&format!("invalid --metrics-addr: {e}"))),
-            None => Ok(()),
+    /// Starts the HTTP endpoints if asked (`--http-addr`); a failure is a
+    /// usage error (exit 2) naming `--http-addr`.
+    pub(crate) fn serve_http(&self, config: &Config) -> Result<http::Http, ExitCode> {
+        match self.http_addr {
+            Some(addr) => http::Http::serve(addr, &config.instance_id, config.backend)
+                .map_err(|e| usage_error(&format!("invalid --http-addr: {e}"))),
+            None => Ok(http::Http::default()),
         }
     }
 

@@ -113,9 +113,10 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         return config_error(&e);
     }
     init_logging();
-    if let Err(code) = program.serve_metrics() {
-        return code;
-    }
+    let http = match program.serve_http(&config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -128,6 +129,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return config_error(&e),
     };
+    http.member(&member);
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
     // A change is acknowledged once its line is out, or with `--exec` once
     // its handler exited 0.

@@ -84,9 +84,10 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         return config_error(&e);
     }
     init_logging();
-    if let Err(code) = program.serve_metrics() {
-        return code;
-    }
+    let http = match program.serve_http(&config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     let backend = match connect(&config, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -101,6 +102,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return config_error(&e),
     };
+    http.worker(&worker);
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
     print_until_stopped(
         &config.instance_id,
