@@ -35,8 +35,8 @@
 //! - `consul` (default): the Consul backend ([`consul`]).
 //! - `etcd`: the etcd backend ([`etcd`]); building it needs `protoc`
 //!   (Debian: `protobuf-compiler` and `libprotobuf-dev`).
-//! - `prometheus` (default): the `coordinator` program's Prometheus endpoint
-//!   (`--metrics-addr`). The library never installs a metrics recorder.
+//! - `prometheus` (default): the `coordinator` program's `GET /metrics` for
+//!   Prometheus (`--http-addr`). The library never installs a metrics recorder.
 //!
 //! The memory backend is always there.
 //!
