@@ -60,6 +60,21 @@ async fn terminate(mut child: Child) {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `coordinator member m1` on `endpoint`, serving `--http-addr addr`.
+fn start_member(endpoint: &str, addr: &str) -> Child {
+    Command::new(coordinator_bin())
+        .args(["member", "--backend", "consul", "--instance-id", "m1"])
+        .args(["--endpoints", endpoint, "--http-addr", addr])
+        .args(["--ttl", "10s", "--leader-soak", "500ms"])
+        .args(["--soak", "100ms", "--leader-settle", "500ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_endpoints_follow_the_store() {
     let agent = ConsulAgent::start_dev().await;
@@ -76,24 +91,7 @@ async fn member_endpoints_follow_the_store() {
         assert!(out.status.success(), "{out:?}");
     }
     let addr = format!("127.0.0.1:{}", test_support::free_port());
-    let child = Command::new(coordinator_bin())
-        .args(["member", "--backend", "consul", "--instance-id", "m1"])
-        .args(["--endpoints", &proxy.http_url(), "--http-addr", &addr])
-        .args([
-            "--ttl",
-            "10s",
-            "--soak",
-            "100ms",
-            "--leader-settle",
-            "500ms",
-        ])
-        .args(["--leader-soak", "500ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = start_member(&proxy.http_url(), &addr);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let client = &client;
 

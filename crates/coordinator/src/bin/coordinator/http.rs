@@ -41,7 +41,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses `HOST:PORT` (an IP address or a name that resolves, e.g.
 /// `127.0.0.1:9100`, `[::1]:9100`, `localhost:9100`), or `:PORT` for every
-/// interface (`0.0.0.0:PORT`), as node_exporter's `--web.listen-address`.
+/// interface (`0.0.0.0:PORT`), as `node_exporter`'s `--web.listen-address`.
 pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Some(port) = s.strip_prefix(':') {
         let port: u16 = port
