@@ -157,7 +157,11 @@ async fn admin_commands_read_consul_variables_and_list_json() {
             .env("CONSUL_HTTP_ADDR", &bare)
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        async move { bounded("an admin command", c.output()).await.expect("run coordinator") }
+        async move {
+            bounded("an admin command", c.output())
+                .await
+                .expect("run coordinator")
+        }
     };
     for (id, value) in [("w2", "two"), ("w1", "one")] {
         let o = admin(&["work", "put", id, value]).await;

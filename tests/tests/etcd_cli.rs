@@ -198,7 +198,11 @@ async fn worker_with_etcd_user_and_password_file() {
 
 /// Runs an admin command with only etcdctl's own variables saying where
 /// etcd is and who we are, as `etcdctl` would read them.
-async fn admin_with_etcdctl_env(args: &[&str], endpoints: &str, user: &str) -> std::process::Output {
+async fn admin_with_etcdctl_env(
+    args: &[&str],
+    endpoints: &str,
+    user: &str,
+) -> std::process::Output {
     let mut c = Command::new(coordinator_bin());
     c.args(args)
         .args(["--backend", "etcd"])

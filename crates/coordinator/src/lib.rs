@@ -35,8 +35,8 @@
 //! - `consul` (default): the Consul backend ([`consul`]).
 //! - `etcd`: the etcd backend ([`etcd`]); building it needs `protoc`
 //!   (Debian: `protobuf-compiler` and `libprotobuf-dev`).
-//! - `prometheus` (default): the `coordinator` program's Prometheus endpoint
-//!   (`--metrics-addr`). The library never installs a metrics recorder.
+//! - `prometheus` (default): the `coordinator` program's `GET /metrics` for
+//!   Prometheus (`--http-addr`). The library never installs a metrics recorder.
 //!
 //! The memory backend is always there.
 //!
@@ -83,7 +83,8 @@ pub use worker_core::*;
 /// The leader half: members, the election, the planner, the leader loop.
 pub use leader_core as leader;
 pub use leader_core::{
-    Acker, Layout, Left, Member, MemberConfig, MemberHandle, MemberMeta, MemberStore,
+    Acker, Handoff, Layout, Left, Member, MemberConfig, MemberHandle, MemberMeta, MemberObserver,
+    MemberStore,
 };
 
 /// The Consul backend (feature `consul`).

@@ -1,6 +1,6 @@
-//! `coordinator worker --exec` and `--metrics-addr` on the memory backend, as
-//! a real process running the real example handler
-//! (`examples/exec-handler.sh`): one handler per change, in order, the JSON
+//! `coordinator worker --exec` and `--metrics-addr` (the alias of
+//! `--http-addr`) on the memory backend, as a real process running the real
+//! example handler (`examples/exec-handler.sh`): one handler per change, in order, the JSON
 //! line on stdin and the change in the environment; a failing handler is
 //! logged with its status and the next change is handled; the metrics
 //! endpoint answers with the worker's figures.
@@ -368,17 +368,25 @@ fn bad_exec_and_metrics_flags_exit_2_naming_the_flag() {
     let (code, err) = run(&["--exec"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--exec"), "{err}");
+    // `--metrics-addr` is an alias of `--http-addr`: the message names the
+    // flag as the operator wrote it.
     let (code, err) = run(&["--metrics-addr", "nowhere"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--metrics-addr"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, err) = run(&["--http-addr", ":http"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--http-addr"), "{err}");
     // A port already taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, err) = run(&["--metrics-addr", &addr]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("invalid --metrics-addr") && err.contains(&addr),
-        "{err}"
-    );
+    for flag in ["--http-addr", "--metrics-addr"] {
+        let (code, err) = run(&[flag, &addr]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(&format!("invalid {flag}")) && err.contains(&addr),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }

@@ -19,6 +19,7 @@ use worker_core::{
 use crate::follow::{spawn_follow, PrefixMap};
 use crate::layout::Layout;
 use crate::machine::{Action, LeaderMachine, LeaderRead, LeaderTiming, PlanReport};
+use crate::member::Handoff;
 
 /// Why a leader loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub(crate) struct LeaderCtx {
     /// Ends the session of a member whose handoff timed out.
     pub membership: Arc<dyn Membership>,
     pub plans: broadcast::Sender<PlanReport>,
+    /// The moves in flight, for [`MemberObserver::handoffs`](crate::MemberObserver::handoffs).
+    pub handoffs: watch::Sender<Arc<[Handoff]>>,
     pub instance_id: String,
 }
 
@@ -68,6 +71,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         writer,
         membership,
         plans,
+        handoffs: in_flight,
         instance_id,
     } = ctx;
     // Sessions being ended; aborted when the leader loop ends.
@@ -174,6 +178,22 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             }
         }
         crate::metrics::handoffs(&instance_id, machine.handoffs().count());
+        in_flight.send_if_modified(|cur| {
+            let same = cur
+                .iter()
+                .map(|h| (&h.work, &h.from))
+                .eq(machine.handoffs());
+            if !same {
+                *cur = machine
+                    .handoffs()
+                    .map(|(work, from)| Handoff {
+                        work: work.clone(),
+                        from: from.clone(),
+                    })
+                    .collect();
+            }
+            !same
+        });
         crate::metrics::refused(&instance_id, machine.refused().len());
         // One timer: the machine's deadline.
         let deadline = machine.poll_timeout();

@@ -38,8 +38,8 @@ pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;
 pub use machine::{LeaderMachine, LeaderRead, LeaderTiming, PlanReport};
 pub use member::{
-    Acker, Left, Member, MemberConfig, MemberHandle, MemberStore, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_TTL,
+    Acker, Handoff, Left, Member, MemberConfig, MemberHandle, MemberObserver, MemberStore,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_TTL,
 };
 pub use membership::{MemberAction, MemberMachine, MemberTiming};
 

@@ -36,14 +36,15 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use worker_core::{
     validate_instance_id, ConfigError, Election, ErrorChain, Fence, FencedWrite, KvWatch, KvWrite,
-    LeaderStream, LeaderWait, Membership, ReleaseSwitch, Revision, SessionId, StoreError, Worker,
-    WorkerConfig, WorkerHandle, WorkloadWatch,
+    LeaderStream, LeaderWait, Membership, ReleaseSwitch, Revision, SessionId, StoreContact,
+    StoreError, WorkId, Worker, WorkerConfig, WorkerHandle, WorkerObserver, WorkloadWatch,
 };
 
 use crate::layout::{Layout, MemberMeta};
 use crate::leader::{run_leader, LeaderCtx, LeaderExit};
 use crate::machine::{LeaderTiming, PlanReport};
 use crate::membership::{MemberAction, MemberMachine, MemberTiming};
+use crate::plan::MemberId;
 
 /// The default session / lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
@@ -355,6 +356,17 @@ impl Member {
         let (halt_tx, halt_rx) = watch::channel(Stop::Running);
         let (ack_tx, ack_rx) = watch::channel(0);
         let (acked_tx, acked_rx) = watch::channel(None);
+        let (contact_tx, contact_rx) = watch::channel(StoreContact::Unknown);
+        let (handoffs_tx, handoffs_rx) = watch::channel(Arc::from([]));
+        let (draining_tx, draining_rx) = watch::channel(false);
+        let observer = MemberObserver {
+            worker: worker.observer(),
+            leading: leading_rx.clone(),
+            acked: acked_rx.clone(),
+            contact: contact_rx,
+            handoffs: handoffs_rx,
+            draining: draining_rx,
+        };
         let span = tracing::info_span!("member", instance_id = %config.instance_id());
         let task = tokio::spawn(
             MemberTask {
@@ -367,6 +379,9 @@ impl Member {
                 switch: worker.release_switch(),
                 app_ack: ack_rx,
                 acked: acked_tx,
+                contact: contact_tx,
+                handoffs: handoffs_tx,
+                draining: draining_tx,
             }
             .run(halt_rx)
             .instrument(span),
@@ -380,6 +395,7 @@ impl Member {
             outcome: None,
             ack: Acker(Arc::new(ack_tx)),
             acked: acked_rx,
+            observer,
         })
     }
 }
@@ -421,6 +437,79 @@ pub struct MemberHandle {
     outcome: Option<Left>,
     ack: Acker,
     acked: watch::Receiver<Option<Revision>>,
+    observer: MemberObserver,
+}
+
+/// A move in flight as the leader sees it: an item revoked from `from` and
+/// not yet given to its new owner (see `docs/handoff.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// The item.
+    pub work: WorkId,
+    /// The member it was revoked from, whose acknowledgement (or departure)
+    /// the move waits for.
+    pub from: MemberId,
+}
+
+/// A read-only view of a running member; from [`MemberHandle::observer`].
+///
+/// Cheap to clone and to query: each getter reads a `watch` channel the
+/// member's tasks update as things happen; nothing asks the store. It does
+/// not keep the member running; once its tasks end the getters keep the last
+/// values and [`is_running`](Self::is_running) turns false.
+#[derive(Debug, Clone)]
+pub struct MemberObserver {
+    worker: WorkerObserver,
+    leading: watch::Receiver<Option<Fence>>,
+    acked: watch::Receiver<Option<Revision>>,
+    contact: watch::Receiver<StoreContact>,
+    handoffs: watch::Receiver<Arc<[Handoff]>>,
+    draining: watch::Receiver<bool>,
+}
+
+impl MemberObserver {
+    /// The member's worker: settled workload, readiness, the leader it
+    /// sees, its store contact.
+    pub fn worker(&self) -> &WorkerObserver {
+        &self.worker
+    }
+
+    /// True while the member task and its worker's task both run.
+    pub fn is_running(&self) -> bool {
+        !self.leading.is_closed() && self.worker.is_running()
+    }
+
+    /// True while this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.leading.borrow().is_some()
+    }
+
+    /// The acknowledged position as last written to the store (see
+    /// [`MemberHandle::acked`]).
+    pub fn acked(&self) -> Option<Revision> {
+        *self.acked.borrow()
+    }
+
+    /// How the member task's latest store request went: registering,
+    /// renewing the session, writing the member key, campaigning, observing
+    /// the leadership. Its worker's requests are in
+    /// [`worker().store_contact()`](WorkerObserver::store_contact).
+    pub fn store_contact(&self) -> StoreContact {
+        self.contact.borrow().clone()
+    }
+
+    /// While this member leads: every move in flight (revoked from its old
+    /// owner, not yet given to the new one), by item. Empty otherwise: a
+    /// member that does not lead does not read the handoff records.
+    pub fn handoffs(&self) -> Arc<[Handoff]> {
+        self.handoffs.borrow().clone()
+    }
+
+    /// True once the member drains (asked by [`MemberHandle::start_drain`]
+    /// or a drain request key) until it leaves.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
 }
 
 /// Acknowledges settled changes for a member; from [`MemberHandle::acker`].
@@ -482,6 +571,13 @@ impl MemberHandle {
     /// the first write).
     pub fn acked(&self) -> watch::Receiver<Option<Revision>> {
         self.acked.clone()
+    }
+
+    /// A cheap, read-only view of this member (and its worker) that other
+    /// tasks can keep, for a health or status endpoint; see
+    /// [`MemberObserver`].
+    pub fn observer(&self) -> MemberObserver {
+        self.observer.clone()
     }
 
     /// Asks the member to drain and leave, without waiting: it marks itself
@@ -578,6 +674,12 @@ struct MemberTask {
     app_ack: watch::Receiver<Revision>,
     /// The acknowledged position written to the store.
     acked: watch::Sender<Option<Revision>>,
+    /// How the member task's latest store request went.
+    contact: watch::Sender<StoreContact>,
+    /// The moves in flight while leading (the leader loop writes them).
+    handoffs: watch::Sender<Arc<[Handoff]>>,
+    /// Whether the member drains.
+    draining: watch::Sender<bool>,
 }
 
 struct Leading {
@@ -644,6 +746,7 @@ impl MemberTask {
             writer: self.store.writer.clone(),
             membership: self.store.membership.clone(),
             plans: self.plans.clone(),
+            handoffs: self.handoffs.clone(),
             instance_id: self.config.instance_id().to_owned(),
         };
         let task = tokio::spawn(run_leader(ctx, stop_rx).in_current_span());
@@ -656,6 +759,7 @@ impl MemberTask {
             let _ = l.stop.send(true);
             let _ = l.task.await;
             self.leading.send_replace(None);
+            self.clear_handoffs();
             info!(term = l.fence.term(), "no longer leading");
         }
         if let Some(fence) = resign {
@@ -663,6 +767,31 @@ impl MemberTask {
                 debug!(error = %ErrorChain(&e), "resigning failed");
             }
         }
+    }
+
+    /// Not leading: no moves in flight known.
+    fn clear_handoffs(&self) {
+        self.handoffs.send_if_modified(|h| {
+            let had = !h.is_empty();
+            *h = Arc::from([]);
+            had
+        });
+    }
+
+    /// Records the outcome of a completed store request of the member task
+    /// (`Some(error)`: it failed).
+    fn contact(&self, error: Option<&StoreError>) {
+        let next = match error {
+            None => StoreContact::Reachable,
+            Some(e) => StoreContact::Unreachable(ErrorChain(e).to_string().into()),
+        };
+        self.contact.send_if_modified(|cur| {
+            let modified = *cur != next;
+            if modified {
+                *cur = next;
+            }
+            modified
+        });
     }
 
     /// Waits (at most the margin) until the worker has published its release.
@@ -920,6 +1049,7 @@ impl MemberTask {
                         Stop::Drain if draining.is_none() => {
                             info!("draining: asking the leader to move this member's items away");
                             draining = Some(Instant::now());
+                            self.draining.send_replace(true);
                         }
                         Stop::Drain | Stop::Running => {}
                     }
@@ -932,6 +1062,7 @@ impl MemberTask {
                     if requested && draining.is_none() && !halting {
                         info!(key = drain_key, "drain requested: asking the leader to move this member's items away");
                         draining = Some(Instant::now());
+                        self.draining.send_replace(true);
                         drain_requested = true;
                     }
                 }
@@ -958,10 +1089,14 @@ impl MemberTask {
                 }
                 result = in_flight(&mut registering), if registering.is_some() => {
                     registering = None;
+                    self.contact(result.as_ref().err());
                     crate::metrics::store_result(&instance_id, "register", &result);
                     let result = match result {
                         Ok((session, meta)) => {
                             info!(%session, "registered");
+                            // The member key written with the session is a
+                            // write of the acknowledged position too.
+                            self.acked.send_replace(meta.acked);
                             written = Some(meta);
                             Ok(session)
                         }
@@ -974,6 +1109,7 @@ impl MemberTask {
                 }
                 result = in_flight(&mut renewing), if renewing.is_some() => {
                     renewing = None;
+                    self.contact(result.as_ref().err());
                     crate::metrics::renewed(&instance_id, &result);
                     match &result {
                         Ok(true) => {}
@@ -984,6 +1120,7 @@ impl MemberTask {
                 }
                 result = in_flight(&mut meta_write), if meta_write.is_some() => {
                     meta_write = None;
+                    self.contact(result.as_ref().err());
                     match result {
                         Ok((true, m, _)) => {
                             self.acked.send_replace(m.acked);
@@ -1003,6 +1140,7 @@ impl MemberTask {
                 }
                 result = in_flight(&mut campaigning), if campaigning.is_some() => {
                     campaigning = None;
+                    self.contact(result.as_ref().err());
                     crate::metrics::store_result(&instance_id, "campaign", &result);
                     if let Err(e) = &result {
                         debug!(error = %ErrorChain(e), "campaign failed");
@@ -1014,12 +1152,14 @@ impl MemberTask {
                     match result {
                         Ok(s) => stream = Some(s),
                         Err(e) => {
+                            self.contact(Some(&e));
                             debug!(error = %ErrorChain(&e), "observing leadership failed");
                             machine.handle_observed(Instant::now(), Err(e));
                         }
                     }
                 }
                 seen = async { stream.as_mut().expect("guarded").next().await }, if stream.is_some() => {
+                    self.contact(seen.as_ref().err());
                     if let Err(e) = &seen {
                         debug!(error = %ErrorChain(e), "leadership observation failed");
                         stream = None;
@@ -1029,6 +1169,7 @@ impl MemberTask {
                 exit = async { (&mut leading.as_mut().expect("guarded").task).await }, if leading.is_some() => {
                     if let Some(l) = leading.take() {
                         self.leading.send_replace(None);
+                        self.clear_handoffs();
                         if matches!(exit, Ok(LeaderExit::Fenced)) {
                             info!(term = l.fence.term(), "stepped down");
                         }

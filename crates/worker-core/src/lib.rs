@@ -65,6 +65,6 @@ pub use types::{
     KvChange, KvEntry, Leader, Revision, Snapshot, WatchEvent, WorkId, Workload, WorkloadChange,
 };
 pub use worker::{
-    Changes, Halted, ReleaseSwitch, Settled, Worker, WorkerConfig, WorkerHandle, WorkloadWatch,
-    CHANGES_QUEUE, DEFAULT_PREFIX,
+    Changes, Halted, ReleaseSwitch, Settled, StoreContact, Worker, WorkerConfig, WorkerHandle,
+    WorkerObserver, WorkloadWatch, CHANGES_QUEUE, DEFAULT_PREFIX,
 };

@@ -3,7 +3,7 @@
 //! The library installs no recorder: an application that wants the figures
 //! installs the exporter it likes (Prometheus, `StatsD`, ...) **before** it
 //! spawns workers; without one every call below costs next to nothing. The
-//! `coordinator` program serves them for Prometheus with `--metrics-addr`.
+//! `coordinator` program serves them for Prometheus on `--http-addr`.
 //!
 //! Every metric carries the label `instance_id` (a process may run several
 //! members). The names are the constants of this module; `docs/operations.md`

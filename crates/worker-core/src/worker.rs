@@ -131,6 +131,35 @@ pub struct Settled {
     pub ready: bool,
 }
 
+/// How the worker's store requests have been going lately: what a readiness
+/// check needs to know about the store (see [`WorkerHandle::store_contact`]).
+///
+/// It follows the outcome of the worker's most recent completed request,
+/// reading its assignments or observing the leader. A request that merely
+/// waits (a blocking query or a watch with nothing to report) completes
+/// nothing, so a healthy, idle worker keeps the outcome of its last answer.
+/// After an outage the first answer of either kind sets it back to
+/// [`Reachable`](Self::Reachable): the leader observation answers at once
+/// when it resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreContact {
+    /// No request has completed yet.
+    #[default]
+    Unknown,
+    /// The most recent request succeeded.
+    Reachable,
+    /// The most recent request failed (the worker retries with backoff):
+    /// the error with its causes, on one line.
+    Unreachable(Arc<str>),
+}
+
+impl StoreContact {
+    /// True when the most recent request succeeded.
+    pub fn is_reachable(&self) -> bool {
+        matches!(self, Self::Reachable)
+    }
+}
+
 /// The worker has been halted; no more changes will come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the worker has halted")]
@@ -205,6 +234,7 @@ fn lock(subs: &SharedSubscribers) -> std::sync::MutexGuard<'_, Subscribers> {
 struct Shared {
     state: watch::Sender<Settled>,
     leader: watch::Sender<Option<Leader>>,
+    contact: watch::Sender<StoreContact>,
     subscribers: SharedSubscribers,
 }
 
@@ -261,6 +291,7 @@ impl Worker {
         let machine = Machine::new(&config.prefix, &config.instance_id, config.timing()?, seed)?;
         let (state, rx) = watch::channel(Settled::default());
         let (leader_tx, leader_rx) = watch::channel(None);
+        let (contact_tx, contact_rx) = watch::channel(StoreContact::Unknown);
         let (position_tx, position_rx) = watch::channel(0);
         let (hold_tx, hold_rx) = watch::channel(Hold {
             held: config.start_released,
@@ -270,6 +301,7 @@ impl Worker {
         let shared = Shared {
             state,
             leader: leader_tx,
+            contact: contact_tx,
             subscribers: subscribers.clone(),
         };
         let (cancel_tx, cancel_rx) = oneshot::channel();
@@ -294,6 +326,7 @@ impl Worker {
         Ok(WorkerHandle {
             rx,
             leader_rx,
+            contact: contact_rx,
             position: position_rx,
             hold: ReleaseSwitch(Arc::new(hold_tx)),
             subscribers,
@@ -310,6 +343,7 @@ impl Worker {
 pub struct WorkerHandle {
     rx: watch::Receiver<Settled>,
     leader_rx: watch::Receiver<Option<Leader>>,
+    contact: watch::Receiver<StoreContact>,
     position: watch::Receiver<Revision>,
     hold: ReleaseSwitch,
     subscribers: SharedSubscribers,
@@ -337,6 +371,22 @@ impl WorkerHandle {
     /// The leader as this worker last saw it (`None`: none, or not known yet).
     pub fn leader(&self) -> Option<Leader> {
         self.leader_rx.borrow().clone()
+    }
+
+    /// How the worker's latest store request went (see [`StoreContact`]).
+    pub fn store_contact(&self) -> StoreContact {
+        self.contact.borrow().clone()
+    }
+
+    /// A cheap, read-only view of this worker that other tasks can keep
+    /// (a health or status endpoint, for instance); see [`WorkerObserver`].
+    pub fn observer(&self) -> WorkerObserver {
+        WorkerObserver {
+            settled: self.rx.clone(),
+            leader: self.leader_rx.clone(),
+            contact: self.contact.clone(),
+            hold: self.hold.0.subscribe(),
+        }
     }
 
     /// A receiver of the leader as this worker sees it, to await its changes.
@@ -483,6 +533,54 @@ impl ReleaseSwitch {
     /// True while released.
     pub fn is_released(&self) -> bool {
         self.0.borrow().held
+    }
+}
+
+/// A read-only view of a running worker; from [`WorkerHandle::observer`].
+///
+/// Cheap to clone and to query (each getter reads a `watch` channel the
+/// worker task updates as things happen; nothing asks the store). It does not
+/// keep the worker running: once the worker task ends (halt, the handle
+/// dropped, or a panic), [`is_running`](Self::is_running) turns false and the
+/// getters keep the last values.
+#[derive(Debug, Clone)]
+pub struct WorkerObserver {
+    settled: watch::Receiver<Settled>,
+    leader: watch::Receiver<Option<Leader>>,
+    contact: watch::Receiver<StoreContact>,
+    hold: watch::Receiver<Hold>,
+}
+
+impl WorkerObserver {
+    /// True while the worker task runs (it has not halted, been dropped or
+    /// panicked).
+    pub fn is_running(&self) -> bool {
+        !self.settled.is_closed()
+    }
+
+    /// The current settled state (see [`WorkerHandle::settled`]).
+    pub fn settled(&self) -> Settled {
+        self.settled.borrow().clone()
+    }
+
+    /// True once the first settled workload was published.
+    pub fn is_ready(&self) -> bool {
+        self.settled.borrow().ready
+    }
+
+    /// The leader as this worker last saw it (see [`WorkerHandle::leader`]).
+    pub fn leader(&self) -> Option<Leader> {
+        self.leader.borrow().clone()
+    }
+
+    /// How the worker's latest store request went (see [`StoreContact`]).
+    pub fn store_contact(&self) -> StoreContact {
+        self.contact.borrow().clone()
+    }
+
+    /// True while the workload is released (see [`WorkerHandle::release`]).
+    pub fn is_released(&self) -> bool {
+        self.hold.borrow().held
     }
 }
 
@@ -777,6 +875,22 @@ impl Driver {
         self.metrics.published(&self.shared.state);
     }
 
+    /// Records the outcome of a completed store request (`Some(error)`: it
+    /// failed). Opening a stream is not one: it may not have asked anything.
+    fn contact(&self, error: Option<&StoreError>) {
+        self.shared.contact.send_if_modified(|cur| {
+            let next = match error {
+                None => StoreContact::Reachable,
+                Some(e) => StoreContact::Unreachable(ErrorChain(e).to_string().into()),
+            };
+            let modified = *cur != next;
+            if modified {
+                *cur = next;
+            }
+            modified
+        });
+    }
+
     fn on_leader(&mut self, done: LeaderDone, op: &mut Option<BoxFut<LeaderDone>>) {
         let result = match done {
             LeaderDone::Opened(Ok(stream)) => {
@@ -791,6 +905,7 @@ impl Driver {
         };
         match result {
             Ok(l) => {
+                self.contact(None);
                 let before = self.machine.leader().cloned();
                 if before != l {
                     self.metrics.leader_changed();
@@ -808,6 +923,7 @@ impl Driver {
                 self.machine.handle_leader(now(), l);
             }
             Err(e) => {
+                self.contact(Some(&e));
                 self.metrics.store_error("leader", &e);
                 let delay = self.machine.handle_leader_error(now());
                 warn!(error = %ErrorChain(&e), retry_in = ?delay, "leader observation failed");
@@ -818,6 +934,7 @@ impl Driver {
     fn on_kv(&mut self, done: KvDone, op: &mut Option<BoxFut<KvDone>>) {
         let error = match done {
             KvDone::Listed(Ok(snapshot)) => {
+                self.contact(None);
                 if self.restoring == Some(Restoring::Listing) {
                     self.restoring = Some(Restoring::Settling);
                 }
@@ -834,6 +951,7 @@ impl Driver {
                 return;
             }
             KvDone::Event(stream, Ok(event)) => {
+                self.contact(None);
                 if let WatchEvent::Lost { reason } = &event {
                     info!(%reason, "watch position lost: relisting");
                     self.metrics.relist();
@@ -847,6 +965,7 @@ impl Driver {
             }
             KvDone::Listed(Err(e)) | KvDone::Opened(Err(e)) | KvDone::Event(_, Err(e)) => e,
         };
+        self.contact(Some(&error));
         self.metrics.store_error("assignments", &error);
         let delay = self.machine.handle_kv_error(now());
         warn!(

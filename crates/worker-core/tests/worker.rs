@@ -356,3 +356,50 @@ async fn a_panicking_worker_task_ends_ready_and_changes_with_halted() {
         .await
         .expect("halt after a panic returns");
 }
+
+/// The observer follows the store contact through an outage (unreachable
+/// once a request failed, reachable at the first answer after it) and says
+/// when the worker task has ended.
+#[tokio::test(start_paused = true)]
+async fn observer_follows_store_contact_and_the_task() {
+    use worker_core::StoreContact;
+    let store = MemoryStore::new();
+    store.set_leader("L");
+    store.put(format!("{P}m1/a"), "1");
+    let w = spawn(&store, &config());
+    let observer = w.observer();
+    assert!(observer.is_running());
+    assert!(!observer.is_ready());
+    w.ready().await.unwrap();
+    assert!(observer.is_ready());
+    assert_eq!(observer.store_contact(), StoreContact::Reachable);
+    assert_eq!(observer.leader().map(|l| l.id), Some("L".to_owned()));
+    assert_eq!(names(&observer.settled().workload), ["a"]);
+
+    store.set_unavailable("down");
+    let contact = timeout(Duration::from_secs(30), async {
+        loop {
+            if let StoreContact::Unreachable(e) = observer.store_contact() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the failure is seen");
+    assert!(contact.contains("down"), "{contact}");
+    assert_eq!(w.store_contact(), observer.store_contact());
+    store.set_available();
+    timeout(Duration::from_secs(30), async {
+        while !observer.store_contact().is_reachable() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("reachable again after the outage");
+    // The settled workload was kept throughout.
+    assert_eq!(names(&observer.settled().workload), ["a"]);
+    w.halt().await;
+    assert!(!observer.is_running());
+    assert!(observer.is_ready(), "the last values stay");
+}

@@ -10,6 +10,7 @@
 mod admin;
 mod demo;
 mod exec;
+mod http;
 mod member;
 mod prometheus;
 mod settings;
@@ -242,7 +243,7 @@ impl WorkerOpts {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ProgramArgs {
     /// Serve /metrics, /healthz, /readyz and /status on HOST:PORT (`:PORT`: every interface) [default: off]
-    #[arg(long, visible_alias = "metrics-addr", env = "COORDINATOR_HTTP_ADDR", value_name = "HOST:PORT", value_parser = prometheus::parse_addr, help_heading = "Output")]
+    #[arg(long, visible_alias = "metrics-addr", env = "COORDINATOR_HTTP_ADDR", value_name = "HOST:PORT", value_parser = http::parse_addr, help_heading = "Output")]
     http_addr: Option<SocketAddr>,
     /// Log line format on stderr [default: text]
     #[arg(
@@ -291,13 +292,13 @@ impl ProgramArgs {
     }
 }
 
-/// Starts serving metrics if asked; a failure is a usage error (exit 2)
-/// naming `--http-addr`.
-pub(crate) fn serve_metrics(s: &Settings) -> Result<(), ExitCode> {
+/// Starts the HTTP endpoints if asked (`--http-addr`); a failure is a
+/// usage error (exit 2) naming the setting as the operator wrote it.
+pub(crate) fn serve_http(s: &Settings) -> Result<http::Http, ExitCode> {
     match s.program.http_addr {
-        Some(addr) => prometheus::serve(addr)
+        Some(addr) => http::Http::serve(addr, &s.config.instance_id, s.config.backend)
             .map_err(|e| usage_error(&format!("invalid {}: {e}", s.name_of("http_addr")))),
-        None => Ok(()),
+        None => Ok(http::Http::default()),
     }
 }
 

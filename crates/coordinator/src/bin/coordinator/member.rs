@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::settings::{self, Settings};
 use crate::worker::{connect, init_logging, print_until, OnHandled, Shutdown, Signal};
-use crate::{finish_settings, handler, put, serve_metrics, ConnArgs, ProgramArgs, WorkerOpts};
+use crate::{finish_settings, handler, put, serve_http, ConnArgs, ProgramArgs, WorkerOpts};
 
 /// Flags of `coordinator member`: the flags of `coordinator worker` (but
 /// `--backend memory`), and these.
@@ -164,9 +164,10 @@ pub async fn run(args: MemberArgs, m: ArgMatches) -> ExitCode {
     };
     let config = &s.config;
     init_logging(s.program.log_format);
-    if let Err(code) = serve_metrics(&s) {
-        return code;
-    }
+    let http = match serve_http(&s) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     let backend = match connect(&s, &mut shutdown).await {
         Ok(b) => b,
         Err(code) => return code,
@@ -179,6 +180,7 @@ pub async fn run(args: MemberArgs, m: ArgMatches) -> ExitCode {
         Ok(m) => m,
         Err(e) => return s.refuse(&e),
     };
+    http.member(&member);
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator member running");
     // A change is acknowledged once its line is out, or with `--exec` once
     // its handler exited 0.

@@ -1,49 +1,67 @@
-//! `--metrics-addr HOST:PORT`: the library's metrics served for Prometheus.
+//! The Prometheus recorder behind `GET /metrics` (cargo feature `prometheus`).
 
-use std::net::{SocketAddr, ToSocketAddrs};
-
-/// Parses `HOST:PORT` (an IP address or a name that resolves, e.g.
-/// `127.0.0.1:9100`, `[::1]:9100`, `localhost:9100`).
-/// `:PORT` means every interface (`0.0.0.0:PORT`), as node_exporter takes it.
-pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"))?;
-        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
-    }
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("{s:?} is not HOST:PORT ({e})"))?
-        .next()
-        .ok_or_else(|| format!("{s:?} resolves to no address"))
-}
-
-/// Installs the Prometheus recorder and serves `GET /metrics` (any path, in
-/// fact) on `addr`. Call inside the runtime, before any worker or member
-/// starts. Fails when the address cannot be listened on.
+/// The installed recorder's handle, rendering the text format.
 #[cfg(feature = "prometheus")]
-pub(crate) fn serve(addr: SocketAddr) -> Result<(), String> {
-    use coordinator::metrics::{PUBLICATION_DELAY, PUBLICATION_DELAY_BUCKETS};
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+#[derive(Clone)]
+pub(crate) struct Metrics(metrics_exporter_prometheus::PrometheusHandle);
 
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            Matcher::Full(PUBLICATION_DELAY.to_owned()),
-            PUBLICATION_DELAY_BUCKETS,
-        )
-        .and_then(PrometheusBuilder::install)
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    coordinator::metrics::describe();
-    tracing::info!(%addr, "serving metrics for Prometheus");
-    Ok(())
-}
-
-/// Without the `prometheus` feature there is no exporter to serve them with.
+/// Without the `prometheus` feature: nothing to render.
 #[cfg(not(feature = "prometheus"))]
-pub(crate) fn serve(_addr: SocketAddr) -> Result<(), String> {
-    Err("this build has no Prometheus exporter; build the coordinator crate with its `prometheus` feature".to_owned())
+#[derive(Clone)]
+pub(crate) struct Metrics;
+
+/// How often the recorder's upkeep runs (draining histogram samples).
+#[cfg(feature = "prometheus")]
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Metrics {
+    /// Installs the Prometheus recorder as the process's metrics recorder,
+    /// with [`PUBLICATION_DELAY_BUCKETS`](coordinator::metrics::PUBLICATION_DELAY_BUCKETS)
+    /// for the publication delay, and runs its upkeep. Call inside the
+    /// runtime, before any worker or member starts.
+    #[cfg(feature = "prometheus")]
+    pub(crate) fn install() -> Result<Self, String> {
+        use coordinator::metrics::{PUBLICATION_DELAY, PUBLICATION_DELAY_BUCKETS};
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(PUBLICATION_DELAY.to_owned()),
+                PUBLICATION_DELAY_BUCKETS,
+            )
+            .and_then(PrometheusBuilder::install_recorder)
+            .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
+        coordinator::metrics::describe();
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        Ok(Self(handle))
+    }
+
+    /// Without the `prometheus` feature there is no recorder to install.
+    #[cfg(not(feature = "prometheus"))]
+    #[allow(clippy::unnecessary_wraps)] // one signature for both builds
+    pub(crate) fn install() -> Result<Self, String> {
+        Ok(Self)
+    }
+
+    /// The Prometheus text page.
+    #[cfg(feature = "prometheus")]
+    #[allow(clippy::unnecessary_wraps)] // one signature for both builds
+    pub(crate) fn render(&self) -> Option<String> {
+        Some(self.0.render())
+    }
+
+    /// `None`: this build has no Prometheus exporter.
+    #[cfg(not(feature = "prometheus"))]
+    #[allow(clippy::unused_self)] // one signature for both builds
+    pub(crate) fn render(&self) -> Option<String> {
+        None
+    }
 }

@@ -163,8 +163,7 @@ impl Settings {
         }
         if let Some(a) = p.http_addr {
             self.program.http_addr = Some(
-                crate::prometheus::parse_addr(&a)
-                    .map_err(|e| bad(format!("invalid http_addr: {e}")))?,
+                crate::http::parse_addr(&a).map_err(|e| bad(format!("invalid http_addr: {e}")))?,
             );
         }
         if let Some(e) = p.exec {

@@ -17,7 +17,7 @@ use clap::ArgMatches;
 
 use crate::exec::{Handler, Job, Runner};
 use crate::settings::{LogFormat, Settings};
-use crate::{finish_settings, handler, serve_metrics, usage_error, worker_settings, WorkerArgs};
+use crate::{finish_settings, handler, serve_http, usage_error, worker_settings, WorkerArgs};
 
 /// One line of output (SPEC §5). Field order is part of the contract.
 #[derive(Serialize)]
@@ -86,9 +86,10 @@ pub async fn run(args: WorkerArgs, m: ArgMatches) -> ExitCode {
             Err(code) => return code,
         };
     init_logging(s.program.log_format);
-    if let Err(code) = serve_metrics(&s) {
-        return code;
-    }
+    let http = match serve_http(&s) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     let config = &s.config;
     let backend = match connect(&s, &mut shutdown).await {
         Ok(b) => b,
@@ -104,6 +105,7 @@ pub async fn run(args: WorkerArgs, m: ArgMatches) -> ExitCode {
         Ok(w) => w,
         Err(e) => return s.refuse(&e),
     };
+    http.worker(&worker);
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
     print_until_stopped(
         &config.instance_id,

@@ -1,0 +1,109 @@
+//! A member's read-only observer on the memory store, on tokio's paused
+//! clock: leadership, the acknowledged position, the moves in flight while
+//! it leads (a move away from it waits for its acknowledgement), its store
+//! contact through an outage, and the end of its tasks.
+
+use std::time::Duration;
+
+use leader_core::{Layout, Member, MemberConfig, MemberHandle, MemberObserver, MemberStore};
+use tokio::time::timeout;
+use worker_core::{MemoryStore, StoreContact};
+
+fn layout() -> Layout {
+    Layout {
+        members: "s/members/".into(),
+        leader: "s/leader".into(),
+        work: "s/work/".into(),
+        assignments: "s/assignments/".into(),
+        handoff: "s/handoff/".into(),
+        drain: "s/drain/".into(),
+        sequence: "s/sequence".into(),
+    }
+}
+
+fn config(id: &str) -> MemberConfig {
+    MemberConfig::new(id)
+        .layout(layout())
+        .ttl(Duration::from_secs(15))
+        .leader_soak(Duration::from_millis(300))
+        .worker_timing(Duration::from_millis(100), Duration::from_millis(300))
+}
+
+fn spawn(store: &MemoryStore, config: &MemberConfig) -> MemberHandle {
+    Member::spawn(config, &MemberStore::from_backend(store.clone())).expect("spawn")
+}
+
+/// Waits (virtual time, at most a minute) until `cond` holds for `o`.
+async fn until(what: &str, o: &MemberObserver, cond: impl Fn(&MemberObserver) -> bool) {
+    timeout(Duration::from_secs(60), async {
+        while !cond(o) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_shows_leadership_acks_moves_and_contact() {
+    let store = MemoryStore::new();
+    for i in 0..4 {
+        store.put(format!("s/work/w{i}"), "");
+    }
+    let m1 = spawn(&store, &config("m1").manual_ack(true));
+    let o = m1.observer();
+    assert!(o.is_running());
+    until("m1 leads and holds 4", &o, |o| {
+        o.is_leader() && o.worker().is_ready() && o.worker().settled().workload.len() == 4
+    })
+    .await;
+    assert_eq!(o.store_contact(), StoreContact::Reachable);
+    assert_eq!(o.worker().store_contact(), StoreContact::Reachable);
+    assert!(o.handoffs().is_empty());
+    assert!(!o.is_draining());
+    let placed = o.worker().settled().revision;
+    m1.ack(placed);
+    until("the ack is written", &o, |o| o.acked() >= Some(placed)).await;
+
+    // A second member: two items move from m1, and wait for m1's ack.
+    let m2 = spawn(&store, &config("m2"));
+    until("m1 released two", &o, |o| {
+        o.worker().settled().workload.len() == 2
+    })
+    .await;
+    until("two moves in flight from m1", &o, |o| {
+        o.handoffs().len() == 2 && o.handoffs().iter().all(|h| &*h.from == "m1")
+    })
+    .await;
+    let released = o.worker().settled().revision;
+    assert!(o.acked() < Some(released));
+    m1.ack(released);
+    until("the moves are done", &o, |o| o.handoffs().is_empty()).await;
+    let o2 = m2.observer();
+    until("m2 holds two", &o2, |o| {
+        o.worker().settled().workload.len() == 2
+    })
+    .await;
+    assert!(!o2.is_leader());
+    assert_eq!(o2.worker().leader(), o.worker().leader());
+
+    // An outage: both contacts fail, then come back.
+    store.set_unavailable("down");
+    until("unreachable", &o, |o| {
+        matches!(o.worker().store_contact(), StoreContact::Unreachable(_))
+    })
+    .await;
+    store.set_available();
+    until("reachable again", &o, |o| {
+        o.worker().store_contact().is_reachable() && o.store_contact().is_reachable()
+    })
+    .await;
+
+    m2.start_drain();
+    until("m2 drains", &o2, MemberObserver::is_draining).await;
+    m2.halt().await;
+    assert!(!o2.is_running());
+    m1.halt().await;
+    assert!(!o.is_running());
+    assert!(!o.is_leader());
+}
