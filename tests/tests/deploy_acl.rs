@@ -347,8 +347,10 @@ async fn consul_policies_are_enough_and_each_rule_is_named_when_missing() {
     drop(m4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_roles_are_enough_and_each_range_is_named_when_missing() {
+/// An etcd server with auth on (root's password `deploy-acl-root`), the roles of
+/// `deploy/etcd/roles.sh` made by the script itself, and users `m1`, `m2` (member role) and
+/// `reader` (worker role) whose password is in the returned file; root's is in the other one.
+async fn etcd_with_roles(dir: &Path) -> (EtcdServer, PathBuf, PathBuf) {
     let mut server = EtcdServer::start().await;
     server.enable_auth("root", "deploy-acl-root").await;
     let root = repo_root();
@@ -372,8 +374,7 @@ async fn etcd_roles_are_enough_and_each_range_is_named_when_missing() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("password");
+    let password = dir.join("password");
     std::fs::write(&password, "user-pw").unwrap();
     for (user, role) in [
         ("m1", "coordinator-member"),
@@ -391,8 +392,15 @@ async fn etcd_roles_are_enough_and_each_range_is_named_when_missing() {
             .await;
         server.ctl(["user", "grant-role", user, role]).await;
     }
-    let root_password = dir.path().join("root-password");
+    let root_password = dir.join("root-password");
     std::fs::write(&root_password, "deploy-acl-root").unwrap();
+    (server, password, root_password)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_roles_are_enough_and_each_range_is_named_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, password, root_password) = etcd_with_roles(dir.path()).await;
 
     let url = server.client_url();
     let args = |cmd: &str, id: &str, user: &str| -> Vec<String> {

@@ -289,18 +289,15 @@ fn dockerfile_is_lint_clean_and_builds_what_exists() {
     let last = &ins[*froms.last().unwrap()..];
     let user = last
         .iter()
-        .filter(|(op, _)| op == "USER")
-        .next_back()
+        .rfind(|(op, _)| op == "USER")
         .map(|(_, a)| a.clone())
         .expect("the last stage sets USER");
     let name = user.split(':').next().unwrap();
     assert!(name != "root" && name != "0", "USER {user} is root");
     let get = |op: &str| -> String {
         last.iter()
-            .filter(|(o, _)| o == op)
-            .next_back()
-            .map(|(_, a)| a.clone())
-            .unwrap_or_else(|| panic!("the last stage has no {op}"))
+            .rfind(|(o, _)| o == op)
+            .map_or_else(|| panic!("the last stage has no {op}"), |(_, a)| a.clone())
     };
     let entrypoint: Vec<String> = serde_json::from_str(&get("ENTRYPOINT")).expect("exec form");
     assert!(
