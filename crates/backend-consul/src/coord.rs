@@ -20,7 +20,7 @@ use worker_core::{
     Revision, SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
 };
 
-use crate::error::{HttpStatusError, ProtocolError, TransportError};
+use crate::error::{naming, HttpStatusError, ProtocolError, Refused, TransportError};
 use crate::http::Http;
 use crate::{leader, ConsulBackend};
 
@@ -131,7 +131,9 @@ async fn send(
         {
             Ok(answer)
         }
-        Ok(Ok(answer)) => Err(status_error(answer.status, &answer.body)),
+        Ok(Ok(answer)) => Err(naming(status_error(answer.status, &answer.body), || {
+            needs(&method, api, key)
+        })),
     };
     if matches!(
         result,
@@ -140,6 +142,35 @@ async fn send(
         http.fail_over(slot);
     }
     result
+}
+
+/// What a request refused by the ACLs needed, for its error: `key write on
+/// "K"`, `session write …`.
+fn needs(method: &http::Method, api: &[&str], key: &str) -> String {
+    match api.first().copied() {
+        Some("kv") if *method == http::Method::GET => format!("key read on {key:?}"),
+        Some("kv") => format!("key write on {key:?}"),
+        Some("session") => format!(
+            "session write (/v1/session/{}: the token needs `session_prefix \"\" {{ policy = \"write\" }}`, \
+             or session write on the agent's node)",
+            api.get(1).unwrap_or(&"")
+        ),
+        _ => format!("a permission of /v1/{}", api.join("/")),
+    }
+}
+
+/// What a rolled-back transaction operation refused by the ACLs needed:
+/// the fence's two checks (indexes 0 and 1) read the fence's key, then
+/// `ops[i - FENCE_OPS]`.
+fn op_needs(fence_key: &str, ops: &[TxnOp], index: usize) -> String {
+    match index.checked_sub(FENCE_OPS).map(|i| ops.get(i)) {
+        None => format!("key read on {fence_key:?} (the leader key)"),
+        Some(Some(TxnOp::Absent { key })) => format!("key read on {key:?}"),
+        Some(Some(
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Sequence { key, .. },
+        )) => format!("key write on {key:?}"),
+        Some(None) => format!("the permission of transaction operation {index}"),
+    }
 }
 
 /// The [`StoreError`] an unexpected status means.
@@ -561,14 +592,23 @@ impl FencedWrite for ConsulBackend {
                 Ok(TxnOutcome::Applied { revision })
             }
             Err(errors) if errors.iter().any(denied) => {
-                Err(StoreError::permission_denied(ProtocolError(format!(
-                    "transaction refused: {}",
-                    errors
-                        .iter()
-                        .map(|e| format!("op {}: {}", e.op_index, e.what))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ))))
+                let mut lacks: Vec<String> = errors
+                    .iter()
+                    .filter(|e| denied(e))
+                    .map(|e| op_needs(&fence.key, ops, e.op_index))
+                    .collect();
+                lacks.dedup();
+                Err(StoreError::PermissionDenied(Box::new(Refused {
+                    needs: lacks.join(", and "),
+                    source: Box::new(ProtocolError(format!(
+                        "transaction refused: {}",
+                        errors
+                            .iter()
+                            .map(|e| format!("op {}: {}", e.op_index, e.what))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))),
+                })))
             }
             Err(errors) if !errors.is_empty() && errors.iter().any(|e| e.op_index < FENCE_OPS) => {
                 debug!(key = %fence.key, error = %errors[0].what, "fenced write rejected");
@@ -693,6 +733,19 @@ impl KvWrite for ConsulBackend {
         ];
         match txn(&self.inner.http, &ops).await? {
             Ok(_) => Ok(true),
+            Err(errors) if errors.iter().any(denied) => {
+                Err(StoreError::PermissionDenied(Box::new(Refused {
+                    needs: format!("key read and write on {key:?}"),
+                    source: Box::new(ProtocolError(format!(
+                        "delete refused: {}",
+                        errors
+                            .iter()
+                            .map(|e| e.what.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))),
+                })))
+            }
             Err(errors) if !errors.is_empty() && errors.iter().all(|e| e.op_index == 0) => {
                 Ok(false)
             }

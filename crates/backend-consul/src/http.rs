@@ -10,7 +10,7 @@ use tracing::debug;
 use worker_core::{Revision, StoreError};
 
 use crate::config::{ConsulConfig, MAX_WAIT};
-use crate::error::{ConsulError, HttpStatusError, ProtocolError, TransportError};
+use crate::error::{naming, ConsulError, HttpStatusError, ProtocolError, TransportError};
 
 /// Bound on a read that does not block (a list, the first leader read).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,7 +156,15 @@ impl Http {
         let result = match sent {
             Err(_) => Err(StoreError::Timeout(timeout)),
             Ok(Err(e)) => Err(map_reqwest_error(&e, timeout)),
-            Ok(Ok((status, index))) => answer_index(status, index.as_ref(), body),
+            Ok(Ok((status, index))) => answer_index(status, index.as_ref(), body).map_err(|e| {
+                naming(e, || {
+                    if recurse {
+                        format!("key read on the prefix {key:?}")
+                    } else {
+                        format!("key read on {key:?}")
+                    }
+                })
+            }),
         };
         if let Err(error) = &result {
             if fails_over(error) && self.clients.len() > 1 {

@@ -32,7 +32,7 @@ use worker_core::{
     Revision, SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
 };
 
-use crate::error::store_error;
+use crate::error::{is_missing_permission, naming, store_error};
 use crate::leader::{current_leader, Terms};
 use crate::watch::to_revision;
 use crate::EtcdBackend;
@@ -175,7 +175,16 @@ impl Membership for EtcdBackend {
                     Err(e) => Err(store_error(e)),
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| {
+                naming(e, || {
+                    format!(
+                        "write on the keys bound to lease {} (a lease revoke needs write on \
+                         every key bound to it: member keys and election keys)",
+                        session.0
+                    )
+                })
+            })?;
         Ok(())
     }
 
@@ -206,7 +215,11 @@ impl Membership for EtcdBackend {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([put()])
             .or_else([etcd_client::TxnOp::txn(ours)]);
-        let Some(response) = self.txn_unless_lease_gone(txn).await? else {
+        let Some(response) = self
+            .txn_unless_lease_gone(txn)
+            .await
+            .map_err(|e| naming(e, || format!("write on the key {key:?}")))?
+        else {
             return Ok(false);
         };
         if response.succeeded() {
@@ -246,7 +259,12 @@ impl Election for EtcdBackend {
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        if self.txn_unless_lease_gone(txn).await?.is_none() {
+        if self
+            .txn_unless_lease_gone(txn)
+            .await
+            .map_err(|e| naming(e, || format!("write on the key {key:?} (the election)")))?
+            .is_none()
+        {
             return Ok(None);
         }
         let prefix = format!("{election}/");
@@ -284,7 +302,11 @@ impl Election for EtcdBackend {
                 revision_i64(fence.term()),
             )])
             .and_then([etcd_client::TxnOp::delete(fence.key.as_str(), None)]);
-        self.txn_unless_lease_gone(txn).await?;
+        self.txn_unless_lease_gone(txn).await.map_err(|e| {
+            naming(e, || {
+                format!("write on the key {:?} (the election)", fence.key)
+            })
+        })?;
         Ok(())
     }
 }
@@ -325,6 +347,87 @@ impl EtcdBackend {
             .map(etcd_client::ResponseHeader::revision)
             .ok_or_else(|| StoreError::protocol("etcd answered a txn without a header"))?;
         Ok((response, to_revision(revision)))
+    }
+
+    /// `e` (a transaction refused for a missing permission, which etcd does
+    /// not name) with the reads (`(key, is_prefix)`) and writes of that
+    /// transaction the user may not do named: each is tried alone, a read as
+    /// a one-key range read, a write inside a transaction whose guard never
+    /// holds (etcd checks the permissions of both branches, and writes
+    /// nothing). Writes are tried once per parent (`a/b/` for `a/b/c`): roles
+    /// grant prefixes. Only on this error path; nothing is written.
+    async fn name_refused(
+        &self,
+        e: StoreError,
+        reads: &[(&str, bool)],
+        writes: &[&str],
+    ) -> StoreError {
+        let parent = |key: &str| {
+            key.rfind('/')
+                .map_or(String::new(), |i| key[..=i].to_owned())
+        };
+        let mut refused = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for &(key, prefix) in reads {
+            if !seen.insert(("read", key.to_owned())) {
+                continue;
+            }
+            let options = GetOptions::new().with_keys_only().with_limit(1);
+            let options = if prefix {
+                options.with_prefix()
+            } else {
+                options
+            };
+            let probe = self
+                .pool
+                .run(|mut client| {
+                    let options = options.clone();
+                    async move { client.get(key, Some(options)).await.map_err(store_error) }
+                })
+                .await;
+            if probe.as_ref().is_err_and(is_missing_permission) {
+                refused.push(if prefix {
+                    format!("read on the prefix {key:?}")
+                } else {
+                    format!("read on the key {key:?}")
+                });
+            }
+        }
+        for &key in writes {
+            if !seen.insert(("write", parent(key))) {
+                continue;
+            }
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Less, 0)])
+                .and_then([etcd_client::TxnOp::put(key, "", None)]);
+            if self
+                .run_txn(&txn)
+                .await
+                .as_ref()
+                .is_err_and(is_missing_permission)
+            {
+                refused.push(format!("write on the key {key:?}"));
+            }
+        }
+        if refused.is_empty() {
+            let all: Vec<String> = reads
+                .iter()
+                .map(|(k, _)| *k)
+                .chain(writes.iter().copied())
+                .map(|k| format!("{k:?}"))
+                .collect();
+            let more = all.len().saturating_sub(6);
+            refused.push(format!(
+                "one of the transaction's permissions (it reads and writes {}{})",
+                all[..all.len().min(6)].join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        naming(e, || refused.join(", and "))
     }
 }
 
@@ -398,7 +501,24 @@ impl FencedWrite for EtcdBackend {
         } else {
             Txn::new().when([fence_compare]).and_then(then)
         };
-        let (response, revision) = self.run_txn(&txn).await?;
+        let (response, revision) = match self.run_txn(&txn).await {
+            Err(e) if is_missing_permission(&e) => {
+                let mut reads = vec![(fence.key.as_str(), false)];
+                let mut writes = Vec::new();
+                for op in ops {
+                    match op {
+                        TxnOp::Absent { key } => reads.push((key.as_str(), false)),
+                        TxnOp::Sequence { key, .. } => {
+                            reads.push((key.as_str(), false));
+                            writes.push(key.as_str());
+                        }
+                        TxnOp::Put { key, .. } | TxnOp::Delete { key } => writes.push(key.as_str()),
+                    }
+                }
+                return Err(self.name_refused(e, &reads, &writes).await);
+            }
+            result => result?,
+        };
         if !response.succeeded() {
             return Ok(TxnOutcome::Fenced);
         }
@@ -427,7 +547,17 @@ impl FencedWrite for EtcdBackend {
             .map(|p| etcd_client::TxnOp::get(*p, Some(GetOptions::new().with_prefix())))
             .chain(keys.iter().map(|k| etcd_client::TxnOp::get(*k, None)))
             .collect();
-        let (response, revision) = self.run_txn(&Txn::new().and_then(reads)).await?;
+        let (response, revision) = match self.run_txn(&Txn::new().and_then(reads)).await {
+            Err(e) if is_missing_permission(&e) => {
+                let reads: Vec<(&str, bool)> = prefixes
+                    .iter()
+                    .map(|p| (*p, true))
+                    .chain(keys.iter().map(|k| (*k, false)))
+                    .collect();
+                return Err(self.name_refused(e, &reads, &[]).await);
+            }
+            result => result?,
+        };
         let mut gets = response.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(g) => Ok(g),
             _ => Err(StoreError::protocol(
@@ -483,7 +613,8 @@ impl KvWrite for EtcdBackend {
                         .map_err(store_error)
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| naming(e, || format!("write on the key {key:?}")))?;
         Ok(())
     }
 
@@ -498,7 +629,8 @@ impl KvWrite for EtcdBackend {
                     .map(|r| r.deleted() > 0)
                     .map_err(store_error)
             })
-            .await?;
+            .await
+            .map_err(|e| naming(e, || format!("write on the key {key:?}")))?;
         Ok(deleted)
     }
 }

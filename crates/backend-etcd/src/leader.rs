@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 use tracing::debug;
 use worker_core::{ErrorChain, Leader, LeaderStream, StoreError};
 
-use crate::error::store_error;
+use crate::error::{naming, store_error};
 use crate::pool::Pool;
 use crate::watch::{to_revision, Watcher};
 
@@ -76,7 +76,15 @@ pub(crate) async fn current_leader(
             let (key, options) = (prefix.to_vec(), options.clone());
             async move { client.get(key, Some(options)).await.map_err(store_error) }
         })
-        .await?;
+        .await
+        .map_err(|e| {
+            naming(e, || {
+                format!(
+                    "read on the prefix {:?} (the election)",
+                    String::from_utf8_lossy(prefix)
+                )
+            })
+        })?;
     let revision = response
         .header()
         .map_or(0, etcd_client::ResponseHeader::revision);

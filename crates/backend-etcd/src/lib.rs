@@ -82,7 +82,7 @@ pub use error::EtcdError;
 #[doc(no_inline)]
 pub use worker_core::WatchEvent;
 
-use crate::error::store_error;
+use crate::error::{naming, store_error};
 use crate::leader::{current_leader, ElectionHub};
 use crate::pool::Pool;
 use crate::watch::{to_revision, EtcdKvStream, Watcher};
@@ -196,7 +196,8 @@ impl KvWatch for EtcdBackend {
                             .map_err(store_error)
                     }
                 })
-                .await?;
+                .await
+                .map_err(|e| naming(e, || format!("read on the prefix {prefix:?}")))?;
             let header = response
                 .header()
                 .map(etcd_client::ResponseHeader::revision)

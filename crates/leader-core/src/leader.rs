@@ -230,7 +230,13 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     Err(e) => {
                         crate::metrics::store_error(&instance_id, "leader_list", &e);
                         if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
-                            debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
+                            // A refusal is the operator's to fix (the token's or
+                            // user's permissions); anything else is retried quietly.
+                            if matches!(e, StoreError::PermissionDenied(_)) {
+                                warn!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
+                            } else {
+                                debug!(error = %ErrorChain(&e), retry_in = ?delay, "reading assignments failed");
+                            }
                         }
                     }
                 }

@@ -1142,8 +1142,14 @@ impl MemberTask {
                     campaigning = None;
                     self.contact(result.as_ref().err());
                     crate::metrics::store_result(&instance_id, "campaign", &result);
-                    if let Err(e) = &result {
-                        debug!(error = %ErrorChain(e), "campaign failed");
+                    match &result {
+                        // A refusal is the operator's to fix (the token's or
+                        // user's permissions); anything else is retried quietly.
+                        Err(e @ StoreError::PermissionDenied(_)) => {
+                            warn!(error = %ErrorChain(e), "campaign failed");
+                        }
+                        Err(e) => debug!(error = %ErrorChain(e), "campaign failed"),
+                        Ok(_) => {}
                     }
                     machine.handle_campaign(Instant::now(), result);
                 }
