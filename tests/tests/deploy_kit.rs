@@ -16,7 +16,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The program's own config keys, beside the library's schema.
-const PROGRAM_KEYS: [&str; 4] = ["http_addr", "exec", "exec_timeout", "log_format"];
+const PROGRAM_KEYS: [&str; 5] = [
+    "http_addr",
+    "exec",
+    "exec_timeout",
+    "log_format",
+    "connect_timeout",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -129,6 +135,31 @@ fn library_config(text: &str, what: &str) -> coordinator::Config {
     let config: coordinator::Config = table
         .try_into()
         .unwrap_or_else(|e| panic!("{what}: not the library's schema: {e}"));
+    // And the program itself takes it, as the platform runs it (the id from
+    // the environment): `--print-config` reads and checks every setting.
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write the config");
+    let mut cmd = Command::new(coordinator_e2e::coordinator_bin());
+    cmd.args(["member", "--config"])
+        .arg(file.path())
+        .arg("--print-config")
+        .env("COORDINATOR_INSTANCE_ID", "from-the-environment");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COORDINATOR_") && k != "COORDINATOR_INSTANCE_ID"
+            || k.starts_with("CONSUL_")
+            || k.starts_with("ETCDCTL_")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let printed = run_ok(
+        cmd,
+        &format!("coordinator member --config <{what}> --print-config"),
+    );
+    assert!(
+        printed.contains("instance_id = \"from-the-environment\"  # COORDINATOR_INSTANCE_ID"),
+        "{what}: {printed}"
+    );
     config
 }
 

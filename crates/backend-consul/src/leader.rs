@@ -33,9 +33,15 @@ use crate::watch::early;
 pub(crate) fn leader_of(key: &str, pairs: &[KVPair]) -> Option<Leader> {
     let pair = pairs.iter().find(|p| p.key == key)?;
     let session = pair.session.as_deref().filter(|s| !s.is_empty())?;
+    let name = pair
+        .value
+        .clone()
+        .and_then(|v| TryInto::<String>::try_into(v).ok())
+        .filter(|v| !v.is_empty());
     Some(Leader {
         id: session.to_owned(),
         term: pair.create_index.saturating_add(pair.lock_index),
+        name,
     })
 }
 
@@ -350,7 +356,8 @@ mod tests {
             l,
             Leader {
                 id: "s1".into(),
-                term: 6
+                term: 6,
+                name: None,
             }
         );
         // A value rewrite by the holder moves ModifyIndex only: same term.
@@ -393,6 +400,7 @@ mod tests {
         let l1 = Leader {
             id: "s1".into(),
             term: 3,
+            name: None,
         };
         let known = |leader: Option<Leader>| {
             move |s: &mut State| {

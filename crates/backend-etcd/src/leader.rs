@@ -56,6 +56,7 @@ impl Terms {
         Leader {
             id,
             term: to_revision(create_revision),
+            name: None,
         }
     }
 }

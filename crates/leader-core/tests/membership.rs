@@ -38,6 +38,7 @@ fn fence(session: &str, term: u64) -> Fence {
         leader: Leader {
             id: "m1".into(),
             term,
+            name: None,
         },
         revision: term,
     }
@@ -156,6 +157,7 @@ fn a_stale_observation_is_checked_with_the_election_before_stepping_down() {
         Ok(Some(Leader {
             id: "m1".into(),
             term: 5,
+            name: None,
         })),
     );
     m.handle_timeout(t1);
@@ -166,6 +168,7 @@ fn a_stale_observation_is_checked_with_the_election_before_stepping_down() {
         Ok(Some(Leader {
             id: "m2".into(),
             term: 9,
+            name: None,
         })),
     );
     m.handle_timeout(t1);

@@ -357,6 +357,7 @@ impl Store {
                 let l = Leader {
                     id: value.to_owned(),
                     term: self.rev,
+                    name: None,
                 };
                 self.leader = Some((id, l.clone()));
                 (Some(fence(l, &self.election)), true)

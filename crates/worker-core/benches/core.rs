@@ -25,6 +25,7 @@ fn synced(n: usize) -> (Machine, Instant) {
         Some(Leader {
             id: "L".into(),
             term: 1,
+            name: None,
         }),
     );
     let entries = (0..n)

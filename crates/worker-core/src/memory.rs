@@ -340,6 +340,7 @@ impl MemoryStore {
             let l = Leader {
                 id: id.into(),
                 term: s.terms,
+                name: None,
             };
             s.leader = Some(l.clone());
             s.sessions.leader_set_externally();

@@ -122,7 +122,10 @@ pub enum WatchEvent {
 }
 
 /// The member currently holding leadership.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Two observations are the same leader when `id` and `term` are equal;
+/// `name` is for display only.
+#[derive(Clone, Debug)]
 pub struct Leader {
     /// The leader's identity as the store records it (Consul session id or the
     /// value of the lock key; etcd election proposal).
@@ -130,6 +133,32 @@ pub struct Leader {
     /// A number that changes whenever leadership is taken anew (Consul
     /// `ModifyIndex` of the leader key, etcd create revision of the leader key).
     pub term: u64,
+    /// The leader's own name where the store keeps one apart from `id`
+    /// (Consul: the leader key's value, a member's instance id); `None`
+    /// where `id` is already the name.
+    pub name: Option<String>,
+}
+
+impl Leader {
+    /// The name to show: `name`, else `id`.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+impl PartialEq for Leader {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.term == other.term
+    }
+}
+
+impl Eq for Leader {}
+
+impl std::hash::Hash for Leader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+        self.term.hash(state);
+    }
 }
 
 /// A settled change, as published to the application.

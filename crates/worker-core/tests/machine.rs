@@ -31,6 +31,7 @@ fn leader(id: &str, term: u64) -> Option<Leader> {
     Some(Leader {
         id: id.into(),
         term,
+        name: None,
     })
 }
 

@@ -170,6 +170,7 @@ impl Run {
                 l.map(|t| Leader {
                     id: "L".into(),
                     term: u64::from(t),
+                    name: None,
                 }),
             ),
             Ev::KvError => {

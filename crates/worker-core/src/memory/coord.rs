@@ -366,6 +366,7 @@ impl Election for MemoryStore {
                     let leader = Leader {
                         id: value.to_owned(),
                         term: s.terms,
+                        name: None,
                     };
                     s.leader = Some(leader.clone());
                     s.sessions.leader_session = Some(id);

@@ -405,7 +405,7 @@ impl Target {
             running: self.is_running(),
             ready: not_ready.is_none(),
             not_ready,
-            leader: w.leader().map(|l| l.id),
+            leader: w.leader().map(|l| l.display_name().to_owned()),
             is_leader,
             revision: settled.ready.then_some(settled.revision),
             workload: settled.workload.keys().map(ToString::to_string).collect(),
