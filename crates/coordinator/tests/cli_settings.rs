@@ -421,7 +421,11 @@ async fn etcdctl_variables_mean_what_they_mean_to_etcdctl() {
 // ---------------------------------------------------------------------------
 // 3. Refusals at start-up: exit 2, one line naming the setting and the fix
 
+/// Arguments, variables, and what the one-line error must contain.
+type Refusal<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // one table of cases
 async fn what_cannot_work_is_refused_naming_the_setting() {
     let dir = Scratch::new("refusals");
     let not_exec = dir.file("handler.sh", "#!/bin/sh\n");
@@ -438,7 +442,7 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
             .map(|s| (*s).to_owned())
             .collect()
     };
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &[&str])> = vec![
+    let cases: Vec<Refusal> = vec![
         (
             with(&worker, &["--prefix", "foo"]),
             vec![],
@@ -888,6 +892,10 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "--key",
     "--keys-only",
     "--heartbeat-interval",
+    "--interactive",
+    "--new-user-password",
+    // docker
+    "--stop-timeout",
     // consul
     "--dev",
     "--bind",
@@ -969,4 +977,35 @@ fn flags_in(text: &str) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// On a terminal the log is coloured, unless `NO_COLOR` is set (run under
+/// `script`, which gives the program a pseudo-terminal; SIGTERM after a
+/// second ends it, as a user's Ctrl-C would).
+#[tokio::test]
+async fn colour_on_a_terminal_unless_no_color() {
+    let inner =
+        format!("timeout -s TERM 1 {BIN} worker --backend memory --instance-id m1 --soak 10ms");
+    let on_a_terminal = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-qec", &inner, "/dev/null"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("COORDINATOR_") || k == "NO_COLOR" || k == "RUST_LOG" {
+                c.env_remove(&k);
+            }
+        }
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        c
+    };
+    let text = stdout(&run(on_a_terminal(false)).await);
+    assert!(text.contains("worker started"), "{text:?}");
+    assert!(text.contains('\u{1b}'), "coloured on a terminal: {text:?}");
+    let text = stdout(&run(on_a_terminal(true)).await);
+    assert!(text.contains("worker started"), "{text:?}");
+    assert!(!text.contains('\u{1b}'), "NO_COLOR: {text:?}");
 }

@@ -990,6 +990,12 @@ impl MemberTask {
                 // assignments: wait for the restore or the timeout.
                 let outcome = if empty && reported && !self.switch.is_released() {
                     Some(Left::Drained)
+                } else if empty && machine.session().is_none() && registering.is_none() {
+                    // Not registered (never, or the session is gone) and
+                    // holding nothing: there is nothing to hand over, and no
+                    // leader counts this member in. Waiting would only hold
+                    // up the stop.
+                    Some(Left::Drained)
                 } else if now >= since + self.config.drain_timeout {
                     Some(Left::DrainTimedOut)
                 } else {

@@ -107,3 +107,26 @@ async fn the_observer_shows_leadership_acks_moves_and_contact() {
     assert!(!o.is_running());
     assert!(!o.is_leader());
 }
+
+/// A member that never registered (its store refuses it) holds nothing and
+/// is counted in by no leader: a drain leaves at once, not after the whole
+/// drain timeout.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_never_registered_drains_at_once() {
+    let store = MemoryStore::new();
+    store.set_unavailable("refused (test)");
+    let mut m1 = spawn(&store, &config("m1").drain_timeout(Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = tokio::time::Instant::now();
+    m1.start_drain();
+    let left = timeout(Duration::from_secs(60), m1.left())
+        .await
+        .expect("the drain ends");
+    assert_eq!(left, leader_core::Left::Drained);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "left after {:?}: it waited for the drain timeout",
+        started.elapsed()
+    );
+    m1.halt().await;
+}

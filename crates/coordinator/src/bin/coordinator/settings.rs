@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn every_library_key_is_known() {
-        let table = toml::Table::try_from(&Config::new(BackendKind::Consul, "m1")).unwrap();
+        let table = toml::Table::try_from(Config::new(BackendKind::Consul, "m1")).unwrap();
         for key in table.keys() {
             assert!(
                 config_keys().contains(&key.as_str()),
