@@ -168,3 +168,36 @@ async fn member_counts_plans_leadership_and_expired_sessions() {
     );
     member.halt().await;
 }
+
+/// `coordinator_leader_items_unowned`: a leader that can place nothing (its
+/// only member takes no work) counts every item as unowned, and the gauge
+/// drops to 0 once it no longer leads.
+#[tokio::test(flavor = "current_thread")]
+async fn leader_counts_items_no_member_holds() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let store = MemoryStore::new();
+    let mut config = Config::new(BackendKind::Memory, "m1");
+    config.soak = Duration::from_millis(20);
+    config.leader_settle = Duration::from_millis(20);
+    config.leader_soak = Duration::from_millis(20);
+    config.weight = 0;
+    for i in 0..3 {
+        store.put(format!("{}w{i}", config.work_prefix), "");
+    }
+    let member = Backend::memory(store.clone())
+        .spawn_member(&config)
+        .unwrap();
+    let series = "coordinator_leader_items_unowned{instance_id=\"m1\"}";
+    timeout(WAIT, async {
+        while value(&handle, series).as_deref() != Some("3") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("3 unowned items never counted: {}", handle.render()));
+    member.halt().await;
+    assert_eq!(value(&handle, series).as_deref(), Some("0"));
+}

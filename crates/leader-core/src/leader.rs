@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -60,6 +61,10 @@ fn entries(map: &PrefixMap) -> impl Iterator<Item = (&[u8], &bytes::Bytes)> {
     map.iter().map(|(k, v)| (k.as_slice(), v))
 }
 
+/// How often, at most, the leader counts the items no live member holds
+/// (`coordinator_leader_items_unowned`).
+const UNOWNED_EVERY: Duration = Duration::from_secs(1);
+
 /// Leads until `stop` turns true or a write is fenced.
 #[allow(clippy::too_many_lines)] // one select loop; its arms read best together
 pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) -> LeaderExit {
@@ -95,6 +100,8 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    let mut unowned_at: Option<Instant> = None;
+    let mut unowned_stale = false;
 
     loop {
         // Carry out what the machine asks for.
@@ -195,8 +202,27 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             !same
         });
         crate::metrics::refused(&instance_id, machine.refused().len());
-        // One timer: the machine's deadline.
-        let deadline = machine.poll_timeout();
+        // The unowned count costs a pass over every item: at most once per
+        // UNOWNED_EVERY, and once more after the last change (no wake-ups
+        // while nothing changes).
+        let now = Instant::now();
+        if unowned_at.is_none_or(|t| now >= t + UNOWNED_EVERY) {
+            crate::metrics::unowned(&instance_id, machine.unowned());
+            unowned_at = Some(now);
+            unowned_stale = false;
+        } else {
+            unowned_stale = true;
+        }
+        // One timer: the machine's deadline, or the unowned count's.
+        let deadline = [
+            machine.poll_timeout(),
+            unowned_at
+                .filter(|_| unowned_stale)
+                .map(|t| t + UNOWNED_EVERY),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if deadline != armed {
             if let Some(d) = deadline {
                 timer.as_mut().reset(d);

@@ -621,6 +621,24 @@ impl LeaderMachine {
         self.current.as_ref()
     }
 
+    /// How many work items no live member holds in the store (unassigned,
+    /// in handoff, refused, or under a member that left): 0 once everything
+    /// is placed. `O(items + assignments)`: call it now and then (the
+    /// leader's metric does, at most once a second), not per event.
+    pub fn unowned(&self) -> usize {
+        let (Some(items), Some(current), Some(members)) =
+            (&self.items, &self.current, &self.members)
+        else {
+            return 0;
+        };
+        let owned: BTreeSet<&WorkId> = current
+            .keys()
+            .filter(|(m, _)| members.contains_key(m))
+            .map(|(_, w)| w)
+            .collect();
+        items.keys().filter(|w| !owned.contains(w)).count()
+    }
+
     /// Moves in flight: each item revoked from a member and not yet assigned
     /// to its new owner, with that member.
     pub fn handoffs(&self) -> impl Iterator<Item = (&WorkId, &MemberId)> {

@@ -776,6 +776,12 @@ impl MemberTask {
             *h = Arc::from([]);
             had
         });
+        // The leader's gauges say nothing once this member no longer leads:
+        // a stale count would page someone about another leader's cluster.
+        let id = self.config.instance_id();
+        crate::metrics::handoffs(id, 0);
+        crate::metrics::refused(id, 0);
+        crate::metrics::unowned(id, 0);
     }
 
     /// Records the outcome of a completed store request of the member task

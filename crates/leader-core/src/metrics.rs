@@ -35,6 +35,10 @@ pub const HANDOFFS: &str = "coordinator_leader_handoffs_in_flight";
 /// that assigns one would exceed the store's limits (its value is too
 /// large).
 pub const ITEMS_REFUSED: &str = "coordinator_leader_items_refused";
+/// Gauge: work items no live member holds, while this member leads
+/// (unassigned, in handoff, refused, or held by a member that left);
+/// refreshed at most once a second.
+pub const ITEMS_UNOWNED: &str = "coordinator_leader_items_unowned";
 /// Counter: times this member released its whole workload (exclusive mode:
 /// it could not renew its session in time, or lost it).
 pub const RELEASES: &str = "coordinator_member_releases_total";
@@ -74,6 +78,11 @@ pub fn describe() {
         Unit::Count,
         "Work items refused while this member leads (too large to assign)."
     );
+    describe_gauge!(
+        ITEMS_UNOWNED,
+        Unit::Count,
+        "Work items no live member holds, while this member leads."
+    );
     describe_counter!(
         RELEASES,
         Unit::Count,
@@ -89,6 +98,11 @@ pub(crate) fn handoffs(instance_id: &str, n: usize) {
 /// The number of items refused, while leading.
 pub(crate) fn refused(instance_id: &str, n: usize) {
     gauge!(ITEMS_REFUSED, "instance_id" => instance_id.to_owned()).set(n as f64);
+}
+
+/// The number of items no live member holds, while leading.
+pub(crate) fn unowned(instance_id: &str, n: usize) {
+    gauge!(ITEMS_UNOWNED, "instance_id" => instance_id.to_owned()).set(n as f64);
 }
 
 /// Exclusive mode: the member released its workload.
