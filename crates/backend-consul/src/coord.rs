@@ -17,10 +17,10 @@ use serde_json::json;
 use tracing::debug;
 use worker_core::{
     ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvEntry, KvWrite, Membership,
-    Revision, SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
+    MissingPermission, Revision, SessionId, StoreError, TxnLimits, TxnOp, TxnOutcome,
 };
 
-use crate::error::{naming, HttpStatusError, ProtocolError, Refused, TransportError};
+use crate::error::{naming, HttpStatusError, ProtocolError, TransportError, ACL_HOLDER};
 use crate::http::Http;
 use crate::{leader, ConsulBackend};
 
@@ -598,7 +598,8 @@ impl FencedWrite for ConsulBackend {
                     .map(|e| op_needs(&fence.key, ops, e.op_index))
                     .collect();
                 lacks.dedup();
-                Err(StoreError::PermissionDenied(Box::new(Refused {
+                Err(StoreError::PermissionDenied(Box::new(MissingPermission {
+                    holder: ACL_HOLDER,
                     needs: lacks.join(", and "),
                     source: Box::new(ProtocolError(format!(
                         "transaction refused: {}",
@@ -734,7 +735,8 @@ impl KvWrite for ConsulBackend {
         match txn(&self.inner.http, &ops).await? {
             Ok(_) => Ok(true),
             Err(errors) if errors.iter().any(denied) => {
-                Err(StoreError::PermissionDenied(Box::new(Refused {
+                Err(StoreError::PermissionDenied(Box::new(MissingPermission {
+                    holder: ACL_HOLDER,
                     needs: format!("key read and write on {key:?}"),
                     source: Box::new(ProtocolError(format!(
                         "delete refused: {}",

@@ -70,43 +70,14 @@ pub(crate) struct HttpStatusError {
     pub(crate) message: String,
 }
 
-/// A request Consul refused for a missing ACL permission, named: the
-/// operation and the key (or API) the token lacks, in front of Consul's own
-/// answer (`Permission denied`, which names neither).
-#[derive(Debug, thiserror::Error)]
-#[error("the ACL token lacks {needs}")]
-pub(crate) struct Refused {
-    pub(crate) needs: String,
-    #[source]
-    pub(crate) source: BoxError,
-}
-
-/// Whether `e` is Consul refusing a request for a missing ACL permission
-/// (`Permission denied`), not a token it does not know (`ACL not found`).
-pub(crate) fn is_missing_permission(e: &StoreError) -> bool {
-    match e {
-        StoreError::PermissionDenied(source) => source
-            .to_string()
-            .to_ascii_lowercase()
-            .contains("permission denied"),
-        _ => false,
-    }
-}
+/// Who lacks a permission Consul refused: the ACL token.
+pub(crate) const ACL_HOLDER: &str = "the ACL token lacks";
 
 /// `e` with `needs()` (e.g. `key write on "a/b"`) named in front of its
-/// cause when it is a missing permission ([`is_missing_permission`]); any
+/// cause when it is a missing permission ([`StoreError::is_missing_permission`]); any
 /// other error unchanged.
 pub(crate) fn naming(e: StoreError, needs: impl FnOnce() -> String) -> StoreError {
-    if !is_missing_permission(&e) {
-        return e;
-    }
-    match e {
-        StoreError::PermissionDenied(source) => StoreError::PermissionDenied(Box::new(Refused {
-            needs: needs(),
-            source,
-        })),
-        other => other,
-    }
+    e.naming_permission(ACL_HOLDER, needs)
 }
 
 /// An answer Consul should not have given (no index, undecodable body).

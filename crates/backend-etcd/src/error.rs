@@ -76,41 +76,16 @@ pub(crate) fn store_error(e: etcd_client::Error) -> StoreError {
     }
 }
 
-/// A request etcd refused for a missing permission, named: the operation and the key or
-/// prefix the user's roles lack, in front of etcd's own answer (which names neither).
-#[derive(Debug, thiserror::Error)]
-#[error("the user's roles lack {needs}")]
-pub(crate) struct Refused {
-    needs: String,
-    #[source]
-    source: BoxError,
-}
-
 /// Whether `e` is etcd refusing a request for a missing permission (not a wrong
 /// password nor a refused certificate: those say something else).
 pub(crate) fn is_missing_permission(e: &StoreError) -> bool {
-    match e {
-        StoreError::PermissionDenied(source) => source
-            .to_string()
-            .to_ascii_lowercase()
-            .contains("permission denied"),
-        _ => false,
-    }
+    e.is_missing_permission()
 }
 
 /// `e` with `needs()` (e.g. `read on the prefix "a/"`) named in front of its cause when
 /// it is a missing permission ([`is_missing_permission`]); any other error unchanged.
 pub(crate) fn naming(e: StoreError, needs: impl FnOnce() -> String) -> StoreError {
-    if !is_missing_permission(&e) {
-        return e;
-    }
-    match e {
-        StoreError::PermissionDenied(source) => StoreError::PermissionDenied(Box::new(Refused {
-            needs: needs(),
-            source,
-        })),
-        other => other,
-    }
+    e.naming_permission("the user's roles lack", needs)
 }
 
 /// What etcd says when it refuses credentials with a status code it also uses

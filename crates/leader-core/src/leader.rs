@@ -101,7 +101,6 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut unowned_at: Option<Instant> = None;
-    let mut unowned_stale = false;
 
     loop {
         // Carry out what the machine asks for.
@@ -206,13 +205,13 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         // UNOWNED_EVERY, and once more after the last change (no wake-ups
         // while nothing changes).
         let now = Instant::now();
-        if unowned_at.is_none_or(|t| now >= t + UNOWNED_EVERY) {
+        let unowned_stale = if unowned_at.is_none_or(|t| now >= t + UNOWNED_EVERY) {
             crate::metrics::unowned(&instance_id, machine.unowned());
             unowned_at = Some(now);
-            unowned_stale = false;
+            false
         } else {
-            unowned_stale = true;
-        }
+            true
+        };
         // One timer: the machine's deadline, or the unowned count's.
         let deadline = [
             machine.poll_timeout(),

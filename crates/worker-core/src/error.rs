@@ -32,7 +32,53 @@ pub enum StoreError {
     Injected(String),
 }
 
+/// A request the store refused for a missing permission, named: what the
+/// request needed (`key write on "a/b"`), in front of the store's own
+/// answer, which names neither the operation nor the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{holder} {needs}")]
+pub struct MissingPermission {
+    /// Who lacks it, with the verb: `the ACL token lacks`, `the user's roles lack`.
+    pub holder: &'static str,
+    /// What the request needed: the operation and the key, prefix or API.
+    pub needs: String,
+    /// The store's answer.
+    #[source]
+    pub source: BoxError,
+}
+
 impl StoreError {
+    /// Whether the store refused the request for a missing permission (its
+    /// answer says "permission denied"), not for an unknown token, a wrong
+    /// password or a refused certificate, which say something else.
+    pub fn is_missing_permission(&self) -> bool {
+        match self {
+            Self::PermissionDenied(source) => source
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("permission denied"),
+            _ => false,
+        }
+    }
+
+    /// This error with what the request needed (`needs()`, e.g. `key write
+    /// on "a/b"`) named in front of its cause, as a [`MissingPermission`],
+    /// when it is a missing permission; any other error unchanged.
+    #[must_use]
+    pub fn naming_permission(self, holder: &'static str, needs: impl FnOnce() -> String) -> Self {
+        if !self.is_missing_permission() {
+            return self;
+        }
+        match self {
+            Self::PermissionDenied(source) => Self::PermissionDenied(Box::new(MissingPermission {
+                holder,
+                needs: needs(),
+                source,
+            })),
+            other => other,
+        }
+    }
+
     /// Wraps any error as [`StoreError::Unavailable`].
     pub fn unavailable(e: impl Into<BoxError>) -> Self {
         Self::Unavailable(e.into())
