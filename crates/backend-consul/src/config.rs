@@ -62,6 +62,16 @@ pub struct ConsulConfig {
     /// The agent's largest KV value (`kv_max_value_size`). Default
     /// [`DEFAULT_VALUE_MAX_BYTES`] (512 KiB, Consul's default).
     pub value_max_bytes: usize,
+    /// Bind each session to a health check on the agent: the backend
+    /// registers a service of this ID (name `coordinator`) with a TTL check
+    /// as long as the session's TTL, passes the check at every renewal, and
+    /// opens the session bound to that check and to the node's `serfHealth`.
+    /// The agent turns the check critical on time, so a member that stops
+    /// renewing loses its session after its TTL, not Consul's lazy 1–2 ×
+    /// TTL. When the ACL token may not register the service (`service:write`),
+    /// the backend falls back to a plain session TTL and says so at warn.
+    /// Default `None`: plain session TTLs.
+    pub session_check: Option<String>,
 }
 
 /// Consul's default `limits.txn_max_req_len`: 512 KiB.
@@ -85,6 +95,7 @@ impl ConsulConfig {
             leader_key: DEFAULT_LEADER_KEY.to_owned(),
             txn_max_bytes: DEFAULT_TXN_MAX_BYTES,
             value_max_bytes: DEFAULT_VALUE_MAX_BYTES,
+            session_check: None,
         }
     }
 }
@@ -109,6 +120,7 @@ impl fmt::Debug for ConsulConfig {
             .field("leader_key", &self.leader_key)
             .field("txn_max_bytes", &self.txn_max_bytes)
             .field("value_max_bytes", &self.value_max_bytes)
+            .field("session_check", &self.session_check)
             .finish()
     }
 }

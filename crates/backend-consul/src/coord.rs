@@ -6,6 +6,8 @@
 //! the same token, TLS settings and endpoint failover as the KV reads. See
 //! `docs/consul.md` ("Members, election and fenced writes") for the choices.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -351,6 +353,109 @@ async fn txn(
     Ok(Ok((answer.index, decoded)))
 }
 
+/// The check each session is bound to, when sessions are bound to an agent
+/// check ([`ConsulConfig::session_check`](crate::ConsulConfig::session_check)).
+#[derive(Debug)]
+pub(crate) struct SessionChecks {
+    /// The service ID registered on the agent, `None` for plain sessions.
+    service: Option<String>,
+    /// Whether registering works: `None` until tried, `Some(false)` once the
+    /// ACL refused it (plain sessions from then on).
+    allowed: Mutex<Option<bool>>,
+    /// The check of each open session.
+    by_session: Mutex<HashMap<String, String>>,
+}
+
+impl SessionChecks {
+    pub(crate) fn new(service: Option<String>) -> Self {
+        Self {
+            service,
+            allowed: Mutex::new(None),
+            by_session: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn check_of(&self, session: &SessionId) -> Option<String> {
+        self.by_session
+            .lock()
+            .expect("not poisoned")
+            .get(&session.0)
+            .cloned()
+    }
+}
+
+/// The check ID Consul gives a service's one check: `service:<service id>`.
+fn check_id(service: &str) -> String {
+    format!("service:{service}")
+}
+
+/// How a check's TTL is written: whole milliseconds, at least 1 s.
+fn check_ttl(ttl: Duration) -> String {
+    format!("{}ms", ttl.max(Duration::from_secs(1)).as_millis())
+}
+
+impl ConsulBackend {
+    /// Registers (again) the service and its TTL check, passing: `Ok(Some(check))`,
+    /// `Ok(None)` when the ACL refuses it (from then on sessions are plain).
+    async fn register_check(
+        &self,
+        service: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let checks = &self.inner.checks;
+        if *checks.allowed.lock().expect("not poisoned") == Some(false) {
+            return Ok(None);
+        }
+        let check = check_id(service);
+        let body = json!({
+            "ID": service,
+            "Name": "coordinator",
+            "Check": {
+                "CheckID": check,
+                "Name": "coordinator member session",
+                "TTL": check_ttl(ttl),
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": "1m",
+            },
+        });
+        let body = serde_json::to_vec(&body).map_err(StoreError::protocol)?;
+        let result = send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["agent", "service", "register"],
+            "",
+            &[],
+            body,
+            |_, _| false,
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                let first = checks
+                    .allowed
+                    .lock()
+                    .expect("not poisoned")
+                    .replace(true)
+                    .is_none();
+                if first {
+                    tracing::info!(check, ttl = %check_ttl(ttl), "sessions bound to the agent check {check} (TTL check) and serfHealth");
+                }
+                Ok(Some(check))
+            }
+            Err(e) if e.is_missing_permission() => {
+                checks.allowed.lock().expect("not poisoned").replace(false);
+                tracing::warn!(
+                    service,
+                    error = %worker_core::ErrorChain(&e),
+                    "the ACL token may not register the session's health check (service:write on \"coordinator\"): falling back to a plain session TTL, expired by Consul within 1 to 2 × TTL"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 #[async_trait]
 impl Membership for ConsulBackend {
     /// [`MIN_SESSION_TTL`]: Consul rounds shorter TTLs up to 10 s.
@@ -362,6 +467,11 @@ impl Membership for ConsulBackend {
     /// to Consul's minimum of 10 s), `Behavior: delete`, `LockDelay: 0s` and
     /// no node health checks: the session lives exactly while it is renewed
     /// (see `docs/consul.md`).
+    ///
+    /// With [`ConsulConfig::session_check`](crate::ConsulConfig::session_check),
+    /// the session is also bound to the agent's TTL check of that service
+    /// (registered first, passing) and to `serfHealth`: it ends as soon as
+    /// either turns critical.
     async fn open_session(&self, ttl: Duration) -> Result<SessionId, StoreError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
@@ -369,13 +479,27 @@ impl Membership for ConsulBackend {
             #[serde(rename = "ID")]
             id: String,
         }
-        let body = json!({
-            "Name": SESSION_NAME,
-            "TTL": format!("{}s", session_ttl(ttl).as_secs()),
-            "Behavior": "delete",
-            "LockDelay": LOCK_DELAY,
-            "NodeChecks": [],
-        });
+        let check = match self.inner.checks.service.clone() {
+            Some(service) => self.register_check(&service, ttl).await?,
+            None => None,
+        };
+        let body = match &check {
+            Some(check) => json!({
+                "Name": SESSION_NAME,
+                "TTL": format!("{}s", session_ttl(ttl).as_secs()),
+                "Behavior": "delete",
+                "LockDelay": LOCK_DELAY,
+                "NodeChecks": ["serfHealth"],
+                "ServiceChecks": [{"ID": check}],
+            }),
+            None => json!({
+                "Name": SESSION_NAME,
+                "TTL": format!("{}s", session_ttl(ttl).as_secs()),
+                "Behavior": "delete",
+                "LockDelay": LOCK_DELAY,
+                "NodeChecks": [],
+            }),
+        };
         let body = serde_json::to_vec(&body).map_err(StoreError::protocol)?;
         let answer = send(
             &self.inner.http,
@@ -389,12 +513,43 @@ impl Membership for ConsulBackend {
         .await?;
         let created: Created =
             serde_json::from_slice(&answer.body).map_err(StoreError::protocol)?;
+        if let Some(check) = check {
+            self.inner
+                .checks
+                .by_session
+                .lock()
+                .expect("not poisoned")
+                .insert(created.id.clone(), check);
+        }
         Ok(SessionId(created.id))
     }
 
     /// `PUT /v1/session/renew/<id>`; a 404 (expired or destroyed) is
-    /// `Ok(false)`.
+    /// `Ok(false)`. A session bound to an agent check passes the check first
+    /// (`PUT /v1/agent/check/pass/<check>`); a check the agent no longer
+    /// knows (the agent restarted) means the session is gone too.
     async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError> {
+        if let Some(check) = self.inner.checks.check_of(session) {
+            let answer = send(
+                &self.inner.http,
+                http::Method::PUT,
+                &["agent", "check", "pass"],
+                &check,
+                &[],
+                Vec::new(),
+                |s, body| {
+                    s == 404
+                        || (s == 500
+                            && String::from_utf8_lossy(body)
+                                .to_ascii_lowercase()
+                                .contains("unknown check"))
+                },
+            )
+            .await?;
+            if answer.status != 200 {
+                return Ok(false);
+            }
+        }
         let answer = send(
             &self.inner.http,
             http::Method::PUT,
@@ -421,6 +576,29 @@ impl Membership for ConsulBackend {
             |_, _| false,
         )
         .await?;
+        let check = self
+            .inner
+            .checks
+            .by_session
+            .lock()
+            .expect("not poisoned")
+            .remove(&session.0);
+        // The service is this member's; a new session registers it again.
+        if let (Some(_), Some(service)) = (check, &self.inner.checks.service) {
+            if let Err(e) = send(
+                &self.inner.http,
+                http::Method::PUT,
+                &["agent", "service", "deregister"],
+                service,
+                &[],
+                Vec::new(),
+                |_, _| false,
+            )
+            .await
+            {
+                tracing::debug!(error = %worker_core::ErrorChain(&e), "deregistering the session's check failed");
+            }
+        }
         Ok(())
     }
 

@@ -99,6 +99,8 @@ struct Inner {
     /// The one observation of the leader key shared by every [`LeaderStream`]
     /// of this backend and its clones, while there is one.
     leader_hub: Mutex<std::sync::Weak<leader::Hub>>,
+    /// Sessions bound to an agent check ([`ConsulConfig::session_check`]).
+    checks: coord::SessionChecks,
 }
 
 impl fmt::Debug for ConsulBackend {
@@ -133,6 +135,7 @@ impl ConsulBackend {
                 limits: coord::txn_limits(config.txn_max_bytes, config.value_max_bytes),
                 listed: Mutex::new(HashMap::new()),
                 leader_hub: Mutex::new(std::sync::Weak::new()),
+                checks: coord::SessionChecks::new(config.session_check),
             }),
         })
     }

@@ -317,6 +317,14 @@ pub struct Config {
     /// harmless. Must be true in exclusive mode.
     #[serde(default = "default_true")]
     pub handoff: bool,
+    /// Consul: bind a full member's session to a TTL health check on its
+    /// agent (a service `coordinator-<instance id>`), so that a member that
+    /// stops renewing loses its session after its TTL on time, not within
+    /// Consul's lazy 1–2 × TTL; falls back to a plain session TTL (with a
+    /// warning) where the ACL token lacks `service:write` on `coordinator`.
+    /// Default false. Ignored by etcd (leases expire on time).
+    #[serde(default)]
+    pub session_check: bool,
 }
 
 fn default_true() -> bool {
@@ -460,6 +468,7 @@ impl Config {
             handoff_timeout: default_handoff_timeout(),
             password: None,
             handoff: true,
+            session_check: false,
         }
     }
 
@@ -489,7 +498,10 @@ impl Config {
     /// `COORDINATOR_REBALANCE_DELAY`, `COORDINATOR_HANDOFF_PREFIX`,
     /// `COORDINATOR_DRAIN_PREFIX`, `COORDINATOR_EXCLUSIVE`,
     /// `COORDINATOR_EXCLUSIVE_MARGIN`, `COORDINATOR_DRAIN_TIMEOUT`,
-    /// `COORDINATOR_HANDOFF_TIMEOUT`, `COORDINATOR_MAX_MOVES_IN_FLIGHT`.
+    /// `COORDINATOR_HANDOFF_TIMEOUT`, `COORDINATOR_MAX_MOVES_IN_FLIGHT`,
+    /// `COORDINATOR_HANDOFF`, `COORDINATOR_SESSION_CHECK`,
+    /// `COORDINATOR_SEQUENCE_KEY`, `COORDINATOR_TXN_MAX_BYTES`,
+    /// `COORDINATOR_TXN_MAX_OPS`, `COORDINATOR_VALUE_MAX_BYTES`.
     pub fn from_env() -> Result<Self, LoadError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -570,6 +582,12 @@ impl Config {
         if let Some(v) = get("COORDINATOR_HANDOFF") {
             c.handoff = parse_bool(&v).ok_or_else(|| LoadError::Env {
                 var: "COORDINATOR_HANDOFF",
+                reason: format!("{v:?} is not true or false"),
+            })?;
+        }
+        if let Some(v) = get("COORDINATOR_SESSION_CHECK") {
+            c.session_check = parse_bool(&v).ok_or_else(|| LoadError::Env {
+                var: "COORDINATOR_SESSION_CHECK",
                 reason: format!("{v:?} is not true or false"),
             })?;
         }

@@ -159,6 +159,9 @@ impl Backend {
                 if let Some(n) = config.value_max_bytes {
                     c.value_max_bytes = n;
                 }
+                if config.session_check {
+                    c.session_check = Some(format!("coordinator-{}", config.instance_id));
+                }
                 let b = Arc::new(backend_consul::ConsulBackend::new(c).map_err(|e| Error::Backend {
                     backend: BackendKind::Consul,
                     source: e.into(),

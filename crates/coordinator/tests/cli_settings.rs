@@ -237,6 +237,7 @@ async fn member_settings_are_reachable_from_file_variable_and_flag() {
     // Each of these keys, set three ways, shows up with its origin.
     let cases: &[(&str, &str, &str)] = &[
         ("handoff", "false", "false"),
+        ("session_check", "true", "true"),
         ("exclusive", "true", "true"),
         ("handoff_timeout", "\"90s\"", "90s"),
         ("drain_timeout", "\"45s\"", "45s"),

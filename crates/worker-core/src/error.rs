@@ -52,13 +52,22 @@ impl StoreError {
     /// answer says "permission denied"), not for an unknown token, a wrong
     /// password or a refused certificate, which say something else.
     pub fn is_missing_permission(&self) -> bool {
-        match self {
-            Self::PermissionDenied(source) => source
-                .to_string()
-                .to_ascii_lowercase()
-                .contains("permission denied"),
-            _ => false,
+        let Self::PermissionDenied(source) = self else {
+            return false;
+        };
+        // Already named, or the store's answer somewhere down the chain.
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(&**source);
+        while let Some(e) = cause {
+            if e.is::<MissingPermission>()
+                || e.to_string()
+                    .to_ascii_lowercase()
+                    .contains("permission denied")
+            {
+                return true;
+            }
+            cause = e.source();
         }
+        false
     }
 
     /// This error with what the request needed (`needs()`, e.g. `key write
@@ -68,6 +77,12 @@ impl StoreError {
     pub fn naming_permission(self, holder: &'static str, needs: impl FnOnce() -> String) -> Self {
         if !self.is_missing_permission() {
             return self;
+        }
+        // Named once: the first naming (closest to the request) says most.
+        if let Self::PermissionDenied(source) = &self {
+            if source.is::<MissingPermission>() {
+                return self;
+            }
         }
         match self {
             Self::PermissionDenied(source) => Self::PermissionDenied(Box::new(MissingPermission {

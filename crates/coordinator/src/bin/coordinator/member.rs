@@ -73,6 +73,11 @@ pub struct MemberArgs {
     /// makes moves faster where two owners for a moment are harmless [default: true]
     #[arg(long, env = "COORDINATOR_HANDOFF", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
     handoff: Option<bool>,
+    /// Consul: bind the session to a TTL health check on the agent, so that it ends on time
+    /// once this member stops renewing (needs service:write on "coordinator"; else a plain
+    /// session TTL, with a warning) [default: false]
+    #[arg(long, env = "COORDINATOR_SESSION_CHECK", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
+    session_check: Option<bool>,
     /// While leading: at most this many items in handoff at once [default: no limit]
     #[arg(
         long,
@@ -131,6 +136,7 @@ impl MemberArgs {
         put!(s, m, weight = self.weight);
         put!(s, m, exclusive = self.exclusive);
         put!(s, m, handoff = self.handoff);
+        put!(s, m, session_check = self.session_check);
         put!(
             s,
             m,

@@ -456,6 +456,7 @@ pub(crate) fn config_keys() -> &'static [&'static str] {
         "value_max_bytes",
         "handoff_timeout",
         "handoff",
+        "session_check",
     ]
 }
 
