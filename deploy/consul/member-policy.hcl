@@ -23,3 +23,7 @@ key_prefix "service/coordinator/handoff/" { policy = "write" }
 key_prefix "service/coordinator/drain/" { policy = "write" }
 # The sequence key every leader transaction checks and bumps.
 key "service/coordinator/sequence" { policy = "write" }
+# session_check = true: a TTL health check on the member's agent, registered as the service
+# "coordinator-<instance id>" (name "coordinator"), which its session is bound to. Without this
+# rule the member falls back to a plain session TTL and says so at warn.
+service "coordinator" { policy = "write" }

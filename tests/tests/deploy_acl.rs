@@ -276,8 +276,17 @@ async fn consul_policies_are_enough_and_each_rule_is_named_when_missing() {
         a.extend(refs(&s));
         admin(&a).await;
     }
-    let mut member = Program::spawn("member m1", &refs(&args("member", "m1", &member_token)));
+    let mut m1_args = args("member", "m1", &member_token);
+    m1_args.push("--session-check".into());
+    let mut member = Program::spawn("member m1", &refs(&m1_args));
     member.wait_workload(&["w1", "w2"]).await;
+    // The policy lets it bind its session to a check on the agent.
+    let log = member.stderr();
+    assert!(
+        log.contains("sessions bound to the agent check service:coordinator-m1"),
+        "{log}"
+    );
+    assert!(!log.contains("falling back"), "{log}");
 
     // A read-only worker with the worker policy sees the same assignments.
     let mut worker = Program::spawn("worker m1", &refs(&args("worker", "m1", &worker_token)));
@@ -313,6 +322,24 @@ async fn consul_policies_are_enough_and_each_rule_is_named_when_missing() {
         .await;
     eprintln!("member without the members rule: {line}");
     drop(m2);
+
+    // Without service write on "coordinator", a member asked for a session check falls back to
+    // a plain session TTL, says so, and works.
+    let no_service = consul_token(
+        &agent,
+        dir.path(),
+        "member-no-service",
+        &without_rule(&member_policy, r#"service "coordinator""#),
+    )
+    .await;
+    let mut m4_args = args("member", "m4", &no_service);
+    m4_args.push("--session-check".into());
+    let m4 = Program::spawn("member m4", &refs(&m4_args));
+    let line = m4
+        .wait_warning(&["falling back to a plain session TTL", "service:write"])
+        .await;
+    eprintln!("member without service write: {line}");
+    drop(m4);
 
     // A member without session write cannot register either.
     let no_session = consul_token(
