@@ -61,14 +61,6 @@ impl std::fmt::Debug for KeepAlives {
     }
 }
 
-/// What one try on one endpoint gave.
-enum Renewed {
-    /// The lease lives; the stream to keep.
-    Alive(Stream),
-    /// etcd answered TTL 0: the lease does not exist.
-    Gone,
-}
-
 impl KeepAlives {
     /// How many `LeaseKeepAlive` streams were opened so far.
     pub(crate) fn opened(&self) -> u64 {
@@ -113,12 +105,12 @@ impl KeepAlives {
                 Err(_) => Err(timeout(pool.request_timeout)),
             };
             match result {
-                Ok(Renewed::Alive(s)) => {
+                Ok(Some(s)) => {
                     pool.succeeded(i);
                     *held = Some(s);
                     return Ok(true);
                 }
-                Ok(Renewed::Gone) => {
+                Ok(None) => {
                     drop(held);
                     self.forget(lease);
                     return Ok(false);
@@ -134,19 +126,21 @@ impl KeepAlives {
     }
 
     /// A renewal on endpoint `i`: on `reuse` when it is still on the endpoint's
-    /// current client, else (or when it fails) on a new stream.
+    /// current client, else (or when it fails) on a new stream. The stream to
+    /// keep while the lease lives; `None` when etcd answered TTL 0 (the lease
+    /// does not exist).
     async fn try_on(
         &self,
         pool: &Pool,
         i: usize,
         lease: i64,
         reuse: Option<Stream>,
-    ) -> Result<Renewed, StoreError> {
+    ) -> Result<Option<Stream>, StoreError> {
         if let Some(mut s) = reuse {
             if s.generation == pool.generation(i).await {
                 match request(&mut s).await {
-                    Ok(Some(true)) => return Ok(Renewed::Alive(s)),
-                    Ok(Some(false)) => return Ok(Renewed::Gone),
+                    Ok(Some(true)) => return Ok(Some(s)),
+                    Ok(Some(false)) => return Ok(None),
                     Ok(None) => debug!(lease, "etcd closed a keep-alive stream; opening another"),
                     Err(e) => {
                         debug!(lease, error = %ErrorChain(&e), "keep-alive stream failed; opening another");
@@ -158,13 +152,13 @@ impl KeepAlives {
         self.opened.fetch_add(1, Ordering::Relaxed);
         // Opening sends the first request and reads its answer.
         match client.lease_keep_alive(lease).await {
-            Ok((keeper, answers)) => Ok(Renewed::Alive(Stream {
+            Ok((keeper, answers)) => Ok(Some(Stream {
                 endpoint: i,
                 generation,
                 keeper,
                 answers,
             })),
-            Err(e) if is_lease_not_found(&e) => Ok(Renewed::Gone),
+            Err(e) if is_lease_not_found(&e) => Ok(None),
             Err(e) => Err(store_error(e)),
         }
     }
