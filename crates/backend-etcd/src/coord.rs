@@ -9,8 +9,9 @@
 //!   etcd raises a TTL below its minimum (`ceil(1.5 × --election-timeout)`,
 //!   2 s with the default 1 s election timeout) to that minimum. A
 //!   [`SessionId`] is the lease id in lowercase hexadecimal, as `etcdctl lease
-//!   list` and the election keys name it. Renewing sends one request on a
-//!   `LeaseKeepAlive` stream and reads one answer.
+//!   list` and the election keys name it. Renewing sends one request on the
+//!   lease's long-lived `LeaseKeepAlive` stream and reads one answer (see
+//!   [`keepalive`](crate::keepalive)).
 //! - **Election** (compatible with `etcdctl elect NAME PROPOSAL` and etcd's
 //!   `concurrency` package): a candidate creates `NAME/<lease id in hex>`
 //!   bound to its lease, if absent; the leader is the key under `NAME/` with
@@ -68,7 +69,7 @@ fn candidate_key(election: &str, lease: i64) -> String {
 }
 
 /// Whether etcd answered "requested lease not found" (gRPC `NotFound`).
-fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             s.code() == tonic::Code::NotFound && s.message().contains("lease not found")
@@ -140,24 +141,16 @@ impl Membership for EtcdBackend {
         Ok(session_of(response.id()))
     }
 
-    /// One keep-alive request on a `LeaseKeepAlive` stream and its answer;
-    /// `Ok(false)` when etcd answers TTL 0 (the lease does not exist). Cancel
-    /// safe.
+    /// One keep-alive request on the lease's `LeaseKeepAlive` stream (opened
+    /// by the first renewal, kept open, replaced when it fails or its endpoint
+    /// does) and its answer; `Ok(false)` when etcd answers TTL 0 (the lease
+    /// does not exist). Each endpoint is tried once, within the request
+    /// timeout each. Cancel safe.
     async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError> {
         let Some(lease) = lease_of(session) else {
             return Ok(false);
         };
-        let (alive, _) = self
-            .pool
-            .run(|mut client| async move {
-                match client.lease_keep_alive(lease).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if is_lease_not_found(&e) => Ok(false),
-                    Err(e) => Err(store_error(e)),
-                }
-            })
-            .await?;
-        Ok(alive)
+        self.keep_alives.renew(&self.pool, lease).await
     }
 
     /// A lease revoke (etcd deletes the lease's keys, and with them its
@@ -167,6 +160,7 @@ impl Membership for EtcdBackend {
         let Some(lease) = lease_of(session) else {
             return Ok(());
         };
+        self.keep_alives.forget(lease);
         self.pool
             .run(|mut client| async move {
                 match client.lease_revoke(lease).await {

@@ -60,6 +60,7 @@
 mod config;
 mod coord;
 mod error;
+mod keepalive;
 mod leader;
 mod pool;
 mod watch;
@@ -83,6 +84,7 @@ pub use error::EtcdError;
 pub use worker_core::WatchEvent;
 
 use crate::error::{naming, store_error};
+use crate::keepalive::KeepAlives;
 use crate::leader::{current_leader, ElectionHub};
 use crate::pool::Pool;
 use crate::watch::{to_revision, EtcdKvStream, Watcher};
@@ -99,6 +101,8 @@ pub struct EtcdBackend {
     election: Arc<ElectionHub>,
     /// What one fenced transaction may carry.
     limits: worker_core::TxnLimits,
+    /// One `LeaseKeepAlive` stream per lease being renewed.
+    keep_alives: Arc<KeepAlives>,
 }
 
 impl EtcdBackend {
@@ -120,6 +124,7 @@ impl EtcdBackend {
             election_prefix,
             election,
             limits: coord::txn_limits(config.max_request_bytes, config.max_txn_ops),
+            keep_alives: Arc::default(),
         })
     }
 
@@ -134,6 +139,13 @@ impl EtcdBackend {
     /// user and password.
     pub fn token_refreshes(&self) -> u64 {
         self.pool.token_refreshes()
+    }
+
+    /// How many `LeaseKeepAlive` streams this backend (and its clones) opened
+    /// so far: one per lease renewed, plus one per stream that failed and was
+    /// replaced (see `docs/etcd.md`, "Leases").
+    pub fn keep_alive_streams_opened(&self) -> u64 {
+        self.keep_alives.opened()
     }
 
     /// The key prefix of the election (`<election>/`).

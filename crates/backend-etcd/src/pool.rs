@@ -68,6 +68,9 @@ impl Liveness {
 struct SlotState {
     client: Client,
     authenticated: bool,
+    /// Bumped each time `client` is rebuilt: a call opened on an older client
+    /// runs on a connection the pool gave up on.
+    generation: u64,
 }
 
 struct Slot {
@@ -181,6 +184,7 @@ impl Pool {
                 state: tokio::sync::Mutex::new(SlotState {
                     client,
                     authenticated: false,
+                    generation: 0,
                 }),
             });
         }
@@ -219,8 +223,25 @@ impl Pool {
         self.token_refreshes.load(Ordering::Relaxed)
     }
 
-    /// The client of endpoint `i`, authenticated when credentials are set.
-    async fn client(&self, i: usize) -> Result<Client, StoreError> {
+    /// How many endpoints there are.
+    pub(crate) fn endpoints(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The index of the endpoint requests go to now.
+    pub(crate) fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// Records that a request on endpoint `i` succeeded: it becomes current.
+    pub(crate) fn succeeded(&self, i: usize) {
+        self.current.store(i, Ordering::Relaxed);
+    }
+
+    /// The client of endpoint `i` and its generation (bumped each time
+    /// [`failed`](Self::failed) rebuilds it), authenticated when credentials
+    /// are set.
+    pub(crate) async fn client_of(&self, i: usize) -> Result<(Client, u64), StoreError> {
         let mut state = self.slots[i].state.lock().await;
         if let Some((user, password)) = &self.credentials {
             if !state.authenticated {
@@ -233,7 +254,17 @@ impl Pool {
                 }
             }
         }
-        Ok(state.client.clone())
+        Ok((state.client.clone(), state.generation))
+    }
+
+    /// The generation of endpoint `i`'s client now.
+    pub(crate) async fn generation(&self, i: usize) -> u64 {
+        self.slots[i].state.lock().await.generation
+    }
+
+    /// The client of endpoint `i`, authenticated when credentials are set.
+    async fn client(&self, i: usize) -> Result<Client, StoreError> {
+        self.client_of(i).await.map(|(client, _)| client)
     }
 
     /// Records that a request on endpoint `i` failed with `e`: when another member
@@ -256,6 +287,7 @@ impl Pool {
         if let Ok(client) = build_client(&self.slots[i].url, &self.options).await {
             state.client = client;
             state.authenticated = false;
+            state.generation += 1;
         }
     }
 
@@ -280,7 +312,7 @@ impl Pool {
             };
             match attempt.await {
                 Ok(v) => {
-                    self.current.store(i, Ordering::Relaxed);
+                    self.succeeded(i);
                     return Ok((v, i));
                 }
                 Err(e) if is_endpoint_failure(&e) => {

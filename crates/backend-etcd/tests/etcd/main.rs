@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod conformance;
 mod election;
+mod keepalive;
 mod member;
 mod outages;
 mod security;
