@@ -1172,6 +1172,15 @@ async fn session_ended_scenario(
     }
     let config = |id: &str| {
         let mut c = member_config(store, root, id);
+        if !lease_wait {
+            // The control must see the double owner every time: a longer
+            // lease keeps the cut-off member holding its items (until its
+            // last renewal + TTL − margin) well past the moment the
+            // margin-only leader has given them away and the new owners
+            // acknowledged them, however loaded the machine is.
+            let doubled = c.ttl * 2;
+            c = c.ttl(doubled);
+        }
         c.leader.lease_wait = lease_wait;
         let margin = c.ttl / 5;
         c.exclusive(margin)
