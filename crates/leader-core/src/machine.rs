@@ -302,6 +302,9 @@ pub struct LeaderMachine {
     owed: BTreeMap<(WorkId, MemberId), Option<u64>>,
     /// The last plan: item -> member.
     desired: Option<BTreeMap<WorkId, MemberId>>,
+    /// Indexes over `current`, `desired` and `items`, kept on every change
+    /// so that a pump costs what changed, not what exists.
+    idx: Indexes,
     soak: Option<Soak>,
     /// The transaction being applied.
     in_flight: Option<Vec<TxnOp>>,
@@ -384,6 +387,103 @@ enum Clear {
     Guard(MemberId),
 }
 
+/// What the reconcile loop asks of `current`, `desired` and `items` on every
+/// event, kept up to date on each change of them (a read, an applied
+/// transaction, a plan, an items picture) instead of recomputed per event.
+/// [`Indexes::build`] is the slower truth the tests compare it with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Indexes {
+    /// The members holding an assignment key of each item.
+    owners: BTreeMap<WorkId, BTreeSet<MemberId>>,
+    /// How many assignment keys each member holds.
+    held: BTreeMap<MemberId, usize>,
+    /// Assignment keys the plan does not want (the item is not planned on
+    /// that member), in `current`'s order.
+    misplaced: BTreeSet<(MemberId, WorkId)>,
+    /// Planned items (with a value) whose assignment key on their target is
+    /// missing or holds another value.
+    unplaced: BTreeSet<WorkId>,
+    /// Planned items that have a value.
+    wanted: usize,
+}
+
+type Current = BTreeMap<(MemberId, WorkId), Bytes>;
+type Desired = BTreeMap<WorkId, MemberId>;
+type Items = BTreeMap<WorkId, Bytes>;
+
+impl Indexes {
+    /// The indexes computed from scratch.
+    fn build(current: Option<&Current>, desired: Option<&Desired>, items: Option<&Items>) -> Self {
+        let mut idx = Self::default();
+        if let Some(current) = current {
+            for (m, w) in current.keys() {
+                idx.owners.entry(w.clone()).or_default().insert(m.clone());
+                *idx.held.entry(m.clone()).or_default() += 1;
+                if desired.and_then(|d| d.get(w)) != Some(m) {
+                    idx.misplaced.insert((m.clone(), w.clone()));
+                }
+            }
+        }
+        if let (Some(desired), Some(items)) = (desired, items) {
+            for (w, m) in desired {
+                let Some(v) = items.get(w) else { continue };
+                idx.wanted += 1;
+                if current.and_then(|c| c.get(&(m.clone(), w.clone()))) != Some(v) {
+                    idx.unplaced.insert(w.clone());
+                }
+            }
+        }
+        idx
+    }
+
+    /// Updates the indexes after `current`'s key `(member, work)` changed
+    /// (written, rewritten or deleted).
+    fn key_changed(
+        &mut self,
+        member: &MemberId,
+        work: &WorkId,
+        current: &Current,
+        desired: Option<&Desired>,
+        items: Option<&Items>,
+    ) {
+        let key = (member.clone(), work.clone());
+        let present = current.contains_key(&key);
+        let owners = self.owners.entry(work.clone()).or_default();
+        let was = if present {
+            !owners.insert(member.clone())
+        } else {
+            owners.remove(member)
+        };
+        if owners.is_empty() {
+            self.owners.remove(work);
+        }
+        if present && !was {
+            *self.held.entry(member.clone()).or_default() += 1;
+        } else if !present && was {
+            if let Some(n) = self.held.get_mut(member) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held.remove(member);
+                }
+            }
+        }
+        let target = desired.and_then(|d| d.get(work));
+        if present && target != Some(member) {
+            self.misplaced.insert(key);
+        } else {
+            self.misplaced.remove(&key);
+        }
+        let value = items.and_then(|i| i.get(work));
+        if let (Some(t), Some(v)) = (target, value) {
+            if current.get(&(t.clone(), work.clone())) == Some(v) {
+                self.unplaced.remove(work);
+            } else {
+                self.unplaced.insert(work.clone());
+            }
+        }
+    }
+}
+
 impl LeaderMachine {
     /// A machine for a leader that took office at `now`. `max_ops` is the
     /// store's limit of operations per fenced transaction
@@ -406,6 +506,7 @@ impl LeaderMachine {
             records: BTreeSet::new(),
             owed: BTreeMap::new(),
             desired: None,
+            idx: Indexes::default(),
             // Taking office counts as a change: members that are starting up
             // get a soak's time to register before the first plan.
             soak: Some(Soak {
@@ -476,22 +577,12 @@ impl LeaderMachine {
         if self.in_flight.is_some() || !self.owed.is_empty() {
             return true;
         }
-        let (Some(desired), Some(current), Some(items)) =
-            (&self.desired, &self.current, &self.items)
+        let (Some(_), Some(current), Some(_)) = (&self.desired, &self.current, &self.items)
         else {
             return false;
         };
-        let wanted = desired
-            .iter()
-            .filter_map(|(w, m)| items.get(w).map(|v| ((m, w), v)));
-        current.len()
-            != desired
-                .iter()
-                .filter(|(w, _)| items.contains_key(*w))
-                .count()
-            || wanted
-                .into_iter()
-                .any(|((m, w), v)| current.get(&(m.clone(), w.clone())) != Some(v))
+        // Every wanted key in place (none unplaced) and no other key.
+        current.len() != self.idx.wanted || !self.idx.unplaced.is_empty()
     }
 
     /// Cuts transactions to `limits` (operations, bytes, value length), the
@@ -582,11 +673,11 @@ impl LeaderMachine {
             }
             refused.insert(work.clone(), bytes);
             let assigned = self.kept.get(work).cloned().or_else(|| {
+                let first = self.idx.owners.get(work)?.first()?;
                 self.current
                     .as_ref()?
-                    .iter()
-                    .find(|((_, w), _)| w == work)
-                    .map(|(_, v)| v.clone())
+                    .get(&(first.clone(), work.clone()))
+                    .cloned()
             });
             if let Some(v) = assigned.filter(|v| self.refusal(work, v).is_none()) {
                 items.insert(work.clone(), v.clone());
@@ -598,6 +689,7 @@ impl LeaderMachine {
         self.kept = kept;
         if self.items.as_ref() != Some(&items) {
             self.items = Some(items);
+            self.reindex();
             self.changed(now);
         }
     }
@@ -923,6 +1015,7 @@ impl LeaderMachine {
         self.reported.insert(Source::Stored, seen);
         if self.current.as_ref() != Some(&current) {
             self.current = Some(current);
+            self.reindex();
             self.changed(now);
             if !self.refused.is_empty() {
                 // A refused item keeps the value it is assigned with.
@@ -1035,6 +1128,7 @@ impl LeaderMachine {
         let Some(current) = &mut self.current else {
             return;
         };
+        let mut touched = Vec::new();
         for op in ops {
             if let Ok(work) = self.layout.parse_handoff(op.key().as_bytes()) {
                 let work = WorkId::from(work);
@@ -1057,13 +1151,24 @@ impl LeaderMachine {
             match op {
                 TxnOp::Put { value, .. } => {
                     drop_owed(&mut self.owed, &key.1);
-                    current.insert(key, value);
+                    current.insert(key.clone(), value);
+                    touched.push(key);
                 }
                 TxnOp::Delete { .. } => {
                     current.remove(&key);
+                    touched.push(key);
                 }
                 TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
             }
+        }
+        for (member, work) in touched {
+            self.idx.key_changed(
+                &member,
+                &work,
+                current,
+                self.desired.as_ref(),
+                self.items.as_ref(),
+            );
         }
     }
 
@@ -1119,6 +1224,43 @@ impl LeaderMachine {
         self.members.is_some() && self.items.is_some() && self.current.is_some()
     }
 
+    /// Rebuilds the indexes: after a read, a plan or a new items picture
+    /// (each `O(items)` already).
+    fn reindex(&mut self) {
+        self.idx = Indexes::build(
+            self.current.as_ref(),
+            self.desired.as_ref(),
+            self.items.as_ref(),
+        );
+    }
+
+    /// Tests only: whether the incremental indexes equal a recomputation
+    /// from scratch (the slower truth); `Err` describes the first
+    /// difference.
+    #[doc(hidden)]
+    pub fn check_indexes(&self) -> Result<(), String> {
+        let truth = Indexes::build(
+            self.current.as_ref(),
+            self.desired.as_ref(),
+            self.items.as_ref(),
+        );
+        if truth == self.idx {
+            return Ok(());
+        }
+        Err(format!(
+            "indexes differ from a recomputation:\n kept: {:?}\n truth: {truth:?}",
+            self.idx
+        ))
+    }
+
+    /// Whether some move of `work` waits for its handoff.
+    fn is_owed(&self, work: &WorkId) -> bool {
+        self.owed
+            .range((work.clone(), MemberId::from(""))..)
+            .next()
+            .is_some_and(|((w, _), _)| w == work)
+    }
+
     /// Time passed: reads the assignments again after a failed read, retries
     /// a failed write, plans when the soak is over, or assigns an item whose
     /// handoff margin ran out.
@@ -1171,9 +1313,7 @@ impl LeaderMachine {
         }
         let mut needed: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
         needed.extend(self.departed.keys());
-        if let Some(current) = &self.current {
-            needed.extend(current.keys().map(|(m, _)| m));
-        }
+        needed.extend(self.idx.held.keys());
         let needed: BTreeSet<MemberId> = needed.into_iter().cloned().collect();
         self.absent_since.retain(|m, _| needed.contains(m));
     }
@@ -1301,7 +1441,7 @@ impl LeaderMachine {
             });
         }
         let mut owing: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
-        owing.extend(self.current.iter().flat_map(|c| c.keys().map(|(m, _)| m)));
+        owing.extend(self.idx.held.keys());
         let live = self.members.as_ref();
         let keep = |m: &MemberId| owing.contains(m) || live.is_some_and(|l| l.contains_key(m));
         self.ending.retain(|m, _| keep(m));
@@ -1349,10 +1489,14 @@ impl LeaderMachine {
     /// Revokes of keys the plan does not want, with handoff records for
     /// moves, at most `max_moves_in_flight` moves at once.
     fn next_revokes(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, current) = (self.desired.as_ref()?, self.current.as_ref()?);
+        let (desired, _) = (self.desired.as_ref()?, self.current.as_ref()?);
+        // Moves in flight count only against a limit: without one
+        // (the default), they are not counted (`O(owed)`).
+        let limited = self.timing.max_moves_in_flight != usize::MAX;
         let live_owed: BTreeSet<&WorkId> = self
             .owed
             .keys()
+            .filter(|_| limited)
             .filter(|(_, from)| self.is_live(from))
             .map(|(w, _)| w)
             .collect();
@@ -1361,6 +1505,7 @@ impl LeaderMachine {
         let stuck = self
             .owed
             .keys()
+            .filter(|_| limited)
             .filter(|k| self.is_live(&k.1))
             .filter(|k| {
                 self.owed_times
@@ -1375,11 +1520,9 @@ impl LeaderMachine {
         // transaction names a key once (etcd refuses a txn that names one
         // twice; Consul would keep the first record's position).
         let mut recorded: BTreeSet<&WorkId> = BTreeSet::new();
-        for (member, work) in current.keys() {
+        // The keys the plan does not want, in `current`'s order.
+        for (member, work) in &self.idx.misplaced {
             let target = desired.get(work);
-            if target == Some(member) {
-                continue;
-            }
             let live = self.is_live(member);
             let reports = self.acks.get(member).is_some_and(Option::is_some);
             let record = reports || (!live && self.timing.exclusive.is_some());
@@ -1389,7 +1532,7 @@ impl LeaderMachine {
             if record && (recorded.contains(work) || self.records.contains(work)) {
                 continue;
             }
-            if live && target.is_some() && !live_owed.contains(work) {
+            if limited && live && target.is_some() && !live_owed.contains(work) {
                 if moves >= self.timing.max_moves_in_flight {
                     continue;
                 }
@@ -1427,13 +1570,14 @@ impl LeaderMachine {
             self.current.as_ref()?,
             self.items.as_ref()?,
         );
-        let mut owners: BTreeMap<&WorkId, Vec<&MemberId>> = BTreeMap::new();
-        for (m, w) in current.keys() {
-            owners.entry(w).or_default().push(m);
-        }
+        let owners = &self.idx.owners;
         let mut ops = Vec::new();
         let mut guards: BTreeSet<MemberId> = BTreeSet::new();
-        for (work, target) in desired {
+        // The planned items not in place, in the plan's order.
+        for work in &self.idx.unplaced {
+            let Some(target) = desired.get(work) else {
+                continue;
+            };
             let Some(value) = items.get(work) else {
                 continue;
             };
@@ -1445,7 +1589,7 @@ impl LeaderMachine {
             if placed.is_none() {
                 let others = owners
                     .get(work)
-                    .is_some_and(|o| o.iter().any(|m| *m != target));
+                    .is_some_and(|o| o.iter().any(|m| m != target));
                 if others {
                     continue; // its revoke comes first
                 }
@@ -1492,15 +1636,13 @@ impl LeaderMachine {
     /// Handoff records no longer needed: items no longer wanted, or already
     /// with their target, once clear.
     fn next_cleanup(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, current, items) = (
+        let (desired, _, items) = (
             self.desired.as_ref()?,
             self.current.as_ref()?,
             self.items.as_ref()?,
         );
-        let mut owners: BTreeMap<&WorkId, Vec<&MemberId>> = BTreeMap::new();
-        for (m, w) in current.keys() {
-            owners.entry(w).or_default().push(m);
-        }
+        let owners = &self.idx.owners;
+        let none = BTreeSet::new();
         let mut ops = Vec::new();
         let mut done_owed: Vec<WorkId> = Vec::new();
         let owed_works: BTreeSet<WorkId> = self.owed.keys().map(|(w, _)| w.clone()).collect();
@@ -1517,15 +1659,15 @@ impl LeaderMachine {
         }
         for work in owed_works {
             let target = desired.get(&work).filter(|_| items.contains_key(&work));
-            let holders = owners.get(&work).map_or(&[][..], Vec::as_slice);
+            let holders = owners.get(&work).unwrap_or(&none);
             let settled = match target {
                 None => holders.is_empty(),
-                Some(t) => holders.contains(&t),
+                Some(t) => holders.contains(t),
             };
             // Still under another member that must be revoked first (an item
             // found under two members): once this record is clear it goes,
             // so that the next revoke can write its own.
-            let blocked = holders.iter().any(|m| Some(*m) != target);
+            let blocked = holders.iter().any(|m| Some(m) != target);
             if !settled && !blocked {
                 continue;
             }
@@ -1662,7 +1804,7 @@ impl LeaderMachine {
             for (work, member) in desired {
                 if !owners.contains_key(work)
                     && members.contains_key(member)
-                    && self.owed.keys().any(|(w, _)| w == work)
+                    && self.is_owed(work)
                 {
                     owners.insert(work.clone(), member.clone());
                 }
@@ -1696,6 +1838,7 @@ impl LeaderMachine {
             transactions: revokes.div_ceil(per) + puts.div_ceil(per),
         }));
         self.desired = Some(desired);
+        self.reindex();
     }
 
     /// The next thing to do, if any. Drain after every input.
@@ -1750,6 +1893,15 @@ fn refusal_with(
     (!limits.fit(&worst)).then(|| limits.bytes(&worst))
 }
 
+/// Forgets the moves of `work`: `O(log owed)` per entry, not a pass over
+/// every move.
 fn drop_owed(owed: &mut BTreeMap<(WorkId, MemberId), Option<u64>>, work: &WorkId) {
-    owed.retain(|(w, _), _| w != work);
+    let keys: Vec<(WorkId, MemberId)> = owed
+        .range((work.clone(), MemberId::from(""))..)
+        .take_while(|((w, _), _)| w == work)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in keys {
+        owed.remove(&k);
+    }
 }
