@@ -12,7 +12,8 @@
 //! (excluded) to the last write. Per-event figures are also printed as mean and max over
 //! one whole move.
 //!
-//! Run: `cargo bench -p leader-core --bench machine` (`-- --quick` for a short run).
+//! Run: `cargo bench -p leader-core --bench machine` (`-- --quick` for a short run;
+//! `MACHINE_BENCH_ONCE=1` prints the figures of one move per case and skips criterion).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -235,6 +236,11 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("machine");
     g.sample_size(10);
     for (label, members) in [("1to2x100000", 1), ("1000to1001x100000", 1_000)] {
+        // One whole move first, with figures per event.
+        report(label, &[join(members)]);
+        if std::env::var_os("MACHINE_BENCH_ONCE").is_some() {
+            continue; // the figures of one move only (e.g. on slow code)
+        }
         let mut runs = Vec::new();
         g.bench_function(format!("{label}/ack"), |b| {
             b.iter_custom(|iters| {

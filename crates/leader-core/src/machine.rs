@@ -355,6 +355,12 @@ pub struct LeaderMachine {
     /// When each owed entry was first known to this leader, and when the
     /// leader saw the session it ended for it gone.
     owed_times: BTreeMap<(WorkId, MemberId), OwedTimes>,
+    /// How many owed entries each old owner has (the members `owed` names).
+    owed_by: BTreeMap<MemberId, usize>,
+    /// The owed entries by when each was first known (`owed_times`' `since`).
+    owed_since: BTreeSet<(Instant, WorkId, MemberId)>,
+    /// The owed entries whose `owed_times` has `fenced`.
+    owed_fenced: BTreeSet<(WorkId, MemberId)>,
     /// Sessions this leader ended for a handoff that timed out.
     ending: BTreeMap<MemberId, Ending>,
     /// Simulator-only switch; always true in the product.
@@ -538,6 +544,9 @@ impl LeaderMachine {
             sessions: BTreeMap::new(),
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
+            owed_by: BTreeMap::new(),
+            owed_since: BTreeSet::new(),
+            owed_fenced: BTreeSet::new(),
             ending: BTreeMap::new(),
             lease_wait: timing.lease_wait,
         }
@@ -856,9 +865,10 @@ impl LeaderMachine {
         for (id, e) in &mut self.ending {
             if !e.seen && sessions.get(id) != Some(&e.session) {
                 e.seen = true;
-                for ((_, from), t) in &mut self.owed_times {
-                    if from == id && t.since <= e.asked {
+                for (key, t) in &mut self.owed_times {
+                    if &key.1 == id && t.since <= e.asked {
                         t.fenced.get_or_insert(now);
+                        self.owed_fenced.insert(key.clone());
                     }
                 }
             }
@@ -1012,6 +1022,7 @@ impl LeaderMachine {
                 }
             }
         }
+        self.resync_owed(now);
         self.reported.insert(Source::Stored, seen);
         if self.current.as_ref() != Some(&current) {
             self.current = Some(current);
@@ -1129,6 +1140,7 @@ impl LeaderMachine {
             return;
         };
         let mut touched = Vec::new();
+        let mut forget = Vec::new();
         for op in ops {
             if let Ok(work) = self.layout.parse_handoff(op.key().as_bytes()) {
                 let work = WorkId::from(work);
@@ -1139,7 +1151,7 @@ impl LeaderMachine {
                     }
                     TxnOp::Delete { .. } => {
                         self.records.remove(&work);
-                        drop_owed(&mut self.owed, &work);
+                        forget.push(work);
                     }
                     TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
                 }
@@ -1150,7 +1162,7 @@ impl LeaderMachine {
             let key = crate::layout::ids(member, work);
             match op {
                 TxnOp::Put { value, .. } => {
-                    drop_owed(&mut self.owed, &key.1);
+                    forget.push(key.1.clone());
                     current.insert(key.clone(), value);
                     touched.push(key);
                 }
@@ -1169,6 +1181,9 @@ impl LeaderMachine {
                 self.desired.as_ref(),
                 self.items.as_ref(),
             );
+        }
+        for work in forget {
+            self.forget_owed(&work);
         }
     }
 
@@ -1191,23 +1206,28 @@ impl LeaderMachine {
         }
         let rejoin = self.departed.values().map(|(_, until)| *until);
         // Exclusive mode: when the wait for a member that is gone runs out.
+        // (The same time for every move from one member: one per member.)
         let fenced = self.timing.exclusive.into_iter().flat_map(|_| {
-            self.owed
+            self.owed_by
                 .keys()
-                .filter(|(_, from)| !self.is_live(from))
-                .map(|(_, from)| self.absent_from(from) + self.gone_wait(from))
+                .filter(|from| !self.is_live(from))
+                .map(|from| self.absent_from(from) + self.gone_wait(from))
                 .filter(|at| *at > self.last_now)
         });
         // Moves whose old owner's session this leader ended: when the wait
-        // after it runs out; the others: when each times out.
-        let timeouts = self
-            .owed_times
+        // after it runs out; the others: when each times out (the earliest
+        // is the first by `since` still ahead).
+        let ended = self.owed_fenced.iter().filter_map(|k| {
+            let f = self.owed_times.get(k)?.fenced?;
+            Some(f + self.gone_wait(&k.1))
+        });
+        let timeout = self
+            .owed_since
             .iter()
-            .map(|((_, from), t)| match t.fenced {
-                Some(f) => f + self.gone_wait(from),
-                None => t.since + self.timing.handoff_timeout,
-            })
-            .filter(|at| *at > self.last_now);
+            .filter(|(_, w, m)| !self.owed_fenced.contains(&(w.clone(), m.clone())))
+            .map(|(since, _, _)| *since + self.timing.handoff_timeout)
+            .find(|at| *at > self.last_now);
+        let timeouts = ended.chain(timeout).filter(|at| *at > self.last_now);
         self.due()
             .into_iter()
             .chain(rejoin)
@@ -1244,6 +1264,16 @@ impl LeaderMachine {
             self.desired.as_ref(),
             self.items.as_ref(),
         );
+        if !self.owed.keys().eq(self.owed_times.keys()) {
+            return Err("owed_times names other entries than owed".to_owned());
+        }
+        let owed = owed_indexes(&self.owed, &self.owed_times);
+        if owed != (self.owed_by.clone(), self.owed_since.clone(), self.owed_fenced.clone()) {
+            return Err(format!(
+                "owed indexes differ from a recomputation: kept {:?}, truth {owed:?}",
+                (&self.owed_by, &self.owed_since, &self.owed_fenced)
+            ));
+        }
         if truth == self.idx {
             return Ok(());
         }
@@ -1311,7 +1341,7 @@ impl LeaderMachine {
         if self.absent_since.is_empty() {
             return;
         }
-        let mut needed: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
+        let mut needed: BTreeSet<&MemberId> = self.owed_by.keys().collect();
         needed.extend(self.departed.keys());
         needed.extend(self.idx.held.keys());
         let needed: BTreeSet<MemberId> = needed.into_iter().cloned().collect();
@@ -1393,10 +1423,19 @@ impl LeaderMachine {
     fn end_stuck_sessions(&mut self, now: Instant) {
         let timeout = self.timing.handoff_timeout;
         let mut stuck: Vec<MemberId> = Vec::new();
-        for ((work, from), at) in &self.owed {
-            let Some(t) = self.owed_times.get(&(work.clone(), from.clone())) else {
+        // Only the moves known for a whole timeout, in `owed`'s order.
+        let mut due: Vec<(WorkId, MemberId)> = self
+            .owed_since
+            .iter()
+            .take_while(|(since, _, _)| now >= *since + timeout)
+            .map(|(_, w, m)| (w.clone(), m.clone()))
+            .collect();
+        due.sort();
+        for key in &due {
+            let (Some(at), Some(t)) = (self.owed.get(key), self.owed_times.get(key)) else {
                 continue;
             };
+            let (work, from) = key;
             if t.fenced.is_some()
                 || now < t.since + timeout
                 || stuck.contains(from)
@@ -1430,9 +1469,68 @@ impl LeaderMachine {
         }
     }
 
-    /// Keeps `owed_times` to the owed entries (new ones known from `now`)
-    /// and forgets what no longer matters.
-    fn track_owed(&mut self, now: Instant) {
+    /// Forgets the sessions ended and TTLs of members that no longer
+    /// matter: not live, owing no move, holding no key. `O(members)`.
+    fn track_owed(&mut self) {
+        let (owed_by, held) = (&self.owed_by, &self.idx.held);
+        let live = self.members.as_ref();
+        let keep = |m: &MemberId| {
+            owed_by.contains_key(m)
+                || held.contains_key(m)
+                || live.is_some_and(|l| l.contains_key(m))
+        };
+        self.ending.retain(|m, _| keep(m));
+        self.ttls.retain(|m, _| keep(m));
+    }
+
+    /// A move of `key.0` from `key.1` is owed from now (if it is not yet).
+    fn owe(&mut self, key: (WorkId, MemberId), now: Instant) {
+        if self.owed.contains_key(&key) {
+            return;
+        }
+        self.owed.insert(key.clone(), None);
+        *self.owed_by.entry(key.1.clone()).or_default() += 1;
+        if !self.owed_times.contains_key(&key) {
+            self.owed_since
+                .insert((now, key.0.clone(), key.1.clone()));
+            self.owed_times.insert(
+                key,
+                OwedTimes {
+                    since: now,
+                    fenced: None,
+                },
+            );
+        }
+    }
+
+    /// Forgets the moves of `work`: `O(log owed)` for each, not a pass over
+    /// every move.
+    fn forget_owed(&mut self, work: &WorkId) {
+        let keys: Vec<(WorkId, MemberId)> = self
+            .owed
+            .range((work.clone(), MemberId::from(""))..)
+            .take_while(|((w, _), _)| w == work)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.owed.remove(&k);
+            if let Some(n) = self.owed_by.get_mut(&k.1) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owed_by.remove(&k.1);
+                }
+            }
+            if let Some(t) = self.owed_times.remove(&k) {
+                self.owed_since.remove(&(t.since, k.0.clone(), k.1.clone()));
+            }
+            self.owed_fenced.remove(&k);
+        }
+    }
+
+    /// After a read replaced `owed`: the times of the entries still owed
+    /// are kept, new ones are known from `now`; the indexes are rebuilt
+    /// (`O(owed)`, as the read).
+    fn resync_owed(&mut self, now: Instant) {
         self.owed_times.retain(|k, _| self.owed.contains_key(k));
         for k in self.owed.keys() {
             self.owed_times.entry(k.clone()).or_insert(OwedTimes {
@@ -1440,18 +1538,16 @@ impl LeaderMachine {
                 fenced: None,
             });
         }
-        let mut owing: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
-        owing.extend(self.idx.held.keys());
-        let live = self.members.as_ref();
-        let keep = |m: &MemberId| owing.contains(m) || live.is_some_and(|l| l.contains_key(m));
-        self.ending.retain(|m, _| keep(m));
-        self.ttls.retain(|m, _| keep(m));
+        let (by, since, fenced) = owed_indexes(&self.owed, &self.owed_times);
+        self.owed_by = by;
+        self.owed_since = since;
+        self.owed_fenced = fenced;
     }
 
     /// Sends the next transaction if none is in flight and one is due.
     fn pump(&mut self, now: Instant) {
         if !self.stepped_down {
-            self.track_owed(now);
+            self.track_owed();
             self.end_stuck_sessions(now);
         }
         if self.stepped_down
@@ -1483,7 +1579,7 @@ impl LeaderMachine {
             self.in_flight = Some(ops.clone());
             self.out.push_back(Action::Write(ops));
         }
-        self.track_owed(now);
+        self.track_owed();
     }
 
     /// Revokes of keys the plan does not want, with handoff records for
@@ -1557,7 +1653,7 @@ impl LeaderMachine {
             }
         }
         for key in new_owed {
-            self.owed.entry(key).or_insert(None);
+            self.owe(key, now);
         }
         (!ops.is_empty()).then_some(ops)
     }
@@ -1690,7 +1786,7 @@ impl LeaderMachine {
             }
         }
         for work in done_owed {
-            drop_owed(&mut self.owed, &work);
+            self.forget_owed(&work);
         }
         (!ops.is_empty()).then_some(ops)
     }
@@ -1893,15 +1989,30 @@ fn refusal_with(
     (!limits.fit(&worst)).then(|| limits.bytes(&worst))
 }
 
-/// Forgets the moves of `work`: `O(log owed)` per entry, not a pass over
-/// every move.
-fn drop_owed(owed: &mut BTreeMap<(WorkId, MemberId), Option<u64>>, work: &WorkId) {
-    let keys: Vec<(WorkId, MemberId)> = owed
-        .range((work.clone(), MemberId::from(""))..)
-        .take_while(|((w, _), _)| w == work)
+type OwedIndexes = (
+    BTreeMap<MemberId, usize>,
+    BTreeSet<(Instant, WorkId, MemberId)>,
+    BTreeSet<(WorkId, MemberId)>,
+);
+
+/// The indexes of the owed entries computed from scratch: entries per old
+/// owner, entries by `since`, entries fenced.
+fn owed_indexes(
+    owed: &BTreeMap<(WorkId, MemberId), Option<u64>>,
+    times: &BTreeMap<(WorkId, MemberId), OwedTimes>,
+) -> OwedIndexes {
+    let mut by: BTreeMap<MemberId, usize> = BTreeMap::new();
+    for (_, m) in owed.keys() {
+        *by.entry(m.clone()).or_default() += 1;
+    }
+    let since = times
+        .iter()
+        .map(|((w, m), t)| (t.since, w.clone(), m.clone()))
+        .collect();
+    let fenced = times
+        .iter()
+        .filter(|(_, t)| t.fenced.is_some())
         .map(|(k, _)| k.clone())
         .collect();
-    for k in keys {
-        owed.remove(&k);
-    }
+    (by, since, fenced)
 }
