@@ -365,6 +365,9 @@ pub struct LeaderMachine {
     ending: BTreeMap<MemberId, Ending>,
     /// Simulator-only switch; always true in the product.
     lease_wait: bool,
+    /// The smallest member id (empty), kept to look up the owed entries of
+    /// one item by range without allocating one per lookup.
+    no_member: MemberId,
 }
 
 /// A session the leader ended because a handoff timed out.
@@ -549,6 +552,7 @@ impl LeaderMachine {
             owed_fenced: BTreeSet::new(),
             ending: BTreeMap::new(),
             lease_wait: timing.lease_wait,
+            no_member: MemberId::from(""),
         }
     }
 
@@ -1286,7 +1290,7 @@ impl LeaderMachine {
     /// Whether some move of `work` waits for its handoff.
     fn is_owed(&self, work: &WorkId) -> bool {
         self.owed
-            .range((work.clone(), MemberId::from(""))..)
+            .range((work.clone(), self.no_member.clone())..)
             .next()
             .is_some_and(|((w, _), _)| w == work)
     }
@@ -1508,7 +1512,7 @@ impl LeaderMachine {
     fn forget_owed(&mut self, work: &WorkId) {
         let keys: Vec<(WorkId, MemberId)> = self
             .owed
-            .range((work.clone(), MemberId::from(""))..)
+            .range((work.clone(), self.no_member.clone())..)
             .take_while(|((w, _), _)| w == work)
             .map(|(k, _)| k.clone())
             .collect();
@@ -1803,7 +1807,7 @@ impl LeaderMachine {
         let mut needs = Vec::new();
         for ((_, from), at) in self
             .owed
-            .range((work.clone(), MemberId::from(""))..)
+            .range((work.clone(), self.no_member.clone())..)
             .take_while(|((w, _), _)| w == work)
         {
             if Some(from) == target {
