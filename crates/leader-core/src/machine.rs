@@ -1593,19 +1593,15 @@ impl LeaderMachine {
         // Moves in flight count only against a limit: without one
         // (the default), they are not counted (`O(owed)`).
         let limited = self.timing.max_moves_in_flight != usize::MAX;
-        let live_owed: BTreeSet<&WorkId> = self
-            .owed
-            .keys()
-            .filter(|_| limited)
+        let owed = self.owed.keys().take(if limited { usize::MAX } else { 0 });
+        let live_owed: BTreeSet<&WorkId> = owed
+            .clone()
             .filter(|(_, from)| self.is_live(from))
             .map(|(w, _)| w)
             .collect();
         // A move stuck past the handoff timeout no longer holds up the others.
         let timeout = self.timing.handoff_timeout;
-        let stuck = self
-            .owed
-            .keys()
-            .filter(|_| limited)
+        let stuck = owed
             .filter(|k| self.is_live(&k.1))
             .filter(|k| {
                 self.owed_times
@@ -1745,10 +1741,12 @@ impl LeaderMachine {
         let none = BTreeSet::new();
         let mut ops = Vec::new();
         let mut done_owed: Vec<WorkId> = Vec::new();
-        let owed_works: BTreeSet<WorkId> = self.owed.keys().map(|(w, _)| w.clone()).collect();
+        // The owed items, each once (`owed` is ordered by item).
+        let mut owed_works: Vec<&WorkId> = self.owed.keys().map(|(w, _)| w).collect();
+        owed_works.dedup();
         // Records that name no member to wait for (their value is not a
         // member id): nothing waits on them; they go.
-        for work in self.records.iter().filter(|w| !owed_works.contains(*w)) {
+        for work in self.records.iter().filter(|w| !self.is_owed(w)) {
             let add = [TxnOp::Delete {
                 key: self.layout.handoff_key(work),
             }];
@@ -1758,8 +1756,8 @@ impl LeaderMachine {
             ops.extend(add);
         }
         for work in owed_works {
-            let target = desired.get(&work).filter(|_| items.contains_key(&work));
-            let holders = owners.get(&work).unwrap_or(&none);
+            let target = desired.get(work).filter(|_| items.contains_key(work));
+            let holders = owners.get(work).unwrap_or(&none);
             let settled = match target {
                 None => holders.is_empty(),
                 Some(t) => holders.contains(t),
@@ -1773,20 +1771,20 @@ impl LeaderMachine {
             }
             // No assign follows, so no guard is needed: a clear owner (one
             // that is gone, past the margin) is enough.
-            let (wait, _) = self.owed_state(&work, target, now);
+            let (wait, _) = self.owed_state(work, target, now);
             if wait {
                 continue;
             }
-            if self.records.contains(&work) {
+            if self.records.contains(work) {
                 let add = [TxnOp::Delete {
-                    key: self.layout.handoff_key(&work),
+                    key: self.layout.handoff_key(work),
                 }];
                 if !self.room(&ops, &add) {
                     break;
                 }
                 ops.extend(add);
             } else {
-                done_owed.push(work);
+                done_owed.push(work.clone());
             }
         }
         for work in done_owed {
