@@ -130,7 +130,12 @@ fn settled(members: usize) -> (LeaderMachine, Store) {
     };
     store.members(&mut m);
     let items: Vec<(Vec<u8>, Bytes)> = (0..ITEMS)
-        .map(|i| (layout.work_key(&format!("work-{i:07}")).into_bytes(), Bytes::from("v")))
+        .map(|i| {
+            (
+                layout.work_key(&format!("work-{i:07}")).into_bytes(),
+                Bytes::from("v"),
+            )
+        })
         .collect();
     m.handle_items(t0, items.iter().map(|(k, v)| (k.as_slice(), v)));
     let assigned: Vec<(Vec<u8>, Bytes)> = (0..ITEMS)

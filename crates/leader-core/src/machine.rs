@@ -590,8 +590,7 @@ impl LeaderMachine {
         if self.in_flight.is_some() || !self.owed.is_empty() {
             return true;
         }
-        let (Some(_), Some(current), Some(_)) = (&self.desired, &self.current, &self.items)
-        else {
+        let (Some(_), Some(current), Some(_)) = (&self.desired, &self.current, &self.items) else {
             return false;
         };
         // Every wanted key in place (none unplaced) and no other key.
@@ -1272,7 +1271,13 @@ impl LeaderMachine {
             return Err("owed_times names other entries than owed".to_owned());
         }
         let owed = owed_indexes(&self.owed, &self.owed_times);
-        if owed != (self.owed_by.clone(), self.owed_since.clone(), self.owed_fenced.clone()) {
+        if owed
+            != (
+                self.owed_by.clone(),
+                self.owed_since.clone(),
+                self.owed_fenced.clone(),
+            )
+        {
             return Err(format!(
                 "owed indexes differ from a recomputation: kept {:?}, truth {owed:?}",
                 (&self.owed_by, &self.owed_since, &self.owed_fenced)
@@ -1495,8 +1500,7 @@ impl LeaderMachine {
         self.owed.insert(key.clone(), None);
         *self.owed_by.entry(key.1.clone()).or_default() += 1;
         if !self.owed_times.contains_key(&key) {
-            self.owed_since
-                .insert((now, key.0.clone(), key.1.clone()));
+            self.owed_since.insert((now, key.0.clone(), key.1.clone()));
             self.owed_times.insert(
                 key,
                 OwedTimes {
@@ -1900,9 +1904,7 @@ impl LeaderMachine {
         }
         if let Some(desired) = &self.desired {
             for (work, member) in desired {
-                if !owners.contains_key(work)
-                    && members.contains_key(member)
-                    && self.is_owed(work)
+                if !owners.contains_key(work) && members.contains_key(member) && self.is_owed(work)
                 {
                     owners.insert(work.clone(), member.clone());
                 }

@@ -149,7 +149,10 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
                             let a = store.revision.saturating_sub(u64::from(acks[i] % 4));
                             format!(r#"{{"weight":1,"acked":{a},"session":"s{i}"}}"#)
                         };
-                        (layout.member_key(&format!("m{i}")).into_bytes(), Bytes::from(value))
+                        (
+                            layout.member_key(&format!("m{i}")).into_bytes(),
+                            Bytes::from(value),
+                        )
                     })
                     .collect();
                 m.handle_members(now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
