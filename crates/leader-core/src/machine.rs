@@ -302,6 +302,9 @@ pub struct LeaderMachine {
     owed: BTreeMap<(WorkId, MemberId), Option<u64>>,
     /// The last plan: item -> member.
     desired: Option<BTreeMap<WorkId, MemberId>>,
+    /// Indexes over `current`, `desired` and `items`, kept on every change
+    /// so that a pump costs what changed, not what exists.
+    idx: Indexes,
     soak: Option<Soak>,
     /// The transaction being applied.
     in_flight: Option<Vec<TxnOp>>,
@@ -352,10 +355,19 @@ pub struct LeaderMachine {
     /// When each owed entry was first known to this leader, and when the
     /// leader saw the session it ended for it gone.
     owed_times: BTreeMap<(WorkId, MemberId), OwedTimes>,
+    /// How many owed entries each old owner has (the members `owed` names).
+    owed_by: BTreeMap<MemberId, usize>,
+    /// The owed entries by when each was first known (`owed_times`' `since`).
+    owed_since: BTreeSet<(Instant, WorkId, MemberId)>,
+    /// The owed entries whose `owed_times` has `fenced`.
+    owed_fenced: BTreeSet<(WorkId, MemberId)>,
     /// Sessions this leader ended for a handoff that timed out.
     ending: BTreeMap<MemberId, Ending>,
     /// Simulator-only switch; always true in the product.
     lease_wait: bool,
+    /// The smallest member id (empty), kept to look up the owed entries of
+    /// one item by range without allocating one per lookup.
+    no_member: MemberId,
 }
 
 /// A session the leader ended because a handoff timed out.
@@ -384,6 +396,103 @@ enum Clear {
     Guard(MemberId),
 }
 
+/// What the reconcile loop asks of `current`, `desired` and `items` on every
+/// event, kept up to date on each change of them (a read, an applied
+/// transaction, a plan, an items picture) instead of recomputed per event.
+/// [`Indexes::build`] is the slower truth the tests compare it with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Indexes {
+    /// The members holding an assignment key of each item.
+    owners: BTreeMap<WorkId, BTreeSet<MemberId>>,
+    /// How many assignment keys each member holds.
+    held: BTreeMap<MemberId, usize>,
+    /// Assignment keys the plan does not want (the item is not planned on
+    /// that member), in `current`'s order.
+    misplaced: BTreeSet<(MemberId, WorkId)>,
+    /// Planned items (with a value) whose assignment key on their target is
+    /// missing or holds another value.
+    unplaced: BTreeSet<WorkId>,
+    /// Planned items that have a value.
+    wanted: usize,
+}
+
+type Current = BTreeMap<(MemberId, WorkId), Bytes>;
+type Desired = BTreeMap<WorkId, MemberId>;
+type Items = BTreeMap<WorkId, Bytes>;
+
+impl Indexes {
+    /// The indexes computed from scratch.
+    fn build(current: Option<&Current>, desired: Option<&Desired>, items: Option<&Items>) -> Self {
+        let mut idx = Self::default();
+        if let Some(current) = current {
+            for (m, w) in current.keys() {
+                idx.owners.entry(w.clone()).or_default().insert(m.clone());
+                *idx.held.entry(m.clone()).or_default() += 1;
+                if desired.and_then(|d| d.get(w)) != Some(m) {
+                    idx.misplaced.insert((m.clone(), w.clone()));
+                }
+            }
+        }
+        if let (Some(desired), Some(items)) = (desired, items) {
+            for (w, m) in desired {
+                let Some(v) = items.get(w) else { continue };
+                idx.wanted += 1;
+                if current.and_then(|c| c.get(&(m.clone(), w.clone()))) != Some(v) {
+                    idx.unplaced.insert(w.clone());
+                }
+            }
+        }
+        idx
+    }
+
+    /// Updates the indexes after `current`'s key `(member, work)` changed
+    /// (written, rewritten or deleted).
+    fn key_changed(
+        &mut self,
+        member: &MemberId,
+        work: &WorkId,
+        current: &Current,
+        desired: Option<&Desired>,
+        items: Option<&Items>,
+    ) {
+        let key = (member.clone(), work.clone());
+        let present = current.contains_key(&key);
+        let owners = self.owners.entry(work.clone()).or_default();
+        let was = if present {
+            !owners.insert(member.clone())
+        } else {
+            owners.remove(member)
+        };
+        if owners.is_empty() {
+            self.owners.remove(work);
+        }
+        if present && !was {
+            *self.held.entry(member.clone()).or_default() += 1;
+        } else if !present && was {
+            if let Some(n) = self.held.get_mut(member) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held.remove(member);
+                }
+            }
+        }
+        let target = desired.and_then(|d| d.get(work));
+        if present && target != Some(member) {
+            self.misplaced.insert(key);
+        } else {
+            self.misplaced.remove(&key);
+        }
+        let value = items.and_then(|i| i.get(work));
+        if let (Some(t), Some(v)) = (target, value) {
+            if current.get(&(t.clone(), work.clone())) == Some(v) {
+                self.unplaced.remove(work);
+            } else {
+                self.unplaced.insert(work.clone());
+            }
+        }
+    }
+}
+
 impl LeaderMachine {
     /// A machine for a leader that took office at `now`. `max_ops` is the
     /// store's limit of operations per fenced transaction
@@ -406,6 +515,7 @@ impl LeaderMachine {
             records: BTreeSet::new(),
             owed: BTreeMap::new(),
             desired: None,
+            idx: Indexes::default(),
             // Taking office counts as a change: members that are starting up
             // get a soak's time to register before the first plan.
             soak: Some(Soak {
@@ -437,8 +547,12 @@ impl LeaderMachine {
             sessions: BTreeMap::new(),
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
+            owed_by: BTreeMap::new(),
+            owed_since: BTreeSet::new(),
+            owed_fenced: BTreeSet::new(),
             ending: BTreeMap::new(),
             lease_wait: timing.lease_wait,
+            no_member: MemberId::from(""),
         }
     }
 
@@ -476,22 +590,11 @@ impl LeaderMachine {
         if self.in_flight.is_some() || !self.owed.is_empty() {
             return true;
         }
-        let (Some(desired), Some(current), Some(items)) =
-            (&self.desired, &self.current, &self.items)
-        else {
+        let (Some(_), Some(current), Some(_)) = (&self.desired, &self.current, &self.items) else {
             return false;
         };
-        let wanted = desired
-            .iter()
-            .filter_map(|(w, m)| items.get(w).map(|v| ((m, w), v)));
-        current.len()
-            != desired
-                .iter()
-                .filter(|(w, _)| items.contains_key(*w))
-                .count()
-            || wanted
-                .into_iter()
-                .any(|((m, w), v)| current.get(&(m.clone(), w.clone())) != Some(v))
+        // Every wanted key in place (none unplaced) and no other key.
+        current.len() != self.idx.wanted || !self.idx.unplaced.is_empty()
     }
 
     /// Cuts transactions to `limits` (operations, bytes, value length), the
@@ -582,11 +685,11 @@ impl LeaderMachine {
             }
             refused.insert(work.clone(), bytes);
             let assigned = self.kept.get(work).cloned().or_else(|| {
+                let first = self.idx.owners.get(work)?.first()?;
                 self.current
                     .as_ref()?
-                    .iter()
-                    .find(|((_, w), _)| w == work)
-                    .map(|(_, v)| v.clone())
+                    .get(&(first.clone(), work.clone()))
+                    .cloned()
             });
             if let Some(v) = assigned.filter(|v| self.refusal(work, v).is_none()) {
                 items.insert(work.clone(), v.clone());
@@ -598,6 +701,7 @@ impl LeaderMachine {
         self.kept = kept;
         if self.items.as_ref() != Some(&items) {
             self.items = Some(items);
+            self.reindex();
             self.changed(now);
         }
     }
@@ -764,9 +868,10 @@ impl LeaderMachine {
         for (id, e) in &mut self.ending {
             if !e.seen && sessions.get(id) != Some(&e.session) {
                 e.seen = true;
-                for ((_, from), t) in &mut self.owed_times {
-                    if from == id && t.since <= e.asked {
+                for (key, t) in &mut self.owed_times {
+                    if &key.1 == id && t.since <= e.asked {
                         t.fenced.get_or_insert(now);
+                        self.owed_fenced.insert(key.clone());
                     }
                 }
             }
@@ -920,9 +1025,11 @@ impl LeaderMachine {
                 }
             }
         }
+        self.resync_owed(now);
         self.reported.insert(Source::Stored, seen);
         if self.current.as_ref() != Some(&current) {
             self.current = Some(current);
+            self.reindex();
             self.changed(now);
             if !self.refused.is_empty() {
                 // A refused item keeps the value it is assigned with.
@@ -1035,6 +1142,8 @@ impl LeaderMachine {
         let Some(current) = &mut self.current else {
             return;
         };
+        let mut touched = Vec::new();
+        let mut forget = Vec::new();
         for op in ops {
             if let Ok(work) = self.layout.parse_handoff(op.key().as_bytes()) {
                 let work = WorkId::from(work);
@@ -1045,7 +1154,7 @@ impl LeaderMachine {
                     }
                     TxnOp::Delete { .. } => {
                         self.records.remove(&work);
-                        drop_owed(&mut self.owed, &work);
+                        forget.push(work);
                     }
                     TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
                 }
@@ -1056,14 +1165,28 @@ impl LeaderMachine {
             let key = crate::layout::ids(member, work);
             match op {
                 TxnOp::Put { value, .. } => {
-                    drop_owed(&mut self.owed, &key.1);
-                    current.insert(key, value);
+                    forget.push(key.1.clone());
+                    current.insert(key.clone(), value);
+                    touched.push(key);
                 }
                 TxnOp::Delete { .. } => {
                     current.remove(&key);
+                    touched.push(key);
                 }
                 TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
             }
+        }
+        for (member, work) in touched {
+            self.idx.key_changed(
+                &member,
+                &work,
+                current,
+                self.desired.as_ref(),
+                self.items.as_ref(),
+            );
+        }
+        for work in forget {
+            self.forget_owed(&work);
         }
     }
 
@@ -1086,23 +1209,28 @@ impl LeaderMachine {
         }
         let rejoin = self.departed.values().map(|(_, until)| *until);
         // Exclusive mode: when the wait for a member that is gone runs out.
+        // (The same time for every move from one member: one per member.)
         let fenced = self.timing.exclusive.into_iter().flat_map(|_| {
-            self.owed
+            self.owed_by
                 .keys()
-                .filter(|(_, from)| !self.is_live(from))
-                .map(|(_, from)| self.absent_from(from) + self.gone_wait(from))
+                .filter(|from| !self.is_live(from))
+                .map(|from| self.absent_from(from) + self.gone_wait(from))
                 .filter(|at| *at > self.last_now)
         });
         // Moves whose old owner's session this leader ended: when the wait
-        // after it runs out; the others: when each times out.
-        let timeouts = self
-            .owed_times
+        // after it runs out; the others: when each times out (the earliest
+        // is the first by `since` still ahead).
+        let ended = self.owed_fenced.iter().filter_map(|k| {
+            let f = self.owed_times.get(k)?.fenced?;
+            Some(f + self.gone_wait(&k.1))
+        });
+        let timeout = self
+            .owed_since
             .iter()
-            .map(|((_, from), t)| match t.fenced {
-                Some(f) => f + self.gone_wait(from),
-                None => t.since + self.timing.handoff_timeout,
-            })
-            .filter(|at| *at > self.last_now);
+            .filter(|(_, w, m)| !self.owed_fenced.contains(&(w.clone(), m.clone())))
+            .map(|(since, _, _)| *since + self.timing.handoff_timeout)
+            .find(|at| *at > self.last_now);
+        let timeouts = ended.chain(timeout).filter(|at| *at > self.last_now);
         self.due()
             .into_iter()
             .chain(rejoin)
@@ -1117,6 +1245,59 @@ impl LeaderMachine {
     /// True once members, items and assignments have all been read.
     fn ready(&self) -> bool {
         self.members.is_some() && self.items.is_some() && self.current.is_some()
+    }
+
+    /// Rebuilds the indexes: after a read, a plan or a new items picture
+    /// (each `O(items)` already).
+    fn reindex(&mut self) {
+        self.idx = Indexes::build(
+            self.current.as_ref(),
+            self.desired.as_ref(),
+            self.items.as_ref(),
+        );
+    }
+
+    /// Tests only: whether the incremental indexes equal a recomputation
+    /// from scratch (the slower truth); `Err` describes the first
+    /// difference.
+    #[doc(hidden)]
+    pub fn check_indexes(&self) -> Result<(), String> {
+        let truth = Indexes::build(
+            self.current.as_ref(),
+            self.desired.as_ref(),
+            self.items.as_ref(),
+        );
+        if !self.owed.keys().eq(self.owed_times.keys()) {
+            return Err("owed_times names other entries than owed".to_owned());
+        }
+        let owed = owed_indexes(&self.owed, &self.owed_times);
+        if owed
+            != (
+                self.owed_by.clone(),
+                self.owed_since.clone(),
+                self.owed_fenced.clone(),
+            )
+        {
+            return Err(format!(
+                "owed indexes differ from a recomputation: kept {:?}, truth {owed:?}",
+                (&self.owed_by, &self.owed_since, &self.owed_fenced)
+            ));
+        }
+        if truth == self.idx {
+            return Ok(());
+        }
+        Err(format!(
+            "indexes differ from a recomputation:\n kept: {:?}\n truth: {truth:?}",
+            self.idx
+        ))
+    }
+
+    /// Whether some move of `work` waits for its handoff.
+    fn is_owed(&self, work: &WorkId) -> bool {
+        self.owed
+            .range((work.clone(), self.no_member.clone())..)
+            .next()
+            .is_some_and(|((w, _), _)| w == work)
     }
 
     /// Time passed: reads the assignments again after a failed read, retries
@@ -1169,11 +1350,9 @@ impl LeaderMachine {
         if self.absent_since.is_empty() {
             return;
         }
-        let mut needed: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
+        let mut needed: BTreeSet<&MemberId> = self.owed_by.keys().collect();
         needed.extend(self.departed.keys());
-        if let Some(current) = &self.current {
-            needed.extend(current.keys().map(|(m, _)| m));
-        }
+        needed.extend(self.idx.held.keys());
         let needed: BTreeSet<MemberId> = needed.into_iter().cloned().collect();
         self.absent_since.retain(|m, _| needed.contains(m));
     }
@@ -1253,10 +1432,19 @@ impl LeaderMachine {
     fn end_stuck_sessions(&mut self, now: Instant) {
         let timeout = self.timing.handoff_timeout;
         let mut stuck: Vec<MemberId> = Vec::new();
-        for ((work, from), at) in &self.owed {
-            let Some(t) = self.owed_times.get(&(work.clone(), from.clone())) else {
+        // Only the moves known for a whole timeout, in `owed`'s order.
+        let mut due: Vec<(WorkId, MemberId)> = self
+            .owed_since
+            .iter()
+            .take_while(|(since, _, _)| now >= *since + timeout)
+            .map(|(_, w, m)| (w.clone(), m.clone()))
+            .collect();
+        due.sort();
+        for key in &due {
+            let (Some(at), Some(t)) = (self.owed.get(key), self.owed_times.get(key)) else {
                 continue;
             };
+            let (work, from) = key;
             if t.fenced.is_some()
                 || now < t.since + timeout
                 || stuck.contains(from)
@@ -1290,9 +1478,67 @@ impl LeaderMachine {
         }
     }
 
-    /// Keeps `owed_times` to the owed entries (new ones known from `now`)
-    /// and forgets what no longer matters.
-    fn track_owed(&mut self, now: Instant) {
+    /// Forgets the sessions ended and TTLs of members that no longer
+    /// matter: not live, owing no move, holding no key. `O(members)`.
+    fn track_owed(&mut self) {
+        let (owed_by, held) = (&self.owed_by, &self.idx.held);
+        let live = self.members.as_ref();
+        let keep = |m: &MemberId| {
+            owed_by.contains_key(m)
+                || held.contains_key(m)
+                || live.is_some_and(|l| l.contains_key(m))
+        };
+        self.ending.retain(|m, _| keep(m));
+        self.ttls.retain(|m, _| keep(m));
+    }
+
+    /// A move of `key.0` from `key.1` is owed from now (if it is not yet).
+    fn owe(&mut self, key: (WorkId, MemberId), now: Instant) {
+        if self.owed.contains_key(&key) {
+            return;
+        }
+        self.owed.insert(key.clone(), None);
+        *self.owed_by.entry(key.1.clone()).or_default() += 1;
+        if !self.owed_times.contains_key(&key) {
+            self.owed_since.insert((now, key.0.clone(), key.1.clone()));
+            self.owed_times.insert(
+                key,
+                OwedTimes {
+                    since: now,
+                    fenced: None,
+                },
+            );
+        }
+    }
+
+    /// Forgets the moves of `work`: `O(log owed)` for each, not a pass over
+    /// every move.
+    fn forget_owed(&mut self, work: &WorkId) {
+        let keys: Vec<(WorkId, MemberId)> = self
+            .owed
+            .range((work.clone(), self.no_member.clone())..)
+            .take_while(|((w, _), _)| w == work)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.owed.remove(&k);
+            if let Some(n) = self.owed_by.get_mut(&k.1) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owed_by.remove(&k.1);
+                }
+            }
+            if let Some(t) = self.owed_times.remove(&k) {
+                self.owed_since.remove(&(t.since, k.0.clone(), k.1.clone()));
+            }
+            self.owed_fenced.remove(&k);
+        }
+    }
+
+    /// After a read replaced `owed`: the times of the entries still owed
+    /// are kept, new ones are known from `now`; the indexes are rebuilt
+    /// (`O(owed)`, as the read).
+    fn resync_owed(&mut self, now: Instant) {
         self.owed_times.retain(|k, _| self.owed.contains_key(k));
         for k in self.owed.keys() {
             self.owed_times.entry(k.clone()).or_insert(OwedTimes {
@@ -1300,18 +1546,16 @@ impl LeaderMachine {
                 fenced: None,
             });
         }
-        let mut owing: BTreeSet<&MemberId> = self.owed.keys().map(|(_, m)| m).collect();
-        owing.extend(self.current.iter().flat_map(|c| c.keys().map(|(m, _)| m)));
-        let live = self.members.as_ref();
-        let keep = |m: &MemberId| owing.contains(m) || live.is_some_and(|l| l.contains_key(m));
-        self.ending.retain(|m, _| keep(m));
-        self.ttls.retain(|m, _| keep(m));
+        let (by, since, fenced) = owed_indexes(&self.owed, &self.owed_times);
+        self.owed_by = by;
+        self.owed_since = since;
+        self.owed_fenced = fenced;
     }
 
     /// Sends the next transaction if none is in flight and one is due.
     fn pump(&mut self, now: Instant) {
         if !self.stepped_down {
-            self.track_owed(now);
+            self.track_owed();
             self.end_stuck_sessions(now);
         }
         if self.stepped_down
@@ -1343,24 +1587,25 @@ impl LeaderMachine {
             self.in_flight = Some(ops.clone());
             self.out.push_back(Action::Write(ops));
         }
-        self.track_owed(now);
+        self.track_owed();
     }
 
     /// Revokes of keys the plan does not want, with handoff records for
     /// moves, at most `max_moves_in_flight` moves at once.
     fn next_revokes(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, current) = (self.desired.as_ref()?, self.current.as_ref()?);
-        let live_owed: BTreeSet<&WorkId> = self
-            .owed
-            .keys()
+        let (desired, _) = (self.desired.as_ref()?, self.current.as_ref()?);
+        // Moves in flight count only against a limit: without one
+        // (the default), they are not counted (`O(owed)`).
+        let limited = self.timing.max_moves_in_flight != usize::MAX;
+        let owed = self.owed.keys().take(if limited { usize::MAX } else { 0 });
+        let live_owed: BTreeSet<&WorkId> = owed
+            .clone()
             .filter(|(_, from)| self.is_live(from))
             .map(|(w, _)| w)
             .collect();
         // A move stuck past the handoff timeout no longer holds up the others.
         let timeout = self.timing.handoff_timeout;
-        let stuck = self
-            .owed
-            .keys()
+        let stuck = owed
             .filter(|k| self.is_live(&k.1))
             .filter(|k| {
                 self.owed_times
@@ -1375,11 +1620,9 @@ impl LeaderMachine {
         // transaction names a key once (etcd refuses a txn that names one
         // twice; Consul would keep the first record's position).
         let mut recorded: BTreeSet<&WorkId> = BTreeSet::new();
-        for (member, work) in current.keys() {
+        // The keys the plan does not want, in `current`'s order.
+        for (member, work) in &self.idx.misplaced {
             let target = desired.get(work);
-            if target == Some(member) {
-                continue;
-            }
             let live = self.is_live(member);
             let reports = self.acks.get(member).is_some_and(Option::is_some);
             let record = reports || (!live && self.timing.exclusive.is_some());
@@ -1389,7 +1632,7 @@ impl LeaderMachine {
             if record && (recorded.contains(work) || self.records.contains(work)) {
                 continue;
             }
-            if live && target.is_some() && !live_owed.contains(work) {
+            if limited && live && target.is_some() && !live_owed.contains(work) {
                 if moves >= self.timing.max_moves_in_flight {
                     continue;
                 }
@@ -1414,7 +1657,7 @@ impl LeaderMachine {
             }
         }
         for key in new_owed {
-            self.owed.entry(key).or_insert(None);
+            self.owe(key, now);
         }
         (!ops.is_empty()).then_some(ops)
     }
@@ -1427,13 +1670,14 @@ impl LeaderMachine {
             self.current.as_ref()?,
             self.items.as_ref()?,
         );
-        let mut owners: BTreeMap<&WorkId, Vec<&MemberId>> = BTreeMap::new();
-        for (m, w) in current.keys() {
-            owners.entry(w).or_default().push(m);
-        }
+        let owners = &self.idx.owners;
         let mut ops = Vec::new();
         let mut guards: BTreeSet<MemberId> = BTreeSet::new();
-        for (work, target) in desired {
+        // The planned items not in place, in the plan's order.
+        for work in &self.idx.unplaced {
+            let Some(target) = desired.get(work) else {
+                continue;
+            };
             let Some(value) = items.get(work) else {
                 continue;
             };
@@ -1445,7 +1689,7 @@ impl LeaderMachine {
             if placed.is_none() {
                 let others = owners
                     .get(work)
-                    .is_some_and(|o| o.iter().any(|m| *m != target));
+                    .is_some_and(|o| o.iter().any(|m| m != target));
                 if others {
                     continue; // its revoke comes first
                 }
@@ -1492,21 +1736,21 @@ impl LeaderMachine {
     /// Handoff records no longer needed: items no longer wanted, or already
     /// with their target, once clear.
     fn next_cleanup(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, current, items) = (
+        let (desired, _, items) = (
             self.desired.as_ref()?,
             self.current.as_ref()?,
             self.items.as_ref()?,
         );
-        let mut owners: BTreeMap<&WorkId, Vec<&MemberId>> = BTreeMap::new();
-        for (m, w) in current.keys() {
-            owners.entry(w).or_default().push(m);
-        }
+        let owners = &self.idx.owners;
+        let none = BTreeSet::new();
         let mut ops = Vec::new();
         let mut done_owed: Vec<WorkId> = Vec::new();
-        let owed_works: BTreeSet<WorkId> = self.owed.keys().map(|(w, _)| w.clone()).collect();
+        // The owed items, each once (`owed` is ordered by item).
+        let mut owed_works: Vec<&WorkId> = self.owed.keys().map(|(w, _)| w).collect();
+        owed_works.dedup();
         // Records that name no member to wait for (their value is not a
         // member id): nothing waits on them; they go.
-        for work in self.records.iter().filter(|w| !owed_works.contains(*w)) {
+        for work in self.records.iter().filter(|w| !self.is_owed(w)) {
             let add = [TxnOp::Delete {
                 key: self.layout.handoff_key(work),
             }];
@@ -1516,39 +1760,39 @@ impl LeaderMachine {
             ops.extend(add);
         }
         for work in owed_works {
-            let target = desired.get(&work).filter(|_| items.contains_key(&work));
-            let holders = owners.get(&work).map_or(&[][..], Vec::as_slice);
+            let target = desired.get(work).filter(|_| items.contains_key(work));
+            let holders = owners.get(work).unwrap_or(&none);
             let settled = match target {
                 None => holders.is_empty(),
-                Some(t) => holders.contains(&t),
+                Some(t) => holders.contains(t),
             };
             // Still under another member that must be revoked first (an item
             // found under two members): once this record is clear it goes,
             // so that the next revoke can write its own.
-            let blocked = holders.iter().any(|m| Some(*m) != target);
+            let blocked = holders.iter().any(|m| Some(m) != target);
             if !settled && !blocked {
                 continue;
             }
             // No assign follows, so no guard is needed: a clear owner (one
             // that is gone, past the margin) is enough.
-            let (wait, _) = self.owed_state(&work, target, now);
+            let (wait, _) = self.owed_state(work, target, now);
             if wait {
                 continue;
             }
-            if self.records.contains(&work) {
+            if self.records.contains(work) {
                 let add = [TxnOp::Delete {
-                    key: self.layout.handoff_key(&work),
+                    key: self.layout.handoff_key(work),
                 }];
                 if !self.room(&ops, &add) {
                     break;
                 }
                 ops.extend(add);
             } else {
-                done_owed.push(work);
+                done_owed.push(work.clone());
             }
         }
         for work in done_owed {
-            drop_owed(&mut self.owed, &work);
+            self.forget_owed(&work);
         }
         (!ops.is_empty()).then_some(ops)
     }
@@ -1565,7 +1809,7 @@ impl LeaderMachine {
         let mut needs = Vec::new();
         for ((_, from), at) in self
             .owed
-            .range((work.clone(), MemberId::from(""))..)
+            .range((work.clone(), self.no_member.clone())..)
             .take_while(|((w, _), _)| w == work)
         {
             if Some(from) == target {
@@ -1660,9 +1904,7 @@ impl LeaderMachine {
         }
         if let Some(desired) = &self.desired {
             for (work, member) in desired {
-                if !owners.contains_key(work)
-                    && members.contains_key(member)
-                    && self.owed.keys().any(|(w, _)| w == work)
+                if !owners.contains_key(work) && members.contains_key(member) && self.is_owed(work)
                 {
                     owners.insert(work.clone(), member.clone());
                 }
@@ -1696,6 +1938,7 @@ impl LeaderMachine {
             transactions: revokes.div_ceil(per) + puts.div_ceil(per),
         }));
         self.desired = Some(desired);
+        self.reindex();
     }
 
     /// The next thing to do, if any. Drain after every input.
@@ -1750,6 +1993,30 @@ fn refusal_with(
     (!limits.fit(&worst)).then(|| limits.bytes(&worst))
 }
 
-fn drop_owed(owed: &mut BTreeMap<(WorkId, MemberId), Option<u64>>, work: &WorkId) {
-    owed.retain(|(w, _), _| w != work);
+type OwedIndexes = (
+    BTreeMap<MemberId, usize>,
+    BTreeSet<(Instant, WorkId, MemberId)>,
+    BTreeSet<(WorkId, MemberId)>,
+);
+
+/// The indexes of the owed entries computed from scratch: entries per old
+/// owner, entries by `since`, entries fenced.
+fn owed_indexes(
+    owed: &BTreeMap<(WorkId, MemberId), Option<u64>>,
+    times: &BTreeMap<(WorkId, MemberId), OwedTimes>,
+) -> OwedIndexes {
+    let mut by: BTreeMap<MemberId, usize> = BTreeMap::new();
+    for (_, m) in owed.keys() {
+        *by.entry(m.clone()).or_default() += 1;
+    }
+    let since = times
+        .iter()
+        .map(|((w, m), t)| (t.since, w.clone(), m.clone()))
+        .collect();
+    let fenced = times
+        .iter()
+        .filter(|(_, t)| t.fenced.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    (by, since, fenced)
 }
