@@ -230,6 +230,7 @@ async fn consul_token(agent: &ConsulAgent, dir: &Path, name: &str, rules: &str) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one agent, one rule taken away after another
 async fn consul_policies_are_enough_and_each_rule_is_named_when_missing() {
     let agent = ConsulAgent::builder()
         .acl_master_token("deploy-acl-master")

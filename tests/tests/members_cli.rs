@@ -291,7 +291,7 @@ async fn members_on_consul() {
     scenario(store, "10s", Duration::from_secs(60)).await;
 }
 
-/// With `--session-check`, a SIGKILLed member's session ends when its agent
+/// With `--session-check`, a `SIGKILL`ed member's session ends when its agent
 /// check's TTL (10 s) passes without a renewal: its items are settled on the
 /// others within 15 s of the kill, where a plain session takes 16.7 to 20 s
 /// to expire before the leader even sees the member go.
