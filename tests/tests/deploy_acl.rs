@@ -198,32 +198,7 @@ fn without_rule(policy: &str, rule: &str) -> String {
 
 /// Creates a policy named `name` with `rules` and a token for it; returns the token's file.
 async fn consul_token(agent: &ConsulAgent, dir: &Path, name: &str, rules: &str) -> PathBuf {
-    let rules_path = dir.join(format!("{name}.hcl"));
-    std::fs::write(&rules_path, rules).unwrap();
-    agent
-        .cli([
-            "acl",
-            "policy",
-            "create",
-            "-name",
-            name,
-            "-rules",
-            &format!("@{}", rules_path.display()),
-        ])
-        .await;
-    let out = agent
-        .cli([
-            "acl",
-            "token",
-            "create",
-            "-policy-name",
-            name,
-            "-format",
-            "json",
-        ])
-        .await;
-    let token: Value = serde_json::from_str(&out).expect("token JSON");
-    let secret = token["SecretID"].as_str().expect("SecretID");
+    let secret = agent.acl_token(name, rules).await;
     let path = dir.join(format!("{name}.token"));
     std::fs::write(&path, secret).unwrap();
     path

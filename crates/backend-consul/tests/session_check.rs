@@ -107,49 +107,18 @@ async fn without_service_write_sessions_fall_back_to_a_plain_ttl() {
         .acl_master_token("session-check-master")
         .start()
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = |name: &'static str, rules: &'static str| {
-        let agent = &agent;
-        let dir = dir.path().to_owned();
-        async move {
-            let rules_path = dir.join(format!("{name}.hcl"));
-            std::fs::write(&rules_path, rules).unwrap();
-            agent
-                .cli([
-                    "acl",
-                    "policy",
-                    "create",
-                    "-name",
-                    name,
-                    "-rules",
-                    &format!("@{}", rules_path.display()),
-                ])
-                .await;
-            let out = agent
-                .cli([
-                    "acl",
-                    "token",
-                    "create",
-                    "-policy-name",
-                    name,
-                    "-format",
-                    "json",
-                ])
-                .await;
-            let token: Value = serde_json::from_str(&out).expect("token JSON");
-            token["SecretID"].as_str().expect("SecretID").to_owned()
-        }
-    };
-    let sessions_only = token(
-        "sessions-only",
-        "session_prefix \"\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"read\" }\n",
-    )
-    .await;
-    let with_service = token(
-        "with-service",
-        "session_prefix \"\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"read\" }\nservice \"coordinator\" { policy = \"write\" }\n",
-    )
-    .await;
+    let sessions_only = agent
+        .acl_token(
+            "sessions-only",
+            "session_prefix \"\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"read\" }\n",
+        )
+        .await;
+    let with_service = agent
+        .acl_token(
+            "with-service",
+            "session_prefix \"\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"read\" }\nservice \"coordinator\" { policy = \"write\" }\n",
+        )
+        .await;
     let master = agent.token().map(str::to_owned);
 
     for (secret, bound) in [(sessions_only, false), (with_service, true)] {

@@ -426,6 +426,40 @@ impl ConsulAgent {
         run_checked(self.command(&args), &format!("consul {args:?}")).await
     }
 
+    /// Creates an ACL policy `name` with `rules` (HCL) and a token for it,
+    /// with the `consul` CLI and the agent's master token; returns the
+    /// token's secret. Panics unless the agent has ACLs on.
+    pub async fn acl_token(&self, name: &str, rules: &str) -> String {
+        let rules_path = self.dir().join(format!("acl-{name}.hcl"));
+        std::fs::write(&rules_path, rules).expect("write the policy rules");
+        self.cli([
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            name,
+            "-rules",
+            &format!("@{}", rules_path.display()),
+        ])
+        .await;
+        let out = self
+            .cli([
+                "acl",
+                "token",
+                "create",
+                "-policy-name",
+                name,
+                "-format",
+                "json",
+            ])
+            .await;
+        let token: Value = serde_json::from_str(&out).expect("token JSON");
+        token["SecretID"]
+            .as_str()
+            .expect("the token's SecretID")
+            .to_owned()
+    }
+
     fn kv_url(&self, key: &str) -> reqwest::Url {
         let mut url = reqwest::Url::parse(&self.http_addr()).expect("base URL");
         url.path_segments_mut()
