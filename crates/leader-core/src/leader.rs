@@ -101,6 +101,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut unowned_at: Option<Instant> = None;
+    let mut shown_generation: Option<u64> = None;
 
     loop {
         // Carry out what the machine asks for.
@@ -183,23 +184,28 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 }
             }
         }
-        crate::metrics::handoffs(&instance_id, machine.handoffs().count());
-        in_flight.send_if_modified(|cur| {
-            let same = cur
-                .iter()
-                .map(|h| (&h.work, &h.from))
-                .eq(machine.handoffs());
-            if !same {
-                *cur = machine
-                    .handoffs()
-                    .map(|(work, from)| Handoff {
-                        work: work.clone(),
-                        from: from.clone(),
-                    })
-                    .collect();
-            }
-            !same
-        });
+        // The moves in flight, shown only when they may have changed (each
+        // showing is O(moves in flight)).
+        if shown_generation != Some(machine.handoffs_generation()) {
+            shown_generation = Some(machine.handoffs_generation());
+            crate::metrics::handoffs(&instance_id, machine.handoffs().count());
+            in_flight.send_if_modified(|cur| {
+                let same = cur
+                    .iter()
+                    .map(|h| (&h.work, &h.from))
+                    .eq(machine.handoffs());
+                if !same {
+                    *cur = machine
+                        .handoffs()
+                        .map(|(work, from)| Handoff {
+                            work: work.clone(),
+                            from: from.clone(),
+                        })
+                        .collect();
+                }
+                !same
+            });
+        }
         crate::metrics::refused(&instance_id, machine.refused().len());
         // The unowned count costs a pass over every item: at most once per
         // UNOWNED_EVERY, and once more after the last change (no wake-ups

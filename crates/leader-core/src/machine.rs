@@ -300,6 +300,9 @@ pub struct LeaderMachine {
     /// Items revoked from a member and not yet with their new owner:
     /// (work, old owner) -> the revoke's position once applied.
     owed: BTreeMap<(WorkId, MemberId), Option<u64>>,
+    /// Moves whenever the set of moves in flight may have changed, so that
+    /// a driver need not compare [`handoffs`](Self::handoffs) on every event.
+    owed_generation: u64,
     /// The last plan: item -> member.
     desired: Option<BTreeMap<WorkId, MemberId>>,
     /// Indexes over `current`, `desired` and `items`, kept on every change
@@ -514,6 +517,7 @@ impl LeaderMachine {
             current: None,
             records: BTreeSet::new(),
             owed: BTreeMap::new(),
+            owed_generation: 0,
             desired: None,
             idx: Indexes::default(),
             // Taking office counts as a change: members that are starting up
@@ -741,6 +745,13 @@ impl LeaderMachine {
             .map(|(_, w)| w)
             .collect();
         items.keys().filter(|w| !owned.contains(w)).count()
+    }
+
+    /// A number that changes whenever the moves in flight
+    /// ([`handoffs`](Self::handoffs)) may have changed: a driver that shows
+    /// them compares this, `O(1)`, instead of the whole list on every event.
+    pub fn handoffs_generation(&self) -> u64 {
+        self.owed_generation
     }
 
     /// Moves in flight: each item revoked from a member and not yet assigned
@@ -1005,6 +1016,7 @@ impl LeaderMachine {
         }
         self.records.clear();
         self.owed.clear();
+        self.owed_generation += 1;
         // This read has every record with its creation position.
         self.handoffs_stale = false;
         for (key, value, revision) in records {
@@ -1498,6 +1510,7 @@ impl LeaderMachine {
             return;
         }
         self.owed.insert(key.clone(), None);
+        self.owed_generation += 1;
         *self.owed_by.entry(key.1.clone()).or_default() += 1;
         if !self.owed_times.contains_key(&key) {
             self.owed_since.insert((now, key.0.clone(), key.1.clone()));
@@ -1522,6 +1535,7 @@ impl LeaderMachine {
             .collect();
         for k in keys {
             self.owed.remove(&k);
+            self.owed_generation += 1;
             if let Some(n) = self.owed_by.get_mut(&k.1) {
                 *n -= 1;
                 if *n == 0 {

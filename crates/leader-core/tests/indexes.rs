@@ -136,6 +136,7 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
         handoffs: false,
     };
     let mut now = t0;
+    let mut shown: Option<(u64, Vec<String>)> = None;
     for e in events {
         store.collect(&mut m);
         match e {
@@ -203,6 +204,18 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
         if let Err(diff) = m.check_indexes() {
             panic!("after {e:?}: {diff}");
         }
+        // The moves in flight never change without a new generation (a
+        // driver shows them only when it moves).
+        let list: Vec<String> = m.handoffs().map(|(w, f)| format!("{w:?}<-{f:?}")).collect();
+        if let Some((generation, before)) = &shown {
+            if *generation == m.handoffs_generation() {
+                assert_eq!(
+                    before, &list,
+                    "after {e:?}: moves changed, generation did not"
+                );
+            }
+        }
+        shown = Some((m.handoffs_generation(), list));
     }
 }
 
