@@ -2,13 +2,16 @@
 //! the store ends is noticed from the member key and released at once (in
 //! exclusive mode); halt releases before it leaves; a member that never
 //! acknowledges has its session ended by the leader after the handoff
-//! timeout, and its items move on.
+//! timeout, and its items move on; a member that never registered drains at
+//! once. The member's read-only observer: leadership, the acknowledged
+//! position, the moves in flight while it leads, its store contact through
+//! an outage, and the end of its tasks.
 
 use std::time::Duration;
 
-use leader_core::{Layout, Member, MemberConfig, MemberHandle, MemberStore};
+use leader_core::{Layout, Member, MemberConfig, MemberHandle, MemberObserver, MemberStore};
 use tokio::time::{timeout, Instant};
-use worker_core::{MemoryStore, WorkloadChange};
+use worker_core::{MemoryStore, StoreContact, WorkloadChange};
 
 fn layout() -> Layout {
     Layout {
@@ -140,5 +143,103 @@ async fn a_member_that_never_acknowledges_has_its_session_ended_after_the_handof
     );
     m3.halt().await;
     m2.halt().await;
+    m1.halt().await;
+}
+
+/// Waits (virtual time, at most a minute) until `cond` holds for `o`.
+async fn until(what: &str, o: &MemberObserver, cond: impl Fn(&MemberObserver) -> bool) {
+    timeout(Duration::from_secs(60), async {
+        while !cond(o) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_shows_leadership_acks_moves_and_contact() {
+    let store = MemoryStore::new();
+    for i in 0..4 {
+        store.put(format!("s/work/w{i}"), "");
+    }
+    let m1 = spawn(&store, &config("m1").manual_ack(true));
+    let o = m1.observer();
+    assert!(o.is_running());
+    until("m1 leads and holds 4", &o, |o| {
+        o.is_leader() && o.worker().is_ready() && o.worker().settled().workload.len() == 4
+    })
+    .await;
+    assert_eq!(o.store_contact(), StoreContact::Reachable);
+    assert_eq!(o.worker().store_contact(), StoreContact::Reachable);
+    assert!(o.handoffs().is_empty());
+    assert!(!o.is_draining());
+    let placed = o.worker().settled().revision;
+    m1.ack(placed);
+    until("the ack is written", &o, |o| o.acked() >= Some(placed)).await;
+
+    // A second member: two items move from m1, and wait for m1's ack.
+    let m2 = spawn(&store, &config("m2"));
+    until("m1 released two", &o, |o| {
+        o.worker().settled().workload.len() == 2
+    })
+    .await;
+    until("two moves in flight from m1", &o, |o| {
+        o.handoffs().len() == 2 && o.handoffs().iter().all(|h| &*h.from == "m1")
+    })
+    .await;
+    let released = o.worker().settled().revision;
+    assert!(o.acked() < Some(released));
+    m1.ack(released);
+    until("the moves are done", &o, |o| o.handoffs().is_empty()).await;
+    let o2 = m2.observer();
+    until("m2 holds two", &o2, |o| {
+        o.worker().settled().workload.len() == 2
+    })
+    .await;
+    assert!(!o2.is_leader());
+    assert_eq!(o2.worker().leader(), o.worker().leader());
+
+    // An outage: both contacts fail, then come back.
+    store.set_unavailable("down");
+    until("unreachable", &o, |o| {
+        matches!(o.worker().store_contact(), StoreContact::Unreachable(_))
+    })
+    .await;
+    store.set_available();
+    until("reachable again", &o, |o| {
+        o.worker().store_contact().is_reachable() && o.store_contact().is_reachable()
+    })
+    .await;
+
+    m2.start_drain();
+    until("m2 drains", &o2, MemberObserver::is_draining).await;
+    m2.halt().await;
+    assert!(!o2.is_running());
+    m1.halt().await;
+    assert!(!o.is_running());
+    assert!(!o.is_leader());
+}
+
+/// A member that never registered (its store refuses it) holds nothing and
+/// is counted in by no leader: a drain leaves at once, not after the whole
+/// drain timeout.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_never_registered_drains_at_once() {
+    let store = MemoryStore::new();
+    store.set_unavailable("refused (test)");
+    let mut m1 = spawn(&store, &config("m1").drain_timeout(Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = tokio::time::Instant::now();
+    m1.start_drain();
+    let left = timeout(Duration::from_secs(60), m1.left())
+        .await
+        .expect("the drain ends");
+    assert_eq!(left, leader_core::Left::Drained);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "left after {:?}: it waited for the drain timeout",
+        started.elapsed()
+    );
     m1.halt().await;
 }

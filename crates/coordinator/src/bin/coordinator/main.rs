@@ -165,18 +165,6 @@ impl ConnArgs {
     ) -> Result<Settings, ExitCode> {
         let mut s = Settings::load(self.config.as_deref())?;
         put!(s, m, backend = backend);
-        if let Some(list) = &self.endpoints {
-            if list.is_empty() || list.iter().any(|e| e.trim().is_empty()) {
-                return Err(usage_error(&format!(
-                    "invalid {}: an address is empty: give URL[,URL...] (e.g. http://127.0.0.1:8500), or leave it out for the store's local address",
-                    if m.value_source("endpoints") == Some(clap::parser::ValueSource::EnvVariable) {
-                        "COORDINATOR_ENDPOINTS"
-                    } else {
-                        "--endpoints"
-                    }
-                )));
-            }
-        }
         put!(s, m, endpoints = self.endpoints.clone());
         put!(s, m, token_file = self.token_file.clone().map(Some));
         put!(s, m, ca_cert = self.ca_cert.clone().map(Some));
