@@ -983,13 +983,21 @@ fn flags_in(text: &str) -> BTreeSet<String> {
 /// On a terminal the log is coloured, unless `NO_COLOR` is set (run under
 /// `script`, which gives the program a pseudo-terminal; SIGTERM after a
 /// second ends it, as a user's Ctrl-C would).
+///
+/// `timeout --foreground` keeps the program in the terminal's foreground
+/// process group: without it, a `script` whose shell forks (dash, which is
+/// what `script` runs when `SHELL` is unset, as under CI) leaves the program
+/// in a background group of the pseudo-terminal, where it never ends. `SHELL`
+/// is pinned so the test does not depend on the caller's.
 #[tokio::test]
 async fn colour_on_a_terminal_unless_no_color() {
-    let inner =
-        format!("timeout -s TERM 1 {BIN} worker --backend memory --instance-id m1 --soak 10ms");
+    let inner = format!(
+        "timeout --foreground -s TERM 1 {BIN} worker --backend memory --instance-id m1 --soak 10ms"
+    );
     let on_a_terminal = |no_color: bool| {
         let mut c = Command::new("script");
         c.args(["-qec", &inner, "/dev/null"])
+            .env("SHELL", "/bin/sh")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         for (k, _) in std::env::vars_os() {
