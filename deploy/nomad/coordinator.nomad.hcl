@@ -69,7 +69,7 @@ job "coordinator" {
         destination = "local/coordinator.toml"
         data        = <<-EOT
           backend = "consul"
-          ttl = "15s"
+          ttl = "5s"
           soak = "500ms"
           drain_timeout = "60s"
           handoff_timeout = "5m"

@@ -36,7 +36,7 @@ fn config(kind: StoreKind, endpoints: Vec<String>, ns: &str, id: &str) -> Config
     c.prefix = assignment_prefix(ns);
     c.leader = leader_name(ns);
     c.soak = Duration::from_millis(100);
-    c.leader_settle = Duration::from_millis(200);
+    c.leader_settle = Some(Duration::from_millis(200));
     c
 }
 

@@ -28,6 +28,12 @@ use crate::{leader, ConsulBackend};
 
 /// Consul's smallest session TTL; shorter TTLs are rounded up to it.
 pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+
+/// The shortest member TTL with sessions bound to an agent check: 1 s (the
+/// agent's TTL checks have no floor of their own; a second keeps a renewal
+/// every third of it meaningful).
+pub const MIN_CHECK_TTL: Duration = Duration::from_secs(1);
+
 /// Consul's largest session TTL; longer TTLs are cut down to it.
 pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
 /// The lock-delay of every session this backend opens: none. Fenced writes
@@ -389,12 +395,37 @@ fn check_id(service: &str) -> String {
     format!("service:{service}")
 }
 
-/// How a check's TTL is written: whole milliseconds, at least 1 s.
+/// How a check's TTL is written: whole milliseconds, at least
+/// [`MIN_CHECK_TTL`].
 fn check_ttl(ttl: Duration) -> String {
-    format!("{}ms", ttl.max(Duration::from_secs(1)).as_millis())
+    format!("{}ms", ttl.max(MIN_CHECK_TTL).as_millis())
 }
 
 impl ConsulBackend {
+    /// `PUT /v1/agent/check/pass/<check>`: `Ok(false)` when the agent does
+    /// not know the check (it restarted, or the service was deregistered:
+    /// Consul 1.8 answers 500 `CheckID … does not have associated TTL`,
+    /// later versions `Unknown check` or 404).
+    async fn pass_check(&self, check: &str) -> Result<bool, StoreError> {
+        let answer = send(
+            &self.inner.http,
+            http::Method::PUT,
+            &["agent", "check", "pass"],
+            check,
+            &[],
+            Vec::new(),
+            |s, body| {
+                let body = String::from_utf8_lossy(body).to_ascii_lowercase();
+                s == 404
+                    || (s == 500
+                        && (body.contains("unknown check")
+                            || body.contains("does not have associated ttl")))
+            },
+        )
+        .await?;
+        Ok(answer.status == 200)
+    }
+
     /// Registers (again) the service and its TTL check, passing: `Ok(Some(check))`,
     /// `Ok(None)` when the ACL refuses it (from then on sessions are plain).
     async fn register_check(
@@ -431,6 +462,16 @@ impl ConsulBackend {
         .await;
         match result {
             Ok(_) => {
+                // Registering again a service whose check the agent still
+                // holds (a member restarted with the same id before the
+                // service was reaped) keeps the old check's status, critical
+                // after the death: Consul would refuse a session bound to it.
+                // Passing it makes it what this member says.
+                if !self.pass_check(&check).await? {
+                    return Err(StoreError::protocol(ProtocolError(format!(
+                        "the agent does not know the check {check} just registered"
+                    ))));
+                }
                 let first = checks
                     .allowed
                     .lock()
@@ -447,7 +488,9 @@ impl ConsulBackend {
                 tracing::warn!(
                     service,
                     error = %worker_core::ErrorChain(&e),
-                    "the ACL token may not register the session's health check (service:write on \"coordinator\"): falling back to a plain session TTL, expired by Consul within 1 to 2 × TTL"
+                    session_ttl = ?session_ttl(ttl),
+                    "the ACL token may not register the session's health check (service:write on \"coordinator\"): falling back to a plain session TTL of {:?}, expired by Consul within 1 to 2 × that TTL",
+                    session_ttl(ttl)
                 );
                 Ok(None)
             }
@@ -458,9 +501,21 @@ impl ConsulBackend {
 
 #[async_trait]
 impl Membership for ConsulBackend {
-    /// [`MIN_SESSION_TTL`]: Consul rounds shorter TTLs up to 10 s.
+    /// [`MIN_SESSION_TTL`] for plain sessions: Consul rounds shorter TTLs
+    /// up to 10 s. With sessions bound to an agent check
+    /// ([`ConsulConfig::session_check`](crate::ConsulConfig::session_check)),
+    /// [`MIN_CHECK_TTL`]: the check's TTL is the member's, enforced by the
+    /// agent on time, and the session's own TTL (rounded up to 10 s) is only
+    /// a backstop that ends it later, never earlier. Should the ACL refuse
+    /// the check, the member falls back to a plain session whose store-side
+    /// TTL is longer than the member believes: its items then move later,
+    /// never sooner.
     fn min_ttl(&self) -> Duration {
-        MIN_SESSION_TTL
+        if self.inner.checks.service.is_some() {
+            MIN_CHECK_TTL
+        } else {
+            MIN_SESSION_TTL
+        }
     }
 
     /// `PUT /v1/session/create` with `TTL` (rounded up to whole seconds and
@@ -530,23 +585,7 @@ impl Membership for ConsulBackend {
     /// knows (the agent restarted) means the session is gone too.
     async fn renew_session(&self, session: &SessionId) -> Result<bool, StoreError> {
         if let Some(check) = self.inner.checks.check_of(session) {
-            let answer = send(
-                &self.inner.http,
-                http::Method::PUT,
-                &["agent", "check", "pass"],
-                &check,
-                &[],
-                Vec::new(),
-                |s, body| {
-                    s == 404
-                        || (s == 500
-                            && String::from_utf8_lossy(body)
-                                .to_ascii_lowercase()
-                                .contains("unknown check"))
-                },
-            )
-            .await?;
-            if answer.status != 200 {
+            if !self.pass_check(&check).await? {
                 return Ok(false);
             }
         }
@@ -960,9 +999,17 @@ mod tests {
     }
 
     #[test]
-    fn the_shortest_ttl_is_consuls() {
+    fn the_shortest_ttl_is_consuls_or_the_checks() {
         let backend = ConsulBackend::new(crate::ConsulConfig::default()).expect("backend");
         assert_eq!(Membership::min_ttl(&backend), MIN_SESSION_TTL);
+        let c = crate::ConsulConfig {
+            session_check: Some("coordinator-m1".into()),
+            ..Default::default()
+        };
+        let backend = ConsulBackend::new(c).expect("backend");
+        assert_eq!(Membership::min_ttl(&backend), MIN_CHECK_TTL);
+        assert_eq!(check_ttl(Duration::from_millis(300)), "1000ms");
+        assert_eq!(check_ttl(Duration::from_secs(5)), "5000ms");
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub use config::{
     MAX_WAIT,
 };
 pub use coord::{
-    FENCE_OPS, LOCK_DELAY, MAX_SESSION_TTL, MAX_TXN_OPS, MIN_SESSION_TTL, SESSION_NAME,
+    FENCE_OPS, LOCK_DELAY, MAX_SESSION_TTL, MAX_TXN_OPS, MIN_CHECK_TTL, MIN_SESSION_TTL,
+    SESSION_NAME,
 };
 pub use error::ConsulError;
 

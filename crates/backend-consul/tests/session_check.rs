@@ -93,6 +93,18 @@ async fn a_session_bound_to_its_check_ends_once_the_check_is_not_passed() {
     }
     let took = stopped.elapsed();
     assert!(took < Duration::from_secs(8), "ended after {took:?}");
+    // The member restarted with the same id (a new process, nothing passed
+    // in between): the agent keeps the critical status of a check registered
+    // again, and would refuse a session bound to it; the backend passes it.
+    let mut restarted = config_for(&agent);
+    restarted.session_check = Some("coordinator-m1".to_owned());
+    let restarted = ConsulBackend::new(restarted).expect("backend");
+    let fresh = restarted
+        .open_session(ttl)
+        .await
+        .expect("a restarted member opens its session at once");
+    assert!(restarted.renew_session(&fresh).await.expect("renew"));
+    restarted.close_session(&fresh).await.expect("close");
     // The next renewal says it is gone; a new session registers the check again.
     assert!(!backend.renew_session(&session).await.expect("renew"));
     let again = backend.open_session(ttl).await.expect("open again");

@@ -4,7 +4,8 @@
 //! moves a dead member's work and what an idle cluster costs (issue 10).
 //!
 //! ```text
-//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader] [--store consul|etcd]
+//! cargo build --release -p coordinator   # the program the `failover` scenario runs
+//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader|failover] [--store consul|etcd]
 //! ```
 //!
 //! It starts the stores the way the tests do (`test-support`: free loopback
@@ -12,6 +13,7 @@
 //! store, and prints markdown tables and a verdict per target on stdout
 //! (progress goes to stderr). `docs/benchmarks.md` holds the latest output.
 
+mod failover;
 mod fanout;
 mod latency;
 mod leader;
@@ -40,6 +42,9 @@ enum Scenario {
     Fanout,
     /// Whole members: a member killed, a member joining, idle cost.
     Leader,
+    /// `coordinator member` processes with every setting at its default: a
+    /// member and the leader killed (SIGKILL), and the idle cost of 100 members.
+    Failover,
 }
 
 /// Which store.
@@ -146,6 +151,7 @@ async fn run(args: Args) {
             Scenario::Scale,
             Scenario::Fanout,
             Scenario::Leader,
+            Scenario::Failover,
         ]
     } else {
         args.scenario.clone()
@@ -265,6 +271,30 @@ async fn run(args: Args) {
         out.push_str(&leader::table(&all));
         out.push('\n');
         verdicts.extend(leader::verdicts(&all));
+    }
+    if scenarios.contains(&Scenario::Failover) {
+        let program = failover::program();
+        assert!(
+            program.is_file(),
+            "the failover scenario runs {}: build it first (cargo build --release -p coordinator), or set COORDINATOR_BIN",
+            program.display()
+        );
+        let params = failover::Params {
+            members: 5,
+            items: 100,
+            rounds: if args.quick { 1 } else { 3 },
+            idle_members: if args.quick { 20 } else { 100 },
+            idle_items: 1_000,
+            idle: Duration::from_secs(if args.quick { 10 } else { 30 }),
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            all.push(failover::run(kind, &params, &writer_lane).await);
+        }
+        out.push_str("### 5. Failover with the defaults: `coordinator member` processes\n\n");
+        out.push_str(&failover::table(&all, &params));
+        out.push('\n');
+        verdicts.extend(failover::verdicts(&all));
     }
     out.push_str("### Targets\n\n");
     for v in &verdicts {

@@ -87,7 +87,7 @@ fn config(id: &str) -> Config {
     c.work_prefix = format!("{ROOT}work/");
     c.leader = format!("{ROOT}leader");
     c.soak = Duration::from_millis(100);
-    c.leader_settle = Duration::from_millis(300);
+    c.leader_settle = Some(Duration::from_millis(300));
     c.leader_soak = Duration::from_millis(300);
     c.ttl = TTL;
     c

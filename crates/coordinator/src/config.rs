@@ -198,9 +198,16 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_soak: Option<Duration>,
-    /// Wait after a new leader. Default 5 s.
-    #[serde(default = "default_settle", with = "humantime_serde")]
-    pub leader_settle: Duration,
+    /// Wait after a new leader. Default: for a worker alone 5 s; for a full
+    /// member its `leader_soak` + 1 s (2 s), since a new leader writes its
+    /// first plan, fenced, once its soak is over
+    /// ([`Config::leader_settle_for`]).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub leader_settle: Option<Duration>,
     /// Consul blocking-query wait: a silent (black-holed) connection is noticed
     /// after `wait + wait/16 + 5 s`. Default 5 min; at most 10 min.
     #[serde(
@@ -247,10 +254,11 @@ pub struct Config {
     /// Work-items prefix (a full member only). Default `service/coordinator/work/`.
     #[serde(default = "default_work_prefix")]
     pub work_prefix: String,
-    /// Session / lease TTL of a full member. Default 15 s (Consul's minimum is 10 s).
+    /// Session / lease TTL of a full member. Default 5 s. On Consul, below
+    /// 10 s only with `session_check` (the default).
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
-    /// How long the leader lets member and item changes soak before planning. Default 3 s.
+    /// How long the leader lets member and item changes soak before planning. Default 1 s.
     #[serde(default = "default_leader_soak", with = "humantime_serde")]
     pub leader_soak: Duration,
     /// This member's relative share of the work. Default 1; 0 takes nothing.
@@ -322,8 +330,8 @@ pub struct Config {
     /// stops renewing loses its session after its TTL on time, not within
     /// Consul's lazy 1–2 × TTL; falls back to a plain session TTL (with a
     /// warning) where the ACL token lacks `service:write` on `coordinator`.
-    /// Default false. Ignored by etcd (leases expire on time).
-    #[serde(default)]
+    /// Default true. Ignored by etcd (leases expire on time).
+    #[serde(default = "default_true")]
     pub session_check: bool,
 }
 
@@ -383,7 +391,7 @@ fn default_ttl() -> Duration {
     leader_core::DEFAULT_TTL
 }
 fn default_leader_soak() -> Duration {
-    Duration::from_secs(3)
+    leader_core::DEFAULT_LEADER_SOAK
 }
 fn default_weight() -> u32 {
     1
@@ -391,9 +399,8 @@ fn default_weight() -> u32 {
 fn default_soak() -> Duration {
     Duration::from_millis(500)
 }
-fn default_settle() -> Duration {
-    Duration::from_secs(5)
-}
+/// A worker's `leader_settle` when none is set: 5 s (SPEC §1).
+pub const DEFAULT_WORKER_LEADER_SETTLE: Duration = Duration::from_secs(5);
 
 /// A configuration that cannot be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -440,7 +447,7 @@ impl Config {
             leader: default_leader(),
             soak: default_soak(),
             max_soak: None,
-            leader_settle: default_settle(),
+            leader_settle: None,
             consul_wait: None,
             etcd_keepalive: None,
             token_file: None,
@@ -468,7 +475,7 @@ impl Config {
             handoff_timeout: default_handoff_timeout(),
             password: None,
             handoff: true,
-            session_check: false,
+            session_check: true,
         }
     }
 
@@ -539,7 +546,7 @@ impl Config {
         }
         c.max_soak = dur("COORDINATOR_MAX_SOAK")?;
         if let Some(d) = dur("COORDINATOR_LEADER_SETTLE")? {
-            c.leader_settle = d;
+            c.leader_settle = Some(d);
         }
         c.consul_wait = dur("COORDINATOR_CONSUL_WAIT")?;
         c.etcd_keepalive = dur("COORDINATOR_ETCD_KEEPALIVE")?;
@@ -636,12 +643,26 @@ impl Config {
         }
     }
 
-    /// The worker settings of this config.
+    /// The `leader_settle` in effect: the one set, else for a full member
+    /// (`member`) `leader_soak` + 1 s, else [`DEFAULT_WORKER_LEADER_SETTLE`].
+    pub fn leader_settle_for(&self, member: bool) -> Duration {
+        match self.leader_settle {
+            Some(d) => d,
+            None if member => self.leader_soak.saturating_add(Duration::from_secs(1)),
+            None => DEFAULT_WORKER_LEADER_SETTLE,
+        }
+    }
+
+    /// The settings of a worker alone (`coordinator worker`).
     pub fn worker_config(&self) -> WorkerConfig {
+        self.worker_config_for(false)
+    }
+
+    fn worker_config_for(&self, member: bool) -> WorkerConfig {
         let mut w = WorkerConfig::new(self.instance_id.clone())
             .prefix(self.prefix.clone())
             .soak(self.soak)
-            .leader_settle(self.leader_settle);
+            .leader_settle(self.leader_settle_for(member));
         w.max_soak = self.max_soak;
         w
     }
@@ -669,7 +690,7 @@ impl Config {
             .rebalance_delay(self.rebalance_delay)
             .drain_timeout(self.drain_timeout)
             .handoff_timeout(self.handoff_timeout);
-        m.worker = self.worker_config();
+        m.worker = self.worker_config_for(true);
         if let Some(n) = self.max_moves_in_flight {
             if n == 0 {
                 return Err(ConfigError::new(
@@ -679,11 +700,14 @@ impl Config {
             }
             m = m.max_moves_in_flight(n);
         }
-        if self.backend == BackendKind::Consul && self.ttl < Duration::from_secs(10) {
+        if self.backend == BackendKind::Consul
+            && !self.session_check
+            && self.ttl < Duration::from_secs(10)
+        {
             return Err(ConfigError::new(
                 "ttl",
                 format!(
-                    "{:?} is below Consul's shortest session TTL (10s): give 10s or more (Consul would round it up, and the member would be wrong about its lease)",
+                    "{:?} is below Consul's shortest session TTL (10s) without `session_check`: give 10s or more, or bind sessions to an agent check (Consul would round a plain session's TTL up, and the member would be wrong about its lease)",
                     self.ttl
                 ),
             ));
@@ -775,7 +799,7 @@ impl Config {
         for (field, value) in [
             ("soak", Some(self.soak)),
             ("max_soak", self.max_soak),
-            ("leader_settle", Some(self.leader_settle)),
+            ("leader_settle", self.leader_settle),
             ("consul_wait", self.consul_wait),
             ("etcd_keepalive", self.etcd_keepalive),
             ("ttl", Some(self.ttl)),
@@ -947,15 +971,34 @@ mod tests {
     #[test]
     fn a_member_ttl_consul_would_round_up_is_refused() {
         let mut c = Config::new(BackendKind::Consul, "m1");
-        c.ttl = Duration::from_secs(5);
+        assert_eq!(c.ttl, Duration::from_secs(5));
+        c.member_config()
+            .expect("the default 5s, with sessions bound to a check");
+        c.session_check = false;
         let e = c.member_config().unwrap_err();
         assert_eq!(e.field, "ttl");
         assert!(e.reason.contains("10s"), "{e}");
+        assert!(e.reason.contains("`session_check`"), "{e}");
         c.ttl = Duration::from_secs(10);
         c.member_config().expect("10s is Consul's shortest");
         let mut c = Config::new(BackendKind::Etcd, "m1");
         c.ttl = Duration::from_secs(2);
         c.member_config().expect("etcd takes 2s");
+    }
+
+    #[test]
+    fn leader_settle_defaults_to_the_worker_or_the_member_one() {
+        let mut c = Config::new(BackendKind::Etcd, "m1");
+        assert_eq!(c.worker_config().leader_settle, Duration::from_secs(5));
+        let m = c.member_config().expect("defaults");
+        assert_eq!(m.worker.leader_settle, Duration::from_secs(2));
+        assert_eq!(m.leader.soak, Duration::from_secs(1));
+        c.leader_soak = Duration::from_secs(4);
+        assert_eq!(c.leader_settle_for(true), Duration::from_secs(5));
+        c.leader_settle = Some(Duration::from_millis(700));
+        assert_eq!(c.worker_config().leader_settle, Duration::from_millis(700));
+        let m = c.member_config().expect("set");
+        assert_eq!(m.worker.leader_settle, Duration::from_millis(700));
     }
 
     #[test]

@@ -494,7 +494,11 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
             vec![],
             &["--drain-timeout", "too long"],
         ),
-        (with(&member, &["--ttl", "5s"]), vec![], &["--ttl", "10s"]),
+        (
+            with(&member, &["--ttl", "5s", "--session-check", "false"]),
+            vec![],
+            &["--ttl", "10s", "--session-check"],
+        ),
         (
             with(&["worker", "--backend", "memory"], &["--instance-id", " "]),
             vec![],

@@ -103,7 +103,7 @@ async fn member_counts_plans_leadership_and_expired_sessions() {
     let store = MemoryStore::new();
     let mut config = Config::new(BackendKind::Memory, "m1");
     config.soak = Duration::from_millis(20);
-    config.leader_settle = Duration::from_millis(20);
+    config.leader_settle = Some(Duration::from_millis(20));
     config.leader_soak = Duration::from_millis(20);
     config.ttl = Duration::from_millis(600);
     for i in 0..5 {
@@ -181,7 +181,7 @@ async fn leader_counts_items_no_member_holds() {
     let store = MemoryStore::new();
     let mut config = Config::new(BackendKind::Memory, "m1");
     config.soak = Duration::from_millis(20);
-    config.leader_settle = Duration::from_millis(20);
+    config.leader_settle = Some(Duration::from_millis(20));
     config.leader_soak = Duration::from_millis(20);
     config.weight = 0;
     for i in 0..3 {

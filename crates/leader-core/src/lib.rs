@@ -36,10 +36,12 @@ pub mod metrics;
 
 pub use layout::{Layout, MemberMeta};
 pub use leader::LeaderExit;
-pub use machine::{LeaderMachine, LeaderRead, LeaderTiming, PlanReport};
+pub use machine::{
+    LeaderMachine, LeaderRead, LeaderTiming, PlanReport, DEFAULT_LEADER_SOAK, DEFAULT_VERIFY_EVERY,
+};
 pub use member::{
     Acker, Handoff, Left, Member, MemberConfig, MemberHandle, MemberObserver, MemberStore,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_TTL,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MEMBER_LEADER_SETTLE, DEFAULT_TTL,
 };
 pub use membership::{MemberAction, MemberMachine, MemberTiming};
 

@@ -36,7 +36,7 @@
 //! | writing | error (outcome unknown) | after a backoff: read the assignments and records again, then decide anew |
 //! | writing | `Conflict` (a guard failed: a member came back, or the sequence key moved) | the same: read again, decide anew |
 //! | any | `Fenced` | step down: nothing more is written |
-//! | idle, `max_soak` after the last read or write | timeout | read again ([`Action::ListAssignments`]): writes the leader did not make are found and repaired |
+//! | idle, `verify_every` after the last read or write | timeout | read again ([`Action::ListAssignments`]): writes the leader did not make are found and repaired |
 //!
 //! **The sequence key.** Every transaction carries a
 //! [`TxnOp::Sequence`] on [`Layout::sequence`] expecting the position the
@@ -64,10 +64,16 @@ use crate::plan::{min_moves, plan, Assignment, MemberId};
 /// The leader's timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaderTiming {
-    /// Quiet time after a member or item change before planning. Default 3 s.
+    /// Quiet time after a member or item change before planning. Default
+    /// [`DEFAULT_LEADER_SOAK`].
     pub soak: Duration,
     /// Longest a plan waits while changes keep coming. Default 10 × soak.
     pub max_soak: Duration,
+    /// How long the leader stays idle (no read, no write) before it reads
+    /// the assignments again to find and repair writes it did not make.
+    /// Default [`DEFAULT_VERIFY_EVERY`], whatever the soak: at 100,000 items
+    /// each such read is a few megabytes.
+    pub verify_every: Duration,
     /// First retry delay after a failed write. Default 100 ms.
     pub backoff_min: Duration,
     /// Largest retry delay. Default 10 s.
@@ -88,7 +94,8 @@ pub struct LeaderTiming {
     /// the items of a member that is gone are reassigned at once.
     pub exclusive: Option<Duration>,
     /// The session TTL assumed for a member whose key does not say (its
-    /// `ttl_ms`). `Member` sets it to its own TTL. Default 15 s.
+    /// `ttl_ms`). `Member` sets it to its own TTL. Default 15 s (longer
+    /// than any default TTL: the safe side for a key that does not say).
     pub member_ttl: Duration,
     /// A move from a live member that has not acknowledged its revoke after
     /// this long ends that member's session (the leader closes it, which
@@ -110,9 +117,18 @@ pub struct LeaderTiming {
 /// does not keep its items from the cluster for long.
 pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The default [`LeaderTiming::soak`]: 1 s. Members that start together
+/// register within it; a dead member's items wait for it once, after the
+/// store noticed the death (see `docs/leader.md`, "Failover with the
+/// defaults").
+pub const DEFAULT_LEADER_SOAK: Duration = Duration::from_secs(1);
+
+/// The default [`LeaderTiming::verify_every`]: 30 s.
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(30);
+
 impl Default for LeaderTiming {
     fn default() -> Self {
-        Self::with_soak(Duration::from_secs(3))
+        Self::with_soak(DEFAULT_LEADER_SOAK)
     }
 }
 
@@ -122,6 +138,7 @@ impl LeaderTiming {
         Self {
             soak,
             max_soak: soak.saturating_mul(10),
+            verify_every: DEFAULT_VERIFY_EVERY,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             rebalance_delay: Duration::ZERO,
@@ -175,7 +192,7 @@ pub enum Action {
     /// then hand the answer to [`LeaderMachine::handle_read`] or
     /// [`LeaderMachine::handle_assignments_error`]. The first action of a
     /// new machine, again after a failed read or write (after a backoff),
-    /// and every `max_soak` while idle.
+    /// and every [`LeaderTiming::verify_every`] while idle.
     ListAssignments,
     /// Read every handoff record (with the position each was created at),
     /// then hand the answer to [`LeaderMachine::handle_handoffs`] or
@@ -1002,7 +1019,7 @@ impl LeaderMachine {
         records: impl IntoIterator<Item = (&'b [u8], &'b Bytes, u64)>,
     ) {
         self.reading = Reading::Done;
-        self.verify_at = Some(now + self.timing.max_soak);
+        self.verify_at = Some(now + self.timing.verify_every);
         let mut current = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for (key, value) in entries {
@@ -1078,7 +1095,7 @@ impl LeaderMachine {
                 // The sequence key's new position: what the next
                 // transaction expects.
                 self.sequence = revision;
-                self.verify_at = Some(now + self.timing.max_soak);
+                self.verify_at = Some(now + self.timing.verify_every);
                 let ops = self.in_flight.take().unwrap_or_default();
                 self.record_applied(ops);
                 self.read_handoffs_if_stale();

@@ -46,8 +46,20 @@ use crate::machine::{LeaderTiming, PlanReport};
 use crate::membership::{MemberAction, MemberMachine, MemberTiming};
 use crate::plan::MemberId;
 
-/// The default session / lease TTL.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+/// The default session / lease TTL: 5 s. With the default leader soak
+/// ([`DEFAULT_LEADER_SOAK`](crate::DEFAULT_LEADER_SOAK)) and worker soak, a
+/// dead member's items are settled on the others within 10 s; the member
+/// renews every TTL/3, so three renewals in a row must fail before a live
+/// member is taken for dead. On Consul it needs sessions bound to an agent
+/// check (below 10 s a plain session TTL is refused); see `docs/leader.md`,
+/// "Failover with the defaults".
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+/// The default `leader_settle` of a member's worker: 2 s, the default leader
+/// soak and a second more. A new leader plans once its soak is over and its
+/// writes are fenced, so a member's worker need not wait the 5 s a worker
+/// following an unknown leader waits ([`WorkerConfig::new`]).
+pub const DEFAULT_MEMBER_LEADER_SETTLE: Duration = Duration::from_secs(2);
 
 /// The default drain timeout.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,15 +68,18 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberConfig {
     /// The worker's settings; its `instance_id` is the member's id and its
-    /// `prefix` must equal `layout.assignments`.
+    /// `prefix` must equal `layout.assignments`. Its `leader_settle`
+    /// defaults to [`DEFAULT_MEMBER_LEADER_SETTLE`].
     pub worker: WorkerConfig,
     /// Where the keys live. Default [`Layout::default`].
     pub layout: Layout,
     /// What the member key says (weight). Default weight 1.
     pub meta: MemberMeta,
-    /// Session / lease TTL. Default [`DEFAULT_TTL`] (Consul's minimum is 10 s).
+    /// Session / lease TTL. Default [`DEFAULT_TTL`] (on Consul, below 10 s
+    /// only with sessions bound to an agent check).
     pub ttl: Duration,
-    /// The leader's soak and retry timing. Default 3 s soak.
+    /// The leader's soak and retry timing. Default
+    /// [`DEFAULT_LEADER_SOAK`](crate::DEFAULT_LEADER_SOAK).
     pub leader: LeaderTiming,
     /// Whether this member may lead. Default true.
     pub campaign: bool,
@@ -87,7 +102,7 @@ impl MemberConfig {
     /// A member `instance_id` with every other setting at its default.
     pub fn new(instance_id: impl Into<String>) -> Self {
         Self {
-            worker: WorkerConfig::new(instance_id),
+            worker: WorkerConfig::new(instance_id).leader_settle(DEFAULT_MEMBER_LEADER_SETTLE),
             layout: Layout::default(),
             meta: MemberMeta::default(),
             ttl: DEFAULT_TTL,

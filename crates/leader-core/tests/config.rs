@@ -17,7 +17,7 @@ fn field(c: &MemberConfig) -> String {
 
 #[test]
 fn the_builder_gives_a_valid_config() {
-    let c = MemberConfig::new("m1").exclusive(Duration::from_secs(3));
+    let c = MemberConfig::new("m1").exclusive(Duration::from_secs(1));
     c.validate().expect("valid");
     MemberConfig::new("m1")
         .max_moves_in_flight(2)

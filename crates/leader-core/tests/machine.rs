@@ -391,11 +391,11 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     now += Duration::from_secs(5);
     let only_m1 = kv(&[("service/coordinator/members/m1", "{}")]);
     m.handle_members(now, only_m1.iter().map(|(k, v)| (k.as_slice(), v)));
-    // No soak: the next deadline is the idle re-read (`max_soak` after the
-    // last write), then the delay.
+    // No soak: the next deadline is the idle re-read (`verify_every` after
+    // the last write), then the delay.
     assert_eq!(
         m.poll_timeout(),
-        Some(now - Duration::from_secs(5) + 10 * SOAK),
+        Some(now - Duration::from_secs(5) + timing.verify_every),
         "no soak, only the periodic read and the delay"
     );
     m.handle_timeout(now + SOAK);
@@ -658,8 +658,9 @@ fn an_idle_leader_reads_again_and_repairs_what_it_did_not_write() {
     assert_eq!(writes(&actions).len(), 1);
     m.handle_write(t0 + SOAK, Ok::<_, ()>(TxnOutcome::Applied { revision: 5 }));
     assert!(drain(&mut m).is_empty());
-    // Idle: the next deadline is the periodic read, max_soak after the write.
-    let due = t0 + SOAK + 10 * SOAK;
+    // Idle: the next deadline is the periodic read, `verify_every` after the
+    // write (not tied to the soak).
+    let due = t0 + SOAK + leader_core::DEFAULT_VERIFY_EVERY;
     assert_eq!(m.poll_timeout(), Some(due));
     m.handle_timeout(due);
     assert_eq!(drain(&mut m), vec![Action::ListAssignments]);

@@ -200,8 +200,8 @@ fn a_handoff_that_times_out_ends_the_members_session_then_proceeds() {
             exclusive: exclusive.then_some(Duration::from_secs(3)),
             handoff_timeout: timeout,
             member_ttl: ttl,
-            // No periodic re-read of the store (every max_soak) in between.
-            max_soak: Duration::from_secs(3600),
+            // No periodic re-read of the store in between.
+            verify_every: Duration::from_secs(3600),
             ..LeaderTiming::with_soak(SOAK)
         };
         let mut m = machine(timing, t0);

@@ -681,6 +681,8 @@ impl Sim {
             exclusive: self.exclusive.then(|| d(self.p.margin)),
         };
         let mut l = LeaderTiming::with_soak(d(self.p.leader_soak));
+        // The quiet period counts on a repair read within 10 leader soaks.
+        l.verify_every = l.max_soak;
         l.backoff_max = d(self.p.backoff_max);
         l.exclusive = self.exclusive.then(|| d(self.p.margin));
         (w, m, l)

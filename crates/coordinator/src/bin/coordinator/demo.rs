@@ -53,7 +53,7 @@ impl Cluster {
         c.work_prefix = format!("{ROOT}work/");
         c.leader = format!("{ROOT}leader");
         c.soak = Duration::from_millis(200);
-        c.leader_settle = Duration::from_millis(500);
+        c.leader_settle = Some(Duration::from_millis(500));
         c.leader_soak = Duration::from_millis(500);
         c.ttl = TTL;
         c

@@ -208,7 +208,7 @@ pub(crate) struct WorkerOpts {
     /// Longest a change may soak while changes keep coming [default: 10 x soak]
     #[arg(long, env = "COORDINATOR_MAX_SOAK", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
     max_soak: Option<Duration>,
-    /// Extra wait after a new leader appears [default: 5s]
+    /// Extra wait after a new leader appears [default: 5s for a worker; for a member its leader soak + 1s]
     #[arg(long, env = "COORDINATOR_LEADER_SETTLE", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
     leader_settle: Option<Duration>,
     /// Consul blocking-query wait; a silent connection is noticed after wait + wait/16 + 5s [default: 5m]
@@ -225,7 +225,7 @@ impl WorkerOpts {
         put!(s, m, leader = self.leader.clone());
         put!(s, m, soak = self.soak);
         put!(s, m, max_soak = self.max_soak.map(Some));
-        put!(s, m, leader_settle = self.leader_settle);
+        put!(s, m, leader_settle = self.leader_settle.map(Some));
         put!(s, m, consul_wait = self.consul_wait.map(Some));
         put!(s, m, etcd_keepalive = self.etcd_keepalive.map(Some));
     }
@@ -314,6 +314,7 @@ pub(crate) fn worker_settings(args: &WorkerArgs, m: &ArgMatches) -> Result<Setti
     put!(s, m, instance_id = args.instance_id.clone());
     args.opts.apply(&mut s, m);
     args.program.apply(&mut s, m);
+    s.resolve_leader_settle(false);
     Ok(s)
 }
 

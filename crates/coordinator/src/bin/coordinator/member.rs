@@ -43,10 +43,10 @@ pub struct MemberArgs {
     /// The key every leader transaction checks and bumps [default: service/coordinator/sequence]
     #[arg(long, env = "COORDINATOR_SEQUENCE_KEY", help_heading = "Keys")]
     sequence_key: Option<String>,
-    /// Session / lease TTL; Consul's minimum is 10s [default: 15s]
+    /// Session / lease TTL; on Consul below 10s only with --session-check [default: 5s]
     #[arg(long, env = "COORDINATOR_TTL", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
     ttl: Option<Duration>,
-    /// How long the leader lets member and item changes soak before planning [default: 3s]
+    /// How long the leader lets member and item changes soak before planning [default: 1s]
     #[arg(long, env = "COORDINATOR_LEADER_SOAK", value_name = "DURATION", value_parser = settings::duration, allow_hyphen_values = true, help_heading = "Timing")]
     leader_soak: Option<Duration>,
     /// While leading: how long a departed member's items stay assigned to it (a restart with the same id within it moves nothing) [default: 0s]
@@ -75,7 +75,7 @@ pub struct MemberArgs {
     handoff: Option<bool>,
     /// Consul: bind the session to a TTL health check on the agent, so that it ends on time
     /// once this member stops renewing (needs service:write on "coordinator"; else a plain
-    /// session TTL, with a warning) [default: false]
+    /// session TTL, with a warning) [default: true]
     #[arg(long, env = "COORDINATOR_SESSION_CHECK", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
     session_check: Option<bool>,
     /// While leading: at most this many items in handoff at once [default: no limit]
@@ -146,6 +146,7 @@ impl MemberArgs {
         put!(s, m, txn_max_ops = self.txn_max_ops.map(Some));
         put!(s, m, value_max_bytes = self.value_max_bytes.map(Some));
         self.program.apply(&mut s, m);
+        s.resolve_leader_settle(true);
         if s.config.backend == BackendKind::Memory {
             return Err(crate::usage_error(&format!(
                 "invalid {}: a member needs a store other processes share (consul or etcd); for one process use `coordinator demo`, or `coordinator worker --backend memory`",

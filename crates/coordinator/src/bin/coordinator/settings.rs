@@ -338,6 +338,15 @@ impl Settings {
         }
     }
 
+    /// Fills in `leader_settle` when no layer set it: the default of a
+    /// worker alone or of a full member (`--print-config` shows it, from
+    /// "default").
+    pub(crate) fn resolve_leader_settle(&mut self, member: bool) {
+        if self.config.leader_settle.is_none() {
+            self.config.leader_settle = Some(self.config.leader_settle_for(member));
+        }
+    }
+
     /// One line for a bad setting: which one (as the operator wrote it),
     /// why, and, through the reason, the fix. Other settings the reason
     /// names in backticks are spelled the same way.
