@@ -107,7 +107,11 @@ async fn hand_written_assignments_are_repaired() {
     let store = MemoryStore::new();
     store.put(format!("{ROOT}work/w1"), "v1");
     let backend = MemberStore::from_backend(store.clone());
-    let m1 = Member::spawn(&config("m1"), &backend).expect("m1");
+    let mut c = config("m1");
+    // The periodic read comes 3 s after the last read or write (30 s by
+    // default), within the wait.
+    c.leader.verify_every = Duration::from_secs(3);
+    let m1 = Member::spawn(&c, &backend).expect("m1");
     wait_store(&store, "w1 on m1", |s| {
         assignments(s) == BTreeSet::from(["m1/w1".to_owned()])
     })
