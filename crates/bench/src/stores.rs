@@ -72,7 +72,9 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Starts a fresh store on free loopback ports (Consul: a dev agent with
-    /// logging at WARN and no per-client connection cap; etcd: one member).
+    /// logging at WARN and a per-client connection cap above what the
+    /// largest runs open from the one loopback address; etcd: one member at
+    /// its defaults).
     pub async fn start(kind: Kind) -> Self {
         match kind {
             Kind::Consul => Self {
@@ -80,7 +82,7 @@ impl Store {
                 consul: Some(
                     ConsulAgent::builder()
                         .extra_json(
-                            r#"{"log_level":"WARN","limits":{"http_max_conns_per_client":8000}}"#,
+                            r#"{"log_level":"WARN","limits":{"http_max_conns_per_client":16384}}"#,
                         )
                         .start()
                         .await,
@@ -436,6 +438,41 @@ impl Writer {
                             );
                             client.kv_client().txn(txn).await.expect("etcd txn");
                         }
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Deletes every key under `prefix` in one request (Consul: a recursive
+    /// DELETE; etcd: a range delete).
+    pub async fn delete_prefix(&self, prefix: &str) {
+        let inner = self.inner.clone();
+        let prefix = prefix.to_owned();
+        self.lane
+            .run(async move {
+                match &*inner {
+                    WriterInner::Consul { http, addr } => {
+                        let resp = http
+                            .delete(format!("{addr}/v1/kv/{prefix}?recurse=true"))
+                            .send()
+                            .await
+                            .expect("Consul recursive DELETE");
+                        assert!(
+                            resp.status().is_success(),
+                            "Consul recursive DELETE: {}",
+                            resp.status()
+                        );
+                    }
+                    WriterInner::Etcd { client } => {
+                        client
+                            .kv_client()
+                            .delete(
+                                prefix.as_str(),
+                                Some(etcd_client::DeleteOptions::new().with_prefix()),
+                            )
+                            .await
+                            .expect("etcd prefix delete");
                     }
                 }
             })

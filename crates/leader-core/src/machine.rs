@@ -153,6 +153,12 @@ pub struct PlanReport {
     pub puts: usize,
     /// Transactions the writes take if none waits for a handoff.
     pub transactions: usize,
+    /// How long the call into the machine that made this plan ran (the
+    /// plan, the move bound, the reindex and the first transaction built),
+    /// as the driver measured it around that call: the leader's CPU for
+    /// one plan, on its thread. The machine has no clock of its own and
+    /// leaves it zero.
+    pub took: Duration,
 }
 
 /// The sizes of what a [`LeaderMachine`] remembers beyond the store's
@@ -1950,6 +1956,7 @@ impl LeaderMachine {
             revokes,
             puts,
             transactions: revokes.div_ceil(per) + puts.div_ceil(per),
+            took: Duration::ZERO,
         }));
         self.desired = Some(desired);
         self.reindex();
