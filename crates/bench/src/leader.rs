@@ -49,6 +49,8 @@ pub struct Params {
     pub consul_ttl: Duration,
     /// etcd lease TTL.
     pub etcd_ttl: Duration,
+    /// The TTL on both stores from [`LARGE_MEMBERS`] members on (at least).
+    pub large_ttl: Duration,
     /// The leader's soak.
     pub leader_soak: Duration,
     /// The workers' soak.
@@ -59,20 +61,31 @@ pub struct Params {
     pub idle: Duration,
 }
 
+/// From this many members on, the TTL is [`Params::large_ttl`]: with 1,000
+/// members, the store and the bench on two cores, a 3 s etcd lease expires
+/// during start-up (renewals every second wait behind the registrations).
+pub const LARGE_MEMBERS: usize = 1000;
+
 impl Params {
-    fn ttl(&self, kind: Kind) -> Duration {
-        match kind {
+    fn ttl(&self, kind: Kind, members: usize) -> Duration {
+        let ttl = match kind {
             Kind::Consul => self.consul_ttl,
             Kind::Etcd => self.etcd_ttl,
+        };
+        if members >= LARGE_MEMBERS {
+            ttl.max(self.large_ttl)
+        } else {
+            ttl
         }
     }
 
     /// The documented bound on a dead member's detection (docs/leader.md):
     /// etcd, the TTL (rounded up to whole seconds); Consul, 2 × TTL.
-    fn detection_bound(&self, kind: Kind) -> Duration {
+    fn detection_bound(&self, kind: Kind, members: usize) -> Duration {
+        let ttl = self.ttl(kind, members);
         match kind {
-            Kind::Consul => self.consul_ttl * 2,
-            Kind::Etcd => Duration::from_secs(self.etcd_ttl.as_secs_f64().ceil() as u64),
+            Kind::Consul => ttl * 2,
+            Kind::Etcd => Duration::from_secs(ttl.as_secs_f64().ceil() as u64),
         }
     }
 }
@@ -225,9 +238,8 @@ pub struct Memory {
     pub heap_growth: i64,
     /// Live heap freed by killing every follower at once, per follower.
     pub follower_heap: f64,
-    /// Live heap left with only the leader's member running (the observers
-    /// stopped too) less the live heap before the members were spawned: the
-    /// leader's member, its leader state and its proxy connections.
+    /// Live heap freed by killing the leader's member after the followers:
+    /// its member, its leader state and its proxy connection.
     pub leader_heap: i64,
     /// Connections the proxy accepted during start-up, per member.
     pub conns_per_member: f64,
@@ -697,6 +709,10 @@ pub struct Lanes {
     pub observe: Lane,
     /// The counting proxy.
     pub proxy: Lane,
+    /// The first member, which leads: a thread of its own, as its own
+    /// process would have (the other members share the bench's runtime);
+    /// the bare loop runs on it too. Not one of the bench's own threads.
+    pub leader: Lane,
 }
 
 impl Lanes {
@@ -716,13 +732,13 @@ pub async fn run(
     params: &Params,
     lanes: &Lanes,
 ) -> Outcome {
-    let ttl = params.ttl(kind);
+    let ttl = params.ttl(kind, n);
     let mut outcome = Outcome {
         kind,
         members: n,
         items,
         ttl,
-        detection_bound: params.detection_bound(kind),
+        detection_bound: params.detection_bound(kind, n),
         startup: Err("not reached".to_owned()),
         kill: Err("not reached".to_owned()),
         join: Err("not reached".to_owned()),
@@ -776,7 +792,33 @@ pub async fn run(
     let mut members = BTreeMap::new();
     let mut plans = Vec::new();
     let t0 = Instant::now();
-    for j in 0..n {
+    // The first member alone, on its own thread, until it leads.
+    let first = {
+        let (config, url, layout, log) = (
+            config(&member_id(0)),
+            proxy.url(),
+            layout.clone(),
+            log.clone(),
+        );
+        lanes
+            .leader
+            .run(async move {
+                Member::spawn(&config, &member_store(kind, url, &layout, Some(&log)).await)
+            })
+            .await
+            .expect("member config")
+    };
+    let mut leading = first.leading();
+    if tokio::time::timeout(STAGE_TIMEOUT, leading.wait_for(Option::is_some))
+        .await
+        .is_err()
+    {
+        eprintln!("[leader] {kind}: the first member does not lead");
+    }
+    plans.push(first.plans());
+    forwarders.push(forward(&first, &notify));
+    members.insert(member_id(0), first);
+    for j in 1..n {
         let id = member_id(j);
         let m = Member::spawn(
             &config(&id),
@@ -795,6 +837,7 @@ pub async fn run(
         "[leader] {kind}: {n}×{items}: startup {:?}",
         outcome.startup
     );
+    heap_note(kind, "after start-up");
     let mut memory = Memory {
         rss_growth: rss_bytes().saturating_sub(rss0),
         heap_growth: Allocs::now().live - heap0,
@@ -818,13 +861,26 @@ pub async fn run(
             "[leader] {kind}: bare loop of the leader's {} start-up transactions",
             txns.len()
         );
-        outcome.writes = bare_loop(kind, proxy.url(), &layout, ttl, &txns)
+        let (url, bare_layout, bare_txns) = (proxy.url(), layout.clone(), txns.clone());
+        outcome.writes = lanes
+            .leader
+            .run(async move { bare_loop(kind, url, &bare_layout, ttl, &bare_txns).await })
             .await
             .map(|bare| Writes { leader, bare });
+        // The bare loop's keys go as they came, a transaction at a time: one
+        // delete of 100,000 keys holds etcd's apply loop for seconds, long
+        // enough for the members' leases to expire.
+        let written: BTreeSet<String> = txns
+            .iter()
+            .flatten()
+            .filter(|op| !matches!(op, TxnOp::Absent { .. }))
+            .map(|op| bare_key(op.key()))
+            .collect();
         writer
-            .delete_prefix(&bare_key("service/coordinator/"))
+            .bulk(written.into_iter().map(Op::Del).collect())
             .await;
         eprintln!("[leader] {kind}: writes: {:?}", outcome.writes);
+        heap_note(kind, "after the bare loop");
     }
     // Started only now: on Consul each change of the assignments makes it
     // read them all, which would weigh on the store during start-up.
@@ -871,6 +927,7 @@ pub async fn run(
         }
         .await;
         eprintln!("[leader] {kind}: kill: {:?}", outcome.kill);
+        heap_note(kind, "after the kill");
     }
 
     if outcome.kill.is_ok() {
@@ -915,6 +972,7 @@ pub async fn run(
         }
         .await;
         eprintln!("[leader] {kind}: join: {:?}", outcome.join);
+        heap_note(kind, "after the join");
     }
     // The bulk add is timed by the leader's transactions; the observer
     // would only weigh on the store.
@@ -959,6 +1017,7 @@ pub async fn run(
         }
         .await;
         eprintln!("[leader] {kind}: bulk: {:?}", outcome.bulk);
+        heap_note(kind, "after the bulk add");
     }
 
     if outcome.bulk.is_ok() {
@@ -1001,6 +1060,7 @@ pub async fn run(
     if outcome.startup.is_ok() {
         // Every follower at once, within the TTL (before the leader notices
         // and plans): what they held is freed; the leader alone is left.
+        heap_note(kind, "after idle");
         let before = Allocs::now().live;
         let followers: Vec<String> = members
             .iter()
@@ -1014,19 +1074,24 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let after = Allocs::now().live;
-        drop(members_obs);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let leader_only = Allocs::now().live;
+        heap_note(kind, "the leader alone");
+        let left = members.len();
+        // Then the leader: what it frees is its member with its leader state.
+        for (_, m) in std::mem::take(&mut members) {
+            m.kill().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let none = Allocs::now().live;
+        heap_note(kind, "no member");
         memory.follower_heap = (before - after) as f64 / followers.len().max(1) as f64;
-        memory.leader_heap = leader_only - heap0;
-        outcome.memory = if members.len() == 1 {
+        memory.leader_heap = after - none;
+        outcome.memory = if left == 1 {
             Ok(memory)
         } else {
-            Err(format!("{} members left, not 1", members.len()))
+            Err(format!("{left} members left, not 1"))
         };
-    } else {
-        drop(members_obs);
     }
+    drop(members_obs);
     for (_, m) in members {
         m.kill().await;
     }
@@ -1038,6 +1103,15 @@ pub async fn run(
 /// Open descriptors of process `pid` (`self` for this one).
 fn open_fds(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Progress: the live heap and RSS of this process at `stage`.
+fn heap_note(kind: Kind, stage: &str) {
+    eprintln!(
+        "[leader] {kind}: {stage}: live heap {}, RSS {}",
+        fmt_bytes(Allocs::now().live as f64),
+        fmt_bytes(rss_bytes() as f64)
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -264,6 +264,7 @@ async fn run(args: Args) {
             },
             consul_ttl: Duration::from_secs(10),
             etcd_ttl: Duration::from_secs(3),
+            large_ttl: Duration::from_secs(10),
             leader_soak: Duration::from_secs(1),
             worker_soak: Duration::from_millis(200),
             leader_settle: Duration::from_secs(1),
@@ -273,6 +274,7 @@ async fn run(args: Args) {
             writer: writer_lane.clone(),
             observe: watch_lane.clone(),
             proxy: Lane::start("bench-proxy"),
+            leader: Lane::start("bench-leader"),
         };
         let mut all = Vec::new();
         for &kind in &kinds {

@@ -444,41 +444,6 @@ impl Writer {
             .await;
     }
 
-    /// Deletes every key under `prefix` in one request (Consul: a recursive
-    /// DELETE; etcd: a range delete).
-    pub async fn delete_prefix(&self, prefix: &str) {
-        let inner = self.inner.clone();
-        let prefix = prefix.to_owned();
-        self.lane
-            .run(async move {
-                match &*inner {
-                    WriterInner::Consul { http, addr } => {
-                        let resp = http
-                            .delete(format!("{addr}/v1/kv/{prefix}?recurse=true"))
-                            .send()
-                            .await
-                            .expect("Consul recursive DELETE");
-                        assert!(
-                            resp.status().is_success(),
-                            "Consul recursive DELETE: {}",
-                            resp.status()
-                        );
-                    }
-                    WriterInner::Etcd { client } => {
-                        client
-                            .kv_client()
-                            .delete(
-                                prefix.as_str(),
-                                Some(etcd_client::DeleteOptions::new().with_prefix()),
-                            )
-                            .await
-                            .expect("etcd prefix delete");
-                    }
-                }
-            })
-            .await;
-    }
-
     /// Consul only: the raw body of a recursive read of `prefix` (what a
     /// worker's blocking query receives).
     pub async fn consul_raw(&self, prefix: &str) -> Vec<u8> {

@@ -238,24 +238,17 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             }
             armed = deadline;
         }
+        // Biased: the answers of the store first. The machine sends one
+        // transaction at a time, so the next one goes out as soon as the
+        // last is answered, and new pictures of the members and items (each
+        // a pass over all of them) are taken in while it is in flight, not
+        // between two transactions.
         tokio::select! {
             biased;
             changed = stop.changed() => {
                 // The member dropped its end (it was aborted): stop too.
                 if changed.is_err() || *stop.borrow() {
                     return LeaderExit::Stopped;
-                }
-            }
-            Ok(()) = members.changed() => {
-                let view = members.borrow_and_update().clone();
-                if let Some(map) = view {
-                    timed(&mut took, || machine.handle_members(Instant::now(), entries(&map)));
-                }
-            }
-            Ok(()) = items.changed() => {
-                let view = items.borrow_and_update().clone();
-                if let Some(map) = view {
-                    timed(&mut took, || machine.handle_items(Instant::now(), entries(&map)));
                 }
             }
             result = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
@@ -305,6 +298,18 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     Ok(_) => {}
                 }
                 timed(&mut took, || machine.handle_write(Instant::now(), result));
+            }
+            Ok(()) = members.changed() => {
+                let view = members.borrow_and_update().clone();
+                if let Some(map) = view {
+                    timed(&mut took, || machine.handle_members(Instant::now(), entries(&map)));
+                }
+            }
+            Ok(()) = items.changed() => {
+                let view = items.borrow_and_update().clone();
+                if let Some(map) = view {
+                    timed(&mut took, || machine.handle_items(Instant::now(), entries(&map)));
+                }
             }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
