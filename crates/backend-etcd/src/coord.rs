@@ -331,9 +331,19 @@ impl EtcdBackend {
     async fn run_txn(&self, txn: &Txn) -> Result<(TxnResponse, Revision), StoreError> {
         let (response, _) = self
             .pool
-            .run(|mut client| {
+            .run(|client| {
                 let txn = txn.clone();
-                async move { client.txn(txn).await.map_err(store_error) }
+                // The leader's consistent read returns every assignment in
+                // one answer: past etcd-client's 4 MiB default at about
+                // 50,000 assignments.
+                async move {
+                    client
+                        .kv_client()
+                        .max_decoding_message_size(crate::MAX_MESSAGE)
+                        .txn(txn)
+                        .await
+                        .map_err(store_error)
+                }
             })
             .await?;
         let revision = response

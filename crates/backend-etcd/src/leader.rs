@@ -5,7 +5,11 @@
 //! proposal as value, attached to its session lease; the leader is the key with
 //! the lowest create revision under `NAME/`. Resigning (or the lease expiring)
 //! deletes the key. This module reads that directly: a prefix GET sorted by
-//! create revision, and a prefix watch that triggers a new GET on any change.
+//! create revision, and a prefix watch that triggers a new GET on a change
+//! that can change the leader (the leader key deleted or re-created, or any
+//! change while there is none). Another candidate joining or leaving cannot:
+//! with N members campaigning, a read on every change would cost each
+//! member's observation N reads of N keys as they join.
 //! (The election service's `Observe` call fails while there is no leader, which
 //! is exactly the state the worker must wait in.)
 //!
@@ -18,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{GetOptions, SortOrder, SortTarget};
+use etcd_client::{EventType, GetOptions, SortOrder, SortTarget};
 use tokio::sync::{watch, Notify};
 use tracing::debug;
 use worker_core::{ErrorChain, Leader, LeaderStream, StoreError};
@@ -160,10 +164,35 @@ impl Observation {
         if response.canceled() || response.compact_revision() > 0 {
             // Read afresh and watch again from there.
             self.watcher = None;
-        } else if !response.events().is_empty() {
+        } else if response
+            .events()
+            .iter()
+            .any(|event| self.may_change_leader(event))
+        {
             self.dirty = true;
         }
         Ok(None)
+    }
+
+    /// Whether `event` may change who leads: the leader is the key with the
+    /// lowest create revision, so only the leader key's own deletion (or a
+    /// put that re-created it), or anything while no leader is known, can. A
+    /// new candidate's key is created after the leader's; another
+    /// candidate's deletion leaves the lowest in place.
+    fn may_change_leader(&self, event: &etcd_client::Event) -> bool {
+        let Some(Some((key, created))) = &self.last else {
+            return true;
+        };
+        let Some(kv) = event.kv() else {
+            return true;
+        };
+        match event.event_type() {
+            EventType::Delete => kv.key() == key.as_slice(),
+            EventType::Put => {
+                kv.create_revision() <= *created
+                    && !(kv.key() == key.as_slice() && kv.create_revision() == *created)
+            }
+        }
     }
 }
 

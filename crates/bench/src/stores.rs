@@ -72,7 +72,9 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Starts a fresh store on free loopback ports (Consul: a dev agent with
-    /// logging at WARN and no per-client connection cap; etcd: one member).
+    /// logging at WARN and a per-client connection cap above what the
+    /// largest runs open from the one loopback address; etcd: one member at
+    /// its defaults).
     pub async fn start(kind: Kind) -> Self {
         match kind {
             Kind::Consul => Self {
@@ -80,7 +82,7 @@ impl Store {
                 consul: Some(
                     ConsulAgent::builder()
                         .extra_json(
-                            r#"{"log_level":"WARN","limits":{"http_max_conns_per_client":8000}}"#,
+                            r#"{"log_level":"WARN","limits":{"http_max_conns_per_client":16384}}"#,
                         )
                         .start()
                         .await,

@@ -102,6 +102,8 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let mut armed: Option<Instant> = None;
     let mut unowned_at: Option<Instant> = None;
     let mut shown_generation: Option<u64> = None;
+    // How long the last call into the machine ran: a plan it made reports it.
+    let mut took = Duration::ZERO;
 
     loop {
         // Carry out what the machine asks for.
@@ -120,7 +122,8 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     let fence = fence.clone();
                     write = Some(Box::pin(async move { apply(&*writer, &fence, &ops).await }));
                 }
-                Action::Planned(report) => {
+                Action::Planned(mut report) => {
+                    report.took = took;
                     info!(
                         members = report.members,
                         items = report.items,
@@ -130,6 +133,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                         revokes = report.revokes,
                         puts = report.puts,
                         transactions = report.transactions,
+                        took = ?report.took,
                         "planned"
                     );
                     crate::metrics::planned(&instance_id, &report);
@@ -234,6 +238,11 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             }
             armed = deadline;
         }
+        // Biased: the answers of the store first. The machine sends one
+        // transaction at a time, so the next one goes out as soon as the
+        // last is answered, and new pictures of the members and items (each
+        // a pass over all of them) are taken in while it is in flight, not
+        // between two transactions.
         tokio::select! {
             biased;
             changed = stop.changed() => {
@@ -242,25 +251,13 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     return LeaderExit::Stopped;
                 }
             }
-            Ok(()) = members.changed() => {
-                let view = members.borrow_and_update().clone();
-                if let Some(map) = view {
-                    machine.handle_members(Instant::now(), entries(&map));
-                }
-            }
-            Ok(()) = items.changed() => {
-                let view = items.borrow_and_update().clone();
-                if let Some(map) = view {
-                    machine.handle_items(Instant::now(), entries(&map));
-                }
-            }
             result = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
                 listing = None;
                 match result {
-                    Ok(read) => machine.handle_read(Instant::now(), &read),
+                    Ok(read) => timed(&mut took, || machine.handle_read(Instant::now(), &read)),
                     Err(e) => {
                         crate::metrics::store_error(&instance_id, "leader_list", &e);
-                        if let Some(delay) = machine.handle_assignments_error(Instant::now()) {
+                        if let Some(delay) = timed(&mut took, || machine.handle_assignments_error(Instant::now())) {
                             // A refusal is the operator's to fix (the token's or
                             // user's permissions); anything else is retried quietly.
                             if matches!(e, StoreError::PermissionDenied(_)) {
@@ -280,11 +277,11 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                             .entries
                             .iter()
                             .map(|e| (e.key.as_slice(), &e.value, e.revision));
-                        machine.handle_handoffs(Instant::now(), records);
+                        timed(&mut took, || machine.handle_handoffs(Instant::now(), records));
                     }
                     Err(e) => {
                         debug!(error = %ErrorChain(&e), "reading the handoff records failed");
-                        machine.handle_handoffs_error(Instant::now());
+                        timed(&mut took, || machine.handle_handoffs_error(Instant::now()));
                     }
                 }
             }
@@ -300,15 +297,37 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     }
                     Ok(_) => {}
                 }
-                machine.handle_write(Instant::now(), result);
+                timed(&mut took, || machine.handle_write(Instant::now(), result));
+            }
+            Ok(()) = members.changed() => {
+                let view = members.borrow_and_update().clone();
+                if let Some(map) = view {
+                    timed(&mut took, || machine.handle_members(Instant::now(), entries(&map)));
+                }
+            }
+            Ok(()) = items.changed() => {
+                let view = items.borrow_and_update().clone();
+                if let Some(map) = view {
+                    timed(&mut took, || machine.handle_items(Instant::now(), entries(&map)));
+                }
             }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                machine.handle_timeout(Instant::now());
+                timed(&mut took, || machine.handle_timeout(Instant::now()));
             }
             Some(_) = ending.join_next(), if !ending.is_empty() => {}
         }
     }
+}
+
+/// Runs `f` (a call into the machine), recording in `took` how long it ran
+/// on this thread (`std::time`, not tokio's clock: a paused test clock would
+/// read zero).
+fn timed<R>(took: &mut Duration, f: impl FnOnce() -> R) -> R {
+    let started = std::time::Instant::now();
+    let r = f();
+    *took = started.elapsed();
+    r
 }
 
 /// The leader's consistent read: members, assignments, handoff records and

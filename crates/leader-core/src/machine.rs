@@ -170,6 +170,12 @@ pub struct PlanReport {
     pub puts: usize,
     /// Transactions the writes take if none waits for a handoff.
     pub transactions: usize,
+    /// How long the call into the machine that made this plan ran (the
+    /// plan, the move bound, the reindex and the first transaction built),
+    /// as the driver measured it around that call: the leader's CPU for
+    /// one plan, on its thread. The machine has no clock of its own and
+    /// leaves it zero.
+    pub took: Duration,
 }
 
 /// The sizes of what a [`LeaderMachine`] remembers beyond the store's
@@ -369,6 +375,11 @@ pub struct LeaderMachine {
     absent_since: BTreeMap<MemberId, Instant>,
     /// The latest `now` seen.
     last_now: Instant,
+    /// Whether [`track_owed`](Self::track_owed) may find something to
+    /// forget: set by every input, except that an applied write sets it only
+    /// when it deleted a key or ended a move (puts make no member matter
+    /// less). Saves two passes over the members per transaction.
+    track_due: bool,
     /// Live members' sessions and every member's TTL, as their keys said.
     sessions: BTreeMap<MemberId, String>,
     ttls: BTreeMap<MemberId, Duration>,
@@ -430,8 +441,14 @@ struct Indexes {
     /// that member), in `current`'s order.
     misplaced: BTreeSet<(MemberId, WorkId)>,
     /// Planned items (with a value) whose assignment key on their target is
-    /// missing or holds another value.
-    unplaced: BTreeSet<WorkId>,
+    /// missing or holds another value, as (target, item): ordered by target,
+    /// so that the assigns of one transaction go to as few members as
+    /// possible. Each member then receives its new items in one or two
+    /// changes (one soak, one acknowledgement), not a few at a time in every
+    /// transaction of the write: at start-up, with the plan spreading
+    /// neighbouring items over all members, that was every member waking,
+    /// soaking and writing its acknowledgement again all through the write.
+    unplaced: BTreeSet<(MemberId, WorkId)>,
     /// Planned items that have a value.
     wanted: usize,
 }
@@ -458,7 +475,7 @@ impl Indexes {
                 let Some(v) = items.get(w) else { continue };
                 idx.wanted += 1;
                 if current.and_then(|c| c.get(&(m.clone(), w.clone()))) != Some(v) {
-                    idx.unplaced.insert(w.clone());
+                    idx.unplaced.insert((m.clone(), w.clone()));
                 }
             }
         }
@@ -504,10 +521,11 @@ impl Indexes {
         }
         let value = items.and_then(|i| i.get(work));
         if let (Some(t), Some(v)) = (target, value) {
-            if current.get(&(t.clone(), work.clone())) == Some(v) {
-                self.unplaced.remove(work);
+            let planned = (t.clone(), work.clone());
+            if current.get(&planned) == Some(v) {
+                self.unplaced.remove(&planned);
             } else {
-                self.unplaced.insert(work.clone());
+                self.unplaced.insert(planned);
             }
         }
     }
@@ -565,6 +583,7 @@ impl LeaderMachine {
             office_at: now,
             absent_since: BTreeMap::new(),
             last_now: now,
+            track_due: true,
             sessions: BTreeMap::new(),
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
@@ -673,13 +692,6 @@ impl LeaderMachine {
             work,
             value,
         )
-    }
-
-    /// Whether `ops` plus `add` fit in one transaction.
-    fn room(&self, ops: &[TxnOp], add: &[TxnOp]) -> bool {
-        let limits = self.plan_limits();
-        ops.len() + add.len() <= limits.max_ops
-            && limits.bytes(ops).saturating_add(limits.bytes(add)) <= limits.max_bytes
     }
 
     /// The items plans use: those whose value fits; a refused one only while
@@ -812,6 +824,7 @@ impl LeaderMachine {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.track_due = true;
         if now > self.last_now {
             self.last_now = now;
         }
@@ -1088,7 +1101,10 @@ impl LeaderMachine {
         if self.stepped_down || self.in_flight.is_none() {
             return;
         }
+        // What this write changes for `track_owed`, `record_applied` says.
+        let due = self.track_due;
         self.tick(now);
+        self.track_due = due;
         match outcome {
             Ok(TxnOutcome::Applied { revision }) => {
                 self.backoff.reset();
@@ -1201,6 +1217,7 @@ impl LeaderMachine {
                 TxnOp::Delete { .. } => {
                     current.remove(&key);
                     touched.push(key);
+                    self.track_due = true;
                 }
                 TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
             }
@@ -1510,6 +1527,10 @@ impl LeaderMachine {
     /// Forgets the sessions ended and TTLs of members that no longer
     /// matter: not live, owing no move, holding no key. `O(members)`.
     fn track_owed(&mut self) {
+        if !self.track_due {
+            return;
+        }
+        self.track_due = false;
         let (owed_by, held) = (&self.owed_by, &self.idx.held);
         let live = self.members.as_ref();
         let keep = |m: &MemberId| {
@@ -1550,6 +1571,9 @@ impl LeaderMachine {
             .take_while(|((w, _), _)| w == work)
             .map(|(k, _)| k.clone())
             .collect();
+        if !keys.is_empty() {
+            self.track_due = true;
+        }
         for k in keys {
             self.owed.remove(&k);
             self.owed_generation += 1;
@@ -1646,6 +1670,7 @@ impl LeaderMachine {
             .count();
         let mut moves = live_owed.len().saturating_sub(stuck);
         let mut ops = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
         let mut new_owed = Vec::new();
         // Items that got a handoff record in this transaction: a
         // transaction names a key once (etcd refuses a txn that names one
@@ -1678,7 +1703,7 @@ impl LeaderMachine {
                     value: Bytes::copy_from_slice(member.as_bytes()),
                 });
             }
-            if !self.room(&ops, &add) {
+            if !fits(&limits, &mut used, &ops, &add) {
                 break;
             }
             ops.extend(add);
@@ -1696,19 +1721,14 @@ impl LeaderMachine {
     /// Assigns whose handoff is clear, and clean-up of handoff records no
     /// longer needed.
     fn next_assigns(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, current, items) = (
-            self.desired.as_ref()?,
-            self.current.as_ref()?,
-            self.items.as_ref()?,
-        );
+        self.desired.as_ref()?;
+        let (current, items) = (self.current.as_ref()?, self.items.as_ref()?);
         let owners = &self.idx.owners;
         let mut ops = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
         let mut guards: BTreeSet<MemberId> = BTreeSet::new();
-        // The planned items not in place, in the plan's order.
-        for work in &self.idx.unplaced {
-            let Some(target) = desired.get(work) else {
-                continue;
-            };
+        // The planned items not in place, by target.
+        for (target, work) in &self.idx.unplaced {
             let Some(value) = items.get(work) else {
                 continue;
             };
@@ -1745,7 +1765,7 @@ impl LeaderMachine {
                     key: self.layout.assignment_key(target, work),
                     value: value.clone(),
                 });
-                if !self.room(&ops, &add) {
+                if !fits(&limits, &mut used, &ops, &add) {
                     break;
                 }
                 guards.extend(new_guards);
@@ -1756,7 +1776,7 @@ impl LeaderMachine {
                 key: self.layout.assignment_key(target, work),
                 value: value.clone(),
             }];
-            if !self.room(&ops, &add) {
+            if !fits(&limits, &mut used, &ops, &add) {
                 break;
             }
             ops.extend(add);
@@ -1775,6 +1795,7 @@ impl LeaderMachine {
         let owners = &self.idx.owners;
         let none = BTreeSet::new();
         let mut ops = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
         let mut done_owed: Vec<WorkId> = Vec::new();
         // The owed items, each once (`owed` is ordered by item).
         let mut owed_works: Vec<&WorkId> = self.owed.keys().map(|(w, _)| w).collect();
@@ -1785,7 +1806,7 @@ impl LeaderMachine {
             let add = [TxnOp::Delete {
                 key: self.layout.handoff_key(work),
             }];
-            if !self.room(&ops, &add) {
+            if !fits(&limits, &mut used, &ops, &add) {
                 break;
             }
             ops.extend(add);
@@ -1814,7 +1835,7 @@ impl LeaderMachine {
                 let add = [TxnOp::Delete {
                     key: self.layout.handoff_key(work),
                 }];
-                if !self.room(&ops, &add) {
+                if !fits(&limits, &mut used, &ops, &add) {
                     break;
                 }
                 ops.extend(add);
@@ -1883,8 +1904,9 @@ impl LeaderMachine {
                 .collect();
         }
         let mut fitting = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
         for op in ops {
-            if !self.room(&fitting, std::slice::from_ref(&op)) {
+            if !fits(&limits, &mut used, &fitting, std::slice::from_ref(&op)) {
                 break;
             }
             fitting.push(op);
@@ -1967,6 +1989,7 @@ impl LeaderMachine {
             revokes,
             puts,
             transactions: revokes.div_ceil(per) + puts.div_ceil(per),
+            took: Duration::ZERO,
         }));
         self.desired = Some(desired);
         self.reindex();
@@ -1976,6 +1999,21 @@ impl LeaderMachine {
     pub fn poll(&mut self) -> Option<Action> {
         self.out.pop_front()
     }
+}
+
+/// Whether `ops` plus `add` fit in one transaction within `limits`, `used`
+/// being the bytes of `ops`; when they do, `add`'s bytes are counted in
+/// `used` (the caller adds `add`). The running count keeps filling a
+/// transaction linear: summing `ops` again for each addition made it
+/// quadratic in the operations per transaction.
+fn fits(limits: &TxnLimits, used: &mut usize, ops: &[TxnOp], add: &[TxnOp]) -> bool {
+    let bytes = limits.bytes(add);
+    let fit =
+        ops.len() + add.len() <= limits.max_ops && used.saturating_add(bytes) <= limits.max_bytes;
+    if fit {
+        *used += bytes;
+    }
+    fit
 }
 
 /// A bound on the value a leader writes to the sequence key (its id and
