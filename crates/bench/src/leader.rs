@@ -33,7 +33,7 @@ use worker_core::{
 };
 
 use crate::measure::{fmt_bytes, fmt_ms, other_process_cpu_ns, process_cpu_us, rss_bytes, Allocs};
-use crate::proxy::{CountingProxy, Counts, Protocol};
+use crate::proxy::{ChildProxy, Counts, Protocol};
 use crate::rt::Lane;
 use crate::stores::{Kind, Op, Store};
 
@@ -131,7 +131,8 @@ pub struct Idle {
     /// Store CPU (cores busy on average).
     pub store_cpu: f64,
     /// The members' CPU in this process (cores busy on average), the
-    /// bench's own threads (observers, proxy, writer) subtracted.
+    /// bench's own threads (observers, writer) subtracted; the proxy runs
+    /// in a process of its own.
     pub members_cpu: f64,
 }
 
@@ -194,8 +195,10 @@ impl Rate {
 pub struct Writes {
     /// The leader's.
     pub leader: Rate,
-    /// The same transactions (keys moved to a prefix of their own, same
-    /// lengths) sent by a plain loop through the same backend and proxy.
+    /// The same transactions sent by a plain loop through the same backend
+    /// and proxy: the assignment puts to the very keys, with the very
+    /// values; the fence and anything else under a prefix of its own (see
+    /// `bare_op`).
     pub bare: Rate,
 }
 
@@ -468,12 +471,55 @@ fn take_log(log: &SentLog) -> Vec<Sent> {
     std::mem::take(&mut *log.lock().expect("sent log"))
 }
 
-/// The bare loop's keys: the leader's with `coordinator/` replaced by this
-/// (same length), so that they land under a prefix nobody watches.
+/// The bare loop's keys other than the assignments: the leader's with
+/// `coordinator/` replaced by this (same length), so that its fence and
+/// anything it deletes stay apart from the cluster's.
 const BARE_SEGMENT: &str = "benchbarekv/";
 
 fn bare_key(key: &str) -> String {
     key.replacen("coordinator/", BARE_SEGMENT, 1)
+}
+
+/// `value` changed, at the same length: its first byte replaced (an
+/// identical put wakes no watcher on Consul, which skips writing an entry
+/// equal to the one it holds).
+fn changed_value(value: &bytes::Bytes) -> bytes::Bytes {
+    let mut v = value.to_vec();
+    match v.first_mut() {
+        Some(b) => *b = if *b == b'~' { b'!' } else { b'~' },
+        None => v.push(b'~'),
+    }
+    v.into()
+}
+
+/// What the bare loop writes for the leader's `op`. An assignment put goes
+/// to the very key, with the value changed at the same length if `change`
+/// (then restored by a second pass without it): every member's watch sees
+/// the change and its worker settles and acknowledges it, as under the
+/// leader: the same transactions, watched and answered the same. Anything
+/// else goes under [`bare_key`].
+fn bare_op(layout: &Layout, op: &TxnOp, change: bool) -> TxnOp {
+    match op {
+        TxnOp::Put { key, value } if key.starts_with(&layout.assignments) => TxnOp::Put {
+            key: key.clone(),
+            value: if change {
+                changed_value(value)
+            } else {
+                value.clone()
+            },
+        },
+        TxnOp::Put { key, value } => TxnOp::Put {
+            key: bare_key(key),
+            value: value.clone(),
+        },
+        TxnOp::Delete { key } => TxnOp::Delete { key: bare_key(key) },
+        TxnOp::Absent { key } => TxnOp::Absent { key: bare_key(key) },
+        TxnOp::Sequence { key, index, value } => TxnOp::Sequence {
+            key: bare_key(key),
+            index: *index,
+            value: value.clone(),
+        },
+    }
 }
 
 /// Sends `txns` (the leader's, keys moved by [`bare_key`]) one after the
@@ -486,6 +532,7 @@ async fn bare_loop(
     layout: &Layout,
     ttl: Duration,
     txns: &[Vec<TxnOp>],
+    change: bool,
 ) -> Result<Rate, String> {
     let store = member_store(kind, endpoint, layout, None).await;
     let session = store
@@ -501,23 +548,7 @@ async fn bare_loop(
         .ok_or("bare loop: not leading its own election")?;
     let txns: Vec<Vec<TxnOp>> = txns
         .iter()
-        .map(|ops| {
-            ops.iter()
-                .map(|op| match op {
-                    TxnOp::Put { key, value } => TxnOp::Put {
-                        key: bare_key(key),
-                        value: value.clone(),
-                    },
-                    TxnOp::Delete { key } => TxnOp::Delete { key: bare_key(key) },
-                    TxnOp::Absent { key } => TxnOp::Absent { key: bare_key(key) },
-                    TxnOp::Sequence { key, index, value } => TxnOp::Sequence {
-                        key: bare_key(key),
-                        index: *index,
-                        value: value.clone(),
-                    },
-                })
-                .collect()
-        })
+        .map(|ops| ops.iter().map(|op| bare_op(layout, op, change)).collect())
         .collect();
     let mut sequence = 0;
     let mut sent = Vec::with_capacity(txns.len());
@@ -625,6 +656,45 @@ async fn workers_balanced(
         .map_err(|_| format!("{what}: not within {STAGE_TIMEOUT:?}"))
 }
 
+/// Waits until every member's settled workload holds the values the
+/// assignment puts of `txns` wrote for its items.
+async fn workloads_hold(
+    members: &BTreeMap<String, MemberHandle>,
+    layout: &Layout,
+    txns: &[Vec<TxnOp>],
+    notify: &Notify,
+) -> Result<(), String> {
+    let written: BTreeMap<&str, &bytes::Bytes> = txns
+        .iter()
+        .flatten()
+        .filter_map(|op| match op {
+            TxnOp::Put { key, value } if key.starts_with(&layout.assignments) => {
+                Some((key.as_str(), value))
+            }
+            _ => None,
+        })
+        .collect();
+    let fut = async {
+        loop {
+            let notified = notify.notified();
+            let held = members.iter().all(|(id, m)| {
+                m.worker().workload().iter().all(|(work, value)| {
+                    written
+                        .get(layout.assignment_key(id, work).as_str())
+                        .is_none_or(|v| *v == value)
+                })
+            });
+            if held {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::time::timeout(STAGE_TIMEOUT, fut)
+        .await
+        .map_err(|_| format!("workloads not back within {STAGE_TIMEOUT:?}"))
+}
+
 /// Forwards every settled-workload change of `m` to `notify`.
 fn forward(m: &MemberHandle, notify: &Arc<Notify>) -> JoinHandle<()> {
     let mut w = m.worker().watch();
@@ -707,8 +777,6 @@ pub struct Lanes {
     pub writer: Lane,
     /// The observers.
     pub observe: Lane,
-    /// The counting proxy.
-    pub proxy: Lane,
     /// The first member, which leads: a thread of its own, as its own
     /// process would have (the other members share the bench's runtime);
     /// the bare loop runs on it too. Not one of the bench's own threads.
@@ -717,7 +785,7 @@ pub struct Lanes {
 
 impl Lanes {
     async fn cpu_us(&self) -> u64 {
-        self.writer.cpu_us().await + self.observe.cpu_us().await + self.proxy.cpu_us().await
+        self.writer.cpu_us().await + self.observe.cpu_us().await
     }
 }
 
@@ -769,10 +837,9 @@ pub async fn run(
         Kind::Consul => Protocol::Http1,
         Kind::Etcd => Protocol::Http2,
     };
-    let proxy = lanes
-        .proxy
-        .run(CountingProxy::start(target, protocol))
-        .await;
+    // In a process of its own: 1,000 members on Consul hold about 5,000
+    // connections, and the proxy two descriptors for each.
+    let proxy = ChildProxy::start(target, protocol);
     let pid = store.pid();
     let kv = observer_kv(kind, store.endpoint(), &lanes.observe).await;
     // Before anything that lives as long as the members.
@@ -864,20 +931,38 @@ pub async fn run(
         let (url, bare_layout, bare_txns) = (proxy.url(), layout.clone(), txns.clone());
         outcome.writes = lanes
             .leader
-            .run(async move { bare_loop(kind, url, &bare_layout, ttl, &bare_txns).await })
+            .run(async move { bare_loop(kind, url, &bare_layout, ttl, &bare_txns, true).await })
             .await
             .map(|bare| Writes { leader, bare });
-        // The bare loop's keys go as they came, a transaction at a time: one
-        // delete of 100,000 keys holds etcd's apply loop for seconds, long
-        // enough for the members' leases to expire.
-        let written: BTreeSet<String> = txns
+        // The bare loop's own keys (not the assignments) go as they came, a
+        // transaction at a time (one delete of 100,000 keys holds etcd's
+        // apply loop for seconds, long enough for the members' leases to
+        // expire); then the values go back as the leader wrote them (not
+        // timed, its fence anew), and every worker settles on them again.
+        let bare_own: BTreeSet<String> = txns
             .iter()
             .flatten()
             .filter(|op| !matches!(op, TxnOp::Absent { .. }))
-            .map(|op| bare_key(op.key()))
+            .map(|op| bare_op(&layout, op, false).key().to_owned())
+            .filter(|key| key.contains(BARE_SEGMENT))
             .collect();
         writer
-            .bulk(written.into_iter().map(Op::Del).collect())
+            .bulk(bare_own.iter().cloned().map(Op::Del).collect())
+            .await;
+        let (url, bare_layout, bare_txns) = (proxy.url(), layout.clone(), txns.clone());
+        let restored = lanes
+            .leader
+            .run(async move { bare_loop(kind, url, &bare_layout, ttl, &bare_txns, false).await })
+            .await;
+        let settled = match restored {
+            Ok(_) => workloads_hold(&members, &layout, &txns, &notify).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = settled {
+            outcome.writes = Err(format!("restoring after the bare loop: {e}"));
+        }
+        writer
+            .bulk(bare_own.into_iter().map(Op::Del).collect())
             .await;
         eprintln!("[leader] {kind}: writes: {:?}", outcome.writes);
         heap_note(kind, "after the bare loop");

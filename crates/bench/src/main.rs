@@ -129,14 +129,43 @@ fn machine() -> String {
     )
 }
 
-/// Raises this process's open-files limit to its hard limit; the stores
-/// started from it inherit it. 1,000 members hold about 4 Consul
+/// This program as a [`proxy::ChildProxy`]: `TARGET --proxy-protocol
+/// http1|http2 --proxy-counts FILE`.
+fn proxy_child(args: &[String]) {
+    let [target, flag, protocol, counts_flag, counts] = args else {
+        panic!("proxy child: expected TARGET --proxy-protocol P --proxy-counts FILE, got {args:?}");
+    };
+    assert_eq!(flag, "--proxy-protocol", "proxy child");
+    assert_eq!(counts_flag, "--proxy-counts", "proxy child");
+    let target: std::net::SocketAddr = target.parse().expect("proxy child: target address");
+    let protocol = match protocol.as_str() {
+        "http1" => proxy::Protocol::Http1,
+        "http2" => proxy::Protocol::Http2,
+        other => panic!("proxy child: protocol {other:?}"),
+    };
+    raise_open_files();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("proxy child runtime")
+        .block_on(proxy::serve_child(target, protocol, counts.into()));
+}
+
+/// Open files the bench asks for: 1,000 members hold about 5 Consul
 /// connections each (1 etcd connection), and the counting proxy holds two
-/// descriptors for each.
+/// more descriptors for each: about 15,000 in this process alone.
+const OPEN_FILES: u64 = 65_536;
+
+/// Raises this process's open-files limit to [`OPEN_FILES`] where it may
+/// (as root), else to its hard limit; the stores started from it inherit it.
 fn raise_open_files() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
+        let want = OPEN_FILES.max(hard);
+        if soft < want
+            && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err()
+            && soft < hard
+        {
             if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 eprintln!("open files limit stays at {soft}: {e}");
             }
@@ -145,6 +174,11 @@ fn raise_open_files() {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(proxy::CHILD_FLAG) {
+        proxy_child(&argv[2..]);
+        return;
+    }
     let args = Args::parse();
     raise_open_files();
     tracing_subscriber::fmt()
@@ -279,7 +313,6 @@ async fn run(args: Args) {
         let lanes = leader::Lanes {
             writer: writer_lane.clone(),
             observe: watch_lane.clone(),
-            proxy: Lane::start("bench-proxy"),
             leader: Lane::start("bench-leader"),
         };
         let mut all = Vec::new();

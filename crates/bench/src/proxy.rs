@@ -127,6 +127,117 @@ impl Drop for CountingProxy {
     }
 }
 
+/// The hidden flag that runs this program as a [`ChildProxy`]:
+/// `--proxy-child TARGET --proxy-protocol http1|http2 --proxy-counts FILE`.
+pub const CHILD_FLAG: &str = "--proxy-child";
+
+/// A [`CountingProxy`] in a child process (this program with
+/// [`CHILD_FLAG`]): its two descriptors per connection do not count against
+/// this process's open-files limit, which 1,000 members on Consul (about 5
+/// connections each) would otherwise exhaust. The child writes its counts
+/// to a file every [`CHILD_COUNTS_EVERY`]; it ends when dropped, or when
+/// this process ends (its stdin closes).
+#[derive(Debug)]
+pub struct ChildProxy {
+    child: std::process::Child,
+    url: String,
+    counts: std::path::PathBuf,
+}
+
+/// How often a [`ChildProxy`] writes its counts.
+pub const CHILD_COUNTS_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl ChildProxy {
+    /// Starts the child, forwarding to `target`, and waits for its address.
+    pub fn start(target: SocketAddr, protocol: Protocol) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let counts = std::env::temp_dir().join(format!(
+            "coordinator-bench-proxy-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let exe = std::env::current_exe().expect("this program's path");
+        let mut child = Command::new(exe)
+            .arg(CHILD_FLAG)
+            .arg(target.to_string())
+            .arg("--proxy-protocol")
+            .arg(match protocol {
+                Protocol::Http1 => "http1",
+                Protocol::Http2 => "http2",
+            })
+            .arg("--proxy-counts")
+            .arg(&counts)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the proxy process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("the proxy's address");
+        assert!(line.starts_with("http://"), "proxy process: {line:?}");
+        Self {
+            child,
+            url: line.trim().to_owned(),
+            counts,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The counters as the child last wrote them (at most
+    /// [`CHILD_COUNTS_EVERY`] old).
+    pub fn counts(&self) -> Counts {
+        let text = std::fs::read_to_string(&self.counts).unwrap_or_default();
+        let mut n = text.split_whitespace().map(|f| f.parse().unwrap_or(0));
+        Counts {
+            requests: n.next().unwrap_or(0),
+            pings: n.next().unwrap_or(0),
+            connections: n.next().unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for ChildProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.counts);
+    }
+}
+
+/// The child's side of [`ChildProxy`]: prints the proxy's URL, then writes
+/// the counts to `counts` (replaced whole each time) until stdin closes.
+pub async fn serve_child(target: SocketAddr, protocol: Protocol, counts: std::path::PathBuf) {
+    let proxy = CountingProxy::start(target, protocol).await;
+    println!("{}", proxy.url());
+    let mut stdin = tokio::io::stdin();
+    let mut byte = [0u8; 1];
+    let mut tick = tokio::time::interval(CHILD_COUNTS_EVERY);
+    let tmp = counts.with_extension("tmp");
+    loop {
+        tokio::select! {
+            read = stdin.read(&mut byte) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let c = proxy.counts();
+                let text = format!("{} {} {}\n", c.requests, c.pings, c.connections);
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, &counts);
+                }
+            }
+        }
+    }
+}
+
 const HTTP1_LINE_END: &[u8] = b"HTTP/1.1\r\n";
 const HTTP2_PREFACE_LEN: usize = 24;
 

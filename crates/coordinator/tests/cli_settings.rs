@@ -721,6 +721,40 @@ async fn version_names_the_commit_and_the_backends() {
     assert_eq!(text.contains("etcd"), cfg!(feature = "etcd"), "{text}");
 }
 
+/// Output piped into a reader that leaves at once (`| head -1`): the
+/// program ends with 0 and says nothing, as other tools do; it does not
+/// panic on the closed pipe.
+#[tokio::test]
+async fn output_into_a_closed_pipe_is_not_an_error() {
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "fish"],
+        &["man"],
+        &[
+            "worker",
+            "--backend",
+            "memory",
+            "--instance-id",
+            "m1",
+            "--print-config",
+        ],
+    ] {
+        let mut c = coordinator(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        // The only read end closes before the program writes anything.
+        drop(child.stdout.take());
+        let o = timeout(WAIT, child.wait_with_output())
+            .await
+            .expect("the program must end by itself")
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn completions_and_man_page() {
     for (shell, marker) in [

@@ -34,8 +34,9 @@ use worker_core::{
     Backoff, ErrorChain, KvChange, KvStream, KvWatch, Revision, Snapshot, StoreError, WatchEvent,
 };
 
-/// Everything under a prefix: key -> value.
-pub type PrefixMap = BTreeMap<Vec<u8>, Bytes>;
+/// Everything under a prefix: key -> value. The keys are [`Bytes`], so a
+/// copy of the picture (one per change) copies no key or value.
+pub type PrefixMap = BTreeMap<Bytes, Bytes>;
 
 /// The receiving end: `None` until the first list succeeded.
 pub type PrefixView = watch::Receiver<Option<Arc<PrefixMap>>>;
@@ -233,7 +234,7 @@ impl PrefixFollower {
         let next: PrefixMap = snapshot
             .entries
             .into_iter()
-            .map(|e| (e.key, e.value))
+            .map(|e| (Bytes::from(e.key), e.value))
             .collect();
         self.publish_if_changed(next);
     }
@@ -245,31 +246,43 @@ impl PrefixFollower {
             return; // unreachable: watching follows a list
         };
         let mut next: Option<PrefixMap> = None;
+        let mut touched: Vec<Bytes> = Vec::new();
         for change in changes {
             let seen = next.as_ref().unwrap_or(current);
             match change {
                 KvChange::Put(e) => {
-                    if seen.get(&e.key) != Some(&e.value) {
+                    if seen.get(e.key.as_slice()) != Some(&e.value) {
+                        let key = Bytes::from(e.key);
+                        touched.push(key.clone());
                         next.get_or_insert_with(|| (**current).clone())
-                            .insert(e.key, e.value);
+                            .insert(key, e.value);
                     }
                 }
                 KvChange::Delete { key } => {
-                    if seen.contains_key(&key) {
-                        next.get_or_insert_with(|| (**current).clone()).remove(&key);
+                    if seen.contains_key(key.as_slice()) {
+                        next.get_or_insert_with(|| (**current).clone())
+                            .remove(key.as_slice());
+                        touched.push(Bytes::from(key));
                     }
                 }
             }
         }
+        // Changed unless every key touched is back as it was: compared key
+        // by key, not the whole picture.
         if let Some(next) = next {
-            self.publish_if_changed(next);
+            if touched.iter().any(|k| next.get(k) != current.get(k)) {
+                self.publish(next);
+            }
         }
     }
 
     fn publish_if_changed(&mut self, next: PrefixMap) {
-        if self.picture.as_deref() == Some(&next) {
-            return;
+        if self.picture.as_deref() != Some(&next) {
+            self.publish(next);
         }
+    }
+
+    fn publish(&mut self, next: PrefixMap) {
         let next = Arc::new(next);
         self.picture = Some(next.clone());
         self.out.push_back(FollowAction::Publish(next));

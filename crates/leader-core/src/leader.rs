@@ -58,7 +58,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn entries(map: &PrefixMap) -> impl Iterator<Item = (&[u8], &bytes::Bytes)> {
-    map.iter().map(|(k, v)| (k.as_slice(), v))
+    map.iter().map(|(k, v)| (k.as_ref(), v))
 }
 
 /// How often, at most, the leader counts the items no live member holds

@@ -380,6 +380,17 @@ pub struct LeaderMachine {
     /// when it deleted a key or ended a move (puts make no member matter
     /// less). Saves two passes over the members per transaction.
     track_due: bool,
+    /// Set when the last scan of assigns and clean-up found nothing to do
+    /// and every move it passed waits for its old owner's acknowledgement:
+    /// per old owner, the lowest position one of its moves waits for. Until
+    /// an input changes something else, or an acknowledgement reaches such a
+    /// position, the scans would find nothing again and are skipped: an
+    /// acknowledgement that clears no move (50,000 moves waiting) costs what
+    /// changed, not a pass over every waiting move.
+    quiet: Option<BTreeMap<MemberId, u64>>,
+    /// The members' keys of the last picture that parsed, with their values:
+    /// a picture parses again only the values that changed.
+    parsed_members: BTreeMap<Vec<u8>, ParsedMember>,
     /// Live members' sessions and every member's TTL, as their keys said.
     sessions: BTreeMap<MemberId, String>,
     ttls: BTreeMap<MemberId, Duration>,
@@ -419,9 +430,33 @@ struct OwedTimes {
     fenced: Option<Instant>,
 }
 
+/// A member key's value as parsed, with the value it was parsed from.
+#[derive(Debug)]
+struct ParsedMember {
+    value: Bytes,
+    id: MemberId,
+    meta: MemberMeta,
+}
+
+/// What the moves passed by a scan of assigns and clean-up wait for.
+#[derive(Default)]
+struct Waits {
+    /// Per old owner that reports, the lowest position one of its moves
+    /// waits for it to acknowledge.
+    acks: BTreeMap<MemberId, u64>,
+    /// Some move waits for something else (time: a margin, a fenced
+    /// owner's wait).
+    other: bool,
+}
+
 /// Whether an owed item may go to another member.
 enum Clear {
+    /// Wait, for a reason time or another input can end.
     Wait,
+    /// Wait for the old owner, which reports, to acknowledge this position
+    /// (`None`: a move whose revoke position is unknown, which no
+    /// acknowledgement clears).
+    AwaitAck(Option<u64>),
     Go,
     /// Go, guarded on this member's key being absent.
     Guard(MemberId),
@@ -584,6 +619,8 @@ impl LeaderMachine {
             absent_since: BTreeMap::new(),
             last_now: now,
             track_due: true,
+            quiet: None,
+            parsed_members: BTreeMap::new(),
             sessions: BTreeMap::new(),
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
@@ -825,6 +862,7 @@ impl LeaderMachine {
 
     fn tick(&mut self, now: Instant) {
         self.track_due = true;
+        self.quiet = None;
         if now > self.last_now {
             self.last_now = now;
         }
@@ -839,21 +877,48 @@ impl LeaderMachine {
         if self.stepped_down {
             return;
         }
+        let quiet = self.quiet.take();
         self.tick(now);
-        self.set_members(now, entries);
+        let moved = self.set_members(now, entries);
+        // Only acknowledgements moved, each short of what its moves wait
+        // for: the scans would find nothing still.
+        self.quiet = quiet.filter(|waits| {
+            !moved
+                && waits
+                    .iter()
+                    .all(|(m, lowest)| matches!(self.acks.get(m), Some(Some(a)) if a < lowest))
+        });
         self.pump(now);
     }
 
+    /// Takes in a members picture; whether anything other than the members'
+    /// acknowledgements changed (members, weights, sessions, a session this
+    /// leader ended seen gone).
     fn set_members<'a>(
         &mut self,
         now: Instant,
         entries: impl IntoIterator<Item = (&'a [u8], &'a Bytes)>,
-    ) {
+    ) -> bool {
         let mut members = BTreeMap::new();
         let mut acks = BTreeMap::new();
         let mut seen = BTreeSet::new();
         let mut sessions = BTreeMap::new();
+        // Values seen in the last picture are not parsed again.
+        let mut cache = std::mem::take(&mut self.parsed_members);
         for (key, value) in entries {
+            if let Some((key, hit)) = cache.remove_entry(key).filter(|(_, p)| p.value == *value) {
+                let (id, meta) = (hit.id.clone(), hit.meta.clone());
+                self.parsed_members.insert(key, hit);
+                members.insert(id.clone(), meta.effective_weight());
+                acks.insert(id.clone(), meta.acked);
+                if let Some(ms) = meta.ttl_ms {
+                    self.ttls.insert(id.clone(), Duration::from_millis(ms));
+                }
+                if let Some(s) = meta.session {
+                    sessions.insert(id, s);
+                }
+                continue;
+            }
             let id = match self.layout.parse_member(key) {
                 Ok(id) => id,
                 Err(reason) => {
@@ -868,6 +933,14 @@ impl LeaderMachine {
             // writes a value that parses, or the handoff timeout).
             let (meta, acked) = match MemberMeta::parse(value) {
                 Ok(meta) if !value.iter().all(u8::is_ascii_whitespace) => {
+                    self.parsed_members.insert(
+                        key.to_vec(),
+                        ParsedMember {
+                            value: value.clone(),
+                            id: MemberId::from(id),
+                            meta: meta.clone(),
+                        },
+                    );
                     let acked = meta.acked;
                     (meta, acked)
                 }
@@ -904,11 +977,13 @@ impl LeaderMachine {
         }
         self.reported.insert(Source::Members, seen);
         self.acks = acks;
+        let mut moved = self.sessions != sessions;
         // A session this leader ended is gone once its key is absent or
         // bound to another session.
         for (id, e) in &mut self.ending {
             if !e.seen && sessions.get(id) != Some(&e.session) {
                 e.seen = true;
+                moved = true;
                 for (key, t) in &mut self.owed_times {
                     if &key.1 == id && t.since <= e.asked {
                         t.fenced.get_or_insert(now);
@@ -919,6 +994,7 @@ impl LeaderMachine {
         }
         self.sessions = sessions;
         if self.members.as_ref() != Some(&members) {
+            moved = true;
             let before = self.effective();
             if let Some(old) = &self.members {
                 for (id, weight) in old {
@@ -942,6 +1018,7 @@ impl LeaderMachine {
                 self.changed(now);
             }
         }
+        moved
     }
 
     /// The work-items prefix as it is now.
@@ -990,7 +1067,7 @@ impl LeaderMachine {
         }
         self.tick(now);
         if self.members.is_none() {
-            self.set_members(
+            let _moved = self.set_members(
                 now,
                 read.members.iter().map(|e| (e.key.as_slice(), &e.value)),
             );
@@ -1329,6 +1406,28 @@ impl LeaderMachine {
                 (&self.owed_by, &self.owed_since, &self.owed_fenced)
             ));
         }
+        if let Some(quiet) = &self.quiet {
+            // The skipped scans would find nothing, and wait for no more
+            // than was noted.
+            let mut waits = Waits::default();
+            let assigns = self.scan_assigns(self.last_now, &mut waits);
+            let (cleanup, done) = self.scan_cleanup(self.last_now, &mut waits);
+            if assigns.is_some() || !cleanup.is_empty() || !done.is_empty() || waits.other {
+                return Err(format!(
+                    "scans skipped as quiet would find: assigns {assigns:?}, clean-up \
+                     {cleanup:?}, moves to forget {done:?}, other waits {}",
+                    waits.other
+                ));
+            }
+            if let Some((m, lowest)) = quiet.iter().find(|(m, lowest)| {
+                !matches!(self.acks.get(*m), Some(Some(a)) if a < *lowest)
+            }) {
+                return Err(format!(
+                    "quiet, yet {m}'s acknowledgement {:?} reached {lowest}",
+                    self.acks.get(m)
+                ));
+            }
+        }
         if truth == self.idx {
             return Ok(());
         }
@@ -1462,7 +1561,7 @@ impl LeaderMachine {
             };
         }
         if self.acks.contains_key(from) {
-            return Clear::Wait;
+            return Clear::AwaitAck(revoked_at);
         }
         match self.timing.exclusive {
             None => Clear::Go,
@@ -1495,7 +1594,10 @@ impl LeaderMachine {
                 || now < t.since + timeout
                 || stuck.contains(from)
                 || !self.acks.get(from).is_some_and(Option::is_some)
-                || !matches!(self.clearance(work, from, *at, now), Clear::Wait)
+                || !matches!(
+                    self.clearance(work, from, *at, now),
+                    Clear::Wait | Clear::AwaitAck(_)
+                )
             {
                 continue;
             }
@@ -1549,6 +1651,7 @@ impl LeaderMachine {
         }
         self.owed.insert(key.clone(), None);
         self.owed_generation += 1;
+        self.quiet = None;
         *self.owed_by.entry(key.1.clone()).or_default() += 1;
         if !self.owed_times.contains_key(&key) {
             self.owed_since.insert((now, key.0.clone(), key.1.clone()));
@@ -1565,6 +1668,7 @@ impl LeaderMachine {
     /// Forgets the moves of `work`: `O(log owed)` for each, not a pass over
     /// every move.
     fn forget_owed(&mut self, work: &WorkId) {
+        self.quiet = None;
         let keys: Vec<(WorkId, MemberId)> = self
             .owed
             .range((work.clone(), self.no_member.clone())..)
@@ -1622,9 +1726,7 @@ impl LeaderMachine {
             return;
         }
         let ops = if self.revoke_first {
-            self.next_revokes(now)
-                .or_else(|| self.next_assigns(now))
-                .or_else(|| self.next_cleanup(now))
+            self.next_revokes(now).or_else(|| self.next_settles(now))
         } else {
             self.unguarded_write()
         };
@@ -1718,9 +1820,32 @@ impl LeaderMachine {
         (!ops.is_empty()).then_some(ops)
     }
 
-    /// Assigns whose handoff is clear, and clean-up of handoff records no
-    /// longer needed.
-    fn next_assigns(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
+    /// Assigns whose handoff is clear, then clean-up of handoff records no
+    /// longer needed; nothing while [`quiet`](Self::quiet) holds, which a
+    /// scan that finds nothing sets.
+    fn next_settles(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
+        if self.quiet.is_some() {
+            return None;
+        }
+        let mut waits = Waits::default();
+        if let Some(ops) = self.scan_assigns(now, &mut waits) {
+            return Some(ops);
+        }
+        let (ops, done) = self.scan_cleanup(now, &mut waits);
+        for work in &done {
+            self.forget_owed(work);
+        }
+        if !ops.is_empty() {
+            return Some(ops);
+        }
+        if done.is_empty() && !waits.other {
+            self.quiet = Some(waits.acks);
+        }
+        None
+    }
+
+    /// Assigns whose handoff is clear.
+    fn scan_assigns(&self, now: Instant, waits: &mut Waits) -> Option<Vec<TxnOp>> {
         self.desired.as_ref()?;
         let (current, items) = (self.current.as_ref()?, self.items.as_ref()?);
         let owners = &self.idx.owners;
@@ -1744,7 +1869,7 @@ impl LeaderMachine {
                 if others {
                     continue; // its revoke comes first
                 }
-                let (wait, needs) = self.owed_state(work, Some(target), now);
+                let (wait, needs) = self.owed_state(work, Some(target), now, waits);
                 if wait {
                     continue;
                 }
@@ -1785,13 +1910,16 @@ impl LeaderMachine {
     }
 
     /// Handoff records no longer needed: items no longer wanted, or already
-    /// with their target, once clear.
-    fn next_cleanup(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, _, items) = (
-            self.desired.as_ref()?,
-            self.current.as_ref()?,
-            self.items.as_ref()?,
-        );
+    /// with their target, once clear: (their deletes, the moves to forget
+    /// that have no record).
+    fn scan_cleanup(&self, now: Instant, waits: &mut Waits) -> (Vec<TxnOp>, Vec<WorkId>) {
+        let (Some(desired), Some(_), Some(items)) = (
+            self.desired.as_ref(),
+            self.current.as_ref(),
+            self.items.as_ref(),
+        ) else {
+            return (Vec::new(), Vec::new());
+        };
         let owners = &self.idx.owners;
         let none = BTreeSet::new();
         let mut ops = Vec::new();
@@ -1827,7 +1955,7 @@ impl LeaderMachine {
             }
             // No assign follows, so no guard is needed: a clear owner (one
             // that is gone, past the margin) is enough.
-            let (wait, _) = self.owed_state(work, target, now);
+            let (wait, _) = self.owed_state(work, target, now, waits);
             if wait {
                 continue;
             }
@@ -1843,10 +1971,7 @@ impl LeaderMachine {
                 done_owed.push(work.clone());
             }
         }
-        for work in done_owed {
-            self.forget_owed(&work);
-        }
-        (!ops.is_empty()).then_some(ops)
+        (ops, done_owed)
     }
 
     /// Whether the owed entries of `work` (other than from `target`) are
@@ -1856,6 +1981,7 @@ impl LeaderMachine {
         work: &WorkId,
         target: Option<&MemberId>,
         now: Instant,
+        waits: &mut Waits,
     ) -> (bool, Vec<MemberId>) {
         let mut wait = false;
         let mut needs = Vec::new();
@@ -1868,7 +1994,15 @@ impl LeaderMachine {
                 continue;
             }
             match self.clearance(work, from, *at, now) {
-                Clear::Wait => wait = true,
+                Clear::Wait => {
+                    wait = true;
+                    waits.other = true;
+                }
+                Clear::AwaitAck(position) => {
+                    wait = true;
+                    let lowest = waits.acks.entry(from.clone()).or_insert(u64::MAX);
+                    *lowest = (*lowest).min(position.unwrap_or(u64::MAX));
+                }
                 Clear::Go => {}
                 Clear::Guard(m) => needs.push(m),
             }

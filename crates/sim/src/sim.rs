@@ -1812,7 +1812,7 @@ impl Sim {
                         self.send(n, slot, req);
                     }
                     FollowAction::Publish(map) => {
-                        let entries = map.iter().map(|(k, v)| (k.as_slice(), v));
+                        let entries = map.iter().map(|(k, v)| (k.as_ref(), v));
                         if slot == Slot::FollowMembers {
                             lead.machine.handle_members(t, entries);
                         } else {

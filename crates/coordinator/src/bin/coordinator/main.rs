@@ -327,8 +327,8 @@ pub(crate) fn finish_settings(
     extra: impl FnOnce(&Settings) -> Result<(), coordinator::ConfigError>,
 ) -> Result<Settings, ExitCode> {
     s.apply_store_env(&|k| std::env::var(k).ok())?;
-    if conn.print_config {
-        print!("{}", s.render());
+    if conn.print_config && write_out(s.render().as_bytes(), "the settings") != ExitCode::SUCCESS {
+        return Err(ExitCode::FAILURE);
     }
     if s.config.instance_id.is_empty() {
         return Err(usage_error(
@@ -446,17 +446,17 @@ fn main() -> ExitCode {
     let leaf = leaf.clone();
     match cli.cmd {
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut command(), "coordinator", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command(), "coordinator", &mut script);
+            return write_out(&script, "the completion script");
         }
         Cmd::Man => {
-            return match clap_mangen::Man::new(command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("coordinator: cannot write the man page: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+            let mut page = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(command()).render(&mut page) {
+                eprintln!("coordinator: cannot render the man page: {e}");
+                return ExitCode::FAILURE;
+            }
+            return write_out(&page, "the man page");
         }
         _ => {}
     }
@@ -483,4 +483,19 @@ fn main() -> ExitCode {
     // The stdin reader of the memory backend sits in a blocking read: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// Writes `bytes` (`what`, for the error) to stdout whole. A reader that
+/// left early (`| head`) is not an error: the output was not wanted further.
+fn write_out(bytes: &[u8], what: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator: cannot write {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
