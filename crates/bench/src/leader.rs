@@ -61,6 +61,10 @@ pub struct Params {
     pub idle: Duration,
 }
 
+/// The start-up the write-rate bound (≥ 0.8 × the bare loop) is set for;
+/// smaller start-ups (8 to 164 transactions) are printed, not judged.
+pub const WRITES_BOUND_ITEMS: usize = 100_000;
+
 /// From this many members on, the TTL is [`Params::large_ttl`]: with 1,000
 /// members, the store and the bench on two cores, a 3 s etcd lease expires
 /// during start-up (renewals every second wait behind the registrations).
@@ -1445,7 +1449,13 @@ pub fn verdicts(outcomes: &[Outcome]) -> Vec<String> {
                 w.leader.per_sec(),
                 w.bare.per_sec(),
                 w.ratio(),
-                if w.ratio() >= 0.8 { "met" } else { "BELOW" }
+                if o.items < WRITES_BOUND_ITEMS {
+                    "not judged below 100,000 items (a few dozen transactions: noise)"
+                } else if w.ratio() >= 0.8 {
+                    "met"
+                } else {
+                    "BELOW"
+                }
             ));
         }
         if let Ok(b) = &o.bulk {

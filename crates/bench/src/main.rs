@@ -162,10 +162,7 @@ fn raise_open_files() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let want = OPEN_FILES.max(hard);
-        if soft < want
-            && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err()
-            && soft < hard
-        {
+        if soft < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() && soft < hard {
             if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 eprintln!("open files limit stays at {soft}: {e}");
             }
@@ -174,9 +171,9 @@ fn raise_open_files() {
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(proxy::CHILD_FLAG) {
-        proxy_child(&argv[2..]);
+    let command_line: Vec<String> = std::env::args().collect();
+    if command_line.get(1).map(String::as_str) == Some(proxy::CHILD_FLAG) {
+        proxy_child(&command_line[2..]);
         return;
     }
     let args = Args::parse();

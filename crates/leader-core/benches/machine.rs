@@ -46,8 +46,14 @@ struct Store {
 
 impl Store {
     fn members(&self, m: &mut LeaderMachine) {
-        let kv: Vec<(Vec<u8>, Bytes)> = self
-            .acks
+        let kv = self.members_picture();
+        m.handle_members(self.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+    }
+
+    /// The members picture as the follower hands it (built outside the
+    /// measured calls).
+    fn members_picture(&self) -> Vec<(Vec<u8>, Bytes)> {
+        self.acks
             .iter()
             .map(|(id, a)| {
                 (
@@ -55,8 +61,7 @@ impl Store {
                     Bytes::from(format!(r#"{{"weight":1,"acked":{a}}}"#)),
                 )
             })
-            .collect();
-        m.handle_members(self.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+            .collect()
     }
 
     /// Carries out what the machine asks for until it is idle; returns the
@@ -159,6 +164,7 @@ fn settled(members: usize) -> (LeaderMachine, Store) {
 
 #[derive(Default)]
 struct Run {
+    join: Duration,
     ack: Duration,
     ack_nothing: Duration,
     writes: Vec<Duration>,
@@ -171,7 +177,11 @@ fn join(members: usize) -> Run {
     let mut run = Run::default();
     store.acks.insert("member-new".to_owned(), 1);
     store.now += Duration::from_secs(1);
-    store.members(&mut m);
+    let kv = store.members_picture();
+    let t = std::time::Instant::now();
+    m.handle_members(store.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+    let _: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
+    run.join = t.elapsed();
     store.now += SOAK;
     m.handle_timeout(store.now);
     let start = std::time::Instant::now();
@@ -180,8 +190,9 @@ fn join(members: usize) -> Run {
     assert!(m.writing(), "the moves wait for acknowledgements");
     // The new member acknowledges something: nothing clears.
     store.acks.insert("member-new".to_owned(), 2);
+    let kv = store.members_picture();
     let t = std::time::Instant::now();
-    store.members(&mut m);
+    m.handle_members(store.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
     let _: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
     run.ack_nothing = t.elapsed();
     // The old owners acknowledge the last revoke.
@@ -190,8 +201,9 @@ fn join(members: usize) -> Run {
             *a = store.revision;
         }
     }
+    let kv = store.members_picture();
     let t = std::time::Instant::now();
-    store.members(&mut m);
+    m.handle_members(store.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
     let first: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
     run.ack = t.elapsed();
     for a in first {
@@ -229,7 +241,8 @@ fn report(label: &str, runs: &[Run]) {
     let max = writes.iter().max().copied().unwrap_or_default();
     let n = u32::try_from(runs.len()).unwrap();
     eprintln!(
-        "{label}: ack {:?}, ack (nothing clears) {:?}, write mean {mean:?} max {max:?} ({} writes per move), whole move {:?} (means over {n} runs)",
+        "{label}: join (the members event) {:?}, ack {:?}, ack (nothing clears) {:?}, write mean {mean:?} max {max:?} ({} writes per move), whole move {:?} (means over {n} runs)",
+        runs.iter().map(|r| r.join).sum::<Duration>() / n,
         runs.iter().map(|r| r.ack).sum::<Duration>() / n,
         runs.iter().map(|r| r.ack_nothing).sum::<Duration>() / n,
         writes.len() / runs.len(),

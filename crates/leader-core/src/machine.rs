@@ -391,6 +391,9 @@ pub struct LeaderMachine {
     /// The members' keys of the last picture that parsed, with their values:
     /// a picture parses again only the values that changed.
     parsed_members: BTreeMap<Vec<u8>, ParsedMember>,
+    /// The last members picture taken in, in key order, as
+    /// [`acks_only`](Self::acks_only) compares the next one with it.
+    last_members: Vec<(Vec<u8>, Bytes)>,
     /// Live members' sessions and every member's TTL, as their keys said.
     sessions: BTreeMap<MemberId, String>,
     ttls: BTreeMap<MemberId, Duration>,
@@ -621,6 +624,7 @@ impl LeaderMachine {
             track_due: true,
             quiet: None,
             parsed_members: BTreeMap::new(),
+            last_members: Vec::new(),
             sessions: BTreeMap::new(),
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
@@ -878,8 +882,16 @@ impl LeaderMachine {
             return;
         }
         let quiet = self.quiet.take();
+        let due = self.track_due;
         self.tick(now);
-        let moved = self.set_members(now, entries);
+        let entries: Vec<(&[u8], &Bytes)> = entries.into_iter().collect();
+        let moved = if self.acks_only(&entries) {
+            // Acknowledgements make no member matter less to `track_owed`.
+            self.track_due = due;
+            false
+        } else {
+            self.set_members(now, entries)
+        };
         // Only acknowledgements moved, each short of what its moves wait
         // for: the scans would find nothing still.
         self.quiet = quiet.filter(|waits| {
@@ -889,6 +901,56 @@ impl LeaderMachine {
                     .all(|(m, lowest)| matches!(self.acks.get(m), Some(Some(a)) if a < lowest))
         });
         self.pump(now);
+    }
+
+    /// The common members event, taken in at the cost of what changed: when
+    /// `entries` are the last picture's keys and only the values of members
+    /// whose value parsed before changed, each to the same metadata but its
+    /// acknowledgement, updates those acknowledgements and returns true.
+    /// Otherwise changes nothing and returns false (the whole picture is
+    /// then taken in by [`set_members`](Self::set_members)).
+    fn acks_only(&mut self, entries: &[(&[u8], &Bytes)]) -> bool {
+        if entries.len() != self.last_members.len() {
+            return false;
+        }
+        let mut changed = Vec::new();
+        for (i, ((key, value), (last_key, last_value))) in
+            entries.iter().zip(&self.last_members).enumerate()
+        {
+            if *key != last_key.as_slice() {
+                return false;
+            }
+            if *value != last_value {
+                changed.push(i);
+            }
+        }
+        let mut updates = Vec::with_capacity(changed.len());
+        for i in changed {
+            let (key, value) = entries[i];
+            let Some(old) = self.parsed_members.get(key) else {
+                return false;
+            };
+            let Ok(meta) = MemberMeta::parse(value) else {
+                return false;
+            };
+            let same_but_ack = MemberMeta {
+                acked: old.meta.acked,
+                ..meta.clone()
+            } == old.meta;
+            if !same_but_ack || value.iter().all(u8::is_ascii_whitespace) {
+                return false;
+            }
+            updates.push((i, meta));
+        }
+        for (i, meta) in updates {
+            let (key, value) = entries[i];
+            let parsed = self.parsed_members.get_mut(key).expect("checked above");
+            self.acks.insert(parsed.id.clone(), meta.acked);
+            parsed.value = value.clone();
+            parsed.meta = meta;
+            self.last_members[i].1 = value.clone();
+        }
+        true
     }
 
     /// Takes in a members picture; whether anything other than the members'
@@ -905,7 +967,9 @@ impl LeaderMachine {
         let mut sessions = BTreeMap::new();
         // Values seen in the last picture are not parsed again.
         let mut cache = std::mem::take(&mut self.parsed_members);
+        let mut last = Vec::new();
         for (key, value) in entries {
+            last.push((key.to_vec(), value.clone()));
             if let Some((key, hit)) = cache.remove_entry(key).filter(|(_, p)| p.value == *value) {
                 let (id, meta) = (hit.id.clone(), hit.meta.clone());
                 self.parsed_members.insert(key, hit);
@@ -976,7 +1040,19 @@ impl LeaderMachine {
             }
         }
         self.reported.insert(Source::Members, seen);
+        self.last_members = last;
         self.acks = acks;
+        self.members_sessions(now, members, sessions)
+    }
+
+    /// The second half of [`set_members`](Self::set_members): the new
+    /// members and sessions; whether either changed.
+    fn members_sessions(
+        &mut self,
+        now: Instant,
+        members: BTreeMap<MemberId, u32>,
+        sessions: BTreeMap<MemberId, String>,
+    ) -> bool {
         let mut moved = self.sessions != sessions;
         // A session this leader ended is gone once its key is absent or
         // bound to another session.
@@ -1406,6 +1482,27 @@ impl LeaderMachine {
                 (&self.owed_by, &self.owed_since, &self.owed_fenced)
             ));
         }
+        // The acknowledgements as the whole last picture says (the slower
+        // truth of `acks_only`).
+        if self.members.is_some() {
+            let mut acks = BTreeMap::new();
+            for (key, value) in &self.last_members {
+                let Ok(id) = self.layout.parse_member(key) else {
+                    continue;
+                };
+                let acked = match MemberMeta::parse(value) {
+                    Ok(meta) if !value.iter().all(u8::is_ascii_whitespace) => meta.acked,
+                    _ => Some(0),
+                };
+                acks.insert(MemberId::from(id), acked);
+            }
+            if acks != self.acks {
+                return Err(format!(
+                    "acknowledgements differ from the last picture's: kept {:?}, truth {acks:?}",
+                    self.acks
+                ));
+            }
+        }
         if let Some(quiet) = &self.quiet {
             // The skipped scans would find nothing, and wait for no more
             // than was noted.
@@ -1419,9 +1516,10 @@ impl LeaderMachine {
                     waits.other
                 ));
             }
-            if let Some((m, lowest)) = quiet.iter().find(|(m, lowest)| {
-                !matches!(self.acks.get(*m), Some(Some(a)) if a < *lowest)
-            }) {
+            if let Some((m, lowest)) = quiet
+                .iter()
+                .find(|(m, lowest)| !matches!(self.acks.get(*m), Some(Some(a)) if a < *lowest))
+            {
                 return Err(format!(
                     "quiet, yet {m}'s acknowledgement {:?} reached {lowest}",
                     self.acks.get(m)

@@ -38,7 +38,12 @@ fn map(pairs: &[(&str, &str)]) -> Arc<PrefixMap> {
     Arc::new(
         pairs
             .iter()
-            .map(|(k, v)| (Bytes::from(k.as_bytes().to_vec()), Bytes::from((*v).to_owned())))
+            .map(|(k, v)| {
+                (
+                    Bytes::from(k.as_bytes().to_vec()),
+                    Bytes::from((*v).to_owned()),
+                )
+            })
             .collect(),
     )
 }
