@@ -392,8 +392,10 @@ pub struct LeaderMachine {
     /// a picture parses again only the values that changed.
     parsed_members: BTreeMap<Vec<u8>, ParsedMember>,
     /// The last members picture taken in, in key order, as
-    /// [`acks_only`](Self::acks_only) compares the next one with it.
+    /// [`members_delta`](Self::members_delta) compares the next one with it.
     last_members: Vec<(Vec<u8>, Bytes)>,
+    /// Tests only: every members picture through `set_members`.
+    whole_pictures: bool,
     /// Live members' sessions and every member's TTL, as their keys said.
     sessions: BTreeMap<MemberId, String>,
     ttls: BTreeMap<MemberId, Duration>,
@@ -431,6 +433,15 @@ struct OwedTimes {
     /// When the leader saw the session of the old owner gone after it ended
     /// it for this move.
     fenced: Option<Instant>,
+}
+
+/// A member key's value as metadata, when it parses and is not blank (what
+/// [`LeaderMachine::set_members`] counts as a good value).
+fn parse_good(value: &[u8]) -> Option<MemberMeta> {
+    if value.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    MemberMeta::parse(value).ok()
 }
 
 /// A member key's value as parsed, with the value it was parsed from.
@@ -625,6 +636,7 @@ impl LeaderMachine {
             quiet: None,
             parsed_members: BTreeMap::new(),
             last_members: Vec::new(),
+            whole_pictures: false,
             sessions: BTreeMap::new(),
             ttls: BTreeMap::new(),
             owed_times: BTreeMap::new(),
@@ -885,12 +897,14 @@ impl LeaderMachine {
         let due = self.track_due;
         self.tick(now);
         let entries: Vec<(&[u8], &Bytes)> = entries.into_iter().collect();
-        let moved = if self.acks_only(&entries) {
+        let moved = match self.members_delta(now, &entries) {
             // Acknowledgements make no member matter less to `track_owed`.
-            self.track_due = due;
-            false
-        } else {
-            self.set_members(now, entries)
+            Some(false) => {
+                self.track_due = due;
+                false
+            }
+            Some(true) => true,
+            None => self.set_members(now, entries),
         };
         // Only acknowledgements moved, each short of what its moves wait
         // for: the scans would find nothing still.
@@ -903,54 +917,159 @@ impl LeaderMachine {
         self.pump(now);
     }
 
-    /// The common members event, taken in at the cost of what changed: when
-    /// `entries` are the last picture's keys and only the values of members
-    /// whose value parsed before changed, each to the same metadata but its
-    /// acknowledgement, updates those acknowledgements and returns true.
-    /// Otherwise changes nothing and returns false (the whole picture is
-    /// then taken in by [`set_members`](Self::set_members)).
-    fn acks_only(&mut self, entries: &[(&[u8], &Bytes)]) -> bool {
-        if entries.len() != self.last_members.len() {
-            return false;
+    /// A members event taken in at the cost of what changed: `entries`
+    /// compared with the last picture key by key (both in key order), and
+    /// only the keys added, removed or with a new value dealt with, each as
+    /// [`set_members`](Self::set_members) would. `None` (nothing changed)
+    /// when the event needs the whole picture: a key or value that does not
+    /// parse, now or before (their reports), or a session this leader ended
+    /// not yet seen gone. Otherwise whether anything other than
+    /// acknowledgements changed.
+    fn members_delta(&mut self, now: Instant, entries: &[(&[u8], &Bytes)]) -> Option<bool> {
+        if self.whole_pictures || self.members.is_none() || self.ending.values().any(|e| !e.seen) {
+            return None;
         }
-        let mut changed = Vec::new();
-        for (i, ((key, value), (last_key, last_value))) in
-            entries.iter().zip(&self.last_members).enumerate()
-        {
-            if *key != last_key.as_slice() {
-                return false;
-            }
-            if *value != last_value {
-                changed.push(i);
-            }
+        let (upserts, removed, added) = self.picture_diff(entries)?;
+        if upserts.is_empty() && removed.is_empty() {
+            return Some(false);
         }
-        let mut updates = Vec::with_capacity(changed.len());
-        for i in changed {
-            let (key, value) = entries[i];
-            let Some(old) = self.parsed_members.get(key) else {
-                return false;
+        let moved = self.apply_diff(now, entries, &upserts, &removed);
+        // The last picture: kept entries moved over, new keys copied.
+        if removed.is_empty() && !added {
+            for (a, ..) in &upserts {
+                self.last_members[*a].1 = entries[*a].1.clone();
+            }
+        } else {
+            self.last_members = entries
+                .iter()
+                .map(|(key, value)| (key.to_vec(), (*value).clone()))
+                .collect();
+        }
+        Some(moved)
+    }
+
+    /// What differs between `entries` and the last picture: the members
+    /// with a new or changed value (index in `entries`, id, metadata), the
+    /// removed ones (index in the last picture), and whether any key is
+    /// new. `None` when one of them does not parse, now or before.
+    #[allow(clippy::type_complexity)] // Three plain lists, named above.
+    fn picture_diff(
+        &self,
+        entries: &[(&[u8], &Bytes)],
+    ) -> Option<(Vec<(usize, MemberId, MemberMeta)>, Vec<usize>, bool)> {
+        let mut upserts: Vec<(usize, MemberId, MemberMeta)> = Vec::new();
+        let mut removed: Vec<usize> = Vec::new();
+        let (mut a, mut b) = (0, 0);
+        let mut added = false;
+        let last = &self.last_members;
+        while a < entries.len() || b < last.len() {
+            let order = match (entries.get(a), last.get(b)) {
+                (Some((key, _)), Some((last_key, _))) => (*key).cmp(last_key.as_slice()),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
             };
-            let Ok(meta) = MemberMeta::parse(value) else {
-                return false;
-            };
-            let same_but_ack = MemberMeta {
-                acked: old.meta.acked,
-                ..meta.clone()
-            } == old.meta;
-            if !same_but_ack || value.iter().all(u8::is_ascii_whitespace) {
-                return false;
+            match order {
+                std::cmp::Ordering::Equal => {
+                    let (key, value) = entries[a];
+                    if *value != last[b].1 {
+                        let old = self.parsed_members.get(key)?;
+                        let meta = parse_good(value)?;
+                        upserts.push((a, old.id.clone(), meta));
+                    }
+                    a += 1;
+                    b += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    let (key, value) = entries[a];
+                    let id = MemberId::from(self.layout.parse_member(key).ok()?);
+                    upserts.push((a, id, parse_good(value)?));
+                    added = true;
+                    a += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    self.parsed_members.get(last[b].0.as_slice())?;
+                    removed.push(b);
+                    b += 1;
+                }
             }
-            updates.push((i, meta));
         }
-        for (i, meta) in updates {
-            let (key, value) = entries[i];
-            let parsed = self.parsed_members.get_mut(key).expect("checked above");
-            self.acks.insert(parsed.id.clone(), meta.acked);
-            parsed.value = value.clone();
-            parsed.meta = meta;
-            self.last_members[i].1 = value.clone();
+        Some((upserts, removed, added))
+    }
+
+    /// Applies [`picture_diff`](Self::picture_diff)'s differences as
+    /// [`set_members`](Self::set_members) would; whether anything other than
+    /// acknowledgements changed.
+    fn apply_diff(
+        &mut self,
+        now: Instant,
+        entries: &[(&[u8], &Bytes)],
+        upserts: &[(usize, MemberId, MemberMeta)],
+        removed: &[usize],
+    ) -> bool {
+        let mut moved = false;
+        let mut effective_changed = false;
+        let members = self.members.as_mut().expect("checked above");
+        for &b in removed {
+            let parsed = self
+                .parsed_members
+                .remove(self.last_members[b].0.as_slice())
+                .expect("checked above");
+            let id = parsed.id;
+            let weight = members.remove(&id).unwrap_or_default();
+            self.acks.remove(&id);
+            self.sessions.remove(&id);
+            self.absent_since.insert(id.clone(), now);
+            if self.timing.rebalance_delay.is_zero() {
+                effective_changed = true;
+            } else {
+                let until = now + self.timing.rebalance_delay;
+                self.departed.insert(id, (weight, until));
+            }
+            moved = true;
         }
-        true
+        for (a, id, meta) in upserts {
+            let weight = meta.effective_weight();
+            if let Some(old) = members.insert(id.clone(), weight) {
+                if old != weight {
+                    moved = true;
+                    effective_changed = true;
+                }
+            } else {
+                moved = true;
+                self.absent_since.remove(id);
+                match self.departed.remove(id) {
+                    Some((w, _)) if w == weight => {}
+                    _ => effective_changed = true,
+                }
+            }
+            self.acks.insert(id.clone(), meta.acked);
+            if let Some(ms) = meta.ttl_ms {
+                self.ttls.insert(id.clone(), Duration::from_millis(ms));
+            }
+            let session_before = match &meta.session {
+                Some(s) => self.sessions.insert(id.clone(), s.clone()),
+                None => self.sessions.remove(id),
+            };
+            if session_before != meta.session {
+                moved = true;
+            }
+            let (key, value) = entries[*a];
+            let parsed = ParsedMember {
+                value: value.clone(),
+                id: id.clone(),
+                meta: meta.clone(),
+            };
+            match self.parsed_members.get_mut(key) {
+                Some(p) => *p = parsed,
+                None => {
+                    self.parsed_members.insert(key.to_vec(), parsed);
+                }
+            }
+        }
+        if effective_changed {
+            self.changed(now);
+        }
+        moved
     }
 
     /// Takes in a members picture; whether anything other than the members'
@@ -1456,6 +1575,13 @@ impl LeaderMachine {
         );
     }
 
+    /// Tests only: take every members picture whole, as the slower truth
+    /// the usual path (only what changed) is compared with.
+    #[doc(hidden)]
+    pub fn set_whole_pictures(&mut self, whole: bool) {
+        self.whole_pictures = whole;
+    }
+
     /// Tests only: whether the incremental indexes equal a recomputation
     /// from scratch (the slower truth); `Err` describes the first
     /// difference.
@@ -1482,24 +1608,31 @@ impl LeaderMachine {
                 (&self.owed_by, &self.owed_since, &self.owed_fenced)
             ));
         }
-        // The acknowledgements as the whole last picture says (the slower
-        // truth of `acks_only`).
-        if self.members.is_some() {
-            let mut acks = BTreeMap::new();
+        // The members, acknowledgements and sessions as the whole last
+        // picture says (the slower truth of `members_delta`).
+        if let Some(kept) = &self.members {
+            let (mut members, mut acks, mut sessions) =
+                (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
             for (key, value) in &self.last_members {
                 let Ok(id) = self.layout.parse_member(key) else {
                     continue;
                 };
-                let acked = match MemberMeta::parse(value) {
-                    Ok(meta) if !value.iter().all(u8::is_ascii_whitespace) => meta.acked,
-                    _ => Some(0),
-                };
-                acks.insert(MemberId::from(id), acked);
+                let id = MemberId::from(id);
+                let meta = parse_good(value).unwrap_or(MemberMeta {
+                    acked: Some(0),
+                    ..MemberMeta::default()
+                });
+                members.insert(id.clone(), meta.effective_weight());
+                acks.insert(id.clone(), meta.acked);
+                if let Some(s) = meta.session {
+                    sessions.insert(id, s);
+                }
             }
-            if acks != self.acks {
+            if (&members, &acks, &sessions) != (kept, &self.acks, &self.sessions) {
                 return Err(format!(
-                    "acknowledgements differ from the last picture's: kept {:?}, truth {acks:?}",
-                    self.acks
+                    "members differ from the last picture's: kept {:?}, truth {:?}",
+                    (kept, &self.acks, &self.sessions),
+                    (&members, &acks, &sessions)
                 ));
             }
         }

@@ -73,8 +73,9 @@ impl Store {
         }
     }
 
-    fn collect(&mut self, m: &mut LeaderMachine) {
-        while let Some(a) = m.poll() {
+    /// Notes what the machine asked for.
+    fn take(&mut self, asked: Vec<Action>) {
+        for a in asked {
             match a {
                 Action::Write(ops) => self.pending = Some(ops),
                 Action::ListAssignments => self.list = true,
@@ -85,7 +86,7 @@ impl Store {
     }
 
     /// Answers the reads asked for.
-    fn answer(&mut self, m: &mut LeaderMachine, now: Instant) {
+    fn answer(&mut self, ms: &mut [LeaderMachine; 2], now: Instant) {
         if std::mem::take(&mut self.list) {
             let kv: Vec<(Vec<u8>, Bytes)> = self
                 .assignments
@@ -97,11 +98,13 @@ impl Store {
                 .iter()
                 .map(|(k, (v, r))| (k.clone().into_bytes(), v.clone(), *r))
                 .collect();
-            m.handle_assignments(
-                now,
-                kv.iter().map(|(k, v)| (k.as_slice(), v)),
-                rec.iter().map(|(k, v, r)| (k.as_slice(), v, *r)),
-            );
+            for m in ms.iter_mut() {
+                m.handle_assignments(
+                    now,
+                    kv.iter().map(|(k, v)| (k.as_slice(), v)),
+                    rec.iter().map(|(k, v, r)| (k.as_slice(), v, *r)),
+                );
+            }
         }
         if std::mem::take(&mut self.handoffs) {
             let rec: Vec<(Vec<u8>, Bytes, u64)> = self
@@ -109,11 +112,14 @@ impl Store {
                 .iter()
                 .map(|(k, (v, r))| (k.clone().into_bytes(), v.clone(), *r))
                 .collect();
-            m.handle_handoffs(now, rec.iter().map(|(k, v, r)| (k.as_slice(), v, *r)));
+            for m in ms.iter_mut() {
+                m.handle_handoffs(now, rec.iter().map(|(k, v, r)| (k.as_slice(), v, *r)));
+            }
         }
     }
 }
 
+#[allow(clippy::too_many_lines)] // One event loop over both machines, easier to follow whole.
 fn run(events: &[Event], max_moves: usize, exclusive: bool) {
     let t0 = Instant::now();
     let layout = Layout::default();
@@ -125,7 +131,13 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
         timing.exclusive = Some(Duration::from_millis(200));
         timing.member_ttl = Duration::from_secs(2);
     }
-    let mut m = LeaderMachine::new(layout.clone(), timing, 5, t0);
+    // The machine under test, and the same taking every members picture
+    // whole (the slower truth): they must ask for the same things.
+    let mut pair = [
+        LeaderMachine::new(layout.clone(), timing, 5, t0),
+        LeaderMachine::new(layout.clone(), timing, 5, t0),
+    ];
+    pair[1].set_whole_pictures(true);
     let mut store = Store {
         layout: layout.clone(),
         revision: 1,
@@ -137,8 +149,13 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
     };
     let mut now = t0;
     let mut shown: Option<(u64, Vec<String>)> = None;
+    {
+        let [m, truth] = &mut pair;
+        let asked: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
+        let _: Vec<Action> = std::iter::from_fn(|| truth.poll()).collect();
+        store.take(asked);
+    }
     for e in events {
-        store.collect(&mut m);
         match e {
             Event::Members(mask, acks) => {
                 let kv: Vec<(Vec<u8>, Bytes)> = (0..4)
@@ -156,7 +173,9 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
                         )
                     })
                     .collect();
-                m.handle_members(now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+                for m in &mut pair {
+                    m.handle_members(now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+                }
             }
             Event::Items(mask, value) => {
                 let kv: Vec<(Vec<u8>, Bytes)> = (0..8)
@@ -168,7 +187,9 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
                         )
                     })
                     .collect();
-                m.handle_items(now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+                for m in &mut pair {
+                    m.handle_items(now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+                }
             }
             Event::Stray(member, item) => {
                 store.assignments.insert(
@@ -179,31 +200,55 @@ fn run(events: &[Event], max_moves: usize, exclusive: bool) {
             }
             Event::Tick(ms) => {
                 now += Duration::from_millis(u64::from(*ms));
-                m.handle_timeout(now);
+                for m in &mut pair {
+                    m.handle_timeout(now);
+                }
             }
             Event::Outcome(o) => {
                 if let Some(ops) = store.pending.take() {
                     match o {
                         0..=6 => {
                             store.apply(&ops);
-                            m.handle_write::<()>(
-                                now,
-                                Ok(TxnOutcome::Applied {
-                                    revision: store.revision,
-                                }),
-                            );
+                            for m in &mut pair {
+                                m.handle_write::<()>(
+                                    now,
+                                    Ok(TxnOutcome::Applied {
+                                        revision: store.revision,
+                                    }),
+                                );
+                            }
                         }
-                        7 => m.handle_write::<()>(now, Ok(TxnOutcome::Conflict)),
-                        _ => m.handle_write(now, Err::<TxnOutcome, _>("timed out")),
+                        7 => {
+                            for m in &mut pair {
+                                m.handle_write::<()>(now, Ok(TxnOutcome::Conflict));
+                            }
+                        }
+                        _ => {
+                            for m in &mut pair {
+                                m.handle_write(now, Err::<TxnOutcome, _>("timed out"));
+                            }
+                        }
                     }
                 } else {
-                    store.answer(&mut m, now);
+                    store.answer(&mut pair, now);
                 }
             }
         }
-        if let Err(diff) = m.check_indexes() {
-            panic!("after {e:?}: {diff}");
+        for m in &pair {
+            if let Err(diff) = m.check_indexes() {
+                panic!("after {e:?}: {diff}");
+            }
         }
+        // Both ask for the same; the truth's requests are dropped.
+        let [m, truth] = &mut pair;
+        let asked: Vec<Action> = std::iter::from_fn(|| m.poll()).collect();
+        let truth_asked: Vec<Action> = std::iter::from_fn(|| truth.poll()).collect();
+        assert_eq!(
+            format!("{asked:?}"),
+            format!("{truth_asked:?}"),
+            "after {e:?}: what changed and the whole picture ask for different things"
+        );
+        store.take(asked);
         // The moves in flight never change without a new generation (a
         // driver shows them only when it moves).
         let list: Vec<String> = m.handoffs().map(|(w, f)| format!("{w:?}<-{f:?}")).collect();
