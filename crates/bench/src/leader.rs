@@ -61,6 +61,10 @@ pub struct Params {
     pub idle: Duration,
 }
 
+/// How often etcd's lessor looks for expired leases: a lease is revoked up
+/// to this long after its TTL ran out.
+pub const ETCD_LESSOR_CHECK: Duration = Duration::from_millis(500);
+
 /// The start-up the write-rate bound (≥ 0.8 × the bare loop) is set for;
 /// smaller start-ups (8 to 164 transactions) are printed, not judged.
 pub const WRITES_BOUND_ITEMS: usize = 100_000;
@@ -83,13 +87,15 @@ impl Params {
         }
     }
 
-    /// The documented bound on a dead member's detection (docs/leader.md):
-    /// etcd, the TTL (rounded up to whole seconds); Consul, 2 × TTL.
+    /// The documented bound on a dead member's detection (docs/etcd.md,
+    /// docs/leader.md): etcd, the TTL (rounded up to whole seconds) plus
+    /// the 500 ms of its lessor's expiry check; Consul with a plain session,
+    /// 2 × TTL.
     fn detection_bound(&self, kind: Kind, members: usize) -> Duration {
         let ttl = self.ttl(kind, members);
         match kind {
             Kind::Consul => ttl * 2,
-            Kind::Etcd => Duration::from_secs(ttl.as_secs_f64().ceil() as u64),
+            Kind::Etcd => Duration::from_secs(ttl.as_secs_f64().ceil() as u64) + ETCD_LESSOR_CHECK,
         }
     }
 }
