@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::measure::{fmt_ms, other_process_cpu_ns};
-use crate::proxy::{CountingProxy, Counts, Protocol};
+use crate::proxy::{CountingProxy, Counts};
 use crate::rt::Lane;
 use crate::stores::{Kind, Op, Store, Writer};
 
@@ -377,15 +376,7 @@ async fn idle_window(
     let writer = store.writer(lane.clone()).await;
     let items: BTreeSet<String> = (0..params.idle_items).map(|i| format!("w{i:05}")).collect();
     put_items(&writer, &items).await;
-    let target: SocketAddr = store
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("store address");
-    let protocol = match kind {
-        Kind::Consul => Protocol::Http1,
-        Kind::Etcd => Protocol::Http2,
-    };
+    let (target, protocol) = store.proxy_target();
     let proxy = lane.run(CountingProxy::start(target, protocol)).await;
     let logs = logs.join(format!("idle-{}", settings.replace(' ', "-")));
     std::fs::create_dir_all(&logs).expect("log directory");
@@ -485,11 +476,7 @@ pub fn table(all: &[Outcome], params: &Params) -> String {
         match &o.kills {
             Ok(kills) => {
                 for leader in [false, true] {
-                    let v: Vec<Duration> = kills
-                        .iter()
-                        .filter(|k| k.leader == leader)
-                        .map(|k| k.settled)
-                        .collect();
+                    let v = settle_times(kills, leader);
                     let (min, mean, max) = stats(&v);
                     let _ = writeln!(
                         s,
@@ -545,6 +532,16 @@ pub fn table(all: &[Outcome], params: &Params) -> String {
     s
 }
 
+/// How long each kill of one kind (the leader's or a member's) took to
+/// settle.
+fn settle_times(kills: &[Kill], leader: bool) -> Vec<Duration> {
+    kills
+        .iter()
+        .filter(|k| k.leader == leader)
+        .map(|k| k.settled)
+        .collect()
+}
+
 /// One verdict per store and kind of kill: the slowest against [`GOAL`].
 pub fn verdicts(all: &[Outcome]) -> Vec<String> {
     let mut out = Vec::new();
@@ -552,11 +549,7 @@ pub fn verdicts(all: &[Outcome]) -> Vec<String> {
         match &o.kills {
             Ok(kills) => {
                 for leader in [false, true] {
-                    let v: Vec<Duration> = kills
-                        .iter()
-                        .filter(|k| k.leader == leader)
-                        .map(|k| k.settled)
-                        .collect();
+                    let v = settle_times(kills, leader);
                     let (_, _, max) = stats(&v);
                     let ok = max <= GOAL.as_secs_f64() * 1e3;
                     out.push(format!(

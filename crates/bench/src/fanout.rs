@@ -2,13 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use worker_core::{Worker, WorkerConfig, WorkerHandle};
 
 use crate::measure::{fmt_ms, other_process_cpu_ns, process_cpu_us};
-use crate::proxy::{CountingProxy, Counts, Protocol};
+use crate::proxy::{CountingProxy, Counts};
 use crate::rt::Lane;
 use crate::stores::{Kind, Op, Store};
 
@@ -162,15 +161,7 @@ pub async fn run(kind: Kind, workers: usize, params: &Params, writer_lane: &Lane
                 .collect(),
         )
         .await;
-    let target: SocketAddr = store
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("store address");
-    let protocol = match kind {
-        Kind::Consul => Protocol::Http1,
-        Kind::Etcd => Protocol::Http2,
-    };
+    let (target, protocol) = store.proxy_target();
     let proxy = CountingProxy::start(target, protocol).await;
     let pid = store.pid();
     // One backend shared by all the workers of the process, as an application would.

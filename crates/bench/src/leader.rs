@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use worker_core::{
 };
 
 use crate::measure::{fmt_bytes, fmt_ms, other_process_cpu_ns, process_cpu_us, rss_bytes, Allocs};
-use crate::proxy::{ChildProxy, Counts, Protocol};
+use crate::proxy::{ChildProxy, Counts};
 use crate::rt::Lane;
 use crate::stores::{Kind, Op, Store};
 
@@ -838,15 +837,7 @@ pub async fn run(
                 .collect(),
         )
         .await;
-    let target: SocketAddr = store
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("store address");
-    let protocol = match kind {
-        Kind::Consul => Protocol::Http1,
-        Kind::Etcd => Protocol::Http2,
-    };
+    let (target, protocol) = store.proxy_target();
     // In a process of its own: 1,000 members on Consul hold about 5,000
     // connections, and the proxy two descriptors for each.
     let proxy = ChildProxy::start(target, protocol);

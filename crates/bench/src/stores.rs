@@ -97,6 +97,21 @@ impl Store {
         }
     }
 
+    /// Where a counting proxy in front of this store forwards to, and what
+    /// its clients speak there.
+    pub fn proxy_target(&self) -> (std::net::SocketAddr, crate::proxy::Protocol) {
+        let target = self
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("store address");
+        let protocol = match self.kind {
+            Kind::Consul => crate::proxy::Protocol::Http1,
+            Kind::Etcd => crate::proxy::Protocol::Http2,
+        };
+        (target, protocol)
+    }
+
     /// Client URL of the store.
     pub fn endpoint(&self) -> String {
         match (&self.consul, &self.etcd) {
