@@ -262,12 +262,7 @@ async fn fence_of(
     let revision = pairs.first().map_or(0, |p| p.modify_index);
     Ok(leader::leader_of(key, &pairs)
         .filter(|leader| leader.id == session.0)
-        .map(|leader| Fence {
-            session: session.clone(),
-            key: key.to_owned(),
-            revision,
-            leader,
-        }))
+        .map(|leader| Fence::new(session.clone(), key, leader, revision)))
 }
 
 /// One error of a failed transaction.
@@ -706,9 +701,9 @@ impl Election for ConsulBackend {
     async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
         lock_verb(
             &self.inner.http,
-            &fence.key,
+            fence.key(),
             "release",
-            &fence.session,
+            fence.session(),
             Vec::new(),
         )
         .await?;
@@ -774,15 +769,15 @@ impl FencedWrite for ConsulBackend {
         let mut body = Vec::with_capacity(ops.len() + 1);
         body.push(json!({"KV": {
             "Verb": "check-session",
-            "Key": fence.key,
-            "Session": fence.session.0,
+            "Key": fence.key(),
+            "Session": fence.session().0,
         }}));
         // The key unchanged since this leadership began: a session that
         // resigned and won the key again has a newer ModifyIndex.
         body.push(json!({"KV": {
             "Verb": "check-index",
-            "Key": fence.key,
-            "Index": fence.revision,
+            "Key": fence.key(),
+            "Index": fence.revision(),
         }}));
         body.extend(ops.iter().map(txn_op));
         match txn(&self.inner.http, &body).await? {
@@ -812,7 +807,7 @@ impl FencedWrite for ConsulBackend {
                 let mut lacks: Vec<String> = errors
                     .iter()
                     .filter(|e| denied(e))
-                    .map(|e| op_needs(&fence.key, ops, e.op_index))
+                    .map(|e| op_needs(fence.key(), ops, e.op_index))
                     .collect();
                 lacks.dedup();
                 Err(StoreError::PermissionDenied(Box::new(MissingPermission {
@@ -829,7 +824,7 @@ impl FencedWrite for ConsulBackend {
                 })))
             }
             Err(errors) if !errors.is_empty() && errors.iter().any(|e| e.op_index < FENCE_OPS) => {
-                debug!(key = %fence.key, error = %errors[0].what, "fenced write rejected");
+                debug!(key = %fence.key(), error = %errors[0].what, "fenced write rejected");
                 Ok(TxnOutcome::Fenced)
             }
             Err(errors)

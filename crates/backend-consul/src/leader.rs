@@ -277,7 +277,6 @@ enum SharedError {
     PermissionDenied(Shared),
     Protocol(Shared),
     Timeout(Duration),
-    Injected(String),
 }
 
 impl From<StoreError> for SharedError {
@@ -287,7 +286,6 @@ impl From<StoreError> for SharedError {
             StoreError::PermissionDenied(s) => Self::PermissionDenied(Shared(s.into())),
             StoreError::Protocol(s) => Self::Protocol(Shared(s.into())),
             StoreError::Timeout(d) => Self::Timeout(d),
-            StoreError::Injected(s) => Self::Injected(s),
             other => Self::Unavailable(Shared(Arc::new(other))),
         }
     }
@@ -301,7 +299,6 @@ impl SharedError {
             Self::PermissionDenied(s) => StoreError::PermissionDenied(boxed(s)),
             Self::Protocol(s) => StoreError::Protocol(boxed(s)),
             Self::Timeout(d) => StoreError::Timeout(*d),
-            Self::Injected(s) => StoreError::Injected(s.clone()),
         }
     }
 }

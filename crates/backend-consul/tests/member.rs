@@ -281,10 +281,10 @@ async fn fenced_transactions_fill_consuls_limit() {
         .await
         .expect("try_lead")
         .expect("a free key is won");
-    assert_eq!(fence.key, "t/leader");
+    assert_eq!(fence.key(), "t/leader");
     assert_eq!(
         backend.leader().await.expect("leader").as_ref(),
-        Some(&fence.leader),
+        Some(fence.leader()),
         "the fence's leader is what LeaderWait reports"
     );
     assert_eq!(
@@ -459,7 +459,7 @@ async fn an_old_fence_stays_rejected_when_the_same_session_leads_again() {
         .await
         .expect("try_lead")
         .expect("the same session wins again");
-    assert_ne!(second.revision, first.revision);
+    assert_ne!(second.revision(), first.revision());
     assert_eq!(
         backend.apply(&first, &[put("stale")]).await.expect("apply"),
         TxnOutcome::Fenced,

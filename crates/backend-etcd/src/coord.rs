@@ -266,12 +266,10 @@ impl Election for EtcdBackend {
         let terms = self.with_terms(prefix.as_bytes(), &fresh);
         let (leader, _) = current_leader(&self.pool, prefix.as_bytes(), terms).await?;
         Ok(match leader {
-            Some(((leader_key, _), leader)) if leader_key == key.as_bytes() => Some(Fence {
-                session: session.clone(),
-                key,
-                revision: leader.term,
-                leader,
-            }),
+            Some(((leader_key, _), leader)) if leader_key == key.as_bytes() => {
+                let revision = leader.term;
+                Some(Fence::new(session.clone(), key, leader, revision))
+            }
             _ => None,
         })
     }
@@ -291,14 +289,14 @@ impl Election for EtcdBackend {
     async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
         let txn = Txn::new()
             .when([Compare::create_revision(
-                fence.key.as_str(),
+                fence.key(),
                 CompareOp::Equal,
-                revision_i64(fence.term()),
+                revision_i64(fence.revision()),
             )])
-            .and_then([etcd_client::TxnOp::delete(fence.key.as_str(), None)]);
+            .and_then([etcd_client::TxnOp::delete(fence.key(), None)]);
         self.txn_unless_lease_gone(txn).await.map_err(|e| {
             naming(e, || {
-                format!("write on the key {:?} (the election)", fence.key)
+                format!("write on the key {:?} (the election)", fence.key())
             })
         })?;
         Ok(())
@@ -448,7 +446,7 @@ impl FencedWrite for EtcdBackend {
         self.limits
     }
 
-    /// One transaction: `create_revision(fence.key) == fence.term` then the
+    /// One transaction: `create_revision(fence.key()) == fence.term` then the
     /// puts and deletes, else nothing ([`TxnOutcome::Fenced`]). The guards
     /// ([`TxnOp::Absent`]: `version == 0`; [`TxnOp::Sequence`]:
     /// `mod_revision == index`, and a put of the key) go in an inner
@@ -477,9 +475,9 @@ impl FencedWrite for EtcdBackend {
             })
             .collect();
         let fence_compare = Compare::create_revision(
-            fence.key.as_str(),
+            fence.key(),
             CompareOp::Equal,
-            revision_i64(fence.term()),
+            revision_i64(fence.revision()),
         );
         let guards: Vec<Compare> = ops
             .iter()
@@ -507,7 +505,7 @@ impl FencedWrite for EtcdBackend {
         };
         let (response, revision) = match self.run_txn(&txn).await {
             Err(e) if is_missing_permission(&e) => {
-                let mut reads = vec![(fence.key.as_str(), false)];
+                let mut reads = vec![(fence.key(), false)];
                 let mut writes = Vec::new();
                 for op in ops {
                     match op {

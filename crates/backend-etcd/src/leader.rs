@@ -409,7 +409,6 @@ fn replicate(e: &Arc<StoreError>) -> StoreError {
     let shared = || Box::new(SharedSource(Arc::clone(e)));
     match &**e {
         StoreError::Timeout(bound) => StoreError::Timeout(*bound),
-        StoreError::Injected(what) => StoreError::Injected(what.clone()),
         StoreError::Unavailable(_) => StoreError::Unavailable(shared()),
         StoreError::PermissionDenied(_) => StoreError::PermissionDenied(shared()),
         _ => StoreError::Protocol(shared()),

@@ -25,8 +25,11 @@ use worker_core::{validate_instance_id, ConfigError, WorkerConfig, DEFAULT_PREFI
 pub const DEFAULT_LEADER: &str = "service/coordinator/leader";
 
 /// Which store the worker talks to.
+///
+/// Non-exhaustive: a later release may add a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// Consul's HTTP API (cargo feature `consul`, on by default).
     #[default]
@@ -63,16 +66,31 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// A backend name that is not one of `consul`, `etcd` or `memory`; from
+/// [`BackendKind`]'s `FromStr`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {name:?}: expected consul, etcd or memory")]
+pub struct ParseBackendKindError {
+    name: String,
+}
+
+impl ParseBackendKindError {
+    /// The name that was given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl FromStr for BackendKind {
-    type Err = String;
+    type Err = ParseBackendKindError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "consul" => Ok(Self::Consul),
             "etcd" => Ok(Self::Etcd),
             "memory" => Ok(Self::Memory),
-            other => Err(format!(
-                "unknown backend {other:?}: expected consul, etcd or memory"
-            )),
+            other => Err(ParseBackendKindError {
+                name: other.to_owned(),
+            }),
         }
     }
 }
@@ -168,8 +186,12 @@ pub fn check_duration(field: &'static str, value: Duration) -> Result<(), Config
 }
 
 /// Everything needed to run a worker against a chosen backend.
+///
+/// Non-exhaustive: build one with [`Config::new`], [`Config::from_env`] or
+/// [`Config::from_toml_file`], then set the public fields.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Which backend. Default `consul`.
     #[serde(default)]
@@ -522,9 +544,9 @@ impl Config {
         })?;
         let mut c = Self::new(BackendKind::default(), instance_id);
         if let Some(b) = get("COORDINATOR_BACKEND") {
-            c.backend = b.parse().map_err(|reason| LoadError::Env {
+            c.backend = b.parse().map_err(|e: ParseBackendKindError| LoadError::Env {
                 var: "COORDINATOR_BACKEND",
-                reason,
+                reason: e.to_string(),
             })?;
         }
         if let Some(e) = get("COORDINATOR_ENDPOINTS") {

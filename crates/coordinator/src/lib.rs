@@ -29,6 +29,51 @@
 //! # }
 //! ```
 //!
+//! # A full member, acknowledging by hand
+//!
+//! A member registers, takes part in the election, leads while elected (it
+//! spreads the items under `work_prefix` over the live members) and follows
+//! its own assignments. With manual acknowledgement, the leader moves an item
+//! away from a member only after the application said it let go of it.
+//!
+//! ```
+//! use std::collections::BTreeSet;
+//! use std::time::Duration;
+//! use coordinator::{Backend, BackendKind, Config, MemoryStore, WorkId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), coordinator::Error> {
+//! let store = MemoryStore::new();
+//! let mut config = Config::new(BackendKind::Memory, "m1");
+//! config.soak = Duration::from_millis(10);
+//! config.leader_settle = Some(Duration::from_millis(10));
+//! config.leader_soak = Duration::from_millis(10);
+//! // The service's work items: one key each under `work_prefix`.
+//! for item in ["item-1", "item-2"] {
+//!     store.put(format!("{}{item}", config.work_prefix), "");
+//! }
+//!
+//! let member = Backend::memory(store)
+//!     .spawn_member_with(&config.member_config()?.manual_ack(true))?;
+//! let mut changes = member.worker().changes();
+//! let mut running: BTreeSet<WorkId> = BTreeSet::new();
+//! while running.len() < 2 {
+//!     let change = changes.next().await.expect("the member runs");
+//!     for item in &change.removed {
+//!         running.remove(item); // stop working on it
+//!     }
+//!     for (item, _value) in &change.added {
+//!         running.insert(item.clone()); // start working on it
+//!     }
+//!     // Everything up to this change is applied: the leader may now move
+//!     // the items this change removed to their new owner.
+//!     member.ack(change.revision);
+//! }
+//! member.halt().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Feature flags
 //! The backend features only decide which backends are compiled in; they are
 //! additive, and the runtime [`Config`] picks one.
@@ -77,14 +122,22 @@ pub mod metrics {
 
 use std::sync::Arc;
 
-pub use config::{BackendKind, Config, LoadError, DEFAULT_LEADER};
-pub use worker_core::*;
+pub use config::{BackendKind, Config, LoadError, ParseBackendKindError, DEFAULT_LEADER};
 
-/// The leader half: members, the election, the planner, the leader loop.
-pub use leader_core as leader;
+// What applications use, named one by one: the worker and its changes, the
+// full member, the errors, the memory store, and the two traits a custom
+// backend implements for `Backend::from_parts`. Backends and tests that need
+// more (the state machines, the leader-half traits, the planner) depend on
+// the core crates themselves.
 pub use leader_core::{
-    Acker, Handoff, Layout, Left, Member, MemberConfig, MemberHandle, MemberMeta, MemberObserver,
-    MemberStore,
+    Acker, Handoff, Layout, LeaderExit, Left, Member, MemberConfig, MemberHandle, MemberMeta,
+    MemberObserver, MemberStore,
+};
+pub use worker_core::{
+    validate_instance_id, BoxError, Changes, ConfigError, ErrorChain, Halted, InjectedFault,
+    KvWatch, Leader, LeaderWait, MemoryStore, Revision, Settled, StoreContact, StoreError, WorkId,
+    Worker, WorkerConfig, WorkerHandle, WorkerObserver, Workload, WorkloadChange, WorkloadWatch,
+    DEFAULT_PREFIX, MAX_INSTANCE_ID_LEN,
 };
 
 /// The Consul backend (feature `consul`).
@@ -311,7 +364,7 @@ impl Backend {
 #[cfg(any(feature = "consul", feature = "etcd"))]
 fn member_store<B>(b: &Arc<B>) -> MemberStore
 where
-    B: KvWatch + LeaderWait + Membership + Election + FencedWrite + KvWrite,
+    B: KvWatch + LeaderWait + worker_core::Membership + worker_core::Election + worker_core::FencedWrite + worker_core::KvWrite,
 {
     MemberStore {
         kv: b.clone(),

@@ -364,7 +364,14 @@ impl Member {
                 ),
             ));
         }
-        let worker = Worker::spawn(&config.worker, store.kv.clone(), store.leader.clone())?;
+        // The release switch stays with the member (its self-fencing); the
+        // application's handle can release the workload but not restore it.
+        let (worker, switch) = Worker::spawn_with_switch(
+            &config.worker,
+            store.kv.clone(),
+            store.leader.clone(),
+            rand::random(),
+        )?;
         let (leading_tx, leading_rx) = watch::channel(None);
         crate::metrics::follow_leading(config.instance_id(), leading_rx.clone());
         let (plans, _) = broadcast::channel(64);
@@ -391,7 +398,7 @@ impl Member {
                 plans: plans.clone(),
                 position: worker.position(),
                 settled: worker.watch(),
-                switch: worker.release_switch(),
+                switch,
                 app_ack: ack_rx,
                 acked: acked_tx,
                 contact: contact_tx,

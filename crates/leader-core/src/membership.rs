@@ -352,7 +352,7 @@ impl MemberMachine {
         match result {
             Ok(Some(fence)) => {
                 self.campaign_backoff.reset();
-                if self.session() != Some(&fence.session) {
+                if self.session() != Some(fence.session()) {
                     return; // won with a session that has since been replaced
                 }
                 if self

@@ -294,7 +294,7 @@ async fn an_expired_session_is_replaced_and_its_leadership_ends() {
     .await
     .expect("m1 leads");
     assert_eq!(store.keys("x/members/").len(), 1);
-    assert!(store.expire_session(&first.session));
+    assert!(store.expire_session(&first.session()));
     assert!(
         store.keys("x/members/").is_empty(),
         "the member key went with the session"
@@ -309,7 +309,7 @@ async fn an_expired_session_is_replaced_and_its_leadership_ends() {
     })
     .await
     .expect("m1 leads again after registering again");
-    assert_ne!(second.session, first.session, "a new session");
+    assert_ne!(second.session(), first.session(), "a new session");
     assert!(second.term() > first.term(), "a new term");
     assert_eq!(store.keys("x/members/"), vec![b"x/members/m1".to_vec()]);
     assert_eq!(

@@ -32,16 +32,16 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn fence(session: &str, term: u64) -> Fence {
-    Fence {
-        session: sid(session),
-        key: "leader".into(),
-        leader: Leader {
+    Fence::new(
+        sid(session),
+        "leader",
+        Leader {
             id: "m1".into(),
             term,
             name: None,
         },
-        revision: term,
-    }
+        term,
+    )
 }
 
 /// Registers with session `s1` at `t0` and wins the election with term 5.

@@ -35,24 +35,60 @@ impl std::fmt::Display for SessionId {
 }
 
 /// Proof of leadership: what a fenced write compares against.
+///
+/// A fence has one meaning on every store: a [`FencedWrite`] built on it
+/// applies only while the election key [`key`](Self::key) is still held by
+/// [`session`](Self::session) at the store position
+/// [`revision`](Self::revision) it had when this leadership was taken. A
+/// session that resigned and won again holds a new fence, and the old one
+/// never applies again. Backends build fences ([`Fence::new`]); applications
+/// only read them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
-    /// The session that won the election.
-    pub session: SessionId,
-    /// The key whose ownership is leadership (Consul: the leader key; etcd:
-    /// this candidate's key in the election; memory: the election name).
-    pub key: String,
-    /// This leadership as [`LeaderWait`](crate::LeaderWait) reports it while
-    /// it lasts: the same `term` (and, for the stores' own members, the same id).
-    pub leader: Leader,
-    /// The store position of `key` when this leadership was taken, which a
-    /// fenced write also compares (Consul: the key's `ModifyIndex`, so that
-    /// a session that resigned and won again cannot use an older fence;
-    /// etcd: the key's create revision; memory: the term).
-    pub revision: u64,
+    session: SessionId,
+    key: String,
+    leader: Leader,
+    revision: u64,
 }
 
 impl Fence {
+    /// A fence for `session` holding the election key `key`, seen by
+    /// [`LeaderWait`](crate::LeaderWait) as `leader`, at the store position
+    /// `revision` of that key when the election was won (Consul: the leader
+    /// key's `ModifyIndex`; etcd: the candidate key's create revision, which
+    /// is also the term; memory: the term). For backends.
+    pub fn new(session: SessionId, key: impl Into<String>, leader: Leader, revision: u64) -> Self {
+        Self {
+            session,
+            key: key.into(),
+            leader,
+            revision,
+        }
+    }
+
+    /// The session that won the election.
+    pub fn session(&self) -> &SessionId {
+        &self.session
+    }
+
+    /// The key whose ownership is leadership (Consul: the leader key; etcd:
+    /// this candidate's key in the election; memory: the election name).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// This leadership as [`LeaderWait`](crate::LeaderWait) reports it while
+    /// it lasts: the same `term` (and, for the stores' own members, the same id).
+    pub fn leader(&self) -> &Leader {
+        &self.leader
+    }
+
+    /// The store position of [`key`](Self::key) when this leadership was
+    /// taken: what every fenced write compares, on every store.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// The term of this leadership.
     pub fn term(&self) -> u64 {
         self.leader.term

@@ -27,9 +27,22 @@ pub enum StoreError {
     /// The store answered something the backend cannot use.
     #[error("unexpected answer from the store")]
     Protocol(#[source] BoxError),
-    /// Injected by the memory backend for tests.
-    #[error("injected fault: {0}")]
-    Injected(String),
+}
+
+/// A fault the [`MemoryStore`](crate::MemoryStore) was told to inject
+/// (`set_unavailable`, `fail_next`, a closed watch): the source of the
+/// [`StoreError::Unavailable`] it then returns, so that a test can tell an
+/// injected outage from any other with `downcast_ref`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("injected fault: {0}")]
+pub struct InjectedFault(pub String);
+
+impl StoreError {
+    /// The outage a test injects: [`StoreError::Unavailable`] whose source
+    /// is an [`InjectedFault`] saying `what`.
+    pub fn injected(what: impl Into<String>) -> Self {
+        StoreError::Unavailable(Box::new(InjectedFault(what.into())))
+    }
 }
 
 /// A request the store refused for a missing permission, named: what the

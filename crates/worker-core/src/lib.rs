@@ -55,7 +55,7 @@ pub use coord::{
     revoke_first_chunks, ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvWrite,
     Membership, SessionId, TxnLimits, TxnOp, TxnOutcome,
 };
-pub use error::{BoxError, ConfigError, ErrorChain, MissingPermission, StoreError};
+pub use error::{BoxError, ConfigError, ErrorChain, InjectedFault, MissingPermission, StoreError};
 pub use keys::{validate_instance_id, AssignmentKeys, ForeignReason, MAX_INSTANCE_ID_LEN};
 #[doc(hidden)]
 pub use machine::Safeguards;

@@ -172,11 +172,11 @@ impl Watchers {
 impl State {
     fn check(&mut self) -> Result<(), StoreError> {
         if let Some(reason) = &self.unavailable {
-            return Err(StoreError::Injected(reason.clone()));
+            return Err(StoreError::injected(reason.clone()));
         }
         if self.fail_next > 0 {
             self.fail_next -= 1;
-            return Err(StoreError::Injected("failing on request".into()));
+            return Err(StoreError::injected("failing on request"));
         }
         Ok(())
     }
@@ -467,7 +467,7 @@ impl KvStream for MemoryWatch {
                 let mut guard = self.store.lock();
                 let s = &mut *guard;
                 if let Some(reason) = &s.unavailable {
-                    return Err(StoreError::Injected(reason.clone()));
+                    return Err(StoreError::injected(reason.clone()));
                 }
                 if self.after < s.compacted {
                     return Ok(WatchEvent::Lost {
@@ -478,7 +478,7 @@ impl KvStream for MemoryWatch {
                     });
                 }
                 let Some(slot) = s.watchers.slots.get_mut(&self.id) else {
-                    return Err(StoreError::Injected("watch closed".into()));
+                    return Err(StoreError::injected("watch closed"));
                 };
                 if slot.overflowed {
                     return Ok(WatchEvent::Lost {
@@ -540,7 +540,7 @@ impl LeaderStream for MemoryLeaderStream {
             {
                 let s = self.store.lock();
                 if let Some(reason) = &s.unavailable {
-                    return Err(StoreError::Injected(reason.clone()));
+                    return Err(StoreError::injected(reason.clone()));
                 }
                 if self.first || self.last != s.leader {
                     self.first = false;
@@ -549,7 +549,7 @@ impl LeaderStream for MemoryLeaderStream {
                 }
             }
             if self.rx.changed().await.is_err() {
-                return Err(StoreError::Injected("store dropped".into()));
+                return Err(StoreError::injected("store dropped"));
             }
         }
     }

@@ -37,14 +37,14 @@ pub const RELISTS: &str = "coordinator_relists_total";
 pub const LEADER_CHANGES: &str = "coordinator_leader_changes_total";
 
 /// The value of the `kind` label of [`STORE_ERRORS`] for `error`:
-/// `unavailable`, `permission_denied`, `timeout`, `protocol` or `injected`.
+/// `unavailable`, `permission_denied`, `timeout` or `protocol` (the
+/// memory store's injected faults are `unavailable`).
 pub fn error_kind(error: &StoreError) -> &'static str {
     match error {
         StoreError::Unavailable(_) => "unavailable",
         StoreError::PermissionDenied(_) => "permission_denied",
         StoreError::Timeout(_) => "timeout",
         StoreError::Protocol(_) => "protocol",
-        StoreError::Injected(_) => "injected",
     }
 }
 
@@ -162,6 +162,6 @@ mod tests {
             "permission_denied"
         );
         assert_eq!(error_kind(&StoreError::protocol("x")), "protocol");
-        assert_eq!(error_kind(&StoreError::Injected("x".into())), "injected");
+        assert_eq!(error_kind(&StoreError::injected("x")), "unavailable");
     }
 }

@@ -162,7 +162,12 @@ impl std::hash::Hash for Leader {
 }
 
 /// A settled change, as published to the application.
+///
+/// Non-exhaustive: a later release may say more about a change (roles, for
+/// example); read the fields, and build one with `Default` and field
+/// assignments where a test needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkloadChange {
     /// The store position the published set was observed at.
     pub revision: Revision,

@@ -30,7 +30,11 @@ pub const DEFAULT_PREFIX: &str = "service/coordinator/assignments/";
 ///     .soak(Duration::from_millis(200));
 /// assert_eq!(config.timing().unwrap().max_soak, Duration::from_secs(2));
 /// ```
+///
+/// Non-exhaustive: build one with [`WorkerConfig::new`] and its setters (or
+/// set the public fields of one).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// This member's id (non-empty, no `/`, no control characters, at most 128 bytes).
     pub instance_id: String,
@@ -282,12 +286,33 @@ impl Worker {
     }
 
     /// Like [`spawn`](Self::spawn) with a fixed seed for the backoff jitter.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as [`spawn`](Self::spawn).
     pub fn spawn_seeded(
         config: &WorkerConfig,
         kv: Arc<dyn KvWatch>,
         leader: Arc<dyn LeaderWait>,
         seed: u64,
     ) -> Result<WorkerHandle, ConfigError> {
+        Self::spawn_with_switch(config, kv, leader, seed).map(|(handle, _)| handle)
+    }
+
+    /// Like [`spawn_seeded`](Self::spawn_seeded), and also returns the
+    /// worker's [`ReleaseSwitch`]: the only way to end a release
+    /// ([`WorkerHandle::release`], or [`WorkerConfig::start_released`]).
+    /// Whoever holds the switch decides when the workload comes back; a full
+    /// member keeps it for its self-fencing and never hands it out, so an
+    /// application cannot undo the member's own fencing.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as [`spawn`](Self::spawn).
+    pub fn spawn_with_switch(
+        config: &WorkerConfig,
+        kv: Arc<dyn KvWatch>,
+        leader: Arc<dyn LeaderWait>,
+        seed: u64,
+    ) -> Result<(WorkerHandle, ReleaseSwitch), ConfigError> {
         let machine = Machine::new(&config.prefix, &config.instance_id, config.timing()?, seed)?;
         let (state, rx) = watch::channel(Settled::default());
         let (leader_tx, leader_rx) = watch::channel(None);
@@ -323,16 +348,18 @@ impl Worker {
             .run(cancel_rx)
             .instrument(span),
         );
-        Ok(WorkerHandle {
+        let switch = ReleaseSwitch(Arc::new(hold_tx));
+        let handle = WorkerHandle {
             rx,
             leader_rx,
             contact: contact_rx,
             position: position_rx,
-            hold: ReleaseSwitch(Arc::new(hold_tx)),
+            hold: switch.clone(),
             subscribers,
             cancel: Some(cancel_tx),
             task: Some(task),
-        })
+        };
+        Ok((handle, switch))
     }
 }
 
@@ -411,12 +438,6 @@ impl WorkerHandle {
         self.hold.release();
     }
 
-    /// The switch that releases and restores this worker's workload, for a
-    /// task that outlives a borrow of the handle.
-    pub fn release_switch(&self) -> ReleaseSwitch {
-        self.hold.clone()
-    }
-
     /// True while the workload is released (see [`release`](Self::release)).
     pub fn is_released(&self) -> bool {
         self.hold.is_released()
@@ -458,7 +479,7 @@ impl WorkerHandle {
         let mut subs = lock(&self.subscribers);
         if subs.closed {
             sub.close();
-            return Changes { sub };
+            return Changes::new(sub);
         }
         let s = self.rx.borrow().clone();
         if s.ready {
@@ -474,7 +495,7 @@ impl WorkerHandle {
             });
         }
         subs.list.push(sub.clone());
-        Changes { sub }
+        Changes::new(sub)
     }
 
     /// Stops the worker: cancels the in-flight store request and the soak
@@ -507,7 +528,13 @@ impl Drop for WorkerHandle {
 }
 
 /// Releases and restores a worker's workload; from
-/// [`WorkerHandle::release_switch`]. Cheap to clone.
+/// [`Worker::spawn_with_switch`]. Cheap to clone.
+///
+/// A [`WorkerHandle`] can release its workload but not restore it: only the
+/// holder of the switch can. A full member holds its worker's switch for its
+/// self-fencing (exclusive mode) and hands it to nobody, so an application
+/// that holds the member's [`WorkerHandle`] cannot publish a workload the
+/// member has fenced.
 #[derive(Debug, Clone)]
 pub struct ReleaseSwitch(Arc<watch::Sender<Hold>>);
 
@@ -604,41 +631,71 @@ impl WorkloadWatch {
 }
 
 /// The stream of settled changes; from [`WorkerHandle::changes`].
+///
+/// A [`futures_core::Stream`] of [`WorkloadChange`], so the combinators of
+/// `StreamExt` apply; [`Changes::next`] reads one without them.
 pub struct Changes {
     sub: Arc<Subscription>,
+    /// The wait for the next change, kept between polls.
+    wait: Option<BoxFut<()>>,
 }
 
 impl std::fmt::Debug for Changes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Changes")
             .field("queued", &self.sub.lock().items.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Changes {
+    fn new(sub: Arc<Subscription>) -> Self {
+        Self { sub, wait: None }
+    }
+
     /// The next change, or `None` once the worker halted (or its task ended
     /// otherwise) and every queued change was read. Cancel safe.
     pub async fn next(&mut self) -> Option<WorkloadChange> {
-        loop {
-            // `notify_one` keeps a permit when nobody waits, so a change
-            // queued between the check and the wait is not missed.
-            {
-                let mut q = self.sub.lock();
-                if let Some(change) = q.items.pop_front() {
-                    return Some(change);
-                }
-                if q.closed {
-                    return None;
-                }
-            }
-            self.sub.ready.notified().await;
-        }
+        std::future::poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx)).await
     }
 
     /// A change already queued, without waiting.
     pub fn try_next(&mut self) -> Option<WorkloadChange> {
         self.sub.lock().items.pop_front()
+    }
+}
+
+impl futures_core::Stream for Changes {
+    type Item = WorkloadChange;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WorkloadChange>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            {
+                let mut q = this.sub.lock();
+                if let Some(change) = q.items.pop_front() {
+                    return Poll::Ready(Some(change));
+                }
+                if q.closed {
+                    this.wait = None;
+                    return Poll::Ready(None);
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits, so a change
+            // queued between the check above and this wait is not missed.
+            let wait = this.wait.get_or_insert_with(|| {
+                let sub = Arc::clone(&this.sub);
+                Box::pin(async move { sub.ready.notified().await })
+            });
+            match wait.as_mut().poll(cx) {
+                Poll::Ready(()) => this.wait = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

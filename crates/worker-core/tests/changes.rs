@@ -16,10 +16,8 @@ const P: &str = "svc/assignments/";
 
 /// The change from `a` to `b`.
 fn diff(a: &Workload, b: &Workload, revision: u64) -> WorkloadChange {
-    let mut c = WorkloadChange {
-        revision,
-        ..WorkloadChange::default()
-    };
+    let mut c = WorkloadChange::default();
+    c.revision = revision;
     for (id, v) in b {
         match a.get(id) {
             None => c.added.push((id.clone(), v.clone())),

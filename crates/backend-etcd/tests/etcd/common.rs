@@ -133,7 +133,7 @@ impl KvStream for CountingStream {
         let r = tokio::select! {
             biased;
             () = self.counts.break_stream.notified() => {
-                Err(StoreError::Injected("watch connection reset by the test".into()))
+                Err(StoreError::injected("watch connection reset by the test"))
             }
             r = self.inner.next() => r,
         };

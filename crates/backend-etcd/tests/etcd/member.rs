@@ -423,11 +423,11 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
     })
     .await
     .expect("the queued candidate did not lead after the outsider's lease ended");
-    assert_eq!(fence.key, ours);
-    assert_eq!(fence.session, session);
+    assert_eq!(fence.key(), ours);
+    assert_eq!(fence.session(), &session);
     let observed = etcd.leader().await.expect("leader").expect("a leader");
     assert_eq!(
-        fence.leader, observed,
+        *fence.leader(), observed,
         "the fence reports what LeaderWait does"
     );
     assert_eq!(observed.id, "m1");
@@ -439,6 +439,7 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
         .kvs()[0]
         .create_revision();
     assert_eq!(fence.term(), u64::try_from(created).unwrap());
+    assert_eq!(fence.revision(), fence.term(), "etcd: the create revision is the term");
     assert_eq!(
         etcd.leader_value(&election)
             .await
@@ -549,7 +550,7 @@ async fn an_old_fence_stays_rejected_when_the_same_lease_leads_again() {
         .await
         .expect("try")
         .expect("m1 leads again");
-    assert_eq!(second.key, first.key, "one candidate key per lease");
+    assert_eq!(second.key(), first.key(), "one candidate key per lease");
     assert!(second.term() > first.term(), "{second:?} after {first:?}");
     assert_eq!(
         etcd.apply(&first, &[put("stale")]).await.expect("apply"),

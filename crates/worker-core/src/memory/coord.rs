@@ -173,10 +173,10 @@ impl MemoryStore {
 
     /// A fenced transaction, checked and applied under the lock.
     fn apply_now(s: &mut State, fence: &Fence, ops: &[TxnOp]) -> (TxnOutcome, bool) {
-        let id = parse(&fence.session);
+        let id = parse(fence.session());
         let holds = id.is_some()
             && s.sessions.leader_session == id
-            && s.leader.as_ref().is_some_and(|l| l.term == fence.term());
+            && s.leader.as_ref().is_some_and(|l| l.term == fence.revision());
         if !holds {
             s.stats.fenced += 1;
             return (TxnOutcome::Fenced, false);
@@ -350,11 +350,9 @@ impl Election for MemoryStore {
             let Some(id) = id.filter(|id| s.sessions.live.contains_key(id)) else {
                 return (Ok(None), false);
             };
-            let fence = |leader: Leader| Fence {
-                session: session.clone(),
-                key: election.to_owned(),
-                revision: leader.term,
-                leader,
+            let fence = |leader: Leader| {
+                let revision = leader.term;
+                Fence::new(session.clone(), election, leader, revision)
             };
             match (&s.leader, s.sessions.leader_session) {
                 (Some(leader), Some(holder)) if holder == id => {
@@ -386,14 +384,14 @@ impl Election for MemoryStore {
     }
 
     async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
-        let id = parse(&fence.session);
+        let id = parse(fence.session());
         self.with_sessions(|s| {
             if let Err(e) = s.check() {
                 return (Err(e), false);
             }
             let holds = id.is_some()
                 && s.sessions.leader_session == id
-                && s.leader.as_ref().is_some_and(|l| l.term == fence.term());
+                && s.leader.as_ref().is_some_and(|l| l.term == fence.revision());
             if holds {
                 s.leader = None;
                 s.sessions.leader_session = None;
