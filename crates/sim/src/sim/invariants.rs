@@ -1,0 +1,376 @@
+//! Every invariant the simulator checks, numbered as in `docs/testing.md`;
+//! the first that breaks ends the run (`violation`).
+//!
+//! | invariant | checked by | when |
+//! |---|---|---|
+//! | 1. the store never applies a write of a member that does not lead | `check_fenced_write` | every transaction the store applies (late ones too) |
+//! | 2. at no revision is an item under two members (the ownership ledger) | `check_owners` | every transaction the store applies |
+//! | 3. every published settled set was in the store at its revision | `check_publication` | every publication |
+//! | 4. nothing is published after halt | `check_publication` | every publication |
+//! | 5. no member believes it leads without its session, nor longer than `unbacked_bound` after the store ended it | `check_step` | every step |
+//! | 6. after the quiet period: one leader, every item on one live member, no stale assignment or handoff record, balanced, every member settled on its assignment | `check_converged`, `check_records`, `member_unsettled`, `refused` | end of the run |
+//! | 7. exclusive runs: no item in two members' acknowledged workloads | `check_exclusive` (from `check_step`) | every step that changed an application's workload |
+//! | 8. every leader transaction is one the store takes | `txn_refused` | every transaction that reaches the store |
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use worker_core::{Fence, TxnOp, TxnOutcome, WorkId, Workload};
+
+use super::clock::SEC;
+use super::node::Life;
+use super::Sim;
+use crate::store::{Applied, Nanos};
+
+impl Sim {
+    /// Records that an invariant broke (the first one ends the run).
+    pub(super) fn violation(&mut self, what: String) {
+        if self.failure.is_none() {
+            self.failure = Some(what);
+        }
+    }
+
+    /// After every step: a member that believes it leads holds that session,
+    /// and the store has not ended it for longer than a member needs to
+    /// notice (paused time excluded).
+    pub(super) fn check_step(&mut self) {
+        if self.app_dirty {
+            self.app_dirty = false;
+            if self.exclusive {
+                self.check_exclusive();
+            }
+        }
+        let bound = self.unbacked_bound();
+        for n in 0..self.nodes.len() {
+            let node = &self.nodes[n];
+            if node.life != Life::Up {
+                continue;
+            }
+            let Some(fence) = node.member.leading().cloned() else {
+                self.nodes[n].unbacked_since = None;
+                continue;
+            };
+            let paused = node.paused;
+            if node.member.session() != Some(&fence.session) {
+                let what = format!(
+                    "{} leads with {} but holds no such session",
+                    node.id, fence.session
+                );
+                self.violation(what);
+                return;
+            }
+            if self.store.session_live(&fence.session) {
+                self.nodes[n].unbacked_since = None;
+                continue;
+            }
+            if paused {
+                continue;
+            }
+            let since = *self.nodes[n].unbacked_since.get_or_insert(self.now);
+            if self.now - since > bound {
+                let what = format!(
+                    "{} believes it leads (term {}) {} s after its session ended",
+                    self.nodes[n].id,
+                    fence.term(),
+                    (self.now - since) / SEC
+                );
+                self.violation(what);
+                return;
+            }
+        }
+    }
+
+    /// How long a member may go on believing it leads after the store ended
+    /// its session (paused time excluded): a store that ends a session early
+    /// (expiry forced, a cut-off member) is noticed at the latest when
+    /// renewals have failed for a whole TTL, i.e. TTL + one renewal retry
+    /// (at most TTL/10) + one request timeout, plus latency.
+    pub fn unbacked_bound(&self) -> Nanos {
+        self.p.ttl + self.p.ttl / 10 + self.p.request_timeout + 2 * self.p.spike_max + SEC
+    }
+
+    /// Exclusive runs: no item is in two members' acknowledged workloads
+    /// (what their applications hold).
+    fn check_exclusive(&mut self) {
+        let mut holder: BTreeMap<&WorkId, &str> = BTreeMap::new();
+        let mut twice = None;
+        'all: for node in &self.nodes {
+            for w in node.app.keys() {
+                if let Some(other) = holder.insert(w, &node.id) {
+                    twice = Some(format!(
+                        "exclusive: item {w} is in the acknowledged workloads of {other} and {}",
+                        node.id
+                    ));
+                    break 'all;
+                }
+            }
+        }
+        if let Some(what) = twice {
+            self.violation(what);
+        }
+    }
+
+    /// At no revision is an item under two members.
+    pub(super) fn check_owners(&mut self, a: &Applied) {
+        let prefix = self.layout.assignments.clone();
+        for (k, v) in &a.changes {
+            if v.is_none() {
+                continue;
+            }
+            let Some((_, work)) = k
+                .strip_prefix(prefix.as_str())
+                .and_then(|r| r.split_once('/'))
+            else {
+                continue;
+            };
+            let owners: Vec<String> = self
+                .store
+                .range(&prefix)
+                .filter(|(key, _)| key.rsplit_once('/').is_some_and(|(_, w)| w == work))
+                .map(|(key, _)| key.clone())
+                .collect();
+            if owners.len() > 1 {
+                self.violation(format!(
+                    "item {work} is under two members at revision {}: {owners:?}",
+                    a.rev
+                ));
+                return;
+            }
+        }
+    }
+    /// Invariant 1, at every transaction the store applies: the store never
+    /// applies a write of a member that does not lead (`holds`: its fence
+    /// held when the transaction arrived), whatever the fence check did.
+    pub(super) fn check_fenced_write(
+        &mut self,
+        id: &str,
+        fence: &Fence,
+        holds: bool,
+        outcome: &TxnOutcome,
+    ) {
+        if matches!(outcome, TxnOutcome::Applied { .. }) && !holds {
+            self.violation(format!(
+                "the store applied a write of {id} (term {}), which does not lead",
+                fence.term()
+            ));
+        }
+    }
+
+    /// Invariant 8: member `id` sent a transaction the store refuses (past
+    /// its limits, or naming a key twice), which the leader would rebuild
+    /// forever.
+    pub(super) fn txn_refused(&mut self, id: &str, ops: &[TxnOp]) {
+        let what = format!(
+            "{id} sent a transaction the store refuses ({} ops, {} bytes, limits {:?}): [{}]",
+            ops.len(),
+            self.limits.bytes(ops),
+            self.limits,
+            self.ops_summary(ops)
+        );
+        self.violation(what);
+    }
+
+    /// Invariants 3 and 4, at every publication of member `id`'s worker:
+    /// nothing is published after halt, and the settled set published
+    /// (`before` items before it) is the member's assignment in the store
+    /// (under `prefix`) at the revision the change names.
+    pub(super) fn check_publication(
+        &mut self,
+        id: &str,
+        halted: bool,
+        prefix: &str,
+        revision: u64,
+        settled: &Workload,
+        before: usize,
+    ) {
+        if halted {
+            self.violation(format!("{id} published after halt"));
+            return;
+        }
+        let seen = self.store.assigned_at(prefix, revision);
+        if seen != *settled {
+            self.violation(format!(
+                "{id} published a set never in the store at revision {}: {:?} (store: {:?}; before: {before} items)",
+                revision,
+                settled.keys().collect::<Vec<_>>(),
+                seen.keys().collect::<Vec<_>>()
+            ));
+        }
+    }
+
+    /// After the quiet period: one leader, every item on exactly one live
+    /// member, balanced, and every member's settled workload is its assignment.
+    pub(super) fn check_converged(&mut self) {
+        let a_prefix = self.layout.assignments.clone();
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].life == Life::Up)
+            .collect();
+        let Some(leader) = self.store.leader_session() else {
+            self.violation("no leader after the quiet period".into());
+            return;
+        };
+        let leaders: Vec<&str> = live
+            .iter()
+            .filter(|i| self.nodes[**i].member.leading().is_some())
+            .map(|i| self.nodes[*i].id.as_str())
+            .collect();
+        if leaders.len() != 1
+            || live
+                .iter()
+                .filter_map(|i| self.nodes[*i].member.leading())
+                .any(|f| f.session != leader)
+        {
+            let what = format!("after the quiet period, members believing they lead: {leaders:?}");
+            self.violation(what);
+            return;
+        }
+        let items: Vec<String> = self
+            .store
+            .range(&self.layout.work)
+            .map(|(k, _)| k[self.layout.work.len()..].to_owned())
+            .collect();
+        // Items too large to assign: held by nobody, or still by the one
+        // member that had them before they grew.
+        let refused: Vec<String> = self
+            .store
+            .range(&self.layout.work)
+            .filter(|(k, v)| self.refused(&k[self.layout.work.len()..], v))
+            .map(|(k, _)| k[self.layout.work.len()..].to_owned())
+            .collect();
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, _) in self.store.range(&a_prefix) {
+            if let Some((m, w)) = k[a_prefix.len()..].split_once('/') {
+                owners.entry(w.to_owned()).or_default().push(m.to_owned());
+                *count.entry(m.to_owned()).or_default() += 1;
+            }
+        }
+        for n in &live {
+            let node = &self.nodes[*n];
+            let Some(s) = node.member.session() else {
+                let what = format!("after the quiet period {} has no session", node.id);
+                self.violation(what);
+                return;
+            };
+            if !self.store.session_live(s) {
+                let what = format!("after the quiet period {}'s session {s} is gone", node.id);
+                self.violation(what);
+                return;
+            }
+        }
+        let live_ids: Vec<String> = live.iter().map(|i| self.nodes[*i].id.clone()).collect();
+        for w in &items {
+            match owners.get(w).map(Vec::as_slice) {
+                Some([m]) if live_ids.contains(m) => {}
+                None if refused.contains(w) => {}
+                other => {
+                    let what = format!("after the quiet period item {w} is held by {other:?}");
+                    self.violation(what);
+                    return;
+                }
+            }
+        }
+        if owners.keys().any(|w| !items.contains(w)) {
+            let what =
+                format!("after the quiet period assignments of gone items remain: {owners:?}");
+            self.violation(what);
+            return;
+        }
+        if !self.check_records(&items) {
+            return;
+        }
+        let counts: Vec<usize> = live_ids
+            .iter()
+            .map(|m| count.get(m).copied().unwrap_or(0))
+            .collect();
+        if counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) > 1 {
+            self.violation(format!(
+                "after the quiet period counts are unbalanced: {live_ids:?} {counts:?}"
+            ));
+            return;
+        }
+        for n in live {
+            if let Some(what) = self.member_unsettled(n) {
+                self.violation(what);
+                return;
+            }
+        }
+    }
+
+    /// After the quiet period: no handoff record is left (of an item that
+    /// exists or of one deleted meanwhile); the count is also kept in
+    /// `Outcome::stale_records`.
+    fn check_records(&mut self, items: &[String]) -> bool {
+        let records: Vec<String> = self
+            .store
+            .range(&self.layout.handoff)
+            .map(|(k, _)| k[self.layout.handoff.len()..].to_owned())
+            .collect();
+        let (stale, of_items): (Vec<String>, Vec<String>) =
+            records.into_iter().partition(|w| !items.contains(w));
+        self.stale_records = stale.len() as u64;
+        if !of_items.is_empty() || !stale.is_empty() {
+            let what = format!(
+                "after the quiet period handoff records remain: of items {of_items:?}, of deleted items {stale:?}"
+            );
+            self.violation(what);
+            return false;
+        }
+        true
+    }
+
+    /// After the quiet period: what is wrong with member `n`'s workload, if
+    /// anything (its application holds its settled workload, which is its
+    /// assignment).
+    fn member_unsettled(&self, n: usize) -> Option<String> {
+        let node = &self.nodes[n];
+        let now = self
+            .store
+            .assigned_at(node.worker.member_prefix(), self.store.revision());
+        if node.held || node.restoring.is_some() || node.app != node.settled {
+            return Some(format!(
+                "after the quiet period {} holds {:?} (released {}, restoring {:?}) but settled {:?}",
+                node.id,
+                node.app.keys().collect::<Vec<_>>(),
+                node.held,
+                node.restoring,
+                node.settled.keys().collect::<Vec<_>>()
+            ));
+        }
+        if node.settled != now || !node.worker.is_synced() {
+            return Some(format!(
+                "after the quiet period {} has settled {:?} but is assigned {:?}",
+                node.id,
+                node.settled.keys().collect::<Vec<_>>(),
+                now.keys().collect::<Vec<_>>()
+            ));
+        }
+        None
+    }
+
+    /// Whether the leader must refuse `work` with `value` (its assignment
+    /// cannot fit a transaction): an independent statement of the rule in
+    /// docs/leader.md, for the convergence check.
+    fn refused(&self, work: &str, value: &Bytes) -> bool {
+        let id = "m".repeat(worker_core::MAX_INSTANCE_ID_LEN);
+        let worst = [
+            // The simulated leaders write an empty value to the sequence key.
+            TxnOp::Sequence {
+                key: self.layout.sequence.clone(),
+                index: 0,
+                value: Bytes::new(),
+            },
+            TxnOp::Absent {
+                key: self.layout.member_key(&id),
+            },
+            TxnOp::Delete {
+                key: self.layout.handoff_key(work),
+            },
+            TxnOp::Put {
+                key: self.layout.assignment_key(&id, work),
+                value: value.clone(),
+            },
+        ];
+        !self.limits.fit(&worst)
+    }
+}
