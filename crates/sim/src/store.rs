@@ -342,11 +342,9 @@ impl Store {
         let Some(id) = sid(session).filter(|id| self.sessions.contains_key(id)) else {
             return (None, false);
         };
-        let fence = |leader: Leader, key: &str| Fence {
-            session: session.clone(),
-            key: key.to_owned(),
-            revision: leader.term,
-            leader,
+        let fence = |leader: Leader, key: &str| {
+            let revision = leader.term;
+            Fence::new(session.clone(), key, leader, revision)
         };
         match &self.leader {
             Some((holder, l)) if *holder == id => (Some(fence(l.clone(), &self.election)), false),
@@ -367,7 +365,7 @@ impl Store {
 
     /// Whether `fence` holds now: its session holds the slot with its term.
     pub fn holds(&self, fence: &Fence) -> bool {
-        let id = sid(&fence.session);
+        let id = sid(fence.session());
         self.leader
             .as_ref()
             .is_some_and(|(h, l)| Some(*h) == id && l.term == fence.term())

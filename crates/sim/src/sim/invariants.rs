@@ -51,15 +51,15 @@ impl Sim {
                 continue;
             };
             let paused = node.paused;
-            if node.member.session() != Some(&fence.session) {
+            if node.member.session() != Some(fence.session()) {
                 let what = format!(
                     "{} leads with {} but holds no such session",
-                    node.id, fence.session
+                    node.id, fence.session()
                 );
                 self.violation(what);
                 return;
             }
-            if self.store.session_live(&fence.session) {
+            if self.store.session_live(fence.session()) {
                 self.nodes[n].unbacked_since = None;
                 continue;
             }
@@ -218,7 +218,7 @@ impl Sim {
             || live
                 .iter()
                 .filter_map(|i| self.nodes[*i].member.leading())
-                .any(|f| f.session != leader)
+                .any(|f| *f.session() != leader)
         {
             let what = format!("after the quiet period, members believing they lead: {leaders:?}");
             self.violation(what);

@@ -368,7 +368,7 @@ impl Sim {
                         self,
                         "fault: leader {id} loses its session between two chunks"
                     );
-                    if let Some(a) = self.store.end_session(&fence.session) {
+                    if let Some(a) = self.store.end_session(fence.session()) {
                         self.applied(&a);
                     }
                 }
