@@ -488,7 +488,8 @@ impl FencedWrite for EtcdBackend {
                     CompareOp::Equal,
                     revision_i64(*index),
                 )),
-                _ => None,
+                // No wildcard: a guard added to `TxnOp` must be translated here.
+                TxnOp::Put { .. } | TxnOp::Delete { .. } => None,
             })
             .collect();
         // Guards go in an inner transaction, so that the answer tells a lost

@@ -96,6 +96,12 @@ impl Fence {
 }
 
 /// One operation of a fenced transaction.
+///
+/// Exhaustive on purpose: every backend matches it without a wildcard, so
+/// an operation added in a later release (a new guard, say) fails to compile
+/// in a backend that does not translate it, instead of being skipped and
+/// letting a transaction apply without its guard. Adding a variant is
+/// therefore a breaking change of this crate.
 #[derive(Clone, PartialEq, Eq)]
 pub enum TxnOp {
     /// Writes `key = value`.
@@ -165,6 +171,9 @@ impl std::fmt::Debug for TxnOp {
 }
 
 /// What the store did with a fenced transaction.
+///
+/// Exhaustive on purpose, like [`TxnOp`]: the leader must handle every
+/// outcome a store can give, and a new one is a breaking change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnOutcome {
     /// Every operation was applied.

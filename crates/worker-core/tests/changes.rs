@@ -113,3 +113,36 @@ async fn a_subscriber_that_stops_reading_is_bounded() {
     w.halt().await;
     assert!(slow.next().await.is_none(), "ends with the worker");
 }
+
+/// `Changes` is a `Stream`: the combinators of `StreamExt` read it, they see
+/// the changes `next` would, and the stream ends when the worker halts.
+#[tokio::test(start_paused = true)]
+async fn changes_is_a_stream_that_ends_when_the_worker_halts() {
+    use futures_util::StreamExt;
+
+    let store = MemoryStore::new();
+    store.set_leader("L");
+    let config = WorkerConfig::new("m1").prefix(P);
+    let w = Worker::spawn_seeded(&config, Arc::new(store.clone()), Arc::new(store.clone()), 5)
+        .expect("spawn");
+    let changes = w.changes();
+    store.put(format!("{P}m1/a"), "1");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut added = changes.filter(|c| std::future::ready(!c.added.is_empty()));
+        let first = added.next().await;
+        (first, added)
+    })
+    .await
+    .expect("a change within the bound");
+    let (first, added) = first;
+    let first = first.expect("a change adding the item");
+    assert_eq!(&*first.added[0].0, "a");
+    store.put(format!("{P}m1/b"), "2");
+    w.halt().await;
+    // Halted: whatever was queued, then the end.
+    let rest: Vec<WorkloadChange> =
+        tokio::time::timeout(std::time::Duration::from_secs(30), added.collect())
+            .await
+            .expect("the stream ends once the worker halted");
+    assert!(rest.iter().all(|c| c.removed.is_empty()), "{rest:?}");
+}
