@@ -327,6 +327,9 @@ impl Backend {
 
     /// Starts a full member: registers, campaigns, leads while elected, and
     /// runs the worker that follows this member's assignments.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn spawn_member(&self, config: &Config) -> Result<MemberHandle, ConfigError> {
         let store = self.member.as_ref().ok_or_else(|| {
             ConfigError::new(
@@ -340,6 +343,9 @@ impl Backend {
     /// Like [`spawn_member`](Self::spawn_member), with `member` (from
     /// [`Config::member_config`], adjusted: for example
     /// [`MemberConfig::manual_ack`]).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn spawn_member_with(&self, member: &MemberConfig) -> Result<MemberHandle, ConfigError> {
         let store = self.member.as_ref().ok_or_else(|| {
             ConfigError::new(
@@ -351,6 +357,9 @@ impl Backend {
     }
 
     /// Spawns a worker with `config`'s worker settings on this backend.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn spawn_worker(&self, config: &Config) -> Result<WorkerHandle, ConfigError> {
         Worker::spawn(
             &config.worker_config(),
