@@ -1,10 +1,12 @@
 //! End-to-end suites of coordinator live in `tests/tests/`; this library holds what they
 //! share: the fault-scenario harness and invariant checker ([`scenario`]), direct access to
 //! the real stores ([`stores`]), a tracing capture to measure detection times and check logs
-//! ([`capture`]), and the measured fault table ([`report`]).
+//! ([`capture`]), the program as a child process with its log ([`process`]), and the measured
+//! fault table ([`report`]).
 
 pub mod capture;
 pub mod faults;
+pub mod process;
 pub mod report;
 pub mod scenario;
 pub mod stores;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator_e2e::coordinator_bin;
+use coordinator_e2e::process::FAST;
 use serde_json::Value;
 use test_support::{ConsulAgent, EtcdServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -23,16 +24,6 @@ use tokio::time::timeout;
 
 /// Bound on every wait for an event.
 const WAIT: Duration = Duration::from_secs(45);
-
-/// Flags that make a member or worker settle fast.
-const FAST: [&str; 6] = [
-    "--soak",
-    "100ms",
-    "--leader-settle",
-    "500ms",
-    "--leader-soak",
-    "500ms",
-];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

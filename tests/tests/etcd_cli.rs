@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coordinator_e2e::coordinator_bin;
+use coordinator_e2e::process::{logged_command, terminate, Log};
 use serde_json::{json, Value};
 use test_support::{EtcdCluster, EtcdServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -22,20 +23,15 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Program {
     child: Child,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
-    log: tempfile::NamedTempFile,
+    log: Log,
 }
 
 impl Program {
     fn start(args: &[&str]) -> Self {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut child = Command::new(coordinator_bin())
+        let log = Log::new();
+        let mut child = logged_command(&log)
             .arg("worker")
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().expect("reopen log"))
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn coordinator");
         let stdout = child.stdout.take().expect("stdout");
@@ -47,7 +43,7 @@ impl Program {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        self.log.text()
     }
 
     async fn next_json(&mut self, what: &str) -> Value {
@@ -63,16 +59,7 @@ impl Program {
 
     /// SIGTERM; the program must halt and exit 0.
     async fn terminate(mut self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let status = timeout(WAIT, self.child.wait())
-            .await
-            .expect("no exit after SIGTERM")
-            .expect("wait");
+        let status = terminate(&mut self.child, WAIT, "the worker").await;
         assert_eq!(status.code(), Some(0), "stderr:\n{}", self.log());
     }
 }

@@ -12,9 +12,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coordinator_e2e::coordinator_bin;
+use coordinator_e2e::process::{lines_of, store_flags, terminate, FAST};
 use serde_json::Value;
 use test_support::ConsulAgent;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -33,27 +33,11 @@ struct Member {
     seen: Vec<String>,
 }
 
-fn lines_of<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
-    r: R,
-) -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 impl Member {
     fn start(id: &str, store: &[String], extra: &[&str], log: &Path) -> Self {
         let mut child = Command::new(coordinator_bin())
             .args(["member", "--instance-id", id, "--ttl", "10s"])
-            .args(["--soak", "100ms", "--leader-settle", "500ms"])
-            .args(["--leader-soak", "500ms"])
+            .args(FAST)
             .args(store)
             .args(extra)
             .env("RUST_LOG", "info,coordinator=debug")
@@ -120,16 +104,7 @@ impl Member {
     }
 
     async fn terminate(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = timeout(WAIT, self.child.wait())
-            .await
-            .expect("exit after SIGTERM")
-            .unwrap();
+        let status = terminate(&mut self.child, WAIT, "the member").await;
         assert_eq!(status.code(), Some(0));
     }
 }
@@ -184,12 +159,7 @@ async fn exec_and_metrics_on_consul() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let store: Vec<String> = vec![
-        "--backend".into(),
-        "consul".into(),
-        "--endpoints".into(),
-        agent.http_addr(),
-    ];
+    let store = store_flags("consul", &agent.http_addr());
     // The members are given a dead endpoint first: they fail over to the agent.
     let mut with_dead = store.clone();
     with_dead[3] = format!("http://127.0.0.1:{dead},{}", agent.http_addr());

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coordinator_e2e::coordinator_bin;
+use coordinator_e2e::process::{log_tails, logged_command, signal, store_flags, Log, FAST};
 use leader_core::conformance::AckedLedger;
 use serde_json::Value;
 use test_support::{ConsulAgent, EtcdServer, FaultProxy, ProxyMode};
@@ -27,18 +28,13 @@ struct Cluster {
     endpoint: String,
     ttl: &'static str,
     members: BTreeMap<String, Child>,
-    logs: BTreeMap<String, tempfile::NamedTempFile>,
+    logs: BTreeMap<String, Log>,
     ledger: AckedLedger,
 }
 
 impl Cluster {
     fn store_args(&self, endpoint: &str) -> Vec<String> {
-        vec![
-            "--backend".into(),
-            self.backend.into(),
-            "--endpoints".into(),
-            endpoint.into(),
-        ]
+        store_flags(self.backend, endpoint)
     }
 
     async fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -53,8 +49,8 @@ impl Cluster {
 
     /// Starts member `id` in exclusive mode, reaching the store at `endpoint`.
     fn start(&mut self, id: &str, endpoint: &str) {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut child = Command::new(coordinator_bin())
+        let log = Log::new();
+        let mut child = logged_command(&log)
             .args([
                 "member",
                 "--instance-id",
@@ -63,14 +59,9 @@ impl Cluster {
                 self.ttl,
                 "--exclusive",
             ])
-            .args(["--soak", "100ms", "--leader-settle", "500ms"])
-            .args(["--leader-soak", "500ms", "--drain-timeout", "30s"])
+            .args(FAST)
+            .args(["--drain-timeout", "30s"])
             .args(self.store_args(endpoint))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().expect("reopen log"))
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn coordinator member");
         let stdout = child.stdout.take().expect("stdout");
@@ -97,18 +88,7 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        self.logs
-            .iter()
-            .map(|(id, f)| {
-                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                format!(
-                    "--- {id}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        log_tails(&self.logs, 20)
     }
 
     /// Waits until the acknowledged workloads are `counts` of `items` items.
@@ -146,11 +126,6 @@ impl Cluster {
         let v: Value = serde_json::from_slice(&out.stdout).expect("status --json");
         v["leader"].as_str().expect("a leader").to_owned()
     }
-}
-
-fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
-    nix::sys::signal::kill(pid, sig).expect("send signal");
 }
 
 async fn scenario(

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator_e2e::coordinator_bin;
+use coordinator_e2e::process::{
+    log_tails, logged_command, signal, store_flags, terminate, Log, FAST,
+};
 use leader_core::conformance::DoubleOwnerWatch;
 use serde_json::Value;
 use test_support::{ConsulAgent, EtcdServer};
@@ -32,7 +35,7 @@ struct Cluster {
     /// Flags for the members only (not the admin commands).
     member_flags: Vec<String>,
     members: BTreeMap<String, Child>,
-    logs: BTreeMap<String, tempfile::NamedTempFile>,
+    logs: BTreeMap<String, Log>,
     holdings: Holdings,
     changed: Arc<Notify>,
 }
@@ -69,24 +72,12 @@ impl Cluster {
     }
 
     fn start(&mut self, id: &str, ttl: &str) {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut child = Command::new(coordinator_bin())
+        let log = Log::new();
+        let mut child = logged_command(&log)
             .args(["member", "--instance-id", id, "--ttl", ttl])
-            .args([
-                "--soak",
-                "100ms",
-                "--leader-settle",
-                "500ms",
-                "--leader-soak",
-                "500ms",
-            ])
+            .args(FAST)
             .args(&self.store)
             .args(&self.member_flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().expect("reopen log"))
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn coordinator member");
         let stdout = child.stdout.take().expect("stdout");
@@ -111,18 +102,7 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        self.logs
-            .iter()
-            .map(|(id, f)| {
-                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!(
-                    "--- {id}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        log_tails(&self.logs, 15)
     }
 
     /// Waits until the live members hold `counts` (sorted) of 30 items, disjoint.
@@ -183,16 +163,7 @@ impl Cluster {
 
     async fn terminate_all(&mut self) {
         for (id, mut child) in std::mem::take(&mut self.members) {
-            let pid = child.id().expect("running").to_string();
-            let ok = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill");
-            assert!(ok.success());
-            let status = timeout(WAIT, child.wait())
-                .await
-                .expect("exit after SIGTERM")
-                .expect("wait");
+            let status = terminate(&mut child, WAIT, &id).await;
             assert_eq!(
                 status.code(),
                 Some(0),
@@ -281,12 +252,7 @@ async fn scenario_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_consul() {
     let agent = ConsulAgent::start_dev().await;
-    let store = vec![
-        "--backend".into(),
-        "consul".into(),
-        "--endpoints".into(),
-        agent.http_addr(),
-    ];
+    let store = store_flags("consul", &agent.http_addr());
     // Consul invalidates a session between TTL and 2 x TTL after the last renewal.
     scenario(store, "10s", Duration::from_secs(60)).await;
 }
@@ -298,24 +264,14 @@ async fn members_on_consul() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_consul_with_session_checks() {
     let agent = ConsulAgent::start_dev().await;
-    let store = vec![
-        "--backend".into(),
-        "consul".into(),
-        "--endpoints".into(),
-        agent.http_addr(),
-    ];
+    let store = store_flags("consul", &agent.http_addr());
     scenario_with(store, &["--session-check"], "10s", Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_etcd() {
     let server = EtcdServer::start().await;
-    let store = vec![
-        "--backend".into(),
-        "etcd".into(),
-        "--endpoints".into(),
-        server.client_url(),
-    ];
+    let store = store_flags("etcd", &server.client_url());
     scenario(store, "2s", Duration::from_secs(30)).await;
 }
 
@@ -333,11 +289,6 @@ async fn test_backend(
     coordinator::Backend::connect(&config)
         .await
         .expect("connect the observer")
-}
-
-fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
-    nix::sys::signal::kill(pid, sig).expect("send signal");
 }
 
 /// Waits until the observed leadership is another term than `old`.
@@ -427,7 +378,7 @@ async fn failover_and_fencing(
     signal(&paused, nix::sys::signal::Signal::SIGCONT);
     c.members.insert(paused_id.clone(), paused);
     c.wait_spread(31, &[10, 10, 11], expiry_bound).await;
-    let log = std::fs::read_to_string(c.logs[&paused_id].path()).unwrap_or_default();
+    let log = c.logs[&paused_id].text();
     // Which way it learned it was deposed: a write rejected by the fence, or
     // its renewal finding the session gone (both are correct; the store
     // decides which comes first).
@@ -464,12 +415,7 @@ async fn failover_and_fencing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_and_fencing_on_consul() {
     let agent = ConsulAgent::start_dev().await;
-    let store = vec![
-        "--backend".into(),
-        "consul".into(),
-        "--endpoints".into(),
-        agent.http_addr(),
-    ];
+    let store = store_flags("consul", &agent.http_addr());
     let backend = test_backend(
         coordinator::BackendKind::Consul,
         &agent.http_addr(),
@@ -482,12 +428,7 @@ async fn leader_failover_and_fencing_on_consul() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_and_fencing_on_etcd() {
     let server = EtcdServer::start().await;
-    let store = vec![
-        "--backend".into(),
-        "etcd".into(),
-        "--endpoints".into(),
-        server.client_url(),
-    ];
+    let store = store_flags("etcd", &server.client_url());
     let backend = test_backend(
         coordinator::BackendKind::Etcd,
         &server.client_url(),

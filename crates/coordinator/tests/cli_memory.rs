@@ -8,8 +8,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_coordinator");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{kill, BIN, WAIT};
 
 fn worker(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
@@ -195,12 +196,7 @@ fn start(args: &[&str]) -> (Child, ChildStdin, tokio::io::Lines<BufReader<ChildS
 
 /// Sends `signal` (e.g. `-TERM`) and checks that the program exits 0.
 async fn signal_exits_0(mut child: Child, signal: &str) {
-    let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    kill(&child, signal);
     let status = timeout(WAIT, child.wait())
         .await
         .expect("exit after the signal")

@@ -2,29 +2,14 @@
 //! nobody reads, and what an operator sees on stderr by default.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_coordinator");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
 
-fn kill(child: &Child, signal: &str) {
-    let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use common::{free_port as closed_port, kill, BIN, WAIT};
 
 /// SIGTERM while start-up is still in progress (here: reading the Consul token
 /// from a FIFO nobody has written yet) halts and exits 0: the handlers are

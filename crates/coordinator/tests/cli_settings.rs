@@ -14,8 +14,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_coordinator");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{Scratch, BIN, WAIT};
 
 /// The program with none of the variables it reads inherited from the test's
 /// environment.
@@ -50,33 +51,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A scratch directory, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "coordinator-settings-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `--print-config`'s lines: key -> (value, where it came from).
@@ -437,117 +411,76 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
     let worker = ["worker", "--backend", "memory", "--instance-id", "m1"];
     let member = ["member", "--backend", "consul", "--instance-id", "m1"];
     let etcd_member = ["member", "--backend", "etcd", "--instance-id", "m1"];
+    let no_id = ["worker", "--backend", "memory"];
     let with = |base: &[&'static str], extra: &[&str]| -> Vec<String> {
         base.iter()
             .chain(extra.iter())
             .map(|s| (*s).to_owned())
             .collect()
     };
+    // A refusal with no variables set.
+    let case = |base: &[&'static str], extra: &[&str], wants: &'static [&'static str]| -> Refusal {
+        (with(base, extra), vec![], wants)
+    };
     let cases: Vec<Refusal> = vec![
-        (
-            with(&worker, &["--prefix", "foo"]),
-            vec![],
-            &["--prefix", "\"foo/\""],
-        ),
-        (
-            with(&worker, &["--prefix", ""]),
-            vec![],
-            &["--prefix", "empty"],
-        ),
-        (
-            with(&["worker", "--instance-id", "m1"], &["--endpoints", ""]),
-            vec![],
+        case(&worker, &["--prefix", "foo"], &["--prefix", "\"foo/\""]),
+        case(&worker, &["--prefix", ""], &["--prefix", "empty"]),
+        case(
+            &["worker", "--instance-id", "m1"],
+            &["--endpoints", ""],
             &["--endpoints", "empty"],
         ),
-        (
-            with(&["worker", "--instance-id", "m1"], &["--endpoints", " , "]),
-            vec![],
+        case(
+            &["worker", "--instance-id", "m1"],
+            &["--endpoints", " , "],
             &["--endpoints", "empty"],
         ),
-        (
-            with(&worker, &["--exec", "/nonexistent/handler"]),
-            vec![],
+        case(
+            &worker,
+            &["--exec", "/nonexistent/handler"],
             &["--exec", "does not exist"],
         ),
-        (
-            with(&worker, &["--exec", "no-such-handler-anywhere"]),
-            vec![],
+        case(
+            &worker,
+            &["--exec", "no-such-handler-anywhere"],
             &["--exec", "PATH"],
         ),
-        (
-            with(&worker, &["--exec", &not_exec]),
-            vec![],
+        case(
+            &worker,
+            &["--exec", &not_exec],
             &["--exec", "not executable"],
         ),
-        (
-            with(&worker, &["--soak", "1000years"]),
-            vec![],
-            &["--soak", "too long"],
-        ),
-        (
-            with(&worker, &["--soak", "-1s"]),
-            vec![],
-            &["--soak", "negative"],
-        ),
-        (
-            with(&member, &["--drain-timeout", "30days"]),
-            vec![],
+        case(&worker, &["--soak", "1000years"], &["--soak", "too long"]),
+        case(&worker, &["--soak", "-1s"], &["--soak", "negative"]),
+        case(
+            &member,
+            &["--drain-timeout", "30days"],
             &["--drain-timeout", "too long"],
         ),
-        (
-            with(&member, &["--ttl", "5s", "--session-check", "false"]),
-            vec![],
+        case(
+            &member,
+            &["--ttl", "5s", "--session-check", "false"],
             &["--ttl", "10s", "--session-check"],
         ),
-        (
-            with(&["worker", "--backend", "memory"], &["--instance-id", " "]),
-            vec![],
-            &["--instance-id", "blank"],
-        ),
-        (
-            with(&["worker", "--backend", "memory"], &["--instance-id", "."]),
-            vec![],
-            &["--instance-id"],
-        ),
-        (
-            with(&["worker", "--backend", "memory"], &["--instance-id", ".."]),
-            vec![],
-            &["--instance-id"],
-        ),
-        (
-            with(
-                &["worker", "--backend", "memory"],
-                &["--instance-id", "a b"],
-            ),
-            vec![],
+        case(&no_id, &["--instance-id", " "], &["--instance-id", "blank"]),
+        case(&no_id, &["--instance-id", "."], &["--instance-id"]),
+        case(&no_id, &["--instance-id", ".."], &["--instance-id"]),
+        case(
+            &no_id,
+            &["--instance-id", "a b"],
             &["--instance-id", "whitespace"],
         ),
-        (
-            with(
-                &["worker", "--backend", "memory"],
-                &["--instance-id", "a/b"],
-            ),
-            vec![],
-            &["--instance-id", "'/'"],
-        ),
-        (
-            with(&["worker", "--backend", "memory"], &[]),
-            vec![],
-            &["--instance-id", "COORDINATOR_INSTANCE_ID"],
-        ),
-        (
-            with(&etcd_member, &["--endpoints", "http://127.0.0.1:99999"]),
-            vec![],
+        case(&no_id, &["--instance-id", "a/b"], &["--instance-id", "'/'"]),
+        case(&no_id, &[], &["--instance-id", "COORDINATOR_INSTANCE_ID"]),
+        case(
+            &etcd_member,
+            &["--endpoints", "http://127.0.0.1:99999"],
             &["--endpoints", "port"],
         ),
-        (
-            with(&member, &["--weight", "-1"]),
-            vec![],
-            &["--weight", "must be ≥ 0"],
-        ),
-        (
-            with(&member, &["--exclusive-margin", "2s"]),
-            vec![],
+        case(&member, &["--weight", "-1"], &["--weight", "must be ≥ 0"]),
+        case(
+            &member,
+            &["--exclusive-margin", "2s"],
             &["--exclusive-margin", "--exclusive"],
         ),
         (
@@ -555,30 +488,24 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
             vec![("COORDINATOR_EXCLUSIVE_MARGIN", "2s")],
             &["COORDINATOR_EXCLUSIVE_MARGIN", "COORDINATOR_EXCLUSIVE"],
         ),
-        (
-            with(&["member"], &["--config", &file]),
-            vec![],
+        case(
+            &["member"],
+            &["--config", &file],
             &["exclusive_margin in", "c.toml"],
         ),
-        (
-            with(
-                &member,
-                &["--work-prefix", "service/coordinator/assignments/w/"],
-            ),
-            vec![],
+        case(
+            &member,
+            &["--work-prefix", "service/coordinator/assignments/w/"],
             &["invalid --work-prefix", "overlaps --prefix"],
         ),
-        (
-            with(
-                &member,
-                &["--drain-prefix", "service/coordinator/members/d/"],
-            ),
-            vec![],
+        case(
+            &member,
+            &["--drain-prefix", "service/coordinator/members/d/"],
             &["invalid --drain-prefix", "overlaps --members-prefix"],
         ),
-        (
-            with(&member, &["--sequence-key", "service/coordinator/work/seq"]),
-            vec![],
+        case(
+            &member,
+            &["--sequence-key", "service/coordinator/work/seq"],
             &["invalid --sequence-key"],
         ),
         (
@@ -586,21 +513,17 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
             vec![("COORDINATOR_SOAK", "soon")],
             &["COORDINATOR_SOAK"],
         ),
-        (
-            with(&["member", "--instance-id", "m1"], &["--backend", "memory"]),
-            vec![],
+        case(
+            &["member", "--instance-id", "m1"],
+            &["--backend", "memory"],
             &["--backend", "consul, etcd"],
         ),
-        (
-            with(&["status"], &["--backend", "memory"]),
-            vec![],
+        case(
+            &["status"],
+            &["--backend", "memory"],
             &["--backend", "consul, etcd"],
         ),
-        (
-            with(&worker, &["--http-addr", "nowhere:x"]),
-            vec![],
-            &["--http-addr"],
-        ),
+        case(&worker, &["--http-addr", "nowhere:x"], &["--http-addr"]),
     ];
     for (args, env, wants) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -5,39 +5,19 @@
 //! logged with its status and the next change is handled; the metrics
 //! endpoint answers with the worker's figures.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_coordinator");
+mod common;
+
+use common::{feed, free_port, lines_of, terminate, Scratch, BIN, WAIT};
+
 const HANDLER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/exec-handler.sh");
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("coordinator-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `coordinator worker --backend memory`, its stdout and stderr
 /// read line by line into channels.
@@ -47,21 +27,6 @@ struct Program {
     stdout: mpsc::UnboundedReceiver<String>,
     stderr: mpsc::UnboundedReceiver<String>,
     seen_stderr: Vec<String>,
-}
-
-fn lines_of<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
-    r: R,
-) -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 impl Program {
@@ -88,8 +53,7 @@ impl Program {
     }
 
     async fn feed(&mut self, commands: &str) {
-        self.stdin.write_all(commands.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
+        feed(&mut self.stdin, commands).await;
     }
 
     /// The next JSON line on stdout.
@@ -124,24 +88,9 @@ impl Program {
     }
 
     async fn terminate(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = timeout(WAIT, self.child.wait())
-            .await
-            .expect("exit after SIGTERM")
-            .unwrap();
+        let status = terminate(&mut self.child).await;
         assert_eq!(status.code(), Some(0), "{:?}", self.seen_stderr);
     }
-}
-
-/// A loopback port nothing listens on (yet).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// `GET /metrics` over a plain TCP connection; the body.

@@ -14,14 +14,9 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::{timeout, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_coordinator");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
 
-/// A loopback port nothing listens on (yet).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use common::{feed, free_port, terminate, BIN, WAIT};
 
 /// One answer: status code and body.
 #[derive(Debug)]
@@ -136,21 +131,11 @@ impl Program {
     }
 
     async fn feed(&mut self, commands: &str) {
-        self.stdin.write_all(commands.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
+        feed(&mut self.stdin, commands).await;
     }
 
     async fn terminate(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = timeout(WAIT, self.child.wait())
-            .await
-            .expect("exit after SIGTERM")
-            .unwrap();
+        let status = terminate(&mut self.child).await;
         assert_eq!(status.code(), Some(0));
     }
 }

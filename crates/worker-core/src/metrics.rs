@@ -13,11 +13,9 @@ use std::sync::Arc;
 
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use ::metrics::{SharedString, Unit};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
-use crate::worker::Settled;
 
 /// Gauge: items in the member's settled workload (what the application holds).
 pub const SETTLED_ITEMS: &str = "coordinator_settled_items";
@@ -118,9 +116,8 @@ impl WorkerMetrics {
         }
     }
 
-    /// A change was published to `state`.
-    pub(crate) fn published(&mut self, state: &watch::Sender<Settled>) {
-        let settled_items = state.borrow().workload.len();
+    /// A change was published: the settled workload now holds `settled_items` items.
+    pub(crate) fn published(&mut self, settled_items: usize) {
         counter!(PUBLICATIONS, "instance_id" => self.id.clone()).increment(1);
         gauge!(SETTLED_ITEMS, "instance_id" => self.id.clone()).set(settled_items as f64);
         if let Some(since) = self.pending_since.take() {

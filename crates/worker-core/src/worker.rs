@@ -929,7 +929,8 @@ impl Driver {
             "workload settled"
         );
         self.shared.publish(change);
-        self.metrics.published(&self.shared.state);
+        let settled_items = self.shared.state.borrow().workload.len();
+        self.metrics.published(settled_items);
     }
 
     /// Records the outcome of a completed store request (`Some(error)`: it

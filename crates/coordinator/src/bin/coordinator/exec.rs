@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator::{Workload, WorkloadChange};
+use coordinator::{Revision, Workload, WorkloadChange};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-
-use crate::worker::OnHandled;
 
 /// How long a handler still running when the program stops may take to end
 /// before it is killed. Changes queued behind it are not handled.
@@ -35,6 +33,10 @@ pub(crate) struct Handler {
     /// `--exec-timeout`: a handler running longer is killed.
     timeout: Option<Duration>,
 }
+
+/// Called with a change's revision once it is handled: its line written and
+/// flushed, or, with `--exec`, its handler exited 0.
+pub(crate) type OnHandled = Arc<dyn Fn(Revision) + Send + Sync>;
 
 /// One settled change, ready for the handler.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ mod exec;
 mod http;
 mod member;
 mod prometheus;
+mod run;
 mod settings;
 mod worker;
 
@@ -282,21 +283,6 @@ impl ProgramArgs {
             s.mark_env("exec");
         }
     }
-}
-
-/// Starts the HTTP endpoints if asked (`--http-addr`); a failure is a
-/// usage error (exit 2) naming the setting as the operator wrote it.
-pub(crate) fn serve_http(s: &Settings) -> Result<http::Http, ExitCode> {
-    match s.program.http_addr {
-        Some(addr) => http::Http::serve(addr, &s.config.instance_id, s.config.backend)
-            .map_err(|e| usage_error(&format!("invalid {}: {e}", s.name_of("http_addr")))),
-        None => Ok(http::Http::default()),
-    }
-}
-
-/// The `--exec` handler, if one is given.
-pub(crate) fn handler(s: &Settings) -> Option<exec::Handler> {
-    exec::Handler::new(&s.program.exec, s.program.exec_timeout)
 }
 
 /// Flags of `coordinator demo`.

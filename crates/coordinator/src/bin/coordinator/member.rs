@@ -10,9 +10,10 @@ use coordinator::config::BackendKind;
 use coordinator::Left;
 use tracing::{info, warn};
 
+use crate::exec::OnHandled;
+use crate::run::{connect, handler, init_logging, print_until, serve_http, Shutdown, Signal};
 use crate::settings::{self, Settings};
-use crate::worker::{connect, init_logging, print_until, OnHandled, Shutdown, Signal};
-use crate::{finish_settings, handler, put, serve_http, ConnArgs, ProgramArgs, WorkerOpts};
+use crate::{finish_settings, put, ConnArgs, ProgramArgs, WorkerOpts};
 
 /// Flags of `coordinator member`: the flags of `coordinator worker` (but
 /// `--backend memory`), and these.
