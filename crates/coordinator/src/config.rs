@@ -544,10 +544,12 @@ impl Config {
         })?;
         let mut c = Self::new(BackendKind::default(), instance_id);
         if let Some(b) = get("COORDINATOR_BACKEND") {
-            c.backend = b.parse().map_err(|e: ParseBackendKindError| LoadError::Env {
-                var: "COORDINATOR_BACKEND",
-                reason: e.to_string(),
-            })?;
+            c.backend = b
+                .parse()
+                .map_err(|e: ParseBackendKindError| LoadError::Env {
+                    var: "COORDINATOR_BACKEND",
+                    reason: e.to_string(),
+                })?;
         }
         if let Some(e) = get("COORDINATOR_ENDPOINTS") {
             c.endpoints = split_endpoints(&e);

@@ -373,7 +373,12 @@ impl Backend {
 #[cfg(any(feature = "consul", feature = "etcd"))]
 fn member_store<B>(b: &Arc<B>) -> MemberStore
 where
-    B: KvWatch + LeaderWait + worker_core::Membership + worker_core::Election + worker_core::FencedWrite + worker_core::KvWrite,
+    B: KvWatch
+        + LeaderWait
+        + worker_core::Membership
+        + worker_core::Election
+        + worker_core::FencedWrite
+        + worker_core::KvWrite,
 {
     MemberStore {
         kv: b.clone(),

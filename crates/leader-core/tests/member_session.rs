@@ -75,7 +75,13 @@ async fn an_exclusive_member_releases_at_once_when_the_store_ends_its_session() 
     }
     let m1 = spawn(&store, &config("m1").exclusive(Duration::from_secs(3)));
     holds(&m1, 3, Duration::from_secs(10)).await;
-    let session = m1.leading().borrow().clone().expect("m1 leads").session().clone();
+    let session = m1
+        .leading()
+        .borrow()
+        .clone()
+        .expect("m1 leads")
+        .session()
+        .clone();
     let mut changes = m1.worker().changes();
     let ended = Instant::now();
     assert!(store.expire_session(&session));

@@ -427,7 +427,8 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
     assert_eq!(fence.session(), &session);
     let observed = etcd.leader().await.expect("leader").expect("a leader");
     assert_eq!(
-        *fence.leader(), observed,
+        *fence.leader(),
+        observed,
         "the fence reports what LeaderWait does"
     );
     assert_eq!(observed.id, "m1");
@@ -439,7 +440,11 @@ async fn an_etcdctl_campaign_keeps_members_from_leading_until_its_lease_ends() {
         .kvs()[0]
         .create_revision();
     assert_eq!(fence.term(), u64::try_from(created).unwrap());
-    assert_eq!(fence.revision(), fence.term(), "etcd: the create revision is the term");
+    assert_eq!(
+        fence.revision(),
+        fence.term(),
+        "etcd: the create revision is the term"
+    );
     assert_eq!(
         etcd.leader_value(&election)
             .await

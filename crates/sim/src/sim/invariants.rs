@@ -54,7 +54,8 @@ impl Sim {
             if node.member.session() != Some(fence.session()) {
                 let what = format!(
                     "{} leads with {} but holds no such session",
-                    node.id, fence.session()
+                    node.id,
+                    fence.session()
                 );
                 self.violation(what);
                 return;

@@ -176,7 +176,9 @@ impl MemoryStore {
         let id = parse(fence.session());
         let holds = id.is_some()
             && s.sessions.leader_session == id
-            && s.leader.as_ref().is_some_and(|l| l.term == fence.revision());
+            && s.leader
+                .as_ref()
+                .is_some_and(|l| l.term == fence.revision());
         if !holds {
             s.stats.fenced += 1;
             return (TxnOutcome::Fenced, false);
@@ -391,7 +393,9 @@ impl Election for MemoryStore {
             }
             let holds = id.is_some()
                 && s.sessions.leader_session == id
-                && s.leader.as_ref().is_some_and(|l| l.term == fence.revision());
+                && s.leader
+                    .as_ref()
+                    .is_some_and(|l| l.term == fence.revision());
             if holds {
                 s.leader = None;
                 s.sessions.leader_session = None;

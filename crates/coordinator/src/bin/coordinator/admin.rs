@@ -345,7 +345,7 @@ pub async fn drain(args: DrainArgs, m: ArgMatches) -> ExitCode {
     if args.no_wait {
         return ExitCode::SUCCESS;
     }
-    let (mut members, task) = coordinator::leader::follow::spawn_follow(
+    let (mut members, task) = leader_core::follow::spawn_follow(
         store.kv.clone(),
         member_key.clone(),
         (Duration::from_millis(100), Duration::from_secs(2)),

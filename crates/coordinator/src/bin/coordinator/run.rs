@@ -195,7 +195,7 @@ pub(crate) async fn print_until(
         tokio::select! {
             () = &mut stop => break,
             () = out.tx.closed() => {
-                warn!("stdout closed; stopping");
+                warn!(target: "coordinator::worker", "stdout closed; stopping");
                 break;
             }
             change = changes.next() => {
@@ -205,7 +205,7 @@ pub(crate) async fn print_until(
                     h.send(Job::new(instance_id, &line, &workload, &change));
                 }
                 if !out.send(line, change.revision) {
-                    warn!("stdout closed; stopping");
+                    warn!(target: "coordinator::worker", "stdout closed; stopping");
                     break;
                 }
             }
@@ -315,21 +315,17 @@ mod tests {
     fn json_line_has_changed_after_removed_sorted() {
         let mut w = Workload::new();
         let v = bytes::Bytes::from_static(b"v");
-        let change = WorkloadChange {
-            revision: 7,
-            added: vec![("b".into(), v.clone()), ("a".into(), v.clone())],
-            ..WorkloadChange::default()
-        };
+        let mut change = WorkloadChange::default();
+        change.revision = 7;
+        change.added = vec![("b".into(), v.clone()), ("a".into(), v.clone())];
         assert_eq!(
             json_line("m1", &mut w, &change),
             "{\"instance_id\":\"m1\",\"revision\":7,\"workload\":[\"a\",\"b\"],\
              \"added\":[\"a\",\"b\"],\"removed\":[],\"changed\":[]}\n"
         );
-        let change = WorkloadChange {
-            revision: 8,
-            changed: vec![("b".into(), v.clone()), ("a".into(), v)],
-            ..WorkloadChange::default()
-        };
+        let mut change = WorkloadChange::default();
+        change.revision = 8;
+        change.changed = vec![("b".into(), v.clone()), ("a".into(), v)];
         assert!(json_line("m1", &mut w, &change).ends_with("\"changed\":[\"a\",\"b\"]}\n"));
     }
 }

@@ -296,7 +296,8 @@ impl Settings {
                     }
                 }
             }
-            BackendKind::Memory => {}
+            // The memory store (and any later one) reads no store variables.
+            _ => {}
         }
         Ok(())
     }
