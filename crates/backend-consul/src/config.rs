@@ -25,7 +25,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 /// config.token = Some("secret".into());
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
+///
+/// Non-exhaustive: start from [`ConsulConfig::new`] and set the public fields.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsulConfig {
     /// HTTP(S) addresses of Consul agents, e.g. `http://127.0.0.1:8500` (a bare
     /// `host:port` means `http://host:port`). Requests go to the first; when

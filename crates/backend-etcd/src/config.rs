@@ -31,7 +31,10 @@ pub const MIN_KEEPALIVE: Duration = Duration::from_millis(200);
 /// // The password never shows in logs.
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
+///
+/// Non-exhaustive: start from [`EtcdConfig::new`] and set the public fields.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs of the etcd members, e.g. `http://127.0.0.1:2379`. Requests go to
     /// one member at a time and move to the next when it fails. A bare `host:port`
