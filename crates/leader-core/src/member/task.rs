@@ -1,715 +1,71 @@
-//! A full member: registers with a TTL, campaigns, leads while elected, and
-//! runs the worker that follows its own assignments.
-//!
-//! The member task keeps three things going:
-//! - **its session**: opened with the TTL, the member key written bound to
-//!   it, renewed every TTL/3; when a renewal says the session is gone (or no
-//!   renewal succeeded for a whole TTL) a new one is opened and the member key
-//!   written again;
-//! - **its candidacy**: it tries to lead whenever the observed leadership
-//!   changes (the first observation included); while it leads, the leader
-//!   loop runs, and it stops at once when the observation shows another term
-//!   or no leader, when the session is lost, or when a write is fenced;
-//! - **its worker** ([`worker_core::Worker`]), independent of the session.
-//!
-//! It also reports, in its member key, how far its application has applied
-//! its assignments (`acked`, a store position), so that the leader moves an
-//! item away from it only once the revoke is applied (the acknowledged
-//! handoff). By default a settled change counts as applied once it is
-//! published; with [`MemberConfig::manual_ack`] the application says so
-//! itself with [`MemberHandle::ack`].
-//!
-//! [`MemberHandle::halt`] stops leading, resigns, halts the worker and
-//! closes the session, so another member leads without waiting for a TTL.
-//! [`MemberHandle::drain`] (or a drain request key, `coordinator drain ID`)
-//! first marks the member draining, waits until the leader has moved all of
-//! its items away through the handoff (or the drain timeout), then halts.
+//! The member task: its session (opened, renewed, opened anew), its member
+//! key with the acknowledged position, its candidacy and the leader loop
+//! while it leads, draining, and the release switch of its worker.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use worker_core::{
-    validate_instance_id, ConfigError, Election, ErrorChain, Fence, FencedWrite, KvWatch, KvWrite,
-    LeaderStream, LeaderWait, Membership, ReleaseSwitch, Revision, SessionId, StoreContact,
-    StoreError, WorkId, Worker, WorkerConfig, WorkerHandle, WorkerObserver, WorkloadWatch,
+    ErrorChain, Fence, LeaderStream, ReleaseSwitch, Revision, SessionId, StoreContact, StoreError,
+    WorkloadWatch,
 };
 
-use crate::layout::{Layout, MemberMeta};
+use super::{Handoff, Left, MemberConfig, MemberStore, Stop};
+use crate::layout::MemberMeta;
 use crate::leader::{run_leader, LeaderCtx, LeaderExit};
 use crate::machine::{LeaderTiming, PlanReport};
 use crate::membership::{MemberAction, MemberMachine, MemberTiming};
-use crate::plan::MemberId;
 
-/// The default session / lease TTL: 5 s. With the default leader soak
-/// ([`DEFAULT_LEADER_SOAK`](crate::DEFAULT_LEADER_SOAK)) and worker soak, a
-/// dead member's items are settled on the others within 10 s; the member
-/// renews every TTL/3, so three renewals in a row must fail before a live
-/// member is taken for dead. On Consul it needs sessions bound to an agent
-/// check (below 10 s a plain session TTL is refused); see `docs/leader.md`,
-/// "Failover with the defaults".
-pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
-
-/// The default `leader_settle` of a member's worker: 2 s, the default leader
-/// soak and a second more. A new leader plans once its soak is over and its
-/// writes are fenced, so a member's worker need not wait the 5 s a worker
-/// following an unknown leader waits ([`WorkerConfig::new`]).
-pub const DEFAULT_MEMBER_LEADER_SETTLE: Duration = Duration::from_secs(2);
-
-/// The default drain timeout.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Settings of one member.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberConfig {
-    /// The worker's settings; its `instance_id` is the member's id and its
-    /// `prefix` must equal `layout.assignments`. Its `leader_settle`
-    /// defaults to [`DEFAULT_MEMBER_LEADER_SETTLE`].
-    pub worker: WorkerConfig,
-    /// Where the keys live. Default [`Layout::default`].
-    pub layout: Layout,
-    /// What the member key says (weight). Default weight 1.
-    pub meta: MemberMeta,
-    /// Session / lease TTL. Default [`DEFAULT_TTL`] (on Consul, below 10 s
-    /// only with sessions bound to an agent check).
-    pub ttl: Duration,
-    /// The leader's soak and retry timing. Default
-    /// [`DEFAULT_LEADER_SOAK`](crate::DEFAULT_LEADER_SOAK).
-    pub leader: LeaderTiming,
-    /// Whether this member may lead. Default true.
-    pub campaign: bool,
-    /// Exclusive mode: `Some(margin)`. See [`MemberConfig::exclusive`].
-    pub exclusive: Option<Duration>,
-    /// How long a drain waits for the items to move away before the member
-    /// leaves anyway. Default [`DEFAULT_DRAIN_TIMEOUT`].
-    pub drain_timeout: Duration,
-    /// The application acknowledges settled changes itself
-    /// ([`MemberHandle::ack`]); otherwise a change counts as applied once
-    /// published. Default false.
-    pub manual_ack: bool,
-    /// Take part in the acknowledged handoff (report `acked`). With false,
-    /// moves away from this member do not wait for it: faster, but the old
-    /// and the new owner may both hold an item for a moment. Default true.
-    pub handoff: bool,
-}
-
-impl MemberConfig {
-    /// A member `instance_id` with every other setting at its default.
-    pub fn new(instance_id: impl Into<String>) -> Self {
-        Self {
-            worker: WorkerConfig::new(instance_id).leader_settle(DEFAULT_MEMBER_LEADER_SETTLE),
-            layout: Layout::default(),
-            meta: MemberMeta::default(),
-            ttl: DEFAULT_TTL,
-            leader: LeaderTiming::default(),
-            campaign: true,
-            exclusive: None,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            manual_ack: false,
-            handoff: true,
-        }
-    }
-
-    /// The member's id.
-    pub fn instance_id(&self) -> &str {
-        &self.worker.instance_id
-    }
-
-    /// Sets the key layout (and the worker's prefix with it).
-    #[must_use]
-    pub fn layout(mut self, layout: Layout) -> Self {
-        self.worker.prefix.clone_from(&layout.assignments);
-        self.layout = layout;
-        self
-    }
-
-    /// Sets the member's weight.
-    #[must_use]
-    pub fn weight(mut self, weight: u32) -> Self {
-        self.meta.weight = weight;
-        self
-    }
-
-    /// Sets the session TTL.
-    #[must_use]
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Sets how long a departed member's items stay assigned to it (see
-    /// [`LeaderTiming::rebalance_delay`]).
-    #[must_use]
-    pub fn rebalance_delay(mut self, delay: Duration) -> Self {
-        self.leader.rebalance_delay = delay;
-        self
-    }
-
-    /// Sets how many items may be in handoff at once (see
-    /// [`LeaderTiming::max_moves_in_flight`]).
-    #[must_use]
-    pub fn max_moves_in_flight(mut self, n: usize) -> Self {
-        self.leader.max_moves_in_flight = n.max(1);
-        self
-    }
-
-    /// Exclusive mode with a safety `margin`: an item is never in two
-    /// members' acknowledged workloads at once. This member releases its
-    /// whole workload `margin` before its lease deadline unless it renewed
-    /// (and starts released until registered) or at once when it learns its
-    /// session is gone; as leader, it gives the items of a member that is
-    /// gone to another only that member's whole TTL after its key vanished
-    /// (the store may end a session early while the member, cut off, still
-    /// believes in it). Every member of a cluster must use the same setting.
-    #[must_use]
-    pub fn exclusive(mut self, margin: Duration) -> Self {
-        self.exclusive = Some(margin);
-        self.leader.exclusive = Some(margin);
-        self.worker.start_released = true;
-        self
-    }
-
-    /// Sets how long a move from a live member may wait for its
-    /// acknowledgement before the leader ends that member's session (see
-    /// [`LeaderTiming::handoff_timeout`]).
-    #[must_use]
-    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
-        self.leader.handoff_timeout = timeout;
-        self
-    }
-
-    /// Sets the drain timeout.
-    #[must_use]
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// The application acknowledges settled changes with
-    /// [`MemberHandle::ack`] (for example after it applied them).
-    #[must_use]
-    pub fn manual_ack(mut self, manual: bool) -> Self {
-        self.manual_ack = manual;
-        self
-    }
-
-    /// Whether to take part in the acknowledged handoff (see
-    /// [`MemberConfig::handoff`](Self#structfield.handoff)).
-    #[must_use]
-    pub fn handoff(mut self, on: bool) -> Self {
-        self.handoff = on;
-        self
-    }
-
-    /// Sets the leader's soak (and max soak = 10 × soak).
-    #[must_use]
-    pub fn leader_soak(mut self, soak: Duration) -> Self {
-        let t = self.leader;
-        self.leader = LeaderTiming {
-            soak,
-            max_soak: soak.saturating_mul(10),
-            ..t
-        };
-        self
-    }
-
-    /// Sets the worker's soak and leader settle.
-    #[must_use]
-    pub fn worker_timing(mut self, soak: Duration, leader_settle: Duration) -> Self {
-        self.worker = self.worker.soak(soak).leader_settle(leader_settle);
-        self
-    }
-
-    /// Checks every setting.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        validate_instance_id(self.instance_id())?;
-        self.layout.validate()?;
-        if self.worker.prefix != self.layout.assignments {
-            return Err(ConfigError::new(
-                "prefix",
-                "the worker's prefix must be the layout's assignments prefix",
-            ));
-        }
-        if self.ttl < Duration::from_millis(30) {
-            return Err(ConfigError::new("ttl", "must be at least 30ms"));
-        }
-        if self.leader.max_moves_in_flight == 0 {
-            return Err(ConfigError::new(
-                "max_moves_in_flight",
-                "must be at least 1 (leave it unset for no limit)",
-            ));
-        }
-        if self.leader.max_soak < self.leader.soak {
-            return Err(ConfigError::new(
-                "leader_soak",
-                format!(
-                    "the leader's max soak ({:?}) is shorter than its soak ({:?})",
-                    self.leader.max_soak, self.leader.soak
-                ),
-            ));
-        }
-        if self.leader.backoff_min.is_zero() || self.leader.backoff_min > self.leader.backoff_max {
-            return Err(ConfigError::new(
-                "leader.backoff_min",
-                "must be more than 0 and at most leader.backoff_max",
-            ));
-        }
-        // Exclusive mode is one setting seen in three places: the member
-        // (self-fencing), its worker (starts released) and its leader (waits
-        // before giving a gone member's items away). `exclusive()` sets all
-        // three; fields set one by one must agree.
-        if self.leader.exclusive != self.exclusive {
-            return Err(ConfigError::new(
-                "exclusive",
-                format!(
-                    "the member's exclusive margin ({:?}) and its leader's ({:?}) differ; set both with MemberConfig::exclusive",
-                    self.exclusive, self.leader.exclusive
-                ),
-            ));
-        }
-        if self.exclusive.is_some() != self.worker.start_released {
-            let why = if self.exclusive.is_some() {
-                "exclusive mode needs the worker to start released (worker.start_released = true); set it with MemberConfig::exclusive"
-            } else {
-                "worker.start_released is only for exclusive mode: a member's worker that starts released would never be restored"
-            };
-            return Err(ConfigError::new("exclusive", why));
-        }
-        if self.leader.handoff_timeout.is_zero() {
-            return Err(ConfigError::new("handoff_timeout", "must be more than 0"));
-        }
-        if self.exclusive.is_some() && !self.handoff {
-            return Err(ConfigError::new(
-                "exclusive",
-                "needs the acknowledged handoff (handoff = true)",
-            ));
-        }
-        if let Some(margin) = self.exclusive {
-            if margin.is_zero() || margin >= self.ttl / 2 {
-                return Err(ConfigError::new(
-                    "exclusive_margin",
-                    format!(
-                        "{margin:?} must be more than 0 and less than half the TTL ({:?})",
-                        self.ttl / 2
-                    ),
-                ));
-            }
-        }
-        self.worker.timing()?;
-        Ok(())
-    }
-}
-
-/// The store, as the member half needs it: one value per trait, usually the
-/// same backend behind each.
-#[derive(Clone)]
-pub struct MemberStore {
-    /// Reads and watches prefixes.
-    pub kv: Arc<dyn KvWatch>,
-    /// Observes leadership.
-    pub leader: Arc<dyn LeaderWait>,
-    /// Sessions and bound keys.
-    pub membership: Arc<dyn Membership>,
-    /// The election.
-    pub election: Arc<dyn Election>,
-    /// Fenced transactions.
-    pub writer: Arc<dyn FencedWrite>,
-    /// Plain writes (operators' tools).
-    pub kv_write: Arc<dyn KvWrite>,
-}
-
-impl MemberStore {
-    /// Uses one backend value for every trait.
-    pub fn from_backend<B>(backend: B) -> Self
-    where
-        B: KvWatch + LeaderWait + Membership + Election + FencedWrite + KvWrite + Clone,
-    {
-        Self {
-            kv: Arc::new(backend.clone()),
-            leader: Arc::new(backend.clone()),
-            membership: Arc::new(backend.clone()),
-            election: Arc::new(backend.clone()),
-            writer: Arc::new(backend.clone()),
-            kv_write: Arc::new(backend),
-        }
-    }
-}
-
-impl std::fmt::Debug for MemberStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MemberStore")
-    }
-}
-
-/// Spawns members.
-#[derive(Debug)]
-pub struct Member;
-
-impl Member {
-    /// Starts a member on the current tokio runtime.
-    pub fn spawn(config: &MemberConfig, store: &MemberStore) -> Result<MemberHandle, ConfigError> {
-        config.validate()?;
-        let min_ttl = store.membership.min_ttl();
-        if config.ttl < min_ttl {
-            return Err(ConfigError::new(
-                "ttl",
-                format!(
-                    "{:?} is below this store's shortest session TTL ({min_ttl:?}): the store would round it up, and the member would be wrong about its lease",
-                    config.ttl
-                ),
-            ));
-        }
-        // The release switch stays with the member (its self-fencing); the
-        // application's handle can release the workload but not restore it.
-        let (worker, switch) = Worker::spawn_with_switch(
-            &config.worker,
-            store.kv.clone(),
-            store.leader.clone(),
-            rand::random(),
-        )?;
-        let (leading_tx, leading_rx) = watch::channel(None);
-        crate::metrics::follow_leading(config.instance_id(), leading_rx.clone());
-        let (plans, _) = broadcast::channel(64);
-        let (halt_tx, halt_rx) = watch::channel(Stop::Running);
-        let (ack_tx, ack_rx) = watch::channel(0);
-        let (acked_tx, acked_rx) = watch::channel(None);
-        let (contact_tx, contact_rx) = watch::channel(StoreContact::Unknown);
-        let (handoffs_tx, handoffs_rx) = watch::channel(Arc::from([]));
-        let (draining_tx, draining_rx) = watch::channel(false);
-        let observer = MemberObserver {
-            worker: worker.observer(),
-            leading: leading_rx.clone(),
-            acked: acked_rx.clone(),
-            contact: contact_rx,
-            handoffs: handoffs_rx,
-            draining: draining_rx,
-        };
-        let span = tracing::info_span!("member", instance_id = %config.instance_id());
-        let task = tokio::spawn(
-            MemberTask {
-                config: config.clone(),
-                store: store.clone(),
-                leading: leading_tx,
-                plans: plans.clone(),
-                position: worker.position(),
-                settled: worker.watch(),
-                switch,
-                app_ack: ack_rx,
-                acked: acked_tx,
-                contact: contact_tx,
-                handoffs: handoffs_tx,
-                draining: draining_tx,
-            }
-            .run(halt_rx)
-            .instrument(span),
-        );
-        Ok(MemberHandle {
-            worker: Some(worker),
-            leading: leading_rx,
-            plans,
-            halt: Some(halt_tx),
-            task: Some(task),
-            outcome: None,
-            ack: Acker(Arc::new(ack_tx)),
-            acked: acked_rx,
-            observer,
-        })
-    }
-}
-
+/// A seed for the member's jitter, from its id (FNV-1a).
 fn seed(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
 
-/// What the member task is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Running,
-    Drain,
-    Halt,
-}
-
-/// How a member left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Left {
-    /// It left at once (halt), or was stopped before it could drain.
-    Halted,
-    /// It drained: it held nothing, acknowledged, then left.
-    Drained,
-    /// The drain timeout ran out first; it left holding what it still held.
-    DrainTimedOut,
-}
-
-/// A running member.
-#[derive(Debug)]
-pub struct MemberHandle {
-    /// Always `Some` until `halt` / `kill` consume the handle.
-    worker: Option<WorkerHandle>,
-    leading: watch::Receiver<Option<Fence>>,
-    plans: broadcast::Sender<PlanReport>,
-    halt: Option<watch::Sender<Stop>>,
-    task: Option<JoinHandle<Left>>,
-    outcome: Option<Left>,
-    ack: Acker,
-    acked: watch::Receiver<Option<Revision>>,
-    observer: MemberObserver,
-}
-
-/// A move in flight as the leader sees it: an item revoked from `from` and
-/// not yet given to its new owner (see `docs/handoff.md`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handoff {
-    /// The item.
-    pub work: WorkId,
-    /// The member it was revoked from, whose acknowledgement (or departure)
-    /// the move waits for.
-    pub from: MemberId,
-}
-
-/// A read-only view of a running member; from [`MemberHandle::observer`].
-///
-/// Cheap to clone and to query: each getter reads a `watch` channel the
-/// member's tasks update as things happen; nothing asks the store. It does
-/// not keep the member running; once its tasks end the getters keep the last
-/// values and [`is_running`](Self::is_running) turns false.
-#[derive(Debug, Clone)]
-pub struct MemberObserver {
-    worker: WorkerObserver,
-    leading: watch::Receiver<Option<Fence>>,
-    acked: watch::Receiver<Option<Revision>>,
-    contact: watch::Receiver<StoreContact>,
-    handoffs: watch::Receiver<Arc<[Handoff]>>,
-    draining: watch::Receiver<bool>,
-}
-
-impl MemberObserver {
-    /// The member's worker: settled workload, readiness, the leader it
-    /// sees, its store contact.
-    pub fn worker(&self) -> &WorkerObserver {
-        &self.worker
-    }
-
-    /// True while the member task and its worker's task both run.
-    pub fn is_running(&self) -> bool {
-        !self.leading.is_closed() && self.worker.is_running()
-    }
-
-    /// True while this member leads.
-    pub fn is_leader(&self) -> bool {
-        self.leading.borrow().is_some()
-    }
-
-    /// The acknowledged position as last written to the store (see
-    /// [`MemberHandle::acked`]).
-    pub fn acked(&self) -> Option<Revision> {
-        *self.acked.borrow()
-    }
-
-    /// How the member task's latest store request went: registering,
-    /// renewing the session, writing the member key, campaigning, observing
-    /// the leadership. Its worker's requests are in
-    /// [`worker().store_contact()`](WorkerObserver::store_contact).
-    pub fn store_contact(&self) -> StoreContact {
-        self.contact.borrow().clone()
-    }
-
-    /// While this member leads: every move in flight (revoked from its old
-    /// owner, not yet given to the new one), by item. Empty otherwise: a
-    /// member that does not lead does not read the handoff records.
-    pub fn handoffs(&self) -> Arc<[Handoff]> {
-        self.handoffs.borrow().clone()
-    }
-
-    /// True once the member drains (asked by [`MemberHandle::start_drain`]
-    /// or a drain request key) until it leaves.
-    pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
-    }
-}
-
-/// Acknowledges settled changes for a member; from [`MemberHandle::acker`].
-/// Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Acker(Arc<watch::Sender<Revision>>);
-
-impl Acker {
-    /// See [`MemberHandle::ack`].
-    pub fn ack(&self, revision: Revision) {
-        self.0.send_if_modified(|cur| {
-            let newer = revision > *cur;
-            if newer {
-                *cur = revision;
-            }
-            newer
-        });
-    }
-}
-
-impl MemberHandle {
-    /// The member's worker: its settled workload, changes, readiness.
-    pub fn worker(&self) -> &WorkerHandle {
-        self.worker.as_ref().expect("present until halt")
-    }
-
-    /// True while this member leads.
-    pub fn is_leader(&self) -> bool {
-        self.leading.borrow().is_some()
-    }
-
-    /// Follows whether this member leads (`Some(fence)` while it does).
-    pub fn leading(&self) -> watch::Receiver<Option<Fence>> {
-        self.leading.clone()
-    }
-
-    /// Every plan this member makes while it leads.
-    pub fn plans(&self) -> broadcast::Receiver<PlanReport> {
-        self.plans.subscribe()
-    }
-
-    /// With [`MemberConfig::manual_ack`]: the application has applied every
-    /// settled change up to the one at `revision` (its
-    /// [`WorkloadChange::revision`](worker_core::WorkloadChange)). The member
-    /// reports it in its member key; the leader moves an item away from this
-    /// member only once the report reaches the revoke. Acknowledging the
-    /// latest change also covers any later position at which nothing changed.
-    pub fn ack(&self, revision: Revision) {
-        self.ack.ack(revision);
-    }
-
-    /// A cheap handle that acknowledges for this member (see
-    /// [`ack`](Self::ack)), for a task of the application.
-    pub fn acker(&self) -> Acker {
-        self.ack.clone()
-    }
-
-    /// The acknowledged position as last written to the store (`None` until
-    /// the first write).
-    pub fn acked(&self) -> watch::Receiver<Option<Revision>> {
-        self.acked.clone()
-    }
-
-    /// A cheap, read-only view of this member (and its worker) that other
-    /// tasks can keep, for a health or status endpoint; see
-    /// [`MemberObserver`].
-    pub fn observer(&self) -> MemberObserver {
-        self.observer.clone()
-    }
-
-    /// Asks the member to drain and leave, without waiting: it marks itself
-    /// draining in its member key, so that the leader moves its items to the
-    /// others through the acknowledged handoff; once it holds nothing and has
-    /// acknowledged that (or after [`MemberConfig::drain_timeout`]) it leaves
-    /// as [`halt`](Self::halt) does. Await [`left`](Self::left) for the end.
-    pub fn start_drain(&self) {
-        if let Some(tx) = &self.halt {
-            tx.send_if_modified(|s| {
-                let running = *s == Stop::Running;
-                if running {
-                    *s = Stop::Drain;
-                }
-                running
-            });
-        }
-    }
-
-    /// Waits until the member has left (after a drain, a halt, or its task
-    /// ended otherwise) and says how. Cancel safe.
-    pub async fn left(&mut self) -> Left {
-        if let Some(task) = &mut self.task {
-            let left = task.await.unwrap_or(Left::Halted);
-            self.task = None;
-            self.outcome = Some(left);
-        }
-        self.outcome.unwrap_or(Left::Halted)
-    }
-
-    /// Leaves cleanly: stops leading and resigns, halts the worker, closes
-    /// the session (the member key goes with it). Returns once all of it is
-    /// done or, for the store calls, has failed (a session that cannot be
-    /// closed expires by its TTL). Cuts a drain short.
-    pub async fn halt(mut self) -> Left {
-        if let Some(tx) = &self.halt {
-            let _ = tx.send(Stop::Halt);
-        }
-        self.finish().await
-    }
-
-    /// [`start_drain`](Self::start_drain), then waits until the member has
-    /// left and its worker halted.
-    pub async fn drain(mut self) -> Left {
-        self.start_drain();
-        self.finish().await
-    }
-
-    async fn finish(&mut self) -> Left {
-        let left = self.left().await;
-        if let Some(worker) = self.worker.take() {
-            worker.halt().await;
-        }
-        left
-    }
-
-    /// Stops everything at once without leaving: no resignation, no session
-    /// close, as if the process had been killed. The session expires by its
-    /// TTL. For tests and simulations.
-    pub async fn kill(mut self) {
-        // Abort first: dropping the halt sender while the task runs (on
-        // another worker thread) would let it see the closed channel as a
-        // halt and destroy its session before the abort lands.
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        self.halt.take();
-        if let Some(worker) = self.worker.take() {
-            worker.halt().await;
-        }
-    }
-}
-
-impl Drop for MemberHandle {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-struct MemberTask {
-    config: MemberConfig,
-    store: MemberStore,
-    leading: watch::Sender<Option<Fence>>,
-    plans: broadcast::Sender<PlanReport>,
+/// The member task: what it drives and what it reports through.
+pub(super) struct MemberTask {
+    /// The member's settings.
+    pub(super) config: MemberConfig,
+    /// The store.
+    pub(super) store: MemberStore,
+    /// The fence while this member leads.
+    pub(super) leading: watch::Sender<Option<Fence>>,
+    /// The plans this member makes while it leads.
+    pub(super) plans: broadcast::Sender<PlanReport>,
     /// The worker's settled position.
-    position: watch::Receiver<Revision>,
+    pub(super) position: watch::Receiver<Revision>,
     /// The worker's settled state (its revision, and whether it is empty).
-    settled: WorkloadWatch,
-    switch: ReleaseSwitch,
+    pub(super) settled: WorkloadWatch,
+    /// The worker's release switch ([`ReleaseSwitch`]).
+    pub(super) switch: ReleaseSwitch,
     /// What the application acknowledged (manual ack).
-    app_ack: watch::Receiver<Revision>,
+    pub(super) app_ack: watch::Receiver<Revision>,
     /// The acknowledged position written to the store.
-    acked: watch::Sender<Option<Revision>>,
+    pub(super) acked: watch::Sender<Option<Revision>>,
     /// How the member task's latest store request went.
-    contact: watch::Sender<StoreContact>,
+    pub(super) contact: watch::Sender<StoreContact>,
     /// The moves in flight while leading (the leader loop writes them).
-    handoffs: watch::Sender<Arc<[Handoff]>>,
+    pub(super) handoffs: watch::Sender<Arc<[Handoff]>>,
     /// Whether the member drains.
-    draining: watch::Sender<bool>,
+    pub(super) draining: watch::Sender<bool>,
 }
 
+/// The leader loop while this member leads.
 struct Leading {
+    /// The term it leads under.
     fence: Fence,
+    /// Tells the leader loop to stop.
     stop: watch::Sender<bool>,
+    /// The leader loop.
     task: JoinHandle<LeaderExit>,
 }
 
+/// A store call in flight.
 type Call<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
 /// Awaits an optional in-flight call (never ready when there is none).
@@ -755,6 +111,7 @@ impl MemberTask {
         })
     }
 
+    /// Starts the leader loop under `fence`.
     fn start_leading(&self, fence: Fence) -> Leading {
         let (stop, stop_rx) = watch::channel(false);
         let ctx = LeaderCtx {
@@ -776,6 +133,7 @@ impl MemberTask {
         Leading { fence, stop, task }
     }
 
+    /// Stops the leader loop, if one runs, then resigns `resign` if given.
     async fn stop_leading(&self, leading: &mut Option<Leading>, resign: Option<Fence>) {
         if let Some(l) = leading.take() {
             let _ = l.stop.send(true);
@@ -866,7 +224,7 @@ impl MemberTask {
     /// Carries out what the [`MemberMachine`] asks for and feeds it what
     /// happens, with one timer.
     #[allow(clippy::too_many_lines)] // one select loop; its arms read best together
-    async fn run(mut self, mut stop: watch::Receiver<Stop>) -> Left {
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<Stop>) -> Left {
         let timing = MemberTiming {
             ttl: self.config.ttl,
             backoff_min: self.config.worker.backoff_min,
@@ -1228,9 +586,11 @@ impl MemberTask {
     }
 }
 
+/// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
+    /// Aborts the task.
     fn drop(&mut self) {
         self.0.abort();
     }

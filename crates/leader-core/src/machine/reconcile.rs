@@ -1,0 +1,406 @@
+//! Plan execution: making the plan ([`plan_now`](LeaderMachine::plan_now))
+//! and the reconcile loop that turns it into fenced writes, one transaction
+//! at a time: revokes (with handoff records for moves), then assigns whose
+//! handoff is clear, then clean-up of handoff records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use worker_core::{TxnOp, WorkId};
+
+use super::handoff::Waits;
+use super::limits::fits;
+use super::{Action, LeaderMachine, PlanReport, Reading};
+use crate::plan::{min_moves, plan, Assignment, MemberId};
+
+impl LeaderMachine {
+    /// Sends the next transaction if none is in flight and one is due.
+    pub(super) fn pump(&mut self, now: Instant) {
+        if !self.stepped_down {
+            self.track_owed();
+            self.end_stuck_sessions(now);
+        }
+        if self.stepped_down
+            || self.in_flight.is_some()
+            || self.reading != Reading::Done
+            || !self.ready()
+            || self.desired.is_none()
+        {
+            return;
+        }
+        let ops = if self.revoke_first {
+            self.next_revokes(now).or_else(|| self.next_settles(now))
+        } else {
+            self.unguarded_write()
+        };
+        if let Some(mut ops) = ops {
+            if self.sequence_check {
+                ops.insert(
+                    0,
+                    TxnOp::Sequence {
+                        key: self.layout.sequence.clone(),
+                        index: self.sequence,
+                        value: self.sequence_value.clone(),
+                    },
+                );
+            }
+            self.in_flight = Some(ops.clone());
+            self.out.push_back(Action::Write(ops));
+        }
+        self.track_owed();
+    }
+
+    /// Revokes of keys the plan does not want, with handoff records for
+    /// moves, at most `max_moves_in_flight` moves at once.
+    fn next_revokes(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
+        let (desired, _) = (self.desired.as_ref()?, self.current.as_ref()?);
+        // Moves in flight count only against a limit: without one
+        // (the default), they are not counted (`O(owed)`).
+        let limited = self.timing.max_moves_in_flight != usize::MAX;
+        let owed = self.owed.keys().take(if limited { usize::MAX } else { 0 });
+        let live_owed: BTreeSet<&WorkId> = owed
+            .clone()
+            .filter(|(_, from)| self.is_live(from))
+            .map(|(w, _)| w)
+            .collect();
+        // A move stuck past the handoff timeout no longer holds up the others.
+        let timeout = self.timing.handoff_timeout;
+        let stuck = owed
+            .filter(|k| self.is_live(&k.1))
+            .filter(|k| {
+                self.owed_times
+                    .get(*k)
+                    .is_some_and(|t| t.fenced.is_some() || now >= t.since + timeout)
+            })
+            .count();
+        let mut moves = live_owed.len().saturating_sub(stuck);
+        let mut ops = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
+        let mut new_owed = Vec::new();
+        // Items that got a handoff record in this transaction: a
+        // transaction names a key once (etcd refuses a txn that names one
+        // twice; Consul would keep the first record's position).
+        let mut recorded: BTreeSet<&WorkId> = BTreeSet::new();
+        // The keys the plan does not want, in `current`'s order.
+        for (member, work) in &self.idx.misplaced {
+            let target = desired.get(work);
+            let live = self.is_live(member);
+            let reports = self.acks.get(member).is_some_and(Option::is_some);
+            let record = reports || (!live && self.timing.exclusive.is_some());
+            // An item under two members (found on taking office): one record
+            // at a time. The next owner is revoked once the record of the
+            // first is cleared (`next_cleanup`), with a record of its own.
+            if record && (recorded.contains(work) || self.records.contains(work)) {
+                continue;
+            }
+            if limited && live && target.is_some() && !live_owed.contains(work) {
+                if moves >= self.timing.max_moves_in_flight {
+                    continue;
+                }
+                moves += 1;
+            }
+            let mut add = vec![TxnOp::Delete {
+                key: self.layout.assignment_key(member, work),
+            }];
+            if record {
+                add.push(TxnOp::Put {
+                    key: self.layout.handoff_key(work),
+                    value: Bytes::copy_from_slice(member.as_bytes()),
+                });
+            }
+            if !fits(&limits, &mut used, &ops, &add) {
+                break;
+            }
+            ops.extend(add);
+            if record {
+                recorded.insert(work);
+                new_owed.push((work.clone(), member.clone()));
+            }
+        }
+        for key in new_owed {
+            self.owe(key, now);
+        }
+        (!ops.is_empty()).then_some(ops)
+    }
+
+    /// Assigns whose handoff is clear, then clean-up of handoff records no
+    /// longer needed; nothing while [`quiet`](Self::quiet) holds, which a
+    /// scan that finds nothing sets.
+    fn next_settles(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
+        if self.quiet.is_some() {
+            return None;
+        }
+        let mut waits = Waits::default();
+        if let Some(ops) = self.scan_assigns(now, &mut waits) {
+            return Some(ops);
+        }
+        let (ops, done) = self.scan_cleanup(now, &mut waits);
+        for work in &done {
+            self.forget_owed(work);
+        }
+        if !ops.is_empty() {
+            return Some(ops);
+        }
+        if done.is_empty() && !waits.other {
+            self.quiet = Some(waits.acks);
+        }
+        None
+    }
+
+    /// Assigns whose handoff is clear.
+    pub(super) fn scan_assigns(&self, now: Instant, waits: &mut Waits) -> Option<Vec<TxnOp>> {
+        self.desired.as_ref()?;
+        let (current, items) = (self.current.as_ref()?, self.items.as_ref()?);
+        let owners = &self.idx.owners;
+        let mut ops = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
+        let mut guards: BTreeSet<MemberId> = BTreeSet::new();
+        // The planned items not in place, by target.
+        for (target, work) in &self.idx.unplaced {
+            let Some(value) = items.get(work) else {
+                continue;
+            };
+            let key = (target.clone(), work.clone());
+            let placed = current.get(&key);
+            if placed == Some(value) {
+                continue;
+            }
+            if placed.is_none() {
+                let others = owners
+                    .get(work)
+                    .is_some_and(|o| o.iter().any(|m| m != target));
+                if others {
+                    continue; // its revoke comes first
+                }
+                let (wait, needs) = self.owed_state(work, Some(target), now, waits);
+                if wait {
+                    continue;
+                }
+                let new_guards: Vec<MemberId> =
+                    needs.into_iter().filter(|m| !guards.contains(m)).collect();
+                let mut add: Vec<TxnOp> = new_guards
+                    .iter()
+                    .map(|m| TxnOp::Absent {
+                        key: self.layout.member_key(m),
+                    })
+                    .collect();
+                if self.records.contains(work) {
+                    add.push(TxnOp::Delete {
+                        key: self.layout.handoff_key(work),
+                    });
+                }
+                add.push(TxnOp::Put {
+                    key: self.layout.assignment_key(target, work),
+                    value: value.clone(),
+                });
+                if !fits(&limits, &mut used, &ops, &add) {
+                    break;
+                }
+                guards.extend(new_guards);
+                ops.extend(add);
+                continue;
+            }
+            let add = [TxnOp::Put {
+                key: self.layout.assignment_key(target, work),
+                value: value.clone(),
+            }];
+            if !fits(&limits, &mut used, &ops, &add) {
+                break;
+            }
+            ops.extend(add);
+        }
+        (!ops.is_empty()).then_some(ops)
+    }
+
+    /// Handoff records no longer needed: items no longer wanted, or already
+    /// with their target, once clear: (their deletes, the moves to forget
+    /// that have no record).
+    pub(super) fn scan_cleanup(
+        &self,
+        now: Instant,
+        waits: &mut Waits,
+    ) -> (Vec<TxnOp>, Vec<WorkId>) {
+        let (Some(desired), Some(_), Some(items)) = (
+            self.desired.as_ref(),
+            self.current.as_ref(),
+            self.items.as_ref(),
+        ) else {
+            return (Vec::new(), Vec::new());
+        };
+        let owners = &self.idx.owners;
+        let none = BTreeSet::new();
+        let mut ops = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
+        let mut done_owed: Vec<WorkId> = Vec::new();
+        // The owed items, each once (`owed` is ordered by item).
+        let mut owed_works: Vec<&WorkId> = self.owed.keys().map(|(w, _)| w).collect();
+        owed_works.dedup();
+        // Records that name no member to wait for (their value is not a
+        // member id): nothing waits on them; they go.
+        for work in self.records.iter().filter(|w| !self.is_owed(w)) {
+            let add = [TxnOp::Delete {
+                key: self.layout.handoff_key(work),
+            }];
+            if !fits(&limits, &mut used, &ops, &add) {
+                break;
+            }
+            ops.extend(add);
+        }
+        for work in owed_works {
+            let target = desired.get(work).filter(|_| items.contains_key(work));
+            let holders = owners.get(work).unwrap_or(&none);
+            let settled = match target {
+                None => holders.is_empty(),
+                Some(t) => holders.contains(t),
+            };
+            // Still under another member that must be revoked first (an item
+            // found under two members): once this record is clear it goes,
+            // so that the next revoke can write its own.
+            let blocked = holders.iter().any(|m| Some(m) != target);
+            if !settled && !blocked {
+                continue;
+            }
+            // No assign follows, so no guard is needed: a clear owner (one
+            // that is gone, past the margin) is enough.
+            let (wait, _) = self.owed_state(work, target, now, waits);
+            if wait {
+                continue;
+            }
+            if self.records.contains(work) {
+                let add = [TxnOp::Delete {
+                    key: self.layout.handoff_key(work),
+                }];
+                if !fits(&limits, &mut used, &ops, &add) {
+                    break;
+                }
+                ops.extend(add);
+            } else {
+                done_owed.push(work.clone());
+            }
+        }
+        (ops, done_owed)
+    }
+
+    /// Simulator only (revoke-first off): every assign before any revoke,
+    /// no handoff.
+    fn unguarded_write(&mut self) -> Option<Vec<TxnOp>> {
+        let (desired, current, items) = (
+            self.desired.as_ref()?,
+            self.current.as_ref()?,
+            self.items.as_ref()?,
+        );
+        let mut ops: Vec<TxnOp> = desired
+            .iter()
+            .filter_map(|(w, m)| {
+                let v = items.get(w)?;
+                (current.get(&(m.clone(), w.clone())) != Some(v)).then(|| TxnOp::Put {
+                    key: self.layout.assignment_key(m, w),
+                    value: v.clone(),
+                })
+            })
+            .collect();
+        if ops.is_empty() {
+            ops = current
+                .keys()
+                .filter(|(m, w)| desired.get(w) != Some(m) || !items.contains_key(w))
+                .map(|(m, w)| TxnOp::Delete {
+                    key: self.layout.assignment_key(m, w),
+                })
+                .collect();
+        }
+        let mut fitting = Vec::new();
+        let (limits, mut used) = (self.plan_limits(), 0);
+        for op in ops {
+            if !fits(&limits, &mut used, &fitting, std::slice::from_ref(&op)) {
+                break;
+            }
+            fitting.push(op);
+        }
+        (!fitting.is_empty()).then_some(fitting)
+    }
+
+    /// Plans once everything is read: the new target of the reconcile loop
+    /// (reported as [`Action::Planned`]), the soak over.
+    pub(super) fn plan_now(&mut self, now: Instant) {
+        if !self.ready() {
+            return; // planned as soon as everything is read
+        }
+        // On taking office, owners that are not live get the delay too,
+        // counted from when this leader took office.
+        if let Some(took_office) = self.took_office.take() {
+            let until = took_office + self.timing.rebalance_delay;
+            if until > now {
+                let live = self.members.clone().unwrap_or_default();
+                let owners: BTreeSet<MemberId> = self
+                    .current
+                    .iter()
+                    .flat_map(|c| c.keys().map(|(m, _)| m.clone()))
+                    .filter(|m| !live.contains_key(m))
+                    .collect();
+                for m in owners {
+                    self.departed.entry(m).or_insert((1, until));
+                }
+            }
+        }
+        self.prune_absent();
+        let members = self.effective().unwrap_or_default();
+        let members = &members;
+        let (Some(items), Some(current)) = (&self.items, &self.current) else {
+            return;
+        };
+        self.soak = None;
+        // One owner per item for the planner: a live owner first, the
+        // smallest id among equals; extra keys are revoked by the reconcile
+        // loop. An item in handoff counts as its target's.
+        let mut owners = Assignment::new();
+        for (member, work) in current.keys() {
+            let live = members.contains_key(member);
+            match owners.get(work) {
+                Some(existing) if members.contains_key(existing) || !live => {}
+                _ => {
+                    owners.insert(work.clone(), member.clone());
+                }
+            }
+        }
+        if let Some(desired) = &self.desired {
+            for (work, member) in desired {
+                if !owners.contains_key(work) && members.contains_key(member) && self.is_owed(work)
+                {
+                    owners.insert(work.clone(), member.clone());
+                }
+            }
+        }
+        let ids: BTreeSet<WorkId> = items.keys().cloned().collect();
+        let p = plan(&ids, members, &owners);
+        let min = min_moves(&ids, members, &owners);
+        let desired: BTreeMap<WorkId, MemberId> = p.assignment.clone().into_iter().collect();
+        let revokes = current
+            .keys()
+            .filter(|(m, w)| desired.get(w) != Some(m))
+            .count();
+        let puts = desired
+            .iter()
+            .filter(|(w, m)| {
+                items
+                    .get(*w)
+                    .is_some_and(|v| current.get(&((*m).clone(), (*w).clone())) != Some(v))
+            })
+            .count();
+        let per = self.plan_limits().max_ops.max(1);
+        self.out.push_back(Action::Planned(PlanReport {
+            members: members.len(),
+            items: items.len(),
+            moved: p.moved,
+            placed: p.placed,
+            min_moves: min,
+            revokes,
+            puts,
+            transactions: revokes.div_ceil(per) + puts.div_ceil(per),
+            took: Duration::ZERO,
+        }));
+        self.desired = Some(desired);
+        self.reindex();
+    }
+}
