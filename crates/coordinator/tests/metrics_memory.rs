@@ -80,7 +80,7 @@ async fn worker_counts_publications_errors_and_relists() {
     );
     let errors = value(
         &handle,
-        "coordinator_store_errors_total{instance_id=\"m1\",op=\"assignments\",kind=\"injected\"}",
+        "coordinator_store_errors_total{instance_id=\"m1\",op=\"assignments\",kind=\"unavailable\"}",
     );
     assert!(errors.is_some_and(|n| n != "0"), "{}", handle.render());
     assert_eq!(

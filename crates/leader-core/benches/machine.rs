@@ -22,7 +22,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
 use leader_core::Layout;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnOp, TxnOutcome};
 
 const ITEMS: usize = 100_000;

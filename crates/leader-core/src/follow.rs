@@ -27,8 +27,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use std::time::Instant;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{debug, warn};
 use worker_core::{
     Backoff, ErrorChain, KvChange, KvStream, KvWatch, Revision, Snapshot, StoreError, WatchEvent,
@@ -46,6 +46,7 @@ pub const FOLLOW_SEED: u64 = 0x00f0_110e;
 
 /// What the driver of a [`PrefixFollower`] must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FollowAction {
     /// Read the whole prefix (drop any open watch first) and hand the answer
     /// to [`PrefixFollower::handle_list`] or
@@ -330,9 +331,9 @@ async fn follow(
                 FollowAction::List => {
                     stream = None;
                     match kv.list(follower.prefix()).await {
-                        Ok(snapshot) => follower.handle_list(Instant::now(), snapshot),
+                        Ok(snapshot) => follower.handle_list(crate::clock::now(), snapshot),
                         Err(e) => {
-                            let delay = follower.handle_list_error(Instant::now());
+                            let delay = follower.handle_list_error(crate::clock::now());
                             log_retry(&follower, delay, &e);
                         }
                     }
@@ -342,7 +343,7 @@ async fn follow(
                     match kv.watch(follower.prefix(), after).await {
                         Ok(s) => stream = Some(s),
                         Err(e) => {
-                            let delay = follower.handle_watch_error(Instant::now());
+                            let delay = follower.handle_watch_error(crate::clock::now());
                             log_retry(&follower, delay, &e);
                         }
                     }
@@ -353,8 +354,8 @@ async fn follow(
             }
         }
         if let Some(at) = follower.poll_timeout() {
-            tokio::time::sleep_until(at).await;
-            follower.handle_timeout(Instant::now());
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            follower.handle_timeout(crate::clock::now());
             continue;
         }
         let Some(s) = stream.as_mut() else {
@@ -368,7 +369,7 @@ async fn follow(
                     reason, "position lost: relisting"
                 );
                 let delay = follower.handle_watch(
-                    Instant::now(),
+                    crate::clock::now(),
                     WatchEvent::Lost {
                         reason: reason.clone(),
                     },
@@ -376,11 +377,11 @@ async fn follow(
                 log_retry(&follower, delay, &StoreError::protocol(reason));
             }
             Ok(event) => {
-                follower.handle_watch(Instant::now(), event);
+                follower.handle_watch(crate::clock::now(), event);
             }
             Err(e) => {
                 stream = None;
-                let delay = follower.handle_watch_error(Instant::now());
+                let delay = follower.handle_watch_error(crate::clock::now());
                 log_retry(&follower, delay, &e);
             }
         }

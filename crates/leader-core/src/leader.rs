@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::Instant;
 use tokio::sync::{broadcast, watch};
-use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use worker_core::{
     ErrorChain, Fence, FencedWrite, KvWatch, Membership, SessionId, Snapshot, StoreError, TxnOp,
@@ -24,6 +24,7 @@ use crate::member::Handoff;
 
 /// Why a leader loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LeaderExit {
     /// Asked to stop (leadership lost as observed, or the member halts).
     Stopped,
@@ -85,8 +86,13 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let (mut members, members_task) = spawn_follow(kv.clone(), layout.members.clone(), backoff);
     let (mut items, items_task) = spawn_follow(kv.clone(), layout.work.clone(), backoff);
     let _tasks = (AbortOnDrop(members_task), AbortOnDrop(items_task));
-    let mut machine = LeaderMachine::new(layout.clone(), timing, writer.max_ops(), Instant::now())
-        .with_limits(writer.limits());
+    let mut machine = LeaderMachine::new(
+        layout.clone(),
+        timing,
+        writer.max_ops(),
+        crate::clock::now(),
+    )
+    .with_limits(writer.limits());
     machine.set_sequence_value(bytes::Bytes::from(format!(
         "{{\"leader\":{},\"term\":{}}}",
         serde_json::Value::from(instance_id.as_str()),
@@ -97,7 +103,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
     let mut listing: Option<ListFuture> = None;
     let mut handoffs: Option<HandoffFuture> = None;
     let mut write: Option<WriteFuture> = None;
-    let timer = tokio::time::sleep_until(Instant::now());
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut unowned_at: Option<Instant> = None;
@@ -214,7 +220,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         // The unowned count costs a pass over every item: at most once per
         // UNOWNED_EVERY, and once more after the last change (no wake-ups
         // while nothing changes).
-        let now = Instant::now();
+        let now = crate::clock::now();
         let unowned_stale = if unowned_at.is_none_or(|t| now >= t + UNOWNED_EVERY) {
             crate::metrics::unowned(&instance_id, machine.unowned());
             unowned_at = Some(now);
@@ -234,7 +240,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         .min();
         if deadline != armed {
             if let Some(d) = deadline {
-                timer.as_mut().reset(d);
+                timer.as_mut().reset(tokio::time::Instant::from_std(d));
             }
             armed = deadline;
         }
@@ -254,10 +260,10 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
             result = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
                 listing = None;
                 match result {
-                    Ok(read) => timed(&mut took, || machine.handle_read(Instant::now(), &read)),
+                    Ok(read) => timed(&mut took, || machine.handle_read(crate::clock::now(), &read)),
                     Err(e) => {
                         crate::metrics::store_error(&instance_id, "leader_list", &e);
-                        if let Some(delay) = timed(&mut took, || machine.handle_assignments_error(Instant::now())) {
+                        if let Some(delay) = timed(&mut took, || machine.handle_assignments_error(crate::clock::now())) {
                             // A refusal is the operator's to fix (the token's or
                             // user's permissions); anything else is retried quietly.
                             if matches!(e, StoreError::PermissionDenied(_)) {
@@ -277,11 +283,11 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                             .entries
                             .iter()
                             .map(|e| (e.key.as_slice(), &e.value, e.revision));
-                        timed(&mut took, || machine.handle_handoffs(Instant::now(), records));
+                        timed(&mut took, || machine.handle_handoffs(crate::clock::now(), records));
                     }
                     Err(e) => {
                         debug!(error = %ErrorChain(&e), "reading the handoff records failed");
-                        timed(&mut took, || machine.handle_handoffs_error(Instant::now()));
+                        timed(&mut took, || machine.handle_handoffs_error(crate::clock::now()));
                     }
                 }
             }
@@ -297,23 +303,23 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                     }
                     Ok(_) => {}
                 }
-                timed(&mut took, || machine.handle_write(Instant::now(), result));
+                timed(&mut took, || machine.handle_write(crate::clock::now(), result));
             }
             Ok(()) = members.changed() => {
                 let view = members.borrow_and_update().clone();
                 if let Some(map) = view {
-                    timed(&mut took, || machine.handle_members(Instant::now(), entries(&map)));
+                    timed(&mut took, || machine.handle_members(crate::clock::now(), entries(&map)));
                 }
             }
             Ok(()) = items.changed() => {
                 let view = items.borrow_and_update().clone();
                 if let Some(map) = view {
-                    timed(&mut took, || machine.handle_items(Instant::now(), entries(&map)));
+                    timed(&mut took, || machine.handle_items(crate::clock::now(), entries(&map)));
                 }
             }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                timed(&mut took, || machine.handle_timeout(Instant::now()));
+                timed(&mut took, || machine.handle_timeout(crate::clock::now()));
             }
             Some(_) = ending.join_next(), if !ending.is_empty() => {}
         }

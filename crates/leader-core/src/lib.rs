@@ -26,6 +26,7 @@ pub mod plan;
 
 pub use plan::{min_moves, plan, quotas, stable_hash, Assignment, MemberId, Plan};
 
+mod clock;
 pub mod follow;
 pub mod layout;
 mod leader;

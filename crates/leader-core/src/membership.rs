@@ -38,11 +38,14 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{Backoff, Fence, Leader, SessionId};
 
 /// The member's timing.
+///
+/// Non-exhaustive: start from [`MemberTiming::new`] and set the public fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberTiming {
     /// Session / lease TTL; renewals every TTL/3.
     pub ttl: Duration,
@@ -55,8 +58,22 @@ pub struct MemberTiming {
     pub exclusive: Option<Duration>,
 }
 
+impl MemberTiming {
+    /// Sessions of `ttl`, retries from 100 ms up to 10 s, not exclusive;
+    /// set the public fields for more.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            exclusive: None,
+        }
+    }
+}
+
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemberAction {
     /// Open a session with the TTL and write the member key bound to it;
     /// report with [`MemberMachine::handle_registered`].

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use leader_core::follow::{FollowAction, PrefixFollower, PrefixMap};
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{KvChange, KvEntry, Snapshot, WatchEvent};
 
 const MIN: Duration = Duration::from_millis(100);
@@ -188,7 +188,7 @@ fn a_lost_position_relists_after_a_backoff() {
         changes: vec![put("p/b", "2")],
     };
     assert_eq!(f.handle_watch(t0, late), None);
-    f.handle_timeout(t0 + delay - Duration::from_millis(1));
+    f.handle_timeout(t0 + delay.saturating_sub(Duration::from_millis(1)));
     assert_eq!(drain(&mut f), vec![]);
     f.handle_timeout(t0 + delay);
     assert_eq!(drain(&mut f), vec![FollowAction::List]);

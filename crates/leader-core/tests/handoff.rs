@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
 use leader_core::Layout;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnOp, TxnOutcome};
 
 const SOAK: Duration = Duration::from_secs(3);
@@ -225,9 +225,10 @@ fn members_that_do_not_report_and_new_items_need_no_wait() {
 #[test]
 fn at_most_max_moves_in_flight_items_are_in_handoff() {
     let t0 = Instant::now();
-    let timing = LeaderTiming {
-        max_moves_in_flight: 1,
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.max_moves_in_flight = 1;
+        t
     };
     let mut m = machine(timing, t0);
     members(&mut m, t0, &[("a", Some(1)), ("b", Some(1))]);
@@ -265,10 +266,11 @@ fn exclusive_mode_waits_a_ttl_after_a_member_is_gone_and_guards_on_its_key() {
     let t0 = Instant::now();
     let margin = Duration::from_secs(2);
     let ttl = Duration::from_secs(7); // longer than the soak
-    let timing = LeaderTiming {
-        exclusive: Some(margin),
-        member_ttl: ttl,
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.exclusive = Some(margin);
+        t.member_ttl = ttl;
+        t
     };
     let mut m = machine(timing, t0);
     members(&mut m, t0, &[("a", Some(1)), ("b", Some(1))]);
@@ -288,7 +290,7 @@ fn exclusive_mode_waits_a_ttl_after_a_member_is_gone_and_guards_on_its_key() {
     // may have ended its session early, while a still believes in it).
     let at = m.poll_timeout().expect("the wait's end is a timeout");
     assert_eq!(at, t1 + ttl);
-    m.handle_timeout(t1 + ttl - Duration::from_millis(1));
+    m.handle_timeout(t1 + ttl.saturating_sub(Duration::from_millis(1)));
     assert!(writes(&mut m).is_empty());
     m.handle_timeout(t1 + ttl);
     let assign = one_write(&mut m);
@@ -505,9 +507,10 @@ fn a_record_that_names_no_member_is_cleaned_up() {
 #[test]
 fn what_the_leader_remembers_of_members_and_bad_keys_does_not_grow() {
     let t0 = Instant::now();
-    let timing = LeaderTiming {
-        exclusive: Some(Duration::from_secs(1)),
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.exclusive = Some(Duration::from_secs(1));
+        t
     };
     let mut m = machine(timing, t0);
     items(&mut m, t0, 0);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
 use leader_core::Layout;
 use proptest::prelude::*;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnOp, TxnOutcome};
 
 #[derive(Debug, Clone)]

@@ -1,13 +1,14 @@
 //! The leader machine with an explicit `now`: soak, revoke-first writes
 //! split to the store's limit, retries, fencing, and continuing from what a
 //! previous leader wrote.
+#![allow(clippy::unchecked_time_subtraction)] // instants of a test run, far above any subtracted duration
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
 use leader_core::{Layout, LeaderRead};
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{KvEntry, TxnOp, TxnOutcome};
 
 const SOAK: Duration = Duration::from_secs(3);
@@ -136,7 +137,7 @@ fn the_assignments_are_read_on_taking_office_and_again_after_a_failed_read() {
     assert_eq!(delay, Duration::from_millis(100));
     assert_eq!(m.handle_assignments_error(t0), None, "no read in flight");
     assert_eq!(m.poll_timeout(), Some(t0 + delay));
-    m.handle_timeout(t0 + delay - Duration::from_millis(1));
+    m.handle_timeout(t0 + delay.saturating_sub(Duration::from_millis(1)));
     assert!(drain(&mut m).is_empty());
     m.handle_timeout(t0 + delay);
     assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
@@ -166,7 +167,7 @@ fn plans_only_after_the_soak_and_once_everything_is_read() {
     assert_eq!(m.poll_timeout(), None, "nothing read yet: no deadline");
     feed(&mut m, t0, &["m1", "m2", "m3"], 30, &[]);
     assert_eq!(m.poll_timeout(), Some(t0 + SOAK));
-    m.handle_timeout(t0 + SOAK - Duration::from_millis(1));
+    m.handle_timeout(t0 + SOAK.saturating_sub(Duration::from_millis(1)));
     assert!(drain(&mut m).is_empty(), "nothing before the soak is over");
     // A change restarts the soak.
     let t1 = t0 + Duration::from_secs(2);
@@ -357,9 +358,10 @@ fn duplicate_owners_and_bad_keys_are_cleaned_up_or_skipped_once() {
 fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     const DELAY: Duration = Duration::from_secs(30);
     let t0 = Instant::now();
-    let timing = LeaderTiming {
-        rebalance_delay: DELAY,
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.rebalance_delay = DELAY;
+        t
     };
     let mut m = LeaderMachine::new(Layout::default(), timing, 64, t0);
     assert_eq!(drain(&mut m), vec![Action::ListAssignments]);
@@ -395,7 +397,7 @@ fn a_member_back_within_the_rebalance_delay_moves_nothing() {
     // the last write), then the delay.
     assert_eq!(
         m.poll_timeout(),
-        Some(now - Duration::from_secs(5) + timing.verify_every),
+        Some(now + (timing.verify_every - Duration::from_secs(5))),
         "no soak, only the periodic read and the delay"
     );
     m.handle_timeout(now + SOAK);

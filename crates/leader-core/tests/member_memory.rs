@@ -294,7 +294,7 @@ async fn an_expired_session_is_replaced_and_its_leadership_ends() {
     .await
     .expect("m1 leads");
     assert_eq!(store.keys("x/members/").len(), 1);
-    assert!(store.expire_session(&first.session()));
+    assert!(store.expire_session(first.session()));
     assert!(
         store.keys("x/members/").is_empty(),
         "the member key went with the session"

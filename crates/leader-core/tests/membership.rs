@@ -4,23 +4,13 @@
 use std::time::Duration;
 
 use leader_core::{MemberAction, MemberMachine, MemberTiming};
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{Fence, Leader, SessionId};
 
 const TTL: Duration = Duration::from_secs(15);
 
 fn machine() -> MemberMachine {
-    MemberMachine::new(
-        MemberTiming {
-            ttl: TTL,
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            exclusive: None,
-        },
-        true,
-        7,
-        Instant::now(),
-    )
+    MemberMachine::new(MemberTiming::new(TTL), true, 7, Instant::now())
 }
 
 fn drain(m: &mut MemberMachine) -> Vec<MemberAction> {

@@ -3,11 +3,12 @@
 //! vanishing) releases at once; a renewal answered after deadline − margin
 //! does not restore; halt releases before it closes the session; a session
 //! given up on after failed renewals is closed before registering anew.
+#![allow(clippy::unchecked_time_subtraction)] // instants of a test run, far above any subtracted duration
 
 use std::time::Duration;
 
 use leader_core::{MemberAction, MemberMachine, MemberTiming};
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::SessionId;
 
 const TTL: Duration = Duration::from_secs(15);
@@ -25,11 +26,11 @@ fn drain(m: &mut MemberMachine) -> Vec<MemberAction> {
 /// with session `s1` and holding its workload.
 fn holding(t0: Instant) -> MemberMachine {
     let mut m = MemberMachine::new(
-        MemberTiming {
-            ttl: TTL,
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            exclusive: Some(MARGIN),
+        {
+            let mut t = MemberTiming::new(TTL);
+            t.backoff_max = Duration::from_secs(10);
+            t.exclusive = Some(MARGIN);
+            t
         },
         false,
         7,

@@ -5,13 +5,14 @@
 //! believes in its lease); a handoff that a live member never acknowledges
 //! ends that member's session after `handoff_timeout`, and then proceeds as
 //! for a gone member.
+#![allow(clippy::unchecked_time_subtraction)] // instants of a test run, far above any subtracted duration
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use leader_core::machine::{Action, LeaderMachine, LeaderTiming};
 use leader_core::Layout;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnOp, TxnOutcome};
 
 const SOAK: Duration = Duration::from_secs(3);
@@ -110,10 +111,11 @@ fn exclusive_mode_waits_the_gone_members_whole_ttl_after_its_key_vanished() {
     let t0 = Instant::now();
     let margin = Duration::from_secs(2);
     let ttl = Duration::from_secs(20);
-    let timing = LeaderTiming {
-        exclusive: Some(margin),
-        member_ttl: Duration::from_secs(10), // the leader's own: a's key says more
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.exclusive = Some(margin);
+        t.member_ttl = Duration::from_secs(10); // the leader's own: a's key says more
+        t
     };
     let mut m = machine(timing, t0);
     let a = r#"{"weight":1,"acked":1,"ttl_ms":20000}"#;
@@ -162,10 +164,11 @@ fn exclusive_mode_waits_the_gone_members_whole_ttl_after_its_key_vanished() {
 #[test]
 fn a_member_key_without_its_ttl_gets_the_leaders_ttl() {
     let t0 = Instant::now();
-    let timing = LeaderTiming {
-        exclusive: Some(Duration::from_secs(2)),
-        member_ttl: Duration::from_secs(12),
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.exclusive = Some(Duration::from_secs(2));
+        t.member_ttl = Duration::from_secs(12);
+        t
     };
     let mut m = machine(timing, t0);
     members(
@@ -196,13 +199,14 @@ fn a_handoff_that_times_out_ends_the_members_session_then_proceeds() {
         let t0 = Instant::now();
         let timeout = Duration::from_secs(60);
         let ttl = Duration::from_secs(15);
-        let timing = LeaderTiming {
-            exclusive: exclusive.then_some(Duration::from_secs(3)),
-            handoff_timeout: timeout,
-            member_ttl: ttl,
+        let timing = {
+            let mut t = LeaderTiming::with_soak(SOAK);
+            t.exclusive = exclusive.then_some(Duration::from_secs(3));
+            t.handoff_timeout = timeout;
+            t.member_ttl = ttl;
             // No periodic re-read of the store in between.
-            verify_every: Duration::from_secs(3600),
-            ..LeaderTiming::with_soak(SOAK)
+            t.verify_every = Duration::from_secs(3600);
+            t
         };
         let mut m = machine(timing, t0);
         let a1 = r#"{"acked":5,"ttl_ms":15000,"session":"s-a1"}"#;
@@ -284,10 +288,11 @@ fn a_handoff_that_times_out_ends_the_members_session_then_proceeds() {
 fn a_stuck_move_stops_counting_against_max_moves_in_flight() {
     let t0 = Instant::now();
     let timeout = Duration::from_secs(60);
-    let timing = LeaderTiming {
-        handoff_timeout: timeout,
-        max_moves_in_flight: 1,
-        ..LeaderTiming::with_soak(SOAK)
+    let timing = {
+        let mut t = LeaderTiming::with_soak(SOAK);
+        t.handoff_timeout = timeout;
+        t.max_moves_in_flight = 1;
+        t
     };
     let mut m = machine(timing, t0);
     // a has 4 items, c none: 2 move to b and c... one at a time.

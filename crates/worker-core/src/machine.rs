@@ -127,6 +127,7 @@ impl Default for Safeguards {
 
 /// What the machine asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     /// Read the whole member prefix (drop any open watch first).
     List,

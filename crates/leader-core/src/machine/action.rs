@@ -11,6 +11,7 @@ use crate::plan::MemberId;
 
 /// What one plan did, for logs, metrics and the demo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlanReport {
     /// Live members the plan counted (weight 0 included).
     pub members: usize,
@@ -52,6 +53,7 @@ pub struct Footprint {
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Action {
     /// Read the members, assignments and handoff prefixes and the sequence
     /// key in **one consistent snapshot**

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnOp, TxnOutcome, WorkId};
 
 use super::{Action, LeaderMachine, LeaderRead, Reading, Source};

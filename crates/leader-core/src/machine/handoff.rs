@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::WorkId;
 
 use super::{Action, LeaderMachine};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnLimits, TxnOp, WorkId, MAX_INSTANCE_ID_LEN};
 
 use super::{Action, LeaderMachine};

@@ -70,7 +70,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{Backoff, Revision, TxnLimits, TxnOp, WorkId};
 
 use crate::layout::{BadKey, Layout};

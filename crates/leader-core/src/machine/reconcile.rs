@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use std::time::Instant;
 use worker_core::{TxnOp, WorkId};
 
 use super::handoff::Waits;

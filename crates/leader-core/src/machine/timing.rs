@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// The leader's timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderTiming {
     /// Quiet time after a member or item change before planning. Default
     /// [`DEFAULT_LEADER_SOAK`].

@@ -28,6 +28,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings of one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberConfig {
     /// The worker's settings; its `instance_id` is the member's id and its
     /// `prefix` must equal `layout.assignments`. Its `leader_settle`

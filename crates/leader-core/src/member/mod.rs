@@ -98,6 +98,7 @@ enum Stop {
 
 /// How a member left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Left {
     /// It left at once (halt), or was stopped before it could drain.
     Halted,

@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use worker_core::{
     ErrorChain, Fence, LeaderStream, ReleaseSwitch, Revision, SessionId, StoreContact, StoreError,
@@ -235,7 +235,7 @@ impl MemberTask {
             timing,
             self.config.campaign,
             seed(self.config.instance_id()),
-            Instant::now(),
+            crate::clock::now(),
         );
         let election = self.config.layout.leader.clone();
         let instance_id = self.config.instance_id().to_owned();
@@ -271,7 +271,7 @@ impl MemberTask {
         let mut drain_requested = false;
         let mut left = Left::Halted;
         let mut halting = false;
-        let timer = tokio::time::sleep_until(Instant::now());
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
@@ -345,7 +345,7 @@ impl MemberTask {
             }
             // The member key: keep it as it should be (acknowledged position,
             // draining), one write at a time.
-            let now = Instant::now();
+            let now = crate::clock::now();
             let meta = self.meta_now(draining.is_some(), machine.session());
             if let Some(session) = machine.session() {
                 if !halting
@@ -425,7 +425,7 @@ impl MemberTask {
             .min();
             if deadline != armed {
                 if let Some(d) = deadline {
-                    timer.as_mut().reset(d);
+                    timer.as_mut().reset(tokio::time::Instant::from_std(d));
                 }
                 armed = deadline;
             }
@@ -440,7 +440,7 @@ impl MemberTask {
                         }
                         Stop::Drain if draining.is_none() => {
                             info!("draining: asking the leader to move this member's items away");
-                            draining = Some(Instant::now());
+                            draining = Some(crate::clock::now());
                             self.draining.send_replace(true);
                         }
                         Stop::Drain | Stop::Running => {}
@@ -453,7 +453,7 @@ impl MemberTask {
                         .is_some_and(|m| m.contains_key(drain_key.as_bytes()));
                     if requested && draining.is_none() && !halting {
                         info!(key = drain_key, "drain requested: asking the leader to move this member's items away");
-                        draining = Some(Instant::now());
+                        draining = Some(crate::clock::now());
                         self.draining.send_replace(true);
                         drain_requested = true;
                     }
@@ -475,7 +475,7 @@ impl MemberTask {
                         } else if let Some(session) = seen_key.take().filter(|s| Some(s) == live.as_ref()) {
                             warn!(%session, "the member key vanished: the store ended the session; registering again");
                             crate::metrics::renewed(&instance_id, &Ok(false));
-                            machine.handle_session_gone(Instant::now(), &session);
+                            machine.handle_session_gone(crate::clock::now(), &session);
                         }
                     }
                 }
@@ -497,7 +497,7 @@ impl MemberTask {
                             Err(e)
                         }
                     };
-                    machine.handle_registered(Instant::now(), result);
+                    machine.handle_registered(crate::clock::now(), result);
                 }
                 result = in_flight(&mut renewing), if renewing.is_some() => {
                     renewing = None;
@@ -508,7 +508,7 @@ impl MemberTask {
                         Ok(false) => warn!("session expired: registering again"),
                         Err(e) => debug!(error = %ErrorChain(e), "renewing failed"),
                     }
-                    machine.handle_renewed(Instant::now(), result);
+                    machine.handle_renewed(crate::clock::now(), result);
                 }
                 result = in_flight(&mut meta_write), if meta_write.is_some() => {
                     meta_write = None;
@@ -520,13 +520,13 @@ impl MemberTask {
                         }
                         Ok((false, _, session)) => {
                             warn!(%session, "the member key could not be written: the session is gone; registering again");
-                            meta_retry_at = Some(Instant::now() + self.config.worker.backoff_min);
+                            meta_retry_at = Some(crate::clock::now() + self.config.worker.backoff_min);
                             crate::metrics::renewed(&instance_id, &Ok(false));
-                            machine.handle_session_gone(Instant::now(), &session);
+                            machine.handle_session_gone(crate::clock::now(), &session);
                         }
                         Err(e) => {
                             debug!(error = %ErrorChain(&e), "writing the member key failed");
-                            meta_retry_at = Some(Instant::now() + self.config.worker.backoff_min);
+                            meta_retry_at = Some(crate::clock::now() + self.config.worker.backoff_min);
                         }
                     }
                 }
@@ -543,7 +543,7 @@ impl MemberTask {
                         Err(e) => debug!(error = %ErrorChain(e), "campaign failed"),
                         Ok(_) => {}
                     }
-                    machine.handle_campaign(Instant::now(), result);
+                    machine.handle_campaign(crate::clock::now(), result);
                 }
                 result = in_flight(&mut opening), if opening.is_some() => {
                     opening = None;
@@ -552,7 +552,7 @@ impl MemberTask {
                         Err(e) => {
                             self.contact(Some(&e));
                             debug!(error = %ErrorChain(&e), "observing leadership failed");
-                            machine.handle_observed(Instant::now(), Err(e));
+                            machine.handle_observed(crate::clock::now(), Err(e));
                         }
                     }
                 }
@@ -562,7 +562,7 @@ impl MemberTask {
                         debug!(error = %ErrorChain(e), "leadership observation failed");
                         stream = None;
                     }
-                    machine.handle_observed(Instant::now(), seen);
+                    machine.handle_observed(crate::clock::now(), seen);
                 }
                 exit = async { (&mut leading.as_mut().expect("guarded").task).await }, if leading.is_some() => {
                     if let Some(l) = leading.take() {
@@ -572,14 +572,14 @@ impl MemberTask {
                             info!(term = l.fence.term(), "stepped down");
                         }
                     }
-                    machine.handle_leader_ended(Instant::now());
+                    machine.handle_leader_ended(crate::clock::now());
                 }
                 Ok(()) = self.position.changed() => {}
                 Ok(()) = self.app_ack.changed() => {}
                 Ok(_) = self.settled.changed() => {}
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
-                    machine.handle_timeout(Instant::now());
+                    machine.handle_timeout(crate::clock::now());
                 }
             }
         }

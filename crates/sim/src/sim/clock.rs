@@ -38,24 +38,14 @@ impl Sim {
         to_local(self.nodes[n].ppm, self.now)
     }
 
-    /// Node `n`'s clock now, as a `std` instant (the worker machine's).
+    /// Node `n`'s clock now, as the `std` instant every machine takes.
     pub(super) fn std_at(&self, n: usize) -> std::time::Instant {
         self.base + Duration::from_nanos(self.local_now(n))
-    }
-
-    /// Node `n`'s clock now, as a tokio instant (the member and leader machines').
-    pub(super) fn tok_at(&self, n: usize) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.std_at(n))
     }
 
     /// The global time at which node `n`'s clock reaches `i`.
     pub(super) fn nanos_of_std(&self, n: usize, i: std::time::Instant) -> Nanos {
         let l = i.saturating_duration_since(self.base).as_nanos() as Nanos;
         to_global(self.nodes[n].ppm, l)
-    }
-
-    /// The global time at which node `n`'s clock reaches the tokio instant `i`.
-    pub(super) fn nanos_of_tok(&self, n: usize, i: tokio::time::Instant) -> Nanos {
-        self.nanos_of_std(n, i.into_std())
     }
 }

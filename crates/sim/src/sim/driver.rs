@@ -98,6 +98,9 @@ impl Sim {
                             self.set_app(n, settled);
                         }
                     }
+                    other => {
+                        unreachable!("a machine action the simulator does not carry out: {other:?}")
+                    }
                 }
             }
             any |= self.drive_lead(n);
@@ -146,6 +149,7 @@ impl Sim {
                 );
                 self.check_publication(&id, halted, &prefix, change.revision, &settled, before);
             }
+            other => unreachable!("a machine action the simulator does not carry out: {other:?}"),
         }
     }
 
@@ -222,7 +226,7 @@ impl Sim {
     #[allow(clippy::many_single_char_names)]
     fn start_leading(&mut self, n: usize, fence: Fence) {
         let (_, _, lt) = self.timing();
-        let t = self.tok_at(n);
+        let t = self.std_at(n);
         let mut machine =
             LeaderMachine::new(self.layout.clone(), lt, self.max_ops, t).with_limits(self.limits);
         machine.set_safeguards(self.cfg.safeguards);
@@ -264,7 +268,7 @@ impl Sim {
         let mut any = false;
         for slot in [Slot::FollowMembers, Slot::FollowItems] {
             loop {
-                let t = self.tok_at(n);
+                let t = self.std_at(n);
                 let Some(lead) = &mut self.nodes[n].lead else {
                     return any;
                 };
@@ -287,6 +291,9 @@ impl Sim {
                         } else {
                             lead.machine.handle_items(t, entries);
                         }
+                    }
+                    other => {
+                        unreachable!("a machine action the simulator does not carry out: {other:?}")
                     }
                 }
             }
@@ -334,8 +341,11 @@ impl Sim {
                 LeadAction::StepDown => {
                     tr!(self, "{id} fenced: steps down");
                     self.stop_leading(n);
-                    let t = self.tok_at(n);
+                    let t = self.std_at(n);
                     self.nodes[n].member.handle_leader_ended(t);
+                }
+                other => {
+                    unreachable!("a machine action the simulator does not carry out: {other:?}")
                 }
             }
         }
@@ -344,7 +354,7 @@ impl Sim {
 
     /// Calls `handle_timeout` of each of node `n`'s machines whose timer is due.
     pub(super) fn timeout(&mut self, n: usize) {
-        let (s, t) = (self.std_at(n), self.tok_at(n));
+        let (s, t) = (self.std_at(n), self.std_at(n));
         let node = &mut self.nodes[n];
         if node.worker.poll_timeout().is_some_and(|d| d <= s) {
             node.worker.handle_timeout(s);
@@ -372,7 +382,7 @@ impl Sim {
         }
         let mut next = [
             node.worker.poll_timeout().map(|i| self.nanos_of_std(n, i)),
-            node.member.poll_timeout().map(|i| self.nanos_of_tok(n, i)),
+            node.member.poll_timeout().map(|i| self.nanos_of_std(n, i)),
             // A member-key retry that is due but waits for something else
             // (a registration) arms nothing: see `write_member_key`.
             node.meta_retry_at
@@ -388,7 +398,7 @@ impl Sim {
                 lead.members.poll_timeout(),
                 lead.items.poll_timeout(),
             ]
-            .map(|i| i.map(|i| self.nanos_of_tok(n, i)));
+            .map(|i| i.map(|i| self.nanos_of_std(n, i)));
             next = next.into_iter().chain(more.into_iter().flatten()).min();
         }
         let next = next.map(|t| t.max(self.now));

@@ -164,7 +164,6 @@ impl Sim {
             .expect("valid worker config");
         worker.set_safeguards(self.cfg.safeguards);
         let now = self.base + Duration::from_nanos(to_local(ppm, self.now));
-        let now = tokio::time::Instant::from_std(now);
         let member = MemberMachine::new(m, true, self.rng.random(), now);
         (worker, member)
     }
@@ -179,11 +178,11 @@ impl Sim {
             backoff_min: Duration::from_millis(100),
             backoff_max: d(self.p.backoff_max),
         };
-        let m = MemberTiming {
-            ttl: d(self.p.ttl),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: d(self.p.backoff_max),
-            exclusive: self.exclusive.then(|| d(self.p.margin)),
+        let m = {
+            let mut t = MemberTiming::new(d(self.p.ttl));
+            t.backoff_max = d(self.p.backoff_max);
+            t.exclusive = self.exclusive.then(|| d(self.p.margin));
+            t
         };
         let mut l = LeaderTiming::with_soak(d(self.p.leader_soak));
         // The quiet period counts on a repair read within 10 leader soaks.

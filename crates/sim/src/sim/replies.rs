@@ -12,7 +12,7 @@ impl Sim {
     /// Hands an answer or watch event for `slot` to the machine of node `n` that awaits it.
     #[allow(clippy::too_many_lines)] // one arm per slot
     pub(super) fn reply(&mut self, n: usize, slot: Slot, msg: Msg) {
-        let (s, t) = (self.std_at(n), self.tok_at(n));
+        let (s, t) = (self.std_at(n), self.std_at(n));
         let id = self.nodes[n].id.clone();
         match (slot, msg) {
             (Slot::WorkerKv, Msg::Snapshot(snap)) => {
@@ -139,7 +139,7 @@ impl Sim {
     /// over; after a failure the follower's watch is dropped, as the tokio
     /// driver drops its stream.
     fn follow(&mut self, n: usize, slot: Slot, msg: Msg) {
-        let t = self.tok_at(n);
+        let t = self.std_at(n);
         let Some(lead) = &mut self.nodes[n].lead else {
             return;
         };
