@@ -291,6 +291,9 @@ impl PrefixFollower {
 }
 
 /// Starts following `prefix`; the task ends when every receiver is dropped.
+///
+/// # Panics
+/// When called outside a tokio runtime.
 pub fn spawn_follow(
     kv: Arc<dyn KvWatch>,
     prefix: String,

@@ -169,6 +169,10 @@ fn targets(n: usize, members: &BTreeMap<MemberId, u32>, counts: &[usize]) -> Vec
 ///
 /// Owners in `current` that are not in `members` are gone: their items are placed anew.
 /// Entries of `current` for items not in `items` are dropped (and revoked).
+///
+/// # Panics
+/// Only on a bug of its own: it checks that the members' quotas add up to
+/// the number of items before it hands the last ones out.
 pub fn plan(
     items: &BTreeSet<WorkId>,
     members: &BTreeMap<MemberId, u32>,

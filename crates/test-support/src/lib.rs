@@ -9,6 +9,7 @@
 //!
 //! Everything listens on `127.0.0.1` only. Every server kills its process and removes its
 //! temporary directory on drop, also when the test panics.
+#![allow(clippy::missing_panics_doc)] // test harness: it panics when a server cannot start, by design
 
 mod bins;
 pub mod consul;

@@ -6,6 +6,7 @@
 //! given, so the checks can share a server. Waits are bounded by
 //! [`EVENT_TIMEOUT`] (generous for a loaded 2-core machine); a check panics
 //! with a message saying what it waited for.
+#![allow(clippy::missing_panics_doc)] // a test suite: every check panics when the store fails it
 
 use std::sync::Arc;
 use std::time::Duration;

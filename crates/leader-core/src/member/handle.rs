@@ -21,6 +21,9 @@ pub struct Member;
 
 impl Member {
     /// Starts a member on the current tokio runtime.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn spawn(config: &MemberConfig, store: &MemberStore) -> Result<MemberHandle, ConfigError> {
         config.validate()?;
         let min_ttl = store.membership.min_ttl();
@@ -201,6 +204,11 @@ impl Acker {
 
 impl MemberHandle {
     /// The member's worker: its settled workload, changes, readiness.
+    ///
+    /// # Panics
+    /// Never in practice: the worker is there as long as the handle is
+    /// (only [`halt`](Self::halt) and [`kill`](Self::kill), which consume
+    /// the handle, take it out).
     pub fn worker(&self) -> &WorkerHandle {
         self.worker.as_ref().expect("present until halt")
     }
