@@ -3,6 +3,7 @@
 //! the real stores ([`stores`]), a tracing capture to measure detection times and check logs
 //! ([`capture`]), the program as a child process with its log ([`process`]), and the measured
 //! fault table ([`report`]).
+#![allow(clippy::missing_panics_doc)] // end-to-end test helpers: they panic when a check fails, by design
 
 pub mod capture;
 pub mod faults;
