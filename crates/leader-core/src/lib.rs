@@ -20,6 +20,40 @@
 //! assert_eq!(p.moved, 0);
 //! ```
 //!
+//! Its main use is a [`Member`]: it registers, takes part in the election,
+//! runs the leader loop while elected and follows its own assignments with a
+//! worker. Here on the in-process memory store, with manual acknowledgement:
+//!
+//! ```
+//! use std::time::Duration;
+//! use leader_core::{Member, MemberConfig, MemberStore};
+//! use worker_core::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), worker_core::ConfigError> {
+//! let store = MemoryStore::new();
+//! let config = MemberConfig::new("m1")
+//!     .worker_timing(Duration::from_millis(10), Duration::from_millis(10))
+//!     .leader_soak(Duration::from_millis(10))
+//!     .manual_ack(true);
+//! for item in ["a", "b", "c"] {
+//!     store.put(format!("{}{item}", config.layout.work), "");
+//! }
+//! let member = Member::spawn(&config, &MemberStore::from_backend(store))?;
+//! let mut changes = member.worker().changes();
+//! let mut held = 0;
+//! while held < 3 {
+//!     let change = changes.next().await.expect("the member runs");
+//!     held += change.added.len();
+//!     held -= change.removed.len();
+//!     member.ack(change.revision); // applied: the leader may move what it removed
+//! }
+//! assert!(member.is_leader());
+//! member.halt().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! This crate has no feature flags.
 
 pub mod plan;
