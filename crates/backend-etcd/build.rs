@@ -17,7 +17,7 @@ fn main() {
         .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join("protoc").is_file()));
     if !protoc_set && !on_path {
         println!(
-            "cargo:warning=backend-etcd (the `etcd` feature) needs `protoc` to build etcd-client: \
+            "cargo:warning=kv-coordinator-etcd (the `etcd` feature of kv-coordinator) needs `protoc` to build etcd-client: \
              install protobuf-compiler and libprotobuf-dev (Debian: apt-get install \
              protobuf-compiler libprotobuf-dev), or set PROTOC to a protoc binary"
         );

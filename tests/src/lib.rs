@@ -51,7 +51,7 @@ pub async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -
 /// The `coordinator` program of this build: `<target>/<profile>/coordinator`, next to the
 /// `deps/` directory holding the test executable. `cargo test --workspace` builds it (the
 /// `coordinator` package has integration tests); alone, run
-/// `cargo build -p coordinator --features consul,etcd` first. Panics naming that command
+/// `cargo build -p kv-coordinator --features consul,etcd` first. Panics naming that command
 /// when it is missing.
 pub fn coordinator_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("COORDINATOR_BIN").filter(|b| !b.is_empty()) {
@@ -66,7 +66,7 @@ pub fn coordinator_bin() -> PathBuf {
         .expect("target dir");
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build -p coordinator --features consul,etcd` \
+        "{} is missing: build it with `cargo build -p kv-coordinator --features consul,etcd` \
          (cargo test --workspace --all-features does this), or set COORDINATOR_BIN",
         bin.display()
     );

@@ -4,7 +4,7 @@
 //! The binary is the workspace's `coordinator` built with the `etcd` feature:
 //! `$COORDINATOR_BIN`, else `<target dir>/debug/coordinator` next to this test's
 //! own directory (built by `cargo test --workspace --all-features`, as
-//! `scripts/test` runs it, or by `cargo build -p coordinator --features etcd`).
+//! `scripts/test` runs it, or by `cargo build -p kv-coordinator --features etcd`).
 
 use std::process::Stdio;
 use std::time::Duration;

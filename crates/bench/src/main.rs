@@ -4,7 +4,7 @@
 //! moves a dead member's work and what an idle cluster costs (issue 10).
 //!
 //! ```text
-//! cargo build --release -p coordinator   # the program the `failover` scenario runs
+//! cargo build --release -p kv-coordinator   # the program the `failover` scenario runs
 //! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader|failover] [--store consul|etcd]
 //! ```
 //!
@@ -327,7 +327,7 @@ async fn run(args: Args) {
         let program = failover::program();
         assert!(
             program.is_file(),
-            "the failover scenario runs {}: build it first (cargo build --release -p coordinator), or set COORDINATOR_BIN",
+            "the failover scenario runs {}: build it first (cargo build --release -p kv-coordinator), or set COORDINATOR_BIN",
             program.display()
         );
         let params = failover::Params {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! consul agent -dev &
-//! cargo run -p coordinator --example consul -- m1 http://127.0.0.1:8500
+//! cargo run -p kv-coordinator --example consul -- m1 http://127.0.0.1:8500
 //! consul lock service/coordinator/leader sleep 3600 &   # a leader: the lock holder
 //! consul kv put service/coordinator/assignments/m1/w1 params
 //! ```

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! etcd &
-//! cargo run -p coordinator --features etcd --example etcd -- m1 http://127.0.0.1:2379
-//! cargo run -p coordinator --features etcd -- work put w1 '{"shard":1}' --backend etcd
+//! cargo run -p kv-coordinator --features etcd --example etcd -- m1 http://127.0.0.1:2379
+//! cargo run -p kv-coordinator --features etcd -- work put w1 '{"shard":1}' --backend etcd
 //! ```
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! assignments while this program plays the leader and writes them.
 //!
 //! ```text
-//! cargo run -p coordinator --example memory
+//! cargo run -p kv-coordinator --example memory
 //! ```
 
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! live replica with balanced counts, and prints which items moved.
 //!
 //! ```text
-//! cargo run -p coordinator --example sharded_service
+//! cargo run -p kv-coordinator --example sharded_service
 //! ```
 //!
 //! It ends by itself in a few seconds (exit 0, or 1 if a step did not settle).

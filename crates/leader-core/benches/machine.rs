@@ -12,7 +12,7 @@
 //! (excluded) to the last write. Per-event figures are also printed as mean and max over
 //! one whole move.
 //!
-//! Run: `cargo bench -p leader-core --bench machine` (`-- --quick` for a short run;
+//! Run: `cargo bench -p kv-coordinator-leader --bench machine` (`-- --quick` for a short run;
 //! `MACHINE_BENCH_ONCE=1` prints the figures of one move per case and skips criterion).
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! plus the no-change replan a new leader makes. Each sample includes the whole `plan()` call
 //! (quotas, sheds, placement, the new `BTreeMap` and the revoke/assign diff).
 //!
-//! Run: `cargo bench -p leader-core --bench plan`
+//! Run: `cargo bench -p kv-coordinator-leader --bench plan`
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -211,7 +211,7 @@ fn reference_formula(c: &Case) -> usize {
         let f = (exact / w_total) as usize;
         slots -= f;
         stays += k[m].min(f);
-        if exact % w_total != 0 && k[m] > f {
+        if !exact.is_multiple_of(w_total) && k[m] > f {
             wanting += 1;
         }
     }

@@ -5,7 +5,7 @@
 //! not grow linearly with the workload. And the memory store's cost of one write
 //! with 10 / 100 / 1,000 other members' watches open: it must not grow with them.
 //!
-//! Run: `cargo bench -p worker-core --bench core`
+//! Run: `cargo bench -p kv-coordinator-worker --bench core`
 
 use std::time::{Duration, Instant};
 
