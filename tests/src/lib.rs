@@ -72,3 +72,9 @@ pub fn coordinator_bin() -> PathBuf {
     );
     bin
 }
+
+/// The README's code, compiled as a doc test (`cargo test --doc`), so that
+/// what it shows keeps building against the library.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

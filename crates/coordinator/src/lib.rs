@@ -137,7 +137,7 @@ pub use worker_core::{
     validate_instance_id, BoxError, Changes, ConfigError, ErrorChain, Halted, InjectedFault,
     KvWatch, Leader, LeaderWait, MemoryStore, Revision, Settled, StoreContact, StoreError, WorkId,
     Worker, WorkerConfig, WorkerHandle, WorkerObserver, Workload, WorkloadChange, WorkloadWatch,
-    DEFAULT_PREFIX, MAX_INSTANCE_ID_LEN,
+    CHANGES_QUEUE, DEFAULT_PREFIX, MAX_INSTANCE_ID_LEN,
 };
 
 /// The Consul backend (feature `consul`).
