@@ -286,6 +286,10 @@ pub struct Config {
     /// This member's relative share of the work. Default 1; 0 takes nothing.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// This member's failure domain (zone, rack, host group), published in
+    /// its member key and shown by `status`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// How long the items of a member that left stay assigned to it, so that
     /// a member restarted with the same id within it gets them back and
     /// nothing moves (a leader setting). Default 0.
@@ -483,6 +487,7 @@ impl Config {
             ttl: default_ttl(),
             leader_soak: default_leader_soak(),
             weight: default_weight(),
+            zone: None,
             rebalance_delay: Duration::ZERO,
             handoff_prefix: default_handoff_prefix(),
             drain_prefix: default_drain_prefix(),
@@ -645,6 +650,9 @@ impl Config {
         if let Some(d) = dur("COORDINATOR_HANDOFF_TIMEOUT")? {
             c.handoff_timeout = d;
         }
+        if let Some(z) = get("COORDINATOR_ZONE").filter(|z| !z.is_empty()) {
+            c.zone = Some(z);
+        }
         if let Some(w) = get("COORDINATOR_WEIGHT") {
             c.weight = w.trim().parse().map_err(|e| LoadError::Env {
                 var: "COORDINATOR_WEIGHT",
@@ -715,6 +723,9 @@ impl Config {
             .drain_timeout(self.drain_timeout)
             .handoff_timeout(self.handoff_timeout);
         m.worker = self.worker_config_for(true);
+        if let Some(zone) = &self.zone {
+            m = m.zone(zone.clone());
+        }
         if let Some(n) = self.max_moves_in_flight {
             if n == 0 {
                 return Err(ConfigError::new(
@@ -761,6 +772,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_instance_id(&self.instance_id)?;
         self.worker_config().timing()?;
+        if let Some(zone) = &self.zone {
+            leader_core::MemberMeta::validate_zone(zone)?;
+        }
         if !self.backend.is_compiled_in() {
             return Err(ConfigError::new(
                 "backend",
@@ -1060,6 +1074,37 @@ mod tests {
         .unwrap();
         let e = c.layout().validate().unwrap_err();
         assert_eq!(e.field, "sequence_key", "{e}");
+    }
+
+    #[test]
+    fn zone_from_toml_and_env_reaches_the_member_key() {
+        let c: Config = toml::from_str("instance_id = \"m1\"\nzone = \"eu-1\"").unwrap();
+        assert_eq!(
+            c.member_config().unwrap().meta.zone.as_deref(),
+            Some("eu-1")
+        );
+        let c = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_ZONE" => Some("rack-7".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.zone.as_deref(), Some("rack-7"));
+        let e = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_ZONE" => Some("a\u{7}b".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("zone"), "{e}");
+        assert_eq!(
+            Config::new(BackendKind::Memory, "m1")
+                .member_config()
+                .unwrap()
+                .meta
+                .zone,
+            None
+        );
     }
 
     #[test]

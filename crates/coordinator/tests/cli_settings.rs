@@ -217,6 +217,7 @@ async fn member_settings_are_reachable_from_file_variable_and_flag() {
         ("drain_timeout", "\"45s\"", "45s"),
         ("rebalance_delay", "\"1m\"", "1m"),
         ("weight", "3", "3"),
+        ("zone", "\"eu-west-1a\"", "eu-west-1a"),
         ("max_moves_in_flight", "5", "5"),
         ("http_addr", "\"127.0.0.1:9100\"", "127.0.0.1:9100"),
         ("exec_timeout", "\"5s\"", "5s"),
@@ -425,6 +426,12 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
     let cases: Vec<Refusal> = vec![
         case(&worker, &["--prefix", "foo"], &["--prefix", "\"foo/\""]),
         case(&worker, &["--prefix", ""], &["--prefix", "empty"]),
+        case(&member, &["--zone", " "], &["zone", "empty"]),
+        case(
+            &member,
+            &["--zone", "a\tb"],
+            &["zone", "control characters"],
+        ),
         case(
             &["worker", "--instance-id", "m1"],
             &["--endpoints", ""],

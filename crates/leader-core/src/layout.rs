@@ -242,6 +242,9 @@ impl Layout {
     }
 }
 
+/// The longest zone name a member may publish, in bytes.
+pub const MAX_ZONE_LEN: usize = 128;
+
 /// What a member publishes in its member key (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -268,6 +271,11 @@ pub struct MemberMeta {
     /// leader can end it when a handoff from this member times out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The member's failure domain (a zone, rack or host group), as its
+    /// operator names it; `None`: not given. Published for the leader and
+    /// for `status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl Default for MemberMeta {
@@ -278,6 +286,7 @@ impl Default for MemberMeta {
             acked: None,
             ttl_ms: None,
             session: None,
+            zone: None,
         }
     }
 }
@@ -294,6 +303,27 @@ impl MemberMeta {
     /// The JSON written to the member key.
     pub fn to_bytes(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Checks a zone name: 1 to [`MAX_ZONE_LEN`] bytes, no control
+    /// characters, not only white space.
+    pub fn validate_zone(zone: &str) -> Result<(), ConfigError> {
+        if zone.trim().is_empty() {
+            return Err(ConfigError::new("zone", "must not be empty"));
+        }
+        if zone.len() > MAX_ZONE_LEN {
+            return Err(ConfigError::new(
+                "zone",
+                format!("{} bytes, longer than {MAX_ZONE_LEN}", zone.len()),
+            ));
+        }
+        if zone.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "zone",
+                "must not contain control characters",
+            ));
+        }
+        Ok(())
     }
 
     /// The weight the planner uses: 0 while draining.

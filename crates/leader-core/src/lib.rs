@@ -69,7 +69,7 @@ mod member;
 pub mod membership;
 pub mod metrics;
 
-pub use layout::{Layout, MemberMeta};
+pub use layout::{Layout, MemberMeta, MAX_ZONE_LEN};
 pub use leader::LeaderExit;
 pub use machine::{
     LeaderMachine, LeaderRead, LeaderTiming, PlanReport, DEFAULT_LEADER_SOAK, DEFAULT_VERIFY_EVERY,

@@ -114,3 +114,26 @@ async fn spawn_refuses_a_ttl_the_store_would_round_up() {
     .expect("10s is enough");
     ok.halt().await;
 }
+
+/// A member's zone travels in its member key, and keys written without one
+/// (by older members) still parse.
+#[test]
+fn the_zone_is_published_in_the_member_key() {
+    use leader_core::MemberMeta;
+    let config = MemberConfig::new("m1").zone("eu-west-1a");
+    config.validate().expect("a valid zone");
+    let meta = config.meta.clone();
+    let json = String::from_utf8(meta.to_bytes().to_vec()).expect("utf-8");
+    assert!(json.contains(r#""zone":"eu-west-1a""#), "{json}");
+    assert_eq!(MemberMeta::parse(json.as_bytes()).expect("parses"), meta);
+    let old = MemberMeta::parse(br#"{"weight":2,"acked":5}"#).expect("parses");
+    assert_eq!(old.zone, None);
+    let none = String::from_utf8(MemberMeta::default().to_bytes().to_vec()).expect("utf-8");
+    assert!(!none.contains("zone"), "{none}");
+    for bad in ["", "  ", "a\nb"] {
+        let e = MemberConfig::new("m1").zone(bad).validate().unwrap_err();
+        assert!(e.to_string().contains("zone"), "{e}");
+    }
+    let long = "z".repeat(leader_core::MAX_ZONE_LEN + 1);
+    assert!(MemberConfig::new("m1").zone(long).validate().is_err());
+}

@@ -100,6 +100,14 @@ impl MemberConfig {
         self
     }
 
+    /// Sets the member's zone (its failure domain), published in its member
+    /// key.
+    #[must_use]
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.meta.zone = Some(zone.into());
+        self
+    }
+
     /// Sets the session TTL.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -196,6 +204,9 @@ impl MemberConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_instance_id(self.instance_id())?;
         self.layout.validate()?;
+        if let Some(zone) = &self.meta.zone {
+            MemberMeta::validate_zone(zone)?;
+        }
         if self.worker.prefix != self.layout.assignments {
             return Err(ConfigError::new(
                 "prefix",

@@ -409,6 +409,8 @@ struct MemberStatus {
     draining: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     acked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
     count: usize,
     items: Vec<String>,
 }
@@ -447,6 +449,7 @@ pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
                     weight: meta.weight,
                     draining: meta.draining,
                     acked: meta.acked,
+                    zone: meta.zone,
                     ..MemberStatus::default()
                 },
             );
@@ -525,10 +528,24 @@ fn table(status: &Status) -> String {
         );
     }
     out.push('\n');
+    // The zone column only when some member names its zone: the table of a
+    // cluster without zones reads as it always did.
+    let zones = status.members.values().any(|m| m.zone.is_some());
+    let zone_of = |z: Option<&str>| {
+        if zones {
+            format!("{:<12} ", z.unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:<24} {:>6} {:>6}  {:<5} ITEMS",
-        "MEMBER", "WEIGHT", "COUNT", "STATE"
+        "{:<24} {:>6} {:>6}  {:<5} {}ITEMS",
+        "MEMBER",
+        "WEIGHT",
+        "COUNT",
+        "STATE",
+        zone_of(Some("ZONE"))
     );
     for (id, m) in &status.members {
         let state = if !m.live {
@@ -545,13 +562,60 @@ fn table(status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:>6} {:>6}  {:<5} {}",
+            "{:<24} {:>6} {:>6}  {:<5} {}{}",
             format!("{id}{leader_mark}"),
             m.weight,
             m.count,
             state,
+            zone_of(m.zone.as_deref()),
             m.items.join(",")
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(zone: Option<&str>, items: &[&str]) -> MemberStatus {
+        MemberStatus {
+            live: true,
+            weight: 1,
+            zone: zone.map(str::to_owned),
+            count: items.len(),
+            items: items.iter().map(|s| (*s).to_owned()).collect(),
+            ..MemberStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_table_shows_zones_only_when_a_member_names_one() {
+        let mut status = Status {
+            leader: Some("m1".into()),
+            items: 2,
+            ..Status::default()
+        };
+        status.members.insert("m1".into(), member(None, &["w1"]));
+        status.members.insert("m2".into(), member(None, &["w2"]));
+        let plain = table(&status);
+        assert!(!plain.contains("ZONE"), "{plain}");
+        assert!(plain.contains("m1*"), "{plain}");
+
+        status
+            .members
+            .insert("m1".into(), member(Some("eu-1"), &["w1"]));
+        let zoned = table(&status);
+        let lines: Vec<&str> = zoned.lines().collect();
+        let header = lines.iter().find(|l| l.starts_with("MEMBER")).unwrap();
+        assert!(header.contains("ZONE"), "{zoned}");
+        let m1 = lines.iter().find(|l| l.starts_with("m1*")).unwrap();
+        let m2 = lines.iter().find(|l| l.starts_with("m2")).unwrap();
+        assert!(m1.contains("eu-1") && m1.ends_with("w1"), "{zoned}");
+        assert!(m2.contains(" - ") && m2.ends_with("w2"), "{zoned}");
+        let json = serde_json::to_string(&status.members["m1"]).unwrap();
+        assert!(json.contains(r#""zone":"eu-1""#), "{json}");
+        let json = serde_json::to_string(&status.members["m2"]).unwrap();
+        assert!(!json.contains("zone"), "{json}");
+    }
 }

@@ -65,6 +65,14 @@ pub struct MemberArgs {
     /// This member's relative share of the work, ≥ 0 (0 takes nothing) [default: 1]
     #[arg(long, env = "COORDINATOR_WEIGHT", value_parser = settings::weight, allow_negative_numbers = true, help_heading = "Member")]
     weight: Option<u32>,
+    /// This member's failure domain (zone, rack or host group), published in its member key and shown by `status` [default: none]
+    #[arg(
+        long,
+        env = "COORDINATOR_ZONE",
+        value_name = "ZONE",
+        help_heading = "Member"
+    )]
+    zone: Option<String>,
     /// Exclusive mode: an item is never in two members' acknowledged
     /// workloads at once; the workload is released before the lease could
     /// expire. Every member of the cluster must use it [default: false]
@@ -135,6 +143,7 @@ impl MemberArgs {
         put!(s, m, handoff_timeout = self.handoff_timeout);
         put!(s, m, exclusive_margin = self.exclusive_margin.map(Some));
         put!(s, m, weight = self.weight);
+        put!(s, m, zone = self.zone.clone().map(Some));
         put!(s, m, exclusive = self.exclusive);
         put!(s, m, handoff = self.handoff);
         put!(s, m, session_check = self.session_check);

@@ -453,6 +453,7 @@ pub(crate) fn config_keys() -> &'static [&'static str] {
         "ttl",
         "leader_soak",
         "weight",
+        "zone",
         "rebalance_delay",
         "handoff_prefix",
         "drain_prefix",
