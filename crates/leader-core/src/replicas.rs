@@ -28,7 +28,7 @@
 //! (in practice a few members and their items); see `docs/planner.md`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use worker_core::WorkId;
@@ -128,308 +128,323 @@ fn zone_cap(r: usize, sizes: &[usize]) -> usize {
 
 const NONE: usize = usize::MAX;
 
+/// How many primary slots an item without live replicas tries before it ignores the port cap.
+const FILL_TRIES: usize = 64;
+
 /// How many members a stuck secondary tries to exchange with before it overflows.
 const EXCHANGE_TRIES: usize = 8;
 
-/// The primary phase: an exact min-cost assignment of items to members within the primary
-/// quotas, where keeping the old primary costs 0, promoting a live secondary 1 and a cold
-/// primary `big`. Rows are the items with live replicas; see `docs/planner.md`.
+/// The primary phase: an exact min-cost assignment of the items with live replicas ("rows") to
+/// members within the primary quotas. Keeping the old primary costs 0, promoting a live
+/// secondary 1, a cold primary `big` (through the hub, to any member). Each member also has a
+/// soft "port" cap on the primaries of rows that do not force a replica onto it (its total
+/// ceil minus the items that must have a replica there anyway); exceeding it costs `over`,
+/// more than all cold primaries together, so the total balance is kept whenever the primaries
+/// can keep it. See `docs/planner.md`.
 struct PrimaryFlow {
-    /// Per row: its live replicas and the cost of each (0 old primary, 1 old secondary).
-    arcs: Vec<Vec<(usize, i64)>>,
-    /// Per row: its member, and whether it came through the hub (cold).
-    mat: Vec<(usize, bool)>,
-    /// Per member: warm rows.
+    /// Per row: its live replicas, the cost of each (0 old primary, 1 old secondary) and
+    /// whether the row forces a replica onto that member (then it bypasses the port).
+    arcs: Vec<Vec<(usize, i128, bool)>>,
+    /// Per row: its member and how it is seated there.
+    mat: Vec<(usize, Seat)>,
+    /// Per member: warm rows that force it.
     at: Vec<Vec<usize>>,
-    /// Per member: cold rows.
+    /// Per member: warm rows through the port.
+    atp: Vec<Vec<usize>>,
+    /// Per member: cold rows (through the hub and the port).
     hub_at: Vec<Vec<usize>>,
+    /// Per member: the port cap, its use within the cap, and its use over the cap.
+    pcap: Vec<usize>,
+    pused: Vec<usize>,
+    pover: Vec<usize>,
     floor: Vec<usize>,
     frac: Vec<bool>,
     ceils: usize,
     ceils_used: usize,
-    big: i64,
-    pot: Vec<i64>,
+    /// Per row: the cost of a cold primary.
+    cold: Vec<i128>,
+    over: i128,
+    pot: Vec<i128>,
+}
+
+/// How a row is seated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seat {
+    Free,
+    Forced,
+    Port,
+    Cold,
 }
 
 /// How a node was reached in the search.
 #[derive(Clone, Copy)]
 enum Via {
     Start,
-    /// Row → member (warm arc).
     RowMember(usize),
-    /// Row → hub.
+    RowPort(usize),
     RowHub(usize),
-    /// Member → row (a warm row leaves the member).
+    PortMember(usize),
+    MemberPort(usize),
+    PortRow(usize),
     MemberRow(usize),
-    /// Member → hub (a cold row leaves the member).
-    MemberHub(usize),
-    /// Hub → member.
-    HubMember,
-    /// Hub → row (a cold row leaves the hub).
+    PortHub(usize),
+    HubPort,
     HubRow,
-    /// Member → ceil pool.
     MemberCeil(usize),
-    /// Ceil pool → member (the member gives up its ceil slot).
     CeilMember,
-    /// Member → sink.
     MemberSink(usize),
-    /// Ceil pool → sink.
     CeilSink,
 }
 
 impl PrimaryFlow {
     fn load(&self, m: usize) -> usize {
-        self.at[m].len() + self.hub_at[m].len()
+        self.at[m].len() + self.atp[m].len() + self.hub_at[m].len()
     }
 
-    /// Tries to seat `row` on `m` at cost 0 without a search (greedy start).
-    fn seat_free(&mut self, row: usize, m: usize) -> bool {
+    /// Whether `m` has primary room (within its floor, or a free ceil slot).
+    fn room(&self, m: usize) -> bool {
         let l = self.load(m);
-        let ceil = l == self.floor[m] && self.frac[m] && self.ceils_used < self.ceils;
-        if l >= self.floor[m] && !ceil {
+        l < self.floor[m] || (l == self.floor[m] && self.frac[m] && self.ceils_used < self.ceils)
+    }
+
+    fn take_room(&mut self, m: usize) {
+        if self.load(m) >= self.floor[m] {
+            self.ceils_used += 1;
+        }
+    }
+
+    fn take_port(&mut self, m: usize) {
+        if self.pused[m] < self.pcap[m] {
+            self.pused[m] += 1;
+        } else {
+            self.pover[m] += 1;
+        }
+    }
+
+    fn free_port(&mut self, m: usize) {
+        if self.pover[m] > 0 {
+            self.pover[m] -= 1;
+        } else {
+            self.pused[m] -= 1;
+        }
+    }
+
+    /// Seats `row` on its old primary `m` at cost 0 without a search, if there is room.
+    fn seat_free(&mut self, row: usize, m: usize, forced: bool) -> bool {
+        if !self.room(m) || (!forced && self.pused[m] >= self.pcap[m]) {
             return false;
         }
-        self.ceils_used += usize::from(l >= self.floor[m]);
-        self.at[m].push(row);
-        self.mat[row] = (m, false);
+        self.take_room(m);
+        // Keeping the old primary is the row's cheapest arc; this potential keeps the reduced
+        // cost of its reverse arc at 0 and of its other arcs non-negative.
+        self.pot[row] = -self.cost_at(row, m);
+        if forced {
+            self.at[m].push(row);
+            self.mat[row] = (m, Seat::Forced);
+        } else {
+            self.take_port(m);
+            self.atp[m].push(row);
+            self.mat[row] = (m, Seat::Port);
+        }
         true
     }
 
-    /// Seats `x` along a shortest augmenting path (Dijkstra with potentials).
+    fn cost_at(&self, y: usize, m: usize) -> i128 {
+        self.arcs[y].iter().find(|a| a.0 == m).map_or(0, |a| a.1)
+    }
+
+    /// Seats the unseated row `x` along a shortest augmenting path (Dijkstra on reduced costs
+    /// with potentials, stopped at the sink).
+    ///
+    /// # Panics
+    /// If the sink is unreachable, which the hub and the uncapped ports rule out.
     #[allow(clippy::too_many_lines)]
     fn augment(&mut self, x: usize) {
         let rows = self.arcs.len();
-        let members = self.at.len();
-        let (ceil, hub, sink) = (rows + members, rows + members + 1, rows + members + 2);
-        let nodes = sink + 1;
-        let mut dist = vec![i64::MAX; nodes];
-        let mut via = vec![Via::Start; nodes];
-        let mut done = vec![false; nodes];
-        let mut settled = Vec::new();
+        let mm = self.at.len();
+        let port0 = rows + mm;
+        let (ceil, hub, sink) = (rows + 2 * mm, rows + 2 * mm + 1, rows + 2 * mm + 2);
+        let mut dist: BTreeMap<usize, i128> = BTreeMap::new();
+        let mut via: BTreeMap<usize, Via> = BTreeMap::new();
+        let mut done: Vec<usize> = Vec::new();
+        let mut settled: BTreeSet<usize> = BTreeSet::new();
         let mut heap = BinaryHeap::new();
-        dist[x] = 0;
-        heap.push(Reverse((0i64, x)));
+        dist.insert(x, 0);
+        via.insert(x, Via::Start);
+        heap.push(Reverse((0i128, x)));
         let pot = &self.pot;
-        let relax = |heap: &mut BinaryHeap<Reverse<(i64, usize)>>,
-                         dist: &mut Vec<i64>,
-                         via: &mut Vec<Via>,
-                         u: usize,
-                         du: i64,
-                         v: usize,
-                         cost: i64,
-                         how: Via| {
-            let nd = du + cost + pot[u] - pot[v];
-            if nd < dist[v] {
-                dist[v] = nd;
-                via[v] = how;
-                heap.push(Reverse((nd, v)));
-            }
-        };
+        let mut edges: Vec<(usize, i128, Via)> = Vec::new();
         while let Some(Reverse((d, u))) = heap.pop() {
-            if done[u] || d > dist[u] {
+            if d > dist[&u] || !settled.insert(u) {
                 continue;
             }
-            done[u] = true;
-            settled.push(u);
+            done.push(u);
             if u == sink {
                 break;
             }
+            edges.clear();
             if u < rows {
-                let (cur, cold) = self.mat[u];
-                for &(m, c) in &self.arcs[u] {
-                    if cold || cur != m || u == x {
-                        relax(
-                            &mut heap,
-                            &mut dist,
-                            &mut via,
-                            u,
-                            d,
-                            rows + m,
-                            c,
-                            Via::RowMember(u),
-                        );
+                let (cur, seat) = self.mat[u];
+                for &(m, c, forced) in &self.arcs[u] {
+                    if cur == m && seat != Seat::Cold {
+                        continue;
+                    }
+                    if forced {
+                        edges.push((rows + m, c, Via::RowMember(u)));
+                    } else {
+                        edges.push((port0 + m, c, Via::RowPort(u)));
                     }
                 }
-                if !cold || u == x {
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        hub,
-                        self.big,
-                        Via::RowHub(u),
-                    );
+                if seat != Seat::Cold {
+                    edges.push((hub, self.cold[u], Via::RowHub(u)));
                 }
-            } else if u < ceil {
+            } else if u < port0 {
                 let m = u - rows;
                 let l = self.load(m);
                 if l < self.floor[m] {
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        sink,
-                        0,
-                        Via::MemberSink(m),
-                    );
+                    edges.push((sink, 0, Via::MemberSink(m)));
                 } else if l == self.floor[m] && self.frac[m] {
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        ceil,
-                        0,
-                        Via::MemberCeil(m),
-                    );
+                    edges.push((ceil, 0, Via::MemberCeil(m)));
                 }
                 for &y in &self.at[m] {
-                    let c = self.arcs[y].iter().find(|a| a.0 == m).map_or(0, |a| a.1);
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        y,
-                        -c,
-                        Via::MemberRow(m),
-                    );
+                    edges.push((y, -self.cost_at(y, m), Via::MemberRow(m)));
+                }
+                if self.pover[m] > 0 {
+                    edges.push((port0 + m, -self.over, Via::MemberPort(m)));
+                } else if self.pused[m] > 0 {
+                    edges.push((port0 + m, 0, Via::MemberPort(m)));
+                }
+            } else if u < ceil {
+                let m = u - port0;
+                let c = if self.pused[m] < self.pcap[m] { 0 } else { self.over };
+                edges.push((rows + m, c, Via::PortMember(m)));
+                for &y in &self.atp[m] {
+                    edges.push((y, -self.cost_at(y, m), Via::PortRow(m)));
                 }
                 if !self.hub_at[m].is_empty() {
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        hub,
-                        0,
-                        Via::MemberHub(m),
-                    );
+                    edges.push((hub, 0, Via::PortHub(m)));
                 }
             } else if u == ceil {
                 if self.ceils_used < self.ceils {
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        sink,
-                        0,
-                        Via::CeilSink,
-                    );
+                    edges.push((sink, 0, Via::CeilSink));
                 }
-                for m in 0..members {
+                for m in 0..mm {
                     if self.load(m) > self.floor[m] {
-                        relax(
-                            &mut heap,
-                            &mut dist,
-                            &mut via,
-                            u,
-                            d,
-                            rows + m,
-                            0,
-                            Via::CeilMember,
-                        );
+                        edges.push((rows + m, 0, Via::CeilMember));
                     }
                 }
             } else if u == hub {
-                for m in 0..members {
-                    relax(
-                        &mut heap,
-                        &mut dist,
-                        &mut via,
-                        u,
-                        d,
-                        rows + m,
-                        0,
-                        Via::HubMember,
-                    );
+                for m in 0..mm {
+                    edges.push((port0 + m, 0, Via::HubPort));
                 }
-                for m in 0..members {
-                    for &y in &self.hub_at[m] {
-                        relax(
-                            &mut heap,
-                            &mut dist,
-                            &mut via,
-                            u,
-                            d,
-                            y,
-                            -self.big,
-                            Via::HubRow,
-                        );
+                for list in &self.hub_at {
+                    for &y in list {
+                        edges.push((y, -self.cold[y], Via::HubRow));
                     }
                 }
             }
-        }
-        let reach = dist[sink];
-        assert!(reach < i64::MAX, "the sink is reachable: quotas sum to the items");
-        for &v in &settled {
-            if dist[v] < reach {
-                self.pot[v] += dist[v] - reach;
+            for &(v, c, how) in &edges {
+                let nd = d + c + pot[u] - pot[v];
+                if dist.get(&v).is_none_or(|&old| nd < old) {
+                    dist.insert(v, nd);
+                    via.insert(v, how);
+                    heap.push(Reverse((nd, v)));
+                }
             }
         }
-        // The path, from the sink back to x.
+        let reach = *dist.get(&sink).expect("the sink is reachable through the hub");
+        for &v in &done {
+            if dist[&v] < reach {
+                self.pot[v] += dist[&v] - reach;
+            }
+        }
         let mut path = Vec::new();
         let mut v = sink;
         while v != x {
-            let how = via[v];
+            let how = via[&v];
             path.push((how, v));
             v = match how {
                 Via::Start => unreachable!("only x is the start"),
-                Via::RowMember(r) | Via::RowHub(r) => r,
-                Via::MemberRow(m) | Via::MemberHub(m) | Via::MemberCeil(m) | Via::MemberSink(m) => {
+                Via::RowMember(r) | Via::RowPort(r) | Via::RowHub(r) => r,
+                Via::PortMember(m) | Via::PortRow(m) | Via::PortHub(m) => port0 + m,
+                Via::MemberPort(m) | Via::MemberRow(m) | Via::MemberCeil(m) | Via::MemberSink(m) => {
                     rows + m
                 }
-                Via::HubMember | Via::HubRow => hub,
+                Via::HubPort | Via::HubRow => hub,
                 Via::CeilMember | Via::CeilSink => ceil,
             };
         }
         path.reverse();
-        // Apply it: `carried` is the row moving along the path; `hub_carried` a cold row in
-        // transit through the hub.
-        let mut carried = x;
+        // Apply it. `carry` is the row moving along the path and whether it travels cold. A
+        // row entering a port is seated at its member there.
+        let mut carry = (x, false);
+        let mut from_port: Option<usize> = None;
         for (how, v) in path {
             match how {
                 Via::RowMember(r) => {
                     let m = v - rows;
                     self.at[m].push(r);
-                    self.mat[r] = (m, false);
+                    self.mat[r] = (m, Seat::Forced);
                 }
-                Via::RowHub(r) => carried = r,
+                Via::RowHub(r) => carry = (r, true),
+                Via::RowPort(_) | Via::HubPort => {
+                    let m = v - port0;
+                    if let (Via::HubPort, Some(m0)) = (how, from_port.take()) {
+                        // A cold row of m0 moves on through the hub.
+                        let z = self.hub_at[m0].pop().expect("a cold row at m0");
+                        carry = (z, true);
+                    }
+                    if let Via::RowPort(r) = how {
+                        carry = (r, false);
+                    }
+                    if carry.1 {
+                        self.hub_at[m].push(carry.0);
+                        self.mat[carry.0] = (m, Seat::Cold);
+                    } else {
+                        self.atp[m].push(carry.0);
+                        self.mat[carry.0] = (m, Seat::Port);
+                    }
+                }
+                Via::PortMember(m) => self.take_port(m),
+                Via::MemberPort(m) => self.free_port(m),
+                Via::PortRow(m) => {
+                    let pos = self.atp[m].iter().position(|&y| y == v).expect("row at m");
+                    self.atp[m].remove(pos);
+                    self.mat[v] = (NONE, Seat::Free);
+                    carry = (v, false);
+                }
                 Via::MemberRow(m) => {
                     let pos = self.at[m].iter().position(|&y| y == v).expect("row at m");
                     self.at[m].remove(pos);
-                    self.mat[v] = (NONE, false);
-                    carried = v;
+                    self.mat[v] = (NONE, Seat::Free);
+                    carry = (v, false);
                 }
-                Via::MemberHub(m) => {
-                    carried = self.hub_at[m].pop().expect("a cold row at m");
-                    self.mat[carried] = (NONE, false);
-                }
-                Via::HubMember => {
-                    let m = v - rows;
-                    self.hub_at[m].push(carried);
-                    self.mat[carried] = (m, true);
-                }
+                Via::PortHub(m) => from_port = Some(m),
                 Via::HubRow => {
-                    // `carried` takes v's place, v moves on.
-                    let m = self.mat[v].0;
-                    let pos = self.hub_at[m].iter().position(|&y| y == v).expect("v cold");
-                    self.hub_at[m][pos] = carried;
-                    self.mat[carried] = (m, true);
-                    self.mat[v] = (NONE, false);
-                    carried = v;
+                    let mv = self.mat[v].0;
+                    let pos = self.hub_at[mv].iter().position(|&y| y == v).expect("v cold");
+                    if let Some(m) = from_port.take() {
+                        // m loses a cold unit and v stops being cold: v leaves mv, and a cold
+                        // row of m takes its seat there (none moves when m is mv).
+                        self.hub_at[mv].remove(pos);
+                        if m != mv {
+                            let z = self.hub_at[m].pop().expect("a cold row at m");
+                            self.hub_at[mv].push(z);
+                            self.mat[z] = (mv, Seat::Cold);
+                        }
+                    } else {
+                        // The carried cold row takes v's seat.
+                        self.hub_at[mv][pos] = carry.0;
+                        self.mat[carry.0] = (mv, Seat::Cold);
+                    }
+                    self.mat[v] = (NONE, Seat::Free);
+                    carry = (v, false);
                 }
                 Via::CeilSink => self.ceils_used += 1,
-                Via::MemberCeil(_) | Via::CeilMember | Via::MemberSink(_) | Via::Start => {}
+                Via::MemberCeil(_)
+                | Via::CeilMember
+                | Via::MemberSink(_)
+                | Via::Start => {}
             }
         }
     }
@@ -438,109 +453,261 @@ impl PrimaryFlow {
 /// How many items the balance repair looks at, at most, per replica in the plan.
 const REPAIR_BUDGET: usize = 4;
 
-/// Restores the total balance where the primaries or the greedy placement left a member above
-/// its target and another below: one replica of an item moves from the member above to the
-/// member below (a secondary when possible; else the primary, if the primary balance allows),
-/// keeping the zone rule. The work is bounded by [`REPAIR_BUDGET`] per replica.
+/// The state of the balance repair.
+struct Repair<'a> {
+    sets: &'a mut [Vec<usize>],
+    prim: &'a mut [usize],
+    load: Vec<usize>,
+    pload: Vec<usize>,
+    tfloor: Vec<usize>,
+    tceil: Vec<usize>,
+    pfloor: &'a [usize],
+    pfrac: &'a [bool],
+    pceils: usize,
+    zone_of: &'a [usize],
+    caps: &'a [usize],
+}
+
+impl Repair<'_> {
+    /// Whether moving a replica from `o` to `u` lowers the imbalance.
+    fn helps(&self, o: usize, u: usize) -> bool {
+        (self.load[o] > self.tceil[o] && self.load[u] < self.tceil[u])
+            || (self.load[o] > self.tfloor[o] && self.load[u] < self.tfloor[u])
+    }
+
+    /// Whether the primary counts stay balanced if `from` loses a primary and `to` gains one.
+    fn primary_ok(&self, from: usize, to: usize) -> bool {
+        if from == to {
+            return true;
+        }
+        let after = |m: usize| {
+            self.pload[m] + usize::from(m == to) - usize::from(m == from)
+        };
+        if after(from) < self.pfloor[from] {
+            return false;
+        }
+        let t = after(to);
+        if t > self.pfloor[to] + usize::from(self.pfrac[to]) {
+            return false;
+        }
+        let used = (0..self.pload.len())
+            .filter(|&m| after(m) > self.pfloor[m])
+            .count();
+        used <= self.pceils
+    }
+
+    /// Whether `u` may take `o`'s place in item `x`'s set (distinct members, zone cap).
+    fn fits(&self, x: usize, o: usize, u: usize) -> bool {
+        !self.sets[x].contains(&u)
+            && self.sets[x]
+                .iter()
+                .filter(|&&v| v != o && self.zone_of[v] == self.zone_of[u])
+                .count()
+                < self.caps[x]
+    }
+
+    fn set_primary(&mut self, x: usize, p: usize) {
+        let old = self.prim[x];
+        self.pload[old] -= 1;
+        self.pload[p] += 1;
+        self.prim[x] = p;
+        let pos = self.sets[x].iter().position(|&v| v == p).expect("p in x");
+        self.sets[x].swap(0, pos);
+    }
+
+    fn replace(&mut self, x: usize, o: usize, u: usize) {
+        let pos = self.sets[x].iter().position(|&v| v == o).expect("o in x");
+        self.sets[x][pos] = u;
+        if self.prim[x] == o {
+            self.prim[x] = u;
+            self.pload[o] -= 1;
+            self.pload[u] += 1;
+        }
+        self.load[o] -= 1;
+        self.load[u] += 1;
+    }
+}
+
+/// Restores the total balance where the primaries or the greedy placement left it off: a
+/// replica of an item moves from a member above its range to one below, keeping the zone rule
+/// and the primary balance. Moves, in order of preference: a secondary; a primary after
+/// handing the primary role to another replica of the item; a primary, with a role swap in
+/// another item when the primary counts need it. The work is bounded by [`REPAIR_BUDGET`]
+/// items per replica.
 #[allow(clippy::too_many_arguments)]
 fn repair_totals(
     sets: &mut [Vec<usize>],
     prim: &mut [usize],
-    target: &[usize],
+    tshare: &[(usize, u128)],
     pfloor: &[usize],
     pfrac: &[bool],
     pceils: usize,
     zone_of: &[usize],
     caps: &[usize],
-    old_p: &[usize],
-    old_s: &[Vec<usize>],
 ) {
-    let mm = target.len();
-    let mut load = vec![0usize; mm];
-    let mut pload = vec![0usize; mm];
-    for set in sets.iter() {
+    let mm = tshare.len();
+    let mut r = Repair {
+        load: vec![0; mm],
+        pload: vec![0; mm],
+        tfloor: tshare.iter().map(|s| s.0).collect(),
+        tceil: tshare.iter().map(|s| s.0 + usize::from(s.1 != 0)).collect(),
+        sets,
+        prim,
+        pfloor,
+        pfrac,
+        pceils,
+        zone_of,
+        caps,
+    };
+    for set in r.sets.iter() {
         for &o in set {
-            load[o] += 1;
+            r.load[o] += 1;
         }
     }
-    for &p in prim.iter() {
-        pload[p] += 1;
+    for &p in r.prim.iter() {
+        r.pload[p] += 1;
     }
-    if (0..mm).all(|m| load[m] <= target[m]) {
+    let bad = |r: &Repair| {
+        (0..mm).any(|m| r.load[m] > r.tceil[m] || r.load[m] < r.tfloor[m])
+    };
+    if !bad(&r) {
         return;
     }
-    let mut budget = REPAIR_BUDGET * sets.iter().map(Vec::len).sum::<usize>();
+    let mut budget = REPAIR_BUDGET * r.sets.iter().map(Vec::len).sum::<usize>();
     let mut on: Vec<Vec<usize>> = vec![Vec::new(); mm];
-    for (x, set) in sets.iter().enumerate() {
+    for (x, set) in r.sets.iter().enumerate() {
         for &o in set {
             on[o].push(x);
         }
     }
-    let was = |x: usize, m: usize| old_p[x] == m || old_s[x].contains(&m);
-    loop {
-        let mut progress = false;
-        for o in 0..mm {
-            while load[o] > target[o] {
-                let unders: Vec<usize> = (0..mm).filter(|&u| load[u] < target[u]).collect();
-                if unders.is_empty() {
+    while bad(&r) {
+        let mut moved = false;
+        'search: for o in 0..mm {
+            let unders: Vec<usize> = (0..mm).filter(|&u| r.helps(o, u)).collect();
+            if unders.is_empty() {
+                continue;
+            }
+            // (kind, x, u, other): kind 0 secondary, 1 role handed to `other` in x, 2 primary
+            // to u, 3 primary to u with a role swap in item `other`.
+            let mut best: Option<(u8, usize, usize, usize)> = None;
+            for &x in &on[o] {
+                if budget == 0 {
                     return;
                 }
-                let pceil_used = (0..mm).filter(|&m| pload[m] > pfloor[m]).count();
-                // The best swap: (is a primary swap, u not a former replica, x, u).
-                let mut best: Option<(bool, bool, usize, usize)> = None;
-                for &x in &on[o] {
-                    if budget == 0 {
-                        return;
+                budget -= 1;
+                for &u in &unders {
+                    if !r.fits(x, o, u) {
+                        continue;
                     }
-                    budget -= 1;
-                    let primary = prim[x] == o;
-                    for &u in &unders {
-                        if sets[x].contains(&u) {
-                            continue;
-                        }
-                        let inz = sets[x]
+                    let cand = if r.prim[x] != o {
+                        Some((0, x, u, 0))
+                    } else if let Some(&v) =
+                        r.sets[x][1..].iter().find(|&&v| r.primary_ok(o, v))
+                    {
+                        Some((1, x, u, v))
+                    } else if r.primary_ok(o, u) {
+                        Some((2, x, u, 0))
+                    } else {
+                        // A role swap in an item y whose primary is u and which has a
+                        // replica on o: y's primary becomes o, so u's count stays.
+                        on[u]
                             .iter()
-                            .filter(|&&v| v != o && zone_of[v] == zone_of[u])
-                            .count();
-                        if inz >= caps[x] {
-                            continue;
+                            .find(|&&y| y != x && r.prim[y] == u && r.sets[y].contains(&o))
+                            .map(|&y| (3, x, u, y))
+                    };
+                    if let Some(c) = cand {
+                        if best.is_none_or(|b| c < b) {
+                            best = Some(c);
                         }
-                        if primary {
-                            let o_ok = pload[o] > pfloor[o];
-                            let u_room = pload[u] < pfloor[u]
-                                || (pload[u] == pfloor[u]
-                                    && pfrac[u]
-                                    && (pceil_used < pceils || pload[o] > pfloor[o]));
-                            if !(o_ok && u_room) {
-                                continue;
-                            }
-                        }
-                        let key = (primary, !was(x, u), x, u);
-                        if best.is_none_or(|b| key < b) {
-                            best = Some(key);
+                        if c.0 == 0 {
+                            break;
                         }
                     }
                 }
-                let Some((primary, _, x, u)) = best else {
+                if best.is_some_and(|b| b.0 == 0) {
                     break;
-                };
-                let pos = sets[x].iter().position(|&v| v == o).expect("o holds x");
-                sets[x][pos] = u;
-                if primary {
-                    prim[x] = u;
-                    pload[o] -= 1;
-                    pload[u] += 1;
                 }
-                load[o] -= 1;
-                load[u] += 1;
+            }
+            if let Some((kind, x, u, other)) = best {
+                match kind {
+                    1 => r.set_primary(x, other),
+                    3 => r.set_primary(other, o),
+                    _ => {}
+                }
+                r.replace(x, o, u);
                 on[o].retain(|&y| y != x);
                 on[u].push(x);
-                progress = true;
+                moved = true;
+                break 'search;
             }
         }
-        if !progress {
+        if !moved && !r.chain(&mut on, &mut budget) {
             return;
         }
+    }
+}
+
+impl Repair<'_> {
+    /// A chain of secondary moves `o → v₁ → … → u` (breadth first over members): each step
+    /// moves one item's secondary on to the next member, so only the ends change their totals.
+    /// Returns whether it found and applied one.
+    fn chain(&mut self, on: &mut [Vec<usize>], budget: &mut usize) -> bool {
+        let mm = self.load.len();
+        for o in 0..mm {
+            if !(0..mm).any(|u| self.helps(o, u)) {
+                continue;
+            }
+            let mut parent: Vec<Option<(usize, usize)>> = vec![None; mm]; // (member, item)
+            let mut seen = vec![false; mm];
+            seen[o] = true;
+            let mut queue = VecDeque::from([o]);
+            while let Some(a) = queue.pop_front() {
+                for &x in &on[a] {
+                    if self.prim[x] == a {
+                        continue;
+                    }
+                    for b in 0..mm {
+                        if *budget == 0 {
+                            return false;
+                        }
+                        *budget -= 1;
+                        if seen[b] || !self.fits(x, a, b) {
+                            continue;
+                        }
+                        seen[b] = true;
+                        parent[b] = Some((a, x));
+                        if self.helps(o, b) {
+                            // Apply from the end back to o, checking each step again.
+                            let mut steps = Vec::new();
+                            let mut v = b;
+                            while v != o {
+                                let (a, x) = parent[v].expect("on the path");
+                                steps.push((x, a, v));
+                                v = a;
+                            }
+                            let mut done = Vec::new();
+                            for &(x, a, v) in &steps {
+                                if !self.sets[x].contains(&a) || !self.fits(x, a, v) {
+                                    for &(x, a, v) in done.iter().rev() {
+                                        self.replace(x, v, a);
+                                    }
+                                    return false;
+                                }
+                                self.replace(x, a, v);
+                                done.push((x, a, v));
+                            }
+                            for &(x, a, v) in &steps {
+                                on[a].retain(|&y| y != x);
+                                on[v].push(x);
+                            }
+                            return true;
+                        }
+                        queue.push_back(b);
+                    }
+                }
+            }
+        }
+        false
     }
 }
 
@@ -611,34 +778,79 @@ pub fn plan_replicas(
         let wts: Vec<u32> = elig.iter().map(|e| e.1.weight).collect();
 
         // Phase 1: primaries by min-cost flow over rows = items with live replicas.
+        let big_r: usize = item_v.iter().map(|i| i.1).sum();
+        let caps: Vec<usize> = item_v.iter().map(|i| zone_cap(i.1, &zone_sizes)).collect();
+        // Zones an item of r replicas must fill completely (every member holds a replica).
+        let forced_zones = |r: usize| -> Vec<bool> {
+            let c = zone_cap(r, &zone_sizes);
+            let all: usize = zone_sizes.iter().map(|&s| s.min(c)).sum();
+            zone_sizes
+                .iter()
+                .map(|&s| r.saturating_sub(all - s.min(c)) >= s)
+                .collect()
+        };
+        let max_r = item_v.iter().map(|i| i.1).max().unwrap_or(0);
+        let forced_by_r: Vec<Vec<bool>> = (0..=max_r).map(forced_zones).collect();
+        let forces = |x: usize, m: usize| forced_by_r[item_v[x].1][zone_of[m]];
+        let tshare: Vec<(usize, u128)> = wts.iter().map(|&w| share(big_r, w, total)).collect();
+        let mut forced_count = vec![0usize; zone_sizes.len()];
+        for (_, r) in &item_v {
+            for (z, &f) in forced_by_r[*r].iter().enumerate() {
+                forced_count[z] += usize::from(f);
+            }
+        }
         let pshare: Vec<(usize, u128)> = wts.iter().map(|&w| share(n, w, total)).collect();
         let pfloor: Vec<usize> = pshare.iter().map(|s| s.0).collect();
         let rows: Vec<usize> = (0..n).filter(|&x| live(x)).collect();
+        // Costs, lexicographic: a cold primary (`a`) over a changed primary (`b`) over an
+        // estimate of the secondaries the choice makes move (at most r − 1 per item).
+        let b = big_r as i128 + 1;
+        let a = b * (n as i128 + 1);
+        let est = |x: usize, keeps: usize| {
+            let r = item_v[x].1 - 1;
+            (r - keeps.min(r)) as i128
+        };
+        let live_n = |x: usize| usize::from(old_p[x] != NONE) + old_s[x].len();
+        let changed = |x: usize, m: usize| i128::from(had_primary[x] && old_p[x] != m) * b;
         let mut flow = PrimaryFlow {
             arcs: rows
                 .iter()
                 .map(|&x| {
-                    let mut a: Vec<(usize, i64)> = Vec::new();
+                    let mut arcs: Vec<(usize, i128, bool)> = Vec::new();
+                    let warm = |m: usize| changed(x, m) + est(x, live_n(x) - 1);
                     if old_p[x] != NONE {
-                        a.push((old_p[x], 0));
+                        arcs.push((old_p[x], warm(old_p[x]), forces(x, old_p[x])));
                     }
-                    a.extend(old_s[x].iter().map(|&s| (s, 1)));
-                    a
+                    arcs.extend(old_s[x].iter().map(|&s| (s, warm(s), forces(x, s))));
+                    arcs
                 })
                 .collect(),
-            mat: vec![(NONE, false); rows.len()],
+            cold: rows
+                .iter()
+                .map(|&x| a + i128::from(had_primary[x]) * b + est(x, live_n(x)))
+                .collect(),
+            mat: vec![(NONE, Seat::Free); rows.len()],
             at: vec![Vec::new(); mm],
+            atp: vec![Vec::new(); mm],
             hub_at: vec![Vec::new(); mm],
+            pcap: (0..mm)
+                .map(|m| {
+                    let tceil = tshare[m].0 + usize::from(tshare[m].1 != 0);
+                    tceil.saturating_sub(forced_count[zone_of[m]])
+                })
+                .collect(),
+            pused: vec![0; mm],
+            pover: vec![0; mm],
             ceils: n - pfloor.iter().sum::<usize>(),
             floor: pfloor,
             frac: pshare.iter().map(|s| s.1 != 0).collect(),
             ceils_used: 0,
-            big: rows.len() as i64 + 1,
-            pot: vec![0; rows.len() + mm + 3],
+            over: a * (n as i128 + 1),
+            pot: vec![0; rows.len() + 2 * mm + 3],
         };
         let mut pending = Vec::new();
         for (row, &x) in rows.iter().enumerate() {
-            if old_p[x] == NONE || !flow.seat_free(row, old_p[x]) {
+            if old_p[x] == NONE || !flow.seat_free(row, old_p[x], forces(x, old_p[x])) {
                 pending.push((stable_hash(item_v[x].0), row));
             }
         }
@@ -650,20 +862,31 @@ pub fn plan_replicas(
             prim[x] = flow.mat[row].0;
         }
         // Items without live replicas: fill the remaining primary room, floors first, round
-        // robin in member-hash order.
+        // robin in member-hash order, each on the first member in turn whose port has room.
         let mut order: Vec<(u64, usize)> = (0..mm).map(|m| (stable_hash(ids[m]), m)).collect();
         order.sort_unstable();
-        let mut room: VecDeque<(usize, usize)> = VecDeque::new();
+        let mut room: Vec<(usize, usize)> = Vec::new();
         for &(_, m) in &order {
             let l = flow.load(m);
             if l < flow.floor[m] {
-                room.push_back((m, flow.floor[m] - l));
+                room.push((m, flow.floor[m] - l));
             }
         }
-        for &(_, m) in &order {
-            if flow.frac[m] && flow.load(m) <= flow.floor[m] && flow.ceils_used < flow.ceils {
+        // The free ceil slots go first to members whose port keeps room once their floor is
+        // full (an item that does not force them can still go there), then in hash order.
+        let mut ceil_order: Vec<(bool, u64, usize)> = order
+            .iter()
+            .filter(|&&(_, m)| flow.frac[m] && flow.load(m) <= flow.floor[m])
+            .map(|&(h, m)| {
+                let fill = flow.floor[m] - flow.load(m);
+                (flow.pused[m] + fill >= flow.pcap[m], h, m)
+            })
+            .collect();
+        ceil_order.sort_unstable();
+        for &(.., m) in &ceil_order {
+            if flow.ceils_used < flow.ceils {
                 flow.ceils_used += 1;
-                room.push_back((m, 1));
+                room.push((m, 1));
             }
         }
         let mut fresh: Vec<(u64, usize)> = (0..n)
@@ -672,23 +895,34 @@ pub fn plan_replicas(
             .collect();
         fresh.sort_unstable();
         // Round robin: one slot of each member with room in turn.
-        let mut left: Vec<(usize, usize)> = room.into_iter().collect();
         let mut seq = VecDeque::new();
-        while !left.is_empty() {
-            for e in &mut left {
+        while !room.is_empty() {
+            for e in &mut room {
                 seq.push_back(e.0);
                 e.1 -= 1;
             }
-            left.retain(|e| e.1 > 0);
+            room.retain(|e| e.1 > 0);
         }
         for (_, x) in fresh {
-            prim[x] = seq.pop_front().expect("primary quotas sum to the items");
+            let mut pick = None;
+            for i in 0..seq.len().min(FILL_TRIES) {
+                let m = seq[i];
+                if forces(x, m) || flow.pused[m] < flow.pcap[m] {
+                    pick = Some(i);
+                    break;
+                }
+            }
+            let m = seq
+                .remove(pick.unwrap_or(0))
+                .expect("primary quotas sum to the items");
+            if !forces(x, m) {
+                flow.take_port(m);
+            }
+            prim[x] = m;
         }
         let (flow_floor, flow_frac, flow_ceils) = (flow.floor, flow.frac, flow.ceils);
 
         // Phase 2: secondaries.
-        let big_r: usize = item_v.iter().map(|i| i.1).sum();
-        let caps: Vec<usize> = item_v.iter().map(|i| zone_cap(i.1, &zone_sizes)).collect();
         let mut pcount = vec![0usize; mm];
         for &p in &prim {
             pcount[p] += 1;
@@ -711,7 +945,6 @@ pub fn plan_replicas(
                 }
             }
         }
-        let tshare: Vec<(usize, u128)> = wts.iter().map(|&w| share(big_r, w, total)).collect();
         let mut target: Vec<usize> = tshare.iter().map(|s| s.0).collect();
         let extra = big_r - target.iter().sum::<usize>();
         let mut cands: Vec<(u8, Reverse<u128>, u64, usize)> = (0..mm)
@@ -770,6 +1003,7 @@ pub fn plan_replicas(
                 && sets[x].iter().filter(|&&o| zone_of[o] == zone_of[m]).count() < caps[x]
         };
         let mut sec_on: Vec<Vec<usize>> = Vec::new();
+        let mut load: Vec<usize> = Vec::new(); // totals, once a replica overflows
         for (_, x) in pool {
             let mut found = None;
             for _ in 0..room.len() {
@@ -784,6 +1018,9 @@ pub fn plan_replicas(
                 sets[x].push(m);
                 if !sec_on.is_empty() {
                     sec_on[m].push(x);
+                }
+                if !load.is_empty() {
+                    load[m] += 1;
                 }
                 if left > 1 {
                     room.push_back((m, left - 1));
@@ -818,6 +1055,9 @@ pub fn plan_replicas(
                             let pos = sets[y].iter().position(|&o| o == a).expect("a in y");
                             sets[y][pos] = b;
                             sec_on[b].push(y);
+                            if !load.is_empty() {
+                                load[b] += 1;
+                            }
                             sets[x].push(a);
                             sec_on[a][yi] = x;
                             if left > 1 {
@@ -834,10 +1074,12 @@ pub fn plan_replicas(
             if !done {
                 // No balanced place: the zone rule wins over the total balance. The replica
                 // goes to the allowed member least over its target.
-                let mut load = vec![0usize; mm];
-                for set in &sets {
-                    for &o in set {
-                        load[o] += 1;
+                if load.is_empty() {
+                    load = vec![0usize; mm];
+                    for set in &sets {
+                        for &o in set {
+                            load[o] += 1;
+                        }
                     }
                 }
                 let a = order
@@ -847,6 +1089,7 @@ pub fn plan_replicas(
                     .min_by_key(|&a| load[a] as i128 - target[a] as i128)
                     .expect("the zone cap leaves a member for every replica");
                 sets[x].push(a);
+                load[a] += 1;
                 if !sec_on.is_empty() {
                     sec_on[a].push(x);
                 }
@@ -855,14 +1098,12 @@ pub fn plan_replicas(
         repair_totals(
             &mut sets,
             &mut prim,
-            &target,
+            &tshare,
             &flow_floor,
             &flow_frac,
             flow_ceils,
             &zone_of,
             &caps,
-            &old_p,
-            &old_s,
         );
     }
 

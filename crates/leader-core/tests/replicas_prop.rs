@@ -24,7 +24,6 @@
 //! - idempotence whenever the totals are balanced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use leader_core::{
@@ -458,44 +457,48 @@ fn rebuilt(c: &Case) -> Case {
     }
 }
 
-static CASES: AtomicUsize = AtomicUsize::new(0);
-static FEASIBLE: AtomicUsize = AtomicUsize::new(0);
-static OPTIMAL: AtomicUsize = AtomicUsize::new(0);
-static PRIM: AtomicUsize = AtomicUsize::new(0);
-static BAL: AtomicUsize = AtomicUsize::new(0);
-static AB: AtomicUsize = AtomicUsize::new(0);
+/// What one case showed against the brute forces.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    cases: usize,
+    feasible: usize,
+    balanced: usize,
+    optimal: usize,
+    primaries_optimal: usize,
+    primaries_only: usize,
+}
 
-fn check(c: &Case) -> Result<(), TestCaseError> {
+/// Checks one case: the guarantees that hold always are asserted; how it compares with the
+/// full minimum is tallied.
+fn check(c: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
     let f = facts(c);
     let p = plan_replicas(&c.items, &c.members, &c.current);
     check_valid(c, &f, &p)?;
     prop_assert_eq!(&p, &plan_replicas(&c.items, &c.members, &c.current));
     let r = rebuilt(c);
     prop_assert_eq!(&p, &plan_replicas(&r.items, &r.members, &r.current));
-    CASES.fetch_add(1, Ordering::Relaxed);
+    tally.cases += 1;
     if f.elig.is_empty() {
         return Ok(());
     }
     let got = (p.cold_primaries, p.primaries_changed, p.secondaries_moved);
-    let prim = primary_minimum(&f);
-    if (got.0, got.1) == prim {
-        PRIM.fetch_add(1, Ordering::Relaxed);
+    let balanced = totals_balanced(&f, &p);
+    if (got.0, got.1) == primary_minimum(&f) {
+        tally.primaries_only += 1;
     }
     if let Some(full) = full_minimum(&f) {
-        FEASIBLE.fetch_add(1, Ordering::Relaxed);
-        prop_assert!(prim <= (full.0, full.1));
-        if totals_balanced(&f, &p) {
-            BAL.fetch_add(1, Ordering::Relaxed);
-        } else if std::env::var("STRICT").is_ok() && f.items.iter().all(|i| i.1 < f.elig.len()) {
-            prop_assert!(false, "unbalanced {:?} full {:?} plan {:?}", p.state, full, got);
-        }
-        if got == full {
-            OPTIMAL.fetch_add(1, Ordering::Relaxed);
-        } else if (got.0, got.1) == (full.0, full.1) {
-            AB.fetch_add(1, Ordering::Relaxed);
+        tally.feasible += 1;
+        // The primaries-only minimum relaxes the full one.
+        prop_assert!(primary_minimum(&f) <= (full.0, full.1));
+        if balanced {
+            tally.balanced += 1;
+            // A balanced plan is a valid plan: it cannot beat the minimum.
+            prop_assert!(got >= full, "below the brute-force minimum: {:?} < {:?}", got, full);
+            tally.optimal += usize::from(got == full);
+            tally.primaries_optimal += usize::from((got.0, got.1) == (full.0, full.1));
         }
     }
-    if totals_balanced(&f, &p) {
+    if balanced {
         let again = plan_replicas(&c.items, &c.members, &p.state);
         prop_assert_eq!(&again.state, &p.state, "not idempotent");
         prop_assert!(again.revoked.is_empty() && again.assigned.is_empty());
@@ -511,13 +514,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
     #[test]
-    fn against_brute_force_with_zones(c in case(true)) {
-        check(&c)?;
+    fn valid_deterministic_idempotent_with_zones(c in case(true)) {
+        check(&c, &mut Tally::default())?;
     }
 
     #[test]
-    fn against_brute_force_without_zones(c in case(false)) {
-        check(&c)?;
+    fn valid_deterministic_idempotent_without_zones(c in case(false)) {
+        check(&c, &mut Tally::default())?;
     }
 
     /// N = 1 and no zones: the same balance and the same number of moves as `plan()`.
@@ -541,41 +544,67 @@ proptest! {
             .keys()
             .filter(|k| {
                 owners.get(*k).is_some_and(|o| {
-                    weights.contains_key(o) && p.state.get(*k).and_then(|r| r.primary.as_ref()) != Some(o)
+                    weights.contains_key(o)
+                        && p.state.get(*k).and_then(|r| r.primary.as_ref()) != Some(o)
                 })
             })
             .count();
         prop_assert_eq!(moved, single.moved);
-        let count = |m: &MemberId| {
-            (
-                single.assignment.values().filter(|o| *o == m).count(),
-                p.state.values().filter(|r| r.primary.as_ref() == Some(m)).count(),
-            )
-        };
+        let n = items.len();
+        let tw: u128 = weights.values().map(|&w| u128::from(w)).sum();
         for m in weights.keys() {
-            let (a, b) = count(m);
-            // Both balanced; the same count or both within floor/ceil.
-            let n = items.len();
-            let tw: u128 = weights.values().map(|&w| u128::from(w)).sum();
+            let a = single.assignment.values().filter(|o| *o == m).count();
+            let b = p.state.values().filter(|r| r.primary.as_ref() == Some(m)).count();
             if tw > 0 {
                 prop_assert!(balanced_count(a, n, weights[m], tw));
                 prop_assert!(balanced_count(b, n, weights[m], tw));
             }
         }
+        prop_assert_eq!(p.state.len(), single.assignment.len());
         prop_assert!(p.state.values().all(|r| r.secondaries.is_empty()));
     }
 }
 
+/// How close the planner comes to the full brute-force minimum, over a fixed set of 3,000
+/// cases with zones and 3,000 without (a deterministic runner). The planner does not promise
+/// the minimum in every case (see `docs/planner.md`); these floors are below the measured rates
+/// and catch regressions.
 #[test]
-fn zz_report() {
-    // Printed by `cargo test -- --nocapture`; the counts are per test binary run.
+fn rates_against_the_full_minimum() {
+    use proptest::test_runner::{Config, TestRunner};
+    let mut all = Tally::default();
+    for zones in [true, false] {
+        let mut runner = TestRunner::new_with_rng(
+            Config::with_cases(3_000),
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            ),
+        );
+        let tally = std::cell::RefCell::new(Tally::default());
+        runner
+            .run(&case(zones), |c| check(&c, &mut tally.borrow_mut()))
+            .expect("the invariants hold");
+        let t = tally.into_inner();
+        all.cases += t.cases;
+        all.feasible += t.feasible;
+        all.balanced += t.balanced;
+        all.optimal += t.optimal;
+        all.primaries_optimal += t.primaries_optimal;
+        all.primaries_only += t.primaries_only;
+    }
+    let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
     eprintln!(
-        "replica cases: {} checked, {} with a valid plan, {} at the full minimum, {} balanced, {} a/b only, {} prim-min",
-        CASES.load(Ordering::Relaxed),
-        FEASIBLE.load(Ordering::Relaxed),
-        OPTIMAL.load(Ordering::Relaxed),
-        BAL.load(Ordering::Relaxed),
-        AB.load(Ordering::Relaxed),
-        PRIM.load(Ordering::Relaxed)
+        "{} cases, {} with a valid plan: totals balanced in {:.1}%, at the full minimum in \
+         {:.1}%, (cold, changed) at the full minimum in {:.1}%; (cold, changed) at the \
+         primaries-only minimum in {:.1}% of all cases",
+        all.cases,
+        all.feasible,
+        pct(all.balanced, all.feasible),
+        pct(all.optimal, all.feasible),
+        pct(all.primaries_optimal, all.feasible),
+        pct(all.primaries_only, all.cases),
     );
+    assert!(pct(all.balanced, all.feasible) >= 98.5, "{all:?}");
+    assert!(pct(all.optimal, all.feasible) >= 85.0, "{all:?}");
+    assert!(pct(all.primaries_optimal, all.feasible) >= 92.0, "{all:?}");
 }
