@@ -28,7 +28,7 @@
 //! (in practice a few members and their items); see `docs/planner.md`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use worker_core::WorkId;
@@ -165,6 +165,10 @@ struct PrimaryFlow {
     cold: Vec<i128>,
     over: i128,
     pot: Vec<i128>,
+    /// Scratch of the searches, reset after each.
+    dist: Vec<i128>,
+    via: Vec<Via>,
+    settled: Vec<bool>,
 }
 
 /// How a row is seated.
@@ -264,20 +268,29 @@ impl PrimaryFlow {
         let mm = self.at.len();
         let port0 = rows + mm;
         let (ceil, hub, sink) = (rows + 2 * mm, rows + 2 * mm + 1, rows + 2 * mm + 2);
-        let mut dist: BTreeMap<usize, i128> = BTreeMap::new();
-        let mut via: BTreeMap<usize, Via> = BTreeMap::new();
+        let nodes = sink + 1;
+        if self.dist.len() < nodes {
+            self.dist = vec![i128::MAX; nodes];
+            self.via = vec![Via::Start; nodes];
+            self.settled = vec![false; nodes];
+        }
+        let mut dist = std::mem::take(&mut self.dist);
+        let mut via = std::mem::take(&mut self.via);
+        let mut settled = std::mem::take(&mut self.settled);
+        let mut touched: Vec<usize> = vec![x];
         let mut done: Vec<usize> = Vec::new();
-        let mut settled: BTreeSet<usize> = BTreeSet::new();
+        // Ties pop the sink first, so a search stops as soon as its distance is known.
         let mut heap = BinaryHeap::new();
-        dist.insert(x, 0);
-        via.insert(x, Via::Start);
-        heap.push(Reverse((0i128, x)));
+        dist[x] = 0;
+        via[x] = Via::Start;
+        heap.push(Reverse((0i128, true, x)));
         let pot = &self.pot;
         let mut edges: Vec<(usize, i128, Via)> = Vec::new();
-        while let Some(Reverse((d, u))) = heap.pop() {
-            if d > dist[&u] || !settled.insert(u) {
+        while let Some(Reverse((d, _, u))) = heap.pop() {
+            if d > dist[u] || settled[u] {
                 continue;
             }
+            settled[u] = true;
             done.push(u);
             if u == sink {
                 break;
@@ -345,23 +358,27 @@ impl PrimaryFlow {
             }
             for &(v, c, how) in &edges {
                 let nd = d + c + pot[u] - pot[v];
-                if dist.get(&v).is_none_or(|&old| nd < old) {
-                    dist.insert(v, nd);
-                    via.insert(v, how);
-                    heap.push(Reverse((nd, v)));
+                if nd < dist[v] {
+                    if dist[v] == i128::MAX {
+                        touched.push(v);
+                    }
+                    dist[v] = nd;
+                    via[v] = how;
+                    heap.push(Reverse((nd, v != sink, v)));
                 }
             }
         }
-        let reach = *dist.get(&sink).expect("the sink is reachable through the hub");
+        let reach = dist[sink];
+        assert!(reach < i128::MAX, "the sink is reachable through the hub");
         for &v in &done {
-            if dist[&v] < reach {
-                self.pot[v] += dist[&v] - reach;
+            if dist[v] < reach {
+                self.pot[v] += dist[v] - reach;
             }
         }
         let mut path = Vec::new();
         let mut v = sink;
         while v != x {
-            let how = via[&v];
+            let how = via[v];
             path.push((how, v));
             v = match how {
                 Via::Start => unreachable!("only x is the start"),
@@ -375,6 +392,13 @@ impl PrimaryFlow {
             };
         }
         path.reverse();
+        for &v in &touched {
+            dist[v] = i128::MAX;
+            settled[v] = false;
+        }
+        self.dist = dist;
+        self.via = via;
+        self.settled = settled;
         // Apply it. `carry` is the row moving along the path and whether it travels cold. A
         // row entering a port is seated at its member there.
         let mut carry = (x, false);
@@ -450,8 +474,9 @@ impl PrimaryFlow {
     }
 }
 
-/// How many items the balance repair looks at, at most, per replica in the plan.
-const REPAIR_BUDGET: usize = 4;
+/// How many (item, member) pairs the balance repair may look at, per replica in the plan
+/// (plus a fixed 100,000), so that it stays cheap where the balance cannot be reached.
+const REPAIR_BUDGET: usize = 1;
 
 /// The state of the balance repair.
 struct Repair<'a> {
@@ -538,19 +563,19 @@ impl Repair<'_> {
 fn repair_totals(
     sets: &mut [Vec<usize>],
     prim: &mut [usize],
-    tshare: &[(usize, u128)],
+    trange: &[(usize, usize)],
     pfloor: &[usize],
     pfrac: &[bool],
     pceils: usize,
     zone_of: &[usize],
     caps: &[usize],
 ) {
-    let mm = tshare.len();
+    let mm = trange.len();
     let mut r = Repair {
         load: vec![0; mm],
         pload: vec![0; mm],
-        tfloor: tshare.iter().map(|s| s.0).collect(),
-        tceil: tshare.iter().map(|s| s.0 + usize::from(s.1 != 0)).collect(),
+        tfloor: trange.iter().map(|t| t.0).collect(),
+        tceil: trange.iter().map(|t| t.1).collect(),
         sets,
         prim,
         pfloor,
@@ -573,7 +598,7 @@ fn repair_totals(
     if !bad(&r) {
         return;
     }
-    let mut budget = REPAIR_BUDGET * r.sets.iter().map(Vec::len).sum::<usize>();
+    let mut budget = REPAIR_BUDGET * r.sets.iter().map(Vec::len).sum::<usize>() + 100_000;
     let mut on: Vec<Vec<usize>> = vec![Vec::new(); mm];
     for (x, set) in r.sets.iter().enumerate() {
         for &o in set {
@@ -590,11 +615,12 @@ fn repair_totals(
             // (kind, x, u, other): kind 0 secondary, 1 role handed to `other` in x, 2 primary
             // to u, 3 primary to u with a role swap in item `other`.
             let mut best: Option<(u8, usize, usize, usize)> = None;
+            budget = budget.saturating_sub(mm);
             for &x in &on[o] {
+                budget = budget.saturating_sub(unders.len());
                 if budget == 0 {
                     return;
                 }
-                budget -= 1;
                 for &u in &unders {
                     if !r.fits(x, o, u) {
                         continue;
@@ -876,6 +902,9 @@ fn plan_with(
             ceils_used: 0,
             over: a * (n as i128 + 1),
             pot: vec![0; rows.len() + 2 * mm + 3],
+            dist: Vec::new(),
+            via: Vec::new(),
+            settled: Vec::new(),
         };
         let mut pending = Vec::new();
         for (row, &x) in rows.iter().enumerate() {
@@ -998,6 +1027,87 @@ fn plan_with(
                 target[c.3] += 1;
             }
         }
+        // Balance as the zone rule allows: each zone's total must lie between what the zone
+        // rule forces into it and what it lets it take. Where the weighted targets leave a zone
+        // outside that range, the zone totals are clamped (moving the difference to the zones
+        // that are least / most loaded per weight) and apportioned within the zone by weight.
+        let mut trange: Vec<(usize, usize)> = tshare
+            .iter()
+            .map(|s| (s.0, s.0 + usize::from(s.1 != 0)))
+            .collect();
+        let nz = zone_sizes.len();
+        let (mut lo, mut hi) = (vec![0usize; nz], vec![0usize; nz]);
+        let mut by_r: BTreeMap<usize, usize> = BTreeMap::new();
+        for (_, r) in &item_v {
+            *by_r.entry(*r).or_insert(0) += 1;
+        }
+        for (&r, &cnt) in &by_r {
+            let c = zone_cap(r, &zone_sizes);
+            let all: usize = zone_sizes.iter().map(|&s| s.min(c)).sum();
+            for z in 0..nz {
+                let h = zone_sizes[z].min(c);
+                lo[z] += cnt * r.saturating_sub(all - h);
+                hi[z] += cnt * h;
+            }
+        }
+        let mut zt = vec![0usize; nz];
+        let mut zw = vec![0u128; nz];
+        for m in 0..mm {
+            zt[zone_of[m]] += target[m];
+            zw[zone_of[m]] += u128::from(wts[m]);
+        }
+        if (0..nz).any(|z| zt[z] < lo[z] || zt[z] > hi[z]) {
+            let mut want: Vec<usize> = (0..nz).map(|z| zt[z].clamp(lo[z], hi[z])).collect();
+            let mut sum: usize = want.iter().sum();
+            let load = |a: usize, want: &[usize]| (want[a] as u128, zw[a]);
+            let less = |a: (u128, u128), b: (u128, u128)| a.0 * b.1 < b.0 * a.1;
+            while sum != big_r {
+                let up = sum < big_r;
+                let mut pick: Option<usize> = None;
+                for z in 0..nz {
+                    let ok = if up { want[z] < hi[z] } else { want[z] > lo[z] };
+                    if ok
+                        && pick.is_none_or(|p| {
+                            let (lz, lp) = (load(z, &want), load(p, &want));
+                            if up {
+                                less(lz, lp)
+                            } else {
+                                less(lp, lz)
+                            }
+                        })
+                    {
+                        pick = Some(z);
+                    }
+                }
+                let z = pick.expect("the zone ranges contain the total");
+                if up {
+                    want[z] += 1;
+                    sum += 1;
+                } else {
+                    want[z] -= 1;
+                    sum -= 1;
+                }
+            }
+            for z in 0..nz {
+                if want[z] == zt[z] {
+                    continue;
+                }
+                let ms: Vec<usize> = order.iter().map(|o| o.1).filter(|&m| zone_of[m] == z).collect();
+                let mut rems: Vec<(Reverse<u128>, usize, usize)> = Vec::new();
+                let mut given = 0;
+                for (i, &m) in ms.iter().enumerate() {
+                    let (f, rem) = share(want[z], wts[m], zw[z]);
+                    target[m] = f;
+                    trange[m] = (f, f + usize::from(rem != 0));
+                    given += f;
+                    rems.push((Reverse(rem), i, m));
+                }
+                rems.sort_unstable();
+                for &(_, _, m) in rems.iter().take(want[z] - given) {
+                    target[m] += 1;
+                }
+            }
+        }
         // Over-quota members shed the secondaries of largest item hash.
         let mut pool: Vec<(u64, usize)> = Vec::new();
         for m in 0..mm {
@@ -1060,6 +1170,8 @@ fn plan_with(
         };
         let mut sec_on: Vec<Vec<usize>> = Vec::new();
         let mut load: Vec<usize> = Vec::new(); // totals, once a replica overflows
+        // Exchanges look at (item, member) pairs within this budget, then replicas overflow.
+        let mut ex_budget = 4 * big_r + 100_000;
         for (_, x) in pool {
             let mut found = None;
             let mut i = cursor[prim[x]];
@@ -1122,6 +1234,10 @@ fn plan_with(
                         if roomv[b] == 0 {
                             continue;
                         }
+                        if ex_budget == 0 {
+                            break 'ex;
+                        }
+                        ex_budget -= 1;
                         let ok = !sets[y].contains(&b)
                             && (zone_of[b] == zone_of[a]
                                 || sets[y].iter().filter(|&&o| zone_of[o] == zone_of[b]).count()
@@ -1173,7 +1289,7 @@ fn plan_with(
             repair_totals(
             &mut sets,
             &mut prim,
-            &tshare,
+            &trange,
             &flow_floor,
             &flow_frac,
             flow_ceils,
@@ -1265,6 +1381,7 @@ fn plan_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn items(n: usize, r: u32) -> BTreeMap<WorkId, u32> {
         (0..n).map(|i| (Arc::from(format!("item-{i:02}")), r)).collect()
