@@ -19,7 +19,9 @@ const ITEMS: usize = 100_000;
 const REPLICAS: u32 = 3;
 
 fn bench(c: &mut Criterion) {
-    let ids: Vec<WorkId> = (0..ITEMS).map(|i| Arc::from(format!("work-{i:07}"))).collect();
+    let ids: Vec<WorkId> = (0..ITEMS)
+        .map(|i| Arc::from(format!("work-{i:07}")))
+        .collect();
     let items: BTreeMap<WorkId, u32> = ids.iter().map(|w| (w.clone(), REPLICAS)).collect();
     let set: BTreeSet<WorkId> = ids.iter().cloned().collect();
     let zones = ["zone-a", "zone-b", "zone-c"];

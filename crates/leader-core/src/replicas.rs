@@ -329,7 +329,11 @@ impl PrimaryFlow {
                 }
             } else if u < ceil {
                 let m = u - port0;
-                let c = if self.pused[m] < self.pcap[m] { 0 } else { self.over };
+                let c = if self.pused[m] < self.pcap[m] {
+                    0
+                } else {
+                    self.over
+                };
                 edges.push((rows + m, c, Via::PortMember(m)));
                 for &y in &self.atp[m] {
                     edges.push((y, -self.cost_at(y, m), Via::PortRow(m)));
@@ -384,9 +388,10 @@ impl PrimaryFlow {
                 Via::Start => unreachable!("only x is the start"),
                 Via::RowMember(r) | Via::RowPort(r) | Via::RowHub(r) => r,
                 Via::PortMember(m) | Via::PortRow(m) | Via::PortHub(m) => port0 + m,
-                Via::MemberPort(m) | Via::MemberRow(m) | Via::MemberCeil(m) | Via::MemberSink(m) => {
-                    rows + m
-                }
+                Via::MemberPort(m)
+                | Via::MemberRow(m)
+                | Via::MemberCeil(m)
+                | Via::MemberSink(m) => rows + m,
                 Via::HubPort | Via::HubRow => hub,
                 Via::CeilMember | Via::CeilSink => ceil,
             };
@@ -446,7 +451,10 @@ impl PrimaryFlow {
                 Via::PortHub(m) => from_port = Some(m),
                 Via::HubRow => {
                     let mv = self.mat[v].0;
-                    let pos = self.hub_at[mv].iter().position(|&y| y == v).expect("v cold");
+                    let pos = self.hub_at[mv]
+                        .iter()
+                        .position(|&y| y == v)
+                        .expect("v cold");
                     if let Some(m) = from_port.take() {
                         // m loses a cold unit and v stops being cold: v leaves mv, and a cold
                         // row of m takes its seat there (none moves when m is mv).
@@ -465,10 +473,7 @@ impl PrimaryFlow {
                     carry = (v, false);
                 }
                 Via::CeilSink => self.ceils_used += 1,
-                Via::MemberCeil(_)
-                | Via::CeilMember
-                | Via::MemberSink(_)
-                | Via::Start => {}
+                Via::MemberCeil(_) | Via::CeilMember | Via::MemberSink(_) | Via::Start => {}
             }
         }
     }
@@ -505,9 +510,7 @@ impl Repair<'_> {
         if from == to {
             return true;
         }
-        let after = |m: usize| {
-            self.pload[m] + usize::from(m == to) - usize::from(m == from)
-        };
+        let after = |m: usize| self.pload[m] + usize::from(m == to) - usize::from(m == from);
         if after(from) < self.pfloor[from] {
             return false;
         }
@@ -592,9 +595,7 @@ fn repair_totals(
     for &p in r.prim.iter() {
         r.pload[p] += 1;
     }
-    let bad = |r: &Repair| {
-        (0..mm).any(|m| r.load[m] > r.tceil[m] || r.load[m] < r.tfloor[m])
-    };
+    let bad = |r: &Repair| (0..mm).any(|m| r.load[m] > r.tceil[m] || r.load[m] < r.tfloor[m]);
     if !bad(&r) {
         return;
     }
@@ -627,9 +628,7 @@ fn repair_totals(
                     }
                     let cand = if r.prim[x] != o {
                         Some((0, x, u, 0))
-                    } else if let Some(&v) =
-                        r.sets[x][1..].iter().find(|&&v| r.primary_ok(o, v))
-                    {
+                    } else if let Some(&v) = r.sets[x][1..].iter().find(|&&v| r.primary_ok(o, v)) {
                         Some((1, x, u, v))
                     } else if r.primary_ok(o, u) {
                         Some((2, x, u, 0))
@@ -735,6 +734,22 @@ impl Repair<'_> {
         }
         false
     }
+}
+
+/// The first ring position at or after `i` whose member has room (`next[i] == i`), with path
+/// compression; `next.len() − 1` is the end sentinel.
+fn next_with_room(next: &mut [usize], i: usize) -> usize {
+    let mut r = i;
+    while next[r] != r {
+        r = next[r];
+    }
+    let mut j = i;
+    while next[j] != r {
+        let k = next[j];
+        next[j] = r;
+        j = k;
+    }
+    r
 }
 
 /// Plans replicas: for each item of `items` (id → wanted replicas; 0 counts as 1), a primary and
@@ -855,14 +870,14 @@ fn plan_with(
         let rows: Vec<usize> = (0..n).filter(|&x| live(x)).collect();
         // Costs, lexicographic: a cold primary (`a`) over a changed primary (`b`) over an
         // estimate of the secondaries the choice makes move (at most r − 1 per item).
-        let b = big_r as i128 + 1;
-        let a = b * (n as i128 + 1);
+        let cost_b = big_r as i128 + 1;
+        let cost_a = cost_b * (n as i128 + 1);
         let est = |x: usize, keeps: usize| {
             let r = item_v[x].1 - 1;
             (r - keeps.min(r)) as i128
         };
         let live_n = |x: usize| usize::from(old_p[x] != NONE) + old_s[x].len();
-        let changed = |x: usize, m: usize| i128::from(had_primary[x] && old_p[x] != m) * b;
+        let changed = |x: usize, m: usize| i128::from(had_primary[x] && old_p[x] != m) * cost_b;
         let mut flow = PrimaryFlow {
             arcs: rows
                 .iter()
@@ -878,7 +893,7 @@ fn plan_with(
                 .collect(),
             cold: rows
                 .iter()
-                .map(|&x| a + i128::from(had_primary[x]) * b + est(x, live_n(x)))
+                .map(|&x| cost_a + i128::from(had_primary[x]) * cost_b + est(x, live_n(x)))
                 .collect(),
             mat: vec![(NONE, Seat::Free); rows.len()],
             at: vec![Vec::new(); mm],
@@ -900,7 +915,7 @@ fn plan_with(
             floor: pfloor,
             frac: pshare.iter().map(|s| s.1 != 0).collect(),
             ceils_used: 0,
-            over: a * (n as i128 + 1),
+            over: cost_a * (n as i128 + 1),
             pot: vec![0; rows.len() + 2 * mm + 3],
             dist: Vec::new(),
             via: Vec::new(),
@@ -962,14 +977,10 @@ fn plan_with(
             room.retain(|e| e.1 > 0);
         }
         for (_, x) in fresh {
-            let mut pick = None;
-            for i in 0..seq.len().min(FILL_TRIES) {
-                let m = seq[i];
-                if forces(x, m) || flow.pused[m] < flow.pcap[m] {
-                    pick = Some(i);
-                    break;
-                }
-            }
+            let pick = seq
+                .iter()
+                .take(FILL_TRIES)
+                .position(|&m| forces(x, m) || flow.pused[m] < flow.pcap[m]);
             let m = seq
                 .remove(pick.unwrap_or(0))
                 .expect("primary quotas sum to the items");
@@ -996,7 +1007,10 @@ fn plan_with(
                 if s == NONE || s == p || sets[x].len() >= want {
                     continue;
                 }
-                let inz = sets[x].iter().filter(|&&o| zone_of[o] == zone_of[s]).count();
+                let inz = sets[x]
+                    .iter()
+                    .filter(|&&o| zone_of[o] == zone_of[s])
+                    .count();
                 if inz < cap {
                     sets[x].push(s);
                     held[s].push(x);
@@ -1092,7 +1106,11 @@ fn plan_with(
                 if want[z] == zt[z] {
                     continue;
                 }
-                let ms: Vec<usize> = order.iter().map(|o| o.1).filter(|&m| zone_of[m] == z).collect();
+                let ms: Vec<usize> = order
+                    .iter()
+                    .map(|o| o.1)
+                    .filter(|&m| zone_of[m] == z)
+                    .collect();
                 let mut rems: Vec<(Reverse<u128>, usize, usize)> = Vec::new();
                 let mut given = 0;
                 for (i, &m) in ms.iter().enumerate() {
@@ -1150,34 +1168,25 @@ fn plan_with(
                 next[i] = i + 1;
             }
         }
-        fn find(next: &mut [usize], i: usize) -> usize {
-            let mut r = i;
-            while next[r] != r {
-                r = next[r];
-            }
-            let mut j = i;
-            while next[j] != r {
-                let k = next[j];
-                next[j] = r;
-                j = k;
-            }
-            r
-        }
         let mut cursor: Vec<usize> = (0..mm).map(|p| (ring_pos[p] + 1) % mm).collect();
         let allowed = |sets: &Vec<Vec<usize>>, x: usize, m: usize| {
             !sets[x].contains(&m)
-                && sets[x].iter().filter(|&&o| zone_of[o] == zone_of[m]).count() < caps[x]
+                && sets[x]
+                    .iter()
+                    .filter(|&&o| zone_of[o] == zone_of[m])
+                    .count()
+                    < caps[x]
         };
         let mut sec_on: Vec<Vec<usize>> = Vec::new();
         let mut load: Vec<usize> = Vec::new(); // totals, once a replica overflows
-        // Exchanges look at (item, member) pairs within this budget, then replicas overflow.
+                                               // Exchanges look at (item, member) pairs within this budget, then replicas overflow.
         let mut ex_budget = 4 * big_r + 100_000;
         for (_, x) in pool {
             let mut found = None;
             let mut i = cursor[prim[x]];
             let mut wrapped = false;
             loop {
-                let j = find(&mut next, i);
+                let j = next_with_room(&mut next, i);
                 if j == mm {
                     if wrapped {
                         break;
@@ -1240,7 +1249,10 @@ fn plan_with(
                         ex_budget -= 1;
                         let ok = !sets[y].contains(&b)
                             && (zone_of[b] == zone_of[a]
-                                || sets[y].iter().filter(|&&o| zone_of[o] == zone_of[b]).count()
+                                || sets[y]
+                                    .iter()
+                                    .filter(|&&o| zone_of[o] == zone_of[b])
+                                    .count()
                                     < caps[y]);
                         if ok {
                             let pos = sets[y].iter().position(|&o| o == a).expect("a in y");
@@ -1287,14 +1299,14 @@ fn plan_with(
         }
         if opts.repair {
             repair_totals(
-            &mut sets,
-            &mut prim,
-            &trange,
-            &flow_floor,
-            &flow_frac,
-            flow_ceils,
-            &zone_of,
-            &caps,
+                &mut sets,
+                &mut prim,
+                &trange,
+                &flow_floor,
+                &flow_frac,
+                flow_ceils,
+                &zone_of,
+                &caps,
             );
         }
     }
@@ -1330,8 +1342,8 @@ fn plan_with(
             continue;
         }
         let p = prim[x];
-        let mut secs: Vec<MemberId> = sets[x][1..].iter().map(|&m| ids[m].clone()).collect();
-        secs.sort();
+        let mut second: Vec<MemberId> = sets[x][1..].iter().map(|&m| ids[m].clone()).collect();
+        second.sort();
         if live(x) {
             if old_p[x] != p && !old_s[x].contains(&p) {
                 plan.cold_primaries += 1;
@@ -1350,24 +1362,39 @@ fn plan_with(
         if had_primary[x] && old.and_then(|r| r.primary.as_ref()) != Some(&prim_id) {
             plan.primaries_changed += 1;
         }
-        let mut new_keys: Vec<(WorkId, MemberId, Role)> = vec![((*w).clone(), prim_id.clone(), Role::Primary)];
-        new_keys.extend(secs.iter().map(|s| ((*w).clone(), s.clone(), Role::Secondary)));
+        let mut new_keys: Vec<(WorkId, MemberId, Role)> =
+            vec![((*w).clone(), prim_id.clone(), Role::Primary)];
+        new_keys.extend(
+            second
+                .iter()
+                .map(|s| ((*w).clone(), s.clone(), Role::Secondary)),
+        );
         new_keys.sort();
         let mut old_keys = Vec::new();
         if let Some(r) = old {
             push_old(&mut old_keys, w, r);
         }
-        revoked.extend(old_keys.iter().filter(|k| new_keys.binary_search(k).is_err()).cloned());
-        assigned.extend(new_keys.iter().filter(|k| old_keys.binary_search(k).is_err()).cloned());
+        revoked.extend(
+            old_keys
+                .iter()
+                .filter(|k| new_keys.binary_search(k).is_err())
+                .cloned(),
+        );
+        assigned.extend(
+            new_keys
+                .iter()
+                .filter(|k| old_keys.binary_search(k).is_err())
+                .cloned(),
+        );
         state.insert(
             (*w).clone(),
             Replicas {
                 primary: Some(prim_id),
-                secondaries: secs,
+                secondaries: second,
             },
         );
     }
-    while let Some((c, r)) = cur.next() {
+    for (c, r) in cur {
         push_old(&mut revoked, c, r);
     }
     revoked.sort();
@@ -1384,7 +1411,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn items(n: usize, r: u32) -> BTreeMap<WorkId, u32> {
-        (0..n).map(|i| (Arc::from(format!("item-{i:02}")), r)).collect()
+        (0..n)
+            .map(|i| (Arc::from(format!("item-{i:02}")), r))
+            .collect()
     }
 
     fn members(spec: &[(&str, Option<&str>)]) -> BTreeMap<MemberId, ReplicaMember> {
@@ -1432,7 +1461,11 @@ mod tests {
         assert_eq!(dead_primaries, 10);
         // The secondaries of m2's items are spread over the others (the per-primary cursor).
         let mut spread = BTreeMap::new();
-        for r in before.state.values().filter(|r| r.primary.as_deref() == Some("m2")) {
+        for r in before
+            .state
+            .values()
+            .filter(|r| r.primary.as_deref() == Some("m2"))
+        {
             *spread.entry(r.secondaries[0].clone()).or_insert(0) += 1;
         }
         assert!(spread.len() == 3 && spread.values().all(|&c| (3..=4).contains(&c)));
@@ -1494,7 +1527,12 @@ mod tests {
         let lost = before
             .state
             .values()
-            .filter(|r| r.primary.iter().chain(&r.secondaries).any(|m| m.starts_with('c')))
+            .filter(|r| {
+                r.primary
+                    .iter()
+                    .chain(&r.secondaries)
+                    .any(|m| m.starts_with('c'))
+            })
             .count();
         let lost_primaries = before
             .state
@@ -1567,14 +1605,21 @@ mod exact_primaries {
         (c as u128 * total).abs_diff(n as u128 * u128::from(w)) < total
     }
 
-    type Spec = (Vec<Option<u32>>, Vec<Option<u32>>, Vec<(Option<usize>, Vec<usize>)>);
+    type Spec = (
+        Vec<Option<u32>>,
+        Vec<Option<u32>>,
+        Vec<(Option<usize>, Vec<usize>)>,
+    );
 
     fn spec() -> impl Strategy<Value = Spec> {
         (
             prop::collection::vec(prop::option::weighted(0.85, 0u32..=2), 4),
             prop::collection::vec(prop::option::weighted(0.8, 1u32..=3), 6),
             prop::collection::vec(
-                (prop::option::weighted(0.7, 0usize..5), prop::collection::vec(0usize..5, 0..3)),
+                (
+                    prop::option::weighted(0.7, 0usize..5),
+                    prop::collection::vec(0usize..5, 0..3),
+                ),
                 6,
             ),
         )
