@@ -749,6 +749,107 @@ impl Repair<'_> {
     }
 }
 
+/// Takes back live replicas the greedy steps dropped: a new secondary `u` of an item gives way
+/// to one of the item's former live replicas `v` when `v` is below the top of its range, `u`
+/// above the bottom of its own, and the zone cap allows it. Never worsens the balance.
+/// `O(n·N²)`.
+fn polish(
+    sets: &mut [Vec<usize>],
+    trange: &[(usize, usize)],
+    zone_of: &[usize],
+    caps: &[usize],
+    old_p: &[usize],
+    old_s: &[Vec<usize>],
+) {
+    let mut load = vec![0usize; trange.len()];
+    for set in sets.iter() {
+        for &o in set {
+            load[o] += 1;
+        }
+    }
+    for (x, set) in sets.iter_mut().enumerate() {
+        let was = |m: usize| old_p[x] == m || old_s[x].contains(&m);
+        let live = std::iter::once(old_p[x]).chain(old_s[x].iter().copied());
+        for v in live {
+            if v == NONE || set.contains(&v) || load[v] >= trange[v].1 {
+                continue;
+            }
+            for pos in 1..set.len() {
+                let u = set[pos];
+                if was(u) || load[u] <= trange[u].0 {
+                    continue;
+                }
+                let inz = set
+                    .iter()
+                    .filter(|&&o| o != u && zone_of[o] == zone_of[v])
+                    .count();
+                if inz < caps[x] {
+                    set[pos] = v;
+                    load[u] -= 1;
+                    load[v] += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Hands a primary role to another replica of the same item where that makes fewer cold or
+/// changed primaries and the primary balance allows it (the replica sets, and so the totals,
+/// stay as they are). `O(n·N + M)`.
+fn polish_roles(
+    sets: &mut [Vec<usize>],
+    prim: &mut [usize],
+    pq: (&[usize], &[bool], usize),
+    old_p: &[usize],
+    old_s: &[Vec<usize>],
+    had_primary: &[bool],
+) {
+    let (pfloor, pfrac, pceils) = pq;
+    let mut pload = vec![0usize; pfloor.len()];
+    for &p in prim.iter() {
+        pload[p] += 1;
+    }
+    let mut used = (0..pload.len()).filter(|&m| pload[m] > pfloor[m]).count();
+    for x in 0..sets.len() {
+        let live = old_p[x] != NONE || !old_s[x].is_empty();
+        let cost = |m: usize| {
+            let cold = live && old_p[x] != m && !old_s[x].contains(&m);
+            (cold, had_primary[x] && old_p[x] != m)
+        };
+        let p = prim[x];
+        let mut best: Option<(bool, bool, usize)> = None;
+        for &v in &sets[x][1..] {
+            let c = cost(v);
+            if c >= cost(p) {
+                continue;
+            }
+            // p loses a primary, v gains one: both stay within their range, and the number of
+            // members above their floor stays within the ceil slots.
+            if pload[p] == pfloor[p] || pload[v] > pfloor[v] || (pload[v] == pfloor[v] && !pfrac[v])
+            {
+                continue;
+            }
+            let frees = usize::from(pload[p] > pfloor[p]);
+            let takes = usize::from(pload[v] == pfloor[v]);
+            if used + takes - frees > pceils {
+                continue;
+            }
+            if best.is_none_or(|b| (c.0, c.1, v) < b) {
+                best = Some((c.0, c.1, v));
+            }
+        }
+        if let Some((.., v)) = best {
+            used = used + usize::from(pload[v] == pfloor[v]) - usize::from(pload[p] > pfloor[p]);
+            pload[p] -= 1;
+            pload[v] += 1;
+            prim[x] = v;
+            let pos = sets[x].iter().position(|&o| o == v).expect("v in x");
+            sets[x].swap(0, pos);
+        }
+    }
+}
+
 /// The first ring position at or after `i` whose member has room (`next[i] == i`), with path
 /// compression; `next.len() − 1` is the end sentinel.
 fn next_with_room(next: &mut [usize], i: usize) -> usize {
@@ -1320,6 +1421,15 @@ fn plan_with(
                 flow_ceils,
                 &zone_of,
                 &caps,
+            );
+            polish(&mut sets, &trange, &zone_of, &caps, &old_p, &old_s);
+            polish_roles(
+                &mut sets,
+                &mut prim,
+                (&flow_floor, &flow_frac, flow_ceils),
+                &old_p,
+                &old_s,
+                &had_primary,
             );
         }
     }
