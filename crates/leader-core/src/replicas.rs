@@ -40,6 +40,29 @@
 //! primary cannot stay (gone or over quota) and `A` the nodes one shortest-path search settles;
 //! exchanges and the repair look at `O(R)` (item, member) pairs at most.
 
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::sync::Arc;
+//! use leader_core::{plan_replicas, replica_counts, MemberId, ReplicaAssignment, ReplicaMember};
+//! use worker_core::WorkId;
+//!
+//! let ids: Vec<WorkId> = (0..60).map(|i| Arc::from(format!("item-{i:02}"))).collect();
+//! let items = replica_counts(&ids, 2, &BTreeMap::new()); // two replicas each
+//! let members: BTreeMap<MemberId, ReplicaMember> = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b")]
+//!     .into_iter()
+//!     .map(|(m, z)| (Arc::from(m), ReplicaMember::new(1, Some(z))))
+//!     .collect();
+//! let first = plan_replicas(&items, &members, &ReplicaAssignment::new());
+//! assert_eq!(first.placed, 120);
+//!
+//! // b1 dies: its primaries are promoted from their secondaries (all in zone a), none is cold.
+//! let mut alive = members.clone();
+//! alive.remove("b1");
+//! let after = plan_replicas(&items, &alive, &first.state);
+//! assert_eq!(after.cold_primaries, 0);
+//! assert!(after.state.values().all(|r| r.secondaries.len() == 1));
+//! ```
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
