@@ -1,7 +1,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 //! Benchmarks of the replica planner next to the single-owner `plan()`: 1,000 members in 3
-//! zones × 100,000 items × 3 replicas, the first plan (from nothing) and the re-plan after one
-//! member dies, and `plan()` at 1,000 × 100,000 for the same two steps. Each sample is one whole
+//! zones × 100,000 items × 3 replicas, the first plan (from nothing), the re-plan after one
+//! member dies and after one member joins, and `plan()` at 1,000 × 100,000 for the same steps. Each sample is one whole
 //! call (flow, placement, the new maps and the key diff).
 //!
 //! Run: `cargo bench -p kv-coordinator-leader --bench replicas`
@@ -38,7 +38,25 @@ fn bench(c: &mut Criterion) {
     let mut died_w = weights.clone();
     died_w.remove(&*dead);
 
+    let mut joined = members.clone();
+    joined.insert(
+        Arc::from("member-joiner"),
+        ReplicaMember::new(1, Some("zone-a")),
+    );
+    let mut joined_w = weights.clone();
+    joined_w.insert(Arc::from("member-joiner"), 1);
+
     let first = plan_replicas(&items, &members, &ReplicaAssignment::new());
+    let join = plan_replicas(&items, &joined, &first.state);
+    eprintln!(
+        "replica re-plan after a join: {} cold primaries, {} primaries changed, {} secondaries \
+         moved, {} keys revoked, {} assigned",
+        join.cold_primaries,
+        join.primaries_changed,
+        join.secondaries_moved,
+        join.revoked.len(),
+        join.assigned.len()
+    );
     let after = plan_replicas(&items, &died, &first.state);
     eprintln!(
         "replica re-plan after a death: {} cold primaries, {} promotions, {} primaries changed, \
@@ -62,11 +80,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("replicas/die/1000x100000x3", |b| {
         b.iter(|| plan_replicas(&items, &died, &first.state));
     });
+    g.bench_function("replicas/join/1000x100000x3", |b| {
+        b.iter(|| plan_replicas(&items, &joined, &first.state));
+    });
     g.bench_function("single/first/1000x100000", |b| {
         b.iter(|| plan(&set, &weights, &Assignment::new()));
     });
     g.bench_function("single/die/1000x100000", |b| {
         b.iter(|| plan(&set, &died_w, &single));
+    });
+    g.bench_function("single/join/1000x100000", |b| {
+        b.iter(|| plan(&set, &joined_w, &single));
     });
     g.finish();
 }

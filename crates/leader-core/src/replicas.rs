@@ -164,6 +164,12 @@ fn zone_cap(r: usize, sizes: &[usize]) -> usize {
 
 const NONE: usize = usize::MAX;
 
+/// How many nodes (plus four per member and 64 per row per member) one shortest-path search of
+/// the primary phase settles before it gives up and seats its row cold (see
+/// `PrimaryFlow::augment`). The rows that go cold this way are about `n / M` when a member
+/// joins, so the total stays `O(n + (n/M)²)`.
+const SEARCH_BUDGET: usize = 1024;
+
 /// How many primary slots an item without live replicas tries before it ignores the port cap.
 const FILL_TRIES: usize = 64;
 
@@ -289,12 +295,32 @@ impl PrimaryFlow {
         true
     }
 
+    /// Seats `x` cold on the first member (in index order) with primary room, preferring one
+    /// whose port has room; its potential keeps the reverse hub arc at reduced cost 0.
+    fn seat_cold(&mut self, x: usize, hub: usize) {
+        let mm = self.at.len();
+        let m = (0..mm)
+            .find(|&m| self.room(m) && self.pused[m] < self.pcap[m])
+            .or_else(|| (0..mm).find(|&m| self.room(m)))
+            .expect("the quotas leave room for every row");
+        self.take_room(m);
+        self.take_port(m);
+        self.hub_at[m].push(x);
+        self.mat[x] = (m, Seat::Cold);
+        self.pot[x] = self.pot[hub] - self.cold[x];
+    }
+
     fn cost_at(&self, y: usize, m: usize) -> i128 {
         self.arcs[y].iter().find(|a| a.0 == m).map_or(0, |a| a.1)
     }
 
     /// Seats the unseated row `x` along a shortest augmenting path (Dijkstra on reduced costs
-    /// with potentials, stopped at the sink).
+    /// with potentials, stopped at the sink). A search that settles more than
+    /// [`SEARCH_BUDGET`] + 4·M + 64·(rows per member) nodes without reaching the sink gives up:
+    /// the row is then seated cold
+    /// on a member with room ([`Self::seat_cold`]), and the assignment is no longer
+    /// guaranteed min-cost (this happens only on large inputs where most rows cannot move, as
+    /// when a member joins).
     ///
     /// # Panics
     /// If the sink is unreachable, which the hub and the uncapped ports rule out.
@@ -330,6 +356,17 @@ impl PrimaryFlow {
             done.push(u);
             if u == sink {
                 break;
+            }
+            if done.len() > SEARCH_BUDGET + 4 * mm + 64 * rows.div_ceil(mm) {
+                for &v in &touched {
+                    dist[v] = i128::MAX;
+                    settled[v] = false;
+                }
+                self.dist = dist;
+                self.via = via;
+                self.settled = settled;
+                self.seat_cold(x, hub);
+                return;
             }
             edges.clear();
             if u < rows {
