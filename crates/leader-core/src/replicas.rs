@@ -64,7 +64,7 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use worker_core::WorkId;
@@ -164,7 +164,7 @@ fn zone_cap(r: usize, sizes: &[usize]) -> usize {
 
 const NONE: usize = usize::MAX;
 
-/// How many nodes (plus four per member and 64 per row per member) one shortest-path search of
+/// How many nodes (plus four per member and 16 per row per member) one shortest-path search of
 /// the primary phase settles before it gives up and seats its row cold (see
 /// `PrimaryFlow::augment`). The rows that go cold this way are about `n / M` when a member
 /// joins, so the total stays `O(n + (n/M)²)`.
@@ -316,7 +316,7 @@ impl PrimaryFlow {
 
     /// Seats the unseated row `x` along a shortest augmenting path (Dijkstra on reduced costs
     /// with potentials, stopped at the sink). A search that settles more than
-    /// [`SEARCH_BUDGET`] + 4·M + 64·(rows per member) nodes without reaching the sink gives up:
+    /// [`SEARCH_BUDGET`] + 4·M + 16·(rows per member) nodes without reaching the sink gives up:
     /// the row is then seated cold
     /// on a member with room ([`Self::seat_cold`]), and the assignment is no longer
     /// guaranteed min-cost (this happens only on large inputs where most rows cannot move, as
@@ -357,7 +357,7 @@ impl PrimaryFlow {
             if u == sink {
                 break;
             }
-            if done.len() > SEARCH_BUDGET + 4 * mm + 64 * rows.div_ceil(mm) {
+            if done.len() > SEARCH_BUDGET + 4 * mm + 16 * rows.div_ceil(mm) {
                 for &v in &touched {
                     dist[v] = i128::MAX;
                     settled[v] = false;
@@ -975,7 +975,9 @@ fn plan_with(
         .map(|(w, &r)| (w, (r.max(1) as usize).min(mm)))
         .collect();
     let n = item_v.len();
-    let find = |m: &MemberId| ids.binary_search(&m).ok();
+    // Member lookups by id (a hash map only for lookups: nothing depends on its order).
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, m)| (&***m, i)).collect();
+    let find = |m: &MemberId| index.get(&**m).copied();
 
     // Zones.
     let mut zone_ix: BTreeMap<Option<&Arc<str>>, usize> = BTreeMap::new();
@@ -1512,7 +1514,7 @@ fn plan_with(
         v.dedup();
         revoked.extend(v);
     };
-    let mut state = ReplicaAssignment::new();
+    let mut state: Vec<(WorkId, Replicas)> = Vec::with_capacity(n);
     for (x, (w, _)) in item_v.iter().enumerate() {
         while let Some((c, r)) = cur.next_if(|&(c, _)| c < *w) {
             push_old(&mut revoked, c, r);
@@ -1545,6 +1547,23 @@ fn plan_with(
         if had_primary[x] && old.and_then(|r| r.primary.as_ref()) != Some(&prim_id) {
             plan.primaries_changed += 1;
         }
+        // Unchanged (same primary, same secondaries, nothing gone or duplicated): no keys.
+        let unchanged = old.is_some_and(|r| {
+            old_p[x] == p
+                && r.secondaries.len() == old_s[x].len()
+                && old_s[x].len() + 1 == sets[x].len()
+                && old_s[x].iter().all(|m| sets[x][1..].contains(m))
+        });
+        if unchanged {
+            state.push((
+                (*w).clone(),
+                Replicas {
+                    primary: Some(prim_id),
+                    secondaries: second,
+                },
+            ));
+            continue;
+        }
         let mut new_keys: Vec<(WorkId, MemberId, Role)> =
             vec![((*w).clone(), prim_id.clone(), Role::Primary)];
         new_keys.extend(
@@ -1569,20 +1588,20 @@ fn plan_with(
                 .filter(|k| old_keys.binary_search(k).is_err())
                 .cloned(),
         );
-        state.insert(
+        state.push((
             (*w).clone(),
             Replicas {
                 primary: Some(prim_id),
                 secondaries: second,
             },
-        );
+        ));
     }
     for (c, r) in cur {
         push_old(&mut revoked, c, r);
     }
     revoked.sort();
     assigned.sort();
-    plan.state = state;
+    plan.state = state.into_iter().collect(); // sorted: built in bulk
     plan.revoked = revoked;
     plan.assigned = assigned;
     plan
