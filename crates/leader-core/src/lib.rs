@@ -60,6 +60,12 @@ pub mod plan;
 
 pub use plan::{min_moves, plan, quotas, stable_hash, Assignment, MemberId, Plan};
 
+pub mod replicas;
+
+pub use replicas::{
+    plan_replicas, replica_counts, ReplicaAssignment, ReplicaMember, ReplicaPlan, Replicas, Role,
+};
+
 mod clock;
 pub mod follow;
 pub mod layout;
