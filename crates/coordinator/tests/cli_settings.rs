@@ -823,6 +823,7 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "--no-default-features",
     "--package",
     "--doc",
+    "--lib",
     "--no-run",
     "--no-fail-fast",
     // the simulator (crates/sim) and the benchmarks (crates/bench)
