@@ -290,6 +290,12 @@ pub struct Config {
     /// its member key and shown by `status`. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Replicas per item (a leader setting, the same on every member): one
+    /// primary and `replicas − 1` secondaries on distinct members, spread
+    /// over zones. A work item's envelope may ask for another count. Default
+    /// 1 (one owner per item).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// How long the items of a member that left stay assigned to it, so that
     /// a member restarted with the same id within it gets them back and
     /// nothing moves (a leader setting). Default 0.
@@ -419,6 +425,10 @@ fn default_ttl() -> Duration {
 fn default_leader_soak() -> Duration {
     leader_core::DEFAULT_LEADER_SOAK
 }
+fn default_replicas() -> u32 {
+    1
+}
+
 fn default_weight() -> u32 {
     1
 }
@@ -487,6 +497,7 @@ impl Config {
             ttl: default_ttl(),
             leader_soak: default_leader_soak(),
             weight: default_weight(),
+            replicas: default_replicas(),
             zone: None,
             rebalance_delay: Duration::ZERO,
             handoff_prefix: default_handoff_prefix(),
@@ -653,6 +664,15 @@ impl Config {
         if let Some(z) = get("COORDINATOR_ZONE").filter(|z| !z.is_empty()) {
             c.zone = Some(z);
         }
+        if let Some(r) = get("COORDINATOR_REPLICAS") {
+            c.replicas = r.trim().parse().map_err(|_| LoadError::Env {
+                var: "COORDINATOR_REPLICAS",
+                reason: format!(
+                    "{r:?} is not a whole number from 1 to {}",
+                    worker_core::MAX_REPLICAS
+                ),
+            })?;
+        }
         if let Some(w) = get("COORDINATOR_WEIGHT") {
             c.weight = w.trim().parse().map_err(|e| LoadError::Env {
                 var: "COORDINATOR_WEIGHT",
@@ -720,6 +740,7 @@ impl Config {
             .ttl(self.ttl)
             .leader_soak(self.leader_soak)
             .rebalance_delay(self.rebalance_delay)
+            .replicas(self.replicas)
             .drain_timeout(self.drain_timeout)
             .handoff_timeout(self.handoff_timeout);
         m.worker = self.worker_config_for(true);
@@ -772,6 +793,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_instance_id(&self.instance_id)?;
         self.worker_config().timing()?;
+        if self.replicas == 0 || self.replicas > worker_core::MAX_REPLICAS {
+            return Err(ConfigError::new(
+                "replicas",
+                format!(
+                    "{} is outside 1..={} (1: one owner per item)",
+                    self.replicas,
+                    worker_core::MAX_REPLICAS
+                ),
+            ));
+        }
         if let Some(zone) = &self.zone {
             leader_core::MemberMeta::validate_zone(zone)?;
         }

@@ -134,10 +134,11 @@ pub use leader_core::{
     MemberObserver, MemberStore,
 };
 pub use worker_core::{
-    validate_instance_id, BoxError, Changes, ConfigError, ErrorChain, Halted, InjectedFault,
-    KvWatch, Leader, LeaderWait, MemoryStore, Revision, Settled, StoreContact, StoreError, WorkId,
-    Worker, WorkerConfig, WorkerHandle, WorkerObserver, Workload, WorkloadChange, WorkloadWatch,
-    CHANGES_QUEUE, DEFAULT_PREFIX, MAX_INSTANCE_ID_LEN,
+    validate_instance_id, BoxError, Changes, ConfigError, Envelope, EnvelopeError, ErrorChain,
+    Halted, InjectedFault, KvWatch, Leader, LeaderWait, MemoryStore, Revision, Role, Settled,
+    StoreContact, StoreError, WorkId, Worker, WorkerConfig, WorkerHandle, WorkerObserver, Workload,
+    WorkloadChange, WorkloadWatch, CHANGES_QUEUE, DEFAULT_PREFIX, MAX_INSTANCE_ID_LEN,
+    MAX_REPLICAS,
 };
 
 /// The Consul backend (feature `consul`).

@@ -69,6 +69,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
+pub use worker_core::Role;
 use worker_core::WorkId;
 
 use crate::plan::{stable_hash, MemberId};
@@ -116,15 +117,6 @@ pub struct Replicas {
 
 /// Replica state: work id → replicas.
 pub type ReplicaAssignment = BTreeMap<WorkId, Replicas>;
-
-/// The role of a replica key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// The primary.
-    Primary,
-    /// A secondary (standby).
-    Secondary,
-}
 
 /// The result of [`plan_replicas`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -38,6 +38,7 @@
 
 mod backoff;
 mod coord;
+mod envelope;
 mod error;
 mod keys;
 pub mod machine;
@@ -55,6 +56,7 @@ pub use coord::{
     revoke_first_chunks, ConsistentRead, Election, Fence, FencedWrite, KeyVersion, KvWrite,
     Membership, SessionId, TxnLimits, TxnOp, TxnOutcome,
 };
+pub use envelope::{Envelope, EnvelopeError, Role, ENVELOPE_MAGIC, MAX_REPLICAS};
 pub use error::{BoxError, ConfigError, ErrorChain, InjectedFault, MissingPermission, StoreError};
 pub use keys::{validate_instance_id, AssignmentKeys, ForeignReason, MAX_INSTANCE_ID_LEN};
 #[doc(hidden)]

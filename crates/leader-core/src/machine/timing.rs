@@ -45,6 +45,12 @@ pub struct LeaderTiming {
     /// a move no longer counts against `max_moves_in_flight`. Default
     /// [`DEFAULT_HANDOFF_TIMEOUT`].
     pub handoff_timeout: Duration,
+    /// Replicas per item: one primary and `replicas − 1` secondaries on
+    /// distinct members, spread over the members' zones
+    /// ([`plan_replicas`](crate::plan_replicas)). A work item's
+    /// [envelope](worker_core::Envelope) may ask for another count. Default
+    /// 1: one owner per item, planned by [`plan()`](crate::plan()).
+    pub replicas: u32,
     /// Tests only (the conformance suite's control): `false` waits only the
     /// margin after a gone member's key vanished, as before the store's
     /// early session ends were covered. Always true in the product.
@@ -86,6 +92,7 @@ impl LeaderTiming {
             backoff_max: Duration::from_secs(10),
             rebalance_delay: Duration::ZERO,
             max_moves_in_flight: usize::MAX,
+            replicas: 1,
             exclusive: None,
             member_ttl: Duration::from_secs(15),
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,

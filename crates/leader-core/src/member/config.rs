@@ -123,6 +123,14 @@ impl MemberConfig {
         self
     }
 
+    /// Sets the replicas per item (see [`LeaderTiming::replicas`]); at
+    /// least 1.
+    #[must_use]
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.leader.replicas = replicas.max(1);
+        self
+    }
+
     /// Sets how many items may be in handoff at once (see
     /// [`LeaderTiming::max_moves_in_flight`]).
     #[must_use]

@@ -65,6 +65,9 @@ pub struct MemberArgs {
     /// This member's relative share of the work, ≥ 0 (0 takes nothing) [default: 1]
     #[arg(long, env = "COORDINATOR_WEIGHT", value_parser = settings::weight, allow_negative_numbers = true, help_heading = "Member")]
     weight: Option<u32>,
+    /// While leading: replicas per item, one primary and the rest secondaries on distinct members spread over zones; the same on every member [default: 1]
+    #[arg(long, env = "COORDINATOR_REPLICAS", value_parser = settings::replicas, help_heading = "Member")]
+    replicas: Option<u32>,
     /// This member's failure domain (zone, rack or host group), published in its member key and shown by `status` [default: none]
     #[arg(
         long,
@@ -144,6 +147,7 @@ impl MemberArgs {
         put!(s, m, exclusive_margin = self.exclusive_margin.map(Some));
         put!(s, m, weight = self.weight);
         put!(s, m, zone = self.zone.clone().map(Some));
+        put!(s, m, replicas = self.replicas);
         put!(s, m, exclusive = self.exclusive);
         put!(s, m, handoff = self.handoff);
         put!(s, m, session_check = self.session_check);

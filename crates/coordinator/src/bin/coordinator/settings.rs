@@ -454,6 +454,7 @@ pub(crate) fn config_keys() -> &'static [&'static str] {
         "leader_soak",
         "weight",
         "zone",
+        "replicas",
         "rebalance_delay",
         "handoff_prefix",
         "drain_prefix",
@@ -523,6 +524,17 @@ pub(crate) fn weight(s: &str) -> Result<u32, String> {
         return Err(format!("{s} must be ≥ 0 (0 takes no work)"));
     }
     u32::try_from(n).map_err(|_| format!("{s} is too large: at most {}", u32::MAX))
+}
+
+/// Parses `--replicas`: a whole number from 1 to [`MAX_REPLICAS`](coordinator::MAX_REPLICAS).
+pub(crate) fn replicas(s: &str) -> Result<u32, String> {
+    let max = coordinator::MAX_REPLICAS;
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a whole number from 1 to {max} (1: one owner per item)"
+        )),
+    }
 }
 
 /// Parses a boolean flag value (`--exclusive true`).
