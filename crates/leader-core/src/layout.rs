@@ -82,6 +82,11 @@ pub enum BadKey {
     NotUtf8,
     /// The member id is not a valid instance id.
     BadMemberId(String),
+    /// A work item's value begins with an envelope
+    /// ([`worker_core::Envelope`]) that does not parse or asks for what a
+    /// work item cannot (a role), or its bytes would read as one: the item is
+    /// left out of plans.
+    BadEnvelope(String),
 }
 
 impl std::fmt::Display for BadKey {
@@ -92,6 +97,7 @@ impl std::fmt::Display for BadKey {
             BadKey::Nested => f.write_str("nested deeper than one segment"),
             BadKey::NotUtf8 => f.write_str("not valid UTF-8"),
             BadKey::BadMemberId(reason) => write!(f, "bad member id: {reason}"),
+            BadKey::BadEnvelope(reason) => write!(f, "bad work item value: {reason}"),
         }
     }
 }

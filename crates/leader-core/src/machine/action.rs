@@ -17,12 +17,23 @@ pub struct PlanReport {
     pub members: usize,
     /// Work items.
     pub items: usize,
-    /// Items taken from a live owner and given to another.
+    /// Items taken from a live owner and given to another (with replicas:
+    /// primaries that changed, plus secondaries moved).
     pub moved: usize,
     /// Items that had no live owner and were given one.
     pub placed: usize,
-    /// The fewest moves any balanced plan could make (what `moved` is held to).
+    /// The fewest moves any balanced plan could make (what `moved` is held
+    /// to). With replicas, `moved` itself: the replica planner's own minimum
+    /// is checked against brute force by its tests.
     pub min_moves: usize,
+    /// With replicas: items whose new primary held no replica of them
+    /// before (0 with one replica per item).
+    pub cold_primaries: usize,
+    /// With replicas: items whose new primary was a secondary.
+    pub promotions: usize,
+    /// With replicas: secondaries placed on members that held no replica of
+    /// the item.
+    pub secondaries_moved: usize,
     /// Assignment keys deleted.
     pub revokes: usize,
     /// Assignment keys written.

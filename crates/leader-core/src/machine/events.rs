@@ -287,22 +287,27 @@ impl LeaderMachine {
             let key = crate::layout::ids(member, work);
             match op {
                 TxnOp::Put { value, .. } => {
-                    forget.push(key.1.clone());
-                    current.insert(key.clone(), value);
-                    touched.push(key);
+                    // A primary's assign ends the item's moves; a
+                    // secondary's (a demotion among them) does not.
+                    if super::indexes::is_primary(&value) {
+                        forget.push(key.1.clone());
+                    }
+                    let existed = current.insert(key.clone(), value).is_some();
+                    touched.push((key, existed));
                 }
                 TxnOp::Delete { .. } => {
-                    current.remove(&key);
-                    touched.push(key);
+                    let existed = current.remove(&key).is_some();
+                    touched.push((key, existed));
                     self.track_due = true;
                 }
                 TxnOp::Absent { .. } | TxnOp::Sequence { .. } => {}
             }
         }
-        for (member, work) in touched {
+        for ((member, work), existed) in touched {
             self.idx.key_changed(
                 &member,
                 &work,
+                existed,
                 current,
                 self.desired.as_ref(),
                 self.items.as_ref(),

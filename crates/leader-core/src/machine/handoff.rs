@@ -220,13 +220,16 @@ impl LeaderMachine {
         self.track_due = false;
         let (owed_by, held) = (&self.owed_by, &self.idx.held);
         let live = self.members.as_ref();
+        let departed = &self.departed;
         let keep = |m: &MemberId| {
             owed_by.contains_key(m)
                 || held.contains_key(m)
+                || departed.contains_key(m)
                 || live.is_some_and(|l| l.contains_key(m))
         };
         self.ending.retain(|m, _| keep(m));
         self.ttls.retain(|m, _| keep(m));
+        self.zones.retain(|m, _| keep(m));
     }
 
     /// A move of `key.0` from `key.1` is owed from now (if it is not yet).

@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use worker_core::WorkId;
+use worker_core::{Envelope, Role, WorkId};
 
 use super::handoff::{owed_indexes, Waits};
 use super::members::parse_good;
 use super::LeaderMachine;
 use crate::layout::MemberMeta;
 use crate::plan::MemberId;
+use crate::replicas::Replicas;
 
 /// What the reconcile loop asks of `current`, `desired` and `items` on every
 /// event, kept up to date on each change of them (a read, an applied
@@ -20,15 +21,18 @@ use crate::plan::MemberId;
 /// [`Indexes::build`] is the slower truth the tests compare it with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Indexes {
-    /// The members holding an assignment key of each item.
+    /// The members holding a primary's assignment key of each item (with one
+    /// replica: every key).
     pub(super) owners: BTreeMap<WorkId, BTreeSet<MemberId>>,
     /// How many assignment keys each member holds.
     pub(super) held: BTreeMap<MemberId, usize>,
     /// Assignment keys the plan does not want (the item is not planned on
-    /// that member), in `current`'s order.
+    /// that member), and primaries' keys the plan wants as a secondary's
+    /// (demotions), in `current`'s order.
     pub(super) misplaced: BTreeSet<(MemberId, WorkId)>,
-    /// Planned items (with a value) whose assignment key on their target is
-    /// missing or holds another value, as (target, item): ordered by target,
+    /// Planned replicas (of items with a value) whose assignment key is
+    /// missing or holds another value or role, as (member, item): ordered by
+    /// member,
     /// so that the assigns of one transaction go to as few members as
     /// possible. Each member then receives its new items in one or two
     /// changes (one soak, one acknowledgement), not a few at a time in every
@@ -36,15 +40,15 @@ pub(super) struct Indexes {
     /// neighbouring items over all members, that was every member waking,
     /// soaking and writing its acknowledgement again all through the write.
     pub(super) unplaced: BTreeSet<(MemberId, WorkId)>,
-    /// Planned items that have a value.
+    /// Planned replicas (keys) of items that have a value.
     pub(super) wanted: usize,
 }
 
 /// The assignment keys in the store: (member, work) -> value.
 type Current = BTreeMap<(MemberId, WorkId), Bytes>;
-/// The last plan: item -> member.
-type Desired = BTreeMap<WorkId, MemberId>;
-/// The items plans use: work -> value.
+/// The last plan: item -> its replicas.
+pub(super) type Desired = BTreeMap<WorkId, Replicas>;
+/// The items plans use: work -> value (without an envelope).
 type Items = BTreeMap<WorkId, Bytes>;
 
 impl Indexes {
@@ -52,20 +56,25 @@ impl Indexes {
     fn build(current: Option<&Current>, desired: Option<&Desired>, items: Option<&Items>) -> Self {
         let mut idx = Self::default();
         if let Some(current) = current {
-            for (m, w) in current.keys() {
-                idx.owners.entry(w.clone()).or_default().insert(m.clone());
+            for ((m, w), v) in current {
+                if is_primary(v) {
+                    idx.owners.entry(w.clone()).or_default().insert(m.clone());
+                }
                 *idx.held.entry(m.clone()).or_default() += 1;
-                if desired.and_then(|d| d.get(w)) != Some(m) {
+                if misplaced(wanted_role(desired, m, w), v) {
                     idx.misplaced.insert((m.clone(), w.clone()));
                 }
             }
         }
         if let (Some(desired), Some(items)) = (desired, items) {
-            for (w, m) in desired {
+            for (w, r) in desired {
                 let Some(v) = items.get(w) else { continue };
-                idx.wanted += 1;
-                if current.and_then(|c| c.get(&(m.clone(), w.clone()))) != Some(v) {
-                    idx.unplaced.insert((m.clone(), w.clone()));
+                for (m, role) in roles(r) {
+                    idx.wanted += 1;
+                    let placed = current.and_then(|c| c.get(&(m.clone(), w.clone())));
+                    if !placed.is_some_and(|p| Envelope::holds(p, role, v)) {
+                        idx.unplaced.insert((m.clone(), w.clone()));
+                    }
                 }
             }
         }
@@ -73,29 +82,32 @@ impl Indexes {
     }
 
     /// Updates the indexes after `current`'s key `(member, work)` changed
-    /// (written, rewritten or deleted).
+    /// (written, rewritten or deleted); `existed`: it was there before.
     pub(super) fn key_changed(
         &mut self,
         member: &MemberId,
         work: &WorkId,
+        existed: bool,
         current: &Current,
         desired: Option<&Desired>,
         items: Option<&Items>,
     ) {
         let key = (member.clone(), work.clone());
-        let present = current.contains_key(&key);
+        let stored = current.get(&key);
+        let primary = stored.is_some_and(|v| is_primary(v));
         let owners = self.owners.entry(work.clone()).or_default();
-        let was = if present {
-            !owners.insert(member.clone())
+        if primary {
+            owners.insert(member.clone());
         } else {
-            owners.remove(member)
-        };
+            owners.remove(member);
+        }
         if owners.is_empty() {
             self.owners.remove(work);
         }
-        if present && !was {
+        let present = stored.is_some();
+        if present && !existed {
             *self.held.entry(member.clone()).or_default() += 1;
-        } else if !present && was {
+        } else if !present && existed {
             if let Some(n) = self.held.get_mut(member) {
                 *n -= 1;
                 if *n == 0 {
@@ -103,22 +115,63 @@ impl Indexes {
                 }
             }
         }
-        let target = desired.and_then(|d| d.get(work));
-        if present && target != Some(member) {
-            self.misplaced.insert(key);
-        } else {
-            self.misplaced.remove(&key);
+        let role = wanted_role(desired, member, work);
+        match stored {
+            Some(v) if misplaced(role, v) => {
+                self.misplaced.insert(key.clone());
+            }
+            _ => {
+                self.misplaced.remove(&key);
+            }
         }
         let value = items.and_then(|i| i.get(work));
-        if let (Some(t), Some(v)) = (target, value) {
-            let planned = (t.clone(), work.clone());
-            if current.get(&planned) == Some(v) {
-                self.unplaced.remove(&planned);
+        if let (Some(role), Some(v)) = (role, value) {
+            if stored.is_some_and(|p| Envelope::holds(p, role, v)) {
+                self.unplaced.remove(&key);
             } else {
-                self.unplaced.insert(planned);
+                self.unplaced.insert(key);
             }
         }
     }
+}
+
+/// Whether an assignment key's value gives its holder the primary role.
+pub(super) fn is_primary(value: &[u8]) -> bool {
+    Envelope::role_of(value).0 == Role::Primary
+}
+
+/// The role the plan gives `member` for `work`, if any.
+pub(super) fn wanted_role(
+    desired: Option<&Desired>,
+    member: &MemberId,
+    work: &WorkId,
+) -> Option<Role> {
+    let r = desired?.get(work)?;
+    if r.primary.as_ref() == Some(member) {
+        Some(Role::Primary)
+    } else if r.secondaries.contains(member) {
+        Some(Role::Secondary)
+    } else {
+        None
+    }
+}
+
+/// Whether a key holding `value` is one the reconcile loop revokes: the plan
+/// does not want it, or wants a secondary where a primary is (a demotion).
+pub(super) fn misplaced(role: Option<Role>, value: &[u8]) -> bool {
+    match role {
+        None => true,
+        Some(Role::Secondary) => is_primary(value),
+        Some(Role::Primary) => false,
+    }
+}
+
+/// Each replica of `r` with its role: the primary first.
+pub(super) fn roles(r: &Replicas) -> impl Iterator<Item = (&MemberId, Role)> {
+    r.primary
+        .iter()
+        .map(|m| (m, Role::Primary))
+        .chain(r.secondaries.iter().map(|m| (m, Role::Secondary)))
 }
 
 impl LeaderMachine {

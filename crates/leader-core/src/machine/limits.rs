@@ -2,14 +2,14 @@
 //! carry, the items refused because their value cannot be assigned within
 //! the limits ([`refusal`]), and filling a transaction ([`fits`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use std::time::Instant;
-use worker_core::{TxnLimits, TxnOp, WorkId, MAX_INSTANCE_ID_LEN};
+use worker_core::{Envelope, TxnLimits, TxnOp, WorkId, ENVELOPE_MAGIC, MAX_INSTANCE_ID_LEN};
 
-use super::{Action, LeaderMachine};
-use crate::layout::Layout;
+use super::{Action, LeaderMachine, Source};
+use crate::layout::{BadKey, Layout};
 
 impl LeaderMachine {
     /// Cuts transactions to `limits` (operations, bytes, value length), the
@@ -79,9 +79,38 @@ impl LeaderMachine {
         let mut refused = BTreeMap::new();
         let mut kept = BTreeMap::new();
         let mut report = Vec::new();
-        for (work, value) in raw {
-            let Some(bytes) = self.refusal(work, value) else {
-                items.insert(work.clone(), value.clone());
+        let mut replicas = BTreeMap::new();
+        let mut bad = BTreeSet::new();
+        for (work, raw_value) in raw {
+            let (value, wanted) = match item_payload(raw_value) {
+                Ok((value, wanted)) => (value, wanted),
+                Err(reason) => {
+                    let key = self.layout.work_key(work).into_bytes();
+                    if !self
+                        .reported
+                        .get(&Source::Items)
+                        .is_some_and(|r| r.contains(&key))
+                    {
+                        report.push(Action::BadKey {
+                            key: String::from_utf8_lossy(&key).into_owned(),
+                            reason: BadKey::BadEnvelope(reason),
+                        });
+                    }
+                    bad.insert(key);
+                    continue;
+                }
+            };
+            if let Some(n) = wanted {
+                replicas.insert(work.clone(), n);
+            }
+            // With secondaries, the largest value written is a secondary's.
+            let largest = if wanted.unwrap_or(self.timing.replicas) > 1 {
+                Envelope::secondary(&value)
+            } else {
+                value.clone()
+            };
+            let Some(bytes) = self.refusal(work, &largest) else {
+                items.insert(work.clone(), value);
                 continue;
             };
             if self.refused.get(work) != Some(&bytes) {
@@ -94,10 +123,8 @@ impl LeaderMachine {
             refused.insert(work.clone(), bytes);
             let assigned = self.kept.get(work).cloned().or_else(|| {
                 let first = self.idx.owners.get(work)?.first()?;
-                self.current
-                    .as_ref()?
-                    .get(&(first.clone(), work.clone()))
-                    .cloned()
+                let v = self.current.as_ref()?.get(&(first.clone(), work.clone()))?;
+                Some(v.slice_ref(Envelope::role_of(v).1))
             });
             if let Some(v) = assigned.filter(|v| self.refusal(work, v).is_none()) {
                 items.insert(work.clone(), v.clone());
@@ -105,6 +132,13 @@ impl LeaderMachine {
             }
         }
         self.out.extend(report);
+        // Bad values are reported once while they stay (with the bad keys
+        // of the items picture).
+        self.reported.entry(Source::Items).or_default().extend(bad);
+        if self.item_replicas != replicas {
+            self.item_replicas = replicas;
+            self.changed(now);
+        }
         self.refused = refused;
         self.kept = kept;
         if self.items.as_ref() != Some(&items) {
@@ -113,6 +147,21 @@ impl LeaderMachine {
             self.changed(now);
         }
     }
+}
+
+/// A work item's value without its envelope, with the replica count the
+/// envelope asks for; `Err` when the envelope does not parse, names a role,
+/// or the bytes left would themselves read as an envelope (a primary's key
+/// holds them as they are).
+fn item_payload(raw: &Bytes) -> Result<(Bytes, Option<u32>), String> {
+    let (env, payload) = Envelope::split(raw).map_err(|e| e.to_string())?;
+    if env.role.is_some() {
+        return Err("a work item's envelope names a role (only assignment keys carry one)".into());
+    }
+    if payload.starts_with(ENVELOPE_MAGIC) {
+        return Err("the bytes after the envelope begin with another envelope".into());
+    }
+    Ok((raw.slice_ref(payload), env.replicas))
 }
 
 /// Whether `ops` plus `add` fit in one transaction within `limits`, `used`

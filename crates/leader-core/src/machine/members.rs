@@ -193,6 +193,9 @@ impl LeaderMachine {
                 }
             }
             self.acks.insert(id.clone(), meta.acked);
+            if set_zone(&mut self.zones, id, meta.zone.as_deref()) {
+                effective_changed = true;
+            }
             if let Some(ms) = meta.ttl_ms {
                 self.ttls.insert(id.clone(), Duration::from_millis(ms));
             }
@@ -237,6 +240,7 @@ impl LeaderMachine {
         // Values seen in the last picture are not parsed again.
         let mut cache = std::mem::take(&mut self.parsed_members);
         let mut last = Vec::new();
+        let mut zone_changed = false;
         for (key, value) in entries {
             last.push((key.to_vec(), value.clone()));
             if let Some((key, hit)) = cache.remove_entry(key).filter(|(_, p)| p.value == *value) {
@@ -244,6 +248,7 @@ impl LeaderMachine {
                 self.parsed_members.insert(key, hit);
                 members.insert(id.clone(), meta.effective_weight());
                 acks.insert(id.clone(), meta.acked);
+                zone_changed |= set_zone(&mut self.zones, &id, meta.zone.as_deref());
                 if let Some(ms) = meta.ttl_ms {
                     self.ttls.insert(id.clone(), Duration::from_millis(ms));
                 }
@@ -300,6 +305,7 @@ impl LeaderMachine {
             };
             members.insert(MemberId::from(id), meta.effective_weight());
             acks.insert(MemberId::from(id), acked);
+            zone_changed |= set_zone(&mut self.zones, &MemberId::from(id), meta.zone.as_deref());
             if let Some(ms) = meta.ttl_ms {
                 self.ttls
                     .insert(MemberId::from(id), Duration::from_millis(ms));
@@ -310,6 +316,9 @@ impl LeaderMachine {
         }
         self.reported.insert(Source::Members, seen);
         self.last_members = last;
+        if zone_changed {
+            self.changed(now);
+        }
         self.acks = acks;
         self.members_sessions(now, members, sessions)
     }
@@ -364,5 +373,21 @@ impl LeaderMachine {
             }
         }
         moved
+    }
+}
+
+/// Records `id`'s zone in `zones` as its key says; whether it changed.
+fn set_zone(
+    zones: &mut BTreeMap<MemberId, std::sync::Arc<str>>,
+    id: &MemberId,
+    zone: Option<&str>,
+) -> bool {
+    match zone {
+        Some(z) if zones.get(id).is_some_and(|old| &**old == z) => false,
+        Some(z) => {
+            zones.insert(id.clone(), std::sync::Arc::from(z));
+            true
+        }
+        None => zones.remove(id).is_some(),
     }
 }

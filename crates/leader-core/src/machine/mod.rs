@@ -152,8 +152,13 @@ pub struct LeaderMachine {
     /// Moves whenever the set of moves in flight may have changed, so that
     /// a driver need not compare [`handoffs`](Self::handoffs) on every event.
     owed_generation: u64,
-    /// The last plan: item -> member.
-    desired: Option<BTreeMap<WorkId, MemberId>>,
+    /// The last plan: item -> its replicas (with one replica per item, a
+    /// primary alone).
+    desired: Option<indexes::Desired>,
+    /// Members' zones, as their keys said (members without one are absent).
+    zones: BTreeMap<MemberId, std::sync::Arc<str>>,
+    /// Items whose envelope asks for their own replica count.
+    item_replicas: BTreeMap<WorkId, u32>,
     /// Indexes over `current`, `desired` and `items`, kept on every change
     /// so that a pump costs what changed, not what exists.
     idx: Indexes,
@@ -274,6 +279,8 @@ impl LeaderMachine {
             owed: BTreeMap::new(),
             owed_generation: 0,
             desired: None,
+            zones: BTreeMap::new(),
+            item_replicas: BTreeMap::new(),
             idx: Indexes::default(),
             // Taking office counts as a change: members that are starting up
             // get a soak's time to register before the first plan.

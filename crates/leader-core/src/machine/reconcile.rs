@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use std::time::Instant;
-use worker_core::{TxnOp, WorkId};
+use worker_core::{Envelope, Role, TxnOp, WorkId};
 
 use super::handoff::Waits;
+use super::indexes::{is_primary, roles, wanted_role, Desired};
 use super::limits::fits;
 use super::{Action, LeaderMachine, PlanReport, Reading};
 use crate::plan::{min_moves, plan, Assignment, MemberId};
+use crate::replicas::{plan_replicas, ReplicaAssignment, ReplicaMember, Replicas};
 
 impl LeaderMachine {
     /// Sends the next transaction if none is in flight and one is due.
@@ -55,7 +57,7 @@ impl LeaderMachine {
     /// Revokes of keys the plan does not want, with handoff records for
     /// moves, at most `max_moves_in_flight` moves at once.
     fn next_revokes(&mut self, now: Instant) -> Option<Vec<TxnOp>> {
-        let (desired, _) = (self.desired.as_ref()?, self.current.as_ref()?);
+        let desired = self.desired.as_ref()?;
         // Moves in flight count only against a limit: without one
         // (the default), they are not counted (`O(owed)`).
         let limited = self.timing.max_moves_in_flight != usize::MAX;
@@ -83,26 +85,44 @@ impl LeaderMachine {
         // transaction names a key once (etcd refuses a txn that names one
         // twice; Consul would keep the first record's position).
         let mut recorded: BTreeSet<&WorkId> = BTreeSet::new();
-        // The keys the plan does not want, in `current`'s order.
+        let (current, items) = (self.current.as_ref()?, self.items.as_ref()?);
+        // The keys the plan does not want, and primaries it wants as
+        // secondaries, in `current`'s order.
         for (member, work) in &self.idx.misplaced {
-            let target = desired.get(work);
+            let target = desired.get(work).and_then(|r| r.primary.as_ref());
             let live = self.is_live(member);
             let reports = self.acks.get(member).is_some_and(Option::is_some);
-            let record = reports || (!live && self.timing.exclusive.is_some());
+            // Only a primary's role moves: a secondary leaves freely.
+            let primary = current
+                .get(&(member.clone(), work.clone()))
+                .is_some_and(|v| is_primary(v));
+            let record = primary && (reports || (!live && self.timing.exclusive.is_some()));
+            // A demotion: the member keeps the item as a secondary.
+            let demote = wanted_role(Some(desired), member, work) == Some(Role::Secondary);
+            let demoted_value = if demote {
+                match items.get(work) {
+                    Some(v) => Some(Envelope::secondary(v)),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             // An item under two members (found on taking office): one record
             // at a time. The next owner is revoked once the record of the
             // first is cleared (`next_cleanup`), with a record of its own.
             if record && (recorded.contains(work) || self.records.contains(work)) {
                 continue;
             }
-            if limited && live && target.is_some() && !live_owed.contains(work) {
+            if limited && record && live && target.is_some() && !live_owed.contains(work) {
                 if moves >= self.timing.max_moves_in_flight {
                     continue;
                 }
                 moves += 1;
             }
-            let mut add = vec![TxnOp::Delete {
-                key: self.layout.assignment_key(member, work),
+            let key = self.layout.assignment_key(member, work);
+            let mut add = vec![match demoted_value {
+                Some(value) => TxnOp::Put { key, value },
+                None => TxnOp::Delete { key },
             }];
             if record {
                 add.push(TxnOp::Put {
@@ -151,23 +171,46 @@ impl LeaderMachine {
 
     /// Assigns whose handoff is clear.
     pub(super) fn scan_assigns(&self, now: Instant, waits: &mut Waits) -> Option<Vec<TxnOp>> {
-        self.desired.as_ref()?;
+        let desired = self.desired.as_ref()?;
         let (current, items) = (self.current.as_ref()?, self.items.as_ref()?);
         let owners = &self.idx.owners;
         let mut ops = Vec::new();
         let (limits, mut used) = (self.plan_limits(), 0);
         let mut guards: BTreeSet<MemberId> = BTreeSet::new();
-        // The planned items not in place, by target.
+        // The planned replicas not in place, by member.
         for (target, work) in &self.idx.unplaced {
             let Some(value) = items.get(work) else {
                 continue;
             };
+            let Some(role) = wanted_role(Some(desired), target, work) else {
+                continue;
+            };
             let key = (target.clone(), work.clone());
             let placed = current.get(&key);
-            if placed == Some(value) {
+            if placed.is_some_and(|p| Envelope::holds(p, role, value)) {
                 continue;
             }
-            if placed.is_none() {
+            let placed_primary = placed.is_some_and(|p| is_primary(p));
+            if role == Role::Secondary {
+                // A demotion goes with the revokes (with its record); a
+                // secondary is placed freely.
+                if placed_primary {
+                    continue;
+                }
+                let add = [TxnOp::Put {
+                    key: self.layout.assignment_key(target, work),
+                    value: Envelope::secondary(value),
+                }];
+                if !fits(&limits, &mut used, &ops, &add) {
+                    break;
+                }
+                ops.extend(add);
+                continue;
+            }
+            // A new primary (a member without the key, or a secondary
+            // promoted) waits for every other primary to be revoked and
+            // acknowledged; a primary's new value does not.
+            if !placed_primary {
                 let others = owners
                     .get(work)
                     .is_some_and(|o| o.iter().any(|m| m != target));
@@ -249,7 +292,10 @@ impl LeaderMachine {
             ops.extend(add);
         }
         for work in owed_works {
-            let target = desired.get(work).filter(|_| items.contains_key(work));
+            let target = desired
+                .get(work)
+                .and_then(|r| r.primary.as_ref())
+                .filter(|_| items.contains_key(work));
             let holders = owners.get(work).unwrap_or(&none);
             let settled = match target {
                 None => holders.is_empty(),
@@ -291,20 +337,26 @@ impl LeaderMachine {
             self.current.as_ref()?,
             self.items.as_ref()?,
         );
+        let layout = &self.layout;
         let mut ops: Vec<TxnOp> = desired
             .iter()
-            .filter_map(|(w, m)| {
-                let v = items.get(w)?;
-                (current.get(&(m.clone(), w.clone())) != Some(v)).then(|| TxnOp::Put {
-                    key: self.layout.assignment_key(m, w),
-                    value: v.clone(),
+            .filter_map(|(w, r)| Some((w, r, items.get(w)?)))
+            .flat_map(|(w, r, v)| {
+                roles(r).filter_map(move |(m, role)| {
+                    let placed = current.get(&(m.clone(), w.clone()));
+                    (!placed.is_some_and(|p| Envelope::holds(p, role, v))).then(|| TxnOp::Put {
+                        key: layout.assignment_key(m, w),
+                        value: Envelope::for_role(role, v),
+                    })
                 })
             })
             .collect();
         if ops.is_empty() {
             ops = current
                 .keys()
-                .filter(|(m, w)| desired.get(w) != Some(m) || !items.contains_key(w))
+                .filter(|(m, w)| {
+                    wanted_role(Some(desired), m, w).is_none() || !items.contains_key(w)
+                })
                 .map(|(m, w)| TxnOp::Delete {
                     key: self.layout.assignment_key(m, w),
                 })
@@ -351,6 +403,44 @@ impl LeaderMachine {
             return;
         };
         self.soak = None;
+        let replicated = self.timing.replicas > 1 || !self.item_replicas.is_empty();
+        let (desired, mut report) = if replicated {
+            self.plan_replicated(members, items, current)
+        } else {
+            self.plan_single(members, items, current)
+        };
+        let revokes = current
+            .iter()
+            .filter(|((m, w), v)| super::indexes::misplaced(wanted_role(Some(&desired), m, w), v))
+            .count();
+        let puts = desired
+            .iter()
+            .filter_map(|(w, r)| Some((w, r, items.get(w)?)))
+            .flat_map(|(w, r, v)| roles(r).map(move |(m, role)| (w, m, role, v)))
+            .filter(|(w, m, role, v)| {
+                !current
+                    .get(&((*m).clone(), (*w).clone()))
+                    .is_some_and(|p| Envelope::holds(p, *role, v))
+            })
+            .count();
+        let per = self.plan_limits().max_ops.max(1);
+        report.members = members.len();
+        report.items = items.len();
+        report.revokes = revokes;
+        report.puts = puts;
+        report.transactions = revokes.div_ceil(per) + puts.div_ceil(per);
+        self.out.push_back(Action::Planned(report));
+        self.desired = Some(desired);
+        self.reindex();
+    }
+
+    /// One owner per item ([`plan()`]): the plan with one replica.
+    fn plan_single(
+        &self,
+        members: &BTreeMap<MemberId, u32>,
+        items: &BTreeMap<WorkId, Bytes>,
+        current: &BTreeMap<(MemberId, WorkId), Bytes>,
+    ) -> (Desired, PlanReport) {
         // One owner per item for the planner: a live owner first, the
         // smallest id among equals; extra keys are revoked by the reconcile
         // loop. An item in handoff counts as its target's.
@@ -365,7 +455,8 @@ impl LeaderMachine {
             }
         }
         if let Some(desired) = &self.desired {
-            for (work, member) in desired {
+            for (work, r) in desired {
+                let Some(member) = &r.primary else { continue };
                 if !owners.contains_key(work) && members.contains_key(member) && self.is_owed(work)
                 {
                     owners.insert(work.clone(), member.clone());
@@ -375,32 +466,93 @@ impl LeaderMachine {
         let ids: BTreeSet<WorkId> = items.keys().cloned().collect();
         let p = plan(&ids, members, &owners);
         let min = min_moves(&ids, members, &owners);
-        let desired: BTreeMap<WorkId, MemberId> = p.assignment.clone().into_iter().collect();
-        let revokes = current
-            .keys()
-            .filter(|(m, w)| desired.get(w) != Some(m))
-            .count();
-        let puts = desired
-            .iter()
-            .filter(|(w, m)| {
-                items
-                    .get(*w)
-                    .is_some_and(|v| current.get(&((*m).clone(), (*w).clone())) != Some(v))
+        let desired: Desired = p
+            .assignment
+            .into_iter()
+            .map(|(w, m)| {
+                let r = Replicas {
+                    primary: Some(m),
+                    secondaries: Vec::new(),
+                };
+                (w, r)
             })
-            .count();
-        let per = self.plan_limits().max_ops.max(1);
-        self.out.push_back(Action::Planned(PlanReport {
-            members: members.len(),
-            items: items.len(),
+            .collect();
+        let report = PlanReport {
             moved: p.moved,
             placed: p.placed,
             min_moves: min,
-            revokes,
-            puts,
-            transactions: revokes.div_ceil(per) + puts.div_ceil(per),
             took: Duration::ZERO,
-        }));
-        self.desired = Some(desired);
-        self.reindex();
+            ..PlanReport::default()
+        };
+        (desired, report)
+    }
+
+    /// Replicas ([`plan_replicas`]): a primary and secondaries per item,
+    /// spread over the members' zones.
+    fn plan_replicated(
+        &self,
+        members: &BTreeMap<MemberId, u32>,
+        items: &BTreeMap<WorkId, Bytes>,
+        current: &BTreeMap<(MemberId, WorkId), Bytes>,
+    ) -> (Desired, PlanReport) {
+        let planned: BTreeMap<MemberId, ReplicaMember> = members
+            .iter()
+            .map(|(m, w)| {
+                let member = ReplicaMember {
+                    weight: *w,
+                    zone: self.zones.get(m).cloned(),
+                };
+                (m.clone(), member)
+            })
+            .collect();
+        // The replicas in the store: one primary per item (a live one
+        // first; extra primaries are revoked by the reconcile loop), the
+        // secondaries. An item in handoff counts as its target's.
+        let mut state = ReplicaAssignment::new();
+        for ((member, work), value) in current {
+            let r = state.entry(work.clone()).or_default();
+            if is_primary(value) {
+                let live = members.contains_key(member);
+                match &r.primary {
+                    Some(existing) if members.contains_key(existing) || !live => {}
+                    _ => r.primary = Some(member.clone()),
+                }
+            } else {
+                r.secondaries.push(member.clone());
+            }
+        }
+        if let Some(desired) = &self.desired {
+            for (work, d) in desired {
+                let Some(target) = &d.primary else { continue };
+                if !members.contains_key(target) || !self.is_owed(work) {
+                    continue;
+                }
+                let r = state.entry(work.clone()).or_default();
+                if r.primary.is_none() {
+                    r.secondaries.retain(|s| s != target);
+                    r.primary = Some(target.clone());
+                }
+            }
+        }
+        let counts: BTreeMap<WorkId, u32> = items
+            .keys()
+            .map(|w| {
+                let n = self.item_replicas.get(w).copied();
+                (w.clone(), n.unwrap_or(self.timing.replicas))
+            })
+            .collect();
+        let p = plan_replicas(&counts, &planned, &state);
+        let moved = p.primaries_changed + p.secondaries_moved;
+        let report = PlanReport {
+            moved,
+            placed: p.placed,
+            min_moves: moved,
+            cold_primaries: p.cold_primaries,
+            promotions: p.promotions,
+            secondaries_moved: p.secondaries_moved,
+            took: Duration::ZERO,
+            ..PlanReport::default()
+        };
+        (p.state, report)
     }
 }
