@@ -4,7 +4,8 @@
 //! seconds in all), `--threads J`, `--safeguard fence|revoke-first|relist|sequence|txn-bytes|lease-wait`
 //! (turn one off), `--exclusive on|off` (force exclusive mode; default: half
 //! the seeds), `--control release|pauses` (turn one
-//! exclusivity control off), `--seed N --trace` (replay one seed, printing
+//! exclusivity control off), `--replicas N` and `--zones N` (replicas per
+//! item and zones the members are spread over; default 1 and 1), `--seed N --trace` (replay one seed, printing
 //! its trace).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ fn main() {
     let mut trace = false;
     let mut exclusive: Option<bool> = None;
     let mut controls = Controls::default();
+    let (mut replicas, mut zones) = (1u32, 1u32);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
@@ -51,6 +53,8 @@ fn main() {
                 "off" => exclusive = Some(false),
                 other => panic!("--exclusive on|off, not {other}"),
             },
+            "--replicas" => replicas = val().parse().expect("--replicas N"),
+            "--zones" => zones = val().parse().expect("--zones N"),
             "--control" => match val().as_str() {
                 "release" => controls.release = false,
                 "pauses" => controls.bounded_pauses = false,
@@ -83,6 +87,8 @@ fn main() {
                     cfg.echo = trace;
                     cfg.exclusive = exclusive;
                     cfg.controls = controls;
+                    cfg.replicas = replicas;
+                    cfg.zones = zones;
                     match run(cfg) {
                         Ok(o) => events += o.events,
                         Err(f) => {

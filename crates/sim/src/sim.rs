@@ -123,6 +123,22 @@ pub struct Sim {
     releases: u64,
     /// Handoff records of deleted items left after the quiet period.
     stale_records: u64,
+    /// Cold primaries the leaders' plans reported (replicas).
+    cold_primaries: u64,
+    /// Promotions the leaders' plans reported (replicas).
+    promotions: u64,
+    /// Zone outages injected.
+    zone_outages: u64,
+    /// Since when each item has had no primary on a live member while a
+    /// secondary of it was on one (replicas).
+    orphaned: BTreeMap<String, Nanos>,
+    /// The longest such time seen.
+    longest_orphaned: Nanos,
+    /// The store revision the orphans were last observed at.
+    orphan_rev: u64,
+    /// Items whose every live replica a zone outage took, though they had
+    /// two or more.
+    lost_every_replica: u64,
 }
 
 /// What happens at an instant of the run.
@@ -246,6 +262,13 @@ impl Sim {
             acks: 0,
             releases: 0,
             stale_records: 0,
+            cold_primaries: 0,
+            promotions: 0,
+            zone_outages: 0,
+            orphaned: BTreeMap::new(),
+            longest_orphaned: 0,
+            orphan_rev: 0,
+            lost_every_replica: 0,
         };
         tr!(
             sim,
@@ -255,6 +278,9 @@ impl Sim {
             max_ops,
             exclusive
         );
+        if cfg.replicas > 1 || cfg.zones > 1 {
+            tr!(sim, "replicas {} zones {}", cfg.replicas, cfg.zones);
+        }
         let items = sim.rng.random_range(4..=24);
         for _ in 0..items {
             sim.put_item();

@@ -207,6 +207,11 @@ impl Store {
         self.modified.get(key).copied().unwrap_or(0)
     }
 
+    /// The value of `key`, if it exists.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.data.get(key)
+    }
+
     /// The keys under `prefix` with their values, now.
     pub fn range<'a>(
         &'a self,

@@ -98,6 +98,13 @@ pub struct RunConfig {
     pub exclusive: Option<bool>,
     /// The exclusivity controls (all on in a normal run).
     pub controls: Controls,
+    /// Replicas per item (the leaders' `replicas`): 1, the default, is one
+    /// owner per item.
+    pub replicas: u32,
+    /// Zones the members are spread over (member `mi` in zone `z{i % zones}`;
+    /// 1: no zone named, as before). With more than one, a zone outage is
+    /// among the faults.
+    pub zones: u32,
 }
 
 impl RunConfig {
@@ -111,6 +118,8 @@ impl RunConfig {
             params: Params::default(),
             exclusive: None,
             controls: Controls::default(),
+            replicas: 1,
+            zones: 1,
         }
     }
 }

@@ -189,6 +189,7 @@ impl Sim {
         MemberMeta {
             acked: Some(self.nodes[n].position),
             ttl_ms: Some(self.p.ttl / MS),
+            zone: self.zone_of(n),
             ..MemberMeta::default()
         }
     }
@@ -318,6 +319,8 @@ impl Sim {
                 LeadAction::Write(ops) => self.send(n, Slot::LeadWrite, Req::Txn(fence, ops)),
                 LeadAction::Planned(r) => {
                     self.plans += 1;
+                    self.cold_primaries += r.cold_primaries as u64;
+                    self.promotions += r.promotions as u64;
                     tr!(
                             self,
                             "{id} planned: {} members {} items moved {} placed {} revokes {} puts {} txns {}",

@@ -56,12 +56,16 @@ pub(super) enum Fault {
     Leave,
     /// A new member joins.
     Join,
+    /// Every member of one zone crashes at once (runs with zones only).
+    ZoneOutage,
 }
 
 impl Fault {
-    /// Draws one fault of the schedule by its weight (percent).
-    fn draw(rng: &mut SmallRng) -> Self {
+    /// Draws one fault of the schedule by its weight (percent); with zones,
+    /// a third of the crashes are zone outages.
+    fn draw(rng: &mut SmallRng, zones: bool) -> Self {
         match rng.random_range(0..100) {
+            0..=2 if zones => Fault::ZoneOutage,
             0..=9 => Fault::Crash,
             10..=21 => Fault::Pause,
             22..=31 => Fault::Partition,
@@ -91,7 +95,7 @@ impl Sim {
             if t >= self.fault_end {
                 break;
             }
-            let f = Fault::draw(&mut self.rng);
+            let f = Fault::draw(&mut self.rng, self.cfg.zones > 1);
             self.push(t, Kind::Fault(f));
         }
     }
@@ -102,23 +106,28 @@ impl Sim {
         self.faults += 1;
         let up = self.nodes.iter().filter(|x| x.life == Life::Up).count();
         match f {
+            Fault::ZoneOutage => {
+                let Some(n) = self.target() else { return };
+                let zone = self.zone_of(n);
+                let hit: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].life == Life::Up && self.zone_of(i) == zone)
+                    .collect();
+                if hit.len() >= up {
+                    return; // the whole cluster is in one zone
+                }
+                self.zone_outages += 1;
+                tr!(self, "fault: zone {zone:?} goes down: {hit:?}");
+                self.check_zone_outage(&hit);
+                for n in hit {
+                    self.crash(n);
+                }
+            }
             Fault::Crash => {
                 if up <= 1 {
                     return;
                 }
                 let Some(n) = self.target() else { return };
-                let id = self.nodes[n].id.clone();
-                tr!(self, "fault: {id} crashes");
-                let node = &mut self.nodes[n];
-                node.life = Life::Down;
-                node.inc += 1;
-                node.lead = None;
-                node.armed = None;
-                self.watches.retain(|(i, _), _| *i != n);
-                // A member that is down holds nothing.
-                self.set_app(n, Workload::new());
-                let at = self.until(3 * self.p.ttl);
-                self.push(at, Kind::Fault(Fault::Restart(n)));
+                self.crash(n);
             }
             Fault::Restart(n) => {
                 let id = self.nodes[n].id.clone();
@@ -349,6 +358,28 @@ impl Sim {
             }
         }
         self.pick(ok)
+    }
+
+    /// Member `n` crashes: its state dropped, its session left to expire,
+    /// a restart scheduled 1 s to 3 TTLs later.
+    fn crash(&mut self, n: usize) {
+        let id = self.nodes[n].id.clone();
+        tr!(self, "fault: {id} crashes");
+        let node = &mut self.nodes[n];
+        node.life = Life::Down;
+        node.inc += 1;
+        node.lead = None;
+        node.armed = None;
+        self.watches.retain(|(i, _), _| *i != n);
+        // A member that is down holds nothing.
+        self.set_app(n, Workload::new());
+        let at = self.until(3 * self.p.ttl);
+        self.push(at, Kind::Fault(Fault::Restart(n)));
+    }
+
+    /// The zone of member `n` (`None` in runs without zones).
+    pub(super) fn zone_of(&self, n: usize) -> Option<String> {
+        (self.cfg.zones > 1).then(|| format!("z{}", n as u32 % self.cfg.zones))
     }
 
     /// When a fault ends: 1 s to `max` from now, no later than the start of the quiet period.

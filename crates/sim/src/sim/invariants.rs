@@ -14,8 +14,10 @@
 
 use std::collections::BTreeMap;
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
-use worker_core::{Fence, TxnOp, TxnOutcome, WorkId, Workload};
+use worker_core::{Envelope, Fence, Role, TxnOp, TxnOutcome, WorkId, Workload};
 
 use super::clock::SEC;
 use super::node::Life;
@@ -34,6 +36,10 @@ impl Sim {
     /// and the store has not ended it for longer than a member needs to
     /// notice (paused time excluded).
     pub(super) fn check_step(&mut self) {
+        if self.cfg.replicas > 1 && self.store.revision() != self.orphan_rev {
+            self.orphan_rev = self.store.revision();
+            self.observe_orphans();
+        }
         if self.app_dirty {
             self.app_dirty = false;
             if self.exclusive {
@@ -91,15 +97,19 @@ impl Sim {
     }
 
     /// Exclusive runs: no item is in two members' acknowledged workloads
-    /// (what their applications hold).
+    /// (what their applications hold) as primary; secondaries may overlap.
     fn check_exclusive(&mut self) {
         let mut holder: BTreeMap<&WorkId, &str> = BTreeMap::new();
         let mut twice = None;
         'all: for node in &self.nodes {
-            for w in node.app.keys() {
+            let primaries = node
+                .app
+                .iter()
+                .filter(|(_, v)| Envelope::role_of(v).0 == Role::Primary);
+            for (w, _) in primaries {
                 if let Some(other) = holder.insert(w, &node.id) {
                     twice = Some(format!(
-                        "exclusive: item {w} is in the acknowledged workloads of {other} and {}",
+                        "exclusive: item {w} is in the acknowledged workloads of {other} and {} as primary",
                         node.id
                     ));
                     break 'all;
@@ -111,7 +121,80 @@ impl Sim {
         }
     }
 
-    /// At no revision is an item under two members.
+    /// Replicas: which items have a secondary on a live member (its member
+    /// key present) and no primary on one, since when; the longest such
+    /// time is kept, and one longer than the quiet period is a violation.
+    fn observe_orphans(&mut self) {
+        let prefix = self.layout.assignments.clone();
+        let mut primary: BTreeSet<String> = BTreeSet::new();
+        let mut secondary: BTreeSet<String> = BTreeSet::new();
+        for (k, v) in self.store.range(&prefix) {
+            let Some((m, w)) = k[prefix.len()..].split_once('/') else {
+                continue;
+            };
+            if self.store.get(&self.layout.member_key(m)).is_none() {
+                continue;
+            }
+            match Envelope::role_of(v).0 {
+                Role::Primary => primary.insert(w.to_owned()),
+                Role::Secondary => secondary.insert(w.to_owned()),
+            };
+        }
+        let now = self.now;
+        let mut longest = self.longest_orphaned;
+        self.orphaned.retain(|w, since| {
+            let still = secondary.contains(w) && !primary.contains(w);
+            if !still {
+                longest = longest.max(now - *since);
+            }
+            still
+        });
+        for w in secondary.difference(&primary) {
+            self.orphaned.entry(w.clone()).or_insert(now);
+        }
+        for since in self.orphaned.values() {
+            longest = longest.max(now - since);
+        }
+        self.longest_orphaned = longest;
+        if longest > self.p.quiet_period() {
+            self.violation(format!(
+                "replicas: an item had a live secondary and no live primary for {} s",
+                longest / SEC
+            ));
+        }
+    }
+
+    /// A zone outage of members `hit`: counts the items whose every replica
+    /// on a live member was in that zone although they had two or more
+    /// (the spread should have kept one elsewhere).
+    pub(super) fn check_zone_outage(&mut self, hit: &[usize]) {
+        let prefix = self.layout.assignments.clone();
+        let ids: BTreeMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.as_str(), i))
+            .collect();
+        let mut replicas: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (k, _) in self.store.range(&prefix) {
+            let Some((m, w)) = k[prefix.len()..].split_once('/') else {
+                continue;
+            };
+            if let Some(&i) = ids.get(m) {
+                if self.nodes[i].life == Life::Up {
+                    replicas.entry(w.to_owned()).or_default().push(i);
+                }
+            }
+        }
+        let lost = replicas
+            .values()
+            .filter(|r| r.len() >= 2 && r.iter().all(|i| hit.contains(i)))
+            .count();
+        self.lost_every_replica += lost as u64;
+    }
+
+    /// At no revision is an item under two members (with replicas: as
+    /// primary).
     pub(super) fn check_owners(&mut self, a: &Applied) {
         let prefix = self.layout.assignments.clone();
         for (k, v) in &a.changes {
@@ -128,6 +211,7 @@ impl Sim {
                 .store
                 .range(&prefix)
                 .filter(|(key, _)| key.rsplit_once('/').is_some_and(|(_, w)| w == work))
+                .filter(|(_, v)| Envelope::role_of(v).0 == Role::Primary)
                 .map(|(key, _)| key.clone())
                 .collect();
             if owners.len() > 1 {
@@ -260,6 +344,22 @@ impl Sim {
             }
         }
         let live_ids: Vec<String> = live.iter().map(|i| self.nodes[*i].id.clone()).collect();
+        if self.cfg.replicas > 1 {
+            if let Some(what) = self.replicas_unconverged(&live, &items, &refused) {
+                self.violation(what);
+                return;
+            }
+            if !self.check_records(&items) {
+                return;
+            }
+            for n in live {
+                if let Some(what) = self.member_unsettled(n) {
+                    self.violation(what);
+                    return;
+                }
+            }
+            return;
+        }
         for w in &items {
             match owners.get(w).map(Vec::as_slice) {
                 Some([m]) if live_ids.contains(m) => {}
@@ -296,6 +396,86 @@ impl Sim {
                 return;
             }
         }
+    }
+
+    /// After the quiet period, with replicas: what is wrong with the
+    /// replicas in the store, if anything. Every item (but refused ones) has
+    /// `min(replicas, live)` replicas on distinct live members, one of them
+    /// primary; at most `c` in a zone (`c` the smallest cap the live zones
+    /// allow); primaries balanced within one, and replicas too when every
+    /// live zone has as many members; no replica of a gone item.
+    fn replicas_unconverged(
+        &self,
+        live: &[usize],
+        items: &[String],
+        refused: &[String],
+    ) -> Option<String> {
+        let prefix = self.layout.assignments.clone();
+        let zone: BTreeMap<String, Option<String>> = live
+            .iter()
+            .map(|&i| (self.nodes[i].id.clone(), self.zone_of(i)))
+            .collect();
+        let mut sizes: BTreeMap<Option<String>, usize> = BTreeMap::new();
+        for z in zone.values() {
+            *sizes.entry(z.clone()).or_default() += 1;
+        }
+        let r = (self.cfg.replicas as usize).min(live.len());
+        let cap = (1..=r)
+            .find(|&c| sizes.values().map(|&s| s.min(c)).sum::<usize>() >= r)
+            .unwrap_or(r);
+        let mut held: BTreeMap<String, Vec<(String, Role)>> = BTreeMap::new();
+        for (k, v) in self.store.range(&prefix) {
+            if let Some((m, w)) = k[prefix.len()..].split_once('/') {
+                let role = Envelope::role_of(v).0;
+                held.entry(w.to_owned())
+                    .or_default()
+                    .push((m.to_owned(), role));
+            }
+        }
+        let mut primaries: BTreeMap<&str, usize> = zone.keys().map(|m| (m.as_str(), 0)).collect();
+        let mut totals = primaries.clone();
+        for w in items {
+            let reps = held.get(w).map(Vec::as_slice).unwrap_or_default();
+            if reps.is_empty() && refused.contains(w) {
+                continue;
+            }
+            let on_live = reps.iter().all(|(m, _)| zone.contains_key(m));
+            let n_primary = reps.iter().filter(|(_, r)| *r == Role::Primary).count();
+            let mut per_zone: BTreeMap<&Option<String>, usize> = BTreeMap::new();
+            for (m, _) in reps.iter().filter(|(m, _)| zone.contains_key(m)) {
+                *per_zone.entry(&zone[m]).or_default() += 1;
+            }
+            if !on_live || reps.len() != r || n_primary != 1 || per_zone.values().any(|&n| n > cap)
+            {
+                return Some(format!(
+                    "after the quiet period item {w} has replicas {reps:?} (want {r} on live members, one primary, at most {cap} per zone; zones {zone:?})"
+                ));
+            }
+            for (m, role) in reps {
+                *totals.get_mut(m.as_str()).expect("live") += 1;
+                if *role == Role::Primary {
+                    *primaries.get_mut(m.as_str()).expect("live") += 1;
+                }
+            }
+        }
+        if held.keys().any(|w| !items.contains(w)) {
+            return Some(format!(
+                "after the quiet period replicas of gone items remain: {:?}",
+                held.keys()
+                    .filter(|w| !items.contains(w))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let spread = |c: &BTreeMap<&str, usize>| {
+            c.values().max().unwrap_or(&0) - c.values().min().unwrap_or(&0)
+        };
+        let even_zones = sizes.values().collect::<BTreeSet<_>>().len() <= 1;
+        if spread(&primaries) > 1 || (even_zones && spread(&totals) > 1) {
+            return Some(format!(
+                "after the quiet period replicas are unbalanced: primaries {primaries:?}, all {totals:?}"
+            ));
+        }
+        None
     }
 
     /// After the quiet period: no handoff record is left (of an item that
@@ -354,6 +534,12 @@ impl Sim {
     /// docs/leader.md, for the convergence check.
     fn refused(&self, work: &str, value: &Bytes) -> bool {
         let id = "m".repeat(worker_core::MAX_INSTANCE_ID_LEN);
+        // With secondaries, the largest value written is a secondary's.
+        let value = if self.cfg.replicas > 1 {
+            Envelope::secondary(value)
+        } else {
+            value.clone()
+        };
         let worst = [
             // The simulated leaders write an empty value to the sequence key.
             TxnOp::Sequence {
@@ -369,7 +555,7 @@ impl Sim {
             },
             TxnOp::Put {
                 key: self.layout.assignment_key(&id, work),
-                value: value.clone(),
+                value,
             },
         ];
         !self.limits.fit(&worst)

@@ -189,6 +189,7 @@ impl Sim {
         l.verify_every = l.max_soak;
         l.backoff_max = d(self.p.backoff_max);
         l.exclusive = self.exclusive.then(|| d(self.p.margin));
+        l.replicas = self.cfg.replicas.max(1);
         (w, m, l)
     }
 

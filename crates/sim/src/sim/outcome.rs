@@ -31,6 +31,18 @@ pub struct Outcome {
     /// Handoff records of deleted items left after the quiet period (a
     /// known product bug; see `docs/testing.md`).
     pub stale_records: u64,
+    /// Replicas: cold primaries the plans reported.
+    pub cold_primaries: u64,
+    /// Replicas: promotions the plans reported.
+    pub promotions: u64,
+    /// Zone outages injected.
+    pub zone_outages: u64,
+    /// Replicas: items whose every live replica a zone outage took, though
+    /// they had two or more.
+    pub lost_every_replica: u64,
+    /// Replicas: the longest an item had a live secondary and no live
+    /// primary.
+    pub longest_orphaned: Nanos,
 }
 
 /// An invariant broke.

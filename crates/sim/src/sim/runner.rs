@@ -45,6 +45,11 @@ impl Sim {
             acks: self.acks,
             releases: self.releases,
             stale_records: self.stale_records,
+            cold_primaries: self.cold_primaries,
+            promotions: self.promotions,
+            zone_outages: self.zone_outages,
+            lost_every_replica: self.lost_every_replica,
+            longest_orphaned: self.longest_orphaned,
         })
     }
 
