@@ -134,6 +134,8 @@ pub struct Sim {
     orphaned: BTreeMap<String, Nanos>,
     /// The longest such time seen.
     longest_orphaned: Nanos,
+    /// When the last fault (or the end of one) happened.
+    last_fault_at: Nanos,
     /// The store revision the orphans were last observed at.
     orphan_rev: u64,
     /// Items whose every live replica a zone outage took, though they had
@@ -268,6 +270,7 @@ impl Sim {
             orphaned: BTreeMap::new(),
             longest_orphaned: 0,
             orphan_rev: 0,
+            last_fault_at: 0,
             lost_every_replica: 0,
         };
         tr!(

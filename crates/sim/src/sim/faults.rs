@@ -104,6 +104,7 @@ impl Sim {
     #[allow(clippy::too_many_lines)] // one arm per fault
     pub(super) fn fault(&mut self, f: Fault) {
         self.faults += 1;
+        self.last_fault_at = self.now;
         let up = self.nodes.iter().filter(|x| x.life == Life::Up).count();
         match f {
             Fault::ZoneOutage => {

@@ -123,7 +123,9 @@ impl Sim {
 
     /// Replicas: which items have a secondary on a live member (its member
     /// key present) and no primary on one, since when; the longest such
-    /// time is kept, and one longer than the quiet period is a violation.
+    /// time is kept. One that lasts longer than the quiet period after the
+    /// later of its start and the last fault is a violation (faults that
+    /// keep coming may delay a promotion without bound).
     fn observe_orphans(&mut self) {
         let prefix = self.layout.assignments.clone();
         let mut primary: BTreeSet<String> = BTreeSet::new();
@@ -152,14 +154,16 @@ impl Sim {
         for w in secondary.difference(&primary) {
             self.orphaned.entry(w.clone()).or_insert(now);
         }
+        let mut past_faults = 0;
         for since in self.orphaned.values() {
             longest = longest.max(now - since);
+            past_faults = past_faults.max(now - (*since).max(self.last_fault_at));
         }
         self.longest_orphaned = longest;
-        if longest > self.p.quiet_period() {
+        if past_faults > self.p.quiet_period() {
             self.violation(format!(
-                "replicas: an item had a live secondary and no live primary for {} s",
-                longest / SEC
+                "replicas: an item had a live secondary and no live primary for {} s after the last fault",
+                past_faults / SEC
             ));
         }
     }
@@ -345,19 +349,7 @@ impl Sim {
         }
         let live_ids: Vec<String> = live.iter().map(|i| self.nodes[*i].id.clone()).collect();
         if self.cfg.replicas > 1 {
-            if let Some(what) = self.replicas_unconverged(&live, &items, &refused) {
-                self.violation(what);
-                return;
-            }
-            if !self.check_records(&items) {
-                return;
-            }
-            for n in live {
-                if let Some(what) = self.member_unsettled(n) {
-                    self.violation(what);
-                    return;
-                }
-            }
+            self.converged_replicas(&live, &items, &refused);
             return;
         }
         for w in &items {
@@ -395,6 +387,17 @@ impl Sim {
                 self.violation(what);
                 return;
             }
+        }
+    }
+
+    /// After the quiet period, with replicas: the replicas, the members'
+    /// workloads and the handoff records.
+    fn converged_replicas(&mut self, live: &[usize], items: &[String], refused: &[String]) {
+        match (self.replicas_unconverged(live, items, refused))
+            .or_else(|| live.iter().find_map(|&n| self.member_unsettled(n)))
+        {
+            Some(what) => self.violation(what),
+            None => _ = self.check_records(items),
         }
     }
 
