@@ -542,7 +542,7 @@ impl Machine {
                 for change in changes {
                     changed |= match change {
                         KvChange::Put(KvEntry { key, value, .. }) => {
-                            self.apply_key(&key, Some(value))
+                            self.apply_key(&key, Some(&value))
                         }
                         KvChange::Delete { key } => self.apply_key(&key, None),
                     };
@@ -747,7 +747,7 @@ impl Machine {
         }
     }
 
-    fn apply_key(&mut self, key: &[u8], value: Option<Bytes>) -> bool {
+    fn apply_key(&mut self, key: &[u8], value: Option<&Bytes>) -> bool {
         let Some(id) = self.parse_key(key) else {
             return false;
         };
@@ -758,7 +758,7 @@ impl Machine {
                 None => Arc::from(id),
             },
         };
-        self.apply_work(id, value.as_ref().map(canonical))
+        self.apply_work(id, value.map(canonical))
     }
 
     /// Sets one work id in the observation and keeps `delta` in step.

@@ -226,10 +226,9 @@ impl RoleNet {
     /// reported.
     fn then(self, to: Role, valued: bool) -> RoleNet {
         match self {
-            RoleNet::Same => RoleNet::To(to),
             // Back to the role it had at the start.
             RoleNet::To(r) if r != to && !valued => RoleNet::Same,
-            RoleNet::To(_) => RoleNet::To(to),
+            RoleNet::Same | RoleNet::To(_) => RoleNet::To(to),
             RoleNet::Reset(_) => RoleNet::Reset(to),
         }
     }
@@ -352,9 +351,14 @@ impl WorkloadChange {
                 }
             }
         }
+        Self::from_net(sum, next.revision, self.initial)
+    }
+
+    /// The change that the net changes `sum` make.
+    fn from_net(sum: BTreeMap<WorkId, Net>, revision: Revision, initial: bool) -> WorkloadChange {
         let mut out = WorkloadChange {
-            revision: next.revision,
-            initial: self.initial,
+            revision,
+            initial,
             ..WorkloadChange::default()
         };
         for (id, n) in sum {

@@ -524,8 +524,44 @@ pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
         }
     }
     status.items = items.len();
+    add_assignments(&mut status, layout, &assignments.entries, &mut items);
+    for e in &handoffs.entries {
+        if let Ok(id) = layout.parse_handoff(&e.key) {
+            status.handoffs.insert(
+                id.to_owned(),
+                String::from_utf8_lossy(&e.value).into_owned(),
+            );
+        }
+    }
+    status.unassigned = items
+        .into_iter()
+        .filter(|(_, a)| !a)
+        .map(|(id, _)| id)
+        .collect();
+    if json {
+        match serde_json::to_string(&status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("coordinator: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", table(&status));
+    ExitCode::SUCCESS
+}
+
+/// Adds each assignment to its member's counts and items (with roles once
+/// some item has a secondary), and marks the items it finds as assigned.
+fn add_assignments(
+    status: &mut Status,
+    layout: &Layout,
+    assignments: &[worker_core::KvEntry],
+    items: &mut BTreeMap<String, bool>,
+) {
     let mut secondaries: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for e in &assignments.entries {
+    for e in assignments {
         if let Ok((member, id)) = layout.parse_assignment(&e.key) {
             let m = status.members.entry(member.to_owned()).or_default();
             m.count += 1;
@@ -559,31 +595,6 @@ pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
             m.secondary = Some(sec);
         }
     }
-    for e in &handoffs.entries {
-        if let Ok(id) = layout.parse_handoff(&e.key) {
-            status.handoffs.insert(
-                id.to_owned(),
-                String::from_utf8_lossy(&e.value).into_owned(),
-            );
-        }
-    }
-    status.unassigned = items
-        .into_iter()
-        .filter(|(_, a)| !a)
-        .map(|(id, _)| id)
-        .collect();
-    if json {
-        match serde_json::to_string(&status) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("coordinator: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
-    print!("{}", table(&status));
-    ExitCode::SUCCESS
 }
 
 fn table(status: &Status) -> String {
