@@ -10,7 +10,7 @@ use tokio::time::timeout;
 
 mod common;
 
-use common::{kill, BIN, WAIT};
+use common::{kill, Scratch, BIN, WAIT};
 
 fn worker(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
@@ -349,4 +349,35 @@ async fn demo_with_100_items_ends_by_itself_and_exits_0() {
         "well under a minute: {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn with_replicas_configured_every_line_names_the_roles() {
+    let dir = Scratch::new("roles-line");
+    let config = dir.file("c.toml", "replicas = 2\n");
+    let (child, mut stdin, mut lines) = start(&[
+        "--backend",
+        "memory",
+        "--instance-id",
+        "m1",
+        "--soak",
+        "100ms",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(
+        next_line(&mut lines).await,
+        r#"{"instance_id":"m1","revision":0,"workload":[],"added":[],"removed":[],"changed":[],"primary":[],"secondary":[]}"#,
+        "replicas > 1: primary and secondary from the first line, after changed"
+    );
+    stdin
+        .write_all(b"put service/coordinator/assignments/m1/w2 a\nput service/coordinator/assignments/m1/w1 b\n")
+        .await
+        .unwrap();
+    let text = next_line(&mut lines).await;
+    assert!(
+        text.ends_with(r#""workload":["w1","w2"],"added":["w1","w2"],"removed":[],"changed":[],"primary":["w1","w2"],"secondary":[]}"#),
+        "{text}"
+    );
+    signal_exits_0(child, "-TERM").await;
 }

@@ -428,6 +428,16 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
         case(&worker, &["--prefix", ""], &["--prefix", "empty"]),
         case(&member, &["--zone", " "], &["zone", "empty"]),
         case(
+            &["work", "put", "w1", "--backend", "consul"],
+            &["--replicas", "0"],
+            &["--replicas", "1 to 16"],
+        ),
+        case(
+            &["work", "put", "w1", "--backend", "consul"],
+            &["--replicas", "17"],
+            &["--replicas", "1 to 16"],
+        ),
+        case(
             &member,
             &["--zone", "a\tb"],
             &["zone", "control characters"],

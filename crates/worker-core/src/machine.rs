@@ -14,8 +14,16 @@
 //! single-key change costs O(log n) and a commit O(changed keys), whatever the
 //! workload's size. The settled workload itself lives with the application
 //! (the driver applies each published [`WorkloadChange`] to it).
+//!
+//! Roles travel in the values ([`Envelope`](crate::Envelope)): the machine
+//! keeps each value in one canonical form (a primary's without an envelope, a
+//! secondary's with exactly `role=secondary`), so that two values differ
+//! exactly when the role or the application's bytes differ. A role change is
+//! then a change of value like any other: it soaks, and the settled position
+//! covers it once published. The envelope comes off when a change is
+//! published.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +32,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::backoff::Backoff;
+use crate::envelope::{Envelope, Role, ENVELOPE_MAGIC};
 use crate::error::ConfigError;
 use crate::keys::{AssignmentKeys, ForeignReason};
 use crate::types::{
@@ -277,14 +286,39 @@ impl Machine {
         self.keys.member_prefix()
     }
 
-    /// The newest observation of the member's keys.
+    /// The newest observation of the member's keys. The values are the
+    /// keys' values in their canonical form: a secondary's keeps its
+    /// envelope (see the [module docs](self)).
     pub fn observed(&self) -> &Workload {
         &self.observed
     }
 
-    /// The settled workload, rebuilt from the observation and the delta (O(n);
-    /// for tests and diagnostics).
+    /// The settled workload as published: the application's bytes, roles
+    /// taken off (see [`settled_secondaries`](Self::settled_secondaries)).
+    /// Rebuilt from the observation and the delta (O(n); for restores, tests
+    /// and diagnostics).
     pub fn settled(&self) -> Workload {
+        self.settled_raw()
+            .into_iter()
+            .map(|(id, v)| {
+                let payload = decode(&v).1;
+                (id, payload)
+            })
+            .collect()
+    }
+
+    /// The items of the [`settled`](Self::settled) workload held as
+    /// secondaries; the others are primaries. O(n).
+    pub fn settled_secondaries(&self) -> BTreeSet<WorkId> {
+        self.settled_raw()
+            .into_iter()
+            .filter(|(_, v)| decode(v).0 == Role::Secondary)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The settled workload with the values in their canonical form.
+    fn settled_raw(&self) -> Workload {
         let mut w = self.observed.clone();
         for (id, settled) in &self.delta {
             match settled {
@@ -508,7 +542,7 @@ impl Machine {
                 for change in changes {
                     changed |= match change {
                         KvChange::Put(KvEntry { key, value, .. }) => {
-                            self.apply_key(&key, Some(value))
+                            self.apply_key(&key, Some(&value))
                         }
                         KvChange::Delete { key } => self.apply_key(&key, None),
                     };
@@ -609,11 +643,28 @@ impl Machine {
             initial: !self.synced,
             ..WorkloadChange::default()
         };
+        // `delta` is in work-id order, so every list comes out sorted.
         for (id, settled) in std::mem::take(&mut self.delta) {
             match (self.observed.get(&id), settled) {
-                (Some(v), None) => change.added.push((id, v.clone())),
+                (Some(v), None) => {
+                    let (role, payload) = decode(v);
+                    if role == Role::Secondary {
+                        change.added_secondaries.push(id.clone());
+                    }
+                    change.added.push((id, payload));
+                }
                 (None, Some(_)) => change.removed.push(id),
-                (Some(v), Some(_)) => change.changed.push((id, v.clone())),
+                (Some(new), Some(old)) => {
+                    let ((role, payload), (old_role, old_payload)) = (decode(new), decode(&old));
+                    match (old_role, role) {
+                        (Role::Secondary, Role::Primary) => change.promoted.push(id.clone()),
+                        (Role::Primary, Role::Secondary) => change.demoted.push(id.clone()),
+                        _ => {}
+                    }
+                    if payload != old_payload {
+                        change.changed.push((id, payload));
+                    }
+                }
                 (None, None) => {}
             }
         }
@@ -641,10 +692,10 @@ impl Machine {
     }
 
     fn apply_snapshot(&mut self, revision: Revision, entries: &[KvEntry]) -> bool {
-        let mut fresh: Vec<(&str, &Bytes)> = Vec::with_capacity(entries.len());
+        let mut fresh: Vec<(&str, Bytes)> = Vec::with_capacity(entries.len());
         for e in entries {
             if let Some(id) = self.parse_key(&e.key) {
-                fresh.push((id, &e.value));
+                fresh.push((id, canonical(&e.value)));
             }
         }
         // Stores answer in key order, which is work-id order under one member
@@ -662,11 +713,11 @@ impl Machine {
             }
             match old.next_if(|(k, _)| &***k == id) {
                 Some((k, v)) => {
-                    if v != value {
-                        edits.push((k.clone(), Some(value.clone())));
+                    if *v != value {
+                        edits.push((k.clone(), Some(value)));
                     }
                 }
-                None => edits.push((Arc::from(id), Some(value.clone()))),
+                None => edits.push((Arc::from(id), Some(value))),
             }
         }
         edits.extend(old.map(|(k, _)| (k.clone(), None)));
@@ -696,7 +747,7 @@ impl Machine {
         }
     }
 
-    fn apply_key(&mut self, key: &[u8], value: Option<Bytes>) -> bool {
+    fn apply_key(&mut self, key: &[u8], value: Option<&Bytes>) -> bool {
         let Some(id) = self.parse_key(key) else {
             return false;
         };
@@ -707,7 +758,7 @@ impl Machine {
                 None => Arc::from(id),
             },
         };
-        self.apply_work(id, value)
+        self.apply_work(id, value.map(canonical))
     }
 
     /// Sets one work id in the observation and keeps `delta` in step.
@@ -732,4 +783,30 @@ impl Machine {
         }
         true
     }
+}
+
+/// A value in the machine's canonical form: a primary's without an envelope,
+/// a secondary's with exactly [`Envelope::secondary`]'s, anything else (no
+/// envelope, or one that does not parse) as it is.
+fn canonical(value: &Bytes) -> Bytes {
+    if !value.starts_with(ENVELOPE_MAGIC) {
+        return value.clone();
+    }
+    match Envelope::role_of(value) {
+        (Role::Primary, payload) => value.slice_ref(payload),
+        (Role::Secondary, payload) => {
+            let c = Envelope::secondary(payload);
+            if c == *value {
+                value.clone()
+            } else {
+                c
+            }
+        }
+    }
+}
+
+/// The role a value gives its holder, and the application's bytes.
+fn decode(value: &Bytes) -> (Role, Bytes) {
+    let (role, payload) = Envelope::role_of(value);
+    (role, value.slice_ref(payload))
 }

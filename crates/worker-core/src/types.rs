@@ -1,10 +1,12 @@
 //! Plain data exchanged between the stores, the core and the application.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::envelope::Role;
 
 /// A store position: Consul's `X-Consul-Index` or etcd's revision.
 ///
@@ -163,9 +165,17 @@ impl std::hash::Hash for Leader {
 
 /// A settled change, as published to the application.
 ///
-/// Non-exhaustive: a later release may say more about a change (roles, for
-/// example); read the fields, and build one with `Default` and field
-/// assignments where a test needs it.
+/// Values are the application's bytes: with replicas, the role an assignment
+/// key's value carries in its envelope ([`Envelope`](crate::Envelope)) is
+/// taken off and reported apart, in `added_secondaries`, `promoted` and
+/// `demoted`. A role change alone is not a value change (the item is not in
+/// `changed`); an item whose value and role both change is in both lists.
+/// With one replica per item every item is a primary and the role lists stay
+/// empty. Every list is sorted by work id.
+///
+/// Non-exhaustive: a later release may say more about a change; read the
+/// fields, and build one with `Default` and field assignments where a test
+/// needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkloadChange {
@@ -182,41 +192,124 @@ pub struct WorkloadChange {
     ///
     /// [`changes`]: crate::WorkerHandle::changes
     pub initial: bool,
+    /// The work ids of `added` that arrive as secondaries (standbys); the
+    /// others of `added` arrive as primaries.
+    pub added_secondaries: Vec<WorkId>,
+    /// Work ids held before and after, promoted from secondary to primary.
+    pub promoted: Vec<WorkId>,
+    /// Work ids held before and after, demoted from primary to secondary.
+    pub demoted: Vec<WorkId>,
+}
+
+/// How the role of an item still held compares with its role before a
+/// (coalesced) change.
+#[derive(Clone, Copy)]
+enum RoleNet {
+    /// Unchanged.
+    Same,
+    /// Changed to this role (from the other one).
+    To(Role),
+    /// This role, after a removal and a new assignment: the role before is
+    /// not known, so it is reported as a change to this role.
+    Reset(Role),
+}
+
+impl RoleNet {
+    /// This net change followed by a change of role to `to`. `valued`: the
+    /// item's value changed too.
+    ///
+    /// A role change that goes back is dropped only for an item whose value
+    /// did not change: such a role change comes straight from the worker,
+    /// which knows the role before. Where the value changed, the role before
+    /// may be unknown (a removal and a new assignment, coalesced earlier into
+    /// `changed` and the role it came back with), so the role it ends with is
+    /// reported.
+    fn then(self, to: Role, valued: bool) -> RoleNet {
+        match self {
+            // Back to the role it had at the start.
+            RoleNet::To(r) if r != to && !valued => RoleNet::Same,
+            RoleNet::Same | RoleNet::To(_) => RoleNet::To(to),
+            RoleNet::Reset(_) => RoleNet::Reset(to),
+        }
+    }
+}
+
+/// An item's net change over one or more changes.
+enum Net {
+    Added(Bytes, Role),
+    Removed,
+    /// Held before and after: the new value if it changed, and the role.
+    Kept(Option<Bytes>, RoleNet),
 }
 
 impl WorkloadChange {
-    /// True when the change adds, removes and changes nothing.
+    /// True when the change adds, removes and changes nothing, values and
+    /// roles alike.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.added_secondaries.is_empty()
+            && self.promoted.is_empty()
+            && self.demoted.is_empty()
+    }
+
+    /// The role an item of `added` arrives with.
+    pub fn added_role(&self, id: &str) -> Role {
+        if self.added_secondaries.iter().any(|s| &**s == id) {
+            Role::Secondary
+        } else {
+            Role::Primary
+        }
     }
 
     /// This change followed by `next`, as one change: applying the result
-    /// to a workload gives what applying `self` then `next` gives. Used to
-    /// coalesce the queue of a subscriber that falls behind. An item removed
-    /// by `self` and added again by `next` comes out as `changed` (with the
-    /// new value, which may equal the one it had before); one added by `self`
-    /// and removed by `next` comes out as nothing. The revision is `next`'s;
-    /// the result is `initial` when `self` is.
+    /// to a workload (and its roles) gives what applying `self` then `next`
+    /// gives. Used to coalesce the queue of a subscriber that falls behind.
+    /// An item removed by `self` and added again by `next` comes out as
+    /// `changed` (with the new value, which may equal the one it had before)
+    /// and as `promoted` or `demoted` by the role it came back with (which
+    /// may be the role it had before); one added by `self` and removed by
+    /// `next` comes out as nothing, and so does one promoted by `self` and
+    /// demoted by `next` (or the other way round) whose value did not change
+    /// (when it did, the item is in `changed` and in the list of the role it
+    /// ended with).
+    /// The revision is `next`'s; the result is `initial` when `self` is.
     #[must_use]
     pub fn then(self, next: WorkloadChange) -> WorkloadChange {
-        enum Net {
-            Added(Bytes),
-            Removed,
-            Changed(Bytes),
-        }
         let mut sum: BTreeMap<WorkId, Net> = BTreeMap::new();
+        let secondaries: BTreeSet<WorkId> = self.added_secondaries.into_iter().collect();
         for (id, v) in self.added {
-            sum.insert(id, Net::Added(v));
+            let role = if secondaries.contains(&id) {
+                Role::Secondary
+            } else {
+                Role::Primary
+            };
+            sum.insert(id, Net::Added(v, role));
         }
         for id in self.removed {
             sum.insert(id, Net::Removed);
         }
         for (id, v) in self.changed {
-            sum.insert(id, Net::Changed(v));
+            sum.insert(id, Net::Kept(Some(v), RoleNet::Same));
+        }
+        let roles = |promoted: Vec<WorkId>, demoted: Vec<WorkId>| {
+            promoted
+                .into_iter()
+                .map(|id| (id, Role::Primary))
+                .chain(demoted.into_iter().map(|id| (id, Role::Secondary)))
+        };
+        for (id, to) in roles(self.promoted, self.demoted) {
+            match sum.get_mut(&id) {
+                Some(Net::Kept(value, role)) => *role = role.then(to, value.is_some()),
+                _ => {
+                    sum.insert(id, Net::Kept(None, RoleNet::To(to)));
+                }
+            }
         }
         for id in next.removed {
             match sum.get(&id) {
-                Some(Net::Added(_)) => {
+                Some(Net::Added(..)) => {
                     sum.remove(&id);
                 }
                 _ => {
@@ -224,45 +317,104 @@ impl WorkloadChange {
                 }
             }
         }
+        let secondaries: BTreeSet<WorkId> = next.added_secondaries.into_iter().collect();
         for (id, v) in next.added {
+            let role = if secondaries.contains(&id) {
+                Role::Secondary
+            } else {
+                Role::Primary
+            };
             // Absent before `next`: absent before `self` too, unless `self`
             // removed it.
             let entry = match sum.get(&id) {
-                Some(Net::Removed | Net::Changed(_)) => Net::Changed(v),
-                Some(Net::Added(_)) | None => Net::Added(v),
+                Some(Net::Removed | Net::Kept(..)) => Net::Kept(Some(v), RoleNet::Reset(role)),
+                Some(Net::Added(..)) | None => Net::Added(v, role),
             };
             sum.insert(id, entry);
         }
         for (id, v) in next.changed {
             // Present before `next`: new to `self`'s base if `self` added it.
-            let entry = match sum.get(&id) {
-                Some(Net::Added(_)) => Net::Added(v),
-                _ => Net::Changed(v),
-            };
-            sum.insert(id, entry);
+            match sum.get_mut(&id) {
+                Some(Net::Added(value, _)) => *value = v,
+                Some(Net::Kept(value, _)) => *value = Some(v),
+                Some(Net::Removed) | None => {
+                    sum.insert(id, Net::Kept(Some(v), RoleNet::Same));
+                }
+            }
         }
+        for (id, to) in roles(next.promoted, next.demoted) {
+            match sum.get_mut(&id) {
+                Some(Net::Added(_, role)) => *role = to,
+                Some(Net::Kept(value, role)) => *role = role.then(to, value.is_some()),
+                Some(Net::Removed) | None => {
+                    sum.insert(id, Net::Kept(None, RoleNet::To(to)));
+                }
+            }
+        }
+        Self::from_net(sum, next.revision, self.initial)
+    }
+
+    /// The change that the net changes `sum` make.
+    fn from_net(sum: BTreeMap<WorkId, Net>, revision: Revision, initial: bool) -> WorkloadChange {
         let mut out = WorkloadChange {
-            revision: next.revision,
-            initial: self.initial,
+            revision,
+            initial,
             ..WorkloadChange::default()
         };
         for (id, n) in sum {
             match n {
-                Net::Added(v) => out.added.push((id, v)),
+                Net::Added(v, role) => {
+                    if role == Role::Secondary {
+                        out.added_secondaries.push(id.clone());
+                    }
+                    out.added.push((id, v));
+                }
                 Net::Removed => out.removed.push(id),
-                Net::Changed(v) => out.changed.push((id, v)),
+                Net::Kept(value, role) => {
+                    let to = match role {
+                        RoleNet::Same => None,
+                        RoleNet::To(r) | RoleNet::Reset(r) => Some(r),
+                    };
+                    match to {
+                        Some(Role::Primary) => out.promoted.push(id.clone()),
+                        Some(Role::Secondary) => out.demoted.push(id.clone()),
+                        None => {}
+                    }
+                    if let Some(v) = value {
+                        out.changed.push((id, v));
+                    }
+                }
             }
         }
         out
     }
 
-    /// Applies this change to a workload.
+    /// Applies this change to a workload (values only; see
+    /// [`apply_roles_to`](Self::apply_roles_to) for the roles).
     pub fn apply_to(&self, workload: &mut Workload) {
         for id in &self.removed {
             workload.remove(id);
         }
         for (id, value) in self.added.iter().chain(&self.changed) {
             workload.insert(id.clone(), value.clone());
+        }
+    }
+
+    /// Applies the role part of this change to the set of items held as
+    /// secondaries (every other item of the workload is a primary).
+    pub fn apply_roles_to(&self, secondaries: &mut BTreeSet<WorkId>) {
+        for id in self
+            .removed
+            .iter()
+            .chain(self.added.iter().map(|(id, _)| id))
+        {
+            secondaries.remove(id);
+        }
+        for id in &self.promoted {
+            secondaries.remove(id);
+        }
+        for id in self.added_secondaries.iter().chain(&self.demoted) {
+            secondaries.insert(id.clone());
         }
     }
 }

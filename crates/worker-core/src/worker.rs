@@ -1,5 +1,6 @@
 //! The tokio driver: runs a [`Machine`] against a store and publishes what settles.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use crate::error::{ConfigError, ErrorChain, StoreError};
 use crate::keys::ForeignReason;
 use crate::machine::{Action, Machine, Timing};
 use crate::traits::{KvStream, KvWatch, LeaderStream, LeaderWait};
-use crate::types::{Leader, Revision, Snapshot, WatchEvent, Workload, WorkloadChange};
+use crate::types::{Leader, Revision, Snapshot, WatchEvent, WorkId, Workload, WorkloadChange};
 
 /// The default assignment prefix.
 pub const DEFAULT_PREFIX: &str = "service/coordinator/assignments/";
@@ -125,6 +126,10 @@ impl WorkerConfig {
 }
 
 /// The settled state a worker publishes.
+///
+/// The roles of its items (with replicas) are read apart:
+/// [`WorkerHandle::secondaries`], [`WorkerObserver::secondaries`],
+/// [`WorkloadWatch::secondaries`].
 #[derive(Debug, Clone, Default)]
 pub struct Settled {
     /// The settled workload.
@@ -231,12 +236,21 @@ fn lock(subs: &SharedSubscribers) -> std::sync::MutexGuard<'_, Subscribers> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What the settled-state channel holds: the settled state and the roles of
+/// its items, published together.
+#[derive(Debug, Clone, Default)]
+struct State {
+    settled: Settled,
+    /// The items of `settled.workload` held as secondaries.
+    secondaries: Arc<BTreeSet<WorkId>>,
+}
+
 /// What the worker task publishes through. Only the task owns it, so when the
 /// task ends in any way (halt, handle dropped, or a panic unwinding it) the
 /// senders drop: [`WorkerHandle::ready`], [`WorkloadWatch::changed`] and
 /// [`Changes::next`] then end instead of waiting forever.
 struct Shared {
-    state: watch::Sender<Settled>,
+    state: watch::Sender<State>,
     leader: watch::Sender<Option<Leader>>,
     contact: watch::Sender<StoreContact>,
     subscribers: SharedSubscribers,
@@ -246,9 +260,10 @@ impl Shared {
     fn publish(&self, change: &WorkloadChange) {
         let mut subs = lock(&self.subscribers);
         self.state.send_modify(|s| {
-            change.apply_to(Arc::make_mut(&mut s.workload));
-            s.revision = change.revision;
-            s.ready = true;
+            change.apply_to(Arc::make_mut(&mut s.settled.workload));
+            change.apply_roles_to(Arc::make_mut(&mut s.secondaries));
+            s.settled.revision = change.revision;
+            s.settled.ready = true;
         });
         // A subscription whose `Changes` was dropped is held here only.
         subs.list.retain(|sub| Arc::strong_count(sub) > 1);
@@ -314,7 +329,7 @@ impl Worker {
         seed: u64,
     ) -> Result<(WorkerHandle, ReleaseSwitch), ConfigError> {
         let machine = Machine::new(&config.prefix, &config.instance_id, config.timing()?, seed)?;
-        let (state, rx) = watch::channel(Settled::default());
+        let (state, rx) = watch::channel(State::default());
         let (leader_tx, leader_rx) = watch::channel(None);
         let (contact_tx, contact_rx) = watch::channel(StoreContact::Unknown);
         let (position_tx, position_rx) = watch::channel(0);
@@ -368,7 +383,7 @@ impl Worker {
 /// Dropping the handle stops the worker (without waiting); call
 /// [`halt`](Self::halt) to wait until it has stopped.
 pub struct WorkerHandle {
-    rx: watch::Receiver<Settled>,
+    rx: watch::Receiver<State>,
     leader_rx: watch::Receiver<Option<Leader>>,
     contact: watch::Receiver<StoreContact>,
     position: watch::Receiver<Revision>,
@@ -387,12 +402,22 @@ impl std::fmt::Debug for WorkerHandle {
 impl WorkerHandle {
     /// The current settled workload (empty before the first sync). Cheap: an `Arc` clone.
     pub fn workload(&self) -> Arc<Workload> {
-        self.rx.borrow().workload.clone()
+        self.rx.borrow().settled.workload.clone()
+    }
+
+    /// The items of the current settled workload held as secondaries
+    /// (standbys); every other item is a primary. Empty without replicas.
+    /// Cheap: an `Arc` clone. For the workload and its roles at one instant,
+    /// apply the [`changes`](Self::changes) to a workload
+    /// ([`WorkloadChange::apply_to`]) and a set
+    /// ([`WorkloadChange::apply_roles_to`]).
+    pub fn secondaries(&self) -> Arc<BTreeSet<WorkId>> {
+        self.rx.borrow().secondaries.clone()
     }
 
     /// The current settled state: workload, revision and whether the first sync happened.
     pub fn settled(&self) -> Settled {
-        self.rx.borrow().clone()
+        self.rx.borrow().settled.clone()
     }
 
     /// The leader as this worker last saw it (`None`: none, or not known yet).
@@ -445,7 +470,7 @@ impl WorkerHandle {
 
     /// True once the first settled workload was published.
     pub fn is_ready(&self) -> bool {
-        self.rx.borrow().ready
+        self.rx.borrow().settled.ready
     }
 
     /// Waits for the first sync and returns the settled workload.
@@ -454,8 +479,8 @@ impl WorkerHandle {
     /// its task ended otherwise (a panic).
     pub async fn ready(&self) -> Result<Arc<Workload>, Halted> {
         let mut rx = self.rx.clone();
-        let s = rx.wait_for(|s| s.ready).await.map_err(|_| Halted)?;
-        Ok(s.workload.clone())
+        let s = rx.wait_for(|s| s.settled.ready).await.map_err(|_| Halted)?;
+        Ok(s.settled.workload.clone())
     }
 
     /// A receiver that can await each change of the settled state.
@@ -468,7 +493,8 @@ impl WorkerHandle {
     /// Every settled change from now on, as `added` / `removed` / `changed`.
     ///
     /// If the first sync already happened, the first item is the whole current
-    /// workload as `added` with `initial` set, so a consumer that applies the
+    /// workload as `added` (its secondaries in `added_secondaries`) with
+    /// `initial` set, so a consumer that applies the
     /// items in order always holds the settled workload. The stream ends when
     /// the worker halts or its task ends otherwise (a panic); from a worker
     /// that has already ended it is empty. Items queue until read, at most
@@ -481,7 +507,10 @@ impl WorkerHandle {
             sub.close();
             return Changes::new(sub);
         }
-        let s = self.rx.borrow().clone();
+        let State {
+            settled: s,
+            secondaries,
+        } = self.rx.borrow().clone();
         if s.ready {
             sub.push(WorkloadChange {
                 revision: s.revision,
@@ -490,6 +519,7 @@ impl WorkerHandle {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                added_secondaries: secondaries.iter().cloned().collect(),
                 initial: true,
                 ..WorkloadChange::default()
             });
@@ -572,7 +602,7 @@ impl ReleaseSwitch {
 /// getters keep the last values.
 #[derive(Debug, Clone)]
 pub struct WorkerObserver {
-    settled: watch::Receiver<Settled>,
+    settled: watch::Receiver<State>,
     leader: watch::Receiver<Option<Leader>>,
     contact: watch::Receiver<StoreContact>,
     hold: watch::Receiver<Hold>,
@@ -587,12 +617,18 @@ impl WorkerObserver {
 
     /// The current settled state (see [`WorkerHandle::settled`]).
     pub fn settled(&self) -> Settled {
-        self.settled.borrow().clone()
+        self.settled.borrow().settled.clone()
+    }
+
+    /// The items of the current settled workload held as secondaries (see
+    /// [`WorkerHandle::secondaries`]).
+    pub fn secondaries(&self) -> Arc<BTreeSet<WorkId>> {
+        self.settled.borrow().secondaries.clone()
     }
 
     /// True once the first settled workload was published.
     pub fn is_ready(&self) -> bool {
-        self.settled.borrow().ready
+        self.settled.borrow().settled.ready
     }
 
     /// The leader as this worker last saw it (see [`WorkerHandle::leader`]).
@@ -614,19 +650,25 @@ impl WorkerObserver {
 /// Awaits changes of a worker's settled state; from [`WorkerHandle::watch`].
 #[derive(Debug, Clone)]
 pub struct WorkloadWatch {
-    rx: watch::Receiver<Settled>,
+    rx: watch::Receiver<State>,
 }
 
 impl WorkloadWatch {
     /// Waits until the settled state changes and returns it. Cancel safe.
     pub async fn changed(&mut self) -> Result<Settled, Halted> {
         self.rx.changed().await.map_err(|_| Halted)?;
-        Ok(self.rx.borrow_and_update().clone())
+        Ok(self.rx.borrow_and_update().settled.clone())
     }
 
     /// The current settled state.
     pub fn current(&self) -> Settled {
-        self.rx.borrow().clone()
+        self.rx.borrow().settled.clone()
+    }
+
+    /// The items of the current settled workload held as secondaries (see
+    /// [`WorkerHandle::secondaries`]).
+    pub fn secondaries(&self) -> Arc<BTreeSet<WorkId>> {
+        self.rx.borrow().secondaries.clone()
     }
 }
 
@@ -817,7 +859,7 @@ impl Driver {
             {
                 self.restoring = None;
                 self.held = false;
-                self.publish_to(&self.machine.settled());
+                self.publish_to(&self.machine.settled(), &self.machine.settled_secondaries());
                 info!("workload restored after a fresh read");
             }
             if let Some(p) = self.machine.settled_position() {
@@ -875,7 +917,7 @@ impl Driver {
             if !self.held {
                 self.held = true;
                 warn!("releasing the whole workload");
-                self.publish_to(&Workload::new());
+                self.publish_to(&Workload::new(), &BTreeSet::new());
             }
         } else if resync {
             self.resync_owed = false;
@@ -883,16 +925,21 @@ impl Driver {
             self.machine.resync();
         } else if self.held && self.restoring.is_none() {
             self.held = false;
-            self.publish_to(&self.machine.settled());
+            self.publish_to(&self.machine.settled(), &self.machine.settled_secondaries());
             info!("workload restored");
         }
     }
 
-    /// Publishes what turns the application's workload into `target`.
-    fn publish_to(&mut self, target: &Workload) {
-        let (current, ready) = {
+    /// Publishes what turns the application's workload into `target`, with
+    /// the items of `secondaries` held as secondaries.
+    fn publish_to(&mut self, target: &Workload, secondaries: &BTreeSet<WorkId>) {
+        let (current, current_secondaries, ready) = {
             let s = self.shared.state.borrow();
-            (s.workload.clone(), s.ready)
+            (
+                s.settled.workload.clone(),
+                s.secondaries.clone(),
+                s.settled.ready,
+            )
         };
         let mut change = WorkloadChange {
             revision: self.machine.observed_revision(),
@@ -900,10 +947,24 @@ impl Driver {
             ..WorkloadChange::default()
         };
         for (id, v) in target {
+            let secondary = secondaries.contains(id);
             match current.get(id) {
-                None => change.added.push((id.clone(), v.clone())),
-                Some(old) if old != v => change.changed.push((id.clone(), v.clone())),
-                Some(_) => {}
+                None => {
+                    if secondary {
+                        change.added_secondaries.push(id.clone());
+                    }
+                    change.added.push((id.clone(), v.clone()));
+                }
+                Some(old) => {
+                    match (current_secondaries.contains(id), secondary) {
+                        (true, false) => change.promoted.push(id.clone()),
+                        (false, true) => change.demoted.push(id.clone()),
+                        _ => {}
+                    }
+                    if old != v {
+                        change.changed.push((id.clone(), v.clone()));
+                    }
+                }
             }
         }
         for id in current.keys() {
@@ -911,9 +972,7 @@ impl Driver {
                 change.removed.push(id.clone());
             }
         }
-        let empty =
-            change.added.is_empty() && change.removed.is_empty() && change.changed.is_empty();
-        if !empty || (!ready && self.machine.is_synced()) {
+        if !change.is_empty() || (!ready && self.machine.is_synced()) {
             self.publish(&change);
         }
     }
@@ -925,11 +984,13 @@ impl Driver {
             added = change.added.len(),
             removed = change.removed.len(),
             changed = change.changed.len(),
+            promoted = change.promoted.len(),
+            demoted = change.demoted.len(),
             initial = change.initial,
             "workload settled"
         );
         self.shared.publish(change);
-        let settled_items = self.shared.state.borrow().workload.len();
+        let settled_items = self.shared.state.borrow().settled.workload.len();
         self.metrics.published(settled_items);
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{ArgMatches, Args, Subcommand};
 use coordinator::config::BackendKind;
-use coordinator::{Backend, Error, ErrorChain, Layout, MemberMeta, MemberStore};
+use coordinator::{Backend, Envelope, Error, ErrorChain, Layout, MemberMeta, MemberStore, Role};
 use serde::Serialize;
 
 use crate::{put, settings, usage_error, ConnArgs};
@@ -79,6 +79,9 @@ enum WorkOp {
         id: String,
         /// The item's parameters, copied into its assignment.
         value: Option<String>,
+        /// Replicas of this item (one primary, the rest secondaries), overriding the cluster's `replicas`; written in the item's value
+        #[arg(long, value_name = "N", value_parser = settings::replicas)]
+        replicas: Option<u32>,
     },
     /// Removes a work item.
     Rm {
@@ -87,11 +90,11 @@ enum WorkOp {
         /// The work id.
         id: String,
     },
-    /// Lists the work items, one per line: `ID<TAB>VALUE` (or JSON with --json).
+    /// Lists the work items, one per line: `ID<TAB>VALUE`, then `<TAB>replicas=N` for an item that asks for its own replica count (or JSON with --json).
     Ls {
         #[command(flatten)]
         store: StoreArgs,
-        /// Print one JSON object: {"items":[{"id":ID,"value":VALUE},...]}, sorted by id.
+        /// Print one JSON object: {"items":[{"id":ID,"value":VALUE},...]}, sorted by id; an item that asks for its own replica count also has "replicas":N.
         #[arg(long)]
         json: bool,
     },
@@ -232,11 +235,20 @@ pub async fn work(args: WorkArgs, m: ArgMatches) -> ExitCode {
     };
     let (layout, store) = (&admin.layout, &admin.store);
     let result = match args.op {
-        WorkOp::Put { id, value, .. } => {
+        WorkOp::Put {
+            id,
+            value,
+            replicas,
+            ..
+        } => {
             if let Err(reason) = check_work_id(&id) {
                 return usage_error(&format!("invalid work id {id:?}: {reason}"));
             }
-            let value = Bytes::from(value.unwrap_or_default());
+            let value = value.unwrap_or_default();
+            let value = match replicas {
+                Some(n) => Envelope::with_replicas(n, value.as_bytes()),
+                None => Bytes::from(value),
+            };
             admin
                 .bounded(
                     "cannot write the work item",
@@ -265,36 +277,22 @@ pub async fn work(args: WorkArgs, m: ArgMatches) -> ExitCode {
             .map(|snapshot| {
                 let mut entries = snapshot.entries;
                 entries.sort_by(|a, b| a.key.cmp(&b.key));
-                let items: Vec<(&str, String)> = entries
+                let items: Vec<Item<'_>> = entries
                     .iter()
                     .filter_map(|e| {
                         let id = layout.parse_work(&e.key).ok()?;
-                        Some((id, String::from_utf8_lossy(&e.value).into_owned()))
+                        Some(Item::new(id, &e.value))
                     })
                     .collect();
                 if json {
                     #[derive(Serialize)]
-                    struct Item<'a> {
-                        id: &'a str,
-                        value: &'a str,
-                    }
-                    #[derive(Serialize)]
                     struct Items<'a> {
                         items: Vec<Item<'a>>,
                     }
-                    let out = Items {
-                        items: items.iter().map(|(id, value)| Item { id, value }).collect(),
-                    };
+                    let out = Items { items };
                     println!("{}", serde_json::to_string(&out).expect("strings only"));
                 } else {
-                    let mut lines = String::new();
-                    for (id, value) in &items {
-                        lines.push_str(id);
-                        lines.push('\t');
-                        lines.push_str(value);
-                        lines.push('\n');
-                    }
-                    print!("{lines}");
+                    print!("{}", item_lines(&items));
                 }
                 ExitCode::SUCCESS
             }),
@@ -376,6 +374,48 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A work item as `work ls` shows it: the application's bytes, and the
+/// replica count its envelope asks for (a value whose envelope does not
+/// parse is shown whole).
+#[derive(Serialize, Debug)]
+struct Item<'a> {
+    id: &'a str,
+    value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<u32>,
+}
+
+impl<'a> Item<'a> {
+    fn new(id: &'a str, value: &[u8]) -> Self {
+        let (replicas, payload) = match Envelope::split(value) {
+            Ok((env, payload)) => (env.replicas, payload),
+            Err(_) => (None, value),
+        };
+        Self {
+            id,
+            value: String::from_utf8_lossy(payload).into_owned(),
+            replicas,
+        }
+    }
+}
+
+/// `work ls`'s lines: `ID<TAB>VALUE`, then `<TAB>replicas=N` for an item
+/// that asks for its own replica count.
+fn item_lines(items: &[Item<'_>]) -> String {
+    use std::fmt::Write as _;
+    let mut lines = String::new();
+    for item in items {
+        lines.push_str(item.id);
+        lines.push('\t');
+        lines.push_str(&item.value);
+        if let Some(n) = item.replicas {
+            let _ = write!(lines, "\treplicas={n}");
+        }
+        lines.push('\n');
+    }
+    lines
+}
+
 fn check_work_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() {
         Err("must not be empty")
@@ -413,6 +453,20 @@ struct MemberStatus {
     zone: Option<String>,
     count: usize,
     items: Vec<String>,
+    /// With roles (some item has a secondary): the items held as primaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary: Option<Vec<String>>,
+    /// With roles: the items held as secondaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secondary: Option<Vec<String>>,
+}
+
+impl MemberStatus {
+    /// How many items it holds as primaries and as secondaries.
+    fn roles(&self) -> (usize, usize) {
+        let secondaries = self.secondary.as_ref().map_or(0, Vec::len);
+        (self.count - secondaries, secondaries)
+    }
 }
 
 pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
@@ -470,19 +524,7 @@ pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
         }
     }
     status.items = items.len();
-    for e in &assignments.entries {
-        if let Ok((member, id)) = layout.parse_assignment(&e.key) {
-            let m = status.members.entry(member.to_owned()).or_default();
-            m.count += 1;
-            m.items.push(id.to_owned());
-            if let Some(seen) = items.get_mut(id) {
-                *seen = true;
-            }
-        }
-    }
-    for m in status.members.values_mut() {
-        m.items.sort();
-    }
+    add_assignments(&mut status, layout, &assignments.entries, &mut items);
     for e in &handoffs.entries {
         if let Ok(id) = layout.parse_handoff(&e.key) {
             status.handoffs.insert(
@@ -508,6 +550,51 @@ pub async fn status(args: StatusArgs, m: ArgMatches) -> ExitCode {
     }
     print!("{}", table(&status));
     ExitCode::SUCCESS
+}
+
+/// Adds each assignment to its member's counts and items (with roles once
+/// some item has a secondary), and marks the items it finds as assigned.
+fn add_assignments(
+    status: &mut Status,
+    layout: &Layout,
+    assignments: &[worker_core::KvEntry],
+    items: &mut BTreeMap<String, bool>,
+) {
+    let mut secondaries: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in assignments {
+        if let Ok((member, id)) = layout.parse_assignment(&e.key) {
+            let m = status.members.entry(member.to_owned()).or_default();
+            m.count += 1;
+            m.items.push(id.to_owned());
+            if Envelope::role_of(&e.value).0 == Role::Secondary {
+                secondaries
+                    .entry(member.to_owned())
+                    .or_default()
+                    .push(id.to_owned());
+            }
+            if let Some(seen) = items.get_mut(id) {
+                *seen = true;
+            }
+        }
+    }
+    // Roles only once some item has a secondary: the status of a cluster
+    // without replicas reads as it always did.
+    let roles = !secondaries.is_empty();
+    for (id, m) in &mut status.members {
+        m.items.sort();
+        if roles {
+            let mut sec = secondaries.remove(id).unwrap_or_default();
+            sec.sort();
+            m.primary = Some(
+                m.items
+                    .iter()
+                    .filter(|i| sec.binary_search(i).is_err())
+                    .cloned()
+                    .collect(),
+            );
+            m.secondary = Some(sec);
+        }
+    }
 }
 
 fn table(status: &Status) -> String {
@@ -538,12 +625,23 @@ fn table(status: &Status) -> String {
             String::new()
         }
     };
+    // Primaries and secondaries only when some item has a secondary.
+    let roles = status.members.values().any(|m| m.secondary.is_some());
+    let roles_of = |m: Option<&MemberStatus>| match m {
+        _ if !roles => String::new(),
+        None => format!("{:>9} {:>9} ", "PRIMARY", "SECONDARY"),
+        Some(m) => {
+            let (p, s) = m.roles();
+            format!("{p:>9} {s:>9} ")
+        }
+    };
     let _ = writeln!(
         out,
-        "{:<24} {:>6} {:>6}  {:<5} {}ITEMS",
+        "{:<24} {:>6} {:>6} {} {:<5} {}ITEMS",
         "MEMBER",
         "WEIGHT",
         "COUNT",
+        roles_of(None),
         "STATE",
         zone_of(Some("ZONE"))
     );
@@ -562,10 +660,11 @@ fn table(status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:>6} {:>6}  {:<5} {}{}",
+            "{:<24} {:>6} {:>6} {} {:<5} {}{}",
             format!("{id}{leader_mark}"),
             m.weight,
             m.count,
+            roles_of(Some(m)),
             state,
             zone_of(m.zone.as_deref()),
             m.items.join(",")
@@ -617,5 +716,118 @@ mod tests {
         assert!(json.contains(r#""zone":"eu-1""#), "{json}");
         let json = serde_json::to_string(&status.members["m2"]).unwrap();
         assert!(!json.contains("zone"), "{json}");
+    }
+
+    fn with_roles(m: MemberStatus, secondaries: &[&str]) -> MemberStatus {
+        let secondary: Vec<String> = secondaries.iter().map(|s| (*s).to_owned()).collect();
+        MemberStatus {
+            primary: Some(
+                m.items
+                    .iter()
+                    .filter(|i| !secondary.contains(i))
+                    .cloned()
+                    .collect(),
+            ),
+            secondary: Some(secondary),
+            ..m
+        }
+    }
+
+    #[test]
+    fn the_table_shows_roles_only_when_some_item_has_a_secondary() {
+        let mut status = Status {
+            leader: Some("m1".into()),
+            items: 2,
+            ..Status::default()
+        };
+        status
+            .members
+            .insert("m1".into(), member(None, &["w1", "w2"]));
+        status.members.insert("m2".into(), member(None, &[]));
+        let plain = table(&status);
+        assert!(
+            !plain.contains("PRIMARY") && !plain.contains("SECONDARY"),
+            "{plain}"
+        );
+        // The table without roles is the one before roles existed.
+        assert!(
+            plain.contains(&format!(
+                "{:<24} {:>6} {:>6}  {:<5} ITEMS",
+                "MEMBER", "WEIGHT", "COUNT", "STATE"
+            )),
+            "{plain}"
+        );
+        let json = serde_json::to_string(&status.members["m1"]).unwrap();
+        assert!(
+            !json.contains("primary") && !json.contains("secondary"),
+            "{json}"
+        );
+
+        status.members.insert(
+            "m1".into(),
+            with_roles(member(None, &["w1", "w2"]), &["w2"]),
+        );
+        status
+            .members
+            .insert("m2".into(), with_roles(member(None, &["w2"]), &[]));
+        let roles = table(&status);
+        let lines: Vec<&str> = roles.lines().collect();
+        let header = lines.iter().find(|l| l.starts_with("MEMBER")).unwrap();
+        let cols: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "MEMBER",
+                "WEIGHT",
+                "COUNT",
+                "PRIMARY",
+                "SECONDARY",
+                "STATE",
+                "ITEMS"
+            ]
+        );
+        let m1: Vec<&str> = lines
+            .iter()
+            .find(|l| l.starts_with("m1*"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(m1, ["m1*", "1", "2", "1", "1", "live", "w1,w2"], "{roles}");
+        let m2: Vec<&str> = lines
+            .iter()
+            .find(|l| l.starts_with("m2"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(m2, ["m2", "1", "1", "1", "0", "live", "w2"], "{roles}");
+        let json = serde_json::to_string(&status.members["m1"]).unwrap();
+        assert!(
+            json.ends_with(r#""items":["w1","w2"],"primary":["w1"],"secondary":["w2"]}"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn work_ls_shows_the_payload_and_the_replicas_of_an_enveloped_item() {
+        let plain = Item::new("a", b"{\"x\":1}");
+        let enveloped = Envelope::with_replicas(3, b"{\"y\":2}");
+        let wants = Item::new("b", &enveloped);
+        let bad = Item::new("c", b"\0coordinator:colour=red\nz");
+        assert_eq!((plain.value.as_str(), plain.replicas), ("{\"x\":1}", None));
+        assert_eq!(
+            (wants.value.as_str(), wants.replicas),
+            ("{\"y\":2}", Some(3))
+        );
+        assert_eq!(bad.replicas, None);
+        assert_eq!(bad.value, "\0coordinator:colour=red\nz", "shown whole");
+        let items = [plain, wants];
+        assert_eq!(
+            item_lines(&items),
+            "a\t{\"x\":1}\nb\t{\"y\":2}\treplicas=3\n"
+        );
+        assert_eq!(
+            serde_json::to_string(&items).unwrap(),
+            r#"[{"id":"a","value":"{\"x\":1}"},{"id":"b","value":"{\"y\":2}","replicas":3}]"#
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! `consul watch -handler`.
 //!
 //! The handler gets the change's JSON line (the one printed on stdout) on its
-//! stdin and the change in `COORDINATOR_*` environment variables. Handlers run
+//! stdin and the change in `COORDINATOR_*` environment variables (with
+//! roles, as the line has them, also `COORDINATOR_PRIMARY`,
+//! `COORDINATOR_SECONDARY`, `COORDINATOR_PROMOTED` and
+//! `COORDINATOR_DEMOTED`). Handlers run
 //! one at a time, in the order of the changes, in a task of their own, so a
 //! slow handler delays only the handlers after it, never the output or the
 //! handling of a signal. A handler that fails is logged with its exit status,
@@ -14,12 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator::{Revision, Workload, WorkloadChange};
+use coordinator::{Revision, WorkloadChange};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use crate::run::Held;
 
 /// How long a handler still running when the program stops may take to end
 /// before it is killed. Changes queued behind it are not handled.
@@ -87,15 +92,12 @@ fn sorted<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
 }
 
 impl Job {
-    /// The job for `change`; `workload` is the settled workload after it and
-    /// `line` the JSON line printed for it.
-    pub(crate) fn new(
-        instance_id: &str,
-        line: &str,
-        workload: &Workload,
-        change: &WorkloadChange,
-    ) -> Self {
-        let env = vec![
+    /// The job for `change`; `held` is the settled workload after it and
+    /// `line` the JSON line printed for it. When the line carries roles, so
+    /// does the environment.
+    pub(crate) fn new(instance_id: &str, line: &str, held: &Held, change: &WorkloadChange) -> Self {
+        let workload = &held.workload;
+        let mut env = vec![
             ("COORDINATOR_INSTANCE_ID", instance_id.to_owned()),
             ("COORDINATOR_REVISION", change.revision.to_string()),
             ("COORDINATOR_INITIAL", change.initial.to_string()),
@@ -113,6 +115,20 @@ impl Job {
                 lines(sorted(change.changed.iter().map(|(k, _)| &**k))),
             ),
         ];
+        if held.roles {
+            env.extend([
+                ("COORDINATOR_PRIMARY", lines(held.primaries())),
+                ("COORDINATOR_SECONDARY", lines(held.secondaries())),
+                (
+                    "COORDINATOR_PROMOTED",
+                    lines(sorted(change.promoted.iter().map(|k| &**k))),
+                ),
+                (
+                    "COORDINATOR_DEMOTED",
+                    lines(sorted(change.demoted.iter().map(|k| &**k))),
+                ),
+            ]);
+        }
         Self {
             revision: change.revision,
             line: line.to_owned(),
@@ -259,5 +275,51 @@ impl Runner {
             task.abort();
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(job: &'a Job, name: &str) -> Option<&'a str> {
+        job.env
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_environment_has_roles_when_the_line_has_them() {
+        let v = bytes::Bytes::from_static(b"v");
+        let mut change = WorkloadChange::default();
+        change.added = vec![("b".into(), v.clone()), ("a".into(), v)];
+        change.added_secondaries = vec!["b".into()];
+
+        let mut plain = Held::new(1);
+        plain.workload.insert("a".into(), bytes::Bytes::new());
+        let job = Job::new("m1", "{}", &plain, &change);
+        assert_eq!(env(&job, "COORDINATOR_WORKLOAD"), Some("a"));
+        for name in [
+            "COORDINATOR_PRIMARY",
+            "COORDINATOR_SECONDARY",
+            "COORDINATOR_PROMOTED",
+            "COORDINATOR_DEMOTED",
+        ] {
+            assert_eq!(env(&job, name), None, "{name} without roles");
+        }
+
+        let mut held = Held::new(2);
+        held.apply(&change);
+        let mut next = WorkloadChange::default();
+        next.promoted = vec!["b".into()];
+        next.demoted = vec!["a".into()];
+        held.apply(&next);
+        let job = Job::new("m1", "{}", &held, &next);
+        assert_eq!(env(&job, "COORDINATOR_WORKLOAD"), Some("a\nb"));
+        assert_eq!(env(&job, "COORDINATOR_PRIMARY"), Some("b"));
+        assert_eq!(env(&job, "COORDINATOR_SECONDARY"), Some("a"));
+        assert_eq!(env(&job, "COORDINATOR_PROMOTED"), Some("b"));
+        assert_eq!(env(&job, "COORDINATOR_DEMOTED"), Some("a"));
     }
 }

@@ -206,11 +206,20 @@ pub async fn run(args: MemberArgs, m: ArgMatches) -> ExitCode {
     // A change is acknowledged once its line is out, or with `--exec` once
     // its handler exited 0.
     let acker = member.acker();
-    let (id, changes) = (config.instance_id.clone(), member.worker().changes());
+    let (id, replicas) = (config.instance_id.clone(), config.replicas);
+    let changes = member.worker().changes();
     let handler = handler(&s);
     let mut printer = tokio::spawn(async move {
         let ack: OnHandled = Arc::new(move |revision| acker.ack(revision));
-        print_until(&id, changes, handler, std::future::pending(), Some(ack)).await;
+        print_until(
+            &id,
+            replicas,
+            changes,
+            handler,
+            std::future::pending(),
+            Some(ack),
+        )
+        .await;
     });
     // SIGINT: leave at once. SIGTERM or a drain request: drain, then leave;
     // a second signal cuts the drain short.

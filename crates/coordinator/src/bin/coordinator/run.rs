@@ -3,10 +3,13 @@
 //! HTTP endpoints and `--exec` handler their settings ask for, and the
 //! print loop that writes one JSON line per settled change (SPEC §5).
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use coordinator::{Backend, Changes, Error, ErrorChain, Revision, Workload, WorkloadChange};
+use coordinator::{
+    Backend, Changes, Error, ErrorChain, Revision, WorkId, Workload, WorkloadChange,
+};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -28,6 +31,56 @@ struct Line<'a> {
     removed: Vec<&'a str>,
     /// Work ids whose value changed (an extension of SPEC §5's line).
     changed: Vec<&'a str>,
+    /// With roles (SPEC §9): the items of `workload` held as primaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary: Option<Vec<&'a str>>,
+    /// With roles: the items of `workload` held as secondaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secondary: Option<Vec<&'a str>>,
+}
+
+/// What the print loop holds: the settled workload and the roles of its
+/// items, as the changes so far made them.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// The settled workload.
+    pub(crate) workload: Workload,
+    /// The items of `workload` held as secondaries.
+    pub(crate) secondaries: BTreeSet<WorkId>,
+    /// Whether the lines carry `primary` and `secondary`: the configured
+    /// `replicas` is above 1, or a secondary was seen; once on, it stays on
+    /// so that scripts see one shape of line.
+    pub(crate) roles: bool,
+}
+
+impl Held {
+    /// Nothing held yet; roles on from the start when `replicas > 1`.
+    pub(crate) fn new(replicas: u32) -> Self {
+        Self {
+            roles: replicas > 1,
+            ..Self::default()
+        }
+    }
+
+    /// Applies `change` (values and roles).
+    pub(crate) fn apply(&mut self, change: &WorkloadChange) {
+        change.apply_to(&mut self.workload);
+        change.apply_roles_to(&mut self.secondaries);
+        self.roles |= !self.secondaries.is_empty();
+    }
+
+    /// The items held as primaries, sorted.
+    pub(crate) fn primaries(&self) -> impl Iterator<Item = &str> {
+        self.workload
+            .keys()
+            .filter(|k| !self.secondaries.contains(*k))
+            .map(|k| &**k)
+    }
+
+    /// The items held as secondaries, sorted.
+    pub(crate) fn secondaries(&self) -> impl Iterator<Item = &str> {
+        self.secondaries.iter().map(|k| &**k)
+    }
 }
 
 /// Connects to the configured store; a bad setting or an unusable backend is
@@ -163,20 +216,31 @@ const FLUSH_BOUND: Duration = Duration::from_millis(500);
 /// delays only the lines or the handlers, never the handling of a signal.
 pub(crate) async fn print_until_stopped(
     instance_id: &str,
+    replicas: u32,
     changes: Changes,
     handler: Option<Handler>,
     shutdown: &mut Shutdown,
 ) {
-    print_until(instance_id, changes, handler, shutdown.recv(), None).await;
+    print_until(
+        instance_id,
+        replicas,
+        changes,
+        handler,
+        shutdown.recv(),
+        None,
+    )
+    .await;
 }
 
 /// Prints one JSON line per change until `stop` completes, the end of
 /// `changes`, or a closed stdout, and hands each change to `handler`
 /// (`--exec`) after its line. `on_handled` hears of each change once its
 /// line is out or, with a handler, once the handler exited 0 (a member
-/// acknowledges the change then).
+/// acknowledges the change then). With `replicas` above 1 the lines carry
+/// the roles from the first one (see [`Held`]).
 pub(crate) async fn print_until(
     instance_id: &str,
+    replicas: u32,
     mut changes: Changes,
     handler: Option<Handler>,
     stop: impl std::future::Future<Output = ()>,
@@ -189,7 +253,7 @@ pub(crate) async fn print_until(
     };
     let out = Output::spawn(on_written);
     let handlers = handler.map(|h| Runner::spawn(h, on_success));
-    let mut workload = Workload::new();
+    let mut held = Held::new(replicas);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -200,9 +264,9 @@ pub(crate) async fn print_until(
             }
             change = changes.next() => {
                 let Some(change) = change else { break };
-                let line = json_line(instance_id, &mut workload, &change);
+                let line = json_line(instance_id, &mut held, &change);
                 if let Some(h) = &handlers {
-                    h.send(Job::new(instance_id, &line, &workload, &change));
+                    h.send(Job::new(instance_id, &line, &held, &change));
                 }
                 if !out.send(line, change.revision) {
                     warn!(target: "coordinator::worker", "stdout closed; stopping");
@@ -253,25 +317,25 @@ impl Output {
     }
 }
 
-/// Applies `change` to `workload` and renders the JSON line (SPEC §5, with
-/// `changed`), newline included. Work ids are sorted in every list.
-pub(crate) fn json_line(
-    instance_id: &str,
-    workload: &mut Workload,
-    change: &WorkloadChange,
-) -> String {
+/// Applies `change` to `held` and renders the JSON line (SPEC §5, with
+/// `changed`; with roles, `primary` and `secondary` after it, SPEC §9),
+/// newline included. Work ids are sorted in every list.
+pub(crate) fn json_line(instance_id: &str, held: &mut Held, change: &WorkloadChange) -> String {
     fn sorted(mut v: Vec<&str>) -> Vec<&str> {
         v.sort_unstable();
         v
     }
-    change.apply_to(workload);
+    held.apply(change);
+    let held = &*held;
     let line = Line {
         instance_id,
         revision: change.revision,
-        workload: workload.keys().map(|k| &**k).collect(),
+        workload: held.workload.keys().map(|k| &**k).collect(),
         added: sorted(change.added.iter().map(|(k, _)| &**k).collect()),
         removed: sorted(change.removed.iter().map(|k| &**k).collect()),
         changed: sorted(change.changed.iter().map(|(k, _)| &**k).collect()),
+        primary: held.roles.then(|| held.primaries().collect()),
+        secondary: held.roles.then(|| held.secondaries().collect()),
     };
     let mut text = serde_json::to_string(&line).expect("a line of strings and numbers");
     text.push('\n');
@@ -313,7 +377,7 @@ mod tests {
 
     #[test]
     fn json_line_has_changed_after_removed_sorted() {
-        let mut w = Workload::new();
+        let mut w = Held::new(1);
         let v = bytes::Bytes::from_static(b"v");
         let mut change = WorkloadChange::default();
         change.revision = 7;
@@ -327,5 +391,72 @@ mod tests {
         change.revision = 8;
         change.changed = vec![("b".into(), v.clone()), ("a".into(), v)];
         assert!(json_line("m1", &mut w, &change).ends_with("\"changed\":[\"a\",\"b\"]}\n"));
+    }
+
+    fn change(f: impl FnOnce(&mut WorkloadChange)) -> WorkloadChange {
+        let mut c = WorkloadChange::default();
+        f(&mut c);
+        c
+    }
+
+    #[test]
+    fn json_line_has_roles_after_changed_with_replicas() {
+        let v = bytes::Bytes::from_static(b"v");
+        let mut w = Held::new(2);
+        let first = change(|c| {
+            c.revision = 3;
+            c.added = vec![("a".into(), v.clone())];
+        });
+        assert_eq!(
+            json_line("m1", &mut w, &first),
+            "{\"instance_id\":\"m1\",\"revision\":3,\"workload\":[\"a\"],\
+             \"added\":[\"a\"],\"removed\":[],\"changed\":[],\
+             \"primary\":[\"a\"],\"secondary\":[]}\n",
+            "replicas > 1: roles from the first line"
+        );
+        let next = change(|c| {
+            c.revision = 4;
+            c.added = vec![("c".into(), v.clone()), ("b".into(), v.clone())];
+            c.added_secondaries = vec!["b".into(), "c".into()];
+            c.demoted = vec!["a".into()];
+        });
+        assert_eq!(
+            json_line("m1", &mut w, &next),
+            "{\"instance_id\":\"m1\",\"revision\":4,\"workload\":[\"a\",\"b\",\"c\"],\
+             \"added\":[\"b\",\"c\"],\"removed\":[],\"changed\":[],\
+             \"primary\":[],\"secondary\":[\"a\",\"b\",\"c\"]}\n"
+        );
+        let last = change(|c| {
+            c.revision = 5;
+            c.promoted = vec!["b".into()];
+            c.removed = vec!["c".into()];
+        });
+        assert!(json_line("m1", &mut w, &last).ends_with(
+            "\"removed\":[\"c\"],\"changed\":[],\"primary\":[\"b\"],\"secondary\":[\"a\"]}\n"
+        ));
+    }
+
+    #[test]
+    fn json_line_gains_roles_once_a_secondary_is_seen_and_keeps_them() {
+        let v = bytes::Bytes::from_static(b"v");
+        let mut w = Held::new(1);
+        let plain = change(|c| c.added = vec![("a".into(), v.clone())]);
+        let line = json_line("m1", &mut w, &plain);
+        assert!(line.ends_with("\"changed\":[]}\n"), "{line}");
+        let secondary = change(|c| {
+            c.added = vec![("b".into(), v.clone())];
+            c.added_secondaries = vec!["b".into()];
+        });
+        let line = json_line("m1", &mut w, &secondary);
+        assert!(
+            line.ends_with("\"primary\":[\"a\"],\"secondary\":[\"b\"]}\n"),
+            "{line}"
+        );
+        let gone = change(|c| c.removed = vec!["b".into()]);
+        let line = json_line("m1", &mut w, &gone);
+        assert!(
+            line.ends_with("\"primary\":[\"a\"],\"secondary\":[]}\n"),
+            "the shape stays: {line}"
+        );
     }
 }

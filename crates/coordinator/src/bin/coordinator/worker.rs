@@ -42,6 +42,7 @@ pub async fn run(args: WorkerArgs, m: ArgMatches) -> ExitCode {
     info!(backend = %config.backend, instance_id = %config.instance_id, "coordinator worker running");
     print_until_stopped(
         &config.instance_id,
+        config.replicas,
         worker.changes(),
         handler(&s),
         &mut shutdown,
