@@ -12,7 +12,7 @@ use worker_core::machine::Action as WorkAction;
 use worker_core::{Fence, SessionId, Workload};
 
 use super::clock::{to_global, MS};
-use super::node::{Lead, Life, Restoring};
+use super::node::{raw, Lead, Life, Restoring};
 use super::requests::{Req, Slot};
 use super::{Kind, Sim};
 
@@ -94,7 +94,8 @@ impl Sim {
                             node.worker.resync();
                         } else if node.held && node.restoring.is_none() {
                             node.held = false;
-                            let settled = node.worker.settled();
+                            let settled =
+                                raw(&node.worker.settled(), &node.worker.settled_secondaries());
                             self.set_app(n, settled);
                         }
                     }
@@ -131,12 +132,11 @@ impl Sim {
                 let halted = node.worker.is_halted() || node.member.halted();
                 let before = node.settled.len();
                 change.apply_to(&mut node.settled);
-                let settled = node.settled.clone();
+                change.apply_roles_to(&mut node.settled_secondaries);
+                let settled = node.settled_raw();
                 if !node.held {
                     // `worker.rs` publishes it to the application.
-                    let mut app = node.app.clone();
-                    change.apply_to(&mut app);
-                    self.set_app(n, app);
+                    self.set_app(n, settled.clone());
                 }
                 tr!(
                     self,
@@ -164,7 +164,7 @@ impl Sim {
         if node.restoring == Some(Restoring::Settling) && position.is_some() {
             node.restoring = None;
             node.held = false;
-            let settled = node.worker.settled();
+            let settled = raw(&node.worker.settled(), &node.worker.settled_secondaries());
             let id = node.id.clone();
             tr!(self, "{id} restored after a fresh read");
             self.set_app(n, settled);

@@ -140,6 +140,7 @@ impl Sim {
                 node.worker = worker;
                 node.member = member;
                 node.settled = Workload::new();
+                node.settled_secondaries.clear();
                 node.unbacked_since = None;
                 node.held = exclusive;
                 node.restoring = None;

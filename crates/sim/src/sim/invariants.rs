@@ -511,7 +511,8 @@ impl Sim {
         let now = self
             .store
             .assigned_at(node.worker.member_prefix(), self.store.revision());
-        if node.held || node.restoring.is_some() || node.app != node.settled {
+        let settled = node.settled_raw();
+        if node.held || node.restoring.is_some() || node.app != settled {
             return Some(format!(
                 "after the quiet period {} holds {:?} (released {}, restoring {:?}) but settled {:?}",
                 node.id,
@@ -521,7 +522,7 @@ impl Sim {
                 node.settled.keys().collect::<Vec<_>>()
             ));
         }
-        if node.settled != now || !node.worker.is_synced() {
+        if settled != now || !node.worker.is_synced() {
             return Some(format!(
                 "after the quiet period {} has settled {:?} but is assigned {:?}",
                 node.id,

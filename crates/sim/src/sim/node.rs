@@ -46,6 +46,8 @@ pub(super) struct Node {
     pub(super) armed: Option<Nanos>,
     /// The settled workload its worker published.
     pub(super) settled: Workload,
+    /// The items of `settled` held as secondaries.
+    pub(super) settled_secondaries: std::collections::BTreeSet<worker_core::WorkId>,
     /// Since when this member believes it leads while the store says its
     /// session is gone (paused time excluded).
     pub(super) unbacked_since: Option<Nanos>,
@@ -141,6 +143,7 @@ impl Sim {
             gens: [0; SLOTS],
             armed: None,
             settled: Workload::new(),
+            settled_secondaries: std::collections::BTreeSet::new(),
             unbacked_since: None,
             ppm,
             app: Workload::new(),
@@ -198,4 +201,30 @@ impl Sim {
         let node = &self.nodes[n];
         node.inc == inc && node.life == Life::Up
     }
+}
+
+impl Node {
+    /// The settled workload as the store holds it: each secondary's value in
+    /// its role envelope (what the application holds, `app`, is kept so).
+    pub(super) fn settled_raw(&self) -> Workload {
+        raw(&self.settled, &self.settled_secondaries)
+    }
+}
+
+/// `workload` with the values of `secondaries` in their role envelope.
+pub(super) fn raw(
+    workload: &Workload,
+    secondaries: &std::collections::BTreeSet<worker_core::WorkId>,
+) -> Workload {
+    workload
+        .iter()
+        .map(|(id, v)| {
+            let v = if secondaries.contains(id) {
+                worker_core::Envelope::secondary(v)
+            } else {
+                v.clone()
+            };
+            (id.clone(), v)
+        })
+        .collect()
 }
