@@ -74,11 +74,15 @@ use worker_core::WorkId;
 
 use crate::plan::{stable_hash, MemberId};
 
+mod diff;
 #[cfg(test)]
 mod exact_primaries;
 mod flow;
 mod place;
+mod primaries;
 mod repair;
+mod secondaries;
+mod targets;
 #[cfg(test)]
 mod tests;
 
