@@ -82,6 +82,7 @@ mod place;
 mod primaries;
 mod repair;
 mod secondaries;
+mod settle;
 mod targets;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use super::*;
 use super::diff::output;
 use super::primaries::choose_primaries;
 use super::secondaries::place_secondaries;
+use super::settle::{settle, EXACT_PAIRS};
 use super::targets::total_targets;
 
 /// The inputs, indexed: members of positive weight by index (id order), zones, items with
@@ -161,29 +162,71 @@ pub(super) fn plan_with(
 ) -> ReplicaPlan {
     let s = Setup::new(items, members, current);
     let n = s.items.len();
-    let mut prim = vec![NONE; n];
-    let mut sets: Vec<Vec<usize>> = vec![Vec::new(); n];
-    if s.members() > 0 {
-        let quota;
-        (prim, quota) = choose_primaries(&s, opts);
-        let (kept, held) = keep_live(&s, &prim);
-        sets = kept;
-        let trange = total_targets(&s, &prim, &held);
-        place_secondaries(&s, &prim, &mut sets, held, &trange);
-        if opts.repair {
-            repair_totals(
-                &mut sets,
-                &mut prim,
-                &trange.range,
-                &quota,
-                &s.zone_of,
-                &s.caps,
-            );
-            polish(&mut sets, &trange.range, &s);
-            polish_roles(&mut sets, &mut prim, &quota, &s);
+    if s.members() == 0 {
+        return output(&s, current, &vec![NONE; n], &vec![Vec::new(); n]);
+    }
+    let (mut prim, mut sets, range) = solve(&s, opts);
+    if opts.repair && n * s.members() <= EXACT_PAIRS {
+        let alt_opts = Opts {
+            ports: !opts.ports,
+            ..opts
+        };
+        let (alt_prim, alt_sets, _) = solve(&s, alt_opts);
+        if score(&s, &alt_prim, &alt_sets, &range) < score(&s, &prim, &sets, &range) {
+            (prim, sets) = (alt_prim, alt_sets);
         }
     }
     output(&s, current, &prim, &sets)
+}
+
+/// Primaries, sets and total ranges (see [`solve`]).
+type Solved = (Vec<usize>, Vec<Vec<usize>>, Vec<(usize, usize)>);
+
+/// One run of the phases: the primaries, the sets (primary first) and the members' total
+/// ranges.
+fn solve(s: &Setup, opts: Opts) -> Solved {
+    let (mut prim, quota) = choose_primaries(s, opts);
+    let (mut sets, held) = keep_live(s, &prim);
+    let trange = total_targets(s, &prim, &held);
+    place_secondaries(s, &prim, &mut sets, held, &trange);
+    if opts.repair {
+        repair_totals(
+            &mut sets,
+            &mut prim,
+            &trange.range,
+            &quota,
+            &s.zone_of,
+            &s.caps,
+        );
+        polish(&mut sets, &trange.range, s);
+        polish_roles(&mut sets, &mut prim, &quota, s);
+        if settle(s, &mut sets, &trange.range) {
+            polish_roles(&mut sets, &mut prim, &quota, s);
+            settle(s, &mut sets, &trange.range);
+        }
+    }
+    (prim, sets, trange.range)
+}
+
+/// A plan's rank: the total distance of the members' totals from their ranges, then cold
+/// primaries, primaries changed, secondaries moved (lower is better).
+fn score(s: &Setup, prim: &[usize], sets: &[Vec<usize>], range: &[(usize, usize)]) -> [usize; 4] {
+    let mut load = vec![0usize; s.members()];
+    let mut r = [0usize; 4];
+    for (x, set) in sets.iter().enumerate() {
+        for &o in set {
+            load[o] += 1;
+        }
+        if s.live(x) {
+            r[1] += usize::from(!s.was(x, prim[x]));
+            r[3] += set[1..].iter().filter(|&&m| !s.was(x, m)).count();
+        }
+        r[2] += usize::from(s.had_primary[x] && s.old_p[x] != prim[x]);
+    }
+    r[0] = (0..s.members())
+        .map(|m| range[m].0.saturating_sub(load[m]) + load[m].saturating_sub(range[m].1))
+        .sum();
+    r
 }
 
 /// Each item's replica set starts with its primary and keeps its live replicas (old primary

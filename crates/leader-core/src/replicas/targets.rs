@@ -1,6 +1,8 @@
 //! The members' total targets: `floor(R·w/W)` or `ceil(R·w/W)` replicas each, clamped per zone
 //! where the zone rule forces a zone's total outside what those targets give it.
 
+#![allow(clippy::many_single_char_names)] // flow notation: s the setup, x an item, m a member
+
 #[allow(clippy::wildcard_imports)] // the parent module's types and helpers
 use super::*;
 
@@ -87,6 +89,21 @@ fn clamp_to_zones(s: &Setup, t: &mut Targets) {
     if (0..nz).all(|z| zt[z] >= lo[z] && zt[z] <= hi[z]) {
         return;
     }
+    // Where some choice of floors and ceils meets the zone bounds, the ranges stay as they are
+    // and only the ceil slots move between zones.
+    let (mut a, mut b) = (vec![0usize; nz], vec![0usize; nz]);
+    for m in 0..s.members() {
+        a[s.zone_of[m]] += t.range[m].0;
+        b[s.zone_of[m]] += t.range[m].1;
+    }
+    for z in 0..nz {
+        (a[z], b[z]) = (a[z].max(lo[z]), b[z].min(hi[z]));
+    }
+    let sums = (a.iter().sum::<usize>(), b.iter().sum::<usize>());
+    if (0..nz).all(|z| a[z] <= b[z]) && sums.0 <= big_r && big_r <= sums.1 {
+        shift_ceils(s, t, &mut zt, &a, &b);
+        return;
+    }
     let mut want: Vec<usize> = (0..nz).map(|z| zt[z].clamp(lo[z], hi[z])).collect();
     let mut sum: usize = want.iter().sum();
     let load = |a: usize, want: &[usize]| (want[a] as u128, zw[a]);
@@ -141,5 +158,47 @@ fn clamp_to_zones(s: &Setup, t: &mut Targets) {
         for &(_, _, m) in rems.iter().take(want[z] - given) {
             t.target[m] += 1;
         }
+    }
+}
+
+/// Moves ceil slots (a member's target above its floor) from zones whose total is above `b`
+/// (or below `a`, the other way) to zones with slack, until every zone total `zt` is within
+/// `[a, b]`. The caller checked that such totals exist.
+fn shift_ceils(s: &Setup, t: &mut Targets, zt: &mut [usize], a: &[usize], b: &[usize]) {
+    let nz = zt.len();
+    let member_in = |t: &Targets, z: usize, up: bool| {
+        s.order.iter().map(|o| o.1).find(|&m| {
+            s.zone_of[m] == z
+                && if up {
+                    t.target[m] < t.range[m].1
+                } else {
+                    t.target[m] > t.range[m].0
+                }
+        })
+    };
+    loop {
+        // (from, to): a zone over its bound gives to one below its own, else to one with room;
+        // a zone under its bound takes from one above its own, else from one with slack.
+        let over = (0..nz).find(|&z| zt[z] > b[z]);
+        let under = (0..nz).find(|&z| zt[z] < a[z]);
+        let (from, to) = match (over, under) {
+            (Some(f), Some(u)) => (f, u),
+            (Some(f), None) => match (0..nz).find(|&z| zt[z] < b[z]) {
+                Some(u) => (f, u),
+                None => return,
+            },
+            (None, Some(u)) => match (0..nz).find(|&z| zt[z] > a[z]) {
+                Some(f) => (f, u),
+                None => return,
+            },
+            (None, None) => return,
+        };
+        let (Some(m_from), Some(m_to)) = (member_in(t, from, false), member_in(t, to, true)) else {
+            return;
+        };
+        t.target[m_from] -= 1;
+        t.target[m_to] += 1;
+        zt[from] -= 1;
+        zt[to] += 1;
     }
 }
