@@ -17,11 +17,15 @@
 //! - always: the hard constraints (replica count, distinct members of positive weight, the zone
 //!   cap, computed here by brute force as the least possible maximum per zone), the primary
 //!   balance, counts as defined, the key diff, determinism;
-//! - (cold, changed) equals the primaries-only minimum, which is never above the full minimum;
-//! - whenever the full brute force finds a valid plan **and** the planner's totals are balanced
-//!   (asserted in every case where a plan exists; see `BALANCE_EXCEPTIONS` below), the planner's
-//!   (cold, changed, secondaries moved) equals the full minimum;
-//! - idempotence whenever the totals are balanced.
+//! - **exact secondaries for the planner's primaries** (a third brute force, over every placement
+//!   of the secondaries with the primaries fixed to the planner's): whenever one of them is
+//!   balanced, the planner's totals are balanced and its secondaries moved is the least among
+//!   the balanced ones — in every case;
+//! - a balanced plan is never below the full minimum, and the primaries-only minimum never above
+//!   it (sanity checks of the brute forces);
+//! - idempotence whenever the totals are balanced;
+//! - how often the planner reaches the full minimum (it does not in every case: the choice of
+//!   primaries is not exact jointly with the total balance) is measured and pinned by floors.
 
 #![allow(clippy::many_single_char_names, clippy::items_after_statements)] // brute-force notation
 
@@ -357,6 +361,90 @@ fn primary_minimum(f: &Facts) -> (usize, usize) {
     best
 }
 
+/// Brute force over the secondaries only, the primaries fixed to `prim` (member indexes):
+/// every placement of `r − 1` secondaries per item on distinct members other than the primary
+/// within the zone cap. Returns the least secondaries moved over the placements whose totals
+/// are balanced, or `None` if none is.
+fn secondaries_minimum(f: &Facts, prim: &[usize]) -> Option<usize> {
+    let m = f.elig.len();
+    let big_r: usize = f.items.iter().map(|i| i.1).sum();
+    let mut options: Vec<Vec<(Vec<usize>, usize)>> = Vec::new();
+    for (x, (_, r)) in f.items.iter().enumerate() {
+        let p = prim[x];
+        let others: Vec<usize> = (0..m).filter(|&o| o != p).collect();
+        let mut opts = Vec::new();
+        for s in subsets(others.len(), r - 1) {
+            let secs: Vec<usize> = s.iter().map(|&i| others[i]).collect();
+            let mut set = secs.clone();
+            set.push(p);
+            if max_per_zone(&f.zone, &set) <= f.cap[x] {
+                let moved = cost_of(f, x, p, &secs).2;
+                opts.push((secs, moved));
+            }
+        }
+        opts.sort_by_key(|o| o.1);
+        options.push(opts);
+    }
+    let mut tc = vec![0; m];
+    for &p in prim {
+        tc[p] += 1;
+    }
+    let tmax: Vec<usize> = (0..m)
+        .map(|i| {
+            (0..=big_r)
+                .filter(|&c| balanced_count(c, big_r, f.w[i], f.total_w))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut best = None;
+    fn dfs(
+        f: &Facts,
+        options: &[Vec<(Vec<usize>, usize)>],
+        x: usize,
+        moved: usize,
+        tc: &mut Vec<usize>,
+        tmax: &[usize],
+        best: &mut Option<usize>,
+    ) {
+        if best.is_some_and(|b| moved >= b) {
+            return;
+        }
+        if x == options.len() {
+            let big_r: usize = f.items.iter().map(|i| i.1).sum();
+            if (0..f.elig.len()).all(|i| balanced_count(tc[i], big_r, f.w[i], f.total_w)) {
+                *best = Some(moved);
+            }
+            return;
+        }
+        for (secs, c) in &options[x] {
+            if secs.iter().any(|&s| tc[s] + 1 > tmax[s]) {
+                continue;
+            }
+            for &s in secs {
+                tc[s] += 1;
+            }
+            dfs(f, options, x + 1, moved + c, tc, tmax, best);
+            for &s in secs {
+                tc[s] -= 1;
+            }
+        }
+    }
+    dfs(f, &options, 0, 0, &mut tc, &tmax, &mut best);
+    best
+}
+
+/// The planner's primaries as member indexes.
+fn primaries_of(f: &Facts, p: &ReplicaPlan) -> Vec<usize> {
+    f.items
+        .iter()
+        .map(|(w, _)| {
+            let prim = p.state[w].primary.as_ref().expect("a primary");
+            f.elig.iter().position(|e| e == prim).expect("eligible")
+        })
+        .collect()
+}
+
 /// Keys of a state: (item, member, role).
 fn keys(s: &ReplicaAssignment) -> BTreeSet<(WorkId, MemberId, Role)> {
     let mut k = BTreeSet::new();
@@ -506,6 +594,16 @@ fn check(c: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
     }
     let got = (p.cold_primaries, p.primaries_changed, p.secondaries_moved);
     let balanced = totals_balanced(&f, &p);
+    // Exact secondaries for the planner's primaries: balanced whenever a placement of the
+    // secondaries can be, and then with the fewest secondaries moved.
+    if let Some(least) = secondaries_minimum(&f, &primaries_of(&f, &p)) {
+        prop_assert!(balanced, "a balanced placement of the secondaries exists");
+        prop_assert_eq!(
+            p.secondaries_moved,
+            least,
+            "secondaries moved above the minimum"
+        );
+    }
     if (got.0, got.1) == primary_minimum(&f) {
         tally.primaries_only += 1;
     }
@@ -697,7 +795,7 @@ fn one_death_promotes_and_replaces_its_replicas() {
         "{cases} failovers: {balanced} balanced before and after; exactly the dead member's \
          replicas moved in {exact}, at most {worst} extra secondary moves"
     );
-    assert!(exact * 100 >= cases * 60, "{exact} of {cases}");
+    assert!(exact * 100 >= cases * 80, "{exact} of {cases}");
 }
 
 /// How close the planner comes to the full brute-force minimum, over a fixed set of 3,000
@@ -739,7 +837,7 @@ fn rates_against_the_full_minimum() {
         pct(all.primaries_optimal, all.feasible),
         pct(all.primaries_only, all.cases),
     );
-    assert!(pct(all.balanced, all.feasible) >= 98.5, "{all:?}");
-    assert!(pct(all.optimal, all.feasible) >= 85.0, "{all:?}");
-    assert!(pct(all.primaries_optimal, all.feasible) >= 92.0, "{all:?}");
+    assert!(pct(all.balanced, all.feasible) >= 99.0, "{all:?}");
+    assert!(pct(all.optimal, all.feasible) >= 94.5, "{all:?}");
+    assert!(pct(all.primaries_optimal, all.feasible) >= 96.0, "{all:?}");
 }

@@ -4,6 +4,8 @@
 #[allow(clippy::wildcard_imports)] // the parent module's types and helpers
 use super::*;
 
+use super::place::{PrimaryQuota, Setup};
+
 /// How many (item, member) pairs the balance repair may look at, per replica in the plan
 /// (plus a fixed 100,000), so that it stays cheap where the balance cannot be reached.
 pub(super) const REPAIR_BUDGET: usize = 1;
@@ -87,14 +89,11 @@ impl Repair<'_> {
 /// handing the primary role to another replica of the item; a primary, with a role swap in
 /// another item when the primary counts need it. The work is bounded by [`REPAIR_BUDGET`]
 /// items per replica.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn repair_totals(
     sets: &mut [Vec<usize>],
     prim: &mut [usize],
     trange: &[(usize, usize)],
-    pfloor: &[usize],
-    pfrac: &[bool],
-    pceils: usize,
+    quota: &PrimaryQuota,
     zone_of: &[usize],
     caps: &[usize],
 ) {
@@ -106,9 +105,9 @@ pub(super) fn repair_totals(
         tceil: trange.iter().map(|t| t.1).collect(),
         sets,
         prim,
-        pfloor,
-        pfrac,
-        pceils,
+        pfloor: &quota.floor,
+        pfrac: &quota.frac,
+        pceils: quota.ceils,
         zone_of,
         caps,
     };
@@ -265,14 +264,8 @@ impl Repair<'_> {
 /// to one of the item's former live replicas `v` when `v` is below the top of its range, `u`
 /// above the bottom of its own, and the zone cap allows it. Never worsens the balance.
 /// `O(n·N²)`.
-pub(super) fn polish(
-    sets: &mut [Vec<usize>],
-    trange: &[(usize, usize)],
-    zone_of: &[usize],
-    caps: &[usize],
-    old_p: &[usize],
-    old_s: &[Vec<usize>],
-) {
+pub(super) fn polish(sets: &mut [Vec<usize>], trange: &[(usize, usize)], s: &Setup) {
+    let (zone_of, caps, old_p, old_s) = (&s.zone_of, &s.caps, &s.old_p, &s.old_s);
     let mut load = vec![0usize; trange.len()];
     for set in sets.iter() {
         for &o in set {
@@ -312,12 +305,11 @@ pub(super) fn polish(
 pub(super) fn polish_roles(
     sets: &mut [Vec<usize>],
     prim: &mut [usize],
-    pq: (&[usize], &[bool], usize),
-    old_p: &[usize],
-    old_s: &[Vec<usize>],
-    had_primary: &[bool],
+    quota: &PrimaryQuota,
+    s: &Setup,
 ) {
-    let (pfloor, pfrac, pceils) = pq;
+    let (pfloor, pfrac, pceils) = (&quota.floor, &quota.frac, quota.ceils);
+    let (old_p, old_s, had_primary) = (&s.old_p, &s.old_s, &s.had_primary);
     let mut pload = vec![0usize; pfloor.len()];
     for &p in prim.iter() {
         pload[p] += 1;
