@@ -688,3 +688,17 @@ async fn a_transaction_consul_applies_after_the_client_gave_up_fails_its_sequenc
     renewer.abort();
     direct.close_session(&session).await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_a_zone_outage() {
+    let store = Consul::start().await;
+    let gap = conformance::replicas_survive_a_zone_outage(&store, "r/", false).await;
+    println!("consul: longest time an item had no acknowledged primary: {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_replicas_survive_a_zone_outage() {
+    let store = Consul::start().await;
+    let gap = conformance::replicas_survive_a_zone_outage(&store, "rx/", true).await;
+    println!("consul, exclusive: longest time an item had no acknowledged primary: {gap:?}");
+}

@@ -451,3 +451,17 @@ async fn large_values_are_cut_to_the_store_limits() {
     )
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn replicas_survive_a_zone_outage() {
+    let gap =
+        conformance::replicas_survive_a_zone_outage(&Memory(MemoryStore::new()), "r/", false).await;
+    println!("memory: longest time an item had no acknowledged primary: {gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exclusive_replicas_survive_a_zone_outage() {
+    let gap =
+        conformance::replicas_survive_a_zone_outage(&Memory(MemoryStore::new()), "rx/", true).await;
+    println!("memory, exclusive: longest time an item had no acknowledged primary: {gap:?}");
+}

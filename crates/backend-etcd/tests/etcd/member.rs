@@ -717,3 +717,17 @@ async fn a_transaction_etcd_applies_after_the_client_gave_up_fails_its_sequence_
     assert_eq!(sequence_of(&direct, &seq_key).await, revision);
     direct.close_session(&session).await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_a_zone_outage() {
+    let (_server, store, root) = suite().await;
+    let gap = conformance::replicas_survive_a_zone_outage(&store, &root, false).await;
+    println!("etcd: longest time an item had no acknowledged primary: {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_replicas_survive_a_zone_outage() {
+    let (_server, store, root) = suite().await;
+    let gap = conformance::replicas_survive_a_zone_outage(&store, &root, true).await;
+    println!("etcd, exclusive: longest time an item had no acknowledged primary: {gap:?}");
+}

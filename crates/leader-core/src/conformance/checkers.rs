@@ -280,6 +280,33 @@ impl AckedLedger {
         })
     }
 
+    /// Like [`follow`](Self::follow), counting only the items `member` holds
+    /// as primary (with replicas): a ledger fed so finds an item held as
+    /// primary by two members; secondaries may overlap.
+    pub fn follow_primaries(
+        &self,
+        member: &str,
+        handle: &MemberHandle,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut changes = handle.worker().changes();
+        let (ledger, member) = (self.clone(), member.to_owned());
+        tokio::spawn(async move {
+            let mut workload = worker_core::Workload::new();
+            let mut secondaries = BTreeSet::new();
+            while let Some(change) = changes.next().await {
+                change.apply_to(&mut workload);
+                change.apply_roles_to(&mut secondaries);
+                let primaries = workload
+                    .keys()
+                    .filter(|w| !secondaries.contains(*w))
+                    .cloned()
+                    .collect();
+                ledger.set(&member, primaries, tokio::time::Instant::now());
+            }
+            ledger.set(&member, BTreeSet::new(), tokio::time::Instant::now());
+        })
+    }
+
     /// Every moment an item was held by two members.
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()

@@ -21,6 +21,7 @@ mod election;
 mod exclusive;
 mod handoff;
 mod membership;
+mod replicas;
 mod setup;
 
 use std::time::Duration;
@@ -50,6 +51,7 @@ pub use membership::{
     large_values_are_cut_to_the_store_limits, members_spread_work,
     restart_within_rebalance_delay_moves_nothing, rolling_restart_without_churn,
 };
+pub use replicas::replicas_survive_a_zone_outage;
 
 /// What a backend gives the suite.
 #[async_trait]

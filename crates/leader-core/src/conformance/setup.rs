@@ -206,7 +206,9 @@ async fn wait_holdings(
 }
 
 /// Resolves once any of `futs` is ready.
-async fn futures_select_any<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) {
+pub(super) async fn futures_select_any<F: std::future::Future + Unpin>(
+    futs: impl Iterator<Item = F>,
+) {
     let mut futs: Vec<F> = futs.collect();
     std::future::poll_fn(move |cx| {
         for f in &mut futs {
