@@ -11,6 +11,7 @@ use worker_core::WorkId;
 
 use super::setup::{futures_select_any, put_items, spawn_member, Group, Holdings};
 use super::{member_config, AckedLedger, ClusterStore, WAIT};
+use crate::member::MemberConfig;
 
 /// The members and their zones; zone `a` joins last so that it does not lead.
 const MEMBERS: [(&str, &str); 6] = [
@@ -117,14 +118,7 @@ pub async fn replicas_survive_a_zone_outage(
     }
     let bound = store.expiry_bound() + store.ttl() * 2;
     let six = ids.clone();
-    wait_spread(
-        &all,
-        &primaries,
-        &six,
-        bound,
-        "60 items spread over 3 zones",
-    )
-    .await;
+    wait_spread(all, primaries, &six, bound, "60 items spread over 3 zones").await;
     for id in ["a1", "a2"] {
         assert!(
             !group.members[id].is_leader(),
@@ -166,7 +160,26 @@ pub async fn replicas_survive_a_zone_outage(
     assert!(gap <= bound, "an item without a primary for {gap:?}");
 
     // Zone a comes back: the replicas spread over it again, moving only what
-    // it must (20 primaries and 20 secondaries go to a1 and a2).
+    // it must.
+    let config: &dyn Fn(&str) -> MemberConfig = &config;
+    zone_returns(store, root, &mut group, (&all, &primaries), config, bound).await;
+    primaries.assert_clean();
+    group.halt().await;
+    gap
+}
+
+/// Zone a's members start again: the replicas spread over the three zones
+/// again with the fewest moves (20 primaries and 20 secondaries go to a1
+/// and a2) when one plan does it, and nothing is placed from scratch.
+async fn zone_returns(
+    store: &dyn ClusterStore,
+    root: &str,
+    group: &mut Group,
+    (all, primaries): (&AckedLedger, &AckedLedger),
+    config: &dyn Fn(&str) -> MemberConfig,
+    bound: Duration,
+) {
+    let six: Vec<&str> = MEMBERS.iter().map(|(m, _)| *m).collect();
     let held = all.holdings();
     let owners_before = primaries_of(&primaries.holdings());
     for id in ["a1", "a2"] {
@@ -176,8 +189,8 @@ pub async fn replicas_survive_a_zone_outage(
         group.join(id, m);
     }
     wait_spread(
-        &all,
-        &primaries,
+        all,
+        primaries,
         &six,
         bound,
         "60 items spread over 3 zones again",
@@ -203,16 +216,21 @@ pub async fn replicas_survive_a_zone_outage(
         // Both joined within one soak: the plan is the fewest moves.
         assert_eq!((moved_in, changed), (40, 20), "{back:?}");
     }
-    primaries.assert_clean();
-    group.halt().await;
-    gap
 }
 
 /// Waits (at most [`WAIT`]) until a member of `group` leads.
 async fn wait_leader(group: &Group) {
     let led = tokio::time::timeout(WAIT, async {
-        let mut watches: Vec<_> = group.members.values().map(|m| m.leading()).collect();
-        while !group.members.values().any(|m| m.is_leader()) {
+        let mut watches: Vec<_> = group
+            .members
+            .values()
+            .map(crate::member::MemberHandle::leading)
+            .collect();
+        while !group
+            .members
+            .values()
+            .any(crate::member::MemberHandle::is_leader)
+        {
             futures_select_any(watches.iter_mut().map(|w| Box::pin(w.changed()))).await;
         }
     })
