@@ -118,7 +118,14 @@ pub async fn replicas_survive_a_zone_outage(
     }
     let bound = store.expiry_bound() + store.ttl() * 2;
     let six = ids.clone();
-    wait_spread(all, primaries, &six, bound, "60 items spread over 3 zones").await;
+    wait_spread(
+        &all,
+        &primaries,
+        &six,
+        bound,
+        "60 items spread over 3 zones",
+    )
+    .await;
     for id in ["a1", "a2"] {
         assert!(
             !group.members[id].is_leader(),
