@@ -847,6 +847,7 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "--quick",
     "--control",
     "--trace",
+    "--zones",
     "--total",
     "--leader-sizes",
     // etcd

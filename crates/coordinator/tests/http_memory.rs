@@ -169,6 +169,7 @@ async fn endpoints_of_a_worker() {
     assert_eq!(status["not_ready"], Value::Null);
     assert_eq!(status["leader"], "boss");
     assert_eq!(status["workload"], serde_json::json!(["w1", "w2"]));
+    assert_eq!(status["secondary"], serde_json::json!([]));
     assert!(
         status["revision"].as_u64().is_some_and(|r| r > 0),
         "{status}"

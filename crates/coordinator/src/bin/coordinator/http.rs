@@ -269,6 +269,9 @@ struct Status<'a> {
     revision: Option<Revision>,
     /// The settled workload's work ids, sorted.
     workload: Vec<String>,
+    /// The items of `workload` held as secondaries (standbys), sorted; the
+    /// others are held as primaries. Empty with one replica per item.
+    secondary: Vec<String>,
     /// Whether the workload is released (exclusive mode: the session could
     /// not be renewed in time): the application holds nothing.
     released: bool,
@@ -409,6 +412,7 @@ impl Target {
             is_leader,
             revision: settled.ready.then_some(settled.revision),
             workload: settled.workload.keys().map(ToString::to_string).collect(),
+            secondary: w.secondaries().iter().map(ToString::to_string).collect(),
             released: w.is_released(),
             acked_revision: acked,
             draining,
