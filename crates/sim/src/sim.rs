@@ -22,7 +22,7 @@
 //! | `invariants.rs` | every invariant the simulator checks |
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use leader_core::Layout;
 use rand::rngs::SmallRng;
@@ -129,6 +129,14 @@ pub struct Sim {
     promotions: u64,
     /// Zone outages injected.
     zone_outages: u64,
+    /// Since the last zone outage no member joined or registered again (a
+    /// member key that appeared).
+    after_outage: bool,
+    /// Cold primaries the plans made while `after_outage` (a member that
+    /// registered just before the outage, still empty, may force some).
+    cold_after_outage: u64,
+    /// The member keys in the store at the last observation.
+    member_keys: BTreeSet<String>,
     /// Since when each item has had no primary on a live member while a
     /// secondary of it was on one (replicas).
     orphaned: BTreeMap<String, Nanos>,
@@ -267,6 +275,9 @@ impl Sim {
             cold_primaries: 0,
             promotions: 0,
             zone_outages: 0,
+            after_outage: false,
+            cold_after_outage: 0,
+            member_keys: BTreeSet::new(),
             orphaned: BTreeMap::new(),
             longest_orphaned: 0,
             orphan_rev: 0,

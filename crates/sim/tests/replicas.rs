@@ -63,11 +63,12 @@ fn replicas_one_to_three_over_one_to_three_zones_keep_every_invariant() {
             let longest = oks.iter().map(|o| o.longest_orphaned).max().unwrap_or(0);
             eprintln!(
                 "replicas {replicas} zones {zones}: {} of {SEEDS} seeds passed; {} exclusive; \
-                 {} zone outages, {} items lost every replica in one, {} promotions, \
-                 {} cold primaries, longest without a live primary while a secondary was live: {:.1} s",
+                 {} zone outages ({} cold primaries planned after one before any member registered), \
+                 {} items lost every replica in one, {} promotions, {} cold primaries in all, longest without a live primary while a secondary was live: {:.1} s",
                 oks.len(),
                 sum(|o| u64::from(o.exclusive)),
                 sum(|o| o.zone_outages),
+                sum(|o| o.cold_after_outage),
                 sum(|o| o.lost_every_replica),
                 sum(|o| o.promotions),
                 sum(|o| o.cold_primaries),

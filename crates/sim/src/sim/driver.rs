@@ -320,6 +320,9 @@ impl Sim {
                 LeadAction::Planned(r) => {
                     self.plans += 1;
                     self.cold_primaries += r.cold_primaries as u64;
+                    if self.after_outage {
+                        self.cold_after_outage += r.cold_primaries as u64;
+                    }
                     self.promotions += r.promotions as u64;
                     tr!(
                             self,

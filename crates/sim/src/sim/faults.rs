@@ -117,6 +117,7 @@ impl Sim {
                     return; // the whole cluster is in one zone
                 }
                 self.zone_outages += 1;
+                self.after_outage = true;
                 tr!(self, "fault: zone {zone:?} goes down: {hit:?}");
                 self.check_zone_outage(&hit);
                 for n in hit {
@@ -131,6 +132,9 @@ impl Sim {
                 self.crash(n);
             }
             Fault::Restart(n) => {
+                // A member that comes back holds nothing: the primaries the
+                // balance gives it are cold.
+                self.after_outage = false;
                 let id = self.nodes[n].id.clone();
                 tr!(self, "fault: {id} restarts");
                 let (worker, member) = self.fresh(&id, self.nodes[n].ppm);
@@ -332,6 +336,7 @@ impl Sim {
                 self.set_app(n, Workload::new());
             }
             Fault::Join => {
+                self.after_outage = false;
                 if up < 7 {
                     self.join();
                 }

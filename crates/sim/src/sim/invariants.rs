@@ -127,6 +127,17 @@ impl Sim {
     /// later of its start and the last fault is a violation (faults that
     /// keep coming may delay a promotion without bound).
     fn observe_orphans(&mut self) {
+        let keys: BTreeSet<String> = self
+            .store
+            .range(&self.layout.members)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.difference(&self.member_keys).next().is_some() {
+            // A member (re)registered: it holds nothing, and the primaries
+            // the balance gives it are cold.
+            self.after_outage = false;
+        }
+        self.member_keys = keys;
         let prefix = self.layout.assignments.clone();
         let mut primary: BTreeSet<String> = BTreeSet::new();
         let mut secondary: BTreeSet<String> = BTreeSet::new();

@@ -37,6 +37,9 @@ pub struct Outcome {
     pub promotions: u64,
     /// Zone outages injected.
     pub zone_outages: u64,
+    /// Replicas: cold primaries planned after a zone outage before any
+    /// member (re)registered.
+    pub cold_after_outage: u64,
     /// Replicas: items whose every live replica a zone outage took, though
     /// they had two or more.
     pub lost_every_replica: u64,
