@@ -60,6 +60,7 @@ pub use outcome::{Failure, Outcome};
 use requests::{Msg, Req, Slot, Watch};
 
 /// A running simulation.
+#[allow(clippy::struct_excessive_bools)] // independent flags of one run
 pub struct Sim {
     /// The run's settings.
     cfg: RunConfig,
