@@ -336,6 +336,7 @@ fn replicas_are_written_with_their_roles_and_spread_over_zones() {
     assert!(raw.iter().any(|(_, v)| &v[..] == b"v"));
     let p = w.plans.last().unwrap();
     assert_eq!((p.placed, p.cold_primaries), (120, 0));
+    assert_eq!(w.m.unowned(), 0);
 }
 
 #[test]
@@ -345,6 +346,8 @@ fn a_zone_outage_promotes_secondaries_and_respreads_with_the_fewest_moves() {
         let before = w.replicas();
         w.kill(&["a1", "a2"]);
         let killed_at = w.now;
+        // Zone a's primaries have no live primary until promoted.
+        assert_eq!(w.m.unowned(), 20, "items without a live primary");
         w.settle();
         // Every item has a primary again, on a member that held it before
         // (the old primary, or a secondary promoted): none is cold.

@@ -388,8 +388,8 @@ impl LeaderMachine {
     }
 
     /// How many work items no live member holds in the store (unassigned,
-    /// in handoff, refused, or under a member that left): 0 once everything
-    /// is placed. `O(items + assignments)`: call it now and then (the
+    /// in handoff, refused, or under a member that left; with replicas: no
+    /// live member holds as primary): 0 once everything is placed. `O(items + assignments)`: call it now and then (the
     /// leader's metric does, at most once a second), not per event.
     pub fn unowned(&self) -> usize {
         let (Some(items), Some(current), Some(members)) =
@@ -398,9 +398,9 @@ impl LeaderMachine {
             return 0;
         };
         let owned: BTreeSet<&WorkId> = current
-            .keys()
-            .filter(|(m, _)| members.contains_key(m))
-            .map(|(_, w)| w)
+            .iter()
+            .filter(|((m, _), v)| members.contains_key(m) && indexes::is_primary(v))
+            .map(|((_, w), _)| w)
             .collect();
         items.keys().filter(|w| !owned.contains(w)).count()
     }
