@@ -92,6 +92,7 @@ mod flow;
 mod place;
 mod primaries;
 mod repair;
+mod search;
 mod secondaries;
 mod settle;
 mod targets;

@@ -6,6 +6,7 @@ use super::*;
 
 use super::diff::output;
 use super::primaries::choose_primaries;
+use super::search::search;
 use super::secondaries::place_secondaries;
 use super::settle::{settle, EXACT_PAIRS};
 use super::targets::total_targets;
@@ -175,6 +176,7 @@ pub(super) fn plan_with(
         if score(&s, &alt_prim, &alt_sets, &range) < score(&s, &prim, &sets, &range) {
             (prim, sets) = (alt_prim, alt_sets);
         }
+        search(&s, &mut prim, &mut sets, &range);
     }
     output(&s, current, &prim, &sets)
 }
@@ -210,7 +212,12 @@ fn solve(s: &Setup, opts: Opts) -> Solved {
 
 /// A plan's rank: the total distance of the members' totals from their ranges, then cold
 /// primaries, primaries changed, secondaries moved (lower is better).
-fn score(s: &Setup, prim: &[usize], sets: &[Vec<usize>], range: &[(usize, usize)]) -> [usize; 4] {
+pub(super) fn score(
+    s: &Setup,
+    prim: &[usize],
+    sets: &[Vec<usize>],
+    range: &[(usize, usize)],
+) -> [usize; 4] {
     let mut load = vec![0usize; s.members()];
     let mut r = [0usize; 4];
     for (x, set) in sets.iter().enumerate() {
@@ -232,7 +239,7 @@ fn score(s: &Setup, prim: &[usize], sets: &[Vec<usize>], range: &[(usize, usize)
 /// Each item's replica set starts with its primary and keeps its live replicas (old primary
 /// first) that the zone cap allows. Returns the sets and, per member, the items it keeps a
 /// secondary of.
-fn keep_live(s: &Setup, prim: &[usize]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+pub(super) fn keep_live(s: &Setup, prim: &[usize]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
     let n = s.items.len();
     let mut sets: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut held: Vec<Vec<usize>> = vec![Vec::new(); s.members()];
