@@ -166,19 +166,46 @@ pub(super) fn plan_with(
     if s.members() == 0 {
         return output(&s, current, &vec![NONE; n], &vec![Vec::new(); n]);
     }
-    let (mut prim, mut sets, range) = solve(&s, opts);
+    let (prim, sets, _) = phases(&s, opts);
+    output(&s, current, &prim, &sets)
+}
+
+/// Every phase: [`solve`]; on inputs of at most [`EXACT_PAIRS`] pairs, also without the soft
+/// caps (the better plan kept), then the search over the primaries.
+fn phases(s: &Setup, opts: Opts) -> Solved {
+    let n = s.items.len();
+    let (mut prim, mut sets, range) = solve(s, opts);
     if opts.repair && n * s.members() <= EXACT_PAIRS {
         let alt_opts = Opts {
             ports: !opts.ports,
             ..opts
         };
-        let (alt_prim, alt_sets, _) = solve(&s, alt_opts);
-        if score(&s, &alt_prim, &alt_sets, &range) < score(&s, &prim, &sets, &range) {
+        let (alt_prim, alt_sets, _) = solve(s, alt_opts);
+        if score(s, &alt_prim, &alt_sets, &range) < score(s, &prim, &sets, &range) {
             (prim, sets) = (alt_prim, alt_sets);
         }
-        search(&s, &mut prim, &mut sets, &range);
+        search(s, &mut prim, &mut sets, &range);
     }
-    output(&s, current, &prim, &sets)
+    (prim, sets, range)
+}
+
+/// For the tests: the planner's score (distance of the totals from their ranges, cold,
+/// changed, secondaries moved) and the exact one (the branch and bound, whatever the size).
+#[cfg(test)]
+pub(super) fn against_exact(
+    items: &BTreeMap<WorkId, u32>,
+    members: &BTreeMap<MemberId, ReplicaMember>,
+    current: &ReplicaAssignment,
+) -> ([usize; 4], [usize; 4]) {
+    let s = Setup::new(items, members, current);
+    let opts = Opts {
+        ports: true,
+        repair: true,
+    };
+    let (mut prim, mut sets, range) = phases(&s, opts);
+    let got = score(&s, &prim, &sets, &range);
+    super::search::exact(&s, &mut prim, &mut sets, &range, usize::MAX, usize::MAX);
+    (got, score(&s, &prim, &sets, &range))
 }
 
 /// Primaries, sets and total ranges (see [`solve`]).
@@ -239,7 +266,7 @@ pub(super) fn score(
 /// Each item's replica set starts with its primary and keeps its live replicas (old primary
 /// first) that the zone cap allows. Returns the sets and, per member, the items it keeps a
 /// secondary of.
-pub(super) fn keep_live(s: &Setup, prim: &[usize]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+fn keep_live(s: &Setup, prim: &[usize]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
     let n = s.items.len();
     let mut sets: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut held: Vec<Vec<usize>> = vec![Vec::new(); s.members()];

@@ -29,7 +29,7 @@
 #[allow(clippy::wildcard_imports)] // the parent module's types and helpers
 use super::*;
 
-use super::place::{keep_live, score, Setup};
+use super::place::{score, Setup};
 use super::settle::{relaxed_distance, settle};
 
 /// The largest `M^n` (members of positive weight to the power of the items) the search runs on.
@@ -37,6 +37,17 @@ pub(super) const SEARCH_CHOICES: usize = 4_096;
 
 /// The largest `n·M` the search runs on.
 pub(super) const SEARCH_PAIRS: usize = 32;
+
+/// The largest `n·M` the local improvement runs on.
+pub(super) const LOCAL_PAIRS: usize = 1_024;
+
+/// The most plans the local improvement evaluates (each one [`settle`]).
+pub(super) const LOCAL_EVALS: usize = 256;
+
+/// The branch and bound's budget above the exact bounds: search nodes, and leaves (plans
+/// evaluated, each one [`settle`]).
+pub(super) const BNB_NODES: usize = 100_000;
+pub(super) const BNB_LEAVES: usize = 256;
 
 /// Whether the search runs on `n` items over `mm` members.
 pub(super) fn searched(n: usize, mm: usize) -> bool {
@@ -55,8 +66,9 @@ fn plus(a: Score, b: Score) -> Score {
     [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
 }
 
-/// Replaces `prim` and `sets` (primary first) by the full lexicographic minimum, if the input
-/// is within the search's size bounds and the phases' plan is not already it.
+/// Within the search's size bounds, replaces `prim` and `sets` (primary first) by the full
+/// lexicographic minimum ([`exact`]); above them and up to [`LOCAL_PAIRS`], by the result of
+/// the local improvement ([`improve`]).
 pub(super) fn search(
     s: &Setup,
     prim: &mut Vec<usize>,
@@ -64,8 +76,28 @@ pub(super) fn search(
     range: &[(usize, usize)],
 ) {
     let (n, mm) = (s.items.len(), s.members());
-    if !searched(n, mm) {
-        return;
+    if searched(n, mm) {
+        exact(s, prim, sets, range, usize::MAX, usize::MAX);
+    } else if n * mm <= LOCAL_PAIRS {
+        improve(s, prim, sets, range);
+        exact(s, prim, sets, range, BNB_NODES, BNB_LEAVES);
+    }
+}
+
+/// The branch and bound, whatever the size, within a budget of search nodes and of leaves
+/// (plans evaluated). Returns whether it finished within the budget: then the plan is the full
+/// lexicographic minimum; else the best plan found (never worse than the one given).
+pub(super) fn exact(
+    s: &Setup,
+    prim: &mut Vec<usize>,
+    sets: &mut Vec<Vec<usize>>,
+    range: &[(usize, usize)],
+    nodes: usize,
+    leaves: usize,
+) -> bool {
+    let (n, mm) = (s.items.len(), s.members());
+    if n == 0 || mm == 0 {
+        return true;
     }
     let best = score(s, prim, sets, range);
     let viol_lb = relaxed_distance(s, sets, range);
@@ -84,7 +116,7 @@ pub(super) fn search(
         rest[x] = plus(rest[x + 1], cands[x][0].1);
     }
     if rest[0] >= best {
-        return;
+        return true;
     }
     let mut prev_same = vec![NONE; n];
     for x in 0..n {
@@ -112,12 +144,17 @@ pub(super) fn search(
         cur: vec![NONE; n],
         best,
         found: None,
+        start: sets.clone(),
+        nodes,
+        leaves,
+        complete: true,
     };
     b.dfs(0, [0; 4]);
     if let Some((p, st)) = b.found {
         *prim = p;
         *sets = st;
     }
+    b.complete
 }
 
 /// Item `x` with primary `m`: [0, cold, changed, the secondaries it must move at least].
@@ -163,6 +200,12 @@ struct Bnb<'s, 'a> {
     cur: Vec<usize>,
     best: Score,
     found: Option<(Vec<usize>, Vec<Vec<usize>>)>,
+    /// The sets of the best plan so far (primary first): each leaf's start.
+    start: Vec<Vec<usize>>,
+    /// The budget left: search nodes, leaves; whether none was refused.
+    nodes: usize,
+    leaves: usize,
+    complete: bool,
 }
 
 impl Bnb<'_, '_> {
@@ -170,8 +213,18 @@ impl Bnb<'_, '_> {
         if plus(acc, self.rest[x]) >= self.best {
             return;
         }
+        if self.nodes == 0 {
+            self.complete = false;
+            return;
+        }
+        self.nodes -= 1;
         let n = self.cur.len();
         if x == n {
+            if self.leaves == 0 {
+                self.complete = false;
+                return;
+            }
+            self.leaves -= 1;
             self.leaf();
             return;
         }
@@ -210,35 +263,126 @@ impl Bnb<'_, '_> {
     /// A complete primary choice: its exact secondaries and score.
     fn leaf(&mut self) {
         let s = self.s;
-        let (mut sets, _) = keep_live(s, &self.cur);
-        let mut load = vec![0usize; s.members()];
-        for set in &sets {
-            for &o in set {
-                load[o] += 1;
-            }
-        }
-        // A valid start (any member with zone room; the least loaded against its range first),
-        // then the exact pass.
-        for (x, set) in sets.iter_mut().enumerate() {
-            while set.len() < s.items[x].1 {
-                let m = (0..s.members())
-                    .filter(|&m| {
-                        !set.contains(&m) && {
-                            let z = s.zone_of[m];
-                            set.iter().filter(|&&o| s.zone_of[o] == z).count() < s.caps[x]
-                        }
-                    })
-                    .min_by_key(|&m| (load[m] >= self.range[m].1, load[m], m))
-                    .expect("the zone cap leaves room for r replicas");
-                set.push(m);
-                load[m] += 1;
-            }
-        }
+        // A valid start: the best plan's sets, re-seated on the new primaries; then the exact
+        // pass.
+        let mut sets: Vec<Vec<usize>> = self
+            .start
+            .iter()
+            .enumerate()
+            .map(|(x, set)| reseat(s, x, set, self.cur[x]))
+            .collect();
         settle(s, &mut sets, self.range);
         let got = score(s, &self.cur, &sets, self.range);
         if got < self.best {
             self.best = got;
+            self.start.clone_from(&sets);
             self.found = Some((self.cur.clone(), sets));
         }
     }
+}
+
+/// A local improvement of the primary choice: moves of one item's primary role to another
+/// member (a holder of one of its replicas or not) and swaps of the primary roles of two items,
+/// within the primary balance, in a fixed order (moves by item id, then the item's members by
+/// (cost, member hash); then swaps by item ids). A candidate whose lower bound (as in
+/// [`exact`]) is not below the current plan is skipped; the others get their exact
+/// secondaries ([`settle`]) and the first strictly better plan is taken, and the scan starts
+/// over, until none is better or [`LOCAL_EVALS`] plans were evaluated. Not exact in general.
+pub(super) fn improve(
+    s: &Setup,
+    prim: &mut Vec<usize>,
+    sets: &mut Vec<Vec<usize>>,
+    range: &[(usize, usize)],
+) {
+    let (n, mm) = (s.items.len(), s.members());
+    if n == 0 || mm == 0 {
+        return;
+    }
+    let mut best = score(s, prim, sets, range);
+    let viol_lb = relaxed_distance(s, sets, range);
+    let shares: Vec<(usize, u128)> = s.wts.iter().map(|&w| share(n, w, s.total)).collect();
+    let order: Vec<Vec<usize>> = (0..n)
+        .map(|x| {
+            let mut c: Vec<(Score, u64, usize)> = (0..mm)
+                .map(|m| (cost(s, x, m), stable_hash(s.ids[m]), m))
+                .collect();
+            c.sort_unstable();
+            c.into_iter().map(|c| c.2).collect()
+        })
+        .collect();
+    let mut evals = 0;
+    'scan: while evals < LOCAL_EVALS && best > [viol_lb, 0, 0, 0] {
+        let mut count = vec![0usize; mm];
+        for &p in prim.iter() {
+            count[p] += 1;
+        }
+        let cur = prim.clone();
+        let costs: Vec<Score> = (0..n).map(|x| cost(s, x, cur[x])).collect();
+        let base = costs.iter().fold([viol_lb, 0, 0, 0], |a, &c| plus(a, c));
+        let minus = |a: Score, b: Score| [a[0], a[1] - b[1], a[2] - b[2], a[3] - b[3]];
+        // Candidates: (items, their new primaries), lazily in scan order.
+        let moves = (0..n).flat_map(|x| order[x].iter().map(move |&m| vec![(x, m)]));
+        let swaps = (0..n).flat_map(|x| ((x + 1)..n).map(move |y| vec![(x, y)]));
+        let swaps = swaps.map(|v| {
+            let (x, y) = v[0];
+            vec![(x, cur[y]), (y, cur[x])]
+        });
+        for change in moves.chain(swaps) {
+            let (x, m) = change[0];
+            if change.iter().any(|&(y, m)| cur[y] == m) {
+                continue;
+            }
+            if change.len() == 1 {
+                let a = cur[x];
+                let ceil = shares[m].0 + usize::from(shares[m].1 != 0);
+                if count[a] <= shares[a].0 || count[m] >= ceil {
+                    continue;
+                }
+            }
+            let bound = change
+                .iter()
+                .fold(base, |b, &(y, m)| plus(minus(b, costs[y]), cost(s, y, m)));
+            if bound >= best {
+                continue;
+            }
+            let mut p2 = cur.clone();
+            let mut sets2 = sets.clone();
+            for &(y, m) in &change {
+                p2[y] = m;
+                sets2[y] = reseat(s, y, &sets[y], m);
+            }
+            settle(s, &mut sets2, range);
+            evals += 1;
+            let got = score(s, &p2, &sets2, range);
+            if got < best {
+                best = got;
+                *prim = p2;
+                *sets = sets2;
+                continue 'scan;
+            }
+            if evals >= LOCAL_EVALS {
+                break;
+            }
+        }
+        break;
+    }
+}
+
+/// Item `x`'s replica set (primary first) with `m` as its new primary: `m` first, then the
+/// others; where `m` was not in it, one replica goes (in `m`'s zone if the zone cap needs it,
+/// else a new one before a live one, the last first).
+fn reseat(s: &Setup, x: usize, set: &[usize], m: usize) -> Vec<usize> {
+    let mut v = vec![m];
+    v.extend(set.iter().copied().filter(|&o| o != m));
+    if v.len() > s.items[x].1 {
+        let z = s.zone_of[m];
+        let full = v.iter().filter(|&&o| s.zone_of[o] == z).count() > s.caps[x];
+        let pick = (1..v.len())
+            .rev()
+            .filter(|&i| !full || s.zone_of[v[i]] == z)
+            .min_by_key(|&i| (s.was(x, v[i]), Reverse(i)))
+            .expect("a replica besides the new primary");
+        v.remove(pick);
+    }
+    v
 }
