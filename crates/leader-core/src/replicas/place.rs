@@ -204,7 +204,9 @@ pub(super) fn against_exact(
     };
     let (mut prim, mut sets, range) = phases(&s, opts);
     let got = score(&s, &prim, &sets, &range);
-    super::search::exact(&s, &mut prim, &mut sets, &range, usize::MAX, usize::MAX);
+    if let Some(c) = super::search::Costs::new(&s, &prim, &sets, &range) {
+        super::search::exact(&s, &c, &mut prim, &mut sets, &range, usize::MAX, usize::MAX);
+    }
     (got, score(&s, &prim, &sets, &range))
 }
 

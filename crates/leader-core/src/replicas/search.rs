@@ -44,9 +44,12 @@ pub(super) const LOCAL_PAIRS: usize = 1_024;
 /// The most plans the local improvement evaluates (each one [`settle`]).
 pub(super) const LOCAL_EVALS: usize = 256;
 
+/// The most candidates the local improvement looks at (most are dismissed by their bound).
+pub(super) const LOCAL_CHECKS: usize = 100_000;
+
 /// The branch and bound's budget above the exact bounds: search nodes, and leaves (plans
 /// evaluated, each one [`settle`]).
-pub(super) const BNB_NODES: usize = 100_000;
+pub(super) const BNB_NODES: usize = 5_000;
 pub(super) const BNB_LEAVES: usize = 256;
 
 /// Whether the search runs on `n` items over `mm` members.
@@ -68,7 +71,7 @@ fn plus(a: Score, b: Score) -> Score {
 
 /// Within the search's size bounds, replaces `prim` and `sets` (primary first) by the full
 /// lexicographic minimum ([`exact`]); above them and up to [`LOCAL_PAIRS`], by the result of
-/// the local improvement ([`improve`]).
+/// the local improvement ([`improve`]) and a budgeted [`exact`].
 pub(super) fn search(
     s: &Setup,
     prim: &mut Vec<usize>,
@@ -76,11 +79,73 @@ pub(super) fn search(
     range: &[(usize, usize)],
 ) {
     let (n, mm) = (s.items.len(), s.members());
-    if searched(n, mm) {
-        exact(s, prim, sets, range, usize::MAX, usize::MAX);
-    } else if n * mm <= LOCAL_PAIRS {
-        improve(s, prim, sets, range);
-        exact(s, prim, sets, range, BNB_NODES, BNB_LEAVES);
+    let small = searched(n, mm);
+    if !small && n * mm > LOCAL_PAIRS {
+        return;
+    }
+    let Some(c) = Costs::new(s, prim, sets, range) else {
+        return;
+    };
+    if small {
+        exact(s, &c, prim, sets, range, usize::MAX, usize::MAX);
+    } else {
+        improve(s, &c, prim, sets, range);
+        exact(s, &c, prim, sets, range, BNB_NODES, BNB_LEAVES);
+    }
+}
+
+/// The bounds both searches use.
+pub(super) struct Costs {
+    /// A lower bound of the distance of the totals from their ranges.
+    viol_lb: usize,
+    /// Per item, per member: [0, cold, changed, least moved] with that member as primary.
+    table: Vec<Vec<Score>>,
+    /// Per item: the members by (cost, member hash, index).
+    order: Vec<Vec<usize>>,
+}
+
+impl Costs {
+    /// The bounds, or `None` when the plan is already at the least distance with no move (no
+    /// search can better it).
+    pub(super) fn new(
+        s: &Setup,
+        prim: &[usize],
+        sets: &[Vec<usize>],
+        range: &[(usize, usize)],
+    ) -> Option<Self> {
+        let (n, mm) = (s.items.len(), s.members());
+        if n == 0 || mm == 0 {
+            return None;
+        }
+        let best = score(s, prim, sets, range);
+        // 0 when the plan is at 0, else every replica free (the primaries relaxed away).
+        let viol_lb = if best[0] == 0 {
+            0
+        } else {
+            relaxed_distance(s, sets, range)
+        };
+        if best == [viol_lb, 0, 0, 0] {
+            return None;
+        }
+        let table: Vec<Vec<Score>> = (0..n)
+            .map(|x| (0..mm).map(|m| cost(s, x, m)).collect())
+            .collect();
+        let mut hashes = vec![0u64; mm];
+        for &(h, m) in &s.order {
+            hashes[m] = h;
+        }
+        let order = (0..n)
+            .map(|x| {
+                let mut c: Vec<usize> = (0..mm).collect();
+                c.sort_unstable_by_key(|&m| (table[x][m], hashes[m], m));
+                c
+            })
+            .collect();
+        Some(Self {
+            viol_lb,
+            table,
+            order,
+        })
     }
 }
 
@@ -89,6 +154,7 @@ pub(super) fn search(
 /// lexicographic minimum; else the best plan found (never worse than the one given).
 pub(super) fn exact(
     s: &Setup,
+    c: &Costs,
     prim: &mut Vec<usize>,
     sets: &mut Vec<Vec<usize>>,
     range: &[(usize, usize)],
@@ -96,22 +162,12 @@ pub(super) fn exact(
     leaves: usize,
 ) -> bool {
     let (n, mm) = (s.items.len(), s.members());
-    if n == 0 || mm == 0 {
-        return true;
-    }
     let best = score(s, prim, sets, range);
-    let viol_lb = relaxed_distance(s, sets, range);
-    // Per item: its candidate primaries with their costs [0, cold, changed, least moved].
+    // Per item: its candidate primaries with their costs, cheapest first.
     let cands: Vec<Vec<(usize, Score)>> = (0..n)
-        .map(|x| {
-            let mut c: Vec<(Score, u64, usize)> = (0..mm)
-                .map(|m| (cost(s, x, m), stable_hash(s.ids[m]), m))
-                .collect();
-            c.sort_unstable();
-            c.into_iter().map(|(c, _, m)| (m, c)).collect()
-        })
+        .map(|x| c.order[x].iter().map(|&m| (m, c.table[x][m])).collect())
         .collect();
-    let mut rest = vec![[viol_lb, 0, 0, 0]; n + 1];
+    let mut rest = vec![[c.viol_lb, 0, 0, 0]; n + 1];
     for x in (0..n).rev() {
         rest[x] = plus(rest[x + 1], cands[x][0].1);
     }
@@ -165,18 +221,18 @@ fn cost(s: &Setup, x: usize, m: usize) -> Score {
     let cold = usize::from(!s.was(x, m));
     let changed = usize::from(s.had_primary[x] && s.old_p[x] != m);
     // The live replicas other than m it can keep beside m: per zone, up to the zone cap less
-    // m's replica there.
-    let mut inz = vec![0usize; s.zone_sizes.len()];
-    for o in std::iter::once(s.old_p[x]).chain(s.old_s[x].iter().copied()) {
-        if o != NONE && o != m {
-            inz[s.zone_of[o]] += 1;
-        }
-    }
-    let keep: usize = inz
-        .iter()
-        .enumerate()
-        .map(|(z, &k)| k.min(s.caps[x] - usize::from(s.zone_of[m] == z)))
-        .sum();
+    // m's replica there (the first ones of each zone kept).
+    let live: Vec<usize> = std::iter::once(s.old_p[x])
+        .chain(s.old_s[x].iter().copied())
+        .filter(|&o| o != NONE && o != m)
+        .collect();
+    let keep = (0..live.len())
+        .filter(|&i| {
+            let z = s.zone_of[live[i]];
+            let before = live[..i].iter().filter(|&&o| s.zone_of[o] == z).count();
+            before + usize::from(s.zone_of[m] == z) < s.caps[x]
+        })
+        .count();
     let r = s.items[x].1 - 1;
     [0, cold, changed, r - keep.min(r)]
 }
@@ -287,52 +343,44 @@ impl Bnb<'_, '_> {
 /// (cost, member hash); then swaps by item ids). A candidate whose lower bound (as in
 /// [`exact`]) is not below the current plan is skipped; the others get their exact
 /// secondaries ([`settle`]) and the first strictly better plan is taken, and the scan starts
-/// over, until none is better or [`LOCAL_EVALS`] plans were evaluated. Not exact in general.
+/// over, until none is better, [`LOCAL_EVALS`] plans were evaluated or [`LOCAL_CHECKS`]
+/// candidates looked at. Not exact in general.
 pub(super) fn improve(
     s: &Setup,
+    c: &Costs,
     prim: &mut Vec<usize>,
     sets: &mut Vec<Vec<usize>>,
     range: &[(usize, usize)],
 ) {
     let (n, mm) = (s.items.len(), s.members());
-    if n == 0 || mm == 0 {
-        return;
-    }
     let mut best = score(s, prim, sets, range);
-    let viol_lb = relaxed_distance(s, sets, range);
+    let (viol_lb, table, order) = (c.viol_lb, &c.table, &c.order);
     let shares: Vec<(usize, u128)> = s.wts.iter().map(|&w| share(n, w, s.total)).collect();
-    let order: Vec<Vec<usize>> = (0..n)
-        .map(|x| {
-            let mut c: Vec<(Score, u64, usize)> = (0..mm)
-                .map(|m| (cost(s, x, m), stable_hash(s.ids[m]), m))
-                .collect();
-            c.sort_unstable();
-            c.into_iter().map(|c| c.2).collect()
-        })
-        .collect();
-    let mut evals = 0;
-    'scan: while evals < LOCAL_EVALS && best > [viol_lb, 0, 0, 0] {
+    let (mut evals, mut checks) = (0, 0);
+    'scan: while evals < LOCAL_EVALS && checks < LOCAL_CHECKS && best > [viol_lb, 0, 0, 0] {
         let mut count = vec![0usize; mm];
         for &p in prim.iter() {
             count[p] += 1;
         }
-        let cur = prim.clone();
-        let costs: Vec<Score> = (0..n).map(|x| cost(s, x, cur[x])).collect();
+        let cur_v = prim.clone();
+        let cur = &cur_v;
+        let costs: Vec<Score> = (0..n).map(|x| table[x][cur[x]]).collect();
         let base = costs.iter().fold([viol_lb, 0, 0, 0], |a, &c| plus(a, c));
         let minus = |a: Score, b: Score| [a[0], a[1] - b[1], a[2] - b[2], a[3] - b[3]];
-        // Candidates: (items, their new primaries), lazily in scan order.
-        let moves = (0..n).flat_map(|x| order[x].iter().map(move |&m| vec![(x, m)]));
-        let swaps = (0..n).flat_map(|x| ((x + 1)..n).map(move |y| vec![(x, y)]));
-        let swaps = swaps.map(|v| {
-            let (x, y) = v[0];
-            vec![(x, cur[y]), (y, cur[x])]
-        });
-        for change in moves.chain(swaps) {
+        // Candidates: (items and their new primaries, how many), lazily in scan order.
+        let moves = (0..n).flat_map(|x| order[x].iter().map(move |&m| ([(x, m); 2], 1)));
+        let swaps = (0..n).flat_map(|x| ((x + 1)..n).map(move |y| ([(x, cur[y]), (y, cur[x])], 2)));
+        for (pair, len) in moves.chain(swaps) {
+            checks += 1;
+            if checks > LOCAL_CHECKS {
+                break 'scan;
+            }
+            let change = &pair[..len];
             let (x, m) = change[0];
             if change.iter().any(|&(y, m)| cur[y] == m) {
                 continue;
             }
-            if change.len() == 1 {
+            if len == 1 {
                 let a = cur[x];
                 let ceil = shares[m].0 + usize::from(shares[m].1 != 0);
                 if count[a] <= shares[a].0 || count[m] >= ceil {
@@ -341,13 +389,13 @@ pub(super) fn improve(
             }
             let bound = change
                 .iter()
-                .fold(base, |b, &(y, m)| plus(minus(b, costs[y]), cost(s, y, m)));
+                .fold(base, |b, &(y, m)| plus(minus(b, costs[y]), table[y][m]));
             if bound >= best {
                 continue;
             }
-            let mut p2 = cur.clone();
+            let mut p2 = cur_v.clone();
             let mut sets2 = sets.clone();
-            for &(y, m) in &change {
+            for &(y, m) in change {
                 p2[y] = m;
                 sets2[y] = reseat(s, y, &sets[y], m);
             }
@@ -361,7 +409,7 @@ pub(super) fn improve(
                 continue 'scan;
             }
             if evals >= LOCAL_EVALS {
-                break;
+                break 'scan;
             }
         }
         break;
