@@ -1,28 +1,33 @@
-//! Exact primaries on tiny inputs: a branch and bound over every primary choice that meets the
-//! primary balance, each leaf's secondaries made exact by [`settle`], so the plan is the full
-//! lexicographic minimum of (distance of the totals from their ranges, cold primaries,
-//! primaries changed, secondaries moved).
+//! The search over the primaries: each primary choice scored by its exact secondaries
+//! ([`settle`]), so a plan is ranked by (distance of the totals from their ranges, cold
+//! primaries, primaries changed, secondaries moved), lexicographically.
 //!
+//! **Branch and bound** ([`exact`]) over every primary choice that meets the primary balance.
 //! Why it is exact: for fixed primaries, [`settle`] gives the least (distance, secondaries
 //! moved) over every placement of the secondaries (a min-cost flow), and cold and changed depend
-//! on the primaries alone; the search visits every primary choice that meets the primary
-//! balance except those a lower bound proves no better than the best plan found. The bound of
-//! a partial choice: no lower distance than [`relaxed_distance`] (every replica free, the
-//! primaries relaxed away), the cold and changed of the items chosen, and for every item its
-//! cheapest (cold, changed, secondaries it must move) — the secondaries it must move being
-//! `r − 1` less the live replicas it can keep beside its primary within the zone cap.
-//! Lexicographic order is compatible with addition, so the sum of those is a lower bound.
+//! on the primaries alone; the search visits every primary choice except those a lower bound
+//! proves no better than the best plan found. The bound of a partial choice: no lower distance
+//! than [`relaxed_distance`] (every replica free, the primaries relaxed away), the cold and
+//! changed of the items chosen, and for every other item its cheapest (cold, changed,
+//! secondaries it must move) — the secondaries it must move being `r − 1` less the live
+//! replicas it can keep beside its primary within the zone cap. Lexicographic order is
+//! compatible with addition, so the sum of those is a lower bound. Items without a live replica
+//! and of equal `r` are interchangeable (swapping their whole replica sets changes no cost):
+//! their primaries are taken in non-decreasing member order.
 //!
-//! Items without a live replica and of equal `r` are interchangeable (swapping their whole
-//! replica sets changes no cost): their primaries are taken in non-decreasing member order.
+//! **Local improvement** ([`improve`]): one item's primary role moved, or two items' swapped,
+//! the first strictly better plan taken, until none is better or its budget is spent.
 //!
-//! The search starts from the phases' plan and replaces it only by a strictly better one, the
-//! first found in a fixed order (items in id order, each item's members by (cost, member
-//! hash)), so it is deterministic and leaves an optimal plan as it is.
+//! Both start from the phases' plan and replace it only by a strictly better one, the first
+//! found in a fixed order (items in id order, each item's members by (cost, member hash, index)),
+//! so they are deterministic and leave an optimal plan as it is (idempotence).
 //!
-//! It runs when `M^n ≤` [`SEARCH_CHOICES`] and `n·M ≤` [`SEARCH_PAIRS`] (`n` items, `M` members
-//! of positive weight): at most `SEARCH_CHOICES` leaves, each one [`settle`] on at most
-//! `SEARCH_PAIRS` (item, member) pairs.
+//! When: with `M^n ≤` [`SEARCH_CHOICES`] and `n·M ≤` [`SEARCH_PAIRS`] (`n` items, `M` members
+//! of positive weight) the branch and bound runs without a budget (at most `SEARCH_CHOICES`
+//! leaves, each one [`settle`] on at most `SEARCH_PAIRS` pairs): the plan is the full
+//! lexicographic minimum. Above that and up to [`LOCAL_PAIRS`] pairs, the local improvement and
+//! then the branch and bound within [`BNB_NODES`] nodes and [`BNB_LEAVES`] leaves: the minimum
+//! whenever that finishes, else the best plan found. Above [`LOCAL_PAIRS`], nothing.
 
 #![allow(clippy::many_single_char_names)] // flow notation: s the setup, x an item, m a member
 
@@ -174,15 +179,16 @@ pub(super) fn exact(
     if rest[0] >= best {
         return true;
     }
-    let mut prev_same = vec![NONE; n];
-    for x in 0..n {
-        if !s.live(x) {
-            prev_same[x] = (0..x)
-                .rev()
-                .find(|&y| !s.live(y) && s.items[y].1 == s.items[x].1)
-                .unwrap_or(NONE);
-        }
-    }
+    let prev_same: Vec<usize> = (0..n)
+        .map(|x| {
+            let same = |y: &usize| !s.live(*y) && s.items[*y].1 == s.items[x].1;
+            if s.live(x) {
+                NONE
+            } else {
+                (0..x).rev().find(same).unwrap_or(NONE)
+            }
+        })
+        .collect();
     let shares: Vec<(usize, u128)> = s.wts.iter().map(|&w| share(n, w, s.total)).collect();
     let floor: Vec<usize> = shares.iter().map(|p| p.0).collect();
     let mut b = Bnb {
