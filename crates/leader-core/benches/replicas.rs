@@ -1,8 +1,11 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 //! Benchmarks of the replica planner next to the single-owner `plan()`: 1,000 members in 3
 //! zones × 100,000 items × 3 replicas, the first plan (from nothing), the re-plan after one
-//! member dies and after one member joins, and `plan()` at 1,000 × 100,000 for the same steps. Each sample is one whole
-//! call (flow, placement, the new maps and the key diff).
+//! member dies and after one member joins, and `plan()` at 1,000 × 100,000 for the same steps;
+//! and (group `replicas-small`) small inputs where the exact passes and the search over the
+//! primaries run: 4 × 5, 10 × 100, 5 × 200 and 30 × 34 (members × items, 3 replicas, 3
+//! zones), the first plan and the re-plan after one member dies. Each sample is one whole call
+//! (flow, placement, the searches, the new maps and the key diff).
 //!
 //! Run: `cargo bench -p kv-coordinator-leader --bench replicas`
 
