@@ -1,8 +1,11 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 //! Benchmarks of the replica planner next to the single-owner `plan()`: 1,000 members in 3
 //! zones × 100,000 items × 3 replicas, the first plan (from nothing), the re-plan after one
-//! member dies and after one member joins, and `plan()` at 1,000 × 100,000 for the same steps. Each sample is one whole
-//! call (flow, placement, the new maps and the key diff).
+//! member dies and after one member joins, and `plan()` at 1,000 × 100,000 for the same steps;
+//! and (group `replicas-small`) small inputs where the exact passes and the search over the
+//! primaries run: 4 × 5, 10 × 100, 5 × 200 and 30 × 34 (members × items, 3 replicas, 3
+//! zones), the first plan and the re-plan after one member dies. Each sample is one whole call
+//! (flow, placement, the searches, the new maps and the key diff).
 //!
 //! Run: `cargo bench -p kv-coordinator-leader --bench replicas`
 
@@ -95,5 +98,42 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Small inputs, where the exact passes run: `members` in 3 zones × `items` × 3 replicas,
+/// the first plan and the re-plan after one member dies (each sample one whole call).
+fn small(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replicas-small");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(3));
+    for (members_n, items_n) in [(4usize, 5usize), (10, 100), (5, 200), (30, 34)] {
+        let items: BTreeMap<WorkId, u32> = (0..items_n)
+            .map(|i| (Arc::from(format!("work-{i:04}")), REPLICAS))
+            .collect();
+        let zones = ["zone-a", "zone-b", "zone-c"];
+        let members: BTreeMap<MemberId, ReplicaMember> = (0..members_n)
+            .map(|i| {
+                let m = ReplicaMember::new(1, Some(zones[i % 3]));
+                (Arc::from(format!("member-{i:02}")), m)
+            })
+            .collect();
+        let first = plan_replicas(&items, &members, &ReplicaAssignment::new());
+        let mut died = members.clone();
+        died.remove(&*format!("member-{:02}", members_n / 2));
+        let after = plan_replicas(&items, &died, &first.state);
+        eprintln!(
+            "{members_n} x {items_n} x 3, re-plan after a death: {} cold primaries, {} primaries \
+             changed, {} secondaries moved",
+            after.cold_primaries, after.primaries_changed, after.secondaries_moved
+        );
+        let tag = format!("{members_n}x{items_n}x3");
+        g.bench_function(format!("replicas/first/{tag}"), |b| {
+            b.iter(|| plan_replicas(&items, &members, &ReplicaAssignment::new()));
+        });
+        g.bench_function(format!("replicas/die/{tag}"), |b| {
+            b.iter(|| plan_replicas(&items, &died, &first.state));
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, small);
 criterion_main!(benches);

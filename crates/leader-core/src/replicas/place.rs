@@ -6,6 +6,7 @@ use super::*;
 
 use super::diff::output;
 use super::primaries::choose_primaries;
+use super::search::search;
 use super::secondaries::place_secondaries;
 use super::settle::{settle, EXACT_PAIRS};
 use super::targets::total_targets;
@@ -165,18 +166,48 @@ pub(super) fn plan_with(
     if s.members() == 0 {
         return output(&s, current, &vec![NONE; n], &vec![Vec::new(); n]);
     }
-    let (mut prim, mut sets, range) = solve(&s, opts);
+    let (prim, sets, _) = phases(&s, opts);
+    output(&s, current, &prim, &sets)
+}
+
+/// Every phase: [`solve`]; on inputs of at most [`EXACT_PAIRS`] pairs, also without the soft
+/// caps (the better plan kept), then the search over the primaries.
+fn phases(s: &Setup, opts: Opts) -> Solved {
+    let n = s.items.len();
+    let (mut prim, mut sets, range) = solve(s, opts);
     if opts.repair && n * s.members() <= EXACT_PAIRS {
         let alt_opts = Opts {
             ports: !opts.ports,
             ..opts
         };
-        let (alt_prim, alt_sets, _) = solve(&s, alt_opts);
-        if score(&s, &alt_prim, &alt_sets, &range) < score(&s, &prim, &sets, &range) {
+        let (alt_prim, alt_sets, _) = solve(s, alt_opts);
+        if score(s, &alt_prim, &alt_sets, &range) < score(s, &prim, &sets, &range) {
             (prim, sets) = (alt_prim, alt_sets);
         }
+        search(s, &mut prim, &mut sets, &range);
     }
-    output(&s, current, &prim, &sets)
+    (prim, sets, range)
+}
+
+/// For the tests: the planner's score (distance of the totals from their ranges, cold,
+/// changed, secondaries moved) and the exact one (the branch and bound, whatever the size).
+#[cfg(test)]
+pub(super) fn against_exact(
+    items: &BTreeMap<WorkId, u32>,
+    members: &BTreeMap<MemberId, ReplicaMember>,
+    current: &ReplicaAssignment,
+) -> ([usize; 4], [usize; 4]) {
+    let s = Setup::new(items, members, current);
+    let opts = Opts {
+        ports: true,
+        repair: true,
+    };
+    let (mut prim, mut sets, range) = phases(&s, opts);
+    let got = score(&s, &prim, &sets, &range);
+    if let Some(c) = super::search::Costs::new(&s, &prim, &sets, &range) {
+        super::search::exact(&s, &c, &mut prim, &mut sets, &range, usize::MAX, usize::MAX);
+    }
+    (got, score(&s, &prim, &sets, &range))
 }
 
 /// Primaries, sets and total ranges (see [`solve`]).
@@ -210,7 +241,12 @@ fn solve(s: &Setup, opts: Opts) -> Solved {
 
 /// A plan's rank: the total distance of the members' totals from their ranges, then cold
 /// primaries, primaries changed, secondaries moved (lower is better).
-fn score(s: &Setup, prim: &[usize], sets: &[Vec<usize>], range: &[(usize, usize)]) -> [usize; 4] {
+pub(super) fn score(
+    s: &Setup,
+    prim: &[usize],
+    sets: &[Vec<usize>],
+    range: &[(usize, usize)],
+) -> [usize; 4] {
     let mut load = vec![0usize; s.members()];
     let mut r = [0usize; 4];
     for (x, set) in sets.iter().enumerate() {

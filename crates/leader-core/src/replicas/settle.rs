@@ -44,6 +44,31 @@ pub(super) fn settle(s: &Setup, sets: &mut [Vec<usize>], range: &[(usize, usize)
     if n * mm > EXACT_PAIRS || mm == 0 {
         return false;
     }
+    cancel(s, sets, range, true)
+}
+
+/// The least distance of the totals from `range` over every choice of replica sets (`r`
+/// distinct members per item within the zone cap), the primaries left free: a lower bound of
+/// that distance for every choice of primaries. `sets` is a valid start (it is left as it is).
+pub(super) fn relaxed_distance(s: &Setup, sets: &[Vec<usize>], range: &[(usize, usize)]) -> usize {
+    let mut free = sets.to_vec();
+    cancel(s, &mut free, range, false);
+    let mut load = vec![0usize; s.members()];
+    for set in &free {
+        for &o in set {
+            load[o] += 1;
+        }
+    }
+    (0..s.members())
+        .map(|m| range[m].0.saturating_sub(load[m]) + load[m].saturating_sub(range[m].1))
+        .sum()
+}
+
+/// Cancels negative cycles. With `fixed`, each set's first element (the primary) stays and the
+/// flow places the rest; without, every replica may move (the primaries relaxed away).
+fn cancel(s: &Setup, sets: &mut [Vec<usize>], range: &[(usize, usize)], fixed: bool) -> bool {
+    let (n, mm) = (s.items.len(), s.members());
+    let skip = usize::from(fixed);
     let nz = s.zone_sizes.len();
     let big = s.big_r() as i128 + 1;
     let hub = 0;
@@ -74,13 +99,13 @@ pub(super) fn settle(s: &Setup, sets: &mut [Vec<usize>], range: &[(usize, usize)
             }
         }
         for (x, set) in sets.iter().enumerate() {
-            let p = set[0];
+            let p = if fixed { set[0] } else { NONE };
             let mut inz = vec![0usize; nz];
-            for &o in &set[1..] {
+            for &o in &set[skip..] {
                 inz[s.zone_of[o]] += 1;
             }
             for z in 0..nz {
-                let cap = s.caps[x] - usize::from(s.zone_of[p] == z);
+                let cap = s.caps[x] - usize::from(fixed && s.zone_of[p] == z);
                 if inz[z] < cap {
                     arcs.push((item(x), izone(x, z), 0, Arc_::Implied));
                 }
@@ -94,7 +119,7 @@ pub(super) fn settle(s: &Setup, sets: &mut [Vec<usize>], range: &[(usize, usize)
                 if m == p {
                     continue;
                 }
-                if set[1..].contains(&m) {
+                if set[skip..].contains(&m) {
                     arcs.push((member(m), izone(x, z), -c, Arc_::Remove(x, m)));
                 } else {
                     arcs.push((izone(x, z), member(m), c, Arc_::Add(x, m)));
