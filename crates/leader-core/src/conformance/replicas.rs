@@ -83,9 +83,11 @@ fn primaries_of(primaries: &Holdings) -> BTreeMap<WorkId, String> {
         .collect()
 }
 
-/// Replicas 2 over 3 zones of 2 members, 60 items; zone `a` is killed and
-/// comes back (see the [module docs](self)). `exclusive`: in exclusive
-/// mode. Returns how long the promotions took after the kill (the longest
+/// Replicas 2 over 3 zones of 2 members, 60 items. A whole zone (`a`) is
+/// killed: every item keeps, or gets back by promotion, a primary within the
+/// bound, none of them cold; the zone comes back and the replicas spread
+/// over it again with the fewest moves. The acknowledged workloads never
+/// hold an item as primary on two members. `exclusive`: in exclusive mode. Returns how long the promotions took after the kill (the longest
 /// an item was without an acknowledged primary).
 pub async fn replicas_survive_a_zone_outage(
     store: &dyn ClusterStore,
