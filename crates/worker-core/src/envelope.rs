@@ -66,7 +66,12 @@ impl fmt::Display for Role {
     }
 }
 
-/// The settings of an envelope. See the [module docs](self).
+/// The settings of an envelope: a header line that begins with
+/// [`ENVELOPE_MAGIC`], holds comma-separated `name=value` settings and ends
+/// at the first `\n`, before the application's bytes. A work item's may say
+/// `replicas=N` (its own replica count); a secondary's assignment key says
+/// `role=secondary`; a primary's assignment key has none (its value is the
+/// item's bytes, as with one replica per item).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Envelope {

@@ -15,7 +15,7 @@
 //! workload's size. The settled workload itself lives with the application
 //! (the driver applies each published [`WorkloadChange`] to it).
 //!
-//! Roles travel in the values ([`Envelope`](crate::Envelope)): the machine
+//! Roles travel in the values ([`Envelope`]): the machine
 //! keeps each value in one canonical form (a primary's without an envelope, a
 //! secondary's with exactly `role=secondary`), so that two values differ
 //! exactly when the role or the application's bytes differ. A role change is
