@@ -1,0 +1,501 @@
+//! Promotion against a cold move, every other setting at its default: the
+//! `coordinator member` processes of the failover scenario, in zones, with
+//! `--replicas 2` and with `--replicas 1`, on a fresh store each. A member
+//! that does not lead is killed (SIGKILL); with 2 replicas the time until the
+//! survivors' printed `primary` lists hold every item exactly once (the
+//! dead member's primaries promoted on members that held them as
+//! secondaries: each new primary is checked against the roles printed
+//! before the kill) and until every item is on 2 members again (the
+//! replacement secondaries placed); with 1 replica the time until the
+//! survivors' workloads hold every item exactly once (the items moved cold).
+//! The killed member is started again and the cluster settles, balanced,
+//! before the next kill.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::failover::{self, ids, put_items, stats, Cluster, Seen, STAGE_TIMEOUT};
+use crate::measure::fmt_ms;
+use crate::rt::Lane;
+use crate::stores::{Kind, Store};
+
+/// Untimed pause after the cluster settled, balanced, before a kill: the
+/// last acknowledgements and plan reports pass.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Settings of the promotion scenario.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Members (member `i` is in zone `i mod zones`).
+    pub members: usize,
+    /// Zones.
+    pub zones: usize,
+    /// Work items.
+    pub items: usize,
+    /// Kills for each replica count.
+    pub rounds: usize,
+    /// The replica counts compared, each on a fresh store.
+    pub replicas: Vec<u32>,
+}
+
+/// Who holds each item: its primary (the owner with 1 replica) and its
+/// secondaries.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    primary: BTreeMap<String, String>,
+    secondaries: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// One kill, timed.
+#[derive(Debug, Clone)]
+pub struct Kill {
+    /// The member killed.
+    pub victim: String,
+    /// SIGKILL → every item primary exactly once on the survivors (with 1
+    /// replica: held exactly once).
+    pub primaries: Duration,
+    /// SIGKILL → every item on `replicas` members again (replicas > 1).
+    pub placed: Option<Duration>,
+    /// Primaries the victim held.
+    pub victim_primaries: usize,
+    /// Items whose primary changed.
+    pub changed: usize,
+    /// Of those, the new primary held the item as a secondary before the kill.
+    pub promoted: usize,
+    /// Of those, the new primary held no replica of the item before the kill.
+    pub cold: usize,
+    /// Promoted items their new primary printed as removed between the kill
+    /// and the end of the measurement (the item left the member).
+    pub left: usize,
+    /// (item, member) secondary pairs that were not there before the kill.
+    pub secondaries_placed: usize,
+}
+
+/// The kills of one replica count on one store.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// `--replicas`.
+    pub replicas: u32,
+    /// The kills, or why they stopped.
+    pub kills: Result<Vec<Kill>, String>,
+}
+
+/// What one store gave.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The store.
+    pub kind: Kind,
+    /// One series per replica count.
+    pub series: Vec<Series>,
+}
+
+fn zone(i: usize, zones: usize) -> String {
+    format!("zone-{}", char::from(b'a' + (i % zones) as u8))
+}
+
+/// Each item's primary, when every item is primary on exactly one live
+/// member (and no unknown item is); else why not.
+fn primaries_once(
+    seen: &Seen,
+    items: &BTreeSet<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut primary = BTreeMap::new();
+    for id in &seen.alive {
+        let Some(p) = seen.primaries.get(id) else {
+            return Err(format!("{id} printed no roles yet"));
+        };
+        for item in p {
+            if let Some(other) = primary.insert(item.clone(), id.clone()) {
+                return Err(format!("{item} is primary on {other} and {id}"));
+            }
+        }
+    }
+    if primary.len() != items.len() || !primary.keys().eq(items.iter()) {
+        let missing = items.iter().filter(|i| !primary.contains_key(*i)).count();
+        return Err(format!(
+            "{missing} items without a primary, {} unknown",
+            primary.keys().filter(|i| !items.contains(*i)).count()
+        ));
+    }
+    Ok(primary)
+}
+
+/// The placement, when every item has one primary and `min(replicas, live
+/// members) − 1` secondaries on other live members (and, with `balanced`,
+/// each member at least its primary quota and its replica quota rounded
+/// down); else why not.
+fn roles_once(
+    seen: &Seen,
+    items: &BTreeSet<String>,
+    replicas: u32,
+    balanced: bool,
+) -> Result<Placement, String> {
+    let primary = primaries_once(seen, items)?;
+    let alive = seen.alive.len().max(1);
+    let want = (replicas as usize).min(alive) - 1;
+    let mut secondaries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for id in &seen.alive {
+        let Some(s) = seen.secondaries.get(id) else {
+            return Err(format!("{id} printed no roles yet"));
+        };
+        if balanced {
+            let p = seen.primaries.get(id).map_or(0, BTreeSet::len);
+            let (pq, rq) = (items.len() / alive, items.len() * (want + 1) / alive);
+            if p < pq || p + s.len() < rq {
+                return Err(format!(
+                    "{id} holds {p} primaries of its {pq}, {} replicas of its {rq}",
+                    p + s.len()
+                ));
+            }
+        }
+        for item in s {
+            if primary.get(item) == Some(id) {
+                return Err(format!("{item} is primary and secondary on {id}"));
+            }
+            secondaries
+                .entry(item.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+    for item in items {
+        let n = secondaries.get(item).map_or(0, BTreeSet::len);
+        if n != want {
+            return Err(format!("{item} has {n} secondaries of {want}"));
+        }
+    }
+    if let Some(extra) = secondaries.keys().find(|i| !items.contains(*i)) {
+        return Err(format!("unknown item {extra} held as a secondary"));
+    }
+    Ok(Placement {
+        primary,
+        secondaries,
+    })
+}
+
+/// The placement with 1 replica: every item held exactly once (and, with
+/// `balanced`, each member at least its quota rounded down).
+fn owners_once(seen: &Seen, items: &BTreeSet<String>, balanced: bool) -> Result<Placement, String> {
+    let quota = items.len() / seen.alive.len().max(1);
+    let mut primary = BTreeMap::new();
+    for id in &seen.alive {
+        let Some(w) = seen.workloads.get(id) else {
+            return Err(format!("{id} printed nothing yet"));
+        };
+        if balanced && w.len() < quota {
+            return Err(format!("{id} holds {} of its {quota}", w.len()));
+        }
+        for item in w {
+            if primary.insert(item.clone(), id.clone()).is_some() {
+                return Err(format!("{item} is held twice"));
+            }
+        }
+    }
+    if !primary.keys().eq(items.iter()) {
+        return Err("not every item held, or an unknown one".to_owned());
+    }
+    Ok(Placement {
+        primary,
+        secondaries: BTreeMap::new(),
+    })
+}
+
+fn placement(
+    seen: &Seen,
+    items: &BTreeSet<String>,
+    replicas: u32,
+    balanced: bool,
+) -> Result<Placement, String> {
+    if replicas > 1 {
+        roles_once(seen, items, replicas, balanced)
+    } else {
+        owners_once(seen, items, balanced)
+    }
+}
+
+/// Waits until the cluster is settled and balanced, lets it rest for
+/// [`QUIET`], and gives the placement then.
+async fn balanced(
+    cluster: &Cluster,
+    items: &BTreeSet<String>,
+    replicas: u32,
+) -> Result<Placement, String> {
+    cluster
+        .until(|s| placement(s, items, replicas, true), STAGE_TIMEOUT)
+        .await?;
+    tokio::time::sleep(QUIET).await;
+    cluster
+        .until(|s| placement(s, items, replicas, true), STAGE_TIMEOUT)
+        .await
+        .map(|(p, _)| p)
+}
+
+/// One kill of member `victim`, timed.
+async fn kill(
+    cluster: &mut Cluster,
+    items: &BTreeSet<String>,
+    replicas: u32,
+    victim: &str,
+    before: &Placement,
+) -> Result<Kill, String> {
+    cluster.forget_removed();
+    let t0 = Instant::now();
+    cluster.kill(victim);
+    let (after, at) = if replicas > 1 {
+        cluster
+            .until(|s| primaries_once(s, items), STAGE_TIMEOUT)
+            .await?
+    } else {
+        let (p, at) = cluster
+            .until(|s| owners_once(s, items, false), STAGE_TIMEOUT)
+            .await?;
+        (p.primary, at)
+    };
+    let primaries = at.duration_since(t0);
+    let (placed, now) = if replicas > 1 {
+        let (p, at) = cluster
+            .until(|s| roles_once(s, items, replicas, false), STAGE_TIMEOUT)
+            .await?;
+        (Some(at.duration_since(t0)), p)
+    } else {
+        (None, Placement::default())
+    };
+    let removed = cluster.read(|s| s.removed.clone());
+    let none = BTreeSet::new();
+    let (mut changed, mut promoted, mut cold, mut left) = (0, 0, 0, 0);
+    for (item, new) in &after {
+        if before.primary.get(item) == Some(new) {
+            continue;
+        }
+        changed += 1;
+        if before.secondaries.get(item).unwrap_or(&none).contains(new) {
+            promoted += 1;
+            if removed.get(new).is_some_and(|r| r.contains(item)) {
+                left += 1;
+            }
+        } else {
+            cold += 1;
+        }
+    }
+    let secondaries_placed = now
+        .secondaries
+        .iter()
+        .map(|(item, ms)| {
+            let old = before.secondaries.get(item).unwrap_or(&none);
+            ms.difference(old).count()
+        })
+        .sum();
+    Ok(Kill {
+        victim: victim.to_owned(),
+        primaries,
+        placed,
+        victim_primaries: before.primary.values().filter(|m| *m == victim).count(),
+        changed,
+        promoted,
+        cold,
+        left,
+        secondaries_placed,
+    })
+}
+
+/// The kills of one replica count, on a fresh store.
+async fn series(
+    kind: Kind,
+    replicas: u32,
+    params: &Params,
+    lane: &Lane,
+    logs: &Path,
+) -> Result<Vec<Kill>, String> {
+    let store = Store::start(kind).await;
+    let writer = store.writer(lane.clone()).await;
+    let items: BTreeSet<String> = (0..params.items).map(|i| format!("w{i:04}")).collect();
+    put_items(&writer, &items).await;
+    let logs = logs.join(format!("replicas-{replicas}"));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    let r = replicas.to_string();
+    let mut cluster = Cluster::new(kind, store.endpoint(), &["--replicas", &r], &logs);
+    for (i, id) in ids(params.members).iter().enumerate() {
+        cluster.own_flags(id, &["--zone", &zone(i, params.zones)]);
+        cluster.start(id);
+    }
+    let mut out = Vec::new();
+    let result = async {
+        let mut before = balanced(&cluster, &items, replicas).await?;
+        for _ in 0..params.rounds {
+            let leader = cluster.leader().await?;
+            let victim = ids(params.members)
+                .into_iter()
+                .find(|id| *id != leader)
+                .expect("two members or more");
+            eprintln!("[promotion] {kind}, {replicas} replica(s): SIGKILL member {victim}");
+            let k = kill(&mut cluster, &items, replicas, &victim, &before).await?;
+            eprintln!(
+                "[promotion] {kind}, {replicas} replica(s), {} killed: primaries after {}, placed after {}; {} primaries changed ({} of the victim's), {} promoted, {} cold, {} left their member, {} secondaries placed",
+                k.victim,
+                fmt_ms(k.primaries.as_secs_f64() * 1e3),
+                k.placed
+                    .map_or_else(|| "—".to_owned(), |d| fmt_ms(d.as_secs_f64() * 1e3)),
+                k.changed,
+                k.victim_primaries,
+                k.promoted,
+                k.cold,
+                k.left,
+                k.secondaries_placed
+            );
+            out.push(k);
+            cluster.start(&victim);
+            before = balanced(&cluster, &items, replicas).await?;
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    cluster.stop().await;
+    drop(store);
+    result.map(|()| out)
+}
+
+/// Runs the scenario on one store.
+pub async fn run(kind: Kind, params: &Params, lane: &Lane) -> Outcome {
+    let logs = std::env::temp_dir().join(format!(
+        "coordinator-promotion-{}-{}",
+        kind.to_string().to_lowercase(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    eprintln!("[promotion] {kind}: member logs in {}", logs.display());
+    let mut out = Vec::new();
+    for &replicas in &params.replicas {
+        out.push(Series {
+            replicas,
+            kills: series(kind, replicas, params, lane, &logs).await,
+        });
+    }
+    Outcome { kind, series: out }
+}
+
+fn row(s: &mut String, kind: Kind, replicas: u32, what: &str, v: &[Duration], per: &str) {
+    let (min, mean, max) = stats(v);
+    let _ = writeln!(
+        s,
+        "| {kind} | {replicas} | {what} | {} | {} | {} | {per} |",
+        fmt_ms(min),
+        fmt_ms(mean),
+        fmt_ms(max)
+    );
+}
+
+/// `lo–hi` of a count over the kills (or the one value).
+fn range(kills: &[Kill], f: impl Fn(&Kill) -> usize) -> String {
+    let lo = kills.iter().map(&f).min().unwrap_or(0);
+    let hi = kills.iter().map(&f).max().unwrap_or(0);
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
+    }
+}
+
+/// The markdown table.
+pub fn table(all: &[Outcome], params: &Params) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "SIGKILL of a member that does not lead, {} `coordinator member` processes in {} zones, {} items, every other setting at its default; {} kills for each replica count, the killed member started again and the cluster settled, balanced, before the next:\n",
+        params.members, params.zones, params.items, params.rounds
+    );
+    let _ = writeln!(
+        s,
+        "| store | `--replicas` | SIGKILL → | min | mean | max | per kill |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---|");
+    for o in all {
+        for series in &o.series {
+            let r = series.replicas;
+            match &series.kills {
+                Ok(kills) if r > 1 => {
+                    let v: Vec<Duration> = kills.iter().map(|k| k.primaries).collect();
+                    let per = format!(
+                        "{} primaries changed: {} promoted from a secondary, **{} cold**; {} left their member",
+                        range(kills, |k| k.changed),
+                        range(kills, |k| k.promoted),
+                        range(kills, |k| k.cold),
+                        range(kills, |k| k.left),
+                    );
+                    row(
+                        &mut s,
+                        o.kind,
+                        r,
+                        "every item primary exactly once (promotion published)",
+                        &v,
+                        &per,
+                    );
+                    let v: Vec<Duration> = kills.iter().filter_map(|k| k.placed).collect();
+                    let per = format!(
+                        "{} secondaries placed",
+                        range(kills, |k| k.secondaries_placed)
+                    );
+                    row(
+                        &mut s,
+                        o.kind,
+                        r,
+                        &format!("every item on {r} members again (secondaries placed)"),
+                        &v,
+                        &per,
+                    );
+                }
+                Ok(kills) => {
+                    let v: Vec<Duration> = kills.iter().map(|k| k.primaries).collect();
+                    let per = format!("{} items moved cold", range(kills, |k| k.changed));
+                    row(
+                        &mut s,
+                        o.kind,
+                        r,
+                        "every item held exactly once (cold move)",
+                        &v,
+                        &per,
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {} | {r} | failed: {e} | | | | |", o.kind);
+                }
+            }
+        }
+    }
+    s
+}
+
+/// One verdict per store and replica count above 1: no cold primary, and
+/// the slowest promotion against the failover goal.
+pub fn verdicts(all: &[Outcome]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in all {
+        for series in &o.series {
+            match &series.kills {
+                Ok(kills) if series.replicas > 1 => {
+                    let cold: usize = kills.iter().map(|k| k.cold).sum();
+                    let v: Vec<Duration> = kills.iter().map(|k| k.primaries).collect();
+                    let (_, _, max) = stats(&v);
+                    let goal = failover::GOAL.as_secs_f64() * 1e3;
+                    out.push(format!(
+                        "{}: {} replicas, a member killed → promoted: {cold} cold primaries in {} kills ({}); slowest {} against {} ({})",
+                        o.kind,
+                        series.replicas,
+                        kills.len(),
+                        if cold == 0 { "met" } else { "NOT met" },
+                        fmt_ms(max),
+                        fmt_ms(goal),
+                        if max <= goal { "met" } else { "NOT met" }
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => out.push(format!(
+                    "{}: {} replica(s): not measured: {e}",
+                    o.kind, series.replicas
+                )),
+            }
+        }
+    }
+    out
+}
