@@ -1,15 +1,18 @@
 //! Promotion against a cold move, every other setting at its default: the
 //! `coordinator member` processes of the failover scenario, in zones, with
 //! `--replicas 2` and with `--replicas 1`, on a fresh store each. A member
-//! that does not lead is killed (SIGKILL); with 2 replicas the time until the
-//! survivors' printed `primary` lists hold every item exactly once (the
-//! dead member's primaries promoted on members that held them as
-//! secondaries: each new primary is checked against the roles printed
-//! before the kill) and until every item is on 2 members again (the
-//! replacement secondaries placed); with 1 replica the time until the
-//! survivors' workloads hold every item exactly once (the items moved cold).
-//! The killed member is started again and the cluster settles, balanced,
-//! before the next kill.
+//! that does not lead is killed (SIGKILL). With 2 replicas three times are
+//! taken from the kill: until the dead member's primaries are primary on
+//! one survivor each (promoted), until the survivors' printed `primary`
+//! lists hold every item exactly once (the warm hand-overs the primary
+//! quotas ask for included), and until every item is on 2 members again
+//! (the replacement secondaries placed); each new primary is checked
+//! against the roles printed before the kill (a cold primary held no
+//! replica), and against the items its member printed as removed since (a
+//! promoted item must not leave its member). With 1 replica: until the
+//! survivors' workloads hold every item exactly once (the items moved
+//! cold). The killed member is started again and the cluster settles,
+//! balanced, before the next kill.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -53,6 +56,9 @@ struct Placement {
 pub struct Kill {
     /// The member killed.
     pub victim: String,
+    /// SIGKILL → each of the victim's primaries primary on exactly one
+    /// survivor (replicas > 1).
+    pub promoted_at: Option<Duration>,
     /// SIGKILL → every item primary exactly once on the survivors (with 1
     /// replica: held exactly once).
     pub primaries: Duration,
@@ -120,6 +126,26 @@ fn primaries_once(
         ));
     }
     Ok(primary)
+}
+
+/// `Ok` when each of `wanted` is primary on exactly one live member; else
+/// why not.
+fn promoted(seen: &Seen, wanted: &BTreeSet<String>) -> Result<(), String> {
+    let mut n: BTreeMap<&String, usize> = wanted.iter().map(|w| (w, 0)).collect();
+    for id in &seen.alive {
+        let Some(p) = seen.primaries.get(id) else {
+            return Err(format!("{id} printed no roles yet"));
+        };
+        for item in p {
+            if let Some(c) = n.get_mut(item) {
+                *c += 1;
+            }
+        }
+    }
+    match n.iter().find(|(_, c)| **c != 1) {
+        Some((item, c)) => Err(format!("{item} is primary on {c} members")),
+        None => Ok(()),
+    }
 }
 
 /// The placement, when every item has one primary and `min(replicas, live
@@ -240,9 +266,23 @@ async fn kill(
     victim: &str,
     before: &Placement,
 ) -> Result<Kill, String> {
+    let theirs: BTreeSet<String> = before
+        .primary
+        .iter()
+        .filter(|(_, m)| *m == victim)
+        .map(|(i, _)| i.clone())
+        .collect();
     cluster.forget_removed();
     let t0 = Instant::now();
     cluster.kill(victim);
+    let promoted_at = if replicas > 1 {
+        let ((), at) = cluster
+            .until(|s| promoted(s, &theirs), STAGE_TIMEOUT)
+            .await?;
+        Some(at.duration_since(t0))
+    } else {
+        None
+    };
     let (after, at) = if replicas > 1 {
         cluster
             .until(|s| primaries_once(s, items), STAGE_TIMEOUT)
@@ -289,9 +329,10 @@ async fn kill(
         .sum();
     Ok(Kill {
         victim: victim.to_owned(),
+        promoted_at,
         primaries,
         placed,
-        victim_primaries: before.primary.values().filter(|m| *m == victim).count(),
+        victim_primaries: theirs.len(),
         changed,
         promoted,
         cold,
@@ -332,8 +373,10 @@ async fn series(
             eprintln!("[promotion] {kind}, {replicas} replica(s): SIGKILL member {victim}");
             let k = kill(&mut cluster, &items, replicas, &victim, &before).await?;
             eprintln!(
-                "[promotion] {kind}, {replicas} replica(s), {} killed: primaries after {}, placed after {}; {} primaries changed ({} of the victim's), {} promoted, {} cold, {} left their member, {} secondaries placed",
+                "[promotion] {kind}, {replicas} replica(s), {} killed: its primaries promoted after {}, every primary after {}, placed after {}; {} primaries changed ({} of the victim's), {} promoted, {} cold, {} left their member, {} secondaries placed",
                 k.victim,
+                k.promoted_at
+                    .map_or_else(|| "—".to_owned(), |d| fmt_ms(d.as_secs_f64() * 1e3)),
                 fmt_ms(k.primaries.as_secs_f64() * 1e3),
                 k.placed
                     .map_or_else(|| "—".to_owned(), |d| fmt_ms(d.as_secs_f64() * 1e3)),
@@ -415,6 +458,19 @@ pub fn table(all: &[Outcome], params: &Params) -> String {
             let r = series.replicas;
             match &series.kills {
                 Ok(kills) if r > 1 => {
+                    let v: Vec<Duration> = kills.iter().filter_map(|k| k.promoted_at).collect();
+                    let per = format!(
+                        "{} primaries promoted",
+                        range(kills, |k| k.victim_primaries)
+                    );
+                    row(
+                        &mut s,
+                        o.kind,
+                        r,
+                        "the dead member's primaries promoted (published)",
+                        &v,
+                        &per,
+                    );
                     let v: Vec<Duration> = kills.iter().map(|k| k.primaries).collect();
                     let per = format!(
                         "{} primaries changed: {} promoted from a secondary, **{} cold**; {} left their member",
@@ -427,7 +483,7 @@ pub fn table(all: &[Outcome], params: &Params) -> String {
                         &mut s,
                         o.kind,
                         r,
-                        "every item primary exactly once (promotion published)",
+                        "every item primary exactly once (+ hand-overs for the quotas)",
                         &v,
                         &per,
                     );
@@ -475,7 +531,7 @@ pub fn verdicts(all: &[Outcome]) -> Vec<String> {
             match &series.kills {
                 Ok(kills) if series.replicas > 1 => {
                     let cold: usize = kills.iter().map(|k| k.cold).sum();
-                    let v: Vec<Duration> = kills.iter().map(|k| k.primaries).collect();
+                    let v: Vec<Duration> = kills.iter().filter_map(|k| k.promoted_at).collect();
                     let (_, _, max) = stats(&v);
                     let goal = failover::GOAL.as_secs_f64() * 1e3;
                     out.push(format!(
