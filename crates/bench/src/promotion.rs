@@ -303,42 +303,73 @@ async fn kill(
         (None, Placement::default())
     };
     let removed = cluster.read(|s| s.removed.clone());
-    let none = BTreeSet::new();
-    let (mut changed, mut promoted, mut cold, mut left) = (0, 0, 0, 0);
-    for (item, new) in &after {
-        if before.primary.get(item) == Some(new) {
-            continue;
-        }
-        changed += 1;
-        if before.secondaries.get(item).unwrap_or(&none).contains(new) {
-            promoted += 1;
-            if removed.get(new).is_some_and(|r| r.contains(item)) {
-                left += 1;
-            }
-        } else {
-            cold += 1;
-        }
-    }
-    let secondaries_placed = now
-        .secondaries
-        .iter()
-        .map(|(item, ms)| {
-            let old = before.secondaries.get(item).unwrap_or(&none);
-            ms.difference(old).count()
-        })
-        .sum();
+    let t = tally(before, &after, &removed);
+    let secondaries_placed = placed_secondaries(before, &now);
     Ok(Kill {
         victim: victim.to_owned(),
         promoted_at,
         primaries,
         placed,
         victim_primaries: theirs.len(),
-        changed,
-        promoted,
-        cold,
-        left,
+        changed: t.changed,
+        promoted: t.promoted,
+        cold: t.cold,
+        left: t.left,
         secondaries_placed,
     })
+}
+
+/// How the primaries changed over a kill.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    changed: usize,
+    promoted: usize,
+    cold: usize,
+    left: usize,
+}
+
+/// Compares each item's primary `after` a kill with the placement
+/// `before`: changed, promoted (the new primary held it as a secondary),
+/// cold (it held no replica), and promoted items its member printed as
+/// `removed` since (they left it).
+fn tally(
+    before: &Placement,
+    after: &BTreeMap<String, String>,
+    removed: &BTreeMap<String, BTreeSet<String>>,
+) -> Tally {
+    let mut t = Tally::default();
+    for (item, new) in after {
+        if before.primary.get(item) == Some(new) {
+            continue;
+        }
+        t.changed += 1;
+        if before
+            .secondaries
+            .get(item)
+            .is_some_and(|s| s.contains(new))
+        {
+            t.promoted += 1;
+            if removed.get(new).is_some_and(|r| r.contains(item)) {
+                t.left += 1;
+            }
+        } else {
+            t.cold += 1;
+        }
+    }
+    t
+}
+
+/// (item, member) secondary pairs of `now` that `before` did not have.
+fn placed_secondaries(before: &Placement, now: &Placement) -> usize {
+    now.secondaries
+        .iter()
+        .map(|(item, ms)| {
+            before
+                .secondaries
+                .get(item)
+                .map_or(ms.len(), |old| ms.difference(old).count())
+        })
+        .sum()
 }
 
 /// The kills of one replica count, on a fresh store.
@@ -554,4 +585,100 @@ pub fn verdicts(all: &[Outcome]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// Members `a`, `b`, `c` alive, each with its primaries and secondaries.
+    fn seen(roles: &[(&str, &[&str], &[&str])]) -> Seen {
+        let mut s = Seen::default();
+        for (id, p, sec) in roles {
+            s.alive.insert((*id).to_owned());
+            s.primaries.insert((*id).to_owned(), set(p));
+            s.secondaries.insert((*id).to_owned(), set(sec));
+            s.workloads
+                .insert((*id).to_owned(), set(p).union(&set(sec)).cloned().collect());
+        }
+        s
+    }
+
+    #[test]
+    fn roles_once_wants_one_primary_and_the_secondaries_elsewhere() {
+        let items = set(&["w1", "w2", "w3"]);
+        let ok = seen(&[("a", &["w1", "w2"], &["w3"]), ("b", &["w3"], &["w1", "w2"])]);
+        let p = roles_once(&ok, &items, 2, false).unwrap();
+        assert_eq!(p.primary["w3"], "b");
+        assert_eq!(p.secondaries["w1"], set(&["b"]));
+        // Balanced: a primary quota of 1 and a replica quota of 3 each.
+        assert!(roles_once(&ok, &items, 2, true).is_ok());
+        let lopsided = seen(&[
+            ("a", &["w1", "w2", "w3"], &[]),
+            ("b", &[], &["w1", "w2", "w3"]),
+        ]);
+        assert!(roles_once(&lopsided, &items, 2, false).is_ok());
+        assert!(roles_once(&lopsided, &items, 2, true).is_err());
+        let no_primary = seen(&[("a", &["w1", "w2"], &["w3"]), ("b", &[], &["w1", "w2"])]);
+        assert!(roles_once(&no_primary, &items, 2, false).is_err());
+        let twice = seen(&[
+            ("a", &["w1", "w2", "w3"], &[]),
+            ("b", &["w3"], &["w1", "w2"]),
+        ]);
+        assert!(roles_once(&twice, &items, 2, false).is_err());
+        let same_member = seen(&[("a", &["w1", "w2"], &["w1"]), ("b", &["w3"], &["w2", "w3"])]);
+        assert!(roles_once(&same_member, &items, 2, false).is_err());
+        let missing_secondary = seen(&[("a", &["w1", "w2"], &["w3"]), ("b", &["w3"], &["w1"])]);
+        assert!(roles_once(&missing_secondary, &items, 2, false).is_err());
+    }
+
+    #[test]
+    fn promoted_counts_only_the_items_asked_for() {
+        let s = seen(&[("a", &["w1"], &["w2"]), ("b", &[], &["w1"])]);
+        assert!(promoted(&s, &set(&["w1"])).is_ok());
+        assert!(promoted(&s, &set(&["w1", "w2"])).is_err());
+    }
+
+    #[test]
+    fn tally_tells_promotions_from_cold_primaries() {
+        let before = Placement {
+            primary: [("w1", "a"), ("w2", "a"), ("w3", "b")]
+                .iter()
+                .map(|(i, m)| ((*i).to_owned(), (*m).to_owned()))
+                .collect(),
+            secondaries: [("w1", &["b"][..]), ("w2", &["c"][..]), ("w3", &["c"][..])]
+                .iter()
+                .map(|(i, m)| ((*i).to_owned(), set(m)))
+                .collect(),
+        };
+        // a died: w1 promoted on b, w2 cold on b, w3 stays on b.
+        let after: BTreeMap<String, String> = [("w1", "b"), ("w2", "b"), ("w3", "b")]
+            .iter()
+            .map(|(i, m)| ((*i).to_owned(), (*m).to_owned()))
+            .collect();
+        let none = BTreeMap::new();
+        assert_eq!(
+            tally(&before, &after, &none),
+            Tally {
+                changed: 2,
+                promoted: 1,
+                cold: 1,
+                left: 0
+            }
+        );
+        let removed = [("b".to_owned(), set(&["w1"]))].into_iter().collect();
+        assert_eq!(tally(&before, &after, &removed).left, 1);
+        let now = Placement {
+            primary: after.clone(),
+            secondaries: [("w1", &["c"][..]), ("w2", &["c"][..]), ("w3", &["c"][..])]
+                .iter()
+                .map(|(i, m)| ((*i).to_owned(), set(m)))
+                .collect(),
+        };
+        assert_eq!(placed_secondaries(&before, &now), 1);
+    }
 }
