@@ -28,7 +28,7 @@ use crate::stores::{Kind, Op, Store, Writer};
 pub const GOAL: Duration = Duration::from_secs(10);
 
 /// Longest wait for any one stage.
-const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
+pub const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The work prefix of the default layout.
 const WORK: &str = "service/coordinator/work/";
@@ -99,37 +99,77 @@ pub struct Outcome {
     pub idle: Result<Vec<Idle>, String>,
 }
 
-/// The members' printed workloads, and which members are alive.
+/// The members' printed workloads (and, with replicas, their roles), and
+/// which members are alive.
 #[derive(Default)]
-struct Seen {
-    workloads: BTreeMap<String, BTreeSet<String>>,
-    alive: HashSet<String>,
+pub struct Seen {
+    /// Each live member's last printed `workload`.
+    pub workloads: BTreeMap<String, BTreeSet<String>>,
+    /// Each live member's last printed `primary` list (printed with replicas only).
+    pub primaries: BTreeMap<String, BTreeSet<String>>,
+    /// Each live member's last printed `secondary` list (printed with replicas only).
+    pub secondaries: BTreeMap<String, BTreeSet<String>>,
+    /// The items each member printed in `removed` since [`Cluster::forget_removed`].
+    pub removed: BTreeMap<String, BTreeSet<String>>,
+    /// The members started and not killed.
+    pub alive: HashSet<String>,
+}
+
+/// The strings of a JSON array field of `v`, if it has one.
+fn strings(v: &serde_json::Value, field: &str) -> Option<BTreeSet<String>> {
+    v.get(field).and_then(|w| w.as_array()).map(|w| {
+        w.iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect()
+    })
 }
 
 /// `coordinator member` processes on one store.
-struct Cluster {
+pub struct Cluster {
     kind: Kind,
     endpoint: String,
     bin: PathBuf,
     logs: PathBuf,
     extra: Vec<String>,
+    /// Flags given to one member only (its `--zone`).
+    own: BTreeMap<String, Vec<String>>,
     procs: BTreeMap<String, Child>,
     seen: Arc<Mutex<Seen>>,
     changed: watch::Sender<u64>,
 }
 
 impl Cluster {
-    fn new(kind: Kind, endpoint: String, extra: &[&str], logs: &Path) -> Self {
+    /// A cluster whose members get `extra` after the store and their id.
+    pub fn new(kind: Kind, endpoint: String, extra: &[&str], logs: &Path) -> Self {
         Self {
             kind,
             endpoint,
             bin: program(),
             logs: logs.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            own: BTreeMap::new(),
             procs: BTreeMap::new(),
             seen: Arc::default(),
             changed: watch::channel(0).0,
         }
+    }
+
+    /// Flags for member `id` alone, after `extra`, each time it is started.
+    pub fn own_flags(&mut self, id: &str, flags: &[&str]) {
+        self.own.insert(
+            id.to_owned(),
+            flags.iter().map(|s| (*s).to_owned()).collect(),
+        );
+    }
+
+    /// Reads what the members printed.
+    pub fn read<R>(&self, f: impl FnOnce(&Seen) -> R) -> R {
+        f(&self.seen.lock().expect("not poisoned"))
+    }
+
+    /// Forgets the items the members printed as removed so far.
+    pub fn forget_removed(&self) {
+        self.seen.lock().expect("not poisoned").removed.clear();
     }
 
     fn backend(&self) -> &'static str {
@@ -159,7 +199,7 @@ impl Cluster {
     }
 
     /// Starts member `id`; its JSON lines update [`Seen`].
-    fn start(&mut self, id: &str) {
+    pub fn start(&mut self, id: &str) {
         // A member started again appends to its log.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -167,7 +207,10 @@ impl Cluster {
             .open(self.logs.join(format!("{id}.log")))
             .expect("member log");
         let mut c = self.command(&["member", "--instance-id", id]);
-        c.args(&self.extra).stdout(Stdio::piped()).stderr(log);
+        c.args(&self.extra)
+            .args(self.own.get(id).into_iter().flatten())
+            .stdout(Stdio::piped())
+            .stderr(log);
         let mut child = c
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", self.bin.display()));
@@ -184,17 +227,22 @@ impl Cluster {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
-                let Some(w) = v.get("workload").and_then(|w| w.as_array()) else {
+                let Some(set) = strings(&v, "workload") else {
                     continue;
                 };
-                let set = w
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect();
-                seen.lock()
-                    .expect("not poisoned")
-                    .workloads
-                    .insert(id_owned.clone(), set);
+                {
+                    let mut seen = seen.lock().expect("not poisoned");
+                    seen.workloads.insert(id_owned.clone(), set);
+                    if let Some(p) = strings(&v, "primary") {
+                        seen.primaries.insert(id_owned.clone(), p);
+                    }
+                    if let Some(s) = strings(&v, "secondary") {
+                        seen.secondaries.insert(id_owned.clone(), s);
+                    }
+                    if let Some(r) = strings(&v, "removed").filter(|r| !r.is_empty()) {
+                        seen.removed.entry(id_owned.clone()).or_default().extend(r);
+                    }
+                }
                 changed.send_modify(|n| *n += 1);
             }
         });
@@ -202,35 +250,53 @@ impl Cluster {
     }
 
     /// SIGKILL: no resignation, no session close.
-    fn kill(&mut self, id: &str) {
+    pub fn kill(&mut self, id: &str) {
         if let Some(mut child) = self.procs.remove(id) {
             let _ = child.start_kill();
         }
         let mut seen = self.seen.lock().expect("not poisoned");
         seen.alive.remove(id);
         seen.workloads.remove(id);
+        seen.primaries.remove(id);
+        seen.secondaries.remove(id);
     }
 
     /// Waits until the live members' workloads hold each of `items` exactly
     /// once (and, with `balanced`, each member at least its quota rounded
     /// down); the time it was first so.
-    async fn settled(
+    pub async fn settled(
         &self,
         items: &BTreeSet<String>,
         balanced: bool,
         within: Duration,
     ) -> Result<Instant, String> {
+        self.until(
+            |seen| check(seen, items, balanced).map_or(Ok(()), Err),
+            within,
+        )
+        .await
+        .map(|((), at)| at)
+    }
+
+    /// Waits until `ready` gives a value on what the members printed (else
+    /// why not); the value and the time it was first so. `ready` is asked
+    /// again after every line a member prints.
+    pub async fn until<T>(
+        &self,
+        mut ready: impl FnMut(&Seen) -> Result<T, String>,
+        within: Duration,
+    ) -> Result<(T, Instant), String> {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + within;
         loop {
             rx.borrow_and_update();
             let why = {
                 let seen = self.seen.lock().expect("not poisoned");
-                check(&seen, items, balanced)
+                ready(&seen)
             };
             match why {
-                None => return Ok(Instant::now()),
-                Some(why) => {
+                Ok(value) => return Ok((value, Instant::now())),
+                Err(why) => {
                     if tokio::time::timeout_at(deadline, rx.changed())
                         .await
                         .is_err()
@@ -243,7 +309,7 @@ impl Cluster {
     }
 
     /// The leader's instance id, from `coordinator status --json`.
-    async fn leader(&self) -> Result<String, String> {
+    pub async fn leader(&self) -> Result<String, String> {
         let out = self
             .command(&["status", "--json"])
             .output()
@@ -261,7 +327,8 @@ impl Cluster {
             .ok_or_else(|| format!("no leader in {v}"))
     }
 
-    async fn stop(mut self) {
+    /// Kills every member and waits for each to exit.
+    pub async fn stop(mut self) {
         for (_, mut c) in std::mem::take(&mut self.procs) {
             let _ = c.start_kill();
             let _ = c.wait().await;
@@ -294,11 +361,13 @@ fn check(seen: &Seen, items: &BTreeSet<String>, balanced: bool) -> Option<String
     None
 }
 
-fn ids(n: usize) -> Vec<String> {
+/// The instance ids of `n` members.
+pub fn ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("m{i:03}")).collect()
 }
 
-async fn put_items(writer: &Writer, names: &BTreeSet<String>) {
+/// Writes the work items `names`.
+pub async fn put_items(writer: &Writer, names: &BTreeSet<String>) {
     let ops = names
         .iter()
         .map(|w| Op::Put(format!("{WORK}{w}"), String::new()))
@@ -454,7 +523,8 @@ pub async fn run(kind: Kind, params: &Params, lane: &Lane) -> Outcome {
     }
 }
 
-fn stats(v: &[Duration]) -> (f64, f64, f64) {
+/// Min, mean and max in milliseconds.
+pub fn stats(v: &[Duration]) -> (f64, f64, f64) {
     let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     let min = ms.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ms.iter().copied().fold(0.0, f64::max);

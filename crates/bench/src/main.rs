@@ -1,11 +1,12 @@
 //! `coordinator-bench`: how fast coordinator's workers react to an assignment
 //! and what they cost the store, measured on real Consul and etcd servers next
 //! to what a user would otherwise use (issue 5), and how fast the leader half
-//! moves a dead member's work and what an idle cluster costs (issue 10).
+//! moves a dead member's work and what an idle cluster costs (issue 10), and
+//! what a secondary's promotion costs against a cold move.
 //!
 //! ```text
-//! cargo build --release -p kv-coordinator   # the program the `failover` scenario runs
-//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader|failover] [--store consul|etcd]
+//! cargo build --release -p kv-coordinator --all-features   # the program the `failover` and `promotion` scenarios run
+//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader|failover|promotion] [--store consul|etcd]
 //! ```
 //!
 //! It starts the stores the way the tests do (`test-support`: free loopback
@@ -18,6 +19,7 @@ mod fanout;
 mod latency;
 mod leader;
 mod measure;
+mod promotion;
 mod proxy;
 mod rt;
 mod scale;
@@ -45,6 +47,10 @@ enum Scenario {
     /// `coordinator member` processes with every setting at its default: a
     /// member and the leader killed (SIGKILL), and the idle cost of 100 members.
     Failover,
+    /// `coordinator member` processes in zones: a member killed with
+    /// `--replicas 2` (its primaries promoted) and with `--replicas 1` (its
+    /// items moved cold).
+    Promotion,
 }
 
 /// Which store.
@@ -202,6 +208,7 @@ async fn run(args: Args) {
             Scenario::Fanout,
             Scenario::Leader,
             Scenario::Failover,
+            Scenario::Promotion,
         ]
     } else {
         args.scenario.clone()
@@ -346,6 +353,29 @@ async fn run(args: Args) {
         out.push_str(&failover::table(&all, &params));
         out.push('\n');
         verdicts.extend(failover::verdicts(&all));
+    }
+    if scenarios.contains(&Scenario::Promotion) {
+        let program = failover::program();
+        assert!(
+            program.is_file(),
+            "the promotion scenario runs {}: build it first (cargo build --release -p kv-coordinator --all-features), or set COORDINATOR_BIN",
+            program.display()
+        );
+        let params = promotion::Params {
+            members: 5,
+            zones: 3,
+            items: 100,
+            rounds: if args.quick { 1 } else { 3 },
+            replicas: vec![2, 1],
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            all.push(promotion::run(kind, &params, &writer_lane).await);
+        }
+        out.push_str("### 6. Promotion against a cold move: `coordinator member` processes with replicas\n\n");
+        out.push_str(&promotion::table(&all, &params));
+        out.push('\n');
+        verdicts.extend(promotion::verdicts(&all));
     }
     out.push_str("### Targets\n\n");
     for v in &verdicts {
