@@ -130,12 +130,16 @@ pub struct Sim {
     promotions: u64,
     /// Zone outages injected.
     zone_outages: u64,
-    /// Since the last zone outage no member joined or registered again (a
-    /// member key that appeared).
+    /// Since the last zone outage of a settled cluster no member joined or
+    /// registered again (a member key that appeared).
     after_outage: bool,
-    /// Cold primaries the plans made while `after_outage` (a member that
-    /// registered just before the outage, still empty, may force some).
+    /// Cold primaries the plans made while `after_outage`: the zones left
+    /// may force some (two survivors in one zone, each primary of items whose
+    /// only other replica was in the zone that died, must take primaries
+    /// neither holds to stay balanced).
     cold_after_outage: u64,
+    /// The member keys in the store when the last plan was made.
+    planned_member_keys: Option<BTreeSet<String>>,
     /// The member keys in the store at the last observation.
     member_keys: BTreeSet<String>,
     /// Since when each item has had no primary on a live member while a
@@ -279,6 +283,7 @@ impl Sim {
             after_outage: false,
             cold_after_outage: 0,
             member_keys: BTreeSet::new(),
+            planned_member_keys: None,
             orphaned: BTreeMap::new(),
             longest_orphaned: 0,
             orphan_rev: 0,

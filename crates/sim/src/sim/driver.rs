@@ -323,6 +323,12 @@ impl Sim {
                     if self.after_outage {
                         self.cold_after_outage += r.cold_primaries as u64;
                     }
+                    self.planned_member_keys = Some(
+                        self.store
+                            .range(&self.layout.members)
+                            .map(|(k, _)| k.clone())
+                            .collect(),
+                    );
                     self.promotions += r.promotions as u64;
                     tr!(
                             self,

@@ -117,9 +117,13 @@ impl Sim {
                     return; // the whole cluster is in one zone
                 }
                 self.zone_outages += 1;
-                self.after_outage = true;
-                tr!(self, "fault: zone {zone:?} goes down: {hit:?}");
-                self.check_zone_outage(&hit);
+                let settled = self.cluster_settled();
+                self.after_outage = settled;
+                tr!(
+                    self,
+                    "fault: zone {zone:?} goes down: {hit:?} (settled {settled})"
+                );
+                self.check_zone_outage(&hit, settled);
                 for n in hit {
                     self.crash(n);
                 }

@@ -179,10 +179,30 @@ impl Sim {
         }
     }
 
+    /// Whether the cluster is settled: one member leads, its machine's last
+    /// plan is in the store (nothing to write, no move in flight), and the
+    /// member keys are those that plan counted.
+    pub(super) fn cluster_settled(&self) -> bool {
+        let leaders: Vec<&super::node::Lead> = self
+            .nodes
+            .iter()
+            .filter(|n| n.life == Life::Up)
+            .filter_map(|n| n.lead.as_ref())
+            .collect();
+        let keys: BTreeSet<String> = self
+            .store
+            .range(&self.layout.members)
+            .map(|(k, _)| k.clone())
+            .collect();
+        matches!(leaders.as_slice(), [l] if !l.machine.writing())
+            && self.planned_member_keys.as_ref() == Some(&keys)
+    }
+
     /// A zone outage of members `hit`: counts the items whose every replica
     /// on a live member was in that zone although they had two or more
-    /// (the spread should have kept one elsewhere).
-    pub(super) fn check_zone_outage(&mut self, hit: &[usize]) {
+    /// (the spread should have kept one elsewhere); when the cluster was
+    /// `settled` (the plan in the store), one such item is a violation.
+    pub(super) fn check_zone_outage(&mut self, hit: &[usize], settled: bool) {
         let prefix = self.layout.assignments.clone();
         let ids: BTreeMap<&str, usize> = self
             .nodes
@@ -195,8 +215,9 @@ impl Sim {
             let Some((m, w)) = k[prefix.len()..].split_once('/') else {
                 continue;
             };
+            // Live as the leader sees it: the member key is there.
             if let Some(&i) = ids.get(m) {
-                if self.nodes[i].life == Life::Up {
+                if self.store.get(&self.layout.member_key(m)).is_some() {
                     replicas.entry(w.to_owned()).or_default().push(i);
                 }
             }
@@ -205,7 +226,24 @@ impl Sim {
             .values()
             .filter(|r| r.len() >= 2 && r.iter().all(|i| hit.contains(i)))
             .count();
+        // Only when a member of another zone lives on (its key is there)
+        // could the plan have spread the items beyond this one.
+        let zone = hit.first().and_then(|&i| self.zone_of(i));
+        let survivors = (0..self.nodes.len())
+            .filter(|&i| {
+                self.zone_of(i) != zone
+                    && (self.store)
+                        .get(&self.layout.member_key(&self.nodes[i].id))
+                        .is_some()
+            })
+            .count();
+        let settled = settled && survivors > 0;
         self.lost_every_replica += lost as u64;
+        if settled && lost > 0 {
+            self.violation(format!(
+                "a zone outage took every live replica of {lost} items of 2 or more replicas, the plan in the store"
+            ));
+        }
     }
 
     /// At no revision is an item under two members (with replicas: as
