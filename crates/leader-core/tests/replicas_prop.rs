@@ -32,6 +32,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use leader_core::conformance::replica_truth::{
+    add, balanced_count, cost_of, facts, full_minimum, max_per_zone, subsets, Facts,
+};
 use leader_core::{
     plan, plan_replicas, Assignment, MemberId, ReplicaAssignment, ReplicaMember, ReplicaPlan,
     Replicas, Role,
@@ -114,228 +117,6 @@ fn case(zones: bool) -> impl Strategy<Value = Case> {
             current,
         }
     })
-}
-
-/// The facts of a case, from the definitions.
-struct Facts {
-    items: Vec<(WorkId, usize)>,
-    elig: Vec<MemberId>,
-    zone: Vec<Option<Arc<str>>>,
-    w: Vec<u32>,
-    total_w: u128,
-    /// Per item: the least possible maximum of replicas in one zone.
-    cap: Vec<usize>,
-    /// Per item: live replicas (members of positive weight), and the old primary.
-    live: Vec<BTreeSet<usize>>,
-    old_primary: Vec<Option<MemberId>>,
-}
-
-fn subsets(m: usize, k: usize) -> Vec<Vec<usize>> {
-    (0u32..1 << m)
-        .filter(|s| s.count_ones() as usize == k)
-        .map(|s| (0..m).filter(|i| s & (1 << i) != 0).collect())
-        .collect()
-}
-
-fn max_per_zone(zone: &[Option<Arc<str>>], set: &[usize]) -> usize {
-    let mut c: BTreeMap<&Option<Arc<str>>, usize> = BTreeMap::new();
-    for &i in set {
-        *c.entry(&zone[i]).or_insert(0) += 1;
-    }
-    c.values().copied().max().unwrap_or(0)
-}
-
-fn facts(c: &Case) -> Facts {
-    let elig: Vec<MemberId> = c
-        .members
-        .iter()
-        .filter(|(_, m)| m.weight > 0)
-        .map(|(id, _)| id.clone())
-        .collect();
-    let zone: Vec<Option<Arc<str>>> = elig.iter().map(|m| c.members[m].zone.clone()).collect();
-    let w: Vec<u32> = elig.iter().map(|m| c.members[m].weight).collect();
-    let total_w = w.iter().map(|&w| u128::from(w)).sum();
-    let items: Vec<(WorkId, usize)> = c
-        .items
-        .iter()
-        .map(|(k, &n)| (k.clone(), (n.max(1) as usize).min(elig.len())))
-        .collect();
-    // The least possible maximum per zone: by brute force over every replica set on small
-    // inputs; on large ones (the failover test) from the zone sizes, fill-the-zones-evenly.
-    let mut sizes: BTreeMap<&Option<Arc<str>>, usize> = BTreeMap::new();
-    for z in &zone {
-        *sizes.entry(z).or_insert(0) += 1;
-    }
-    let cap = items
-        .iter()
-        .map(|(_, r)| {
-            if elig.len() <= 8 {
-                subsets(elig.len(), *r)
-                    .iter()
-                    .map(|s| max_per_zone(&zone, s))
-                    .min()
-                    .unwrap_or(0)
-            } else {
-                (1..=*r)
-                    .find(|&c| sizes.values().map(|&s| s.min(c)).sum::<usize>() >= *r)
-                    .unwrap_or(*r)
-            }
-        })
-        .collect();
-    let pos = |m: &MemberId| elig.iter().position(|e| e == m);
-    let live = items
-        .iter()
-        .map(|(k, _)| {
-            c.current.get(k).map_or_else(BTreeSet::new, |r| {
-                r.primary
-                    .iter()
-                    .chain(&r.secondaries)
-                    .filter_map(pos)
-                    .collect()
-            })
-        })
-        .collect();
-    let old_primary = items
-        .iter()
-        .map(|(k, _)| c.current.get(k).and_then(|r| r.primary.clone()))
-        .collect();
-    Facts {
-        items,
-        elig,
-        zone,
-        w,
-        total_w,
-        cap,
-        live,
-        old_primary,
-    }
-}
-
-fn balanced_count(c: usize, n: usize, w: u32, total: u128) -> bool {
-    (c as u128 * total).abs_diff(n as u128 * u128::from(w)) < total
-}
-
-/// One item's choice: primary, secondaries (member indexes), and its cost.
-type Choice = (usize, Vec<usize>, (usize, usize, usize));
-
-fn cost_of(f: &Facts, x: usize, p: usize, secs: &[usize]) -> (usize, usize, usize) {
-    let live = &f.live[x];
-    let had_live = !live.is_empty();
-    let cold = usize::from(had_live && !live.contains(&p));
-    let changed = usize::from(f.old_primary[x].as_ref().is_some_and(|o| *o != f.elig[p]));
-    let moved = if had_live {
-        secs.iter().filter(|s| !live.contains(s)).count()
-    } else {
-        0
-    };
-    (cold, changed, moved)
-}
-
-fn add(a: (usize, usize, usize), b: (usize, usize, usize)) -> (usize, usize, usize) {
-    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
-}
-
-/// Brute force over every valid plan: the least (cold, changed, moved), or `None` if no plan
-/// meets every rule.
-fn full_minimum(f: &Facts) -> Option<(usize, usize, usize)> {
-    let m = f.elig.len();
-    let n = f.items.len();
-    let big_r: usize = f.items.iter().map(|i| i.1).sum();
-    let mut options: Vec<Vec<Choice>> = Vec::new();
-    for (x, (_, r)) in f.items.iter().enumerate() {
-        let mut opts = Vec::new();
-        for p in 0..m {
-            let others: Vec<usize> = (0..m).filter(|&o| o != p).collect();
-            for s in subsets(others.len(), r - 1) {
-                let secs: Vec<usize> = s.iter().map(|&i| others[i]).collect();
-                let mut set = secs.clone();
-                set.push(p);
-                if max_per_zone(&f.zone, &set) <= f.cap[x] {
-                    opts.push((p, secs.clone(), cost_of(f, x, p, &secs)));
-                }
-            }
-        }
-        opts.sort_by_key(|o| o.2);
-        options.push(opts);
-    }
-    let pmax: Vec<usize> = (0..m)
-        .map(|i| {
-            (0..=n)
-                .filter(|&c| balanced_count(c, n, f.w[i], f.total_w))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let tmax: Vec<usize> = (0..m)
-        .map(|i| {
-            (0..=big_r)
-                .filter(|&c| balanced_count(c, big_r, f.w[i], f.total_w))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut best = None;
-    let mut pc = vec![0; m];
-    let mut tc = vec![0; m];
-    #[allow(clippy::too_many_arguments)]
-    fn dfs(
-        f: &Facts,
-        options: &[Vec<Choice>],
-        x: usize,
-        cost: (usize, usize, usize),
-        pc: &mut Vec<usize>,
-        tc: &mut Vec<usize>,
-        pmax: &[usize],
-        tmax: &[usize],
-        best: &mut Option<(usize, usize, usize)>,
-    ) {
-        if best.is_some_and(|b| cost >= b) {
-            return;
-        }
-        if x == options.len() {
-            let n = f.items.len();
-            let big_r: usize = f.items.iter().map(|i| i.1).sum();
-            let ok = (0..f.elig.len()).all(|i| {
-                balanced_count(pc[i], n, f.w[i], f.total_w)
-                    && balanced_count(tc[i], big_r, f.w[i], f.total_w)
-            });
-            if ok {
-                *best = Some(cost);
-            }
-            return;
-        }
-        for (p, secs, c) in &options[x] {
-            if pc[*p] + 1 > pmax[*p] || tc[*p] + 1 > tmax[*p] {
-                continue;
-            }
-            if secs.iter().any(|&s| tc[s] + 1 > tmax[s]) {
-                continue;
-            }
-            pc[*p] += 1;
-            tc[*p] += 1;
-            for &s in secs {
-                tc[s] += 1;
-            }
-            dfs(f, options, x + 1, add(cost, *c), pc, tc, pmax, tmax, best);
-            pc[*p] -= 1;
-            tc[*p] -= 1;
-            for &s in secs {
-                tc[s] -= 1;
-            }
-        }
-    }
-    dfs(
-        f,
-        &options,
-        0,
-        (0, 0, 0),
-        &mut pc,
-        &mut tc,
-        &pmax,
-        &tmax,
-        &mut best,
-    );
-    best
 }
 
 /// Brute force over every primary choice meeting the primary balance: the least (cold, changed).
@@ -579,7 +360,7 @@ struct Tally {
 /// Checks one case: every guarantee is asserted; the cases with a valid plan, and those whose
 /// (cold, changed) is the primaries-only minimum, are tallied.
 fn check(c: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
-    let f = facts(c);
+    let f = facts(&c.items, &c.members, &c.current);
     let p = plan_replicas(&c.items, &c.members, &c.current);
     check_valid(c, &f, &p)?;
     prop_assert_eq!(&p, &plan_replicas(&c.items, &c.members, &c.current));
@@ -726,7 +507,7 @@ fn failover(
         members: alive.clone(),
         current: before.state.clone(),
     };
-    let f = facts(&case);
+    let f = facts(&case.items, &case.members, &case.current);
     check_valid(&case, &f, &after)?;
     let dead_primaries = before
         .state
@@ -747,11 +528,7 @@ fn failover(
     prop_assert!(after.primaries_changed >= dead_primaries);
     // Every lost replica is replaced.
     prop_assert!(after.secondaries_moved >= dead_replicas);
-    let before_f = facts(&Case {
-        items: items.clone(),
-        members: members.clone(),
-        current: ReplicaAssignment::new(),
-    });
+    let before_f = facts(&items, &members, &ReplicaAssignment::new());
     let balanced = totals_balanced(&before_f, &before) && totals_balanced(&f, &after);
     if balanced {
         let again = plan_replicas(&items, &alive, &after.state);

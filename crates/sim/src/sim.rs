@@ -138,6 +138,8 @@ pub struct Sim {
     /// only other replica was in the zone that died, must take primaries
     /// neither holds to stay balanced).
     cold_after_outage: u64,
+    /// Replica plans checked against the brute force.
+    fewest_checked: u64,
     /// The member keys in the store when the last plan was made.
     planned_member_keys: Option<BTreeSet<String>>,
     /// The member keys in the store at the last observation.
@@ -284,6 +286,7 @@ impl Sim {
             cold_after_outage: 0,
             member_keys: BTreeSet::new(),
             planned_member_keys: None,
+            fewest_checked: 0,
             orphaned: BTreeMap::new(),
             longest_orphaned: 0,
             orphan_rev: 0,

@@ -21,6 +21,7 @@ mod election;
 mod exclusive;
 mod handoff;
 mod membership;
+pub mod replica_truth;
 mod replicas;
 mod setup;
 

@@ -75,6 +75,15 @@ use worker_core::{Backoff, Revision, TxnLimits, TxnOp, WorkId};
 
 use crate::layout::{BadKey, Layout};
 use crate::plan::MemberId;
+use crate::replicas::{ReplicaAssignment, ReplicaMember};
+
+/// What [`plan_replicas`](crate::plan_replicas) was given: items with their
+/// replica counts, members, the replicas before.
+pub type ReplicaInput = (
+    BTreeMap<WorkId, u32>,
+    BTreeMap<MemberId, ReplicaMember>,
+    ReplicaAssignment,
+);
 
 pub use action::{Action, Footprint, LeaderRead, PlanReport};
 pub use limits::{refusal, SEQUENCE_VALUE_MAX};
@@ -159,6 +168,9 @@ pub struct LeaderMachine {
     zones: BTreeMap<MemberId, std::sync::Arc<str>>,
     /// Items whose envelope asks for their own replica count.
     item_replicas: BTreeMap<WorkId, u32>,
+    /// The input of the last replica plan, when small (see
+    /// [`last_replica_input`](Self::last_replica_input)).
+    last_replica_input: Option<ReplicaInput>,
     /// Indexes over `current`, `desired` and `items`, kept on every change
     /// so that a pump costs what changed, not what exists.
     idx: Indexes,
@@ -281,6 +293,7 @@ impl LeaderMachine {
             desired: None,
             zones: BTreeMap::new(),
             item_replicas: BTreeMap::new(),
+            last_replica_input: None,
             idx: Indexes::default(),
             // Taking office counts as a change: members that are starting up
             // get a soak's time to register before the first plan.
@@ -325,6 +338,14 @@ impl LeaderMachine {
             lease_wait: timing.lease_wait,
             no_member: MemberId::from(""),
         }
+    }
+
+    /// For the simulator only: the input of the last plan, when it was a
+    /// replica plan small enough for a brute force (`n·M ≤ 32` and
+    /// `M^n ≤ 4,096`): (items with their counts, members, replicas before).
+    #[doc(hidden)]
+    pub fn last_replica_input(&self) -> Option<&ReplicaInput> {
+        self.last_replica_input.as_ref()
     }
 
     /// For the simulator only: turns safeguards off to prove it notices.

@@ -13,7 +13,7 @@ use worker_core::{Envelope, Role, TxnOp, WorkId};
 use super::handoff::Waits;
 use super::indexes::{is_primary, roles, wanted_role, Desired};
 use super::limits::fits;
-use super::{Action, LeaderMachine, PlanReport, Reading};
+use super::{Action, LeaderMachine, PlanReport, Reading, ReplicaInput};
 use crate::plan::{min_moves, plan, Assignment, MemberId};
 use crate::replicas::{plan_replicas, ReplicaAssignment, ReplicaMember, Replicas};
 
@@ -404,11 +404,13 @@ impl LeaderMachine {
         };
         self.soak = None;
         let replicated = self.timing.replicas > 1 || !self.item_replicas.is_empty();
-        let (desired, mut report) = if replicated {
+        let (desired, mut report, input) = if replicated {
             self.plan_replicated(members, items, current)
         } else {
-            self.plan_single(members, items, current)
+            let (d, r) = self.plan_single(members, items, current);
+            (d, r, None)
         };
+        self.last_replica_input = input;
         let revokes = current
             .iter()
             .filter(|((m, w), v)| super::indexes::misplaced(wanted_role(Some(&desired), m, w), v))
@@ -494,7 +496,7 @@ impl LeaderMachine {
         members: &BTreeMap<MemberId, u32>,
         items: &BTreeMap<WorkId, Bytes>,
         current: &BTreeMap<(MemberId, WorkId), Bytes>,
-    ) -> (Desired, PlanReport) {
+    ) -> (Desired, PlanReport, Option<ReplicaInput>) {
         let planned: BTreeMap<MemberId, ReplicaMember> = members
             .iter()
             .map(|(m, w)| {
@@ -542,6 +544,13 @@ impl LeaderMachine {
             })
             .collect();
         let p = plan_replicas(&counts, &planned, &state);
+        // Small inputs are kept for the simulator's brute force.
+        let (n, m) = (
+            counts.len(),
+            planned.values().filter(|m| m.weight > 0).count(),
+        );
+        let small = n * m <= 32 && (m as u64).checked_pow(n as u32).is_some_and(|p| p <= 4_096);
+        let input = small.then(|| (counts.clone(), planned.clone(), state.clone()));
         let moved = p.primaries_changed + p.secondaries_moved;
         let report = PlanReport {
             moved,
@@ -553,6 +562,6 @@ impl LeaderMachine {
             took: Duration::ZERO,
             ..PlanReport::default()
         };
-        (p.state, report)
+        (p.state, report, input)
     }
 }

@@ -175,6 +175,42 @@ impl Sim {
         }
     }
 
+    /// A plan of leader `id`: counted, checked against the brute force when
+    /// small (`input`), traced.
+    fn planned(
+        &mut self,
+        id: &str,
+        r: &leader_core::machine::PlanReport,
+        input: Option<&leader_core::machine::ReplicaInput>,
+    ) {
+        self.plans += 1;
+        if let Some(input) = input {
+            self.check_fewest(id, r, input);
+        }
+        self.cold_primaries += r.cold_primaries as u64;
+        if self.after_outage {
+            self.cold_after_outage += r.cold_primaries as u64;
+        }
+        self.planned_member_keys = Some(
+            self.store
+                .range(&self.layout.members)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        );
+        self.promotions += r.promotions as u64;
+        tr!(
+            self,
+            "{id} planned: {} members {} items moved {} placed {} revokes {} puts {} txns {}",
+            r.members,
+            r.items,
+            r.moved,
+            r.placed,
+            r.revokes,
+            r.puts,
+            r.transactions
+        );
+    }
+
     /// Sets what node `n`'s application holds.
     pub(super) fn set_app(&mut self, n: usize, app: Workload) {
         if self.nodes[n].app != app {
@@ -300,8 +336,12 @@ impl Sim {
             }
         }
         let mut lead_actions = Vec::new();
+        let mut input = None;
         if let Some(lead) = &mut self.nodes[n].lead {
             while let Some(a) = lead.machine.poll() {
+                if matches!(a, LeadAction::Planned(_)) {
+                    input = lead.machine.last_replica_input().cloned();
+                }
                 lead_actions.push((a, lead.fence.clone()));
             }
         }
@@ -317,25 +357,7 @@ impl Sim {
                     self.send(n, Slot::LeadHandoffs, Req::List(prefix));
                 }
                 LeadAction::Write(ops) => self.send(n, Slot::LeadWrite, Req::Txn(fence, ops)),
-                LeadAction::Planned(r) => {
-                    self.plans += 1;
-                    self.cold_primaries += r.cold_primaries as u64;
-                    if self.after_outage {
-                        self.cold_after_outage += r.cold_primaries as u64;
-                    }
-                    self.planned_member_keys = Some(
-                        self.store
-                            .range(&self.layout.members)
-                            .map(|(k, _)| k.clone())
-                            .collect(),
-                    );
-                    self.promotions += r.promotions as u64;
-                    tr!(
-                            self,
-                            "{id} planned: {} members {} items moved {} placed {} revokes {} puts {} txns {}",
-                            r.members, r.items, r.moved, r.placed, r.revokes, r.puts, r.transactions
-                        );
-                }
+                LeadAction::Planned(r) => self.planned(&id, &r, input.as_ref()),
                 LeadAction::EndSession { member, session } => {
                     tr!(
                         self,

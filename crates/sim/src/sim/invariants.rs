@@ -121,6 +121,34 @@ impl Sim {
         }
     }
 
+    /// Replicas, a plan small enough for the brute force
+    /// (`leader_core::conformance::replica_truth`): its (cold primaries,
+    /// primaries changed, secondaries moved) is the least any valid plan of
+    /// the same input makes, whenever one exists.
+    pub(super) fn check_fewest(
+        &mut self,
+        id: &str,
+        r: &leader_core::machine::PlanReport,
+        input: &leader_core::machine::ReplicaInput,
+    ) {
+        use leader_core::conformance::replica_truth::{facts, full_minimum};
+        let (items, members, current) = input;
+        let Some(best) = full_minimum(&facts(items, members, current)) else {
+            return;
+        };
+        let made = (
+            r.cold_primaries,
+            r.moved - r.secondaries_moved,
+            r.secondaries_moved,
+        );
+        self.fewest_checked += 1;
+        if made != best {
+            self.violation(format!(
+                "{id}'s plan makes (cold, changed, secondaries moved) {made:?}; the fewest is {best:?}"
+            ));
+        }
+    }
+
     /// Replicas: which items have a secondary on a live member (its member
     /// key present) and no primary on one, since when; the longest such
     /// time is kept. One that lasts longer than the quiet period after the
