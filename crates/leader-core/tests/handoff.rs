@@ -128,7 +128,10 @@ fn keys(ops: &[TxnOp], kind: &str) -> Vec<String> {
         .collect()
 }
 
-fn machine(timing: LeaderTiming, now: Instant) -> LeaderMachine {
+/// A machine of the revoke, acknowledgement, assign protocol (no
+/// make-before-break: `prepare.rs`'s tests cover that).
+fn machine(mut timing: LeaderTiming, now: Instant) -> LeaderMachine {
+    timing.prepare = false;
     let mut m = LeaderMachine::new(Layout::default(), timing, 64, now);
     assert_eq!(m.poll(), Some(Action::ListAssignments));
     m

@@ -130,7 +130,10 @@ async fn a_member_that_never_acknowledges_has_its_session_ended_after_the_handof
     // m1 leads and takes nothing; m2 never acknowledges anything.
     let m1 = spawn(
         &store,
-        &config("m1").weight(0).handoff_timeout(handoff_timeout),
+        &config("m1")
+            .weight(0)
+            .handoff_timeout(handoff_timeout)
+            .prepare(false),
     );
     let mut stuck = config("m2").manual_ack(true);
     stuck.campaign = false;
@@ -169,7 +172,8 @@ async fn the_observer_shows_leadership_acks_moves_and_contact() {
     for i in 0..4 {
         store.put(format!("s/work/w{i}"), "");
     }
-    let m1 = spawn(&store, &config("m1").manual_ack(true));
+    // The revoke, acknowledgement, assign protocol (no make-before-break).
+    let m1 = spawn(&store, &config("m1").manual_ack(true).prepare(false));
     let o = m1.observer();
     assert!(o.is_running());
     until("m1 leads and holds 4", &o, |o| {

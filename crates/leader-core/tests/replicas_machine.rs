@@ -3,7 +3,10 @@
 //! promotion of a secondary when a primary's member dies (no cold primary),
 //! a demotion that waits for its acknowledgement before the new primary is
 //! written (exclusive mode: never two primaries), per-item replica counts,
-//! and one replica per item writing exactly what it always wrote.
+//! one replica per item writing exactly what it always wrote, and
+//! make-before-break moves (a secondary first, promoted once ready; in the
+//! default mode the old primary goes only after the promotion is
+//! acknowledged, in exclusive mode before it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -32,6 +35,8 @@ struct World {
     log: Vec<Vec<TxnOp>>,
     /// The most primaries any item had at once, over every write.
     max_primaries: usize,
+    /// Sessions the machine asked to end, by member.
+    ended: Vec<String>,
 }
 
 impl World {
@@ -50,6 +55,7 @@ impl World {
             plans: Vec::new(),
             log: Vec::new(),
             max_primaries: 0,
+            ended: Vec::new(),
         }
     }
 
@@ -105,6 +111,7 @@ impl World {
         let (zone, acked) = &self.members[id];
         let mut meta = MemberMeta {
             acked: Some(*acked),
+            session: Some(format!("session-{id}")),
             ..MemberMeta::default()
         };
         meta.zone.clone_from(zone);
@@ -156,6 +163,7 @@ impl World {
                 }
                 Action::Write(ops) => self.apply(ops),
                 Action::Planned(p) => self.plans.push(p),
+                Action::EndSession { member, .. } => self.ended.push(member.to_string()),
                 Action::BadKey { key, reason } => panic!("bad key {key}: {reason}"),
                 _ => {}
             }
@@ -379,7 +387,11 @@ fn a_zone_outage_promotes_secondaries_and_respreads_with_the_fewest_moves() {
         check_spread(&w, 2);
         let back = &w.plans[plans..];
         assert!(back.iter().all(|p| p.placed == 0), "{back:?}");
-        assert_eq!(w.max_primaries, 1, "two primaries at once");
+        // Exclusive: never two primaries' keys. The default mode's
+        // make-before-break moves promote the new primary before the old
+        // one's key goes.
+        let most = if exclusive { 1 } else { 2 };
+        assert_eq!(w.max_primaries, most, "primaries' keys of one item at once");
     }
 }
 
@@ -503,4 +515,195 @@ fn one_replica_writes_the_bytes_as_before() {
     let raw = w.prefix(&w.layout.assignments.clone());
     assert_eq!(raw.len(), 10);
     assert!(raw.iter().all(|(_, v)| &v[..] == b"v"));
+}
+
+// ----- make-before-break moves -----
+
+/// One replica per item, `prepare` on: m1 holds 4 items, then m2 joins.
+fn joined(exclusive: bool) -> World {
+    let mut w = World::new(timing(1, exclusive));
+    w.join("m1", None);
+    w.add_items(4, &Bytes::from_static(b"v"));
+    w.settle();
+    assert_eq!(w.replicas().len(), 4);
+    w.join("m2", None);
+    w
+}
+
+/// The replicas of `item` after each write of `log`, replayed from the
+/// store as it was before them (`before`).
+fn replay(
+    w: &World,
+    before: &BTreeMap<String, BTreeSet<(String, Role)>>,
+    log: &[Vec<TxnOp>],
+) -> Vec<BTreeMap<String, BTreeSet<(String, Role)>>> {
+    let mut state = before.clone();
+    let mut out = Vec::new();
+    for ops in log {
+        for op in ops {
+            let Ok((m, item)) = w.layout.parse_assignment(op.key().as_bytes()) else {
+                continue;
+            };
+            let set = state.entry(item.to_owned()).or_default();
+            set.retain(|(held, _)| held != m);
+            if let TxnOp::Put { value, .. } = op {
+                set.insert((m.to_owned(), Envelope::role_of(value).0));
+            }
+        }
+        out.push(state.clone());
+    }
+    out
+}
+
+fn primaries(set: &BTreeSet<(String, Role)>) -> usize {
+    set.iter().filter(|(_, r)| *r == Role::Primary).count()
+}
+
+#[test]
+fn a_join_prepares_a_secondary_and_promotes_it_before_the_old_primary_goes() {
+    let mut w = joined(false);
+    let before = w.replicas();
+    let from = w.log.len();
+    w.settle();
+    let log = w.log[from..].to_vec();
+    let states = replay(&w, &before, &log);
+    let moved: Vec<String> = w
+        .replicas()
+        .iter()
+        .filter(|(_, set)| set.contains(&("m2".to_owned(), Role::Primary)))
+        .map(|(item, _)| item.clone())
+        .collect();
+    assert_eq!(moved.len(), 2, "{:?}", w.replicas());
+    // The first write gives m2 the moved items as secondaries; m1 keeps
+    // them.
+    let first = &states[0];
+    for item in &moved {
+        assert!(first[item].contains(&("m2".to_owned(), Role::Secondary)));
+        assert!(first[item].contains(&("m1".to_owned(), Role::Primary)));
+    }
+    // Never an item without a primary's key; at most two at once.
+    for (i, state) in states.iter().enumerate() {
+        for (item, set) in state {
+            let n = primaries(set);
+            assert!((1..=2).contains(&n), "write {i}: {item}: {set:?}");
+        }
+    }
+    // Both primaries at some point (m2 promoted before m1's key went), and
+    // m1's revoke wrote no handoff record.
+    assert!(states
+        .iter()
+        .any(|s| moved.iter().all(|i| primaries(&s[i]) == 2)));
+    assert!(log
+        .iter()
+        .flatten()
+        .all(|op| !op.key().starts_with(&w.layout.handoff)));
+    assert_eq!(w.m.handoffs().count(), 0);
+    assert!(w.m.staged().next().is_none(), "every staged move is over");
+}
+
+#[test]
+fn exclusive_mode_prepares_then_hands_off_never_two_primaries() {
+    let mut w = joined(true);
+    let before = w.replicas();
+    let from = w.log.len();
+    w.settle();
+    let log = w.log[from..].to_vec();
+    let states = replay(&w, &before, &log);
+    let first = &states[0];
+    let prepared: Vec<&String> = first
+        .iter()
+        .filter(|(_, s)| s.contains(&("m2".to_owned(), Role::Secondary)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(prepared.len(), 2, "{first:?}");
+    assert_eq!(w.max_primaries, 1, "two primaries' keys at once");
+    // The old primary's revoke carries a record (the ordinary handoff).
+    assert!(log
+        .iter()
+        .flatten()
+        .any(|op| op.key().starts_with(&w.layout.handoff)));
+    for item in prepared {
+        assert_eq!(w.primary_of(item).as_deref(), Some("m2"));
+    }
+    assert!(w.m.staged().next().is_none());
+}
+
+#[test]
+fn the_promotion_waits_until_the_new_member_is_ready() {
+    for exclusive in [false, true] {
+        let mut w = joined(exclusive);
+        w.auto_ack = false;
+        let until = w.now + Duration::from_secs(10);
+        w.run_until(until);
+        // Prepared, and nothing more while m2 has not acknowledged.
+        let staged: Vec<_> =
+            w.m.staged()
+                .map(|(i, _, t, r)| (i.clone(), t.clone(), r))
+                .collect();
+        assert_eq!(staged.len(), 2, "{staged:?}");
+        assert!(staged
+            .iter()
+            .all(|(_, t, r)| &**t == "m2" && *r == Role::Secondary));
+        let writes = w.log.len();
+        let until = w.now + Duration::from_secs(10);
+        w.run_until(until);
+        assert_eq!(w.log.len(), writes, "nothing written before m2 is ready");
+        // m2 acknowledges: the moves go on.
+        let rev = w.rev;
+        w.members.get_mut("m2").unwrap().1 = rev;
+        w.feed_members();
+        w.auto_ack = true;
+        w.settle();
+        assert_eq!(
+            w.replicas().values().filter(|s| primaries(s) == 1).count(),
+            4
+        );
+        assert!(w.ended.is_empty(), "{:?}", w.ended);
+    }
+}
+
+#[test]
+fn a_member_never_ready_has_its_session_ended_after_the_handoff_timeout() {
+    let mut t = timing(1, false);
+    t.handoff_timeout = Duration::from_secs(30);
+    let mut w = World::new(t);
+    w.join("m1", None);
+    w.add_items(4, &Bytes::from_static(b"v"));
+    w.settle();
+    w.auto_ack = false;
+    w.join("m2", None);
+    let joined_at = w.now;
+    let until = w.now + Duration::from_secs(29);
+    w.run_until(until);
+    assert!(w.ended.is_empty(), "{:?}", w.ended);
+    let until = joined_at + Duration::from_secs(40);
+    w.run_until(until);
+    assert_eq!(w.ended, ["m2"], "the session of the member never ready");
+    // m1 kept its items all along.
+    assert!(w
+        .replicas()
+        .values()
+        .all(|s| s.contains(&("m1".to_owned(), Role::Primary))));
+}
+
+#[test]
+fn without_prepare_a_move_is_revoke_then_assign() {
+    let mut t = timing(1, false);
+    t.prepare = false;
+    let mut w = World::new(t);
+    w.join("m1", None);
+    w.add_items(4, &Bytes::from_static(b"v"));
+    w.settle();
+    w.join("m2", None);
+    let from = w.log.len();
+    w.settle();
+    let log = &w.log[from..];
+    assert!(log
+        .iter()
+        .flatten()
+        .all(|op| !matches!(op, TxnOp::Put { value, .. } if value.starts_with(worker_core::ENVELOPE_MAGIC))));
+    assert!(log[0]
+        .iter()
+        .any(|op| op.key().starts_with(&w.layout.handoff)));
+    assert_eq!(w.max_primaries, 1);
 }

@@ -119,6 +119,10 @@ pub struct Safeguards {
     /// none, and a transaction whose outcome it did not learn can land after
     /// a later one of the same term.
     pub sequence: bool,
+    /// Make-before-break moves of the default mode: the old primary's key is
+    /// revoked only once the new primary acknowledged its promotion (off:
+    /// with the promotion, and nobody may be active for a moment).
+    pub overlap_wait: bool,
 }
 
 impl Default for Safeguards {
@@ -130,6 +134,7 @@ impl Default for Safeguards {
             txn_bytes: true,
             lease_wait: true,
             sequence: true,
+            overlap_wait: true,
         }
     }
 }
@@ -221,6 +226,10 @@ pub struct Machine {
     observed_rev: Revision,
     /// Settled value of each key where it differs from `observed` (`None`: not settled).
     delta: BTreeMap<WorkId, Option<Bytes>>,
+    /// How many entries of `delta` are not a promotion (a held secondary
+    /// now primary with the same bytes): when none is, the change is
+    /// published without a soak.
+    unpromoted: usize,
     candidate_rev: Revision,
     synced: bool,
     pending: Option<Pending>,
@@ -263,6 +272,7 @@ impl Machine {
             observed: Workload::new(),
             observed_rev: 0,
             delta: BTreeMap::new(),
+            unpromoted: 0,
             candidate_rev: 0,
             synced: false,
             pending: None,
@@ -439,6 +449,12 @@ impl Machine {
             Some(r) if r > p.since => r,
             _ => p.since,
         };
+        // Promotions alone are published at once: the leader promotes a
+        // secondary only once the old primary released (or is gone), and
+        // the secondary's state is ready.
+        if self.unpromoted == 0 && !self.delta.is_empty() && self.synced {
+            return Some(start);
+        }
         Some((p.last_change + self.timing.soak).min(start + self.timing.max_soak))
     }
 
@@ -644,6 +660,7 @@ impl Machine {
             ..WorkloadChange::default()
         };
         // `delta` is in work-id order, so every list comes out sorted.
+        self.unpromoted = 0;
         for (id, settled) in std::mem::take(&mut self.delta) {
             match (self.observed.get(&id), settled) {
                 (Some(v), None) => {
@@ -772,6 +789,12 @@ impl Machine {
             None => self.observed.get(&id).cloned(),
         };
         let back_to_settled = settled == value;
+        if self.delta.contains_key(&id) && !is_promotion(settled.as_ref(), self.observed.get(&id)) {
+            self.unpromoted -= 1;
+        }
+        if !back_to_settled && !is_promotion(settled.as_ref(), value.as_ref()) {
+            self.unpromoted += 1;
+        }
         match value {
             Some(v) => self.observed.insert(id.clone(), v),
             None => self.observed.remove(&id),
@@ -803,6 +826,18 @@ fn canonical(value: &Bytes) -> Bytes {
             }
         }
     }
+}
+
+/// Whether going from the settled value `settled` to the observed `observed`
+/// (both canonical) is a promotion alone: a secondary's value before, the
+/// primary's with the same bytes after.
+fn is_promotion(settled: Option<&Bytes>, observed: Option<&Bytes>) -> bool {
+    let (Some(before), Some(after)) = (settled, observed) else {
+        return false;
+    };
+    before.starts_with(ENVELOPE_MAGIC)
+        && !after.starts_with(ENVELOPE_MAGIC)
+        && Envelope::role_of(before) == (Role::Secondary, after.as_ref())
 }
 
 /// The role a value gives its holder, and the application's bytes.

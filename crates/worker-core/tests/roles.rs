@@ -157,17 +157,10 @@ fn an_item_added_as_a_secondary() {
 }
 
 #[test]
-fn a_promotion_soaks_and_is_not_a_value_change() {
+fn a_promotion_alone_is_published_at_once_and_is_not_a_value_change() {
     let (mut t, _) = T::synced(&[("a", primary("pa")), ("b", secondary("pb"))]);
     let before = t.m.settled_position().unwrap();
     t.put("b", primary("pb"));
-    assert_eq!(t.m.settled_position(), None, "a role change is pending");
-    t.advance(499 * MS);
-    assert!(
-        t.published.is_empty(),
-        "a role change soaks like any change"
-    );
-    t.advance(MS);
     let c = t.one();
     assert_eq!(ids(&c.promoted), ["b"]);
     assert!(c.demoted.is_empty() && c.added.is_empty() && c.removed.is_empty());
@@ -178,6 +171,34 @@ fn a_promotion_soaks_and_is_not_a_value_change() {
     assert!(after > before, "the settled position covers the promotion");
     assert_eq!(after, t.rev);
     assert!(t.m.settled_secondaries().is_empty());
+}
+
+#[test]
+fn a_promotion_with_anything_else_soaks() {
+    let (mut t, _) = T::synced(&[("a", primary("pa")), ("b", secondary("pb"))]);
+    t.put("b", primary("pb"));
+    t.one();
+    t.put("c", secondary("pc"));
+    t.put("a", secondary("pa"));
+    t.put("c", primary("pc"));
+    assert_eq!(t.m.settled_position(), None, "a change is pending");
+    t.advance(499 * MS);
+    assert!(t.published.is_empty(), "a demotion and an addition soak");
+    t.advance(MS);
+    let c = t.one();
+    assert_eq!(ids(&c.demoted), ["a"]);
+    assert_eq!(valued(&c.added), [("c", &b"pc"[..])]);
+    assert!(c.added_secondaries.is_empty() && c.promoted.is_empty());
+    // A promotion whose value changes too soaks.
+    t.put("c", secondary("pc"));
+    t.advance(SOAK);
+    t.one();
+    t.put("c", primary("pc2"));
+    assert!(t.published.is_empty());
+    t.advance(SOAK);
+    let c = t.one();
+    assert_eq!(ids(&c.promoted), ["c"]);
+    assert_eq!(valued(&c.changed), [("c", &b"pc2"[..])]);
 }
 
 #[test]
@@ -195,10 +216,10 @@ fn a_demotion_with_a_new_value_is_both() {
 
 #[test]
 fn a_role_that_flips_back_within_the_soak_publishes_nothing() {
-    let (mut t, _) = T::synced(&[("a", secondary("pa"))]);
-    t.put("a", primary("pa"));
-    t.advance(SOAK / 2);
+    let (mut t, _) = T::synced(&[("a", primary("pa"))]);
     t.put("a", secondary("pa"));
+    t.advance(SOAK / 2);
+    t.put("a", primary("pa"));
     t.advance(10 * SOAK);
     assert!(t.published.is_empty(), "{:?}", t.published);
     assert_eq!(t.m.settled_position(), Some(t.rev));

@@ -356,6 +356,7 @@ impl LeaderMachine {
         let timeouts = ended.chain(timeout).filter(|at| *at > self.last_now);
         self.due()
             .into_iter()
+            .chain(self.staged_timeout())
             .chain(rejoin)
             .chain(fenced)
             .chain(timeouts)

@@ -192,23 +192,38 @@ impl LeaderMachine {
             let Some(session) = self.sessions.get(&member).cloned() else {
                 continue; // its key does not name its session
             };
-            let asked = self
-                .ending
-                .get(&member)
-                .is_some_and(|e| e.session == session && now < e.asked + timeout);
-            if asked {
-                continue;
+            if self.ask_end_session(&member, &session, now) {
+                self.out.push_back(Action::EndSession { member, session });
             }
-            self.ending.insert(
-                member.clone(),
-                Ending {
-                    session: session.clone(),
-                    asked: now,
-                    seen: false,
-                },
-            );
-            self.out.push_back(Action::EndSession { member, session });
         }
+    }
+
+    /// Records that this leader ends `member`'s `session` at `now`; false
+    /// when it already asked to end that session within the last
+    /// `handoff_timeout` (nothing to do).
+    pub(super) fn ask_end_session(
+        &mut self,
+        member: &MemberId,
+        session: &str,
+        now: Instant,
+    ) -> bool {
+        let timeout = self.timing.handoff_timeout;
+        let asked = self
+            .ending
+            .get(member)
+            .is_some_and(|e| e.session == session && now < e.asked + timeout);
+        if asked {
+            return false;
+        }
+        self.ending.insert(
+            member.clone(),
+            Ending {
+                session: session.to_owned(),
+                asked: now,
+                seen: false,
+            },
+        );
+        true
     }
 
     /// Forgets the sessions ended and TTLs of members that no longer

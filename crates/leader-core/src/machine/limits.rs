@@ -59,7 +59,7 @@ impl LeaderMachine {
     /// takes (a guard on a member key, the handoff record's delete, the
     /// assignment), with member ids of the longest length allowed; `None`
     /// when it fits within the limits.
-    fn refusal(&self, work: &str, value: &Bytes) -> Option<usize> {
+    pub(super) fn refusal(&self, work: &str, value: &Bytes) -> Option<usize> {
         refusal_with(
             &self.layout,
             &self.limits,

@@ -61,6 +61,7 @@ mod handoff;
 mod indexes;
 mod limits;
 mod members;
+mod prepare;
 mod reconcile;
 mod timing;
 
@@ -263,6 +264,12 @@ pub struct LeaderMachine {
     ending: BTreeMap<MemberId, Ending>,
     /// Simulator-only switch; always true in the product.
     lease_wait: bool,
+    /// Simulator-only switch; always true in the product: in a
+    /// make-before-break move of the default mode, the old primary's key is
+    /// revoked only once the new primary acknowledged its promotion.
+    overlap_wait: bool,
+    /// Make-before-break moves in progress (see `prepare.rs`).
+    preparing: BTreeMap<WorkId, prepare::Prep>,
     /// The smallest member id (empty), kept to look up the owed entries of
     /// one item by range without allocating one per lookup.
     no_member: MemberId,
@@ -336,6 +343,8 @@ impl LeaderMachine {
             owed_fenced: BTreeSet::new(),
             ending: BTreeMap::new(),
             lease_wait: timing.lease_wait,
+            overlap_wait: true,
+            preparing: BTreeMap::new(),
             no_member: MemberId::from(""),
         }
     }
@@ -357,6 +366,7 @@ impl LeaderMachine {
         }
         self.lease_wait = safeguards.lease_wait;
         self.sequence_check = safeguards.sequence;
+        self.overlap_wait = safeguards.overlap_wait;
     }
 
     /// The value written to the sequence key with every transaction (for

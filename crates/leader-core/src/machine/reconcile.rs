@@ -23,6 +23,7 @@ impl LeaderMachine {
         if !self.stepped_down {
             self.track_owed();
             self.end_stuck_sessions(now);
+            self.advance_staged(now);
         }
         if self.stepped_down
             || self.in_flight.is_some()
@@ -96,7 +97,15 @@ impl LeaderMachine {
             let primary = current
                 .get(&(member.clone(), work.clone()))
                 .is_some_and(|v| is_primary(v));
-            let record = primary && (reports || (!live && self.timing.exclusive.is_some()));
+            let mut record = primary && (reports || (!live && self.timing.exclusive.is_some()));
+            // A make-before-break move of the default mode: the old primary
+            // goes once the new one acknowledged its promotion, and nothing
+            // waits for it.
+            match self.overlap_revoke(member, work) {
+                Some(true) => continue,
+                Some(false) => record = false,
+                None => {}
+            }
             // A demotion: the member keeps the item as a secondary.
             let demote = wanted_role(Some(desired), member, work) == Some(Role::Secondary);
             let demoted_value = if demote {
@@ -214,7 +223,7 @@ impl LeaderMachine {
                 let others = owners
                     .get(work)
                     .is_some_and(|o| o.iter().any(|m| m != target));
-                if others {
+                if others && !self.overlap_promotion(target, work) {
                     continue; // its revoke comes first
                 }
                 let (wait, needs) = self.owed_state(work, Some(target), now, waits);
@@ -432,6 +441,8 @@ impl LeaderMachine {
         report.puts = puts;
         report.transactions = revokes.div_ceil(per) + puts.div_ceil(per);
         self.out.push_back(Action::Planned(report));
+        let mut desired = desired;
+        self.stage(&mut desired, now);
         self.desired = Some(desired);
         self.reindex();
     }
@@ -446,13 +457,28 @@ impl LeaderMachine {
         // One owner per item for the planner: a live owner first, the
         // smallest id among equals; extra keys are revoked by the reconcile
         // loop. An item in handoff counts as its target's.
+        // A secondary's key (a make-before-break move's target) counts only
+        // for an item without a primary.
         let mut owners = Assignment::new();
-        for (member, work) in current.keys() {
+        let mut primaries: BTreeSet<&WorkId> = BTreeSet::new();
+        for ((member, work), value) in current {
             let live = members.contains_key(member);
-            match owners.get(work) {
-                Some(existing) if members.contains_key(existing) || !live => {}
-                _ => {
-                    owners.insert(work.clone(), member.clone());
+            let primary = is_primary(value);
+            let better = match owners.get(work) {
+                None => true,
+                Some(existing) => {
+                    let existing_live = members.contains_key(existing);
+                    if primary != primaries.contains(work) {
+                        primary
+                    } else {
+                        live && !existing_live
+                    }
+                }
+            };
+            if better {
+                owners.insert(work.clone(), member.clone());
+                if primary {
+                    primaries.insert(work);
                 }
             }
         }

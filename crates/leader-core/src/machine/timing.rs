@@ -51,6 +51,18 @@ pub struct LeaderTiming {
     /// [envelope](worker_core::Envelope) may ask for another count. Default
     /// 1: one owner per item, planned by [`plan()`](crate::plan()).
     pub replicas: u32,
+    /// Make-before-break moves: a planned move of an item's primary role
+    /// from a live member to another (a drain, a join's rebalance, a weight
+    /// change), both acknowledging, first gives the new member the item as
+    /// a secondary (preparing) and moves the primary role once that member
+    /// acknowledged it. In exclusive mode the old primary then releases
+    /// before the new one is promoted; otherwise the new one is promoted
+    /// first and the old one released once the promotion is acknowledged.
+    /// Default `true`: the application must tell a secondary (preparing,
+    /// not active) from a primary. `false`: every move is revoke,
+    /// acknowledgement, assign, and no secondary appears unless `replicas`
+    /// asks for them.
+    pub prepare: bool,
     /// Tests only (the conformance suite's control): `false` waits only the
     /// margin after a gone member's key vanished, as before the store's
     /// early session ends were covered. Always true in the product.
@@ -93,6 +105,7 @@ impl LeaderTiming {
             rebalance_delay: Duration::ZERO,
             max_moves_in_flight: usize::MAX,
             replicas: 1,
+            prepare: true,
             exclusive: None,
             member_ttl: Duration::from_secs(15),
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,

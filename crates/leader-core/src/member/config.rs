@@ -131,6 +131,16 @@ impl MemberConfig {
         self
     }
 
+    /// Turns make-before-break moves on or off (see
+    /// [`LeaderTiming::prepare`]; default on). Off, a planned move is
+    /// revoke, acknowledgement, assign, and an application that holds one
+    /// replica per item never sees a secondary.
+    #[must_use]
+    pub fn prepare(mut self, prepare: bool) -> Self {
+        self.leader.prepare = prepare;
+        self
+    }
+
     /// Sets how many items may be in handoff at once (see
     /// [`LeaderTiming::max_moves_in_flight`]).
     #[must_use]

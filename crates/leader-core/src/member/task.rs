@@ -253,6 +253,9 @@ impl MemberTask {
         let (mut own_key, own_task) =
             crate::follow::spawn_follow(self.store.kv.clone(), member_key.clone(), backoff);
         let _own_task = AbortOnDrop(own_task);
+        // The moves this member's leader loop has in flight (a draining
+        // leader stays until its own are over).
+        let mut moves = self.handoffs.subscribe();
         // The live session as last seen in the member key.
         let mut seen_key: Option<SessionId> = None;
         // Sessions given up on, closed before the next registration.
@@ -372,6 +375,13 @@ impl MemberTask {
             if let (Some(since), false) = (draining, halting) {
                 let empty = self.settled.current().workload.is_empty();
                 let reported = written.as_ref() == Some(&meta);
+                // Leading, it stays until no move of its own items waits
+                // for it: it writes their assigns itself at once, where the
+                // next leader would first soak (`leader_soak`) on taking
+                // office.
+                let own_moves =
+                    leading.is_some() && moves.borrow().iter().any(|h| *h.from == *instance_id);
+                let reported = reported && !own_moves;
                 // Released (exclusive), the empty set says nothing of the
                 // assignments: wait for the restore or the timeout.
                 let outcome = if empty && reported && !self.switch.is_released() {
@@ -575,6 +585,7 @@ impl MemberTask {
                     machine.handle_leader_ended(crate::clock::now());
                 }
                 Ok(()) = self.position.changed() => {}
+                Ok(()) = moves.changed() => {}
                 Ok(()) = self.app_ack.changed() => {}
                 Ok(_) = self.settled.changed() => {}
                 () = &mut timer, if armed.is_some() => {

@@ -1,0 +1,332 @@
+//! Make-before-break moves ([`LeaderTiming::prepare`](super::LeaderTiming::prepare)).
+//!
+//! A planned move of an item's primary role from a live member `P` that
+//! acknowledges to a member `T` that acknowledges goes in stages:
+//!
+//! 1. **Preparing**: the reconcile loop's target for the item is the plan's
+//!    with `P` still primary and `T` a secondary: `T`'s key is written as a
+//!    secondary's, `P` keeps the item. `T` is *ready* once its acknowledged
+//!    position reaches a position at which that key is in place.
+//! 2. Ready: the target becomes the plan's. In exclusive mode the ordinary
+//!    handoff follows (`P` demoted or revoked with a handoff record, its
+//!    acknowledgement awaited, then `T` promoted): nobody is active between
+//!    `P`'s acknowledgement and `T`'s promotion, one store round trip (a
+//!    worker publishes a promotion of an item it holds at once). In the
+//!    default mode, **overlap**: `T` is promoted first, while `P` still holds
+//!    the primary's key, and `P`'s key is revoked (no record: nothing waits
+//!    for it) once `T` acknowledged its promotion, so someone is active all
+//!    along; both are for `T`'s acknowledgement, one round trip and `P`'s
+//!    soak.
+//!
+//! A `T` that is not ready (or, overlapping, has not acknowledged its
+//! promotion) within `handoff_timeout` has its session ended, as a member
+//! that does not acknowledge a revoke: it leaves the members, and the next
+//! plan picks another target. Moves from a member that is gone, to or from a
+//! member that does not acknowledge, or of an item already in a handoff are
+//! not staged.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use worker_core::{Envelope, Role, WorkId};
+
+use super::indexes::{is_primary, Desired};
+use super::{Action, LeaderMachine};
+use crate::plan::MemberId;
+use crate::replicas::Replicas;
+
+/// Where a staged move stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// The target holds (or is to hold) a secondary's key; its readiness is
+    /// awaited.
+    Preparing,
+    /// Default mode: the target is promoted while the old primary keeps its
+    /// key; `Some(position)` once the promotion is applied, which the target
+    /// must acknowledge before the old primary's key is revoked.
+    Overlap(Option<u64>),
+}
+
+/// One staged move.
+#[derive(Debug, Clone)]
+pub(super) struct Prep {
+    /// The primary when the move was staged.
+    pub(super) from: MemberId,
+    /// The plan's new primary.
+    pub(super) target: MemberId,
+    /// The plan's replicas of the item.
+    pub(super) planned: Replicas,
+    /// A position at which the target's secondary key is in place, once
+    /// known.
+    pub(super) at: Option<u64>,
+    /// When the move was staged.
+    pub(super) since: Instant,
+    /// Where it stands.
+    pub(super) stage: Stage,
+}
+
+impl Prep {
+    /// The replicas while preparing: the old primary keeps the role, the
+    /// target is a secondary.
+    fn staged(&self) -> Replicas {
+        let mut secondaries: Vec<MemberId> = self
+            .planned
+            .secondaries
+            .iter()
+            .filter(|m| **m != self.from && **m != self.target)
+            .cloned()
+            .collect();
+        secondaries.push(self.target.clone());
+        Replicas {
+            primary: Some(self.from.clone()),
+            secondaries,
+        }
+    }
+}
+
+impl LeaderMachine {
+    /// Whether `member` is live and reports acknowledgements.
+    fn reports(&self, member: &MemberId) -> bool {
+        self.is_live(member) && self.acks.get(member).is_some_and(Option::is_some)
+    }
+
+    /// Stages the plan's moves (see the [module docs](self)): rewrites
+    /// `desired` for the moves still preparing, keeps the stage of moves
+    /// planned again unchanged, forgets the others.
+    pub(super) fn stage(&mut self, desired: &mut Desired, now: Instant) {
+        let old = std::mem::take(&mut self.preparing);
+        if !self.timing.prepare || !self.revoke_first {
+            return;
+        }
+        let (Some(current), Some(items)) = (self.current.as_ref(), self.items.as_ref()) else {
+            return;
+        };
+        let mut staged = BTreeMap::new();
+        for (work, planned) in desired.iter_mut() {
+            let Some(target) = planned.primary.clone() else {
+                continue;
+            };
+            let Some(owners) = self.idx.owners.get(work) else {
+                continue;
+            };
+            // A move planned again keeps its stage: overlapping, both hold a
+            // primary's key.
+            if let Some(p) = old.get(work) {
+                let overlap = matches!(p.stage, Stage::Overlap(_));
+                let same = p.target == target
+                    && owners.contains(&p.from)
+                    && owners
+                        .iter()
+                        .all(|o| *o == p.from || (overlap && *o == target));
+                if same && self.reports(&p.from) && self.reports(&target) {
+                    let prep = Prep {
+                        planned: planned.clone(),
+                        ..p.clone()
+                    };
+                    if prep.stage == Stage::Preparing {
+                        *planned = prep.staged();
+                    }
+                    staged.insert(work.clone(), prep);
+                    continue;
+                }
+            }
+            let mut iter = owners.iter();
+            let (Some(from), None) = (iter.next(), iter.next()) else {
+                continue; // no primary, or two (found on taking office)
+            };
+            if *from == target
+                || !self.reports(from)
+                || !self.reports(&target)
+                || self.is_owed(work)
+            {
+                continue;
+            }
+            // An item whose secondary's value would not fit a transaction
+            // moves as before.
+            let Some(value) = items.get(work) else {
+                continue;
+            };
+            if self.refusal(work, &Envelope::secondary(value)).is_some() {
+                continue;
+            }
+            let placed = current
+                .get(&(target.clone(), work.clone()))
+                .is_some_and(|v| !is_primary(v));
+            let prep = Prep {
+                from: from.clone(),
+                target: target.clone(),
+                planned: planned.clone(),
+                at: placed.then_some(self.sequence),
+                since: now,
+                stage: Stage::Preparing,
+            };
+            *planned = prep.staged();
+            staged.insert(work.clone(), prep);
+        }
+        self.preparing = staged;
+    }
+
+    /// Moves staged moves on: a target's secondary key written (its
+    /// position known), a target ready (the plan's replicas become the
+    /// target), a promotion applied or acknowledged, an old primary's key
+    /// gone (the move is over). `O(staged moves)`.
+    pub(super) fn advance_staged(&mut self, now: Instant) {
+        if self.preparing.is_empty() {
+            return;
+        }
+        let mut preparing = std::mem::take(&mut self.preparing);
+        let mut ready = Vec::new();
+        if let Some(current) = self.current.as_ref() {
+            preparing.retain(|work, prep| {
+                let target_key = current.get(&(prep.target.clone(), work.clone()));
+                let acked = self.acks.get(&prep.target).copied().flatten();
+                match prep.stage {
+                    Stage::Preparing => {
+                        if !self.is_live(&prep.from) {
+                            // Gone: no longer a planned move; the plan's
+                            // replicas take over (a failover).
+                            ready.push((work.clone(), prep.planned.clone()));
+                            return false;
+                        }
+                        if prep.at.is_none() && target_key.is_some_and(|v| !is_primary(v)) {
+                            prep.at = Some(self.sequence);
+                        }
+                        if !prep.at.is_some_and(|at| acked.is_some_and(|a| a >= at)) {
+                            return true;
+                        }
+                        ready.push((work.clone(), prep.planned.clone()));
+                        if self.timing.exclusive.is_some() {
+                            return false; // the ordinary handoff follows
+                        }
+                        prep.stage = Stage::Overlap(None);
+                        true
+                    }
+                    Stage::Overlap(promoted) => {
+                        let from_primary = current
+                            .get(&(prep.from.clone(), work.clone()))
+                            .is_some_and(|v| is_primary(v));
+                        if !from_primary {
+                            return false; // the move is over
+                        }
+                        if promoted.is_none() && target_key.is_some_and(|v| is_primary(v)) {
+                            prep.stage = Stage::Overlap(Some(self.sequence));
+                        }
+                        true
+                    }
+                }
+            });
+        }
+        self.preparing = preparing;
+        for (work, planned) in ready {
+            self.set_desired_item(&work, planned);
+        }
+        self.end_unready_sessions(now);
+    }
+
+    /// Default mode: whether the old primary's key of `work`, held by
+    /// `member`, waits for the staged move's target to acknowledge its
+    /// promotion; `Some(false)`: the move's revoke may go, without a record.
+    pub(super) fn overlap_revoke(&self, member: &MemberId, work: &WorkId) -> Option<bool> {
+        let prep = self.preparing.get(work)?;
+        if prep.from != *member {
+            return None;
+        }
+        let Stage::Overlap(promoted) = prep.stage else {
+            return Some(true); // still preparing: the old primary stays
+        };
+        if !self.overlap_wait {
+            return Some(false);
+        }
+        let acked = self.acks.get(&prep.target).copied().flatten();
+        let clear = promoted.is_some_and(|at| acked.is_some_and(|a| a >= at));
+        Some(!clear)
+    }
+
+    /// Default mode: whether `target`'s promotion of `work` may be written
+    /// while the old primary still holds its key.
+    pub(super) fn overlap_promotion(&self, target: &MemberId, work: &WorkId) -> bool {
+        self.preparing
+            .get(work)
+            .is_some_and(|p| p.target == *target && matches!(p.stage, Stage::Overlap(_)))
+    }
+
+    /// Replaces the reconcile loop's target for one item and keeps the
+    /// indexes in step (the keys of the members named before or after).
+    fn set_desired_item(&mut self, work: &WorkId, replicas: Replicas) {
+        let (Some(desired), Some(current)) = (self.desired.as_mut(), self.current.as_ref()) else {
+            return;
+        };
+        let old = desired.insert(work.clone(), replicas.clone());
+        let mut members: Vec<MemberId> = Vec::new();
+        for r in old.iter().chain(std::iter::once(&replicas)) {
+            members.extend(r.primary.iter().cloned());
+            members.extend(r.secondaries.iter().cloned());
+        }
+        members.sort();
+        members.dedup();
+        let has_value = self.items.as_ref().is_some_and(|i| i.contains_key(work));
+        if has_value {
+            let count = |r: &Replicas| usize::from(r.primary.is_some()) + r.secondaries.len();
+            self.idx.wanted += count(&replicas);
+            self.idx.wanted -= old.as_ref().map_or(0, count);
+        }
+        for m in members {
+            let key = (m.clone(), work.clone());
+            // Recomputed as for a key that changed, with its presence as is.
+            self.idx.unplaced.remove(&key);
+            let existed = current.contains_key(&key);
+            self.idx.key_changed(
+                &m,
+                work,
+                existed,
+                current,
+                self.desired.as_ref(),
+                self.items.as_ref(),
+            );
+        }
+        self.quiet = None;
+    }
+
+    /// Ends the session of a target that was not ready, or has not
+    /// acknowledged its promotion, within `handoff_timeout` (once per
+    /// timeout, as for a member that does not acknowledge a revoke).
+    fn end_unready_sessions(&mut self, now: Instant) {
+        let timeout = self.timing.handoff_timeout;
+        let stuck: Vec<MemberId> = self
+            .preparing
+            .values()
+            .filter(|p| now >= p.since + timeout)
+            .map(|p| p.target.clone())
+            .collect();
+        for member in stuck {
+            let Some(session) = self.sessions.get(&member).cloned() else {
+                continue;
+            };
+            if self.ask_end_session(&member, &session, now) {
+                self.out.push_back(Action::EndSession { member, session });
+            }
+        }
+    }
+
+    /// When the first staged move times out, if any is staged.
+    pub(super) fn staged_timeout(&self) -> Option<Instant> {
+        self.preparing
+            .values()
+            .map(|p| p.since + self.timing.handoff_timeout)
+            .filter(|at| *at > self.last_now)
+            .min()
+    }
+
+    /// Tests and the simulator: the staged moves, as (item, old primary,
+    /// target, whether the target is promoted or to be).
+    #[doc(hidden)]
+    pub fn staged(&self) -> impl Iterator<Item = (&WorkId, &MemberId, &MemberId, Role)> {
+        self.preparing.iter().map(|(w, p)| {
+            let role = match p.stage {
+                Stage::Preparing => Role::Secondary,
+                Stage::Overlap(_) => Role::Primary,
+            };
+            (w, &p.from, &p.target, role)
+        })
+    }
+}
