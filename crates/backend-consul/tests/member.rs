@@ -164,10 +164,17 @@ async fn handoff_never_double_owns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_restart_without_churn() {
+async fn rolling_restart() {
     let store = Consul::start().await;
-    let gap = conformance::rolling_restart_without_churn(&store, "rr/").await;
-    println!("consul: longest time an item was held by nobody: {gap:?}");
+    let r = conformance::rolling_restart(&store, "rr/", false).await;
+    println!("consul: rolling restart: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_exclusive() {
+    let store = Consul::start().await;
+    let r = conformance::rolling_restart(&store, "rx/", true).await;
+    println!("consul, exclusive: rolling restart: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,9 +359,15 @@ async fn without_handoff_a_drain_double_owns() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rolling_restart_without_churn() {
-    let gap = conformance::rolling_restart_without_churn(&Memory(MemoryStore::new()), "rr/").await;
-    println!("memory: longest time an item was held by nobody: {gap:?}");
+async fn rolling_restart() {
+    let r = conformance::rolling_restart(&Memory(MemoryStore::new()), "rr/", false).await;
+    println!("memory: rolling restart: {r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_restart_exclusive() {
+    let r = conformance::rolling_restart(&Memory(MemoryStore::new()), "rx/", true).await;
+    println!("memory, exclusive: rolling restart: {r:?}");
 }
 
 #[test]

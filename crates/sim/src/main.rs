@@ -5,7 +5,9 @@
 //! (turn one off), `--exclusive on|off` (force exclusive mode; default: half
 //! the seeds), `--control release|pauses` (turn one
 //! exclusivity control off), `--replicas N` and `--zones N` (replicas per
-//! item and zones the members are spread over; default 1 and 1), `--seed N --trace` (replay one seed, printing
+//! item and zones the members are spread over; default 1 and 1), `--prepare
+//! on|off` (make-before-break moves; default on), `--planned` (planned events
+//! only: drains with restarts, joins, item changes), `--seed N --trace` (replay one seed, printing
 //! its trace).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,7 @@ fn main() {
     let mut exclusive: Option<bool> = None;
     let mut controls = Controls::default();
     let (mut replicas, mut zones) = (1u32, 1u32);
+    let (mut prepare, mut planned) = (true, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
@@ -46,6 +49,7 @@ fn main() {
                 "txn-bytes" => safeguards.txn_bytes = false,
                 "lease-wait" => safeguards.lease_wait = false,
                 "sequence" => safeguards.sequence = false,
+                "overlap-wait" => safeguards.overlap_wait = false,
                 other => panic!("unknown safeguard {other}"),
             },
             "--exclusive" => match val().as_str() {
@@ -55,6 +59,12 @@ fn main() {
             },
             "--replicas" => replicas = val().parse().expect("--replicas N"),
             "--zones" => zones = val().parse().expect("--zones N"),
+            "--prepare" => match val().as_str() {
+                "on" => prepare = true,
+                "off" => prepare = false,
+                other => panic!("--prepare on|off, not {other}"),
+            },
+            "--planned" => planned = true,
             "--control" => match val().as_str() {
                 "release" => controls.release = false,
                 "pauses" => controls.bounded_pauses = false,
@@ -89,6 +99,8 @@ fn main() {
                     cfg.controls = controls;
                     cfg.replicas = replicas;
                     cfg.zones = zones;
+                    cfg.prepare = prepare;
+                    cfg.planned = planned;
                     match run(cfg) {
                         Ok(o) => events += o.events,
                         Err(f) => {

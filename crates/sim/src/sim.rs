@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use leader_core::Layout;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use worker_core::{SessionId, TxnLimits};
+use worker_core::{SessionId, TxnLimits, WorkId};
 
 use crate::store::{Flavor, Nanos, Store};
 use crate::trace::Trace;
@@ -118,6 +118,8 @@ pub struct Sim {
     exclusive: bool,
     /// An application's workload changed since the exclusivity check.
     app_dirty: bool,
+    /// Planned runs: the items active somewhere at the last check.
+    active: BTreeSet<WorkId>,
     /// Member-key writes that reported a new acknowledged position.
     acks: u64,
     /// Releases carried out.
@@ -276,6 +278,7 @@ impl Sim {
             faults: 0,
             exclusive,
             app_dirty: false,
+            active: BTreeSet::new(),
             acks: 0,
             releases: 0,
             stale_records: 0,

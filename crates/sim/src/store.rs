@@ -110,23 +110,16 @@ impl Store {
         self.compacted
     }
 
+    /// Applies `changes` as one write: every put (even of the value a key
+    /// already has) and every delete of a key that is there.
     fn write(&mut self, changes: Vec<(String, Option<Bytes>)>) -> Applied {
-        self.write_forced(changes, None)
-    }
-
-    /// [`write`](Self::write), where a put of `forced` is a write even if
-    /// its value is unchanged (a sequence key must move with every
-    /// transaction).
-    fn write_forced(
-        &mut self,
-        changes: Vec<(String, Option<Bytes>)>,
-        forced: Option<&str>,
-    ) -> Applied {
         let changes: Vec<_> = changes
             .into_iter()
+            // A put is a write even when the value is the same (etcd, Consul
+            // and the memory store give it a new position, and watches see
+            // it); deleting a key that is not there writes nothing.
             .filter(|(k, v)| match v {
-                Some(_) if Some(k.as_str()) == forced => true,
-                Some(v) => self.data.get(k) != Some(v),
+                Some(_) => true,
                 None => self.data.contains_key(k),
             })
             .collect();
@@ -399,11 +392,7 @@ impl Store {
         if !guards_hold {
             return (TxnOutcome::Conflict, Applied::default());
         }
-        let sequence = ops.iter().find_map(|op| match op {
-            TxnOp::Sequence { key, .. } => Some(key.clone()),
-            _ => None,
-        });
-        let applied = self.write_forced(
+        let applied = self.write(
             ops.iter()
                 .filter_map(|op| match op {
                     TxnOp::Put { key, value } | TxnOp::Sequence { key, value, .. } => {
@@ -413,7 +402,6 @@ impl Store {
                     TxnOp::Absent { .. } => None,
                 })
                 .collect(),
-            sequence.as_deref(),
         );
         (TxnOutcome::Applied { revision: self.rev }, applied)
     }

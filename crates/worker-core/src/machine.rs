@@ -226,10 +226,10 @@ pub struct Machine {
     observed_rev: Revision,
     /// Settled value of each key where it differs from `observed` (`None`: not settled).
     delta: BTreeMap<WorkId, Option<Bytes>>,
-    /// How many entries of `delta` are not a promotion (a held secondary
-    /// now primary with the same bytes): when none is, the change is
-    /// published without a soak.
-    unpromoted: usize,
+    /// How many entries of `delta` are promotions (a held secondary now
+    /// primary with the same bytes): while one is, the change is published
+    /// without a soak.
+    promotions: usize,
     candidate_rev: Revision,
     synced: bool,
     pending: Option<Pending>,
@@ -272,7 +272,7 @@ impl Machine {
             observed: Workload::new(),
             observed_rev: 0,
             delta: BTreeMap::new(),
-            unpromoted: 0,
+            promotions: 0,
             candidate_rev: 0,
             synced: false,
             pending: None,
@@ -449,10 +449,12 @@ impl Machine {
             Some(r) if r > p.since => r,
             _ => p.since,
         };
-        // Promotions alone are published at once: the leader promotes a
-        // secondary only once the old primary released (or is gone), and
-        // the secondary's state is ready.
-        if self.unpromoted == 0 && !self.delta.is_empty() && self.synced {
+        // A promotion is published at once, with whatever else is pending:
+        // the leader promotes a secondary only once the old primary
+        // released (or is gone), so the item is active nowhere until then.
+        // (The soak is against churn, not a safeguard: publishing the rest
+        // early costs nothing but a change the application may see undone.)
+        if self.promotions > 0 && self.synced {
             return Some(start);
         }
         Some((p.last_change + self.timing.soak).min(start + self.timing.max_soak))
@@ -660,7 +662,7 @@ impl Machine {
             ..WorkloadChange::default()
         };
         // `delta` is in work-id order, so every list comes out sorted.
-        self.unpromoted = 0;
+        self.promotions = 0;
         for (id, settled) in std::mem::take(&mut self.delta) {
             match (self.observed.get(&id), settled) {
                 (Some(v), None) => {
@@ -789,11 +791,11 @@ impl Machine {
             None => self.observed.get(&id).cloned(),
         };
         let back_to_settled = settled == value;
-        if self.delta.contains_key(&id) && !is_promotion(settled.as_ref(), self.observed.get(&id)) {
-            self.unpromoted -= 1;
+        if self.delta.contains_key(&id) && is_promotion(settled.as_ref(), self.observed.get(&id)) {
+            self.promotions -= 1;
         }
-        if !back_to_settled && !is_promotion(settled.as_ref(), value.as_ref()) {
-            self.unpromoted += 1;
+        if !back_to_settled && is_promotion(settled.as_ref(), value.as_ref()) {
+            self.promotions += 1;
         }
         match value {
             Some(v) => self.observed.insert(id.clone(), v),

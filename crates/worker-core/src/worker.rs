@@ -190,7 +190,8 @@ struct Subscription {
 
 #[derive(Default)]
 struct SubQueue {
-    items: std::collections::VecDeque<WorkloadChange>,
+    /// The changes queued, each with when the worker published it.
+    items: std::collections::VecDeque<(WorkloadChange, tokio::time::Instant)>,
     closed: bool,
 }
 
@@ -203,14 +204,14 @@ impl Subscription {
 
     /// Queues `change`, coalescing it into the newest queued one when the
     /// queue is full.
-    fn push(&self, change: WorkloadChange) {
+    fn push(&self, change: WorkloadChange, at: tokio::time::Instant) {
         let mut q = self.lock();
         if q.items.len() >= CHANGES_QUEUE {
-            if let Some(last) = q.items.pop_back() {
-                q.items.push_back(last.then(change));
+            if let Some((last, _)) = q.items.pop_back() {
+                q.items.push_back((last.then(change), at));
             }
         } else {
-            q.items.push_back(change);
+            q.items.push_back((change, at));
         }
         drop(q);
         self.ready.notify_one();
@@ -267,8 +268,9 @@ impl Shared {
         });
         // A subscription whose `Changes` was dropped is held here only.
         subs.list.retain(|sub| Arc::strong_count(sub) > 1);
+        let at = tokio::time::Instant::now();
         for sub in &subs.list {
-            sub.push(change.clone());
+            sub.push(change.clone(), at);
         }
     }
 }
@@ -512,17 +514,20 @@ impl WorkerHandle {
             secondaries,
         } = self.rx.borrow().clone();
         if s.ready {
-            sub.push(WorkloadChange {
-                revision: s.revision,
-                added: s
-                    .workload
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                added_secondaries: secondaries.iter().cloned().collect(),
-                initial: true,
-                ..WorkloadChange::default()
-            });
+            sub.push(
+                WorkloadChange {
+                    revision: s.revision,
+                    added: s
+                        .workload
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    added_secondaries: secondaries.iter().cloned().collect(),
+                    initial: true,
+                    ..WorkloadChange::default()
+                },
+                tokio::time::Instant::now(),
+            );
         }
         subs.list.push(sub.clone());
         Changes::new(sub)
@@ -698,12 +703,49 @@ impl Changes {
     /// The next change, or `None` once the worker halted (or its task ended
     /// otherwise) and every queued change was read. Cancel safe.
     pub async fn next(&mut self) -> Option<WorkloadChange> {
-        std::future::poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx)).await
+        self.next_at().await.map(|(change, _)| change)
+    }
+
+    /// Like [`next`](Self::next), with the instant the worker published the
+    /// change (for changes coalesced in a full queue, the newest's): what a
+    /// subscriber that is slow to run measures timings from. Cancel safe.
+    pub async fn next_at(&mut self) -> Option<(WorkloadChange, tokio::time::Instant)> {
+        std::future::poll_fn(|cx| self.poll_next_at(cx)).await
     }
 
     /// A change already queued, without waiting.
     pub fn try_next(&mut self) -> Option<WorkloadChange> {
-        self.sub.lock().items.pop_front()
+        self.sub.lock().items.pop_front().map(|(change, _)| change)
+    }
+
+    /// Polls for the next change and when it was published.
+    fn poll_next_at(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<(WorkloadChange, tokio::time::Instant)>> {
+        use std::task::Poll;
+        loop {
+            {
+                let mut q = self.sub.lock();
+                if let Some(item) = q.items.pop_front() {
+                    return Poll::Ready(Some(item));
+                }
+                if q.closed {
+                    self.wait = None;
+                    return Poll::Ready(None);
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits, so a change
+            // queued between the check above and this wait is not missed.
+            let wait = self.wait.get_or_insert_with(|| {
+                let sub = Arc::clone(&self.sub);
+                Box::pin(async move { sub.ready.notified().await })
+            });
+            match wait.as_mut().poll(cx) {
+                Poll::Ready(()) => self.wait = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -714,30 +756,9 @@ impl futures_core::Stream for Changes {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<WorkloadChange>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        loop {
-            {
-                let mut q = this.sub.lock();
-                if let Some(change) = q.items.pop_front() {
-                    return Poll::Ready(Some(change));
-                }
-                if q.closed {
-                    this.wait = None;
-                    return Poll::Ready(None);
-                }
-            }
-            // `notify_one` keeps a permit when nobody waits, so a change
-            // queued between the check above and this wait is not missed.
-            let wait = this.wait.get_or_insert_with(|| {
-                let sub = Arc::clone(&this.sub);
-                Box::pin(async move { sub.ready.notified().await })
-            });
-            match wait.as_mut().poll(cx) {
-                Poll::Ready(()) => this.wait = None,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.get_mut()
+            .poll_next_at(cx)
+            .map(|item| item.map(|(change, _)| change))
     }
 }
 

@@ -147,10 +147,17 @@ async fn handoff_never_double_owns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_restart_without_churn() {
+async fn rolling_restart() {
     let (_server, store, root) = suite().await;
-    let gap = conformance::rolling_restart_without_churn(&store, &root).await;
-    println!("etcd: longest time an item was held by nobody: {gap:?}");
+    let r = conformance::rolling_restart(&store, &root, false).await;
+    println!("etcd: rolling restart: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_exclusive() {
+    let (_server, store, root) = suite().await;
+    let r = conformance::rolling_restart(&store, &root, true).await;
+    println!("etcd, exclusive: rolling restart: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,9 +121,10 @@ impl Drop for DoubleOwnerWatch {
 }
 
 /// Follows every member's *acknowledged* workload (what its application
-/// holds) and records each moment an item is held by two members, the
-/// moves (an item held by another member than its last holder), and the
-/// longest time an item that had a holder was held by nobody.
+/// holds as primary: a secondary, preparing or standing by, is not active)
+/// and records each moment an item is held by two members, how long items
+/// were held by two members at once (overlaps) and by nobody (gaps), and
+/// the moves (an item held by another member than its last holder).
 ///
 /// Fed by [`follow`](Self::follow) for members in this process (each
 /// settled change counts when the checker receives it), or by
@@ -148,9 +149,22 @@ impl Default for AckedLedger {
     }
 }
 
-/// What an [`AckedLedger`] saw.
+/// What an [`AckedLedger`] saw: what each member holds now, and every
+/// workload it was told of, with when it held it.
 #[derive(Default)]
 struct LedgerState {
+    /// What each member holds (as the changes arrived).
+    holds: BTreeMap<String, BTreeSet<WorkId>>,
+    /// Every workload set, in arrival order: (when it was held from,
+    /// member, workload). Changes may arrive out of time order (each
+    /// member's are timed when its worker published them); the measures
+    /// replay them in time order.
+    log: Vec<(tokio::time::Instant, String, BTreeSet<WorkId>)>,
+}
+
+/// The measures, from a replay of the log in time order.
+#[derive(Default)]
+struct Replay {
     /// What each member holds.
     holds: BTreeMap<String, BTreeSet<WorkId>>,
     /// The members holding each item.
@@ -159,12 +173,80 @@ struct LedgerState {
     last_owner: BTreeMap<WorkId, String>,
     /// Items that had a holder and have none, since when.
     unowned_since: BTreeMap<WorkId, tokio::time::Instant>,
-    /// The longest time an item that had a holder was held by nobody.
-    longest_gap: Duration,
-    /// Items that changed holder.
-    moves: usize,
+    /// Items held by two members or more, since when.
+    doubled_since: BTreeMap<WorkId, tokio::time::Instant>,
+    /// What was measured.
+    figures: LedgerFigures,
     /// Every moment an item was held by two members.
     violations: Vec<String>,
+}
+
+impl Replay {
+    /// `member` holds exactly `workload` from `at` on (`at` never before the
+    /// previous call's).
+    fn apply(&mut self, member: &str, workload: &BTreeSet<WorkId>, at: tokio::time::Instant) {
+        let before = self.holds.remove(member).unwrap_or_default();
+        for gone in before.difference(workload) {
+            let left = self.owners.get_mut(gone).map_or(0, |o| {
+                o.remove(member);
+                o.len()
+            });
+            if left < 2 {
+                if let Some(since) = self.doubled_since.remove(gone) {
+                    let overlap = at.saturating_duration_since(since);
+                    let f = &mut self.figures;
+                    f.longest_overlap = f.longest_overlap.max(overlap);
+                    f.overlaps += overlap;
+                }
+            }
+            if left == 0 {
+                self.owners.remove(gone);
+                self.unowned_since.insert(gone.clone(), at);
+            }
+        }
+        for new in workload.difference(&before) {
+            let others: Vec<String> = self
+                .owners
+                .get(new)
+                .map(|o| o.iter().filter(|m| *m != member).cloned().collect())
+                .unwrap_or_default();
+            if !others.is_empty() {
+                self.violations
+                    .push(format!("{new} held by {member} and {others:?} at {at:?}"));
+                self.doubled_since.entry(new.clone()).or_insert(at);
+            }
+            if let Some(since) = self.unowned_since.remove(new) {
+                let gap = at.saturating_duration_since(since);
+                let f = &mut self.figures;
+                f.longest_gap = f.longest_gap.max(gap);
+                f.gaps += gap;
+            }
+            if self.last_owner.get(new).is_some_and(|last| last != member) {
+                self.figures.moves += 1;
+            }
+            self.last_owner.insert(new.clone(), member.to_owned());
+            self.owners
+                .entry(new.clone())
+                .or_default()
+                .insert(member.to_owned());
+        }
+        self.holds.insert(member.to_owned(), workload.clone());
+    }
+}
+
+/// What an [`AckedLedger`] measured of gaps and overlaps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerFigures {
+    /// The longest time an item that had a holder was held by nobody.
+    pub longest_gap: Duration,
+    /// Item-seconds held by nobody (items that had a holder).
+    pub gaps: Duration,
+    /// The longest time an item was held by two members or more.
+    pub longest_overlap: Duration,
+    /// Item-seconds held by two members or more.
+    pub overlaps: Duration,
+    /// Items that changed holder.
+    pub moves: usize,
 }
 
 impl AckedLedger {
@@ -183,43 +265,23 @@ impl AckedLedger {
     /// `member` holds exactly `workload` from `at` on.
     pub fn set(&self, member: &str, workload: BTreeSet<WorkId>, at: tokio::time::Instant) {
         let mut s = self.lock();
-        let before = s.holds.remove(member).unwrap_or_default();
-        for gone in before.difference(&workload) {
-            let empty = s.owners.get_mut(gone).is_some_and(|o| {
-                o.remove(member);
-                o.is_empty()
-            });
-            if empty {
-                s.owners.remove(gone);
-                s.unowned_since.insert(gone.clone(), at);
-            }
-        }
-        for new in workload.difference(&before) {
-            let others: Vec<String> = s
-                .owners
-                .get(new)
-                .map(|o| o.iter().filter(|m| *m != member).cloned().collect())
-                .unwrap_or_default();
-            if !others.is_empty() {
-                s.violations
-                    .push(format!("{new} held by {member} and {others:?} at {at:?}"));
-            }
-            if let Some(since) = s.unowned_since.remove(new) {
-                let gap = at.saturating_duration_since(since);
-                s.longest_gap = s.longest_gap.max(gap);
-            }
-            if s.last_owner.get(new).is_some_and(|last| last != member) {
-                s.moves += 1;
-            }
-            s.last_owner.insert(new.clone(), member.to_owned());
-            s.owners
-                .entry(new.clone())
-                .or_default()
-                .insert(member.to_owned());
-        }
+        s.log.push((at, member.to_owned(), workload.clone()));
         s.holds.insert(member.to_owned(), workload);
         drop(s);
         self.1.send_modify(|n| *n += 1);
+    }
+
+    /// The log replayed in time order (arrival order among equal times).
+    fn replay(&self) -> Replay {
+        let s = self.lock();
+        let mut order: Vec<usize> = (0..s.log.len()).collect();
+        order.sort_by_key(|i| (s.log[*i].0, *i));
+        let mut r = Replay::default();
+        for i in order {
+            let (at, member, workload) = &s.log[i];
+            r.apply(member, workload, *at);
+        }
+        r
     }
 
     /// Waits (at most `bound`) until what the members hold satisfies `ok`;
@@ -261,65 +323,73 @@ impl AckedLedger {
     }
 
     /// Follows `member`'s settled changes (a member that acknowledges on
-    /// publication): its workload counts when each change is received; when
-    /// its worker halts it holds nothing. Stops with the worker.
+    /// publication): the items it holds as primary count when each change
+    /// is received (secondaries, preparing or standing by, are not active
+    /// and may overlap); when its worker halts it holds nothing. Stops with
+    /// the worker.
     pub fn follow(&self, member: &str, handle: &MemberHandle) -> tokio::task::JoinHandle<()> {
-        let mut changes = handle.worker().changes();
-        let (ledger, member) = (self.clone(), member.to_owned());
-        tokio::spawn(async move {
-            let mut workload = worker_core::Workload::new();
-            while let Some(change) = changes.next().await {
-                change.apply_to(&mut workload);
-                ledger.set(
-                    &member,
-                    workload.keys().cloned().collect(),
-                    tokio::time::Instant::now(),
-                );
-            }
-            ledger.set(&member, BTreeSet::new(), tokio::time::Instant::now());
-        })
+        self.follow_roles(member, handle, false)
     }
 
-    /// Like [`follow`](Self::follow), counting only the items `member` holds
-    /// as primary (with replicas): a ledger fed so finds an item held as
-    /// primary by two members; secondaries may overlap.
-    pub fn follow_primaries(
+    /// Like [`follow`](Self::follow), counting every replica `member` holds,
+    /// primary or secondary (to see where the replicas are, not who is
+    /// active).
+    pub fn follow_replicas(
         &self,
         member: &str,
         handle: &MemberHandle,
+    ) -> tokio::task::JoinHandle<()> {
+        self.follow_roles(member, handle, true)
+    }
+
+    /// [`follow`](Self::follow) (`secondaries` false) or
+    /// [`follow_replicas`](Self::follow_replicas).
+    fn follow_roles(
+        &self,
+        member: &str,
+        handle: &MemberHandle,
+        with_secondaries: bool,
     ) -> tokio::task::JoinHandle<()> {
         let mut changes = handle.worker().changes();
         let (ledger, member) = (self.clone(), member.to_owned());
         tokio::spawn(async move {
             let mut workload = worker_core::Workload::new();
             let mut secondaries = BTreeSet::new();
-            while let Some(change) = changes.next().await {
+            // Timed when the worker published the change, not when this
+            // task got to it: a busy machine must not reorder two members'
+            // changes.
+            while let Some((change, at)) = changes.next_at().await {
                 change.apply_to(&mut workload);
                 change.apply_roles_to(&mut secondaries);
-                let primaries = workload
+                let held = workload
                     .keys()
-                    .filter(|w| !secondaries.contains(*w))
+                    .filter(|w| with_secondaries || !secondaries.contains(*w))
                     .cloned()
                     .collect();
-                ledger.set(&member, primaries, tokio::time::Instant::now());
+                ledger.set(&member, held, at);
             }
             ledger.set(&member, BTreeSet::new(), tokio::time::Instant::now());
         })
     }
 
+    /// The gaps, overlaps and moves measured so far.
+    pub fn figures(&self) -> LedgerFigures {
+        self.replay().figures
+    }
+
     /// Every moment an item was held by two members.
     pub fn violations(&self) -> Vec<String> {
-        self.lock().violations.clone()
+        self.replay().violations
     }
 
     /// Items that changed holder.
     pub fn moves(&self) -> usize {
-        self.lock().moves
+        self.replay().figures.moves
     }
 
     /// The longest time an item that had a holder was held by nobody.
     pub fn longest_unowned(&self) -> Duration {
-        self.lock().longest_gap
+        self.replay().figures.longest_gap
     }
 
     /// What each member holds now.

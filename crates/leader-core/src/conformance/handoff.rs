@@ -11,9 +11,10 @@ use super::setup::{
 };
 use super::{layout, member_config, AckedLedger, ClusterStore, WAIT};
 
-/// The acknowledged handoff: an item never is in two members' acknowledged
-/// workloads while members drain, join, die and the leader fails over; a
-/// drained member leaves holding nothing, and only its items move.
+/// The acknowledged handoff (make-before-break off: revoke, acknowledgement,
+/// assign): an item never is in two members' acknowledged workloads while
+/// members drain, join, die and the leader fails over; a drained member
+/// leaves holding nothing, and only its items move.
 pub async fn handoff_never_double_owns(store: &dyn ClusterStore, root: &str) {
     handoff_scenario(store, root, true).await.assert_clean();
 }
@@ -42,6 +43,7 @@ async fn handoff_scenario(store: &dyn ClusterStore, root: &str, handoff: bool) -
         member_config(store, root, id)
             .worker_timing(Duration::from_millis(soak), Duration::from_millis(300))
             .handoff(handoff)
+            .prepare(false)
     };
     let mut group = Group::spawn(store, root, &["m1", "m2", "m3"], config).await;
     group.follow(&ledger);
@@ -100,7 +102,9 @@ pub async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout(
     let config = |id: &str| {
         let mut c = member_config(store, root, id);
         match id {
-            "s1" => c.weight(0).handoff_timeout(handoff_timeout),
+            // Revoke first: with make-before-break the new owner is
+            // active before s2 lets go, and nothing waits for s2.
+            "s1" => c.weight(0).handoff_timeout(handoff_timeout).prepare(false),
             "s2" => {
                 c.campaign = false;
                 c.manual_ack(true)
@@ -147,7 +151,11 @@ pub async fn a_stuck_member_has_its_session_ended_after_the_handoff_timeout(
 pub async fn moves_are_throttled(store: &dyn ClusterStore, root: &str) {
     let ledger = AckedLedger::new();
     put_items(store, root, 24, 2).await;
-    let config = |id: &str| member_config(store, root, id).max_moves_in_flight(2);
+    let config = |id: &str| {
+        member_config(store, root, id)
+            .max_moves_in_flight(2)
+            .prepare(false)
+    };
     let mut group = Group::spawn(store, root, &["t1", "t2"], config).await;
     group.follow(&ledger);
     group.wait_exact(WAIT, "12/12", 24, &[12, 12]).await;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::checkers::LedgerFigures;
 use super::setup::{
     assert_kept, put_items, put_items_with, spawn_member, wait_acked_exact, wait_key_gone,
     wait_no_handoffs, Group,
@@ -112,21 +113,49 @@ pub async fn restart_within_rebalance_delay_moves_nothing(store: &dyn ClusterSto
     group.halt().await;
 }
 
+/// What [`rolling_restart`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RollingRestart {
+    /// The time the five restarts took, from the first drain to the last
+    /// member holding its share again.
+    pub took: Duration,
+    /// The ledger's gaps (items held as primary by nobody) and overlaps
+    /// (by two members) over the restarts.
+    pub figures: LedgerFigures,
+}
+
 /// A rolling restart: 5 members holding 100 items, each drained and
-/// restarted with the same id in turn. No item is ever held by two members,
-/// the moves are exactly the fewest (each member's 20 items out, then 20
-/// back in), and the longest time an item was held by nobody is returned.
-pub async fn rolling_restart_without_churn(store: &dyn ClusterStore, root: &str) -> Duration {
+/// restarted with the same id in turn, with make-before-break moves. The
+/// moves are exactly the fewest (each member's 20 items out, then 20 back
+/// in). In exclusive mode no item is ever active (primary in an
+/// acknowledged workload) on two members, and the longest time one is
+/// active nowhere is at most 0.1 s, 5 item-seconds in all; in the default
+/// mode no item is ever active nowhere (the overlap is returned).
+pub async fn rolling_restart(
+    store: &dyn ClusterStore,
+    root: &str,
+    exclusive: bool,
+) -> RollingRestart {
     let ledger = AckedLedger::new();
     put_items(store, root, 100, 3).await;
     let ids = ["r1", "r2", "r3", "r4", "r5"];
-    let config = |id: &str| member_config(store, root, id);
+    let config = |id: &str| {
+        let c = member_config(store, root, id);
+        if exclusive {
+            let margin = c.ttl / 5;
+            c.exclusive(margin)
+        } else {
+            c
+        }
+    };
     let mut group = Group::spawn(store, root, &ids, config).await;
     group.follow(&ledger);
     group.wait_exact(WAIT, "20 each", 100, &[20; 5]).await;
     wait_no_handoffs(store, root, WAIT).await;
+    wait_acked_exact(&ledger, WAIT, "20 each acknowledged", 100, &[20; 5]).await;
     group.check_plans();
-    let start_moves = ledger.moves();
+    let start = ledger.figures();
+    let started = tokio::time::Instant::now();
     for id in ids {
         let left = group.members.remove(id).expect("member").drain().await;
         assert_eq!(left, crate::member::Left::Drained, "{id} drained");
@@ -140,19 +169,40 @@ pub async fn rolling_restart_without_churn(store: &dyn ClusterStore, root: &str)
             .wait_exact(WAIT, "20 each after the restart", 100, &[20; 5])
             .await;
         wait_no_handoffs(store, root, WAIT).await;
+        wait_acked_exact(&ledger, WAIT, "20 each acknowledged", 100, &[20; 5]).await;
     }
-    wait_acked_exact(&ledger, WAIT, "20 each acknowledged", 100, &[20; 5]).await;
+    let took = started.elapsed();
     let reports = group.check_plans();
     let moved: usize = reports.iter().map(|p| p.moved + p.placed).sum();
-    ledger.assert_clean();
+    let end = ledger.figures();
+    let figures = LedgerFigures {
+        longest_gap: end.longest_gap,
+        gaps: end.gaps - start.gaps,
+        longest_overlap: end.longest_overlap,
+        overlaps: end.overlaps - start.overlaps,
+        moves: end.moves - start.moves,
+    };
     assert_eq!(
-        ledger.moves() - start_moves,
-        200,
+        figures.moves, 200,
         "each restart moved its 20 items out and 20 back, nothing more (plans: {reports:?})"
     );
     assert!(moved >= 200, "the plans account for every move: {moved}");
+    if exclusive {
+        ledger.assert_clean();
+        assert!(
+            figures.longest_gap <= Duration::from_millis(100)
+                && figures.gaps <= Duration::from_secs(5),
+            "exclusive: an item active nowhere for too long: {figures:?}"
+        );
+    } else {
+        assert_eq!(
+            figures.gaps,
+            Duration::ZERO,
+            "an item active nowhere during a planned move: {figures:?}"
+        );
+    }
     group.halt().await;
-    ledger.longest_unowned()
+    RollingRestart { took, figures }
 }
 
 /// Items whose values add up to more than one transaction takes are

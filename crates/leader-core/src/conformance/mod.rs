@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use crate::layout::Layout;
 use crate::member::{MemberConfig, MemberStore};
 
-pub use checkers::{AckedLedger, DoubleOwnerWatch};
+pub use checkers::{AckedLedger, DoubleOwnerWatch, LedgerFigures};
 pub use election::{
     election_and_fencing, leader_halt_hands_over, leader_killed_another_leads,
     sessions_and_bound_keys,
@@ -50,7 +50,7 @@ pub use handoff::{
 };
 pub use membership::{
     large_values_are_cut_to_the_store_limits, members_spread_work,
-    restart_within_rebalance_delay_moves_nothing, rolling_restart_without_churn,
+    restart_within_rebalance_delay_moves_nothing, rolling_restart, RollingRestart,
 };
 pub use replicas::replicas_survive_a_zone_outage;
 

@@ -266,6 +266,7 @@ impl LeaderMachine {
         };
         let mut touched = Vec::new();
         let mut forget = Vec::new();
+        let mut staged = Vec::new();
         for op in ops {
             if let Ok(work) = self.layout.parse_handoff(op.key().as_bytes()) {
                 let work = WorkId::from(work);
@@ -292,6 +293,7 @@ impl LeaderMachine {
                     if super::indexes::is_primary(&value) {
                         forget.push(key.1.clone());
                     }
+                    staged.push((key.clone(), value.clone()));
                     let existed = current.insert(key.clone(), value).is_some();
                     touched.push((key, existed));
                 }
@@ -315,6 +317,9 @@ impl LeaderMachine {
         }
         for work in forget {
             self.forget_owed(&work);
+        }
+        for ((member, work), value) in staged {
+            self.staged_put(&member, &work, &value);
         }
     }
 

@@ -270,6 +270,14 @@ pub struct LeaderMachine {
     overlap_wait: bool,
     /// Make-before-break moves in progress (see `prepare.rs`).
     preparing: BTreeMap<WorkId, prepare::Prep>,
+    /// Moves whenever `preparing` may have changed.
+    staged_generation: u64,
+    /// Staged moves whose target already held a secondary's key: it is
+    /// written again, for a position the target acknowledges.
+    touch: BTreeSet<WorkId>,
+    /// A plan changed the target of an overlapping move, which goes on as
+    /// it was: plan again once it is over.
+    replan_after_overlap: bool,
     /// The smallest member id (empty), kept to look up the owed entries of
     /// one item by range without allocating one per lookup.
     no_member: MemberId,
@@ -345,6 +353,9 @@ impl LeaderMachine {
             lease_wait: timing.lease_wait,
             overlap_wait: true,
             preparing: BTreeMap::new(),
+            staged_generation: 0,
+            touch: BTreeSet::new(),
+            replan_after_overlap: false,
             no_member: MemberId::from(""),
         }
     }
@@ -440,13 +451,18 @@ impl LeaderMachine {
     /// ([`handoffs`](Self::handoffs)) may have changed: a driver that shows
     /// them compares this, `O(1)`, instead of the whole list on every event.
     pub fn handoffs_generation(&self) -> u64 {
-        self.owed_generation
+        self.owed_generation.wrapping_add(self.staged_generation)
     }
 
-    /// Moves in flight: each item revoked from a member and not yet assigned
-    /// to its new owner, with that member.
+    /// Moves in flight, each with the member the item leaves: items revoked
+    /// from a member and not yet assigned to their new owner, then
+    /// make-before-break moves from their start (the new owner preparing)
+    /// until the old primary's key is gone.
     pub fn handoffs(&self) -> impl Iterator<Item = (&WorkId, &MemberId)> {
-        self.owed.keys().map(|(w, m)| (w, m))
+        self.owed
+            .keys()
+            .map(|(w, m)| (w, m))
+            .chain(self.preparing.iter().map(|(w, p)| (w, &p.from)))
     }
 
     /// The members a plan counts: the live ones and those that left within

@@ -94,6 +94,8 @@ impl LeaderMachine {
     /// `desired` for the moves still preparing, keeps the stage of moves
     /// planned again unchanged, forgets the others.
     pub(super) fn stage(&mut self, desired: &mut Desired, now: Instant) {
+        self.staged_generation += 1;
+        self.touch.clear();
         let old = std::mem::take(&mut self.preparing);
         if !self.timing.prepare || !self.revoke_first {
             return;
@@ -109,8 +111,29 @@ impl LeaderMachine {
             let Some(owners) = self.idx.owners.get(work) else {
                 continue;
             };
-            // A move planned again keeps its stage: overlapping, both hold a
-            // primary's key.
+            // An overlapping move goes on as it was, whatever the plan now
+            // says (the new primary may not be active yet: revoking it, or
+            // the old one, could leave the item active nowhere); the item is
+            // planned again once the move is over.
+            if let Some(p) = old
+                .get(work)
+                .filter(|p| matches!(p.stage, Stage::Overlap(_)))
+            {
+                let pair = owners.iter().all(|o| *o == p.from || *o == p.target);
+                if pair
+                    && owners.contains(&p.from)
+                    && self.reports(&p.from)
+                    && self.reports(&p.target)
+                {
+                    if p.target != target {
+                        self.replan_after_overlap = true;
+                        planned.clone_from(&p.planned);
+                    }
+                    staged.insert(work.clone(), p.clone());
+                    continue;
+                }
+            }
+            // A move planned again keeps its stage.
             if let Some(p) = old.get(work) {
                 let overlap = matches!(p.stage, Stage::Overlap(_));
                 let same = p.target == target
@@ -149,14 +172,20 @@ impl LeaderMachine {
             if self.refusal(work, &Envelope::secondary(value)).is_some() {
                 continue;
             }
+            // A target that already holds a secondary's key gets it written
+            // again: the position of that write is one it acknowledges (its
+            // acknowledged position moves only with its own keys).
             let placed = current
                 .get(&(target.clone(), work.clone()))
                 .is_some_and(|v| !is_primary(v));
+            if placed {
+                self.touch.insert(work.clone());
+            }
             let prep = Prep {
                 from: from.clone(),
                 target: target.clone(),
                 planned: planned.clone(),
-                at: placed.then_some(self.sequence),
+                at: None,
                 since: now,
                 stage: Stage::Preparing,
             };
@@ -175,7 +204,9 @@ impl LeaderMachine {
             return;
         }
         let mut preparing = std::mem::take(&mut self.preparing);
+        let before = preparing.len();
         let mut ready = Vec::new();
+        let mut touch = Vec::new();
         if let Some(current) = self.current.as_ref() {
             preparing.retain(|work, prep| {
                 let target_key = current.get(&(prep.target.clone(), work.clone()));
@@ -188,8 +219,11 @@ impl LeaderMachine {
                             ready.push((work.clone(), prep.planned.clone()));
                             return false;
                         }
+                        // The key is there but no write of this leader put
+                        // it (one whose outcome it did not learn, or a
+                        // read): written again, for a known position.
                         if prep.at.is_none() && target_key.is_some_and(|v| !is_primary(v)) {
-                            prep.at = Some(self.sequence);
+                            touch.push(work.clone());
                         }
                         if !prep.at.is_some_and(|at| acked.is_some_and(|a| a >= at)) {
                             return true;
@@ -216,11 +250,39 @@ impl LeaderMachine {
                 }
             });
         }
+        if preparing.len() != before {
+            self.staged_generation += 1;
+        }
         self.preparing = preparing;
+        for work in touch {
+            if self.touch.insert(work) {
+                self.quiet = None;
+            }
+        }
         for (work, planned) in ready {
             self.set_desired_item(&work, planned);
         }
+        let overlapping = self
+            .preparing
+            .values()
+            .any(|p| matches!(p.stage, Stage::Overlap(_)));
+        if self.replan_after_overlap && !overlapping {
+            self.replan_after_overlap = false;
+            self.changed(now);
+        }
         self.end_unready_sessions(now);
+    }
+
+    /// An applied write put `member`'s key of `work` with `value`: the
+    /// position of a staged move's target (its secondary's key written).
+    pub(super) fn staged_put(&mut self, member: &MemberId, work: &WorkId, value: &[u8]) {
+        let Some(prep) = self.preparing.get_mut(work) else {
+            return;
+        };
+        if prep.target == *member && prep.stage == Stage::Preparing && !is_primary(value) {
+            prep.at = Some(self.sequence);
+            self.touch.remove(work);
+        }
     }
 
     /// Default mode: whether the old primary's key of `work`, held by

@@ -186,6 +186,30 @@ impl LeaderMachine {
         let mut ops = Vec::new();
         let (limits, mut used) = (self.plan_limits(), 0);
         let mut guards: BTreeSet<MemberId> = BTreeSet::new();
+        // Staged moves' targets that already hold their secondary's key:
+        // the same value again, for a position they acknowledge.
+        for work in &self.touch {
+            let Some(target) = self.preparing.get(work).map(|p| &p.target) else {
+                continue;
+            };
+            let key = (target.clone(), work.clone());
+            let Some(held) = current.get(&key) else {
+                continue;
+            };
+            // A key to be written anyway (a new value) is not written twice:
+            // one transaction names a key once.
+            if is_primary(held) || self.idx.unplaced.contains(&key) {
+                continue;
+            }
+            let add = [TxnOp::Put {
+                key: self.layout.assignment_key(target, work),
+                value: held.clone(),
+            }];
+            if !fits(&limits, &mut used, &ops, &add) {
+                break;
+            }
+            ops.extend(add);
+        }
         // The planned replicas not in place, by member.
         for (target, work) in &self.idx.unplaced {
             let Some(value) = items.get(work) else {

@@ -253,8 +253,16 @@ impl MemberTask {
         let (mut own_key, own_task) =
             crate::follow::spawn_follow(self.store.kv.clone(), member_key.clone(), backoff);
         let _own_task = AbortOnDrop(own_task);
-        // The moves this member's leader loop has in flight (a draining
-        // leader stays until its own are over).
+        // Draining: the handoff records, followed from the drain's start. A
+        // drained member leaves once no record names it: the leader saw its
+        // acknowledgement (it deletes a record with the assign that it
+        // clears). Leaving earlier, its key could vanish before the leader
+        // saw the acknowledgement, and the leader would treat it as gone
+        // (in exclusive mode: wait its whole TTL).
+        let mut records: Option<(crate::follow::PrefixView, AbortOnDrop)> = None;
+        // The moves this member's leader loop has in flight: a draining
+        // leader finishes them before it leaves, so that the next leader
+        // does not find an item mid-move.
         let mut moves = self.handoffs.subscribe();
         // The live session as last seen in the member key.
         let mut seen_key: Option<SessionId> = None;
@@ -375,13 +383,25 @@ impl MemberTask {
             if let (Some(since), false) = (draining, halting) {
                 let empty = self.settled.current().workload.is_empty();
                 let reported = written.as_ref() == Some(&meta);
-                // Leading, it stays until no move of its own items waits
-                // for it: it writes their assigns itself at once, where the
-                // next leader would first soak (`leader_soak`) on taking
-                // office.
-                let own_moves =
-                    leading.is_some() && moves.borrow().iter().any(|h| *h.from == *instance_id);
-                let reported = reported && !own_moves;
+                if records.is_none() {
+                    let (rx, task) = crate::follow::spawn_follow(
+                        self.store.kv.clone(),
+                        self.config.layout.handoff.clone(),
+                        backoff,
+                    );
+                    records = Some((rx, AbortOnDrop(task)));
+                }
+                // No record names it (read at least once): the leader saw
+                // the acknowledgement of every move away from it. A leader
+                // draining itself thus also writes their assigns at once,
+                // where the next leader would first soak on taking office.
+                let recorded = records.as_ref().is_none_or(|(rx, _)| {
+                    rx.borrow()
+                        .as_ref()
+                        .is_none_or(|m| m.values().any(|v| v.as_ref() == instance_id.as_bytes()))
+                });
+                let moving = leading.is_some() && !moves.borrow().is_empty();
+                let reported = reported && !recorded && !moving;
                 // Released (exclusive), the empty set says nothing of the
                 // assignments: wait for the restore or the timeout.
                 let outcome = if empty && reported && !self.switch.is_released() {
@@ -585,6 +605,7 @@ impl MemberTask {
                     machine.handle_leader_ended(crate::clock::now());
                 }
                 Ok(()) = self.position.changed() => {}
+                Ok(()) = async { records.as_mut().expect("guarded").0.changed().await }, if records.is_some() => {}
                 Ok(()) = moves.changed() => {}
                 Ok(()) = self.app_ack.changed() => {}
                 Ok(_) = self.settled.changed() => {}

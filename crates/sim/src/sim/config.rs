@@ -105,6 +105,14 @@ pub struct RunConfig {
     /// 1: no zone named, as before). With more than one, a zone outage is
     /// among the faults.
     pub zones: u32,
+    /// The leaders' make-before-break moves (`LeaderTiming::prepare`; on,
+    /// as in the product, by default).
+    pub prepare: bool,
+    /// Planned events only: drains (each drained member starts again with
+    /// the same id once it left), joins and item changes, no failure. Such
+    /// a run also checks that no planned move leaves an item active nowhere
+    /// (default mode, with `prepare`).
+    pub planned: bool,
 }
 
 impl RunConfig {
@@ -120,6 +128,8 @@ impl RunConfig {
             controls: Controls::default(),
             replicas: 1,
             zones: 1,
+            prepare: true,
+            planned: false,
         }
     }
 }

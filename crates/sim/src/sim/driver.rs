@@ -226,6 +226,7 @@ impl Sim {
             acked: Some(self.nodes[n].position),
             ttl_ms: Some(self.p.ttl / MS),
             zone: self.zone_of(n),
+            draining: self.nodes[n].draining.is_some(),
             ..MemberMeta::default()
         }
     }

@@ -58,6 +58,9 @@ pub(super) enum Fault {
     Join,
     /// Every member of one zone crashes at once (runs with zones only).
     ZoneOutage,
+    /// A member drains (as `coordinator drain` or SIGTERM): it leaves once
+    /// its items moved, and starts again with the same id 1–5 s later.
+    Drain,
 }
 
 impl Fault {
@@ -78,8 +81,21 @@ impl Fault {
             68..=72 => Fault::SilentWatch,
             73..=81 => Fault::ItemPut,
             82..=87 => Fault::ItemDelete,
-            88..=93 => Fault::Leave,
+            88..=90 => Fault::Leave,
+            91..=94 => Fault::Drain,
             _ => Fault::Join,
+        }
+    }
+
+    /// Draws one planned event: a drain most of the time, else a join, an
+    /// item changed or added, or a window of added latency (slow, not
+    /// failing: no session ends for it).
+    fn draw_planned(rng: &mut SmallRng) -> Self {
+        match rng.random_range(0..100) {
+            0..=59 => Fault::Drain,
+            60..=69 => Fault::Join,
+            70..=84 => Fault::ItemPut,
+            _ => Fault::Latency,
         }
     }
 }
@@ -95,7 +111,11 @@ impl Sim {
             if t >= self.fault_end {
                 break;
             }
-            let f = Fault::draw(&mut self.rng, self.cfg.zones > 1);
+            let f = if self.cfg.planned {
+                Fault::draw_planned(&mut self.rng)
+            } else {
+                Fault::draw(&mut self.rng, self.cfg.zones > 1)
+            };
             self.push(t, Kind::Fault(f));
         }
     }
@@ -159,6 +179,7 @@ impl Sim {
                 node.registering = false;
                 node.meta_in_flight = false;
                 node.meta_retry_at = None;
+                node.draining = None;
                 self.drive(n);
             }
             Fault::Pause => {
@@ -345,6 +366,75 @@ impl Sim {
                     self.join();
                 }
             }
+            Fault::Drain => {
+                // Two members stay that do not drain: the items have
+                // somewhere to go.
+                let staying = self
+                    .nodes
+                    .iter()
+                    .filter(|x| x.life == Life::Up && x.draining.is_none())
+                    .count();
+                if staying <= 2 {
+                    return;
+                }
+                let Some(n) = self.target() else { return };
+                if self.nodes[n].draining.is_some() {
+                    return;
+                }
+                let id = self.nodes[n].id.clone();
+                tr!(self, "fault: {id} drains");
+                self.nodes[n].draining = Some(self.now);
+                self.drive(n);
+            }
+        }
+    }
+
+    /// Draining members that hold nothing (acknowledged, not released) and
+    /// that no handoff record names leave, as `member.rs` does (or after
+    /// the drain timeout, 60 s), and start again with the same id 1–5 s
+    /// later (a rolling restart).
+    pub(super) fn leave_drained(&mut self) {
+        for n in 0..self.nodes.len() {
+            let node = &self.nodes[n];
+            let Some(since) = node.draining else { continue };
+            if node.life != Life::Up || node.paused {
+                continue;
+            }
+            let reported = node.written.is_some()
+                && node
+                    .written
+                    .as_ref()
+                    .is_some_and(|w| w.draining && w.acked == Some(node.position));
+            let empty = node.settled.is_empty() && !node.held;
+            let id = node.id.clone();
+            let recorded = self
+                .store
+                .range(&self.layout.handoff)
+                .any(|(_, v)| v.as_ref() == id.as_bytes());
+            // Leading, it finishes its moves in flight first.
+            let moving = node
+                .lead
+                .as_ref()
+                .is_some_and(|l| l.machine.handoffs().next().is_some());
+            let timed_out = self.now - since > 60 * SEC;
+            if !(empty && reported && !recorded && !moving) && !timed_out {
+                continue;
+            }
+            tr!(self, "{id} drained: leaves (timed out: {timed_out})");
+            self.nodes[n].worker.halt();
+            self.nodes[n].member.halt();
+            self.drive(n);
+            let node = &mut self.nodes[n];
+            node.life = Life::Halted;
+            node.armed = None;
+            node.draining = None;
+            self.watches.retain(|(i, _), _| *i != n);
+            self.set_app(n, Workload::new());
+            let back = self.now + self.rng.random_range(SEC..=5 * SEC);
+            self.push(
+                back.min(self.fault_end.max(self.now + SEC)),
+                Kind::Fault(Fault::Restart(n)),
+            );
         }
     }
 

@@ -11,6 +11,7 @@
 //! | 6. after the quiet period: one leader, every item on one live member, no stale assignment or handoff record, balanced, every member settled on its assignment | `check_converged`, `check_records`, `member_unsettled`, `refused` | end of the run |
 //! | 7. exclusive runs: no item in two members' acknowledged workloads | `check_exclusive` (from `check_step`) | every step that changed an application's workload |
 //! | 8. every leader transaction is one the store takes | `txn_refused` | every transaction that reaches the store |
+//! | 10. planned runs of the default mode: an item active somewhere stays active somewhere | `check_active_somewhere` (from `check_step`) | every step that changed an application's workload |
 
 use std::collections::BTreeMap;
 
@@ -44,8 +45,11 @@ impl Sim {
             self.app_dirty = false;
             if self.exclusive {
                 self.check_exclusive();
+            } else if self.cfg.planned && self.cfg.prepare {
+                self.check_active_somewhere();
             }
         }
+        self.leave_drained();
         let bound = self.unbacked_bound();
         for n in 0..self.nodes.len() {
             let node = &self.nodes[n];
@@ -94,6 +98,40 @@ impl Sim {
     /// (at most TTL/10) + one request timeout, plus latency.
     pub fn unbacked_bound(&self) -> Nanos {
         self.p.ttl + self.p.ttl / 10 + self.p.request_timeout + 2 * self.p.spike_max + SEC
+    }
+
+    /// Invariant 10, planned runs of the default mode with make-before-break:
+    /// an item active somewhere (primary in an acknowledged workload) stays
+    /// active somewhere while it is an item: a drain, a join or a
+    /// rebalance promotes the new primary before the old one lets go.
+    fn check_active_somewhere(&mut self) {
+        let active: BTreeSet<WorkId> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.app.iter())
+            .filter(|(_, v)| Envelope::role_of(v).0 == Role::Primary)
+            .map(|(w, _)| w.clone())
+            .collect();
+        let work = self.layout.work.clone();
+        // An item whose secondary's value would not fit a transaction moves
+        // revoke-first (it cannot be prepared).
+        let preparable = |w: &WorkId| {
+            self.store.get(&format!("{work}{w}")).is_some_and(|v| {
+                let secondary = Envelope::secondary(Envelope::split(v).map_or(&v[..], |(_, p)| p));
+                leader_core::machine::refusal(&self.layout, &self.limits, w, &secondary).is_none()
+            })
+        };
+        let lost = self
+            .active
+            .difference(&active)
+            .find(|w| preparable(w))
+            .cloned();
+        self.active = active;
+        if let Some(w) = lost {
+            self.violation(format!(
+                "item {w} is active nowhere during a planned move (no member holds it as primary in its acknowledged workload)"
+            ));
+        }
     }
 
     /// Exclusive runs: no item is in two members' acknowledged workloads
@@ -295,7 +333,14 @@ impl Sim {
                 .filter(|(_, v)| Envelope::role_of(v).0 == Role::Primary)
                 .map(|(key, _)| key.clone())
                 .collect();
-            if owners.len() > 1 {
+            // The default mode's make-before-break moves promote the new
+            // primary before the old one's key goes: two at most.
+            let most = if self.cfg.prepare && !self.exclusive {
+                2
+            } else {
+                1
+            };
+            if owners.len() > most {
                 self.violation(format!(
                     "item {work} is under two members at revision {}: {owners:?}",
                     a.rev

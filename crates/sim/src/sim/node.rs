@@ -74,6 +74,9 @@ pub(super) struct Node {
     pub(super) meta_in_flight: bool,
     /// After a failed member-key write: not before this (local time).
     pub(super) meta_retry_at: Option<Nanos>,
+    /// Draining since then (global time): its key says so, and it leaves
+    /// once it holds nothing, acknowledged, and no handoff record names it.
+    pub(super) draining: Option<Nanos>,
 }
 
 /// Whether a member runs.
@@ -156,6 +159,7 @@ impl Sim {
             registering: false,
             meta_in_flight: false,
             meta_retry_at: None,
+            draining: None,
         });
         self.drive(n);
     }
@@ -193,6 +197,7 @@ impl Sim {
         l.backoff_max = d(self.p.backoff_max);
         l.exclusive = self.exclusive.then(|| d(self.p.margin));
         l.replicas = self.cfg.replicas.max(1);
+        l.prepare = self.cfg.prepare;
         (w, m, l)
     }
 
