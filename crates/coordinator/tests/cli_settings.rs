@@ -848,6 +848,7 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "--control",
     "--trace",
     "--zones",
+    "--planned",
     "--total",
     "--leader-sizes",
     // etcd

@@ -132,6 +132,8 @@ pub struct Sim {
     promotions: u64,
     /// Zone outages injected.
     zone_outages: u64,
+    /// Drains that ended with the member holding nothing.
+    drains: u64,
     /// Since the last zone outage of a settled cluster no member joined or
     /// registered again (a member key that appeared).
     after_outage: bool,
@@ -285,6 +287,7 @@ impl Sim {
             cold_primaries: 0,
             promotions: 0,
             zone_outages: 0,
+            drains: 0,
             after_outage: false,
             cold_after_outage: 0,
             member_keys: BTreeSet::new(),

@@ -262,7 +262,18 @@ fn without_the_sequence_check_a_late_transaction_is_caught() {
         sequence: false,
         ..Safeguards::default()
     };
-    let (seeds, f) = first_failure(s, 20);
+    // Revoke-first moves (no make-before-break): a late assign lands on an
+    // item the leader gave to another member since. Make-before-break moves
+    // of the default mode write promotions instead, and such a late landing
+    // is rarer (3 of the first 300 seeds); the check guards both.
+    let (seeds, f) = first_failure_with(
+        |seed| RunConfig {
+            safeguards: s,
+            prepare: false,
+            ..RunConfig::new(seed, CI_SECONDS)
+        },
+        20,
+    );
     eprintln!("sequence check off: caught after {seeds} seed(s):\n{f}");
     assert!(f.what.contains("under two members"), "{f}");
 }

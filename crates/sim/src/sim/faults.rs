@@ -81,8 +81,8 @@ impl Fault {
             68..=72 => Fault::SilentWatch,
             73..=81 => Fault::ItemPut,
             82..=87 => Fault::ItemDelete,
-            88..=90 => Fault::Leave,
-            91..=94 => Fault::Drain,
+            88..=93 => Fault::Leave,
+            94..=96 => Fault::Drain,
             _ => Fault::Join,
         }
     }
@@ -421,6 +421,9 @@ impl Sim {
                 continue;
             }
             tr!(self, "{id} drained: leaves (timed out: {timed_out})");
+            if !timed_out {
+                self.drains += 1;
+            }
             self.nodes[n].worker.halt();
             self.nodes[n].member.halt();
             self.drive(n);

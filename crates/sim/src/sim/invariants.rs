@@ -45,7 +45,7 @@ impl Sim {
             self.app_dirty = false;
             if self.exclusive {
                 self.check_exclusive();
-            } else if self.cfg.planned && self.cfg.prepare {
+            } else if self.cfg.planned {
                 self.check_active_somewhere();
             }
         }
@@ -100,7 +100,7 @@ impl Sim {
         self.p.ttl + self.p.ttl / 10 + self.p.request_timeout + 2 * self.p.spike_max + SEC
     }
 
-    /// Invariant 10, planned runs of the default mode with make-before-break:
+    /// Invariant 10, planned runs of the default mode:
     /// an item active somewhere (primary in an acknowledged workload) stays
     /// active somewhere while it is an item: a drain, a join or a
     /// rebalance promotes the new primary before the old one lets go.

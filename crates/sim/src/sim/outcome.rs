@@ -37,6 +37,8 @@ pub struct Outcome {
     pub promotions: u64,
     /// Zone outages injected.
     pub zone_outages: u64,
+    /// Drains that ended with the member holding nothing (not timed out).
+    pub drains: u64,
     /// Replica plans small enough to be checked against the brute force.
     pub fewest_checked: u64,
     /// Replicas: cold primaries planned after a zone outage before any

@@ -48,6 +48,7 @@ impl Sim {
             cold_primaries: self.cold_primaries,
             promotions: self.promotions,
             zone_outages: self.zone_outages,
+            drains: self.drains,
             fewest_checked: self.fewest_checked,
             cold_after_outage: self.cold_after_outage,
             lost_every_replica: self.lost_every_replica,
