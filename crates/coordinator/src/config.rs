@@ -192,6 +192,9 @@ pub fn check_duration(field: &'static str, value: Duration) -> Result<(), Config
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+// The file's schema: each bool is an on/off setting of its own (`exclusive`,
+// `handoff`, `session_check`, `prepare`), written `key = true` by operators.
+#[allow(clippy::struct_excessive_bools)]
 pub struct Config {
     /// Which backend. Default `consul`.
     #[serde(default)]
@@ -365,6 +368,14 @@ pub struct Config {
     /// Default true. Ignored by etcd (leases expire on time).
     #[serde(default = "default_true")]
     pub session_check: bool,
+    /// Make-before-break planned moves (a leader setting): the new owner of
+    /// an item's primary role first gets the item as a secondary
+    /// (preparing) and becomes primary once it acknowledged it. Default
+    /// true. False: every move is revoke, acknowledge, assign, and no
+    /// secondary appears with one replica
+    /// ([`LeaderTiming::prepare`](leader_core::machine::LeaderTiming::prepare)).
+    #[serde(default = "default_true")]
+    pub prepare: bool,
 }
 
 fn default_true() -> bool {
@@ -514,6 +525,7 @@ impl Config {
             password: None,
             handoff: true,
             session_check: true,
+            prepare: true,
         }
     }
 
@@ -544,7 +556,7 @@ impl Config {
     /// `COORDINATOR_DRAIN_PREFIX`, `COORDINATOR_EXCLUSIVE`,
     /// `COORDINATOR_EXCLUSIVE_MARGIN`, `COORDINATOR_DRAIN_TIMEOUT`,
     /// `COORDINATOR_HANDOFF_TIMEOUT`, `COORDINATOR_MAX_MOVES_IN_FLIGHT`,
-    /// `COORDINATOR_HANDOFF`, `COORDINATOR_SESSION_CHECK`,
+    /// `COORDINATOR_HANDOFF`, `COORDINATOR_SESSION_CHECK`, `COORDINATOR_PREPARE`,
     /// `COORDINATOR_SEQUENCE_KEY`, `COORDINATOR_TXN_MAX_BYTES`,
     /// `COORDINATOR_TXN_MAX_OPS`, `COORDINATOR_VALUE_MAX_BYTES`.
     pub fn from_env() -> Result<Self, LoadError> {
@@ -635,6 +647,12 @@ impl Config {
         if let Some(v) = get("COORDINATOR_SESSION_CHECK") {
             c.session_check = parse_bool(&v).ok_or_else(|| LoadError::Env {
                 var: "COORDINATOR_SESSION_CHECK",
+                reason: format!("{v:?} is not true or false"),
+            })?;
+        }
+        if let Some(v) = get("COORDINATOR_PREPARE") {
+            c.prepare = parse_bool(&v).ok_or_else(|| LoadError::Env {
+                var: "COORDINATOR_PREPARE",
                 reason: format!("{v:?} is not true or false"),
             })?;
         }
@@ -742,7 +760,8 @@ impl Config {
             .rebalance_delay(self.rebalance_delay)
             .replicas(self.replicas)
             .drain_timeout(self.drain_timeout)
-            .handoff_timeout(self.handoff_timeout);
+            .handoff_timeout(self.handoff_timeout)
+            .prepare(self.prepare);
         m.worker = self.worker_config_for(true);
         if let Some(zone) = &self.zone {
             m = m.zone(zone.clone());
@@ -1089,6 +1108,50 @@ mod tests {
         let mut c = Config::new(BackendKind::Memory, "m1");
         c.handoff_timeout = Duration::ZERO;
         assert_eq!(c.member_config().unwrap_err().field, "handoff_timeout");
+    }
+
+    #[test]
+    fn prepare_from_toml_env_and_default() {
+        let c = Config::new(BackendKind::Memory, "m1");
+        assert!(c.prepare, "on by default");
+        assert!(c.member_config().unwrap().leader.prepare);
+        let c: Config = toml::from_str("instance_id = \"m1\"").unwrap();
+        assert!(c.prepare, "on when the file leaves it out");
+        let c: Config = toml::from_str("instance_id = \"m1\"\nprepare = false").unwrap();
+        assert!(!c.member_config().unwrap().leader.prepare);
+        let e = toml::from_str::<Config>("instance_id = \"m1\"\nprepare = \"maybe\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prepare"), "{e}");
+        for (v, want) in [
+            ("false", false),
+            ("0", false),
+            ("off", false),
+            ("yes", true),
+        ] {
+            let c = Config::from_vars(|k| match k {
+                "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+                "COORDINATOR_BACKEND" => Some("memory".into()),
+                "COORDINATOR_PREPARE" => Some(v.into()),
+                _ => None,
+            })
+            .unwrap();
+            assert_eq!(c.prepare, want, "{v}");
+            assert_eq!(c.member_config().unwrap().leader.prepare, want, "{v}");
+        }
+        let e = Config::from_vars(|k| match k {
+            "COORDINATOR_INSTANCE_ID" => Some("m1".into()),
+            "COORDINATOR_PREPARE" => Some("maybe".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("COORDINATOR_PREPARE"), "{e}");
+        // Exclusive mode takes either.
+        let mut c = Config::new(BackendKind::Memory, "m1");
+        c.exclusive = true;
+        c.prepare = false;
+        let m = c.member_config().unwrap();
+        assert!(!m.leader.prepare && m.leader.exclusive.is_some());
     }
 
     #[test]

@@ -212,6 +212,7 @@ async fn member_settings_are_reachable_from_file_variable_and_flag() {
     let cases: &[(&str, &str, &str)] = &[
         ("handoff", "false", "false"),
         ("session_check", "true", "true"),
+        ("prepare", "false", "false"),
         ("exclusive", "true", "true"),
         ("handoff_timeout", "\"90s\"", "90s"),
         ("drain_timeout", "\"45s\"", "45s"),
@@ -251,6 +252,28 @@ async fn member_settings_are_reachable_from_file_variable_and_flag() {
         .await;
         assert_eq!(setting(&o, key).1, flag, "{key} from the flag");
     }
+    // A boolean flag alone means true; the value reaches the setting.
+    let o = run(coordinator(&[
+        "member",
+        "--instance-id",
+        "m1",
+        "--print-config",
+    ]))
+    .await;
+    assert_eq!(setting(&o, "prepare"), pair("true", "default"));
+    for (args, want) in [
+        (&["--prepare"][..], "true"),
+        (&["--prepare", "false"], "false"),
+    ] {
+        let mut all = vec!["member", "--instance-id", "m1", "--print-config"];
+        all.extend(args);
+        let o = run(coordinator(&all)).await;
+        assert_eq!(setting(&o, "prepare"), pair(want, "--prepare"), "{args:?}");
+    }
+    let mut c = coordinator(&["member", "--instance-id", "m1", "--print-config"]);
+    c.env("COORDINATOR_PREPARE", "off");
+    let o = run(c).await;
+    assert_eq!(setting(&o, "prepare"), pair("false", "COORDINATOR_PREPARE"));
 }
 
 /// Every key `--print-config` shows for a member is a flag of `member`.
@@ -409,6 +432,7 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
         "c.toml",
         "instance_id = \"m1\"\nexclusive_margin = \"2s\"\n",
     );
+    let bad_prepare = dir.file("p.toml", "instance_id = \"m1\"\nprepare = \"maybe\"\n");
     let worker = ["worker", "--backend", "memory", "--instance-id", "m1"];
     let member = ["member", "--backend", "consul", "--instance-id", "m1"];
     let etcd_member = ["member", "--backend", "etcd", "--instance-id", "m1"];
@@ -495,6 +519,21 @@ async fn what_cannot_work_is_refused_naming_the_setting() {
             &["--endpoints", "port"],
         ),
         case(&member, &["--weight", "-1"], &["--weight", "must be ≥ 0"]),
+        case(
+            &member,
+            &["--prepare", "maybe"],
+            &["--prepare", "true or false"],
+        ),
+        (
+            with(&member, &[]),
+            vec![("COORDINATOR_PREPARE", "maybe")],
+            &["COORDINATOR_PREPARE", "true or false"],
+        ),
+        case(
+            &["member"],
+            &["--config", &bad_prepare],
+            &["p.toml", "prepare"],
+        ),
         case(
             &member,
             &["--exclusive-margin", "2s"],

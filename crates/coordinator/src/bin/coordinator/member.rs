@@ -90,6 +90,11 @@ pub struct MemberArgs {
     /// session TTL, with a warning) [default: true]
     #[arg(long, env = "COORDINATOR_SESSION_CHECK", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
     session_check: Option<bool>,
+    /// While leading: make-before-break planned moves, the new owner first gets the item as
+    /// a secondary (preparing) and becomes primary once it acknowledged; false: revoke,
+    /// acknowledge, assign, and no secondary appears with one replica [default: true]
+    #[arg(long, env = "COORDINATOR_PREPARE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = settings::boolean, help_heading = "Member")]
+    prepare: Option<bool>,
     /// While leading: at most this many items in handoff at once [default: no limit]
     #[arg(
         long,
@@ -151,6 +156,7 @@ impl MemberArgs {
         put!(s, m, exclusive = self.exclusive);
         put!(s, m, handoff = self.handoff);
         put!(s, m, session_check = self.session_check);
+        put!(s, m, prepare = self.prepare);
         put!(
             s,
             m,

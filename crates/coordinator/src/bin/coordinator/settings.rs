@@ -469,6 +469,7 @@ pub(crate) fn config_keys() -> &'static [&'static str] {
         "handoff_timeout",
         "handoff",
         "session_check",
+        "prepare",
     ]
 }
 
