@@ -20,8 +20,9 @@
 //! secondary's with exactly `role=secondary`), so that two values differ
 //! exactly when the role or the application's bytes differ. A role change is
 //! then a change of value like any other: it soaks, and the settled position
-//! covers it once published. The envelope comes off when a change is
-//! published.
+//! covers it once published; but a pending promotion (a held secondary now
+//! primary, same bytes) publishes at once, with whatever else is pending. The
+//! envelope comes off when a change is published.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
