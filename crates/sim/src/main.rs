@@ -16,7 +16,22 @@ use std::time::Instant;
 
 use coordinator_sim::{run, Controls, RunConfig, Safeguards};
 
-fn main() {
+/// What the command line asks for.
+struct Args {
+    /// Seeds to run.
+    seeds: u64,
+    /// The first seed.
+    start: u64,
+    /// Run seeds until this many simulated seconds in all.
+    total: Option<u64>,
+    /// Threads running seeds.
+    threads: usize,
+    /// Every run's settings but its seed.
+    template: RunConfig,
+}
+
+/// Reads the command line.
+fn parse() -> Args {
     let mut seeds = 100u64;
     let mut seconds = 1000u64;
     let mut start = 0u64;
@@ -76,6 +91,33 @@ fn main() {
             }
         }
     }
+    let mut template = RunConfig::new(0, seconds);
+    template.safeguards = safeguards;
+    template.echo = trace;
+    template.exclusive = exclusive;
+    template.controls = controls;
+    template.replicas = replicas;
+    template.zones = zones;
+    template.prepare = prepare;
+    template.planned = planned;
+    Args {
+        seeds,
+        start,
+        total,
+        threads,
+        template,
+    }
+}
+
+fn main() {
+    let Args {
+        mut seeds,
+        start,
+        total,
+        threads,
+        template,
+    } = parse();
+    let seconds = template.seconds;
     if let Some(t) = total {
         seeds = t.div_ceil(seconds);
     }
@@ -92,16 +134,7 @@ fn main() {
                     if seed >= start + seeds {
                         return events;
                     }
-                    let mut cfg = RunConfig::new(seed, seconds);
-                    cfg.safeguards = safeguards;
-                    cfg.echo = trace;
-                    cfg.exclusive = exclusive;
-                    cfg.controls = controls;
-                    cfg.replicas = replicas;
-                    cfg.zones = zones;
-                    cfg.prepare = prepare;
-                    cfg.planned = planned;
-                    match run(cfg) {
+                    match run(RunConfig { seed, ..template }) {
                         Ok(o) => events += o.events,
                         Err(f) => {
                             failed.fetch_add(1, Ordering::Relaxed);

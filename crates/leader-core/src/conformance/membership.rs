@@ -177,10 +177,10 @@ pub async fn rolling_restart(
     let end = ledger.figures();
     let figures = LedgerFigures {
         longest_gap: end.longest_gap,
-        gaps: end.gaps - start.gaps,
+        gaps: end.gaps.saturating_sub(start.gaps),
         longest_overlap: end.longest_overlap,
-        overlaps: end.overlaps - start.overlaps,
-        moves: end.moves - start.moves,
+        overlaps: end.overlaps.saturating_sub(start.overlaps),
+        moves: end.moves.saturating_sub(start.moves),
     };
     assert_eq!(
         figures.moves, 200,

@@ -225,7 +225,8 @@ impl LeaderMachine {
                         if prep.at.is_none() && target_key.is_some_and(|v| !is_primary(v)) {
                             touch.push(work.clone());
                         }
-                        if !prep.at.is_some_and(|at| acked.is_some_and(|a| a >= at)) {
+                        let acknowledged = prep.at.is_some_and(|at| acked.is_some_and(|a| a >= at));
+                        if !acknowledged {
                             return true;
                         }
                         ready.push((work.clone(), prep.planned.clone()));
@@ -318,18 +319,19 @@ impl LeaderMachine {
         let (Some(desired), Some(current)) = (self.desired.as_mut(), self.current.as_ref()) else {
             return;
         };
-        let old = desired.insert(work.clone(), replicas.clone());
         let mut members: Vec<MemberId> = Vec::new();
-        for r in old.iter().chain(std::iter::once(&replicas)) {
+        for r in [Some(&replicas), desired.get(work)].into_iter().flatten() {
             members.extend(r.primary.iter().cloned());
             members.extend(r.secondaries.iter().cloned());
         }
+        let count = |r: &Replicas| usize::from(r.primary.is_some()) + r.secondaries.len();
+        let wanted = count(&replicas);
+        let old = desired.insert(work.clone(), replicas);
         members.sort();
         members.dedup();
         let has_value = self.items.as_ref().is_some_and(|i| i.contains_key(work));
         if has_value {
-            let count = |r: &Replicas| usize::from(r.primary.is_some()) + r.secondaries.len();
-            self.idx.wanted += count(&replicas);
+            self.idx.wanted += wanted;
             self.idx.wanted -= old.as_ref().map_or(0, count);
         }
         for m in members {

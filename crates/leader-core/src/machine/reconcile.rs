@@ -492,10 +492,10 @@ impl LeaderMachine {
                 None => true,
                 Some(existing) => {
                     let existing_live = members.contains_key(existing);
-                    if primary != primaries.contains(work) {
-                        primary
-                    } else {
+                    if primary == primaries.contains(work) {
                         live && !existing_live
+                    } else {
+                        primary
                     }
                 }
             };

@@ -417,7 +417,8 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|l| l.machine.handoffs().next().is_some());
             let timed_out = self.now - since > 60 * SEC;
-            if !(empty && reported && !recorded && !moving) && !timed_out {
+            let done = empty && reported && !recorded && !moving;
+            if !done && !timed_out {
                 continue;
             }
             tr!(self, "{id} drained: leaves (timed out: {timed_out})");
