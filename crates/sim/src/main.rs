@@ -65,6 +65,7 @@ fn parse() -> Args {
                 "lease-wait" => safeguards.lease_wait = false,
                 "sequence" => safeguards.sequence = false,
                 "overlap-wait" => safeguards.overlap_wait = false,
+                "sequence-moves" => safeguards.sequence_moves = false,
                 other => panic!("unknown safeguard {other}"),
             },
             "--exclusive" => match val().as_str() {

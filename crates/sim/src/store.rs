@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
-use worker_core::{Fence, KvEntry, Leader, SessionId, Snapshot, TxnOp, TxnOutcome, Workload};
+use worker_core::{
+    Envelope, Fence, KvEntry, Leader, Role, SessionId, Snapshot, TxnOp, TxnOutcome, Workload,
+};
 
 /// Virtual time in nanoseconds since the start of a run.
 pub type Nanos = u64;
@@ -115,11 +117,12 @@ impl Store {
     fn write(&mut self, changes: Vec<(String, Option<Bytes>)>) -> Applied {
         let changes: Vec<_> = changes
             .into_iter()
-            // A put is a write even when the value is the same (etcd, Consul
-            // and the memory store give it a new position, and watches see
-            // it); deleting a key that is not there writes nothing.
+            // etcd (and the memory store) give a put a new position even
+            // when the value is the same, and watches see it; Consul leaves
+            // such a key as it was (its ModifyIndex too: nothing to see).
+            // Deleting a key that is not there writes nothing.
             .filter(|(k, v)| match v {
-                Some(_) => true,
+                Some(v) => self.flavor == Flavor::Etcd || self.data.get(k) != Some(v),
                 None => self.data.contains_key(k),
             })
             .collect();
@@ -403,7 +406,14 @@ impl Store {
                 })
                 .collect(),
         );
-        (TxnOutcome::Applied { revision: self.rev }, applied)
+        // The backends answer the sequence key's modify position (etcd: the
+        // header's revision, which is the same).
+        let sequence = ops.iter().find_map(|op| match op {
+            TxnOp::Sequence { key, .. } => Some(key.as_str()),
+            _ => None,
+        });
+        let revision = sequence.map_or(self.rev, |key| self.modified(key));
+        (TxnOutcome::Applied { revision }, applied)
     }
 
     // ----- for the checks -----
@@ -421,10 +431,19 @@ impl Store {
             if let Some((_, Some(v))) = at {
                 let id = &k[member_prefix.len()..];
                 if !id.contains('/') {
-                    w.insert(id.into(), v.clone());
+                    w.insert(id.into(), canonical(v));
                 }
             }
         }
         w
+    }
+}
+
+/// A value as a worker keeps it: a primary's bytes, or a secondary's with
+/// exactly [`Envelope::secondary`]'s header (however the store spells it).
+fn canonical(v: &Bytes) -> Bytes {
+    match Envelope::role_of(v) {
+        (Role::Primary, payload) => v.slice_ref(payload),
+        (Role::Secondary, payload) => Envelope::secondary(payload),
     }
 }

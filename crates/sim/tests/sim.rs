@@ -278,6 +278,21 @@ fn without_the_sequence_check_a_late_transaction_is_caught() {
     assert!(f.what.contains("under two members"), "{f}");
 }
 
+/// Consul keeps a key's `ModifyIndex` when a write leaves its value as it
+/// was (the store model does so for the Consul flavor): a leader that wrote
+/// the same value to the sequence key all term would not move it there, and
+/// a late transaction of the term would pass the check.
+#[test]
+fn without_a_new_sequence_value_per_transaction_a_late_transaction_is_caught() {
+    let s = Safeguards {
+        sequence_moves: false,
+        ..Safeguards::default()
+    };
+    let (seeds, f) = first_failure(s, 60);
+    eprintln!("sequence value constant: caught after {seeds} seed(s):\n{f}");
+    assert!(f.what.contains("under two members"), "{f}");
+}
+
 /// Seeds that once failed (simulator bugs found while building it; see
 /// docs/testing.md), kept as regression cases.
 #[test]

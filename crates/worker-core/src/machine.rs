@@ -124,6 +124,11 @@ pub struct Safeguards {
     /// revoked only once the new primary acknowledged its promotion (off:
     /// with the promotion, and nobody may be active for a moment).
     pub overlap_wait: bool,
+    /// Every leader transaction writes a new value to the sequence key (the
+    /// position it expects); off, the same value all term, which Consul
+    /// leaves in place without moving its `ModifyIndex`: the check then
+    /// never moves there.
+    pub sequence_moves: bool,
 }
 
 impl Default for Safeguards {
@@ -136,6 +141,7 @@ impl Default for Safeguards {
             lease_wait: true,
             sequence: true,
             overlap_wait: true,
+            sequence_moves: true,
         }
     }
 }

@@ -45,8 +45,34 @@ impl LeaderMachine {
         self.sequence_check.then(|| TxnOp::Sequence {
             key: self.layout.sequence.clone(),
             index: self.sequence,
-            value: self.sequence_value.clone(),
+            value: self.sequence_bytes(),
         })
+    }
+
+    /// The sequence key's value for the next transaction: the driver's
+    /// value with the position the transaction expects (`"after":N`).
+    /// Every transaction so writes a value the key does not hold: Consul
+    /// keeps a key's `ModifyIndex` when a write leaves its value as it was,
+    /// and the check would then not move (a late transaction of the term
+    /// would pass it). `SEQUENCE_VALUE_MAX` leaves room for it.
+    pub(super) fn sequence_bytes(&self) -> Bytes {
+        self.sequence_bytes_after(self.sequence)
+    }
+
+    /// [`sequence_bytes`](Self::sequence_bytes) for the position `after`.
+    fn sequence_bytes_after(&self, after: u64) -> Bytes {
+        if !self.sequence_moves {
+            return self.sequence_value.clone();
+        }
+        let base = &self.sequence_value[..];
+        let text = if base.is_empty() || base == b"{}" {
+            format!("{{\"after\":{after}}}")
+        } else if let Some(head) = base.strip_suffix(b"}") {
+            format!("{},\"after\":{after}}}", String::from_utf8_lossy(head))
+        } else {
+            format!("{} after {after}", String::from_utf8_lossy(base))
+        };
+        Bytes::from(text)
     }
 
     /// Items refused because their value cannot be assigned within the
@@ -60,13 +86,15 @@ impl LeaderMachine {
     /// assignment), with member ids of the longest length allowed; `None`
     /// when it fits within the limits.
     pub(super) fn refusal(&self, work: &str, value: &Bytes) -> Option<usize> {
-        refusal_with(
-            &self.layout,
-            &self.limits,
-            self.sequence_op().as_ref(),
-            work,
-            value,
-        )
+        // Sized with the longest position the sequence value can name, so
+        // that an item is not refused or taken back as the position grows
+        // a digit.
+        let sequence = self.sequence_check.then(|| TxnOp::Sequence {
+            key: self.layout.sequence.clone(),
+            index: 0,
+            value: self.sequence_bytes_after(u64::MAX),
+        });
+        refusal_with(&self.layout, &self.limits, sequence.as_ref(), work, value)
     }
 
     /// The items plans use: those whose value fits; a refused one only while
@@ -179,8 +207,9 @@ pub(super) fn fits(limits: &TxnLimits, used: &mut usize, ops: &[TxnOp], add: &[T
     fit
 }
 
-/// A bound on the value a leader writes to the sequence key (its id and
-/// term as JSON: an instance id of at most 128 bytes, escaped), which
+/// A bound on the value a leader writes to the sequence key (its id, term
+/// and the position the transaction expects as JSON: an instance id of at
+/// most 128 bytes, about 200 bytes in all), which
 /// [`refusal`] keeps free in each transaction.
 pub const SEQUENCE_VALUE_MAX: usize = 300;
 

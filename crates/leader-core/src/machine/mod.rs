@@ -268,6 +268,9 @@ pub struct LeaderMachine {
     /// make-before-break move of the default mode, the old primary's key is
     /// revoked only once the new primary acknowledged its promotion.
     overlap_wait: bool,
+    /// Simulator-only switch; always true in the product: every
+    /// transaction writes a new value to the sequence key.
+    sequence_moves: bool,
     /// Make-before-break moves in progress (see `prepare.rs`).
     preparing: BTreeMap<WorkId, prepare::Prep>,
     /// Moves whenever `preparing` may have changed.
@@ -352,6 +355,7 @@ impl LeaderMachine {
             ending: BTreeMap::new(),
             lease_wait: timing.lease_wait,
             overlap_wait: true,
+            sequence_moves: true,
             preparing: BTreeMap::new(),
             staged_generation: 0,
             touch: BTreeSet::new(),
@@ -378,6 +382,7 @@ impl LeaderMachine {
         self.lease_wait = safeguards.lease_wait;
         self.sequence_check = safeguards.sequence;
         self.overlap_wait = safeguards.overlap_wait;
+        self.sequence_moves = safeguards.sequence_moves;
     }
 
     /// The value written to the sequence key with every transaction (for

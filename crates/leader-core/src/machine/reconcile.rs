@@ -45,7 +45,7 @@ impl LeaderMachine {
                     TxnOp::Sequence {
                         key: self.layout.sequence.clone(),
                         index: self.sequence,
-                        value: self.sequence_value.clone(),
+                        value: self.sequence_bytes(),
                     },
                 );
             }
@@ -203,7 +203,7 @@ impl LeaderMachine {
             }
             let add = [TxnOp::Put {
                 key: self.layout.assignment_key(target, work),
-                value: held.clone(),
+                value: respelled(held),
             }];
             if !fits(&limits, &mut used, &ops, &add) {
                 break;
@@ -613,5 +613,25 @@ impl LeaderMachine {
             ..PlanReport::default()
         };
         (p.state, report, input)
+    }
+}
+
+/// A secondary's value spelled the other way: `\0coordinator:,role=secondary\n`
+/// for the usual `\0coordinator:role=secondary\n` and back. Every reader
+/// parses both as the same role and bytes (an empty setting is skipped);
+/// the store sees a new value, which it gives a new position (Consul keeps
+/// a key's `ModifyIndex` when a write leaves its value as it was), so the
+/// member's acknowledged position moves past the rewrite.
+fn respelled(held: &Bytes) -> Bytes {
+    let (_, payload) = Envelope::role_of(held);
+    let usual = Envelope::secondary(payload);
+    if *held == usual {
+        let mut v = Vec::with_capacity(held.len() + 1);
+        v.extend_from_slice(worker_core::ENVELOPE_MAGIC);
+        v.extend_from_slice(b",role=secondary\n");
+        v.extend_from_slice(payload);
+        Bytes::from(v)
+    } else {
+        usual
     }
 }

@@ -667,11 +667,12 @@ impl Sim {
             value.clone()
         };
         let worst = [
-            // The simulated leaders write an empty value to the sequence key.
+            // The simulated leaders write the position each transaction
+            // expects to the sequence key, at most 20 digits.
             TxnOp::Sequence {
                 key: self.layout.sequence.clone(),
                 index: 0,
-                value: Bytes::new(),
+                value: Bytes::from(format!("{{\"after\":{}}}", u64::MAX)),
             },
             TxnOp::Absent {
                 key: self.layout.member_key(&id),
