@@ -427,6 +427,19 @@ fn a_demotion_waits_for_its_acknowledgement_before_the_new_primary() {
     w.m.handle_members(w.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
     let until = w.now + Duration::from_secs(10);
     w.run_until(until);
+    // Make-before-break: m2, a secondary already, has its key written again
+    // (spelled another way: a position it acknowledges), and nothing more
+    // happens until it has.
+    let touched: Vec<&TxnOp> = w.log[kv_before..].iter().flatten().collect();
+    let m2_key = w.layout.assignment_key("m2", "w00");
+    assert!(touched.iter().any(|op| op.key() == m2_key), "{touched:?}");
+    assert_eq!(w.primary_of("w00").as_deref(), Some("m1"));
+    w.members.get_mut("m2").unwrap().1 = w.rev;
+    kv.pop();
+    kv.push((w.layout.member_key("m2").into_bytes(), w.member_value("m2")));
+    w.m.handle_members(w.now, kv.iter().map(|(k, v)| (k.as_slice(), v)));
+    let until = w.now + Duration::from_secs(10);
+    w.run_until(until);
     // m1 lost the primary role (its key deleted or demoted, with a record);
     // m2 is not primary until m1 acknowledges.
     let written: Vec<&TxnOp> = w.log[kv_before..].iter().flatten().collect();
