@@ -464,10 +464,12 @@ impl LeaderMachine {
     /// make-before-break moves from their start (the new owner preparing)
     /// until the old primary's key is gone.
     pub fn handoffs(&self) -> impl Iterator<Item = (&WorkId, &MemberId)> {
-        self.owed
-            .keys()
-            .map(|(w, m)| (w, m))
-            .chain(self.preparing.iter().map(|(w, p)| (w, &p.from)))
+        self.owed.keys().map(|(w, m)| (w, m)).chain(
+            self.preparing
+                .iter()
+                .filter(|(w, _)| !self.is_owed(w))
+                .map(|(w, p)| (w, &p.from)),
+        )
     }
 
     /// The members a plan counts: the live ones and those that left within

@@ -18,8 +18,11 @@
 //!    along; both are for `T`'s acknowledgement, one round trip and `P`'s
 //!    soak.
 //!
-//! A `T` that is not ready (or, overlapping, has not acknowledged its
-//! promotion) within `handoff_timeout` has its session ended, as a member
+//! The move is over once `P`'s primary key is gone (default mode) or `T`
+//! acknowledged its promotion (exclusive mode).
+//!
+//! A `T` that is not ready (or has not acknowledged its promotion) within
+//! `handoff_timeout` has its session ended, as a member
 //! that does not acknowledge a revoke: it leaves the members, and the next
 //! plan picks another target. Moves from a member that is gone, to or from a
 //! member that does not acknowledge, or of an item already in a handoff are
@@ -45,6 +48,13 @@ pub(super) enum Stage {
     /// key; `Some(position)` once the promotion is applied, which the target
     /// must acknowledge before the old primary's key is revoked.
     Overlap(Option<u64>),
+    /// Exclusive mode: the ordinary handoff (the old primary revoked with a
+    /// record, its acknowledgement, the promotion); `Some(position)` once
+    /// the promotion is applied. The move is over when the target
+    /// acknowledged it: a leader that drains waits for that, so that the
+    /// target does not see the leader go (and wait `leader_settle`) before
+    /// it has published its promotion.
+    Handoff(Option<u64>),
 }
 
 /// One staged move.
@@ -230,11 +240,25 @@ impl LeaderMachine {
                             return true;
                         }
                         ready.push((work.clone(), prep.planned.clone()));
-                        if self.timing.exclusive.is_some() {
-                            return false; // the ordinary handoff follows
-                        }
-                        prep.stage = Stage::Overlap(None);
+                        prep.stage = if self.timing.exclusive.is_some() {
+                            Stage::Handoff(None) // the ordinary handoff follows
+                        } else {
+                            Stage::Overlap(None)
+                        };
                         true
+                    }
+                    Stage::Handoff(promoted) => {
+                        if !self.is_live(&prep.target) {
+                            return false;
+                        }
+                        match promoted {
+                            None if target_key.is_some_and(|v| is_primary(v)) => {
+                                prep.stage = Stage::Handoff(Some(self.sequence));
+                                true
+                            }
+                            Some(at) => acked.is_none_or(|a| a < at),
+                            None => true,
+                        }
                     }
                     Stage::Overlap(promoted) => {
                         let from_primary = current
@@ -294,8 +318,10 @@ impl LeaderMachine {
         if prep.from != *member {
             return None;
         }
-        let Stage::Overlap(promoted) = prep.stage else {
-            return Some(true); // still preparing: the old primary stays
+        let promoted = match prep.stage {
+            Stage::Preparing => return Some(true), // the old primary stays
+            Stage::Handoff(_) => return None,      // the ordinary handoff
+            Stage::Overlap(promoted) => promoted,
         };
         if !self.overlap_wait {
             return Some(false);
@@ -356,10 +382,12 @@ impl LeaderMachine {
     /// timeout, as for a member that does not acknowledge a revoke).
     fn end_unready_sessions(&mut self, now: Instant) {
         let timeout = self.timing.handoff_timeout;
+        // A handoff waiting for the old primary's acknowledgement is the
+        // owed moves' business (`end_stuck_sessions`).
         let stuck: Vec<MemberId> = self
             .preparing
             .values()
-            .filter(|p| now >= p.since + timeout)
+            .filter(|p| now >= p.since + timeout && p.stage != Stage::Handoff(None))
             .map(|p| p.target.clone())
             .collect();
         for member in stuck {
@@ -388,7 +416,7 @@ impl LeaderMachine {
         self.preparing.iter().map(|(w, p)| {
             let role = match p.stage {
                 Stage::Preparing => Role::Secondary,
-                Stage::Overlap(_) => Role::Primary,
+                Stage::Overlap(_) | Stage::Handoff(_) => Role::Primary,
             };
             (w, &p.from, &p.target, role)
         })

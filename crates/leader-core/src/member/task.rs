@@ -65,6 +65,10 @@ struct Leading {
     task: JoinHandle<LeaderExit>,
 }
 
+/// How often a drained member reads the handoff records again while one
+/// still names it.
+const DRAIN_RECORDS_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A store call in flight.
 type Call<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
@@ -253,13 +257,17 @@ impl MemberTask {
         let (mut own_key, own_task) =
             crate::follow::spawn_follow(self.store.kv.clone(), member_key.clone(), backoff);
         let _own_task = AbortOnDrop(own_task);
-        // Draining: the handoff records, followed from the drain's start. A
-        // drained member leaves once no record names it: the leader saw its
-        // acknowledgement (it deletes a record with the assign that it
-        // clears). Leaving earlier, its key could vanish before the leader
-        // saw the acknowledgement, and the leader would treat it as gone
-        // (in exclusive mode: wait its whole TTL).
-        let mut records: Option<(crate::follow::PrefixView, AbortOnDrop)> = None;
+        // Draining: once it holds nothing, acknowledged, it reads the
+        // handoff records and leaves only when none names it (the leader saw
+        // the acknowledgement of every move away from it: it deletes a record
+        // with the assign it clears). Leaving earlier, its key could vanish
+        // before the leader saw the acknowledgement, and the leader would
+        // treat it as gone (in exclusive mode: wait its whole TTL). A read,
+        // not a watch: a watch of a prefix that is mostly empty may be
+        // paced (Consul) and miss a record for a while.
+        let mut records_read: Option<Call<bool>> = None;
+        let mut records_clear = false;
+        let mut records_again_at: Option<Instant> = None;
         // The moves this member's leader loop has in flight: a draining
         // leader finishes them before it leaves, so that the next leader
         // does not find an item mid-move.
@@ -383,25 +391,30 @@ impl MemberTask {
             if let (Some(since), false) = (draining, halting) {
                 let empty = self.settled.current().workload.is_empty();
                 let reported = written.as_ref() == Some(&meta);
-                if records.is_none() {
-                    let (rx, task) = crate::follow::spawn_follow(
+                let moving = leading.is_some() && !moves.borrow().is_empty();
+                if empty
+                    && reported
+                    && !moving
+                    && !records_clear
+                    && records_read.is_none()
+                    && records_again_at.is_none_or(|t| now >= t)
+                {
+                    records_again_at = None;
+                    let (kv, prefix, id) = (
                         self.store.kv.clone(),
                         self.config.layout.handoff.clone(),
-                        backoff,
+                        instance_id.clone(),
                     );
-                    records = Some((rx, AbortOnDrop(task)));
+                    records_read = Some(Box::pin(async move {
+                        let records = kv.list(&prefix).await?;
+                        Ok(!records
+                            .entries
+                            .iter()
+                            .any(|e| e.value.as_ref() == id.as_bytes()))
+                    }));
                 }
-                // No record names it (read at least once): the leader saw
-                // the acknowledgement of every move away from it. A leader
-                // draining itself thus also writes their assigns at once,
-                // where the next leader would first soak on taking office.
-                let recorded = records.as_ref().is_none_or(|(rx, _)| {
-                    rx.borrow()
-                        .as_ref()
-                        .is_none_or(|m| m.values().any(|v| v.as_ref() == instance_id.as_bytes()))
-                });
                 let moving = leading.is_some() && !moves.borrow().is_empty();
-                let reported = reported && !recorded && !moving;
+                let reported = reported && records_clear && !moving;
                 // Released (exclusive), the empty set says nothing of the
                 // assignments: wait for the restore or the timeout.
                 let outcome = if empty && reported && !self.switch.is_released() {
@@ -449,6 +462,7 @@ impl MemberTask {
                 // A retry time already passed waits for a session, not the timer.
                 meta_retry_at.filter(|t| *t > now),
                 draining.map(|since| since + self.config.drain_timeout),
+                records_again_at.filter(|t| *t > now),
             ]
             .into_iter()
             .flatten()
@@ -605,7 +619,16 @@ impl MemberTask {
                     machine.handle_leader_ended(crate::clock::now());
                 }
                 Ok(()) = self.position.changed() => {}
-                Ok(()) = async { records.as_mut().expect("guarded").0.changed().await }, if records.is_some() => {}
+                result = in_flight(&mut records_read), if records_read.is_some() => {
+                    records_read = None;
+                    match result {
+                        Ok(clear) => records_clear = clear,
+                        Err(e) => debug!(error = %ErrorChain(&e), "reading the handoff records failed"),
+                    }
+                    if !records_clear {
+                        records_again_at = Some(crate::clock::now() + DRAIN_RECORDS_EVERY);
+                    }
+                }
                 Ok(()) = moves.changed() => {}
                 Ok(()) = self.app_ack.changed() => {}
                 Ok(_) = self.settled.changed() => {}
