@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::measure::{fmt_ms, other_process_cpu_ns};
 use crate::proxy::{CountingProxy, Counts};
@@ -99,6 +100,23 @@ pub struct Outcome {
     pub idle: Result<Vec<Idle>, String>,
 }
 
+/// One JSON line of a member as it was read, or the end of a member's
+/// process.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// When the line was read (or the process ended: SIGKILL sent, or its
+    /// stdout closed).
+    pub at: Instant,
+    /// The member.
+    pub member: String,
+    /// The items the line shows as held as primaries: its `primary` list,
+    /// else (a line without roles) its whole `workload`; empty at the end of
+    /// the process.
+    pub primary: BTreeSet<String>,
+    /// The line as printed; empty at the end of the process.
+    pub raw: String,
+}
+
 /// The members' printed workloads (and, with replicas, their roles), and
 /// which members are alive.
 #[derive(Default)]
@@ -113,6 +131,31 @@ pub struct Seen {
     pub removed: BTreeMap<String, BTreeSet<String>>,
     /// The members started and not killed.
     pub alive: HashSet<String>,
+    /// Every line read from a live member's current process, and the end of
+    /// each process, in the order read.
+    pub lines: Vec<Line>,
+    /// Each member's current process (counted from 1 at its first start):
+    /// what an earlier process of the member still prints is ignored.
+    incarnation: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    /// The end of `id`'s current process, now: nothing it prints later
+    /// counts, and it holds nothing.
+    fn end(&mut self, id: &str) {
+        if self.alive.remove(id) {
+            self.lines.push(Line {
+                at: Instant::now(),
+                member: id.to_owned(),
+                primary: BTreeSet::new(),
+                raw: String::new(),
+            });
+        }
+        *self.incarnation.entry(id.to_owned()).or_default() += 1;
+        self.workloads.remove(id);
+        self.primaries.remove(id);
+        self.secondaries.remove(id);
+    }
 }
 
 /// The strings of a JSON array field of `v`, if it has one.
@@ -134,6 +177,8 @@ pub struct Cluster {
     /// Flags given to one member only (its `--zone`).
     own: BTreeMap<String, Vec<String>>,
     procs: BTreeMap<String, Child>,
+    /// The task reading each running member's stdout.
+    readers: BTreeMap<String, JoinHandle<()>>,
     seen: Arc<Mutex<Seen>>,
     changed: watch::Sender<u64>,
 }
@@ -149,6 +194,7 @@ impl Cluster {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             own: BTreeMap::new(),
             procs: BTreeMap::new(),
+            readers: BTreeMap::new(),
             seen: Arc::default(),
             changed: watch::channel(0).0,
         }
@@ -215,13 +261,17 @@ impl Cluster {
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", self.bin.display()));
         let out = child.stdout.take().expect("piped stdout");
-        self.seen
-            .lock()
-            .expect("not poisoned")
-            .alive
-            .insert(id.to_owned());
+        let incarnation = {
+            let mut seen = self.seen.lock().expect("not poisoned");
+            seen.alive.insert(id.to_owned());
+            let n = seen.incarnation.entry(id.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
         let (seen, changed, id_owned) = (self.seen.clone(), self.changed.clone(), id.to_owned());
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
+            let current =
+                |seen: &Seen| seen.incarnation.get(&id_owned).copied() == Some(incarnation);
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -232,6 +282,15 @@ impl Cluster {
                 };
                 {
                     let mut seen = seen.lock().expect("not poisoned");
+                    if !current(&seen) {
+                        continue;
+                    }
+                    seen.lines.push(Line {
+                        at: Instant::now(),
+                        member: id_owned.clone(),
+                        primary: strings(&v, "primary").unwrap_or_else(|| set.clone()),
+                        raw: line,
+                    });
                     seen.workloads.insert(id_owned.clone(), set);
                     if let Some(p) = strings(&v, "primary") {
                         seen.primaries.insert(id_owned.clone(), p);
@@ -245,20 +304,58 @@ impl Cluster {
                 }
                 changed.send_modify(|n| *n += 1);
             }
+            // Its stdout closed: the process is ending, and holds nothing.
+            {
+                let mut seen = seen.lock().expect("not poisoned");
+                if !current(&seen) {
+                    return;
+                }
+                seen.end(&id_owned);
+            }
+            changed.send_modify(|n| *n += 1);
         });
         self.procs.insert(id.to_owned(), child);
+        self.readers.insert(id.to_owned(), reader);
     }
 
-    /// SIGKILL: no resignation, no session close.
+    /// SIGKILL: no resignation, no session close. The member holds nothing
+    /// from now on; what its process still prints is ignored.
     pub fn kill(&mut self, id: &str) {
         if let Some(mut child) = self.procs.remove(id) {
             let _ = child.start_kill();
         }
-        let mut seen = self.seen.lock().expect("not poisoned");
-        seen.alive.remove(id);
-        seen.workloads.remove(id);
-        seen.primaries.remove(id);
-        seen.secondaries.remove(id);
+        self.readers.remove(id);
+        self.seen.lock().expect("not poisoned").end(id);
+    }
+
+    /// SIGTERM (`coordinator member` drains, then exits 0), and the wait
+    /// for the process to exit (at most `within`) and for its last lines to
+    /// be read.
+    pub async fn terminate(&mut self, id: &str, within: Duration) -> Result<(), String> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let mut child = self
+            .procs
+            .remove(id)
+            .ok_or_else(|| format!("{id} is not running"))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| format!("{id} has already exited"))?;
+        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| format!("SIGTERM {id}: {e}"))?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .map_err(|_| format!("{id} did not exit within {within:?} of SIGTERM"))?
+            .map_err(|e| format!("{id}: {e}"))?;
+        if let Some(reader) = self.readers.remove(id) {
+            let _ = reader.await;
+        }
+        self.seen.lock().expect("not poisoned").end(id);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{id} exited with {status} after SIGTERM"))
+        }
     }
 
     /// Waits until the live members' workloads hold each of `items` exactly
@@ -337,7 +434,7 @@ impl Cluster {
 }
 
 /// Why the workloads are not settled, or `None`.
-fn check(seen: &Seen, items: &BTreeSet<String>, balanced: bool) -> Option<String> {
+pub fn check(seen: &Seen, items: &BTreeSet<String>, balanced: bool) -> Option<String> {
     let mut held = BTreeSet::new();
     let quota = items.len() / seen.alive.len().max(1);
     for id in &seen.alive {

@@ -2,11 +2,12 @@
 //! and what they cost the store, measured on real Consul and etcd servers next
 //! to what a user would otherwise use (issue 5), and how fast the leader half
 //! moves a dead member's work and what an idle cluster costs (issue 10), and
-//! what a secondary's promotion costs against a cold move.
+//! what a secondary's promotion costs against a cold move, and what a
+//! rolling restart costs in each handoff mode.
 //!
 //! ```text
-//! cargo build --release -p kv-coordinator --all-features   # the program the `failover` and `promotion` scenarios run
-//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader|failover|promotion] [--store consul|etcd]
+//! cargo build --release -p kv-coordinator --all-features   # the program the `failover`, `promotion` and `rolling` scenarios run
+//! cargo run --release -p coordinator-bench -- [--quick] [--scenario latency|scale|fanout|leader|failover|promotion|rolling] [--store consul|etcd]
 //! ```
 //!
 //! It starts the stores the way the tests do (`test-support`: free loopback
@@ -21,6 +22,7 @@ mod leader;
 mod measure;
 mod promotion;
 mod proxy;
+mod rolling;
 mod rt;
 mod scale;
 mod stores;
@@ -51,6 +53,10 @@ enum Scenario {
     /// `--replicas 2` (its primaries promoted) and with `--replicas 1` (its
     /// items moved cold).
     Promotion,
+    /// `coordinator member` processes restarted one by one (SIGTERM, which
+    /// drains, and start again), in each handoff mode: how long items have
+    /// no primary, or two.
+    Rolling,
 }
 
 /// Which store.
@@ -86,6 +92,10 @@ struct Args {
     /// store, not part of the defaults).
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     leader_sizes: Vec<(usize, usize)>,
+    /// Rolling restarts of each mode per store in the rolling scenario
+    /// (default 3; quick 1).
+    #[arg(long)]
+    runs: Option<usize>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -209,6 +219,7 @@ async fn run(args: Args) {
             Scenario::Leader,
             Scenario::Failover,
             Scenario::Promotion,
+            Scenario::Rolling,
         ]
     } else {
         args.scenario.clone()
@@ -376,6 +387,30 @@ async fn run(args: Args) {
         out.push_str(&promotion::table(&all, &params));
         out.push('\n');
         verdicts.extend(promotion::verdicts(&all));
+    }
+    if scenarios.contains(&Scenario::Rolling) {
+        let program = failover::program();
+        assert!(
+            program.is_file(),
+            "the rolling scenario runs {}: build it first (cargo build --release -p kv-coordinator --all-features), or set COORDINATOR_BIN",
+            program.display()
+        );
+        let params = rolling::Params {
+            members: 5,
+            items: 100,
+            runs: args.runs.unwrap_or(if args.quick { 1 } else { 3 }),
+            modes: rolling::modes(),
+        };
+        let mut all = Vec::new();
+        for &kind in &kinds {
+            all.push(rolling::run(kind, &params, &writer_lane).await);
+        }
+        out.push_str(
+            "### 7. Rolling restart: `coordinator member` processes in each handoff mode\n\n",
+        );
+        out.push_str(&rolling::table(&all, &params));
+        out.push('\n');
+        verdicts.extend(rolling::verdicts(&all));
     }
     out.push_str("### Targets\n\n");
     for v in &verdicts {

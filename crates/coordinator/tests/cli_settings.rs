@@ -890,6 +890,7 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "--planned",
     "--total",
     "--leader-sizes",
+    "--runs",
     // etcd
     "--grpc-keepalive-min-time",
     "--auth-token-ttl",
