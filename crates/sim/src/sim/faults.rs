@@ -350,15 +350,7 @@ impl Sim {
                 let Some(n) = self.target() else { return };
                 let id = self.nodes[n].id.clone();
                 tr!(self, "fault: {id} leaves (halt)");
-                self.nodes[n].worker.halt();
-                self.nodes[n].member.halt();
-                self.drive(n);
-                let node = &mut self.nodes[n];
-                node.life = Life::Halted;
-                node.armed = None;
-                self.watches.retain(|(i, _), _| *i != n);
-                // Its worker halted: the application stops every item.
-                self.set_app(n, Workload::new());
+                self.halt_node(n);
             }
             Fault::Join => {
                 self.after_outage = false;
@@ -387,6 +379,20 @@ impl Sim {
                 self.drive(n);
             }
         }
+    }
+
+    /// Node `n` leaves cleanly: its machines halt (the member resigns and
+    /// closes its session), and its application stops every item.
+    fn halt_node(&mut self, n: usize) {
+        self.nodes[n].worker.halt();
+        self.nodes[n].member.halt();
+        self.drive(n);
+        let node = &mut self.nodes[n];
+        node.life = Life::Halted;
+        node.armed = None;
+        node.draining = None;
+        self.watches.retain(|(i, _), _| *i != n);
+        self.set_app(n, Workload::new());
     }
 
     /// Draining members that hold nothing (acknowledged, not released) and
@@ -425,15 +431,7 @@ impl Sim {
             if !timed_out {
                 self.drains += 1;
             }
-            self.nodes[n].worker.halt();
-            self.nodes[n].member.halt();
-            self.drive(n);
-            let node = &mut self.nodes[n];
-            node.life = Life::Halted;
-            node.armed = None;
-            node.draining = None;
-            self.watches.retain(|(i, _), _| *i != n);
-            self.set_app(n, Workload::new());
+            self.halt_node(n);
             let back = self.now + self.rng.random_range(SEC..=5 * SEC);
             self.push(
                 back.min(self.fault_end.max(self.now + SEC)),
