@@ -44,6 +44,9 @@ pub(crate) struct LeaderCtx {
     pub plans: broadcast::Sender<PlanReport>,
     /// The moves in flight, for [`MemberObserver::handoffs`](crate::MemberObserver::handoffs).
     pub handoffs: watch::Sender<Arc<[Handoff]>>,
+    /// Whether a member has not acknowledged this leader's last write to
+    /// its keys ([`LeaderMachine::awaiting_acks`]), for a drain.
+    pub awaiting_acks: watch::Sender<bool>,
     pub instance_id: String,
 }
 
@@ -78,6 +81,7 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
         membership,
         plans,
         handoffs: in_flight,
+        awaiting_acks: ctx_awaiting,
         instance_id,
     } = ctx;
     // Sessions being ended; aborted when the leader loop ends.
@@ -216,6 +220,12 @@ pub(crate) async fn run_leader(ctx: LeaderCtx, mut stop: watch::Receiver<bool>) 
                 !same
             });
         }
+        ctx_awaiting.send_if_modified(|cur| {
+            let now = machine.awaiting_acks();
+            let changed = *cur != now;
+            *cur = now;
+            changed
+        });
         crate::metrics::refused(&instance_id, machine.refused().len());
         // The unowned count costs a pass over every item: at most once per
         // UNOWNED_EVERY, and once more after the last change (no wake-ups

@@ -365,6 +365,12 @@ async fn rolling_restart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn rolling_restart_revoke_first() {
+    let r = conformance::rolling_restart_revoke_first(&Memory(MemoryStore::new()), "rp/").await;
+    println!("memory, prepare off: rolling restart: {r:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn rolling_restart_exclusive() {
     let r = conformance::rolling_restart(&Memory(MemoryStore::new()), "rx/", true).await;
     println!("memory, exclusive: rolling restart: {r:?}");

@@ -50,7 +50,8 @@ pub use handoff::{
 };
 pub use membership::{
     large_values_are_cut_to_the_store_limits, members_spread_work,
-    restart_within_rebalance_delay_moves_nothing, rolling_restart, RollingRestart,
+    restart_within_rebalance_delay_moves_nothing, rolling_restart, rolling_restart_revoke_first,
+    RollingRestart,
 };
 pub use replicas::replicas_survive_a_zone_outage;
 

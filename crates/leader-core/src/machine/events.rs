@@ -267,6 +267,7 @@ impl LeaderMachine {
         let mut touched = Vec::new();
         let mut forget = Vec::new();
         let mut staged = Vec::new();
+        let mut written: BTreeSet<MemberId> = BTreeSet::new();
         for op in ops {
             if let Ok(work) = self.layout.parse_handoff(op.key().as_bytes()) {
                 let work = WorkId::from(work);
@@ -286,6 +287,7 @@ impl LeaderMachine {
             let parsed = self.layout.parse_assignment(op.key().as_bytes());
             let Ok((member, work)) = parsed else { continue };
             let key = crate::layout::ids(member, work);
+            written.insert(key.0.clone());
             match op {
                 TxnOp::Put { value, .. } => {
                     // A primary's assign ends the item's moves; a
@@ -320,6 +322,10 @@ impl LeaderMachine {
         }
         for ((member, work), value) in staged {
             self.staged_put(&member, &work, &value);
+        }
+        let sequence = self.sequence;
+        for member in written {
+            self.unacked_writes.insert(member, sequence);
         }
     }
 

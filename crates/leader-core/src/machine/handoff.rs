@@ -245,6 +245,11 @@ impl LeaderMachine {
         self.ending.retain(|m, _| keep(m));
         self.ttls.retain(|m, _| keep(m));
         self.zones.retain(|m, _| keep(m));
+        let (acks, members) = (&self.acks, self.members.as_ref());
+        self.unacked_writes.retain(|m, at| {
+            members.is_some_and(|l| l.contains_key(m))
+                && acks.get(m).copied().flatten().is_some_and(|a| a < *at)
+        });
     }
 
     /// A move of `key.0` from `key.1` is owed from now (if it is not yet).

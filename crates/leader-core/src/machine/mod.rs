@@ -275,6 +275,10 @@ pub struct LeaderMachine {
     preparing: BTreeMap<WorkId, prepare::Prep>,
     /// Moves whenever `preparing` may have changed.
     staged_generation: u64,
+    /// Per member, the position of this leader's last applied write to
+    /// its assignment keys, while the member (live, reporting) has not
+    /// acknowledged it.
+    unacked_writes: BTreeMap<MemberId, u64>,
     /// Staged moves whose target already held a secondary's key: it is
     /// written again, for a position the target acknowledges.
     touch: BTreeSet<WorkId>,
@@ -359,6 +363,7 @@ impl LeaderMachine {
             preparing: BTreeMap::new(),
             staged_generation: 0,
             touch: BTreeSet::new(),
+            unacked_writes: BTreeMap::new(),
             replan_after_overlap: false,
             no_member: MemberId::from(""),
         }
@@ -450,6 +455,17 @@ impl LeaderMachine {
             .map(|((_, w), _)| w)
             .collect();
         items.keys().filter(|w| !owned.contains(w)).count()
+    }
+
+    /// Whether some live member that reports acknowledgements has not yet
+    /// acknowledged this leader's last write to its assignment keys: a
+    /// leader that drains waits for them before it leaves, so that their
+    /// workers publish what it wrote before they see the leader change
+    /// (and wait `leader_settle`). `O(members written to)`.
+    pub fn awaiting_acks(&self) -> bool {
+        self.unacked_writes.iter().any(|(m, at)| {
+            self.is_live(m) && self.acks.get(m).copied().flatten().is_some_and(|a| a < *at)
+        })
     }
 
     /// A number that changes whenever the moves in flight

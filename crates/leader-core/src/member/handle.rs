@@ -53,6 +53,7 @@ impl Member {
         let (contact_tx, contact_rx) = watch::channel(StoreContact::Unknown);
         let (handoffs_tx, handoffs_rx) = watch::channel(Arc::from([]));
         let (draining_tx, draining_rx) = watch::channel(false);
+        let (awaiting_tx, _) = watch::channel(false);
         let observer = MemberObserver {
             worker: worker.observer(),
             leading: leading_rx.clone(),
@@ -75,6 +76,7 @@ impl Member {
                 acked: acked_tx,
                 contact: contact_tx,
                 handoffs: handoffs_tx,
+                awaiting_acks: awaiting_tx,
                 draining: draining_tx,
             }
             .run(halt_rx)

@@ -51,6 +51,9 @@ pub(super) struct MemberTask {
     pub(super) contact: watch::Sender<StoreContact>,
     /// The moves in flight while leading (the leader loop writes them).
     pub(super) handoffs: watch::Sender<Arc<[Handoff]>>,
+    /// While leading: whether a member has not acknowledged the leader's
+    /// last write to its keys (the leader loop writes it).
+    pub(super) awaiting_acks: watch::Sender<bool>,
     /// Whether the member drains.
     pub(super) draining: watch::Sender<bool>,
 }
@@ -130,6 +133,7 @@ impl MemberTask {
             membership: self.store.membership.clone(),
             plans: self.plans.clone(),
             handoffs: self.handoffs.clone(),
+            awaiting_acks: self.awaiting_acks.clone(),
             instance_id: self.config.instance_id().to_owned(),
         };
         let task = tokio::spawn(run_leader(ctx, stop_rx).in_current_span());
@@ -272,6 +276,7 @@ impl MemberTask {
         // leader finishes them before it leaves, so that the next leader
         // does not find an item mid-move.
         let mut moves = self.handoffs.subscribe();
+        let mut awaiting = self.awaiting_acks.subscribe();
         // The live session as last seen in the member key.
         let mut seen_key: Option<SessionId> = None;
         // Sessions given up on, closed before the next registration.
@@ -391,7 +396,11 @@ impl MemberTask {
             if let (Some(since), false) = (draining, halting) {
                 let empty = self.settled.current().workload.is_empty();
                 let reported = written.as_ref() == Some(&meta);
-                let moving = leading.is_some() && !moves.borrow().is_empty();
+                // Leading, it also waits until the members acknowledged
+                // what it wrote to them: seeing the leader go first, their
+                // workers would hold it back for `leader_settle`.
+                let moving =
+                    leading.is_some() && (!moves.borrow().is_empty() || *awaiting.borrow());
                 if empty
                     && reported
                     && !moving
@@ -413,7 +422,6 @@ impl MemberTask {
                             .any(|e| e.value.as_ref() == id.as_bytes()))
                     }));
                 }
-                let moving = leading.is_some() && !moves.borrow().is_empty();
                 let reported = reported && records_clear && !moving;
                 // Released (exclusive), the empty set says nothing of the
                 // assignments: wait for the restore or the timeout.
@@ -630,6 +638,7 @@ impl MemberTask {
                     }
                 }
                 Ok(()) = moves.changed() => {}
+                Ok(()) = awaiting.changed() => {}
                 Ok(()) = self.app_ack.changed() => {}
                 Ok(_) = self.settled.changed() => {}
                 () = &mut timer, if armed.is_some() => {

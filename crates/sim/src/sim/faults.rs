@@ -417,11 +417,11 @@ impl Sim {
                 .store
                 .range(&self.layout.handoff)
                 .any(|(_, v)| v.as_ref() == id.as_bytes());
-            // Leading, it finishes its moves in flight first.
-            let moving = node
-                .lead
-                .as_ref()
-                .is_some_and(|l| l.machine.handoffs().next().is_some());
+            // Leading, it finishes its moves in flight first, and waits for
+            // the members to acknowledge what it wrote to them.
+            let moving = node.lead.as_ref().is_some_and(|l| {
+                l.machine.handoffs().next().is_some() || l.machine.awaiting_acks()
+            });
             let timed_out = self.now - since > 60 * SEC;
             let done = empty && reported && !recorded && !moving;
             if !done && !timed_out {
