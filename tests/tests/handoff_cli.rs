@@ -72,7 +72,15 @@ impl Cluster {
                 let at = tokio::time::Instant::now();
                 let v: Value = serde_json::from_str(&line).expect("a JSON line");
                 assert_eq!(v["instance_id"], who.as_str());
-                let set: BTreeSet<WorkId> = v["workload"]
+                // Active: the primaries (the line's `primary` list once
+                // the process has held a secondary, a preparing one
+                // included), else the whole workload.
+                let active = if v["primary"].is_array() {
+                    &v["primary"]
+                } else {
+                    &v["workload"]
+                };
+                let set: BTreeSet<WorkId> = active
                     .as_array()
                     .expect("workload")
                     .iter()

@@ -9,8 +9,16 @@ use worker_core::WorkId;
 
 use crate::member::MemberHandle;
 
+/// Whether an assignment value gives its holder the primary role.
+fn primary(value: &[u8]) -> bool {
+    worker_core::Envelope::role_of(value).0 == worker_core::Role::Primary
+}
+
 /// Follows an assignment prefix and records every moment an item is under
-/// two members. Checked after each single change, which is stricter than
+/// two members as primary (secondaries' keys, preparing ones included, may
+/// overlap; the default mode's make-before-break moves hold two primaries'
+/// keys for a moment, so a check of it runs with `prepare` off or in
+/// exclusive mode). Checked after each single change, which is stricter than
 /// per store revision (a revision may hold several changes). Stops when
 /// dropped.
 pub struct DoubleOwnerWatch {
@@ -52,8 +60,12 @@ impl DoubleOwnerWatch {
                 let Ok(snapshot) = kv.list(&prefix).await else {
                     continue;
                 };
-                let mut keys: BTreeSet<Vec<u8>> =
-                    snapshot.entries.into_iter().map(|e| e.key).collect();
+                let mut keys: BTreeSet<Vec<u8>> = snapshot
+                    .entries
+                    .into_iter()
+                    .filter(|e| primary(&e.value))
+                    .map(|e| e.key)
+                    .collect();
                 check(&keys, snapshot.revision);
                 let mut rev = snapshot.revision;
                 'watch: loop {
@@ -65,8 +77,11 @@ impl DoubleOwnerWatch {
                             Ok(WatchEvent::Changes { revision, changes }) => {
                                 for c in changes {
                                     match c {
-                                        KvChange::Put(e) => {
+                                        KvChange::Put(e) if primary(&e.value) => {
                                             keys.insert(e.key);
+                                        }
+                                        KvChange::Put(e) => {
+                                            keys.remove(&e.key);
                                         }
                                         KvChange::Delete { key } => {
                                             keys.remove(&key);
@@ -77,7 +92,12 @@ impl DoubleOwnerWatch {
                                 rev = revision;
                             }
                             Ok(WatchEvent::Snapshot(s)) => {
-                                keys = s.entries.into_iter().map(|e| e.key).collect();
+                                keys = s
+                                    .entries
+                                    .into_iter()
+                                    .filter(|e| primary(&e.value))
+                                    .map(|e| e.key)
+                                    .collect();
                                 check(&keys, s.revision);
                                 rev = s.revision;
                             }
