@@ -154,6 +154,15 @@ fn first_failure_with(cfg: impl Fn(u64) -> RunConfig, limit: u64) -> (u64, Failu
     panic!("no violation within {limit} seeds");
 }
 
+/// Runs with `safeguards` and revoke-first moves (`prepare` off).
+fn revoke_first_with(safeguards: Safeguards) -> impl Fn(u64) -> RunConfig {
+    move |seed| RunConfig {
+        safeguards,
+        prepare: false,
+        ..RunConfig::new(seed, CI_SECONDS)
+    }
+}
+
 /// Exclusive mode with `controls` (one switched off).
 fn exclusive_with(controls: Controls) -> impl Fn(u64) -> RunConfig {
     move |seed| RunConfig {
@@ -266,14 +275,7 @@ fn without_the_sequence_check_a_late_transaction_is_caught() {
     // item the leader gave to another member since. Make-before-break moves
     // of the default mode write promotions instead, and such a late landing
     // is rarer (3 of the first 300 seeds); the check guards both.
-    let (seeds, f) = first_failure_with(
-        |seed| RunConfig {
-            safeguards: s,
-            prepare: false,
-            ..RunConfig::new(seed, CI_SECONDS)
-        },
-        20,
-    );
+    let (seeds, f) = first_failure_with(revoke_first_with(s), 20);
     eprintln!("sequence check off: caught after {seeds} seed(s):\n{f}");
     assert!(f.what.contains("under two members"), "{f}");
 }
@@ -290,14 +292,7 @@ fn without_a_new_sequence_value_per_transaction_a_late_transaction_is_caught() {
     };
     // Revoke-first moves, as in the sequence check's own test (with
     // make-before-break a late landing is rarer: the first at seed 150).
-    let (seeds, f) = first_failure_with(
-        |seed| RunConfig {
-            safeguards: s,
-            prepare: false,
-            ..RunConfig::new(seed, CI_SECONDS)
-        },
-        60,
-    );
+    let (seeds, f) = first_failure_with(revoke_first_with(s), 60);
     eprintln!("sequence value constant: caught after {seeds} seed(s):\n{f}");
     assert!(f.what.contains("under two members"), "{f}");
 }
